@@ -1,0 +1,104 @@
+"""The ``tls-bridge`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+
+from bridge import __version__
+
+
+def _decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "decrypt",
+        help="decrypt the TLS connections of a capture or a live interface",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent(
+            """\
+            Reassemble every TCP connection of a capture file (-r) or a live
+            interface (-i), decrypt its TLS 1.2/1.3 records with the secrets of an
+            RFC 9850 key log (--keylog, the SSLKEYLOGFILE format), and write one
+            JSON object per connection to the flow log (--flows).
+
+            Every record is authenticated before its plaintext is used; a wrong
+            secret is reported as status "wrong_key", never emitted as garbage.
+            Records whose secrets have not arrived yet wait (bounded, at most
+            --key-wait seconds of capture time).
+
+            Flow log fields: flow_id, client, server ("ip:port", "[v6]:port"),
+            status (decrypted, no_keys, wrong_key, gap, not_tls, unsupported,
+            partial, no_handshake), reason, tls_version, cipher_suite, sni, alpn,
+            resumed, key_updates, certificates, and per direction c2s/s2c
+            {bytes, sha256, records, ...} over the decrypted application data.
+            """
+        ),
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              tls-bridge decrypt -r https.pcapng --keylog sslkeys.log --flows -
+              tls-bridge decrypt -i eth1 --keylog /run/app/sslkeys.log --flows flows.jsonl
+
+            exit status:
+              0  the input was read (connections that could not be decrypted are
+                 reported in the flow log, not as an error)
+              1  unusable input: unreadable or malformed capture, unreadable key log
+              2  bad command line
+            """
+        ),
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-r", "--read", metavar="CAPTURE", help="read packets from a pcap/pcapng file ('-' for stdin)")
+    source.add_argument("-i", "--interface", metavar="IFACE", help="capture live from IFACE (AF_PACKET; needs CAP_NET_RAW)")
+    parser.add_argument("--keylog", metavar="KEYLOG", action="append", default=[],
+                        help="RFC 9850 key log file (SSLKEYLOGFILE format); may be repeated")
+    parser.add_argument("--flows", metavar="FILE", help="write the flow log (JSON lines) to FILE, '-' for stdout")
+    parser.add_argument("--plaintext-dir", metavar="DIR",
+                        help="write each connection's decrypted data to DIR/<flow_id>.c2s and .s2c")
+    parser.add_argument("--key-wait", metavar="SECONDS", type=float, default=30.0,
+                        help="how long records wait for their secrets (capture time; default: 30)")
+    parser.add_argument("--max-flows", metavar="N", type=int, default=200_000,
+                        help="connections tracked at once; the least recently active is evicted (default: 200000)")
+    parser.add_argument("--idle-timeout", metavar="SECONDS", type=float, default=300.0,
+                        help="a connection with no packet for this long is finished (default: 300)")
+    parser.add_argument("-c", "--count", metavar="N", type=int, help="stop after N packets")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or summary on stderr")
+    parser.set_defaults(handler=_run_decrypt)
+
+
+def _run_decrypt(args: argparse.Namespace) -> int:
+    from bridge.decrypt_command import run_decrypt
+
+    return run_decrypt(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tls-bridge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent(
+            """\
+            tls-ids-bridge: let Suricata and Zeek see inside TLS without a proxy.
+            Session secrets harvested from memory (or any SSLKEYLOGFILE) decrypt
+            mirrored traffic; the plaintext is re-injected as cleartext TCP.
+            """
+        ),
+        epilog="Run 'tls-bridge COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"tls-bridge {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _decrypt_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""``tls-bridge decrypt``: the driver around :class:`~bridge.decryptor.Decryptor`.
+
+Reads frames (capture file or AF_PACKET), decodes TCP, feeds the decryptor,
+writes the flow log and optional plaintext files, reports progress and a summary
+on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from bridge.capture.frames import Frame
+from bridge.decryptor import NS, Decryptor, DecryptorConfig, Event, FlowFinished, PlaintextData
+from bridge.errors import BridgeError, PacketDecodeError
+from bridge.keylog import KeyLogStats, read_keylog
+from bridge.keystore import KeyStore
+from bridge.packets import decode_tcp
+
+
+@dataclass(slots=True)
+class PacketCounters:
+    frames: int = 0
+    tcp_segments: int = 0
+    not_tcp: int = 0
+    malformed: int = 0
+    malformed_reasons: dict[str, int] = field(default_factory=dict)
+
+
+EventSink = Callable[[Event], None]
+
+
+class Pipeline:
+    """Frames → TCP segments → decryptor events → sinks.  Used by the CLI and tests."""
+
+    def __init__(self, decryptor: Decryptor, sinks: list[EventSink]) -> None:
+        self.decryptor = decryptor
+        self.sinks = sinks
+        self.counters = PacketCounters()
+        self._next_tick_ns = 0
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            for sink in self.sinks:
+                sink(event)
+
+    def frame(self, frame: Frame) -> None:
+        counters = self.counters
+        counters.frames += 1
+        try:
+            segment = decode_tcp(frame.linktype, frame.data, frame.timestamp_ns)
+        except PacketDecodeError as exc:
+            counters.malformed += 1
+            reason = str(exc).split(":")[0][:60]
+            counters.malformed_reasons[reason] = counters.malformed_reasons.get(reason, 0) + 1
+            return
+        if segment is None:
+            counters.not_tcp += 1
+            return
+        counters.tcp_segments += 1
+        events = self.decryptor.process(segment)
+        if segment.timestamp_ns >= self._next_tick_ns:
+            events.extend(self.decryptor.tick(segment.timestamp_ns))
+            self._next_tick_ns = segment.timestamp_ns + NS
+        if events:
+            self._dispatch(events)
+
+    def run(self, frames: Iterable[Frame], progress: Callable[[], None] | None = None) -> None:
+        for count, frame in enumerate(frames, 1):
+            self.frame(frame)
+            if progress is not None and count % 4096 == 0:
+                progress()
+
+    def keys_arrived(self) -> None:
+        self._dispatch(self.decryptor.keys_arrived())
+
+    def finish(self) -> None:
+        self._dispatch(self.decryptor.finish())
+
+
+class FlowLogWriter:
+    """One JSON object per line per finished connection."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, FlowFinished):
+            self.stream.write(json.dumps(event.record, separators=(",", ":")) + "\n")
+
+
+class PlaintextDirWriter:
+    """Decrypted data of each connection as ``DIR/<flow_id>.c2s`` / ``.s2c``."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self._files: dict[tuple[int, int], IO[bytes]] = {}
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PlaintextData):
+            key = (event.flow.flow_id, int(event.direction))
+            handle = self._files.get(key)
+            if handle is None:
+                name = f"{event.flow.flow_id}.{event.direction.name.lower()}"
+                handle = self._files[key] = open(os.path.join(self.directory, name), "wb")
+            handle.write(event.data)
+        elif isinstance(event, FlowFinished):
+            for direction in (0, 1):
+                handle = self._files.pop((event.flow.flow_id, direction), None)
+                if handle is not None:
+                    handle.close()
+
+
+class Progress:
+    """A line on stderr every few seconds: terse, overwritten in a terminal."""
+
+    def __init__(self, pipeline: Pipeline, stream: IO[str], *, interval: float = 2.0) -> None:
+        self.pipeline = pipeline
+        self.stream = stream
+        self.interval = interval
+        self.started = time.monotonic()
+        self._last = self.started
+        self._tty = stream.isatty()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        line = self.line(now)
+        self.stream.write(("\r" + line + "\x1b[K") if self._tty else line + "\n")
+        self.stream.flush()
+
+    def line(self, now: float) -> str:
+        counters = self.pipeline.counters
+        decryptor = self.pipeline.decryptor
+        elapsed = max(now - self.started, 1e-9)
+        return (
+            f"{counters.frames} packets ({counters.frames / elapsed:,.0f}/s), "
+            f"{decryptor.stats.flows} connections, {decryptor.active_flows} open, "
+            f"{decryptor.waiting_flows} waiting for keys, "
+            f"{decryptor.stats.plaintext_bytes / 1e6:,.1f} MB plaintext"
+        )
+
+    def summary(self) -> str:
+        counters = self.pipeline.counters
+        stats = self.pipeline.decryptor.stats
+        elapsed = time.monotonic() - self.started
+        statuses = ", ".join(f"{count} {status}" for status, count in sorted(stats.statuses.items())) or "none"
+        text = (
+            f"tls-bridge: {counters.frames} packets ({counters.tcp_segments} TCP, {counters.not_tcp} other, "
+            f"{counters.malformed} malformed), {stats.flows} connections: {statuses}; "
+            f"{stats.plaintext_bytes:,} bytes plaintext in {elapsed:.2f} s"
+        )
+        if stats.flows_evicted:
+            text += f"; {stats.flows_evicted} connections evicted (--max-flows)"
+        return text
+
+
+def _load_keylogs(paths: list[str], store: KeyStore, err: IO[str]) -> None:
+    for path in paths:
+        stats = KeyLogStats()
+        try:
+            entries = read_keylog(path, stats)
+        except OSError as exc:
+            raise BridgeError(f"cannot read key log {path}: {exc.strerror}") from None
+        for entry in entries:
+            store.add_entry(entry)
+        for warning in stats.warnings:
+            err.write(f"tls-bridge: warning: {path}: {warning}\n")
+        if stats.malformed > len(stats.warnings):
+            err.write(f"tls-bridge: warning: {path}: {stats.malformed} malformed lines in all\n")
+        if stats.unknown_labels:
+            err.write(f"tls-bridge: {path}: {stats.unknown_labels} lines with unknown labels ignored\n")
+
+
+def _frames(args: argparse.Namespace) -> Iterator[Frame]:
+    if args.read is not None:
+        from bridge.capture.pcapfile import read_capture, read_capture_stream
+
+        if args.read == "-":
+            return iter(read_capture_stream(sys.stdin.buffer))
+        return iter(read_capture(args.read))
+    from bridge.capture.afpacket import AfPacketCapture
+
+    return iter(AfPacketCapture(args.interface))
+
+
+def _limit(frames: Iterator[Frame], count: int | None) -> Iterator[Frame]:
+    if count is None:
+        yield from frames
+        return
+    for index, frame in enumerate(frames):
+        if index >= count:
+            return
+        yield frame
+
+
+def run_decrypt(args: argparse.Namespace) -> int:
+    err = sys.stderr
+    store = KeyStore()
+    config = DecryptorConfig(max_flows=args.max_flows, idle_timeout=args.idle_timeout, key_wait=args.key_wait)
+    flows_stream: IO[str] | None = None
+    try:
+        _load_keylogs(args.keylog, store, err)
+        if args.flows == "-":
+            flows_stream = sys.stdout
+        elif args.flows:
+            flows_stream = open(args.flows, "w", encoding="utf-8")
+        sinks: list[EventSink] = []
+        if flows_stream is not None:
+            sinks.append(FlowLogWriter(flows_stream))
+        if args.plaintext_dir:
+            sinks.append(PlaintextDirWriter(args.plaintext_dir))
+        pipeline = Pipeline(Decryptor(store, config), sinks)
+        progress = Progress(pipeline, err)
+        frames = _frames(args)
+        try:
+            pipeline.run(_limit(frames, args.count), None if args.quiet else progress)
+        finally:
+            pipeline.finish()
+        reader_warnings = getattr(frames, "warnings", None) or []
+        for warning in reader_warnings:
+            err.write(f"tls-bridge: warning: {warning}\n")
+    except BridgeError as exc:
+        err.write(f"tls-bridge: error: {exc}\n")
+        return 1
+    except OSError as exc:
+        err.write(f"tls-bridge: error: {exc.filename or ''}: {exc.strerror}\n")
+        return 1
+    finally:
+        if flows_stream is not None and flows_stream is not sys.stdout:
+            flows_stream.close()
+    if not args.quiet:
+        if progress._tty:
+            err.write("\r\x1b[K")
+        err.write(progress.summary() + "\n")
+    return 0

@@ -1,0 +1,412 @@
+"""The decryptor: TCP segments in, per-connection plaintext events and flow records out.
+
+Sans-I/O: :meth:`Decryptor.process` takes one decoded :class:`~bridge.packets.TcpSegment`
+and returns the events it caused; time is the segments' capture time (``now`` for
+:meth:`Decryptor.tick`).  Capture, key feeds and outputs are drivers around it.
+
+Per connection: a flow (both directions, client = SYN sender, else the
+ClientHello sender), a :class:`~bridge.tcp.StreamReassembler` per direction, and a
+:class:`~bridge.tls.connection.TlsConnection`.
+
+Bounded memory whatever an attacker sends: at most ``max_flows`` flows (the least
+recently active is evicted and logged), out-of-order bytes per direction, and the
+records waiting for keys (per direction and in total, see
+:class:`~bridge.tls.connection.PendingBudget`), each waiting at most ``key_wait``
+seconds of capture time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from bridge.keystore import KeyStore, SessionCache
+from bridge.packets import ACK, FIN, RST, SYN, TcpSegment, format_endpoint
+from bridge.tcp import Gap, StreamReassembler
+from bridge.tls import handshake as hs
+from bridge.tls.certificates import describe_chain
+from bridge.tls.connection import Direction, PendingBudget, Status, TlsConnection
+
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class FlowInfo:
+    """Identity of one TCP connection, oriented client → server."""
+
+    flow_id: int
+    ip_version: int
+    client_ip: bytes
+    client_port: int
+    server_ip: bytes
+    server_port: int
+    first_timestamp_ns: int
+
+    @property
+    def client(self) -> str:
+        return format_endpoint(self.client_ip, self.client_port)
+
+    @property
+    def server(self) -> str:
+        return format_endpoint(self.server_ip, self.server_port)
+
+
+@dataclass(frozen=True, slots=True)
+class PlaintextData:
+    """Decrypted application data of one direction, in stream order."""
+
+    flow: FlowInfo
+    direction: Direction
+    data: bytes = field(repr=False)
+    timestamp_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFinished:
+    """A connection is over; ``record`` is its flow log line (a JSON-ready dict)."""
+
+    flow: FlowInfo
+    ended_by: str  # "fin", "rst", "idle", "evicted", "end_of_capture"
+    record: dict[str, object]
+
+
+Event = PlaintextData | FlowFinished
+
+
+@dataclass(slots=True)
+class DecryptorConfig:
+    max_flows: int = 200_000
+    idle_timeout: float = 300.0
+    key_wait: float = 30.0
+    max_out_of_order_bytes: int = 4 * 1024 * 1024
+    max_pending_per_direction: int = 8 * 1024 * 1024
+    max_pending_total: int = 256 * 1024 * 1024
+    recently_closed: int = 65_536
+
+
+@dataclass(slots=True)
+class DecryptorStats:
+    segments: int = 0
+    flows: int = 0
+    flows_evicted: int = 0
+    flows_idle: int = 0
+    ignored_segments: int = 0
+    plaintext_bytes: int = 0
+    key_wait_expired: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+class _DirectionStats:
+    __slots__ = ("sha256", "bytes", "fin", "packets")
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+        self.fin = False
+        self.packets = 0
+
+
+class _Flow:
+    __slots__ = (
+        "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
+        "waiting_since_ns", "tls_active",
+    )
+
+    def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
+        self.info = info
+        self.reassembly = (StreamReassembler(max_buffered=max_out_of_order), StreamReassembler(max_buffered=max_out_of_order))
+        self.tls = tls
+        self.stats = (_DirectionStats(), _DirectionStats())
+        self.last_ns = info.first_timestamp_ns
+        self.ended_by: str | None = None
+        self.syn_seen = syn_seen
+        self.oriented = syn_seen
+        self.waiting_since_ns: int | None = None
+        self.tls_active = True
+
+
+class Decryptor:
+    def __init__(self, keys: KeyStore, config: DecryptorConfig | None = None) -> None:
+        self.config = config or DecryptorConfig()
+        self.keys = keys
+        self.sessions = SessionCache()
+        self.budget = PendingBudget(limit=self.config.max_pending_total)
+        self.stats = DecryptorStats()
+        #: (src, sport, dst, dport) → (flow, direction of a segment with that tuple)
+        self._by_tuple: dict[tuple[bytes, int, bytes, int], tuple[_Flow, Direction]] = {}
+        #: flow_id → flow, least recently active first
+        self._flows: OrderedDict[int, _Flow] = OrderedDict()
+        self._closed: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
+        self._waiting: dict[bytes, _Flow] = {}
+        self._next_id = 1
+        self._now_ns = 0
+        keys.take_arrivals()  # what is in the store now is found by lookup anyway
+
+    @property
+    def active_flows(self) -> int:
+        return len(self._flows)
+
+    @property
+    def waiting_flows(self) -> int:
+        return len(self._waiting)
+
+    # --- packets ---------------------------------------------------------------
+
+    def process(self, segment: TcpSegment) -> list[Event]:
+        self.stats.segments += 1
+        self._now_ns = max(self._now_ns, segment.timestamp_ns)
+        events: list[Event] = []
+        key = (segment.src, segment.sport, segment.dst, segment.dport)
+        entry = self._by_tuple.get(key)
+        if entry is None:
+            entry = self._new_flow(segment, key, events)
+            if entry is None:
+                self.stats.ignored_segments += 1
+                return events
+        flow, direction = entry
+        self._flows.move_to_end(flow.info.flow_id)
+        flow.last_ns = segment.timestamp_ns
+        self._segment(flow, direction, segment, events)
+        return events
+
+    def _new_flow(
+        self, segment: TcpSegment, key: tuple[bytes, int, bytes, int], events: list[Event]
+    ) -> tuple[_Flow, Direction] | None:
+        flags = segment.flags
+        is_syn = bool(flags & SYN)
+        if not is_syn and not segment.payload:
+            return None  # a bare ACK/FIN/RST of a flow we do not know
+        if key in self._closed and not (is_syn and not flags & ACK):
+            return None  # late packet of a finished connection
+        if is_syn:
+            sender_is_client = not flags & ACK
+        else:
+            sender_is_client = _payload_from_client(segment)
+        if sender_is_client:
+            client, server = (segment.src, segment.sport), (segment.dst, segment.dport)
+        else:
+            client, server = (segment.dst, segment.dport), (segment.src, segment.sport)
+        info = FlowInfo(
+            self._next_id, segment.ip_version, client[0], client[1], server[0], server[1], segment.timestamp_ns
+        )
+        self._next_id += 1
+        tls = TlsConnection(
+            self.keys.lookup,
+            sessions=self.sessions,
+            budget=self.budget,
+            max_pending_per_direction=self.config.max_pending_per_direction,
+        )
+        flow = _Flow(info, tls, self.config.max_out_of_order_bytes, is_syn)
+        self.stats.flows += 1
+        c2s_key = (client[0], client[1], server[0], server[1])
+        s2c_key = (server[0], server[1], client[0], client[1])
+        self._by_tuple[c2s_key] = (flow, Direction.C2S)
+        self._by_tuple[s2c_key] = (flow, Direction.S2C)
+        self._flows[info.flow_id] = flow
+        while len(self._flows) > self.config.max_flows:
+            _, oldest = next(iter(self._flows.items()))
+            self.stats.flows_evicted += 1
+            self._finish(oldest, "evicted", events)
+        return self._by_tuple[key]
+
+    def _segment(self, flow: _Flow, direction: Direction, segment: TcpSegment, events: list[Event]) -> None:
+        flags = segment.flags
+        reassembler = flow.reassembly[direction]
+        flow.stats[direction].packets += 1
+        if flags & SYN:
+            reassembler.syn(segment.seq)
+            return
+        if flags & RST:
+            self._finish(flow, "rst", events)
+            return
+        fin = bool(flags & FIN)
+        if segment.payload or fin:
+            chunks = reassembler.segment(segment.seq, segment.payload, fin=fin)
+            if chunks:
+                self._deliver(flow, direction, chunks, segment.timestamp_ns, events)
+        if fin:
+            flow.stats[direction].fin = True
+        if all(r.complete for r in flow.reassembly) and flow.stats[0].fin and flow.stats[1].fin:
+            self._finish(flow, "fin", events)
+
+    def _deliver(
+        self, flow: _Flow, direction: Direction, chunks: list[bytes | Gap], timestamp_ns: int, events: list[Event]
+    ) -> None:
+        tls = flow.tls
+        if not flow.tls_active:
+            return
+        for chunk in chunks:
+            if isinstance(chunk, Gap):
+                tls.gap(direction, chunk.size)
+                continue
+            for data in tls.receive(direction, chunk):
+                self._emit(flow, data.direction, data.data, timestamp_ns, events)
+        self._track_waiting(flow)
+        flow.tls_active = any(state.phase.value != "stopped" for state in tls.directions)
+
+    def _emit(self, flow: _Flow, direction: Direction, data: bytes, timestamp_ns: int, events: list[Event]) -> None:
+        stats = flow.stats[direction]
+        stats.sha256.update(data)
+        stats.bytes += len(data)
+        self.stats.plaintext_bytes += len(data)
+        events.append(PlaintextData(flow.info, direction, data, timestamp_ns))
+
+    def _track_waiting(self, flow: _Flow) -> None:
+        random = flow.tls.client_random
+        if flow.tls.waiting_for_keys and random is not None:
+            if flow.waiting_since_ns is None:
+                flow.waiting_since_ns = self._now_ns
+            self._waiting[random] = flow
+        elif flow.waiting_since_ns is not None:
+            flow.waiting_since_ns = None
+            if random is not None:
+                self._waiting.pop(random, None)
+
+    # --- keys and time -----------------------------------------------------------
+
+    def keys_arrived(self) -> list[Event]:
+        """Decrypt what waited for secrets that arrived since the last call."""
+        events: list[Event] = []
+        for random in self.keys.take_arrivals():
+            flow = self._waiting.get(random)
+            if flow is None:
+                continue
+            for data in flow.tls.retry():
+                self._emit(flow, data.direction, data.data, self._now_ns, events)
+            self._track_waiting(flow)
+        return events
+
+    def tick(self, now_ns: int | None = None) -> list[Event]:
+        """Expire idle flows and key waits; call about once a second of capture time."""
+        now_ns = max(self._now_ns, now_ns or 0)
+        self._now_ns = now_ns
+        events = self.keys_arrived()
+        wait_ns = int(self.config.key_wait * NS)
+        for random, flow in list(self._waiting.items()):
+            if flow.waiting_since_ns is not None and now_ns - flow.waiting_since_ns > wait_ns:
+                flow.tls.expire_pending(f"secrets did not arrive within {self.config.key_wait:g} s")
+                self.stats.key_wait_expired += 1
+                self._track_waiting(flow)
+                self._waiting.pop(random, None)
+        idle_ns = int(self.config.idle_timeout * NS)
+        while self._flows:
+            _, oldest = next(iter(self._flows.items()))
+            if now_ns - oldest.last_ns <= idle_ns:
+                break
+            self.stats.flows_idle += 1
+            self._finish(oldest, "idle", events)
+        return events
+
+    def finish(self) -> list[Event]:
+        """End of input: every flow still open is finished."""
+        events = self.keys_arrived()
+        for flow in list(self._flows.values()):
+            self._finish(flow, "end_of_capture", events)
+        return events
+
+    # --- flow end -------------------------------------------------------------------
+
+    def _finish(self, flow: _Flow, ended_by: str, events: list[Event]) -> None:
+        if flow.ended_by is not None:
+            return
+        flow.ended_by = ended_by
+        if ended_by != "evicted":
+            for direction in Direction:
+                chunks = flow.reassembly[direction].flush()
+                if chunks:
+                    self._deliver(flow, direction, chunks, flow.last_ns, events)
+        tls = flow.tls
+        if tls.waiting_for_keys:
+            tls.expire_pending("connection ended before its secrets arrived")
+        tls.release()
+        info = flow.info
+        random = tls.client_random
+        if random is not None:
+            self._waiting.pop(random, None)
+        del self._flows[info.flow_id]
+        for key in (
+            (info.client_ip, info.client_port, info.server_ip, info.server_port),
+            (info.server_ip, info.server_port, info.client_ip, info.client_port),
+        ):
+            self._by_tuple.pop(key, None)
+            self._closed[key] = None
+        while len(self._closed) > self.config.recently_closed:
+            self._closed.popitem(last=False)
+        record = flow_record(flow, ended_by)
+        status = str(record["status"])
+        self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
+        events.append(FlowFinished(info, ended_by, record))
+
+
+def _payload_from_client(segment: TcpSegment) -> bool:
+    """Orientation without a SYN: a ClientHello comes from the client, a
+    ServerHello from the server; otherwise the higher port is the client's."""
+    payload = segment.payload
+    if len(payload) >= 6 and payload[0] == 22 and payload[1] == 3:
+        if payload[5] == hs.CLIENT_HELLO:
+            return True
+        if payload[5] == hs.SERVER_HELLO:
+            return False
+    return segment.sport >= segment.dport
+
+
+def _iso(timestamp_ns: int) -> float:
+    return round(timestamp_ns / NS, 6)
+
+
+def flow_record(flow: _Flow, ended_by: str) -> dict[str, object]:
+    """The flow log line of a finished flow."""
+    tls = flow.tls
+    status, reason = tls.status()
+    if not flow.syn_seen and status is Status.DECRYPTED and tls.client_hello is None:
+        status, reason = Status.NO_HANDSHAKE, "connection picked up mid-stream: no handshake seen"
+    gaps = [flow.reassembly[d].stats.gap_bytes for d in Direction]
+    if any(gaps) and status is Status.DECRYPTED:
+        status, reason = Status.GAP, f"{sum(gaps)} bytes missing after the last decrypted record"
+    client_hello = tls.client_hello
+    server_hello = tls.server_hello
+    info = flow.info
+    record: dict[str, object] = {
+        "flow_id": info.flow_id,
+        "ts_start": _iso(info.first_timestamp_ns),
+        "ts_end": _iso(flow.last_ns),
+        "client": info.client,
+        "server": info.server,
+        "status": status.value,
+        "reason": reason,
+        "ended_by": ended_by,
+        "handshake_seen": flow.syn_seen,
+        "tls_version": hs.version_name(tls.version) if tls.version else None,
+        "cipher_suite": tls.suite_name,
+        "sni": client_hello.sni if client_hello else None,
+        "alpn": server_hello.alpn if server_hello else None,
+        "alpn_offered": client_hello.alpn if client_hello else [],
+        "resumed": tls.resumed,
+        "hello_retry_request": tls.hello_retry,
+        "early_data": {"offered": tls.early_data_offered, "accepted": bool(tls.early_data_accepted)},
+        "encrypt_then_mac": bool(server_hello and server_hello.encrypt_then_mac and tls.version == hs.TLS12),
+        "extended_master_secret": bool(server_hello and server_hello.extended_master_secret),
+        "session_id": bool(server_hello and server_hello.session_id),
+        "session_ticket": bool(client_hello and client_hello.session_ticket) or tls.session_tickets > 0,
+        "session_tickets_issued": tls.session_tickets,
+        "key_updates": sum(state.key_updates for state in tls.directions),
+        "certificates": describe_chain(tls.certificates),
+    }
+    for direction in Direction:
+        stats = flow.stats[direction]
+        state = tls.directions[direction]
+        reassembly = flow.reassembly[direction].stats
+        record[direction.name.lower()] = {
+            "bytes": stats.bytes,
+            "sha256": stats.sha256.hexdigest(),
+            "packets": stats.packets,
+            "records": state.records,
+            "decrypted_records": state.decrypted_records,
+            "skipped_records": state.skipped_records,
+            "alerts": state.alerts,
+            "key_updates": state.key_updates,
+            "gap_bytes": reassembly.gap_bytes,
+            "retransmitted_bytes": reassembly.retransmitted_bytes,
+        }
+    return record

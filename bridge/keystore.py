@@ -1,0 +1,125 @@
+"""The key store: TLS secrets by client random, filled by key log files or a live
+feed while packets flow, plus the session memory that lets resumed TLS 1.2
+connections find the master secret of the connection that created the session.
+
+Thread-safe: a feed thread may :meth:`KeyStore.add` while the packet loop reads.
+The packet loop learns about new arrivals with :meth:`KeyStore.take_arrivals`.
+Bounded: at most ``max_entries`` client randoms; the oldest go first (counted).
+Secrets expire ``ttl`` seconds after they arrived (clock injected as ``now``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from bridge.keylog import KeyLogEntry
+
+
+@dataclass(slots=True, repr=False)
+class KeySet:
+    """Every secret known for one client random, by RFC 9850 label."""
+
+    secrets: dict[str, bytes] = field(default_factory=dict)
+    arrived: float = 0.0
+
+    def get(self, label: str) -> bytes | None:
+        return self.secrets.get(label)
+
+    def __repr__(self) -> str:
+        return f"KeySet(labels={sorted(self.secrets)})"
+
+
+@dataclass(slots=True)
+class KeyStoreStats:
+    added: int = 0
+    evicted: int = 0
+    expired: int = 0
+    forgotten: int = 0
+
+
+class KeyStore:
+    def __init__(self, *, max_entries: int = 1_000_000, ttl: float | None = None) -> None:
+        self._entries: OrderedDict[bytes, KeySet] = OrderedDict()
+        self._arrivals: list[bytes] = []
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.stats = KeyStoreStats()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"KeyStore(entries={len(self._entries)})"
+
+    def add(self, client_random: bytes, label: str, secret: bytes, *, now: float = 0.0) -> None:
+        with self._lock:
+            keyset = self._entries.get(client_random)
+            if keyset is None:
+                keyset = self._entries[client_random] = KeySet(arrived=now)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+                    self.stats.evicted += 1
+            keyset.secrets[label] = secret
+            self.stats.added += 1
+            self._arrivals.append(client_random)
+
+    def add_entry(self, entry: KeyLogEntry, *, now: float = 0.0) -> None:
+        self.add(entry.client_random, entry.label, entry.secret, now=now)
+
+    def lookup(self, client_random: bytes) -> KeySet | None:
+        with self._lock:
+            return self._entries.get(client_random)
+
+    def forget(self, client_random: bytes) -> None:
+        """Drop a connection's secrets once it is done."""
+        with self._lock:
+            if self._entries.pop(client_random, None) is not None:
+                self.stats.forgotten += 1
+
+    def take_arrivals(self) -> list[bytes]:
+        """Client randoms that received secrets since the last call."""
+        with self._lock:
+            arrivals, self._arrivals = self._arrivals, []
+            return arrivals
+
+    def expire(self, now: float) -> int:
+        """Drop secrets older than the TTL; returns how many went."""
+        if self.ttl is None:
+            return 0
+        gone = 0
+        with self._lock:
+            while self._entries:
+                client_random, keyset = next(iter(self._entries.items()))
+                if now - keyset.arrived <= self.ttl:
+                    break
+                del self._entries[client_random]
+                gone += 1
+            self.stats.expired += gone
+        return gone
+
+
+class SessionCache:
+    """TLS 1.2 master secrets by session id and by session ticket (as Wireshark
+    keeps them), so a resumed connection is decrypted with the secret of the
+    connection that established the session.  Bounded, oldest first out."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._entries: OrderedDict[bytes, bytes] = OrderedDict()
+        self.max_entries = max_entries
+
+    def __repr__(self) -> str:
+        return f"SessionCache(entries={len(self._entries)})"
+
+    def remember(self, key: bytes, master_secret: bytes) -> None:
+        if not key:
+            return
+        self._entries[key] = master_secret
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def lookup(self, key: bytes) -> bytes | None:
+        return self._entries.get(key) if key else None

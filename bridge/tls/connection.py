@@ -1,0 +1,695 @@
+"""One TLS connection seen passively: records of both directions in, plaintext out.
+
+Sans-I/O.  The caller feeds each direction's reassembled TCP bytes with
+:meth:`TlsConnection.receive`; the connection frames records, follows the
+handshake (both TLS 1.2 and 1.3), installs record keys as soon as the secrets and
+the handshake allow, authenticates and decrypts every protected record, and
+returns the application data as :class:`ApplicationData` events.
+
+Secrets come from a lookup function (the key store) and may arrive after the
+records: protected records then wait in a bounded queue, and
+:meth:`TlsConnection.retry` (called when keys arrive) decrypts them.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bridge.errors import BridgeError, DecryptionError, RecordDecodeError, UnsupportedError
+from bridge.keylog import (
+    CLIENT_EARLY_TRAFFIC_SECRET,
+    CLIENT_HANDSHAKE_TRAFFIC_SECRET,
+    CLIENT_RANDOM,
+    CLIENT_TRAFFIC_SECRET_0,
+    HANDSHAKE_SECRET,
+    SERVER_HANDSHAKE_TRAFFIC_SECRET,
+    SERVER_TRAFFIC_SECRET_0,
+)
+from bridge.keystore import KeySet, SessionCache
+from bridge.tls import handshake as hs
+from bridge.tls.ciphersuites import CipherSuite, cipher_suite, cipher_suite_name
+from bridge.tls.keyschedule import (
+    application_traffic_secrets,
+    handshake_traffic_secrets,
+    key_block12,
+    next_traffic_secret,
+)
+from bridge.tls.protection import RecordDecryptor12, RecordDecryptor13
+from bridge.tls.records import (
+    CONTENT_ALERT,
+    CONTENT_APPLICATION_DATA,
+    CONTENT_CHANGE_CIPHER_SPEC,
+    CONTENT_HANDSHAKE,
+    CONTENT_HEARTBEAT,
+    Record,
+    RecordReader,
+)
+
+
+class Direction(enum.IntEnum):
+    C2S = 0
+    S2C = 1
+
+    @property
+    def peer(self) -> "Direction":
+        return Direction(1 - self)
+
+
+class Phase(enum.Enum):
+    PLAINTEXT = "plaintext"
+    EARLY = "early"  # TLS 1.3 client: 0-RTT data under the early traffic secret
+    HANDSHAKE = "handshake"  # TLS 1.3: handshake traffic secrets
+    ENCRYPTED = "encrypted"  # TLS 1.2 after ChangeCipherSpec; TLS 1.3 application secrets
+    STOPPED = "stopped"  # nothing more can be decrypted in this direction
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationData:
+    direction: Direction
+    data: bytes
+
+
+class Status(enum.Enum):
+    DECRYPTED = "decrypted"
+    NO_KEYS = "no_keys"
+    WRONG_KEY = "wrong_key"
+    GAP = "gap"
+    NOT_TLS = "not_tls"
+    UNSUPPORTED = "unsupported"
+    PARTIAL = "partial"
+    NO_HANDSHAKE = "no_handshake"
+
+
+@dataclass(slots=True)
+class DirectionState:
+    phase: Phase = Phase.PLAINTEXT
+    decryptor: RecordDecryptor12 | RecordDecryptor13 | None = None
+    #: TLS 1.3 secret of the current epoch (for KeyUpdate), never logged.
+    traffic_secret: bytes | None = field(default=None, repr=False)
+    reader: RecordReader = field(default_factory=RecordReader)
+    handshake: hs.HandshakeReader = field(default_factory=hs.HandshakeReader)
+    pending: deque[Record] = field(default_factory=deque)
+    pending_bytes: int = 0
+    records: int = 0
+    decrypted_records: int = 0
+    skipped_records: int = 0
+    alerts: int = 0
+    key_updates: int = 0
+    application_bytes: int = 0
+    started: bool = False
+    stop_reason: str | None = None
+    skip_reason: str | None = None
+
+
+@dataclass(slots=True)
+class PendingBudget:
+    """Bytes of protected records waiting for keys, shared by every connection."""
+
+    limit: int = 256 * 1024 * 1024
+    used: int = 0
+
+    def reserve(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
+
+
+class _WaitForKeys(Exception):
+    """Internal: the record cannot be processed until secrets arrive."""
+
+
+class _SkipRecord(Exception):
+    """Internal: the record cannot be decrypted, by design (reason in args)."""
+
+
+KeyLookup = Callable[[bytes], KeySet | None]
+
+
+class TlsConnection:
+    """Passive TLS 1.2/1.3 decryption of one connection."""
+
+    def __init__(
+        self,
+        keys: KeyLookup,
+        *,
+        sessions: SessionCache | None = None,
+        budget: PendingBudget | None = None,
+        max_pending_per_direction: int = 8 * 1024 * 1024,
+    ) -> None:
+        self._keys = keys
+        self._sessions = sessions if sessions is not None else SessionCache()
+        self._budget = budget if budget is not None else PendingBudget()
+        self._max_pending = max_pending_per_direction
+        self.directions = (DirectionState(), DirectionState())
+        self.client_hello: hs.ClientHello | None = None
+        self.server_hello: hs.ServerHello | None = None
+        self.hello_retry = False
+        self.suite: CipherSuite | None = None
+        self.version: int | None = None
+        self.resumed = False
+        self.certificates: list[bytes] = []
+        self.session_tickets = 0
+        self.early_data_offered = False
+        self.early_data_accepted: bool | None = None
+        self.failure: tuple[Status, str] | None = None
+        self.waiting_for_keys = False
+        self._transcript: list[bytes] = []
+        self._hello_hash: bytes | None = None
+        self._server_finished_hash: bytes | None = None
+        self._client_random_used: bytes | None = None
+        self._master_secret: bytes | None = None
+        self._pending_ticket = b""
+
+    def __repr__(self) -> str:
+        return f"TlsConnection(version={hs.version_name(self.version)}, suite={self.suite_name})"
+
+    # --- public facts ----------------------------------------------------------
+
+    @property
+    def client_random(self) -> bytes | None:
+        return self.client_hello.random if self.client_hello else None
+
+    @property
+    def suite_name(self) -> str | None:
+        if self.server_hello is None:
+            return None
+        return cipher_suite_name(self.server_hello.cipher_suite)
+
+    @property
+    def pending_bytes(self) -> int:
+        return self.directions[0].pending_bytes + self.directions[1].pending_bytes
+
+    # --- input -----------------------------------------------------------------
+
+    def receive(self, direction: Direction, data: bytes) -> list[ApplicationData]:
+        """Reassembled stream bytes of one direction."""
+        state = self.directions[direction]
+        if state.phase is Phase.STOPPED:
+            return []
+        if not state.started:
+            state.started = True
+            if not self._check_stream_start(direction, data):
+                return []
+        try:
+            records = state.reader.feed(data)
+        except RecordDecodeError as exc:
+            self._stop(direction, Status.NOT_TLS if state.records == 0 else Status.PARTIAL, str(exc))
+            return []
+        events: list[ApplicationData] = []
+        for record in records:
+            state.records += 1
+            self._accept(direction, record, events)
+            if state.phase is Phase.STOPPED:
+                break
+        if self.directions[direction.peer].pending:
+            # This direction's handshake may have unblocked the other one.
+            self._drain_pending(direction.peer, events)
+            self.waiting_for_keys = any(s.pending for s in self.directions)
+        return events
+
+    def gap(self, direction: Direction, size: int) -> None:
+        """Bytes are missing from a direction: nothing after them can be framed."""
+        state = self.directions[direction]
+        if state.phase is not Phase.STOPPED:
+            self._stop(direction, Status.GAP, f"{size} bytes missing in {direction.name.lower()}; later records skipped")
+
+    def retry(self) -> list[ApplicationData]:
+        """Secrets may have arrived: decrypt what waits."""
+        events: list[ApplicationData] = []
+        for _ in range(2):  # a direction's progress may unblock the other (TLS 1.3 handshake)
+            for direction in Direction:
+                self._drain_pending(direction, events)
+        self.waiting_for_keys = any(state.pending for state in self.directions)
+        return events
+
+    def expire_pending(self, reason: str) -> None:
+        """Give up waiting for secrets."""
+        for direction in Direction:
+            state = self.directions[direction]
+            if state.pending:
+                state.skipped_records += len(state.pending)
+                self._release_pending(state)
+                self._stop(direction, Status.NO_KEYS, reason)
+        self.waiting_for_keys = False
+
+    def release(self) -> None:
+        """Return buffered bytes to the shared budget (connection is done)."""
+        for state in self.directions:
+            self._release_pending(state)
+
+    # --- status ----------------------------------------------------------------
+
+    def status(self) -> tuple[Status, str]:
+        if self.failure is not None:
+            return self.failure
+        if self.client_hello is None and self.server_hello is None:
+            return Status.NOT_TLS, "no TLS handshake in the stream"
+        if any(state.pending for state in self.directions):
+            return Status.NO_KEYS, "secrets not available for the client random"
+        if self.suite is None:
+            return Status.PARTIAL, "handshake incomplete"
+        undecrypted = sum(state.skipped_records for state in self.directions)
+        if undecrypted:
+            reasons = sorted({state.skip_reason for state in self.directions if state.skip_reason})
+            return Status.PARTIAL, f"{undecrypted} records not decrypted" + (f": {'; '.join(reasons)}" if reasons else "")
+        return Status.DECRYPTED, ""
+
+    # --- record dispatch -------------------------------------------------------
+
+    def _check_stream_start(self, direction: Direction, data: bytes) -> bool:
+        if len(data) >= 3 and data[0] & 0x80 and data[2] == 1:
+            self._stop(direction, Status.UNSUPPORTED, "SSLv2-style ClientHello")
+            return False
+        if len(data) >= 6 and data[0] == CONTENT_HANDSHAKE and data[1] == 3:
+            return True
+        if len(data) >= 3 and data[0] in (CONTENT_APPLICATION_DATA, CONTENT_ALERT, CONTENT_CHANGE_CIPHER_SPEC) and data[1] == 3:
+            self._stop(direction, Status.NO_HANDSHAKE, "connection picked up mid-stream: no handshake seen")
+            return False
+        self._stop(direction, Status.NOT_TLS, "stream does not start with a TLS handshake record")
+        return False
+
+    def _accept(self, direction: Direction, record: Record, events: list[ApplicationData]) -> None:
+        state = self.directions[direction]
+        if state.pending:
+            self._enqueue(direction, record)
+            return
+        try:
+            self._process(direction, record, events)
+        except _WaitForKeys:
+            self._enqueue(direction, record)
+        except _SkipRecord as exc:
+            state.skipped_records += 1
+            state.skip_reason = str(exc)
+        except DecryptionError as exc:
+            state.skipped_records += 1
+            self._stop(direction, Status.WRONG_KEY, f"{direction.name.lower()} {exc}")
+        except UnsupportedError as exc:
+            self._stop(direction, Status.UNSUPPORTED, str(exc))
+        except RecordDecodeError as exc:
+            self._stop(direction, Status.PARTIAL, f"{direction.name.lower()}: {exc}")
+
+    def _enqueue(self, direction: Direction, record: Record) -> None:
+        state = self.directions[direction]
+        size = len(record.fragment) + 5
+        if state.pending_bytes + size > self._max_pending or not self._budget.reserve(size):
+            state.skipped_records += len(state.pending) + 1
+            self._release_pending(state)
+            self._stop(direction, Status.NO_KEYS, "buffer for records waiting for secrets is full")
+            return
+        state.pending.append(record)
+        state.pending_bytes += size
+        self.waiting_for_keys = True
+
+    def _release_pending(self, state: DirectionState) -> None:
+        self._budget.release(state.pending_bytes)
+        state.pending.clear()
+        state.pending_bytes = 0
+
+    def _drain_pending(self, direction: Direction, events: list[ApplicationData]) -> None:
+        state = self.directions[direction]
+        while state.pending and state.phase is not Phase.STOPPED:
+            record = state.pending[0]
+            try:
+                self._process(direction, record, events)
+            except _WaitForKeys:
+                return
+            except _SkipRecord as exc:
+                state.skipped_records += 1
+                state.skip_reason = str(exc)
+            except DecryptionError as exc:
+                state.skipped_records += 1
+                self._pop_pending(state)
+                self._stop(direction, Status.WRONG_KEY, f"{direction.name.lower()} {exc}")
+                return
+            except (UnsupportedError, RecordDecodeError) as exc:
+                self._pop_pending(state)
+                status = Status.UNSUPPORTED if isinstance(exc, UnsupportedError) else Status.PARTIAL
+                self._stop(direction, status, str(exc))
+                return
+            self._pop_pending(state)
+
+    def _pop_pending(self, state: DirectionState) -> None:
+        record = state.pending.popleft()
+        size = len(record.fragment) + 5
+        state.pending_bytes -= size
+        self._budget.release(size)
+
+    def _stop(self, direction: Direction, status: Status, reason: str) -> None:
+        state = self.directions[direction]
+        state.phase = Phase.STOPPED
+        state.stop_reason = reason
+        skipped_pending = len(state.pending)
+        if skipped_pending:
+            state.skipped_records += skipped_pending
+            self._release_pending(state)
+        if self.failure is None or _SEVERITY[status] > _SEVERITY[self.failure[0]]:
+            self.failure = (status, reason)
+
+    def _process(self, direction: Direction, record: Record, events: list[ApplicationData]) -> None:
+        state = self.directions[direction]
+        content_type = record.content_type
+        if content_type == CONTENT_CHANGE_CIPHER_SPEC:
+            self._change_cipher_spec(direction)
+            return
+        if state.phase is Phase.PLAINTEXT and not self._tls13_protected(direction, record):
+            if content_type == CONTENT_HANDSHAKE:
+                self._handshake_fragment(direction, record.fragment)
+            elif content_type == CONTENT_ALERT:
+                state.alerts += 1
+            elif content_type == CONTENT_APPLICATION_DATA:
+                raise RecordDecodeError("application data before the handshake finished")
+            return
+        inner_type, plaintext = self._decrypt(direction, record)
+        state.decrypted_records += 1
+        if inner_type == CONTENT_APPLICATION_DATA:
+            if plaintext:
+                state.application_bytes += len(plaintext)
+                events.append(ApplicationData(direction, plaintext))
+        elif inner_type == CONTENT_HANDSHAKE:
+            self._handshake_fragment(direction, plaintext)
+        elif inner_type == CONTENT_ALERT:
+            state.alerts += 1
+        elif inner_type not in (CONTENT_HEARTBEAT, CONTENT_CHANGE_CIPHER_SPEC):
+            raise RecordDecodeError(f"unknown inner content type {inner_type}")
+
+    def _tls13_protected(self, direction: Direction, record: Record) -> bool:
+        """TLS 1.3 protected records (outer type application_data), including
+        0-RTT records the client sends before the ServerHello."""
+        if record.content_type != CONTENT_APPLICATION_DATA:
+            return False
+        if self.version == hs.TLS13:
+            return True
+        return self.version is None and direction is Direction.C2S and self.early_data_offered
+
+    def _decrypt(self, direction: Direction, record: Record) -> tuple[int, bytes]:
+        state = self.directions[direction]
+        if state.phase is Phase.PLAINTEXT:
+            self._enter_protected_phase(direction)
+        if state.phase is Phase.EARLY:
+            return self._decrypt_early(direction, record)
+        if state.decryptor is None:
+            self._install(direction)
+            if state.decryptor is None:
+                raise _WaitForKeys()
+        return state.decryptor.decrypt(record.content_type, record.version, record.fragment)
+
+    def _enter_protected_phase(self, direction: Direction) -> None:
+        state = self.directions[direction]
+        if self.version == hs.TLS13 or (self.version is None and self.early_data_offered):
+            if direction is Direction.C2S and self.early_data_offered and self.early_data_accepted is not False:
+                state.phase = Phase.EARLY
+            else:
+                state.phase = Phase.HANDSHAKE
+        else:
+            raise RecordDecodeError("protected record before ChangeCipherSpec")
+
+    def _decrypt_early(self, direction: Direction, record: Record) -> tuple[int, bytes]:
+        """0-RTT: trial decryption as the server does it — the early traffic key
+        first, then the handshake key (early data rejected or over)."""
+        state = self.directions[direction]
+        if state.decryptor is None:
+            self._install(direction)
+        if state.decryptor is not None:
+            try:
+                return state.decryptor.decrypt(record.content_type, record.version, record.fragment)
+            except DecryptionError:
+                pass
+        if self.server_hello is None:
+            raise _WaitForKeys()
+        handshake_decryptor = self._handshake_decryptor(direction)
+        if handshake_decryptor is None:
+            raise _WaitForKeys()
+        try:
+            result = handshake_decryptor.decrypt(record.content_type, record.version, record.fragment)
+        except DecryptionError:
+            if state.decryptor is None:
+                raise _SkipRecord("0-RTT data without CLIENT_EARLY_TRAFFIC_SECRET") from None
+            raise
+        state.phase = Phase.HANDSHAKE
+        state.decryptor = handshake_decryptor
+        return result
+
+    # --- handshake ---------------------------------------------------------------
+
+    def _handshake_fragment(self, direction: Direction, fragment: bytes) -> None:
+        state = self.directions[direction]
+        for message in state.handshake.feed(fragment):
+            self._handshake_message(direction, message)
+
+    def _handshake_message(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        msg_type = message.msg_type
+        handler = _HANDLERS.get(msg_type)
+        if self._tracking_transcript() and msg_type not in (hs.NEW_SESSION_TICKET, hs.KEY_UPDATE):
+            self._transcript.append(message.raw)
+        if handler is not None:
+            handler(self, direction, message)
+
+    def _tracking_transcript(self) -> bool:
+        return self._server_finished_hash is None and self.version in (None, hs.TLS13)
+
+    def _on_client_hello(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        hello = hs.parse_client_hello(message.body)
+        if self.client_hello is not None and self.version == hs.TLS12 and self.suite is not None:
+            # TLS 1.2 renegotiation: the new hello's random keys the next epoch.
+            self.client_hello = hello
+            self.server_hello = None
+            return
+        if self.hello_retry and self.client_hello is not None:
+            self.client_hello = hello
+            return
+        self.client_hello = hello
+        self.early_data_offered = hello.offers_early_data
+
+    def _on_server_hello(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        hello = hs.parse_server_hello(message.body)
+        if hello.is_hello_retry_request:
+            self.hello_retry = True
+            self.early_data_accepted = False
+            self.version = hs.TLS13
+            # Transcript: message_hash(ClientHello1) replaces ClientHello1 (RFC 8446 §4.4.1).
+            suite = cipher_suite(hello.cipher_suite)
+            if suite is not None and len(self._transcript) >= 2:
+                digest = hashlib.new(suite.prf_hash, self._transcript[0]).digest()
+                self._transcript[0] = bytes([hs.MESSAGE_HASH, 0, 0, len(digest)]) + digest
+            return
+        self.server_hello = hello
+        self.version = hello.version
+        if self.version not in (hs.TLS12, hs.TLS13):
+            raise UnsupportedError(f"{hs.version_name(self.version)} is not supported")
+        suite = cipher_suite(hello.cipher_suite)
+        if suite is None or suite.tls13 != (self.version == hs.TLS13):
+            raise UnsupportedError(f"cipher suite {cipher_suite_name(hello.cipher_suite)} is not supported")
+        self.suite = suite
+        if self.version == hs.TLS13:
+            self.resumed = hello.accepts_psk
+            if not self.early_data_offered or not hello.accepts_psk:
+                self.early_data_accepted = False
+            self._hello_hash = hashlib.new(suite.prf_hash, b"".join(self._transcript)).digest()
+            self._install(Direction.S2C)
+            self.directions[Direction.S2C].phase = Phase.HANDSHAKE
+        else:
+            self._transcript.clear()
+            if self.client_hello is not None:
+                client_id = self.client_hello.session_id
+                self.resumed = bool(client_id) and client_id == hello.session_id
+
+    def _on_encrypted_extensions(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        extensions = hs.parse_encrypted_extensions(message.body)
+        if self.server_hello is not None and hs.EXT_ALPN in extensions:
+            self.server_hello.extensions[hs.EXT_ALPN] = extensions[hs.EXT_ALPN]
+        self.early_data_accepted = hs.EXT_EARLY_DATA in extensions
+
+    def _on_certificate(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        if direction is Direction.S2C and not self.certificates:
+            self.certificates = hs.parse_certificate(message.body, tls13=self.version == hs.TLS13)
+
+    def _on_new_session_ticket(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        ticket = hs.parse_new_session_ticket(message.body, tls13=self.version == hs.TLS13)
+        self.session_tickets += 1
+        if self.version == hs.TLS12:
+            self._pending_ticket = ticket
+            if self._master_secret is not None:
+                self._sessions.remember(ticket, self._master_secret)
+
+    def _on_finished(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        if self.version != hs.TLS13 or self.suite is None:
+            return
+        if direction is Direction.S2C:
+            self._server_finished_hash = hashlib.new(self.suite.prf_hash, b"".join(self._transcript)).digest()
+            self._transcript.clear()
+        self._switch_to_application(direction)
+
+    def _on_end_of_early_data(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        state = self.directions[direction]
+        state.phase = Phase.HANDSHAKE
+        state.decryptor = None
+        state.traffic_secret = None
+
+    def _on_key_update(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        hs.parse_key_update(message.body)
+        state = self.directions[direction]
+        if self.suite is None or state.traffic_secret is None:
+            raise RecordDecodeError("KeyUpdate before application traffic keys")
+        state.traffic_secret = next_traffic_secret(self.suite, state.traffic_secret)
+        state.decryptor = RecordDecryptor13(self.suite, state.traffic_secret)
+        state.key_updates += 1
+
+    def _switch_to_application(self, direction: Direction) -> None:
+        state = self.directions[direction]
+        state.phase = Phase.ENCRYPTED
+        state.decryptor = None
+        state.traffic_secret = None
+        self._install(direction)
+
+    def _change_cipher_spec(self, direction: Direction) -> None:
+        if self.version == hs.TLS13 or (self.version is None and direction is Direction.C2S):
+            return  # TLS 1.3 middlebox compatibility record
+        state = self.directions[direction]
+        state.phase = Phase.ENCRYPTED
+        state.decryptor = None
+        self._install(direction)
+
+    # --- keys ----------------------------------------------------------------------
+
+    def _keyset_label(self, label: str) -> bytes | None:
+        random = self.client_random
+        if random is None:
+            return None
+        keyset = self._keys(random)
+        return keyset.get(label) if keyset is not None else None
+
+    def _handshake_secrets(self) -> tuple[bytes, bytes] | None:
+        client = self._keyset_label(CLIENT_HANDSHAKE_TRAFFIC_SECRET)
+        server = self._keyset_label(SERVER_HANDSHAKE_TRAFFIC_SECRET)
+        if client is not None and server is not None:
+            return client, server
+        handshake_secret = self._keyset_label(HANDSHAKE_SECRET)
+        if handshake_secret is not None and self.suite is not None and self._hello_hash is not None:
+            return handshake_traffic_secrets(self.suite, handshake_secret=handshake_secret, hello_hash=self._hello_hash)
+        return None
+
+    def _application_secrets(self) -> tuple[bytes | None, bytes | None]:
+        client = self._keyset_label(CLIENT_TRAFFIC_SECRET_0)
+        server = self._keyset_label(SERVER_TRAFFIC_SECRET_0)
+        if client is not None and server is not None:
+            return client, server
+        handshake_secret = self._keyset_label(HANDSHAKE_SECRET)
+        if handshake_secret is not None and self.suite is not None and self._server_finished_hash is not None:
+            return application_traffic_secrets(
+                self.suite, handshake_secret=handshake_secret, server_finished_hash=self._server_finished_hash
+            )
+        return client, server
+
+    def _handshake_decryptor(self, direction: Direction) -> RecordDecryptor13 | None:
+        secrets = self._handshake_secrets()
+        if secrets is None or self.suite is None:
+            return None
+        return RecordDecryptor13(self.suite, secrets[direction])
+
+    def _install(self, direction: Direction) -> None:
+        """Set the direction's decryptor for its phase, if the secrets are known."""
+        state = self.directions[direction]
+        if state.decryptor is not None:
+            return
+        if state.phase is Phase.EARLY:
+            early = self._keyset_label(CLIENT_EARLY_TRAFFIC_SECRET)
+            if early is not None:
+                suite = self._early_suite()
+                if suite is not None:
+                    state.decryptor = RecordDecryptor13(suite, early)
+            return
+        if self.suite is None:
+            return
+        if self.version == hs.TLS13:
+            if state.phase is Phase.HANDSHAKE:
+                state.decryptor = self._handshake_decryptor(direction)
+            elif state.phase is Phase.ENCRYPTED:
+                secret = self._application_secrets()[direction]
+                if secret is not None:
+                    state.traffic_secret = secret
+                    state.decryptor = RecordDecryptor13(self.suite, secret)
+            return
+        if state.phase is Phase.ENCRYPTED:
+            self._install12(direction)
+
+    def _early_suite(self) -> CipherSuite | None:
+        """0-RTT records use the suite of the PSK; OpenSSL offers it first."""
+        if self.suite is not None:
+            return self.suite
+        if self.client_hello is None:
+            return None
+        for code in self.client_hello.cipher_suites:
+            suite = cipher_suite(code)
+            if suite is not None and suite.tls13:
+                return suite
+        return None
+
+    def _install12(self, direction: Direction) -> None:
+        master = self._master_secret12()
+        if master is None or self.suite is None or self.client_hello is None or self.server_hello is None:
+            return
+        client_keys, server_keys = key_block12(
+            self.suite,
+            master_secret=master,
+            client_random=self.client_hello.random,
+            server_random=self.server_hello.random,
+        )
+        keys = client_keys if direction is Direction.C2S else server_keys
+        self.directions[direction].decryptor = RecordDecryptor12(
+            self.suite, keys, encrypt_then_mac=self.server_hello.encrypt_then_mac
+        )
+        self._master_secret = master
+        self._sessions.remember(self.server_hello.session_id, master)
+        self._sessions.remember(self._pending_ticket, master)
+
+    def _master_secret12(self) -> bytes | None:
+        master = self._keyset_label(CLIENT_RANDOM)
+        if master is not None or self.client_hello is None or self.server_hello is None:
+            return master
+        if self.client_hello.session_ticket:
+            master = self._sessions.lookup(self.client_hello.session_ticket)
+            if master is not None:
+                return master
+        if self.resumed:
+            return self._sessions.lookup(self.server_hello.session_id)
+        return None
+
+
+_SEVERITY = {
+    Status.DECRYPTED: 0,
+    Status.PARTIAL: 1,
+    Status.GAP: 2,
+    Status.NO_KEYS: 3,
+    Status.WRONG_KEY: 4,
+    Status.NO_HANDSHAKE: 5,
+    Status.UNSUPPORTED: 6,
+    Status.NOT_TLS: 7,
+}
+
+_HANDLERS: dict[int, Callable[[TlsConnection, Direction, hs.HandshakeMessage], None]] = {
+    hs.CLIENT_HELLO: TlsConnection._on_client_hello,
+    hs.SERVER_HELLO: TlsConnection._on_server_hello,
+    hs.ENCRYPTED_EXTENSIONS: TlsConnection._on_encrypted_extensions,
+    hs.CERTIFICATE: TlsConnection._on_certificate,
+    hs.NEW_SESSION_TICKET: TlsConnection._on_new_session_ticket,
+    hs.FINISHED: TlsConnection._on_finished,
+    hs.END_OF_EARLY_DATA: TlsConnection._on_end_of_early_data,
+    hs.KEY_UPDATE: TlsConnection._on_key_update,
+}
+
+__all__ = [
+    "ApplicationData",
+    "BridgeError",
+    "Direction",
+    "PendingBudget",
+    "Status",
+    "TlsConnection",
+]
