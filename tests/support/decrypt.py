@@ -1,0 +1,87 @@
+"""Run the decryptor in-process over a capture and collect what it produced."""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from bridge.capture.pcapfile import read_capture
+from bridge.decrypt_command import Pipeline
+from bridge.decryptor import Decryptor, DecryptorConfig, Event, FlowFinished, PlaintextData
+from bridge.keylog import read_keylog
+from bridge.keystore import KeyStore
+from bridge.tls.connection import Direction
+
+
+@dataclass
+class DecryptedFlow:
+    record: dict
+    c2s: bytes
+    s2c: bytes
+
+
+@dataclass
+class DecryptResult:
+    flows: list[DecryptedFlow] = field(default_factory=list)
+    pipeline: Pipeline | None = None
+
+    def by_endpoints(self, client: str, server: str) -> DecryptedFlow:
+        matches = [f for f in self.flows if f.record["client"] == client and f.record["server"] == server]
+        assert len(matches) == 1, f"{len(matches)} flows for {client} -> {server}: {[f.record for f in self.flows]}"
+        return matches[0]
+
+    @property
+    def statuses(self) -> list[str]:
+        return [flow.record["status"] for flow in self.flows]
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.data: dict[tuple[int, Direction], list[bytes]] = defaultdict(list)
+        self.result = DecryptResult()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, PlaintextData):
+            self.data[(event.flow.flow_id, event.direction)].append(event.data)
+        elif isinstance(event, FlowFinished):
+            flow_id = event.flow.flow_id
+            self.result.flows.append(
+                DecryptedFlow(
+                    event.record,
+                    b"".join(self.data.pop((flow_id, Direction.C2S), [])),
+                    b"".join(self.data.pop((flow_id, Direction.S2C), [])),
+                )
+            )
+
+
+def keystore_from(*keylogs: str | os.PathLike) -> KeyStore:
+    store = KeyStore()
+    for path in keylogs:
+        for entry in read_keylog(path):
+            store.add_entry(entry)
+    return store
+
+
+def decrypt_frames(frames, store: KeyStore, config: DecryptorConfig | None = None) -> DecryptResult:
+    collector = Collector()
+    pipeline = Pipeline(Decryptor(store, config), [collector])
+    pipeline.run(frames)
+    pipeline.finish()
+    collector.result.pipeline = pipeline
+    return collector.result
+
+
+def decrypt_capture(pcap: str | os.PathLike, *keylogs: str | os.PathLike, config: DecryptorConfig | None = None) -> DecryptResult:
+    return decrypt_frames(read_capture(pcap), keystore_from(*keylogs), config)
+
+
+def assert_matches_tshark(result: DecryptResult, followed: list, *, expect_streams: int | None = None) -> None:
+    """Per connection and direction, our plaintext is byte-identical to tshark's."""
+    if expect_streams is not None:
+        assert len(followed) == expect_streams, [(s.client, s.server) for s in followed]
+    assert followed, "tshark followed no stream"
+    for stream in followed:
+        ours = result.by_endpoints(stream.client, stream.server)
+        assert ours.c2s == stream.c2s, f"c2s differs for {stream.client}: ours {len(ours.c2s)} B, tshark {len(stream.c2s)} B"
+        assert ours.s2c == stream.s2c, f"s2c differs for {stream.client}: ours {len(ours.s2c)} B, tshark {len(stream.s2c)} B"
