@@ -110,7 +110,7 @@ class _DirectionStats:
 class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
-        "waiting_since_ns", "tls_active",
+        "waiting_since_ns", "tls_active", "closing",
     )
 
     def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
@@ -124,6 +124,8 @@ class _Flow:
         self.oriented = syn_seen
         self.waiting_since_ns: int | None = None
         self.tls_active = True
+        #: How the connection ended while its records still wait for secrets.
+        self.closing: str | None = None
 
 
 class Decryptor:
@@ -275,6 +277,8 @@ class Decryptor:
             for data in flow.tls.retry():
                 self._emit(flow, data.direction, data.data, self._now_ns, events)
             self._track_waiting(flow)
+            if flow.closing is not None and not flow.tls.waiting_for_keys:
+                self._finish(flow, flow.closing, events)
         return events
 
     def tick(self, now_ns: int | None = None) -> list[Event]:
@@ -289,6 +293,8 @@ class Decryptor:
                 self.stats.key_wait_expired += 1
                 self._track_waiting(flow)
                 self._waiting.pop(random, None)
+                if flow.closing is not None:
+                    self._finish(flow, flow.closing, events)
         idle_ns = int(self.config.idle_timeout * NS)
         while self._flows:
             _, oldest = next(iter(self._flows.items()))
@@ -310,13 +316,18 @@ class Decryptor:
     def _finish(self, flow: _Flow, ended_by: str, events: list[Event]) -> None:
         if flow.ended_by is not None:
             return
-        flow.ended_by = ended_by
-        if ended_by != "evicted":
+        if flow.closing is None and ended_by != "evicted":
             for direction in Direction:
                 chunks = flow.reassembly[direction].flush()
                 if chunks:
                     self._deliver(flow, direction, chunks, flow.last_ns, events)
         tls = flow.tls
+        if tls.waiting_for_keys and ended_by in ("fin", "rst") and flow.closing is None:
+            # Closed before its secrets arrived: the records wait (bounded by the
+            # pending budget, at most key_wait) and the flow is logged after.
+            flow.closing = ended_by
+            return
+        flow.ended_by = ended_by
         if tls.waiting_for_keys:
             tls.expire_pending("connection ended before its secrets arrived")
         tls.release()
@@ -359,7 +370,7 @@ def flow_record(flow: _Flow, ended_by: str) -> dict[str, object]:
     """The flow log line of a finished flow."""
     tls = flow.tls
     status, reason = tls.status()
-    if not flow.syn_seen and status is Status.DECRYPTED and tls.client_hello is None:
+    if not flow.syn_seen and tls.client_hello is None:
         status, reason = Status.NO_HANDSHAKE, "connection picked up mid-stream: no handshake seen"
     gaps = [flow.reassembly[d].stats.gap_bytes for d in Direction]
     if any(gaps) and status is Status.DECRYPTED:

@@ -256,6 +256,10 @@ class TlsConnection:
             return Status.NO_KEYS, "secrets not available for the client random"
         if self.suite is None:
             return Status.PARTIAL, "handshake incomplete"
+        for direction in Direction:
+            leftover = self.directions[direction].reader.buffered
+            if leftover:
+                return Status.PARTIAL, f"stream ended inside a record: {leftover} bytes of {direction.name.lower()} not decrypted"
         undecrypted = sum(state.skipped_records for state in self.directions)
         if undecrypted:
             reasons = sorted({state.skip_reason for state in self.directions if state.skip_reason})
