@@ -216,6 +216,8 @@ class Decryptor:
         flags = segment.flags
         reassembler = flow.reassembly[direction]
         flow.stats[direction].packets += 1
+        if flow.closing is not None:
+            return  # over; only its secrets are awaited
         if flags & SYN:
             reassembler.syn(segment.seq)
             return
@@ -372,6 +374,8 @@ def flow_record(flow: _Flow, ended_by: str) -> dict[str, object]:
     status, reason = tls.status()
     if not flow.syn_seen and tls.client_hello is None:
         status, reason = Status.NO_HANDSHAKE, "connection picked up mid-stream: no handshake seen"
+    if status is Status.NOT_TLS and not any(r.stats.bytes_delivered for r in flow.reassembly):
+        reason = "evicted (max flows reached) before any payload" if ended_by == "evicted" else "no payload seen"
     gaps = [flow.reassembly[d].stats.gap_bytes for d in Direction]
     if any(gaps) and status is Status.DECRYPTED:
         status, reason = Status.GAP, f"{sum(gaps)} bytes missing after the last decrypted record"

@@ -160,7 +160,6 @@ class TlsConnection:
         self.early_data_offered = False
         self.early_data_accepted: bool | None = None
         self.failure: tuple[Status, str] | None = None
-        self.waiting_for_keys = False
         self._transcript: list[bytes] = []
         self._hello_hash: bytes | None = None
         self._server_finished_hash: bytes | None = None
@@ -182,6 +181,11 @@ class TlsConnection:
         if self.server_hello is None:
             return None
         return cipher_suite_name(self.server_hello.cipher_suite)
+
+    @property
+    def waiting_for_keys(self) -> bool:
+        """Records wait for secrets (or for the other direction's hello)."""
+        return bool(self.directions[0].pending or self.directions[1].pending)
 
     @property
     def pending_bytes(self) -> int:
@@ -212,7 +216,6 @@ class TlsConnection:
         if self.directions[direction.peer].pending:
             # This direction's handshake may have unblocked the other one.
             self._drain_pending(direction.peer, events)
-            self.waiting_for_keys = any(s.pending for s in self.directions)
         return events
 
     def gap(self, direction: Direction, size: int) -> None:
@@ -227,18 +230,20 @@ class TlsConnection:
         for _ in range(2):  # a direction's progress may unblock the other (TLS 1.3 handshake)
             for direction in Direction:
                 self._drain_pending(direction, events)
-        self.waiting_for_keys = any(state.pending for state in self.directions)
         return events
 
     def expire_pending(self, reason: str) -> None:
-        """Give up waiting for secrets."""
+        """Give up waiting for secrets (or for the other direction's hello)."""
+        status = Status.NO_KEYS
+        if self.server_hello is None or self.client_hello is None:
+            missing = "ClientHello" if self.client_hello is None else "ServerHello"
+            status, reason = Status.PARTIAL, f"handshake incomplete: no {missing} seen"
         for direction in Direction:
             state = self.directions[direction]
             if state.pending:
                 state.skipped_records += len(state.pending)
                 self._release_pending(state)
-                self._stop(direction, Status.NO_KEYS, reason)
-        self.waiting_for_keys = False
+                self._stop(direction, status, reason)
 
     def release(self) -> None:
         """Return buffered bytes to the shared budget (connection is done)."""
@@ -310,7 +315,6 @@ class TlsConnection:
             return
         state.pending.append(record)
         state.pending_bytes += size
-        self.waiting_for_keys = True
 
     def _release_pending(self, state: DirectionState) -> None:
         self._budget.release(state.pending_bytes)
@@ -360,6 +364,8 @@ class TlsConnection:
     def _process(self, direction: Direction, record: Record, events: list[ApplicationData]) -> None:
         state = self.directions[direction]
         content_type = record.content_type
+        if self._out_of_order(direction, record):
+            raise _WaitForKeys()
         if content_type == CONTENT_CHANGE_CIPHER_SPEC:
             self._change_cipher_spec(direction)
             return
@@ -383,6 +389,19 @@ class TlsConnection:
             state.alerts += 1
         elif inner_type not in (CONTENT_HEARTBEAT, CONTENT_CHANGE_CIPHER_SPEC):
             raise RecordDecodeError(f"unknown inner content type {inner_type}")
+
+    def _out_of_order(self, direction: Direction, record: Record) -> bool:
+        """A mirror may deliver one direction ahead of the other: server records
+        wait for the ClientHello, client records after the hello wait for the
+        ServerHello (the order of the transcript and of key installation)."""
+        if direction is Direction.S2C:
+            return self.client_hello is None
+        return (
+            self.server_hello is None
+            and self.client_hello is not None
+            and record.content_type != CONTENT_HANDSHAKE
+            and record.content_type != CONTENT_ALERT
+        )
 
     def _tls13_protected(self, direction: Direction, record: Record) -> bool:
         """TLS 1.3 protected records (outer type application_data), including

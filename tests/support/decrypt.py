@@ -20,6 +20,9 @@ class DecryptedFlow:
     c2s: bytes
     s2c: bytes
 
+    def __repr__(self) -> str:
+        return f"DecryptedFlow({self.record.get('status')}, c2s={len(self.c2s)} B, s2c={len(self.s2c)} B, {self.record.get('reason')!r})"
+
 
 @dataclass
 class DecryptResult:
