@@ -250,13 +250,13 @@ GOOD_STORES = {
 
 # Known bugs in bridge/tls/connection.py, pinned as strict xfails: once fixed these
 # tests XPASS and fail, so the marker must be removed together with the fix.
-BUG_SHORT_FIRST_SEGMENT = pytest.mark.xfail(
-    strict=True,
+BUG_SHORT_FIRST_SEGMENT = pytest.mark.skipif(
+    False,
     reason="bug: TlsConnection._check_stream_start() needs >= 6 bytes in the first receive() "
     "call of a direction; a shorter first segment stops the direction as NOT_TLS",
 )
-BUG_TRANSCRIPT_ORDER = pytest.mark.xfail(
-    strict=True,
+BUG_TRANSCRIPT_ORDER = pytest.mark.skipif(
+    False,
     reason="bug: with only HANDSHAKE_SECRET, the client Finished can be decrypted (and appended "
     "to the transcript) before the server flight, so the derived application secrets are wrong",
 )

@@ -101,6 +101,7 @@ class DirectionState:
     key_updates: int = 0
     application_bytes: int = 0
     started: bool = False
+    prefix: bytearray = field(default_factory=bytearray)
     stop_reason: str | None = None
     skip_reason: str | None = None
 
@@ -199,6 +200,11 @@ class TlsConnection:
         if state.phase is Phase.STOPPED:
             return []
         if not state.started:
+            # Decide what the stream is from its first 6 bytes, however it was segmented.
+            state.prefix += data
+            if len(state.prefix) < 6:
+                return []
+            data, state.prefix = bytes(state.prefix), bytearray()
             state.started = True
             if not self._check_stream_start(direction, data):
                 return []
@@ -393,14 +399,22 @@ class TlsConnection:
     def _out_of_order(self, direction: Direction, record: Record) -> bool:
         """A mirror may deliver one direction ahead of the other: server records
         wait for the ClientHello, client records after the hello wait for the
-        ServerHello (the order of the transcript and of key installation)."""
+        ServerHello, and TLS 1.3 client handshake records for the server
+        Finished (the order of the transcript and of key installation)."""
         if direction is Direction.S2C:
             return self.client_hello is None
+        if self.server_hello is None:
+            return (
+                self.client_hello is not None
+                and record.content_type != CONTENT_HANDSHAKE
+                and record.content_type != CONTENT_ALERT
+            )
         return (
-            self.server_hello is None
-            and self.client_hello is not None
-            and record.content_type != CONTENT_HANDSHAKE
-            and record.content_type != CONTENT_ALERT
+            self.version == hs.TLS13
+            and self._server_finished_hash is None
+            and record.content_type == CONTENT_APPLICATION_DATA
+            and self.directions[Direction.C2S].phase in (Phase.PLAINTEXT, Phase.HANDSHAKE)
+            and self.early_data_accepted is not True
         )
 
     def _tls13_protected(self, direction: Direction, record: Record) -> bool:
