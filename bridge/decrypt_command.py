@@ -21,7 +21,7 @@ from bridge.decryptor import NS, Decryptor, DecryptorConfig, Event, FlowFinished
 from bridge.errors import BridgeError, PacketDecodeError
 from bridge.keylog import KeyLogStats, read_keylog
 from bridge.keystore import KeyStore
-from bridge.packets import decode_tcp
+from bridge.packets import TcpSegment, classify
 
 
 @dataclass(slots=True)
@@ -51,31 +51,52 @@ class Pipeline:
                 sink(event)
 
     def frame(self, frame: Frame) -> None:
+        self.run((frame,))
+
+    def _malformed(self, exc: PacketDecodeError) -> None:
         counters = self.counters
-        counters.frames += 1
-        try:
-            segment = decode_tcp(frame.linktype, frame.data, frame.timestamp_ns)
-        except PacketDecodeError as exc:
-            counters.malformed += 1
-            reason = str(exc).split(":")[0][:60]
-            counters.malformed_reasons[reason] = counters.malformed_reasons.get(reason, 0) + 1
-            return
-        if segment is None:
-            counters.not_tcp += 1
-            return
-        counters.tcp_segments += 1
-        events = self.decryptor.process(segment)
-        if segment.timestamp_ns >= self._next_tick_ns:
-            events.extend(self.decryptor.tick(segment.timestamp_ns))
-            self._next_tick_ns = segment.timestamp_ns + NS
-        if events:
-            self._dispatch(events)
+        counters.malformed += 1
+        reason = str(exc).split(":")[0][:60]
+        counters.malformed_reasons[reason] = counters.malformed_reasons.get(reason, 0) + 1
 
     def run(self, frames: Iterable[Frame], progress: Callable[[], None] | None = None) -> None:
-        for count, frame in enumerate(frames, 1):
-            self.frame(frame)
-            if progress is not None and count % 4096 == 0:
-                progress()
+        """The packet loop: the hot path, written with locals on purpose."""
+        counters = self.counters
+        process = self.decryptor.process
+        tick = self.decryptor.tick
+        dispatch = self._dispatch
+        next_tick_ns = self._next_tick_ns
+        frame_count = tcp_count = not_tcp = 0
+        try:
+            for frame in frames:
+                frame_count += 1
+                try:
+                    segment = classify(frame.linktype, frame.data, frame.timestamp_ns)
+                except PacketDecodeError as exc:
+                    self._malformed(exc)
+                    continue
+                if segment.__class__ is not TcpSegment:
+                    not_tcp += 1
+                    continue
+                tcp_count += 1
+                events = process(segment)  # type: ignore[arg-type]
+                timestamp_ns = segment.timestamp_ns  # type: ignore[union-attr]
+                if timestamp_ns >= next_tick_ns:
+                    events.extend(tick(timestamp_ns))
+                    next_tick_ns = timestamp_ns + NS
+                if events:
+                    dispatch(events)
+                if progress is not None and not frame_count & 4095:
+                    counters.frames += frame_count
+                    counters.tcp_segments += tcp_count
+                    counters.not_tcp += not_tcp
+                    frame_count = tcp_count = not_tcp = 0
+                    progress()
+        finally:
+            counters.frames += frame_count
+            counters.tcp_segments += tcp_count
+            counters.not_tcp += not_tcp
+            self._next_tick_ns = next_tick_ns
 
     def keys_arrived(self) -> None:
         self._dispatch(self.decryptor.keys_arrived())

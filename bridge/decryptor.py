@@ -29,6 +29,8 @@ from bridge.tls.certificates import describe_chain
 from bridge.tls.connection import Direction, PendingBudget, Status, TlsConnection
 
 NS = 1_000_000_000
+_LRU_GRANULARITY_NS = NS // 10
+_CONTROL_FLAGS = SYN | FIN | RST
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ class _DirectionStats:
 class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
-        "waiting_since_ns", "tls_active", "closing",
+        "waiting_since_ns", "tls_active", "closing", "lru_ns",
     )
 
     def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
@@ -118,7 +120,7 @@ class _Flow:
         self.reassembly = (StreamReassembler(max_buffered=max_out_of_order), StreamReassembler(max_buffered=max_out_of_order))
         self.tls = tls
         self.stats = (_DirectionStats(), _DirectionStats())
-        self.last_ns = info.first_timestamp_ns
+        self.last_ns = self.lru_ns = info.first_timestamp_ns
         self.ended_by: str | None = None
         self.syn_seen = syn_seen
         self.oriented = syn_seen
@@ -157,19 +159,32 @@ class Decryptor:
 
     def process(self, segment: TcpSegment) -> list[Event]:
         self.stats.segments += 1
-        self._now_ns = max(self._now_ns, segment.timestamp_ns)
+        timestamp_ns = segment.timestamp_ns
+        if timestamp_ns > self._now_ns:
+            self._now_ns = timestamp_ns
         events: list[Event] = []
-        key = (segment.src, segment.sport, segment.dst, segment.dport)
-        entry = self._by_tuple.get(key)
+        entry = self._by_tuple.get((segment.src, segment.sport, segment.dst, segment.dport))
         if entry is None:
-            entry = self._new_flow(segment, key, events)
+            entry = self._new_flow(segment, (segment.src, segment.sport, segment.dst, segment.dport), events)
             if entry is None:
                 self.stats.ignored_segments += 1
                 return events
         flow, direction = entry
-        self._flows.move_to_end(flow.info.flow_id)
-        flow.last_ns = segment.timestamp_ns
-        self._segment(flow, direction, segment, events)
+        flow.last_ns = timestamp_ns
+        if timestamp_ns - flow.lru_ns > _LRU_GRANULARITY_NS:
+            # Activity order for idle expiry and eviction, kept to within 100 ms.
+            self._flows.move_to_end(flow.info.flow_id)
+            flow.lru_ns = timestamp_ns
+        if segment.flags & _CONTROL_FLAGS or flow.closing is not None:
+            self._segment(flow, direction, segment, events)
+            return events
+        # Fast path: a data (or bare ACK) segment of an open connection.
+        flow.stats[direction].packets += 1
+        payload = segment.payload
+        if payload:
+            chunks = flow.reassembly[direction].segment(segment.seq, payload)
+            if chunks and flow.tls_active:
+                self._deliver(flow, direction, chunks, timestamp_ns, events)
         return events
 
     def _new_flow(
@@ -224,15 +239,16 @@ class Decryptor:
         if flags & RST:
             self._finish(flow, "rst", events)
             return
-        fin = bool(flags & FIN)
+        fin = flags & FIN
         if segment.payload or fin:
-            chunks = reassembler.segment(segment.seq, segment.payload, fin=fin)
+            chunks = reassembler.segment(segment.seq, segment.payload, fin=bool(fin))
             if chunks:
                 self._deliver(flow, direction, chunks, segment.timestamp_ns, events)
         if fin:
             flow.stats[direction].fin = True
-        if all(r.complete for r in flow.reassembly) and flow.stats[0].fin and flow.stats[1].fin:
-            self._finish(flow, "fin", events)
+        if flow.reassembly[0].fin_offset is not None and flow.reassembly[1].fin_offset is not None:
+            if flow.reassembly[0].complete and flow.reassembly[1].complete:
+                self._finish(flow, "fin", events)
 
     def _deliver(
         self, flow: _Flow, direction: Direction, chunks: list[bytes | Gap], timestamp_ns: int, events: list[Event]
@@ -241,13 +257,14 @@ class Decryptor:
         if not flow.tls_active:
             return
         for chunk in chunks:
-            if isinstance(chunk, Gap):
-                tls.gap(direction, chunk.size)
+            if chunk.__class__ is Gap:
+                tls.gap(direction, chunk.size)  # type: ignore[union-attr]
                 continue
-            for data in tls.receive(direction, chunk):
+            for data in tls.receive(direction, chunk):  # type: ignore[arg-type]
                 self._emit(flow, data.direction, data.data, timestamp_ns, events)
-        self._track_waiting(flow)
-        flow.tls_active = any(state.phase.value != "stopped" for state in tls.directions)
+        if flow.waiting_since_ns is not None or tls.waiting_for_keys:
+            self._track_waiting(flow)
+        flow.tls_active = not tls.stopped
 
     def _emit(self, flow: _Flow, direction: Direction, data: bytes, timestamp_ns: int, events: list[Event]) -> None:
         stats = flow.stats[direction]
@@ -300,7 +317,7 @@ class Decryptor:
         idle_ns = int(self.config.idle_timeout * NS)
         while self._flows:
             _, oldest = next(iter(self._flows.items()))
-            if now_ns - oldest.last_ns <= idle_ns:
+            if now_ns - oldest.lru_ns <= idle_ns:
                 break
             self.stats.flows_idle += 1
             self._finish(oldest, "idle", events)

@@ -96,8 +96,15 @@ class StreamReassembler:
 
     def segment(self, seq: int, payload: bytes, *, fin: bool = False) -> list[Chunk]:
         """One segment's payload; returns the bytes (and gaps) now deliverable in order."""
-        if self._base_seq is None:
-            self._base_seq = seq % _MOD  # picked up mid-stream
+        base = self._base_seq
+        if base is None:
+            base = self._base_seq = seq % _MOD  # picked up mid-stream
+        elif not fin and not self._pending_starts and payload and (base + self._next) % _MOD == seq:
+            # The common case: the next segment, in order, nothing buffered.
+            self._next += len(payload)
+            self.stats.segments += 1
+            self.stats.bytes_delivered += len(payload)
+            return [payload]
         start = self._offset(seq)
         if fin:
             fin_at = start + len(payload)

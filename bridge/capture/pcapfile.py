@@ -548,9 +548,9 @@ class CaptureReader:
                     raise CaptureFormatError(f"error reading {self.name}: {exc}") from exc
                 if not chunk:
                     break
-                for frame in parser.feed(chunk):
-                    self.frames_read += 1
-                    yield frame
+                frames = parser.feed(chunk)
+                self.frames_read += len(frames)
+                yield from frames
             leftover = parser.close()
             self.warnings.extend(parser.warnings)
             if leftover:

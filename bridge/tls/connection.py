@@ -184,6 +184,11 @@ class TlsConnection:
         return cipher_suite_name(self.server_hello.cipher_suite)
 
     @property
+    def stopped(self) -> bool:
+        """Nothing more can be decrypted in either direction."""
+        return self.directions[0].phase is Phase.STOPPED and self.directions[1].phase is Phase.STOPPED
+
+    @property
     def waiting_for_keys(self) -> bool:
         """Records wait for secrets (or for the other direction's hello)."""
         return bool(self.directions[0].pending or self.directions[1].pending)
@@ -213,13 +218,15 @@ class TlsConnection:
         except RecordDecodeError as exc:
             self._stop(direction, Status.NOT_TLS if state.records == 0 else Status.PARTIAL, str(exc))
             return []
+        if not records:
+            return []
         events: list[ApplicationData] = []
         for record in records:
             state.records += 1
             self._accept(direction, record, events)
             if state.phase is Phase.STOPPED:
                 break
-        if self.directions[direction.peer].pending:
+        if self.directions[1 - direction].pending:
             # This direction's handshake may have unblocked the other one.
             self._drain_pending(direction.peer, events)
         return events

@@ -41,12 +41,14 @@ def looks_like_tls(data: bytes) -> bool:
 class RecordReader:
     """Incremental record framer for one direction of one connection."""
 
-    __slots__ = ("_buffer", "_offset")
+    __slots__ = ("_buffer", "_offset", "_need")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
         #: Stream offset of ``_buffer[0]``.
         self._offset = 0
+        #: Bytes the buffer must hold before the next record can complete.
+        self._need = HEADER_LENGTH
 
     @property
     def buffered(self) -> int:
@@ -57,6 +59,8 @@ class RecordReader:
         :class:`RecordDecodeError` when the stream is not (or no longer) TLS."""
         buffer = self._buffer
         buffer += data
+        if len(buffer) < self._need:
+            return []  # the common case: a segment in the middle of a record
         records: list[Record] = []
         position = 0
         end = len(buffer)
@@ -73,6 +77,7 @@ class RecordReader:
             if length > MAX_RECORD_LENGTH:
                 raise RecordDecodeError(f"record length {length} exceeds the TLS maximum")
             if end - position < HEADER_LENGTH + length:
+                self._need = HEADER_LENGTH + length
                 break
             version = (buffer[position + 1] << 8) | buffer[position + 2]
             start = position + HEADER_LENGTH
@@ -80,6 +85,8 @@ class RecordReader:
                 Record(content_type, version, bytes(buffer[start : start + length]), self._offset + position)
             )
             position = start + length
+        else:
+            self._need = HEADER_LENGTH
         if position:
             del buffer[:position]
             self._offset += position
