@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +21,7 @@ from bridge.capture.frames import Frame
 from bridge.decryptor import NS, Decryptor, DecryptorConfig, Event, FlowFinished, PlaintextData
 from bridge.errors import BridgeError, PacketDecodeError
 from bridge.keylog import KeyLogStats, read_keylog
+from bridge.keylog_follow import KeyLogFollower
 from bridge.keystore import KeyStore
 from bridge.packets import TcpSegment, classify
 
@@ -86,6 +88,8 @@ class Pipeline:
                     next_tick_ns = timestamp_ns + NS
                 if events:
                     dispatch(events)
+                if not frame_count & 255 and self.decryptor.keys.has_arrivals:
+                    dispatch(self.decryptor.keys_arrived())
                 if progress is not None and not frame_count & 4095:
                     counters.frames += frame_count
                     counters.tcp_segments += tcp_count
@@ -224,13 +228,29 @@ def _limit(frames: Iterator[Frame], count: int | None) -> Iterator[Frame]:
         yield frame
 
 
+class _Terminated(Exception):
+    """SIGTERM: stop capturing, finish every connection, write the logs."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 def run_decrypt(args: argparse.Namespace) -> int:
     err = sys.stderr
     store = KeyStore()
     config = DecryptorConfig(max_flows=args.max_flows, idle_timeout=args.idle_timeout, key_wait=args.key_wait)
     flows_stream: IO[str] | None = None
+    followers: list[KeyLogFollower] = []
+    live = args.interface is not None
+    if live:
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        _load_keylogs(args.keylog, store, err)
+        if live:
+            # Live: key logs are still being written; follow them like tail -f.
+            followers = [KeyLogFollower(path, store).start() for path in args.keylog]
+        else:
+            _load_keylogs(args.keylog, store, err)
         if args.flows == "-":
             flows_stream = sys.stdout
         elif args.flows:
@@ -243,9 +263,18 @@ def run_decrypt(args: argparse.Namespace) -> int:
         pipeline = Pipeline(Decryptor(store, config), sinks)
         progress = Progress(pipeline, err)
         frames = _frames(args)
+        if live and not args.quiet:
+            err.write(f"tls-bridge: capturing on {args.interface}; Ctrl-C or SIGTERM to stop\n")
+            err.flush()
         try:
             pipeline.run(_limit(frames, args.count), None if args.quiet else progress)
+        except (KeyboardInterrupt, _Terminated):
+            if not live:
+                raise
+            err.write("\ntls-bridge: stopping\n" if not args.quiet else "")
         finally:
+            for follower in followers:
+                follower.stop()
             pipeline.finish()
         reader_warnings = getattr(frames, "warnings", None) or []
         for warning in reader_warnings:

@@ -79,6 +79,11 @@ class KeyStore:
             if self._entries.pop(client_random, None) is not None:
                 self.stats.forgotten += 1
 
+    @property
+    def has_arrivals(self) -> bool:
+        """Cheap check (no lock): secrets arrived since the last take_arrivals()."""
+        return bool(self._arrivals)
+
     def take_arrivals(self) -> list[bytes]:
         """Client randoms that received secrets since the last call."""
         with self._lock:

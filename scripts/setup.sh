@@ -8,21 +8,42 @@ APT_PACKAGES=(
     python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps
 )
 
+# Suricata 7 comes from bookworm-backports.
+BACKPORTS_PACKAGES=(suricata)
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
 need_apt=()
-for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
-done
-if ((${#need_apt[@]})); then
+for pkg in "${APT_PACKAGES[@]}"; do installed "$pkg" || need_apt+=("$pkg"); done
+need_backports=()
+for pkg in "${BACKPORTS_PACKAGES[@]}"; do installed "$pkg" || need_backports+=("$pkg"); done
+
+if ((${#need_apt[@]} + ${#need_backports[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
-        echo "setup: need root to install: ${need_apt[*]}" >&2
+        echo "setup: need root to install: ${need_apt[*]} ${need_backports[*]}" >&2
         exit 1
     fi
-    echo "setup: installing ${need_apt[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
     # tshark asks whether non-root users may capture; answer for it.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    if ((${#need_backports[@]})) && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        echo "setup: adding the bookworm-backports suite" >&2
+        cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    fi
+    echo "setup: installing ${need_apt[*]} ${need_backports[*]}" >&2
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+    if ((${#need_apt[@]})); then
+        apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+    fi
+    if ((${#need_backports[@]})); then
+        apt-get install -y -q -t bookworm-backports "${need_backports[@]}" >/dev/null
+    fi
 fi
 
 stamp=.venv/.tls-bridge-installed
