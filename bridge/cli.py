@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 
 from bridge import __version__
 
@@ -53,6 +54,25 @@ def _decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keylog", metavar="KEYLOG", action="append", default=[],
                         help="RFC 9850 key log file (SSLKEYLOGFILE format); may be repeated")
     parser.add_argument("--flows", metavar="FILE", help="write the flow log (JSON lines) to FILE, '-' for stdout")
+    reinject = parser.add_argument_group(
+        "re-injection",
+        "Every decrypted connection is re-emitted as a synthetic cleartext TCP connection "
+        "(handshake, every segment ACKed, FIN/RST as the original ended) for Suricata/Zeek. "
+        "Undecryptable connections are not emitted; the flow log's 'synthetic' field names "
+        "the synthetic connection.",
+    )
+    reinject.add_argument("-w", "--write", metavar="FILE", help="write synthetic cleartext frames to a pcap FILE")
+    reinject.add_argument("--inject", metavar="IFACE",
+                          help="send synthetic frames on IFACE (deployment default: a dummy interface, "
+                               "'ip link add tls0 type dummy'; any interface works)")
+    reinject.add_argument("--pcap-over-ip", metavar="HOST:PORT",
+                          help="serve synthetic frames as PCAP-over-IP (pcap header, then records) to TCP clients")
+    reinject.add_argument("--mtu", type=int, default=1500, help="IP MTU of the synthetic segments (default: 1500; jumbo allowed)")
+    reinject.add_argument("--server-port", type=int, metavar="PORT", help="rewrite the server port (e.g. 443 to 80)")
+    reinject.add_argument("--mark-mac", metavar="MAC", default="02:00:00:00:00:01",
+                          help="source MAC of client-side synthetic frames, a marker (default: 02:00:00:00:00:01, "
+                               "locally administered; server-side frames use the next address)")
+    reinject.add_argument("--vlan", type=int, metavar="ID", help="tag synthetic frames with this 802.1Q VLAN id (a marker)")
     parser.add_argument("--plaintext-dir", metavar="DIR",
                         help="write each connection's decrypted data to DIR/<flow_id>.c2s and .s2c")
     parser.add_argument("--key-wait", metavar="SECONDS", type=float, default=30.0,
@@ -72,6 +92,25 @@ def _run_decrypt(args: argparse.Namespace) -> int:
     return run_decrypt(args)
 
 
+def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole sensor path on this machine and show what Suricata saw inside TLS",
+        description="In a private network namespace: nginx serves HTTPS, curl fetches URLs over TLS 1.3 and "
+        "TLS 1.2 (writing SSLKEYLOGFILE), 'tls-bridge decrypt -i lo' captures and decrypts live and writes "
+        "synthetic cleartext connections, and Suricata 7 inspects them with suricata-rules/. Needs root.",
+    )
+    parser.add_argument("--workdir", default=str(Path(__file__).resolve().parent.parent / "build" / "demo"),
+                        help="where logs and captures go (default: build/demo in the checkout)")
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from bridge.demo import run_demo
+
+    return run_demo(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tls-bridge",
@@ -88,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tls-bridge {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _decrypt_parser(subparsers)
+    _demo_parser(subparsers)
     return parser
 
 

@@ -23,6 +23,9 @@ from bridge.errors import BridgeError, PacketDecodeError
 from bridge.keylog import KeyLogStats, read_keylog
 from bridge.keylog_follow import KeyLogFollower
 from bridge.keystore import KeyStore
+from bridge.reinject.outputs import FrameOutput, InterfaceOutput, PcapFileOutput, PcapOverIpOutput
+from bridge.reinject.sink import ReinjectSink
+from bridge.reinject.synthetic import SyntheticFlows, SyntheticOptions
 from bridge.packets import TcpSegment, classify
 
 
@@ -236,11 +239,48 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
+def _parse_mac(text: str) -> bytes:
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise BridgeError(f"--mark-mac {text!r} is not a MAC address like 02:00:00:00:00:01")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise BridgeError(f"--mark-mac {text!r} is not a MAC address") from None
+
+
+def _reinject_sink(args: argparse.Namespace) -> ReinjectSink | None:
+    outputs: list[FrameOutput] = []
+    try:
+        if args.write:
+            outputs.append(PcapFileOutput(args.write))
+        if args.inject:
+            outputs.append(InterfaceOutput(args.inject))
+        if args.pcap_over_ip:
+            host, _, port = args.pcap_over_ip.rpartition(":")
+            if not host or not port.isdigit():
+                raise BridgeError(f"--pcap-over-ip {args.pcap_over_ip!r} is not HOST:PORT")
+            outputs.append(PcapOverIpOutput(host.strip("[]"), int(port)))
+    except BridgeError:
+        for output in outputs:
+            output.close()
+        raise
+    if not outputs:
+        return None
+    client_mac = _parse_mac(args.mark_mac)
+    server_mac = client_mac[:5] + bytes([(client_mac[5] + 1) & 0xFF])
+    options = SyntheticOptions(
+        mtu=args.mtu, server_port=args.server_port, source_mac=client_mac, server_mac=server_mac, vlan=args.vlan
+    )
+    return ReinjectSink(SyntheticFlows(options), outputs)
+
+
 def run_decrypt(args: argparse.Namespace) -> int:
     err = sys.stderr
     store = KeyStore()
     config = DecryptorConfig(max_flows=args.max_flows, idle_timeout=args.idle_timeout, key_wait=args.key_wait)
     flows_stream: IO[str] | None = None
+    reinject: ReinjectSink | None = None
     followers: list[KeyLogFollower] = []
     live = args.interface is not None
     if live:
@@ -256,6 +296,9 @@ def run_decrypt(args: argparse.Namespace) -> int:
         elif args.flows:
             flows_stream = open(args.flows, "w", encoding="utf-8")
         sinks: list[EventSink] = []
+        reinject = _reinject_sink(args)
+        if reinject is not None:
+            sinks.append(reinject)  # before the flow log: it annotates the records
         if flows_stream is not None:
             sinks.append(FlowLogWriter(flows_stream))
         if args.plaintext_dir:
@@ -276,6 +319,8 @@ def run_decrypt(args: argparse.Namespace) -> int:
             for follower in followers:
                 follower.stop()
             pipeline.finish()
+            if reinject is not None:
+                reinject.close()
         reader_warnings = getattr(frames, "warnings", None) or []
         for warning in reader_warnings:
             err.write(f"tls-bridge: warning: {warning}\n")
@@ -292,4 +337,6 @@ def run_decrypt(args: argparse.Namespace) -> int:
         if progress._tty:
             err.write("\r\x1b[K")
         err.write(progress.summary() + "\n")
+        if reinject is not None:
+            err.write(f"tls-bridge: {reinject.summary()}\n")
     return 0

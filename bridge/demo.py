@@ -1,0 +1,262 @@
+"""``tls-bridge demo``: the whole sensor path on one machine, for real.
+
+In a network namespace of its own: nginx serves HTTPS; curl fetches a few URLs
+(writing SSLKEYLOGFILE, the stand-in for the memory harvester); ``tls-bridge
+decrypt -i lo`` captures the encrypted traffic live, follows the key log, decrypts
+and writes the synthetic cleartext connections to a pcap; Suricata 7 inspects that
+pcap with our rules.  The demo prints what Suricata saw inside the TLS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from bridge.errors import BridgeError
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "shop.example.test"
+PORT = 443
+TOOLS = ("ip", "nginx", "curl", "suricata")
+
+
+class DemoError(BridgeError):
+    """The demo could not run (a tool missing, a step failed)."""
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _require_tools() -> dict[str, str]:
+    found = {name: shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") for name in TOOLS}
+    missing = [name for name, path in found.items() if not path]
+    if missing:
+        raise DemoError(f"missing tools: {', '.join(missing)} (run scripts/demo.sh, which installs them)")
+    if os.geteuid() != 0:
+        raise DemoError("the demo creates a network namespace and captures packets: run it as root")
+    return {name: str(path) for name, path in found.items()}
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(HOST)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "server.pem", directory / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def _nginx_config(work: Path, cert: Path, key: Path) -> Path:
+    root = work / "www"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "index.html").write_text("<html><body>welcome to the shop</body></html>\n")
+    (root / "tls-bridge-test-marker").write_text("marker\n")
+    (root / "login").write_text("logged in\n")
+    prefix = work / "nginx"
+    for sub in ("logs", "tmp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {prefix}/logs/access.log;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    server {{
+        listen 127.0.0.1:{PORT} ssl http2;
+        server_name {HOST};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        root {root};
+    }}
+}}
+""")
+    return conf
+
+
+class _Namespace:
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.name = f"tlsb-demo-{os.getpid()}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> "_Namespace":
+        subprocess.run([self.ip, "netns", "add", self.name], check=True)
+        # MTU 1500 without GSO: segments look like a mirror port's.
+        subprocess.run([self.ip, "-n", self.name, "link", "set", "lo", "mtu", "1500", "gso_max_size", "1500",
+                        "gso_max_segs", "1", "up"], check=True)
+        return self
+
+    def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([self.ip, "netns", "exec", self.name, *argv], **kwargs)
+
+    def start(self, argv: list[str], **kwargs) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([self.ip, "netns", "exec", self.name, *argv], **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        subprocess.run([self.ip, "netns", "del", self.name], check=False)
+
+
+def _wait_for_text(path: Path, needle: str, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and needle in path.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise DemoError(f"{what} did not start: {path.read_text(errors='replace')[-2000:] if path.exists() else ''}")
+
+
+def _wait_for_port(ns: _Namespace, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listening = ns.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+        if f":{port}" in listening:
+            return
+        time.sleep(0.05)
+    raise DemoError(f"nginx is not listening on port {port}")
+
+
+def _client_requests(ns: _Namespace, curl: str, keylog: Path) -> list[str]:
+    env = dict(os.environ, SSLKEYLOGFILE=str(keylog))
+    base = [curl, "-sS", "-k", "--resolve", f"{HOST}:{PORT}:127.0.0.1", "-o", "/dev/null", "-w", "%{http_code} "]
+    runs = [
+        (["--tlsv1.3", "--http1.1"], ["/", "/tls-bridge-test-marker?password=hunter2"]),
+        (["--tlsv1.2", "--tls-max", "1.2", "--http2", "-u", "admin:s3cret"], ["/login"]),
+    ]
+    done = []
+    for options, paths in runs:
+        urls = [f"https://{HOST}:{PORT}{path}" for path in paths]
+        result = ns.run(base + options + urls, env=env, capture_output=True, text=True, timeout=30)
+        if result.returncode != 0:
+            raise DemoError(f"curl failed: {result.stderr.strip()}")
+        done += [f"{'HTTP/2' if '--http2' in options else 'HTTP/1.1'} over {options[0][2:].replace('v', 'v')} GET {p}"
+                 for p in paths]
+    return done
+
+
+def _suricata(suricata: str, pcap: Path, work: Path) -> Path:
+    logdir = work / "suricata"
+    logdir.mkdir(exist_ok=True)
+    for old in logdir.glob("*"):
+        old.unlink()
+    rules = work / "demo.rules"
+    parts = [(REPO / "suricata-rules" / "tls-bridge.rules").read_text()]
+    for extra in ("stream-events.rules", "tls-events.rules"):
+        path = Path("/etc/suricata/rules") / extra
+        if path.exists():
+            parts.append(path.read_text())
+    rules.write_text("\n".join(parts))
+    result = subprocess.run(
+        [suricata, "-r", str(pcap), "-k", "all", "--runmode", "single", "-l", str(logdir), "-S", str(rules),
+         "-c", "/etc/suricata/suricata.yaml"],
+        capture_output=True, text=True, timeout=300,
+    )
+    eve = logdir / "eve.json"
+    if result.returncode != 0 or not eve.exists():
+        raise DemoError(f"suricata failed: {result.stderr[-2000:]}")
+    return eve
+
+
+def _report(flows: Path, eve: Path, requests: list[str]) -> int:
+    records = [json.loads(line) for line in flows.read_text().splitlines() if line.strip()]
+    events = [json.loads(line) for line in eve.read_text().splitlines() if line.strip()]
+    _say("\nWhat the clients sent, inside TLS:")
+    for line in requests:
+        _say(f"  {line}")
+    _say("\nWhat tls-bridge decrypted (flow log):")
+    for r in records:
+        _say(f"  {r['client']} -> {r['server']}  {r['status']:9} {r['tls_version']} {r['cipher_suite']} "
+             f"sni={r['sni']} alpn={r['alpn']}  {r['c2s']['bytes']}+{r['s2c']['bytes']} bytes")
+    http = [e for e in events if e["event_type"] == "http"]
+    alerts = [e for e in events if e["event_type"] == "alert"]
+    tls_events = [e for e in events if e["event_type"] == "tls"]
+    _say("\nWhat Suricata saw on the synthetic cleartext connections:")
+    for e in http:
+        h = e["http"]
+        _say(f"  http  {e['src_ip']}:{e['src_port']} -> {e['dest_ip']}:{e['dest_port']}  "
+             f"{h.get('http_method')} {h.get('hostname')}{h.get('url')}  -> {h.get('status')}")
+    for e in alerts:
+        _say(f"  alert [{e['alert']['signature_id']}] {e['alert']['signature']}  ({e.get('http', {}).get('url', '')})")
+    _say(f"  tls events on synthetic flows: {len(tls_events)}")
+    decrypted = sum(r["status"] == "decrypted" for r in records)
+    ok = decrypted == len(records) == 2 and len(http) >= 3 and alerts and not tls_events
+    _say("\nDemo " + ("succeeded" if ok else "FAILED: Suricata did not see what was sent"))
+    return 0 if ok else 1
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    try:
+        tools = _require_tools()
+        work = Path(args.workdir).resolve()
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        cert, key = _certificate(work)
+        conf = _nginx_config(work, cert, key)
+        keylog, flows, synthetic = work / "sslkeys.log", work / "flows.jsonl", work / "synthetic.pcap"
+        bridge_log = work / "tls-bridge.log"
+        _say(f"tls-bridge demo: HTTPS server {HOST}:{PORT} in a private network namespace; work dir {work}")
+        with _Namespace(tools["ip"]) as ns, open(bridge_log, "wb") as log:
+            ns.start([tools["nginx"], "-c", str(conf)], stderr=subprocess.DEVNULL)
+            _wait_for_port(ns, PORT)
+            bridge = ns.start([sys.executable, "-m", "bridge.cli", "decrypt", "-i", "lo", "--keylog", str(keylog),
+                               "--flows", str(flows), "-w", str(synthetic)], stdout=log, stderr=log)
+            _wait_for_text(bridge_log, "capturing on lo", 20, "tls-bridge decrypt")
+            _say("capturing on lo with tls-bridge; clients fetch over TLS 1.3 and TLS 1.2 ...")
+            requests = _client_requests(ns, tools["curl"], keylog)
+            time.sleep(0.5)
+            bridge.send_signal(signal.SIGTERM)
+            if bridge.wait(timeout=30) != 0:
+                raise DemoError(f"tls-bridge failed: {bridge_log.read_text()[-2000:]}")
+        _say(bridge_log.read_text().strip().splitlines()[-2])
+        eve = _suricata(tools["suricata"], synthetic, work)
+        status = _report(flows, eve, requests)
+        _say(f"\nLogs: flow log {flows}\n      synthetic cleartext pcap {synthetic}\n"
+             f"      Suricata eve.json {eve}\n      key log (client-written) {keylog}")
+        return status
+    except (DemoError, subprocess.SubprocessError, OSError) as exc:
+        print(f"tls-bridge demo: error: {exc}", file=sys.stderr)
+        return 1

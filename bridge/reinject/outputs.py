@@ -1,0 +1,204 @@
+"""Where synthetic frames go: a pcap file, an interface (AF_PACKET), or PCAP-over-IP
+clients.  Thin drivers; the frames come from :mod:`bridge.reinject.synthetic`.
+
+Live outputs never block the decryptor indefinitely: each has a bounded queue
+drained by its own thread, and what does not fit is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import socket
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.capture.frames import LINKTYPE_ETHERNET
+from bridge.capture.pcapwriter import PcapWriter, pcap_global_header, pcap_record
+from bridge.errors import BridgeError
+
+
+class OutputError(BridgeError):
+    """An output could not be opened or written."""
+
+
+@dataclass(slots=True)
+class OutputStats:
+    frames: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    errors: int = 0
+    clients: int = 0
+    last_error: str | None = field(default=None)
+
+
+class FrameOutput(Protocol):
+    stats: OutputStats
+
+    def write(self, timestamp_ns: int, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class PcapFileOutput:
+    """``-w FILE``: Ethernet pcap with nanosecond timestamps taken from the original packets."""
+
+    def __init__(self, path: str) -> None:
+        self.stats = OutputStats()
+        try:
+            self._writer = PcapWriter(path, LINKTYPE_ETHERNET)
+        except BridgeError as exc:
+            raise OutputError(str(exc)) from None
+
+    def write(self, timestamp_ns: int, data: bytes) -> None:
+        self._writer.write(timestamp_ns, data)
+        self.stats.frames += 1
+        self.stats.bytes += len(data)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+_STOP = object()
+
+
+class InterfaceOutput:
+    """``--inject IFACE``: frames sent on an interface with an AF_PACKET socket.
+
+    The deployment default is a ``dummy`` interface (``ip link add tls0 type
+    dummy``) that Suricata/Zeek capture on; any interface works (veth, tap).
+    """
+
+    def __init__(self, interface: str, *, queue_frames: int = 65536) -> None:
+        self.interface = interface
+        self.stats = OutputStats()
+        try:
+            self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            self._socket.bind((interface, 0))
+        except OSError as exc:
+            hint = " (needs root or CAP_NET_RAW)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
+            raise OutputError(f"cannot inject on {interface}: {exc.strerror}{hint}") from None
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_frames)
+        self._thread = threading.Thread(target=self._send_loop, name=f"inject:{interface}", daemon=True)
+        self._thread.start()
+
+    def write(self, timestamp_ns: int, data: bytes) -> None:
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            self.stats.dropped += 1
+
+    def _send_loop(self) -> None:
+        sock = self._socket
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            data: bytes = item  # type: ignore[assignment]
+            try:
+                sock.send(data)
+            except OSError as exc:
+                self.stats.errors += 1
+                self.stats.last_error = exc.strerror
+                continue
+            self.stats.frames += 1
+            self.stats.bytes += len(data)
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=30)
+        self._socket.close()
+
+
+class _PcapClient:
+    def __init__(self, conn: socket.socket, limit: int, stats: OutputStats) -> None:
+        self.conn = conn
+        self.limit = limit
+        self.stats = stats
+        self.pending: deque[bytes] = deque()
+        self.ready = threading.Condition()
+        self.closed = False
+        self.thread = threading.Thread(target=self._send_loop, daemon=True)
+
+    def offer(self, record: bytes) -> None:
+        with self.ready:
+            if len(self.pending) >= self.limit:
+                self.stats.dropped += 1
+                return
+            self.pending.append(record)
+            self.ready.notify()
+
+    def _send_loop(self) -> None:
+        try:
+            self.conn.sendall(pcap_global_header(LINKTYPE_ETHERNET))
+            while True:
+                with self.ready:
+                    while not self.pending and not self.closed:
+                        self.ready.wait()
+                    if not self.pending and self.closed:
+                        return
+                    batch = b"".join(self.pending)
+                    self.pending.clear()
+                self.conn.sendall(batch)
+        except OSError:
+            pass  # the client went away
+        finally:
+            self.closed = True
+            self.conn.close()
+
+    def close(self) -> None:
+        with self.ready:
+            self.closed = True
+            self.ready.notify()
+        self.thread.join(timeout=10)
+
+
+class PcapOverIpOutput:
+    """``--pcap-over-ip HOST:PORT``: a TCP server streaming a pcap (global header,
+    then records) to every connected client, as Arkime, NetworkMiner and
+    PolarProxy expect.  A slow client loses records (counted), never the sensor."""
+
+    def __init__(self, host: str, port: int, *, queue_records: int = 65536) -> None:
+        self.stats = OutputStats()
+        self._limit = queue_records
+        self._clients: list[_PcapClient] = []
+        self._lock = threading.Lock()
+        try:
+            self._server = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        except OSError as exc:
+            raise OutputError(f"cannot listen on {host}:{port} for PCAP-over-IP: {exc.strerror}") from None
+        self.address = self._server.getsockname()[:2]
+        self._thread = threading.Thread(target=self._accept_loop, name="pcap-over-ip", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = _PcapClient(conn, self._limit, self.stats)
+            with self._lock:
+                self._clients = [c for c in self._clients if not c.closed] + [client]
+                self.stats.clients = len(self._clients)
+            client.thread.start()
+
+    def write(self, timestamp_ns: int, data: bytes) -> None:
+        record = pcap_record(timestamp_ns, data)
+        with self._lock:
+            clients = self._clients
+        for client in clients:
+            if not client.closed:
+                client.offer(record)
+        self.stats.frames += 1
+        self.stats.bytes += len(data)
+
+    def close(self) -> None:
+        self._server.close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()

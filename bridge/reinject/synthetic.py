@@ -1,0 +1,372 @@
+"""Decrypted connections as synthetic cleartext TCP connections (sans-I/O).
+
+Suricata and Zeek cannot decrypt TLS, so every decrypted connection is replayed
+to them as a plain TCP connection carrying the plaintext, as if the server had
+spoken e.g. HTTP without TLS.  :class:`SyntheticFlows` takes the decryptor's
+events (:class:`~bridge.decryptor.PlaintextData`,
+:class:`~bridge.decryptor.FlowFinished`) and returns complete Ethernet frames
+(:class:`OutputFrame`); writing them to an interface or a pcap is a driver's job.
+
+Per synthetic connection:
+
+* on its first plaintext: the three-way handshake (SYN, SYN-ACK, ACK), ISNs
+  derived deterministically from the flow (:meth:`SyntheticFlows.initial_sequence`);
+* per plaintext event: MSS-sized data segments (PSH|ACK on the last one, ACK
+  otherwise), each followed by a pure ACK from the peer, so an IDS stream engine
+  sees every byte acknowledged;
+* at the end: RST|ACK from the client if the original connection was reset,
+  otherwise FIN|ACK / ACK / FIN|ACK / ACK; the flow log record is annotated with
+  ``record["synthetic"]`` (``None`` for connections without plaintext, which
+  are never emitted).
+
+Same addresses and ports as the original connection (the server port optionally
+rewritten), marker MACs and an optional 802.1Q tag.  Only a few integers are kept
+per open connection; no payload is buffered.
+
+Checksums are computed arithmetically: the one's-complement sum of 16-bit
+big-endian words equals the big-endian integer of the data modulo 0xFFFF (since
+2**16 ≡ 1), so a payload's contribution is one ``int.from_bytes(...) % 0xFFFF``
+(C speed, ~5x faster than summing a ``memoryview.cast("H")``), and the headers'
+words are added as integers without building the pseudo-header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from bridge.decryptor import FlowFinished, FlowInfo, PlaintextData
+from bridge.packets import format_endpoint
+from bridge.tls.connection import Direction
+
+__all__ = [
+    "OutputFrame",
+    "SyntheticFlows",
+    "SyntheticOptions",
+    "SyntheticStats",
+    "internet_checksum",
+    "format_mac",
+]
+
+FIN = 0x01
+SYN = 0x02
+RST = 0x04
+PSH = 0x08
+ACK = 0x10
+
+_MOD32 = 0xFFFFFFFF
+_WINDOW = 65535
+_TTL = 64
+_PROTO_TCP = 6
+_IP4_HEADER = 20
+_IP6_HEADER = 40
+_TCP_HEADER = 20
+_ETHERTYPE_IPV4 = 0x0800
+_ETHERTYPE_IPV6 = 0x86DD
+_ETHERTYPE_VLAN = 0x8100
+
+_IP4 = struct.Struct("!BBHHHBBH4s4s")
+_IP6 = struct.Struct("!IHBB16s16s")
+_TCP = struct.Struct("!HHIIBBHHH")
+#: constant words of the IPv4 header: version/IHL/TOS, flags (DF), TTL/protocol
+_IP4_CONSTANT = 0x4500 + 0x4000 + ((_TTL << 8) | _PROTO_TCP)
+_DF = 0x4000
+
+
+def internet_checksum(data: bytes | bytearray | memoryview) -> int:
+    """RFC 1071 checksum of ``data`` (the value to store, big-endian, in the field).
+
+    Odd lengths are padded with a zero byte.  Verifying: the checksum of data
+    that includes a correct checksum field is 0.
+    """
+    n = int.from_bytes(data, "big")
+    if len(data) & 1:
+        n <<= 8
+    s = n % 0xFFFF
+    if s == 0 and n:
+        s = 0xFFFF  # a non-zero one's-complement sum never folds to 0
+    return 0xFFFF - s
+
+
+def _fold(total: int) -> int:
+    """Checksum field from a non-zero sum of 16-bit words (any size)."""
+    s = total % 0xFFFF
+    return 0 if s == 0 else 0xFFFF - s
+
+
+def format_mac(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+@dataclass(frozen=True, slots=True)
+class SyntheticOptions:
+    #: IP MTU of the output; MSS = mtu - IP header - 20 (jumbo up to 65535)
+    mtu: int = 1500
+    #: rewrite the server port (e.g. 443 -> 80); None keeps the original
+    server_port: int | None = None
+    #: locally administered marker MAC of client-side frames
+    source_mac: bytes = b"\x02\x00\x00\x00\x00\x01"
+    #: MAC of server-side frames
+    server_mac: bytes = b"\x02\x00\x00\x00\x00\x02"
+    #: add an 802.1Q tag with this VLAN id as a marker
+    vlan: int | None = None
+    #: mixed into the ISN derivation (different seeds, different sequence spaces)
+    isn_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 68 <= self.mtu <= 65535:
+            raise ValueError(f"mtu must be within 68..65535, got {self.mtu}")
+        if self.server_port is not None and not 1 <= self.server_port <= 65535:
+            raise ValueError(f"server_port must be within 1..65535, got {self.server_port}")
+        for name in ("source_mac", "server_mac"):
+            mac = getattr(self, name)
+            if not isinstance(mac, (bytes, bytearray)) or len(mac) != 6:
+                raise ValueError(f"{name} must be 6 bytes")
+        if self.vlan is not None and not 0 <= self.vlan <= 4094:
+            raise ValueError(f"vlan must be within 0..4094, got {self.vlan}")
+
+    def mss(self, ip_version: int) -> int:
+        return self.mtu - (_IP4_HEADER if ip_version == 4 else _IP6_HEADER) - _TCP_HEADER
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFrame:
+    timestamp_ns: int
+    data: bytes  # a complete Ethernet frame
+
+
+@dataclass(slots=True)
+class SyntheticStats:
+    flows_started: int = 0
+    #: closed with FIN (original ended by fin/idle/evicted/end_of_capture)
+    flows_closed: int = 0
+    #: closed with RST (original ended by rst)
+    flows_reset: int = 0
+    #: still open at :meth:`SyntheticFlows.close`, closed with FIN there
+    flows_closed_at_end: int = 0
+    #: finished without any plaintext: nothing emitted
+    flows_not_emitted: int = 0
+    frames: int = 0
+    #: data segments
+    segments: int = 0
+    #: payload bytes
+    bytes: int = 0
+
+
+class _Flow:
+    """State of one open synthetic connection: a few integers."""
+
+    __slots__ = (
+        "info", "server_port", "addr_sum", "client_next", "server_next", "last_ns",
+        "segments", "bytes_c2s", "bytes_s2c",
+    )
+
+    def __init__(self, info: FlowInfo, server_port: int, client_isn: int, server_isn: int, ts: int) -> None:
+        self.info = info
+        self.server_port = server_port
+        #: word sum of both addresses (pseudo-header and IPv4 header, either direction)
+        self.addr_sum = int.from_bytes(info.client_ip, "big") + int.from_bytes(info.server_ip, "big")
+        self.client_next = client_isn
+        self.server_next = server_isn
+        self.last_ns = ts
+        self.segments = 0
+        self.bytes_c2s = 0
+        self.bytes_s2c = 0
+
+
+class SyntheticFlows:
+    """Plaintext events in, Ethernet frames of synthetic cleartext connections out."""
+
+    def __init__(self, options: SyntheticOptions = SyntheticOptions()) -> None:
+        self.options = options
+        self.stats = SyntheticStats()
+        self._flows: dict[int, _Flow] = {}
+        self._ip_id = 0
+        tag = b"" if options.vlan is None else struct.pack("!HH", _ETHERTYPE_VLAN, options.vlan)
+        client, server = bytes(options.source_mac), bytes(options.server_mac)
+        # [ip_version == 6][direction] -> Ethernet header
+        self._eth = tuple(
+            (
+                server + client + tag + ethertype.to_bytes(2, "big"),  # C2S
+                client + server + tag + ethertype.to_bytes(2, "big"),  # S2C
+            )
+            for ethertype in (_ETHERTYPE_IPV4, _ETHERTYPE_IPV6)
+        )
+        self._mss = (options.mss(4), options.mss(6))
+
+    @property
+    def open_flows(self) -> int:
+        return len(self._flows)
+
+    # --- events ---------------------------------------------------------------------
+
+    def handle(self, event: object) -> list[OutputFrame]:
+        """Frames caused by one decryptor event (other objects: none)."""
+        if isinstance(event, PlaintextData):
+            return self._plaintext(event)
+        if isinstance(event, FlowFinished):
+            return self._finished(event)
+        return []
+
+    def close(self, timestamp_ns: int) -> list[OutputFrame]:
+        """End of input: close every open synthetic connection with FIN.
+
+        Call it after the decryptor's final events: a later ``FlowFinished`` of a
+        flow closed here is annotated ``None``.
+        """
+        out: list[OutputFrame] = []
+        for flow in self._flows.values():
+            self._fin(flow, max(timestamp_ns, flow.last_ns), out)
+            self.stats.flows_closed_at_end += 1
+        self._flows.clear()
+        return out
+
+    def initial_sequence(self, flow: FlowInfo, direction: Direction) -> int:
+        """The ISN of ``direction``: deterministic from the flow (override to choose)."""
+        key = struct.pack(
+            "!QqB", flow.flow_id & 0xFFFFFFFFFFFFFFFF, self.options.isn_seed, int(direction)
+        ) + flow.client_ip + flow.client_port.to_bytes(2, "big") + flow.server_ip + flow.server_port.to_bytes(2, "big")
+        return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "big")
+
+    # --- internals ------------------------------------------------------------------
+
+    def _plaintext(self, event: PlaintextData) -> list[OutputFrame]:
+        data = event.data
+        if not data:
+            return []
+        out: list[OutputFrame] = []
+        info = event.flow
+        flow = self._flows.get(info.flow_id)
+        if flow is None:
+            flow = self._start(info, event.timestamp_ns, out)
+        ts = event.timestamp_ns
+        if ts < flow.last_ns:
+            ts = flow.last_ns
+        flow.last_ns = ts
+        direction = event.direction
+        mss = self._mss[info.ip_version == 6]
+        view = memoryview(data)
+        total = len(view)
+        frame = self._frame
+        append = out.append
+        pieces = 0
+        if direction == Direction.C2S:
+            sender, receiver = Direction.C2S, Direction.S2C
+            seq, peer = flow.client_next, flow.server_next
+        else:
+            sender, receiver = Direction.S2C, Direction.C2S
+            seq, peer = flow.server_next, flow.client_next
+        for start in range(0, total, mss):
+            piece = view[start:start + mss]
+            last = start + mss >= total
+            append(OutputFrame(ts, frame(flow, sender, seq, peer, (ACK | PSH) if last else ACK, piece)))
+            seq = (seq + len(piece)) & _MOD32
+            append(OutputFrame(ts, frame(flow, receiver, peer, seq, ACK, b"")))
+            pieces += 1
+        if direction == Direction.C2S:
+            flow.client_next = seq
+            flow.bytes_c2s += total
+        else:
+            flow.server_next = seq
+            flow.bytes_s2c += total
+        flow.segments += pieces
+        stats = self.stats
+        stats.segments += pieces
+        stats.bytes += total
+        stats.frames += 2 * pieces
+        return out
+
+    def _start(self, info: FlowInfo, ts: int, out: list[OutputFrame]) -> _Flow:
+        client_isn = self.initial_sequence(info, Direction.C2S) & _MOD32
+        server_isn = self.initial_sequence(info, Direction.S2C) & _MOD32
+        port = self.options.server_port
+        flow = _Flow(info, info.server_port if port is None else port, client_isn, server_isn, ts)
+        self._flows[info.flow_id] = flow
+        c1 = (client_isn + 1) & _MOD32
+        s1 = (server_isn + 1) & _MOD32
+        out.append(OutputFrame(ts, self._frame(flow, Direction.C2S, client_isn, 0, SYN, b"")))
+        out.append(OutputFrame(ts, self._frame(flow, Direction.S2C, server_isn, c1, SYN | ACK, b"")))
+        out.append(OutputFrame(ts, self._frame(flow, Direction.C2S, c1, s1, ACK, b"")))
+        flow.client_next, flow.server_next = c1, s1
+        self.stats.flows_started += 1
+        self.stats.frames += 3
+        return flow
+
+    def _finished(self, event: FlowFinished) -> list[OutputFrame]:
+        flow = self._flows.pop(event.flow.flow_id, None)
+        record = event.record
+        if flow is None:
+            self.stats.flows_not_emitted += 1
+            record["synthetic"] = None
+            return []
+        ts = flow.last_ns
+        ts_end = record.get("ts_end")
+        if isinstance(ts_end, (int, float)) and not isinstance(ts_end, bool):
+            ts = max(ts, round(ts_end * 1_000_000) * 1000)  # ts_end has µs resolution
+        out: list[OutputFrame] = []
+        if event.ended_by == "rst":
+            # every byte is already acknowledged: the client resets right away
+            out.append(OutputFrame(ts, self._frame(flow, Direction.C2S, flow.client_next, flow.server_next, RST | ACK, b"")))
+            self.stats.frames += 1
+            self.stats.flows_reset += 1
+        else:
+            self._fin(flow, ts, out)
+            self.stats.flows_closed += 1
+        info = flow.info
+        options = self.options
+        record["synthetic"] = {
+            "client": info.client,
+            "server": format_endpoint(info.server_ip, flow.server_port),
+            "vlan": options.vlan,
+            "source_mac": format_mac(options.source_mac),
+            "segments": flow.segments,
+            "bytes_c2s": flow.bytes_c2s,
+            "bytes_s2c": flow.bytes_s2c,
+        }
+        return out
+
+    def _fin(self, flow: _Flow, ts: int, out: list[OutputFrame]) -> None:
+        c, s = flow.client_next, flow.server_next
+        c1, s1 = (c + 1) & _MOD32, (s + 1) & _MOD32
+        frame = self._frame
+        out.append(OutputFrame(ts, frame(flow, Direction.C2S, c, s, FIN | ACK, b"")))
+        out.append(OutputFrame(ts, frame(flow, Direction.S2C, s, c1, ACK, b"")))
+        out.append(OutputFrame(ts, frame(flow, Direction.S2C, s, c1, FIN | ACK, b"")))
+        out.append(OutputFrame(ts, frame(flow, Direction.C2S, c1, s1, ACK, b"")))
+        flow.client_next, flow.server_next = c1, s1
+        flow.last_ns = ts
+        self.stats.frames += 4
+
+    def _frame(self, flow: _Flow, direction: Direction, seq: int, ack: int, flags: int, payload: bytes | memoryview) -> bytes:
+        """One Ethernet frame of ``flow`` sent in ``direction``."""
+        info = flow.info
+        if direction == Direction.C2S:
+            src_ip, dst_ip = info.client_ip, info.server_ip
+            sport, dport = info.client_port, flow.server_port
+        else:
+            src_ip, dst_ip = info.server_ip, info.client_ip
+            sport, dport = flow.server_port, info.client_port
+        length = len(payload)
+        tcp_length = _TCP_HEADER + length
+        # TCP checksum: pseudo-header + header words + payload (mod 0xFFFF)
+        total = (
+            flow.addr_sum + _PROTO_TCP + tcp_length
+            + sport + dport + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
+            + ((5 << 12) | flags) + _WINDOW
+        )
+        if length:
+            n = int.from_bytes(payload, "big")
+            total += (n << 8) if length & 1 else n
+        tcp = _TCP.pack(sport, dport, seq, ack, 5 << 4, flags, _WINDOW, _fold(total), 0)
+        if info.ip_version == 6:
+            ip = _IP6.pack(0x60000000, tcp_length, _PROTO_TCP, _TTL, src_ip, dst_ip)
+            eth = self._eth[1][direction]
+        else:
+            ip_id = self._ip_id
+            self._ip_id = (ip_id + 1) & 0xFFFF
+            ip_length = _IP4_HEADER + tcp_length
+            checksum = _fold(flow.addr_sum + _IP4_CONSTANT + ip_length + ip_id)
+            ip = _IP4.pack(0x45, 0, ip_length, ip_id, _DF, _TTL, _PROTO_TCP, checksum, src_ip, dst_ip)
+            eth = self._eth[0][direction]
+        return b"".join((eth, ip, tcp, payload))
