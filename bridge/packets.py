@@ -28,7 +28,6 @@ import struct
 from dataclasses import dataclass
 
 from bridge.capture.frames import (
-    LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
     LINKTYPE_LINUX_SLL,

@@ -5,7 +5,6 @@ All traffic stays inside the namespace the fixture creates (and deletes).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
@@ -13,9 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
 import pytest
 from scapy.layers.inet import IP, TCP
@@ -27,56 +24,19 @@ from bridge.capture.frames import LINKTYPE_ETHERNET, Frame
 from bridge.errors import BridgeError
 from bridge.packets import decode_tcp
 
+from tests.support.netns import in_netns, veth_namespace
+
 pytestmark = pytest.mark.real
 
-CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
 SRC_MAC = bytes.fromhex("020000000001")
 DST_MAC = bytes.fromhex("020000000002")
 ETHERTYPE_TEST = 0x88B5  # IEEE "local experimental" ethertype
 
 
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Run fn in a fresh thread that joined network namespace ``ns`` (sockets keep the ns)."""
-    result: list[T] = []
-    errors: list[BaseException] = []
-
-    def runner() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            finally:
-                os.close(fd)
-            result.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            errors.append(exc)
-
-    t = threading.Thread(target=runner)
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
-    return result[0]
-
-
 @pytest.fixture
 def veth_ns() -> Iterator[str]:
-    ns = f"tlsb-afp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        for cmd in (
-            ["link", "add", "va", "type", "veth", "peer", "name", "vb"],
-            ["link", "set", "va", "up"],
-            ["link", "set", "vb", "up"],
-        ):
-            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+    with veth_namespace("tlsb-afp") as ns:
         yield ns
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
 def _tx_socket(ns: str, iface: str) -> socket.socket:

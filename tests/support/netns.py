@@ -1,0 +1,61 @@
+"""Network namespaces for tests: run code inside one, and a veth pair va<->vb in its own namespace."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def in_netns(ns: str, fn: Callable[[], T]) -> T:
+    """Run fn in a fresh thread that joined network namespace ``ns`` (sockets keep the ns)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def runner() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            result.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            errors.append(exc)
+
+    t = threading.Thread(target=runner)
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+@contextlib.contextmanager
+def veth_namespace(prefix: str = "tlsb-veth") -> Iterator[str]:
+    """A fresh namespace holding a veth pair ``va``/``vb`` (both up); deleted on exit."""
+    ns = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (
+            ["link", "add", "va", "type", "veth", "peer", "name", "vb"],
+            ["link", "set", "va", "up"],
+            ["link", "set", "vb", "up"],
+        ):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
