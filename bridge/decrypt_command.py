@@ -218,7 +218,16 @@ def _frames(args: argparse.Namespace) -> Iterator[Frame]:
         return iter(read_capture(args.read))
     from bridge.capture.afpacket import AfPacketCapture
 
-    return iter(AfPacketCapture(args.interface))
+    # On a loopback device every packet is seen leaving and arriving: keep one copy, as libpcap does.
+    return iter(AfPacketCapture(args.interface, ignore_outgoing=_is_loopback(args.interface)))
+
+
+def _is_loopback(interface: str) -> bool:
+    try:
+        with open(f"/sys/class/net/{interface}/type", encoding="ascii") as handle:
+            return handle.read().strip() == "772"  # ARPHRD_LOOPBACK
+    except OSError:
+        return False
 
 
 def _limit(frames: Iterator[Frame], count: int | None) -> Iterator[Frame]:

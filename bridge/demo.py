@@ -101,6 +101,7 @@ http {{
         server_name {HOST};
         ssl_certificate {cert};
         ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
         root {root};
     }}
 }}

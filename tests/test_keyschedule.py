@@ -4,9 +4,12 @@ Sources:
 
 * RFC 8448 "Example Handshake Traces for TLS 1.3", §3 "Simple 1-RTT Handshake"
   (TLS_AES_128_GCM_SHA256).  Every constant below is transcribed from that section
-  (the RFC prints hex with spaces; ``_h`` strips them).  The transcript hashes are
-  *computed* here from the RFC's handshake messages and then checked against the
-  ``hash`` lines the RFC prints, so a typo in either shows up.
+  (the RFC prints hex with spaces; ``hexbytes`` strips them), or imported from
+  tests/support/rfc8448.py where tests/test_rfc8448_connection.py needs it too
+  (HANDSHAKE_SECRET, the handshake and application traffic secrets,
+  SERVER_FLIGHT_RECORD).  The transcript hashes are *computed* here from the RFC's
+  handshake messages and then checked against the ``hash`` lines the RFC prints, so a
+  typo in either shows up.
 * RFC 5246 §5 (the TLS 1.2 PRF): the P_SHA256 / P_SHA384 vectors posted to the
   IETF TLS WG list (https://www.ietf.org/mail-archive/web/tls/current/msg03416.html),
   as carried by the test suites of GnuTLS and BearSSL, plus an independent
@@ -40,11 +43,15 @@ from bridge.tls.keyschedule import (
     traffic_keys13,
 )
 from bridge.tls.protection import RecordDecryptor13
-
-
-def _h(text: str) -> bytes:
-    """Hex as the RFCs print it (any whitespace) → bytes."""
-    return bytes.fromhex("".join(text.split()))
+from tests.support.rfc8448 import (
+    CLIENT_APPLICATION_TRAFFIC_SECRET_0,
+    CLIENT_HANDSHAKE_TRAFFIC_SECRET,
+    HANDSHAKE_SECRET,
+    SERVER_APPLICATION_TRAFFIC_SECRET_0,
+    SERVER_FLIGHT_RECORD,
+    SERVER_HANDSHAKE_TRAFFIC_SECRET,
+    hexbytes,
+)
 
 
 SUITE = cipher_suite(0x1301)  # TLS_AES_128_GCM_SHA256, the suite of RFC 8448 §3
@@ -54,28 +61,28 @@ SUITE = cipher_suite(0x1301)  # TLS_AES_128_GCM_SHA256, the suite of RFC 8448 §
 # =============================================================================
 
 # RFC 8448 §3, "{client} create an ephemeral x25519 key pair": private key
-CLIENT_X25519_PRIVATE = _h(
+CLIENT_X25519_PRIVATE = hexbytes(
     """49 af 42 ba 7f 79 94 85 2d 71 3e f2 78 4b cb ca a7 91 1d e2 6a dc 56 42
     cb 63 45 40 e7 ea 50 05"""
 )
 # RFC 8448 §3, "{client} create an ephemeral x25519 key pair": public key
-CLIENT_X25519_PUBLIC = _h(
+CLIENT_X25519_PUBLIC = hexbytes(
     """99 38 1d e5 60 e4 bd 43 d2 3d 8e 43 5a 7d ba fe b3 c0 6e 51 c1 3c ae 4d
     54 13 69 1e 52 9a af 2c"""
 )
 # RFC 8448 §3, "{server} create an ephemeral x25519 key pair": private key
-SERVER_X25519_PRIVATE = _h(
+SERVER_X25519_PRIVATE = hexbytes(
     """b1 58 0e ea df 6d d5 89 b8 ef 4f 2d 56 52 57 8c c8 10 e9 98 01 91 ec 8d
     05 83 08 ce a2 16 a2 1e"""
 )
 # RFC 8448 §3, "{server} create an ephemeral x25519 key pair": public key
-SERVER_X25519_PUBLIC = _h(
+SERVER_X25519_PUBLIC = hexbytes(
     """c9 82 88 76 11 20 95 fe 66 76 2b db f7 c6 72 e1 56 d6 cc 25 3b 83 3d f1
     dd 69 b1 b0 4e 75 1f 0f"""
 )
 
 # RFC 8448 §3, "{client} construct a ClientHello handshake message": ClientHello (196 octets)
-CLIENT_HELLO = _h(
+CLIENT_HELLO = hexbytes(
     """01 00 00 c0 03 03 cb 34 ec b1 e7 81 63 ba 1c 38 c6 da cb 19 6a 6d ff a2
     1a 8d 99 12 ec 18 a2 ef 62 83 02 4d ec e7 00 00 06 13 01 13 03 13 02 01
     00 00 91 00 00 00 0b 00 09 00 00 06 73 65 72 76 65 72 ff 01 00 01 00 00
@@ -88,7 +95,7 @@ CLIENT_HELLO = _h(
 )
 
 # RFC 8448 §3, "{server} construct a ServerHello handshake message": ServerHello (90 octets)
-SERVER_HELLO = _h(
+SERVER_HELLO = hexbytes(
     """02 00 00 56 03 03 a6 af 06 a4 12 18 60 dc 5e 6e 60 24 9c d3 4c 95 93 0c
     8a c5 cb 14 34 da c1 55 77 2e d3 e2 69 28 00 13 01 00 00 2e 00 33 00 24
     00 1d 00 20 c9 82 88 76 11 20 95 fe 66 76 2b db f7 c6 72 e1 56 d6 cc 25
@@ -96,13 +103,13 @@ SERVER_HELLO = _h(
 )
 
 # RFC 8448 §3, "{server} construct an EncryptedExtensions handshake message" (40 octets)
-ENCRYPTED_EXTENSIONS = _h(
+ENCRYPTED_EXTENSIONS = hexbytes(
     """08 00 00 24 00 22 00 0a 00 14 00 12 00 1d 00 17 00 18 00 19 01 00 01 01
     01 02 01 03 01 04 00 1c 00 02 40 01 00 00 00 00"""
 )
 
 # RFC 8448 §3, "{server} construct a Certificate handshake message": Certificate (445 octets)
-CERTIFICATE = _h(
+CERTIFICATE = hexbytes(
     """0b 00 01 b9 00 00 01 b5 00 01 b0 30 82 01 ac 30 82 01 15 a0 03 02 01 02
     02 01 02 30 0d 06 09 2a 86 48 86 f7 0d 01 01 0b 05 00 30 0e 31 0c 30 0a
     06 03 55 04 03 13 03 72 73 61 30 1e 17 0d 31 36 30 37 33 30 30 31 32 33
@@ -125,7 +132,7 @@ CERTIFICATE = _h(
 )
 
 # RFC 8448 §3, "{server} construct a CertificateVerify handshake message" (136 octets)
-CERTIFICATE_VERIFY = _h(
+CERTIFICATE_VERIFY = hexbytes(
     """0f 00 00 84 08 04 00 80 5a 74 7c 5d 88 fa 9b d2 e5 5a b0 85 a6 10 15 b7
     21 1f 82 4c d4 84 14 5a b3 ff 52 f1 fd a8 47 7b 0b 7a bc 90 db 78 e2 d3
     3a 5c 14 1a 07 86 53 fa 6b ef 78 0c 5e a2 48 ee aa a7 85 c4 f3 94 ca b6
@@ -135,54 +142,15 @@ CERTIFICATE_VERIFY = _h(
 )
 
 # RFC 8448 §3, "{server} construct a Finished handshake message": Finished (36 octets)
-SERVER_FINISHED = _h(
+SERVER_FINISHED = hexbytes(
     """14 00 00 20 9b 9b 14 1d 90 63 37 fb d2 cb dc e7 1d f4 de da 4a b4 2c 30
     95 72 cb 7f ff ee 54 54 b7 8f 07 18"""
 )
 
 # RFC 8448 §3, "{client} construct a Finished handshake message": Finished (36 octets)
-CLIENT_FINISHED = _h(
+CLIENT_FINISHED = hexbytes(
     """14 00 00 20 a8 ec 43 6d 67 76 34 ae 52 5a c1 fc eb e1 1a 03 9e c1 76 94
     fa c6 e9 85 27 b6 42 f2 ed d5 ce 61"""
-)
-
-# RFC 8448 §3, "{server} send handshake record": complete record (679 octets) — the
-# encrypted server flight (EncryptedExtensions .. Finished) under the server
-# handshake traffic key.
-SERVER_FLIGHT_RECORD = _h(
-    """17 03 03 02 a2 d1 ff 33 4a 56 f5 bf
-    f6 59 4a 07 cc 87 b5 80 23 3f 50 0f 45 e4 89 e7 f3 3a f3 5e df
-    78 69 fc f4 0a a4 0a a2 b8 ea 73 f8 48 a7 ca 07 61 2e f9 f9 45
-    cb 96 0b 40 68 90 51 23 ea 78 b1 11 b4 29 ba 91 91 cd 05 d2 a3
-    89 28 0f 52 61 34 aa dc 7f c7 8c 4b 72 9d f8 28 b5 ec f7 b1 3b
-    d9 ae fb 0e 57 f2 71 58 5b 8e a9 bb 35 5c 7c 79 02 07 16 cf b9
-    b1 18 3e f3 ab 20 e3 7d 57 a6 b9 d7 47 76 09 ae e6 e1 22 a4 cf
-    51 42 73 25 25 0c 7d 0e 50 92 89 44 4c 9b 3a 64 8f 1d 71 03 5d
-    2e d6 5b 0e 3c dd 0c ba e8 bf 2d 0b 22 78 12 cb b3 60 98 72 55
-    cc 74 41 10 c4 53 ba a4 fc d6 10 92 8d 80 98 10 e4 b7 ed 1a 8f
-    d9 91 f0 6a a6 24 82 04 79 7e 36 a6 a7 3b 70 a2 55 9c 09 ea d6
-    86 94 5b a2 46 ab 66 e5 ed d8 04 4b 4c 6d e3 fc f2 a8 94 41 ac
-    66 27 2f d8 fb 33 0e f8 19 05 79 b3 68 45 96 c9 60 bd 59 6e ea
-    52 0a 56 a8 d6 50 f5 63 aa d2 74 09 96 0d ca 63 d3 e6 88 61 1e
-    a5 e2 2f 44 15 cf 95 38 d5 1a 20 0c 27 03 42 72 96 8a 26 4e d6
-    54 0c 84 83 8d 89 f7 2c 24 46 1a ad 6d 26 f5 9e ca ba 9a cb bb
-    31 7b 66 d9 02 f4 f2 92 a3 6a c1 b6 39 c6 37 ce 34 31 17 b6 59
-    62 22 45 31 7b 49 ee da 0c 62 58 f1 00 d7 d9 61 ff b1 38 64 7e
-    92 ea 33 0f ae ea 6d fa 31 c7 a8 4d c3 bd 7e 1b 7a 6c 71 78 af
-    36 87 90 18 e3 f2 52 10 7f 24 3d 24 3d c7 33 9d 56 84 c8 b0 37
-    8b f3 02 44 da 8c 87 c8 43 f5 e5 6e b4 c5 e8 28 0a 2b 48 05 2c
-    f9 3b 16 49 9a 66 db 7c ca 71 e4 59 94 26 f7 d4 61 e6 6f 99 88
-    2b d8 9f c5 08 00 be cc a6 2d 6c 74 11 6d bd 29 72 fd a1 fa 80
-    f8 5d f8 81 ed be 5a 37 66 89 36 b3 35 58 3b 59 91 86 dc 5c 69
-    18 a3 96 fa 48 a1 81 d6 b6 fa 4f 9d 62 d5 13 af bb 99 2f 2b 99
-    2f 67 f8 af e6 7f 76 91 3f a3 88 cb 56 30 c8 ca 01 e0 c6 5d 11
-    c6 6a 1e 2a c4 c8 59 77 b7 c7 a6 99 9b bf 10 dc 35 ae 69 f5 51
-    56 14 63 6c 0b 9b 68 c1 9e d2 e3 1c 0b 3b 66 76 30 38 eb ba 42
-    f3 b3 8e dc 03 99 f3 a9 f2 3f aa 63 97 8c 31 7f c9 fa 66 a7 3f
-    60 f0 50 4d e9 3b 5b 84 5e 27 55 92 c1 23 35 ee 34 0b bc 4f dd
-    d5 02 78 40 16 e4 b3 be 7e f0 4d da 49 f4 b4 40 a3 0c b5 d2 af
-    93 98 28 fd 4a e3 79 4e 44 f9 4d f5 a6 31 ed e4 2c 17 19 bf da
-    bf 02 53 fe 51 75 be 89 8e 75 0e dc 53 37 0d 2b"""
 )
 
 # =============================================================================
@@ -190,108 +158,83 @@ SERVER_FLIGHT_RECORD = _h(
 # =============================================================================
 
 # RFC 8448 §3, "{server} extract secret "early"": secret
-EARLY_SECRET = _h(
+EARLY_SECRET = hexbytes(
     """33 ad 0a 1c 60 7e c0 3b 09 e6 cd 98 93 68 0c e2 10 ad f3 00 aa 1f 26 60
     e1 b2 2e 10 f1 70 f9 2a"""
 )
 # RFC 8448 §3, "{server} derive secret for handshake "tls13 derived"": expanded
-DERIVED_FOR_HANDSHAKE = _h(
+DERIVED_FOR_HANDSHAKE = hexbytes(
     """6f 26 15 a1 08 c7 02 c5 67 8f 54 fc 9d ba b6 97 16 c0 76 18 9c 48 25 0c
     eb ea c3 57 6c 36 11 ba"""
 )
 # RFC 8448 §3, "{server} extract secret "handshake"": IKM (the x25519 shared secret)
-ECDHE_SHARED_SECRET = _h(
+ECDHE_SHARED_SECRET = hexbytes(
     """8b d4 05 4f b5 5b 9d 63 fd fb ac f9 f0 4b 9f 0d 35 e6 d6 3f 53 75 63 ef
     d4 62 72 90 0f 89 49 2d"""
 )
-# RFC 8448 §3, "{server} extract secret "handshake"": secret
-HANDSHAKE_SECRET = _h(
-    """1d c8 26 e9 36 06 aa 6f dc 0a ad c1 2f 74 1b 01 04 6a a6 b9 9f 69 1e d2
-    21 a9 f0 ca 04 3f be ac"""
-)
 # RFC 8448 §3, "{server} derive secret "tls13 c hs traffic"": hash
 # (= Transcript-Hash(ClientHello, ServerHello))
-HELLO_HASH = _h(
+HELLO_HASH = hexbytes(
     """86 0c 06 ed c0 78 58 ee 8e 78 f0 e7 42 8c 58 ed d6 b4 3f 2c a3 e6 e9 5f
     02 ed 06 3c f0 e1 ca d8"""
 )
 # RFC 8448 §3, "{server} derive secret "tls13 c hs traffic"": info
-C_HS_TRAFFIC_INFO = _h(
+C_HS_TRAFFIC_INFO = hexbytes(
     """00 20 12 74 6c 73 31 33 20 63 20 68 73 20 74 72 61 66 66 69 63 20 86 0c
     06 ed c0 78 58 ee 8e 78 f0 e7 42 8c 58 ed d6 b4 3f 2c a3 e6 e9 5f 02 ed
     06 3c f0 e1 ca d8"""
 )
-# RFC 8448 §3, "{server} derive secret "tls13 c hs traffic"": expanded
-CLIENT_HANDSHAKE_TRAFFIC_SECRET = _h(
-    """b3 ed db 12 6e 06 7f 35 a7 80 b3 ab f4 5e 2d 8f 3b 1a 95 07 38 f5 2e 96
-    00 74 6a 0e 27 a5 5a 21"""
-)
-# RFC 8448 §3, "{server} derive secret "tls13 s hs traffic"": expanded
-SERVER_HANDSHAKE_TRAFFIC_SECRET = _h(
-    """b6 7b 7d 69 0c c1 6c 4e 75 e5 42 13 cb 2d 37 b4 e9 c9 12 bc de d9 10 5d
-    42 be fd 59 d3 91 ad 38"""
-)
 # RFC 8448 §3, "{server} derive secret for master "tls13 derived"": expanded
-DERIVED_FOR_MASTER = _h(
+DERIVED_FOR_MASTER = hexbytes(
     """43 de 77 e0 c7 77 13 85 9a 94 4d b9 db 25 90 b5 31 90 a6 5b 3e e2 e4 f1
     2d d7 a0 bb 7c e2 54 b4"""
 )
 # RFC 8448 §3, "{server} extract secret "master"": secret
-MASTER_SECRET = _h(
+MASTER_SECRET = hexbytes(
     """18 df 06 84 3d 13 a0 8b f2 a4 49 84 4c 5f 8a 47 80 01 bc 4d 4c 62 79 84
     d5 a4 1d a8 d0 40 29 19"""
 )
 # RFC 8448 §3, "{server} derive write traffic keys for handshake data": key expanded
-SERVER_HANDSHAKE_KEY = _h("3f ce 51 60 09 c2 17 27 d0 f2 e4 e8 6e e4 03 bc")
+SERVER_HANDSHAKE_KEY = hexbytes("3f ce 51 60 09 c2 17 27 d0 f2 e4 e8 6e e4 03 bc")
 # RFC 8448 §3, "{server} derive write traffic keys for handshake data": iv expanded
-SERVER_HANDSHAKE_IV = _h("5d 31 3e b2 67 12 76 ee 13 00 0b 30")
+SERVER_HANDSHAKE_IV = hexbytes("5d 31 3e b2 67 12 76 ee 13 00 0b 30")
 # RFC 8448 §3, "{server} derive read traffic keys for handshake data": key / iv expanded
-CLIENT_HANDSHAKE_KEY = _h("db fa a6 93 d1 76 2c 5b 66 6a f5 d9 50 25 8d 01")
-CLIENT_HANDSHAKE_IV = _h("5b d3 c7 1b 83 6e 0b 76 bb 73 26 5f")
+CLIENT_HANDSHAKE_KEY = hexbytes("db fa a6 93 d1 76 2c 5b 66 6a f5 d9 50 25 8d 01")
+CLIENT_HANDSHAKE_IV = hexbytes("5b d3 c7 1b 83 6e 0b 76 bb 73 26 5f")
 # RFC 8448 §3, "{server} calculate finished "tls13 finished"": expanded (finished_key)
 # and finished (verify_data)
-SERVER_FINISHED_KEY = _h(
+SERVER_FINISHED_KEY = hexbytes(
     """00 8d 3b 66 f8 16 ea 55 9f 96 b5 37 e8 85 c3 1f c0 68 bf 49 2c 65 2f 01
     f2 88 a1 d8 cd c1 9f c8"""
 )
-SERVER_VERIFY_DATA = _h(
+SERVER_VERIFY_DATA = hexbytes(
     """9b 9b 14 1d 90 63 37 fb d2 cb dc e7 1d f4 de da 4a b4 2c 30 95 72 cb 7f
     ff ee 54 54 b7 8f 07 18"""
 )
 # RFC 8448 §3, "{server} derive secret "tls13 c ap traffic"": hash
 # (= Transcript-Hash(ClientHello .. server Finished))
-SERVER_FINISHED_HASH = _h(
+SERVER_FINISHED_HASH = hexbytes(
     """96 08 10 2a 0f 1c cc 6d b6 25 0b 7b 7e 41 7b 1a 00 0e aa da 3d aa e4 77
     7a 76 86 c9 ff 83 df 13"""
 )
-# RFC 8448 §3, "{server} derive secret "tls13 c ap traffic"": expanded
-CLIENT_APPLICATION_TRAFFIC_SECRET_0 = _h(
-    """9e 40 64 6c e7 9a 7f 9d c0 5a f8 88 9b ce 65 52 87 5a fa 0b 06 df 00 87
-    f7 92 eb b7 c1 75 04 a5"""
-)
-# RFC 8448 §3, "{server} derive secret "tls13 s ap traffic"": expanded
-SERVER_APPLICATION_TRAFFIC_SECRET_0 = _h(
-    """a1 1a f9 f0 55 31 f8 56 ad 47 11 6b 45 a9 50 32 82 04 b4 f4 4b fb 6b 3a
-    4b 4f 1f 3f cb 63 16 43"""
-)
 # RFC 8448 §3, "{server} derive secret "tls13 exp master"": expanded
-EXPORTER_MASTER_SECRET = _h(
+EXPORTER_MASTER_SECRET = hexbytes(
     """fe 22 f8 81 17 6e da 18 eb 8f 44 52 9e 67 92 c5 0c 9a 3f 89 45 2f 68 d8
     ae 31 1b 43 09 d3 cf 50"""
 )
 # RFC 8448 §3, "{server} derive write traffic keys for application data": key / iv expanded
-SERVER_APPLICATION_KEY = _h("9f 02 28 3b 6c 9c 07 ef c2 6b b9 f2 ac 92 e3 56")
-SERVER_APPLICATION_IV = _h("cf 78 2b 88 dd 83 54 9a ad f1 e9 84")
+SERVER_APPLICATION_KEY = hexbytes("9f 02 28 3b 6c 9c 07 ef c2 6b b9 f2 ac 92 e3 56")
+SERVER_APPLICATION_IV = hexbytes("cf 78 2b 88 dd 83 54 9a ad f1 e9 84")
 # RFC 8448 §3, "{client} derive write traffic keys for application data": key / iv expanded
-CLIENT_APPLICATION_KEY = _h("17 42 2d da 59 6e d5 d9 ac d8 90 e3 c6 3f 50 51")
-CLIENT_APPLICATION_IV = _h("5b 78 92 3d ee 08 57 90 33 e5 23 d9")
+CLIENT_APPLICATION_KEY = hexbytes("17 42 2d da 59 6e d5 d9 ac d8 90 e3 c6 3f 50 51")
+CLIENT_APPLICATION_IV = hexbytes("5b 78 92 3d ee 08 57 90 33 e5 23 d9")
 # RFC 8448 §3, "{client} derive secret "tls13 res master"": hash
 # (= Transcript-Hash(ClientHello .. client Finished)) and expanded
-CLIENT_FINISHED_HASH = _h(
+CLIENT_FINISHED_HASH = hexbytes(
     """20 91 45 a9 6e e8 e2 a1 22 ff 81 00 47 cc 95 26 84 65 8d 60 49 e8 64 29
     42 6d b8 7c 54 ad 14 3d"""
 )
-RESUMPTION_MASTER_SECRET = _h(
+RESUMPTION_MASTER_SECRET = hexbytes(
     """7d f2 35 f2 03 1d 2a 05 12 87 d0 2b 02 41 b0 bf da f8 6c c8 56 23 1f 2d
     5a ba 46 c4 34 ec 19 6c"""
 )
@@ -367,7 +310,7 @@ def test_early_secret() -> None:
 
 def test_empty_hash() -> None:
     # RFC 8448 §3 "derive secret for handshake "tls13 derived"": hash (SHA-256 of "")
-    assert empty_hash("sha256") == _h(
+    assert empty_hash("sha256") == hexbytes(
         "e3 b0 c4 42 98 fc 1c 14 9a fb f4 c8 99 6f b9 24 27 ae 41 e4 64 9b 93 4c a4 95 99 1b 78 52 b8 55"
     )
 
@@ -486,10 +429,10 @@ def test_next_traffic_secret_sha384() -> None:
 RFC5869_TC1_IKM = bytes([0x0B]) * 22
 RFC5869_TC1_SALT = bytes(range(0x0D))
 RFC5869_TC1_INFO = bytes(range(0xF0, 0xFA))
-RFC5869_TC1_PRK = _h("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5")
-RFC5869_TC1_OKM = _h("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
+RFC5869_TC1_PRK = hexbytes("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5")
+RFC5869_TC1_OKM = hexbytes("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865")
 # RFC 5869 A.3 "Test Case 3" (SHA-256, zero-length salt and info)
-RFC5869_TC3_OKM = _h("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8")
+RFC5869_TC3_OKM = hexbytes("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8")
 
 
 def test_hkdf_rfc5869_case_1() -> None:
@@ -508,9 +451,9 @@ def test_hkdf_rfc5869_case_3_empty_salt() -> None:
 # =============================================================================
 
 # IETF TLS WG list, msg03416 ("TLS 1.2 PRF test vectors"), P_SHA256 case
-PRF_SHA256_SECRET = _h("9b be 43 6b a9 40 f0 17 b1 76 52 84 9a 71 db 35")
-PRF_SHA256_SEED = _h("a0 ba 9f 93 6c da 31 18 27 a6 f7 96 ff d5 19 8c")
-PRF_SHA256_OUTPUT = _h(
+PRF_SHA256_SECRET = hexbytes("9b be 43 6b a9 40 f0 17 b1 76 52 84 9a 71 db 35")
+PRF_SHA256_SEED = hexbytes("a0 ba 9f 93 6c da 31 18 27 a6 f7 96 ff d5 19 8c")
+PRF_SHA256_OUTPUT = hexbytes(
     """e3 f2 29 ba 72 7b e1 7b 8d 12 26 20 55 7c d4 53 c2 aa b2 1d 07 c3 d4 95
     32 9b 52 d4 e6 1e db 5a 6b 30 17 91 e9 0d 35 c9 c9 a4 6b 4e 14 ba f9 af
     0f a0 22 f7 07 7d ef 17 ab fd 37 97 c0 56 4b ab 4f bc 91 66 6e 9d ef 9b
@@ -518,9 +461,9 @@ PRF_SHA256_OUTPUT = _h(
     87 34 7b 66"""
 )
 # IETF TLS WG list, msg03416, P_SHA384 case
-PRF_SHA384_SECRET = _h("b8 0b 73 3d 6c ee fc dc 71 56 6e a4 8e 55 67 df")
-PRF_SHA384_SEED = _h("cd 66 5c f6 a8 44 7d d6 ff 8b 27 55 5e db 74 65")
-PRF_SHA384_OUTPUT = _h(
+PRF_SHA384_SECRET = hexbytes("b8 0b 73 3d 6c ee fc dc 71 56 6e a4 8e 55 67 df")
+PRF_SHA384_SEED = hexbytes("cd 66 5c f6 a8 44 7d d6 ff 8b 27 55 5e db 74 65")
+PRF_SHA384_OUTPUT = hexbytes(
     """7b 0c 18 e9 ce d4 10 ed 18 04 f2 cf a3 4a 33 6a 1c 14 df fb 49 00 bb 5f
     d7 94 21 07 e8 1c 83 cd e9 ca 0f aa 60 be 9f e3 4f 82 b1 23 3c 91 46 a0
     e5 34 cb 40 0f ed 27 00 88 4f 9d c2 36 f8 0e dd 8b fa 96 11 44 c9 e8 d7
@@ -556,7 +499,7 @@ def test_prf_vector_lengths() -> None:
 
 def test_prf12_sha256_ietf_vector() -> None:
     out = prf12("sha256", PRF_SHA256_SECRET, b"test label", PRF_SHA256_SEED, 100)
-    assert out[:8] == _h("e3 f2 29 ba 72 7b e1 7b")
+    assert out[:8] == hexbytes("e3 f2 29 ba 72 7b e1 7b")
     assert out == PRF_SHA256_OUTPUT
 
 
