@@ -260,8 +260,8 @@ class Decryptor:
             if chunk.__class__ is Gap:
                 tls.gap(direction, chunk.size)  # type: ignore[union-attr]
                 continue
-            for data in tls.receive(direction, chunk):  # type: ignore[arg-type]
-                self._emit(flow, data.direction, data.data, timestamp_ns, events)
+            for data in tls.receive(direction, chunk, timestamp_ns):  # type: ignore[arg-type]
+                self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
         if flow.waiting_since_ns is not None or tls.waiting_for_keys:
             self._track_waiting(flow)
         flow.tls_active = not tls.stopped
@@ -294,7 +294,7 @@ class Decryptor:
             if flow is None:
                 continue
             for data in flow.tls.retry():
-                self._emit(flow, data.direction, data.data, self._now_ns, events)
+                self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
             self._track_waiting(flow)
             if flow.closing is not None and not flow.tls.waiting_for_keys:
                 self._finish(flow, flow.closing, events)

@@ -206,6 +206,13 @@ def test_secrets_arriving_after_the_packets(tls13_sample):
     events += decryptor.keys_arrived()
     finished = [e for e in events if isinstance(e, FlowFinished)]
     assert [e.record["status"] for e in finished] == ["decrypted"]
+    # Released in the order of the wire: each request before its response, with
+    # the capture time of the record, not the time the secrets came.
+    plaintext = [e for e in events if isinstance(e, PlaintextData)]
+    assert plaintext[0].direction is Direction.C2S and plaintext[0].data.startswith(b"GET /index.html")
+    assert plaintext[1].direction is Direction.S2C and plaintext[1].data.startswith(b"HTTP/1.1 200 OK")
+    stamps = [e.timestamp_ns for e in plaintext]
+    assert stamps == sorted(stamps) and stamps[-1] <= tls13_sample.segments[-1].timestamp_ns
     s2c = b"".join(e.data for e in events if isinstance(e, PlaintextData) and e.direction is Direction.S2C)
     assert s2c == tls13_sample.baseline.flows[0].s2c
     assert decryptor.budget.used == 0 and decryptor.waiting_flows == 0

@@ -71,6 +71,8 @@ class Phase(enum.Enum):
 class ApplicationData:
     direction: Direction
     data: bytes
+    #: When the record that carried it was complete on the wire.
+    timestamp_ns: int = 0
 
 
 class Status(enum.Enum):
@@ -167,6 +169,7 @@ class TlsConnection:
         self._client_random_used: bytes | None = None
         self._master_secret: bytes | None = None
         self._pending_ticket = b""
+        self._arrivals = 0
 
     def __repr__(self) -> str:
         return f"TlsConnection(version={hs.version_name(self.version)}, suite={self.suite_name})"
@@ -199,8 +202,8 @@ class TlsConnection:
 
     # --- input -----------------------------------------------------------------
 
-    def receive(self, direction: Direction, data: bytes) -> list[ApplicationData]:
-        """Reassembled stream bytes of one direction."""
+    def receive(self, direction: Direction, data: bytes, timestamp_ns: int = 0) -> list[ApplicationData]:
+        """Reassembled stream bytes of one direction, seen at ``timestamp_ns``."""
         state = self.directions[direction]
         if state.phase is Phase.STOPPED:
             return []
@@ -223,12 +226,15 @@ class TlsConnection:
         events: list[ApplicationData] = []
         for record in records:
             state.records += 1
+            self._arrivals += 1
+            record.arrival = self._arrivals
+            record.timestamp_ns = timestamp_ns
             self._accept(direction, record, events)
             if state.phase is Phase.STOPPED:
                 break
         if self.directions[1 - direction].pending:
             # This direction's handshake may have unblocked the other one.
-            self._drain_pending(direction.peer, events)
+            self._drain(events)
         return events
 
     def gap(self, direction: Direction, size: int) -> None:
@@ -240,9 +246,7 @@ class TlsConnection:
     def retry(self) -> list[ApplicationData]:
         """Secrets may have arrived: decrypt what waits."""
         events: list[ApplicationData] = []
-        for _ in range(2):  # a direction's progress may unblock the other (TLS 1.3 handshake)
-            for direction in Direction:
-                self._drain_pending(direction, events)
+        self._drain(events)
         return events
 
     def expire_pending(self, reason: str) -> None:
@@ -334,28 +338,48 @@ class TlsConnection:
         state.pending.clear()
         state.pending_bytes = 0
 
-    def _drain_pending(self, direction: Direction, events: list[ApplicationData]) -> None:
+    def _drain(self, events: list[ApplicationData]) -> None:
+        """Process waiting records of both directions in their order of arrival
+        (a request before its response), as far as secrets and the handshake allow.
+        A blocked direction waits while the other one goes on; progress in one
+        direction may unblock the other."""
+        blocked = [False, False]
+        while True:
+            candidates = [
+                d for d in Direction
+                if not blocked[d] and self.directions[d].pending and self.directions[d].phase is not Phase.STOPPED
+            ]
+            if not candidates:
+                return
+            direction = min(candidates, key=lambda d: self.directions[d].pending[0].arrival)
+            if self._drain_one(direction, events):
+                blocked[1 - direction] = False
+            else:
+                blocked[direction] = True
+
+    def _drain_one(self, direction: Direction, events: list[ApplicationData]) -> bool:
+        """Process the direction's oldest waiting record; False if it must wait on."""
         state = self.directions[direction]
-        while state.pending and state.phase is not Phase.STOPPED:
-            record = state.pending[0]
-            try:
-                self._process(direction, record, events)
-            except _WaitForKeys:
-                return
-            except _SkipRecord as exc:
-                state.skipped_records += 1
-                state.skip_reason = str(exc)
-            except DecryptionError as exc:
-                state.skipped_records += 1
-                self._pop_pending(state)
-                self._stop(direction, Status.WRONG_KEY, f"{direction.name.lower()} {exc}")
-                return
-            except (UnsupportedError, RecordDecodeError) as exc:
-                self._pop_pending(state)
-                status = Status.UNSUPPORTED if isinstance(exc, UnsupportedError) else Status.PARTIAL
-                self._stop(direction, status, str(exc))
-                return
+        record = state.pending[0]
+        try:
+            self._process(direction, record, events)
+        except _WaitForKeys:
+            return False
+        except _SkipRecord as exc:
+            state.skipped_records += 1
+            state.skip_reason = str(exc)
+        except DecryptionError as exc:
+            state.skipped_records += 1
             self._pop_pending(state)
+            self._stop(direction, Status.WRONG_KEY, f"{direction.name.lower()} {exc}")
+            return True
+        except (UnsupportedError, RecordDecodeError) as exc:
+            self._pop_pending(state)
+            status = Status.UNSUPPORTED if isinstance(exc, UnsupportedError) else Status.PARTIAL
+            self._stop(direction, status, str(exc))
+            return True
+        self._pop_pending(state)
+        return True
 
     def _pop_pending(self, state: DirectionState) -> None:
         record = state.pending.popleft()
@@ -395,7 +419,7 @@ class TlsConnection:
         if inner_type == CONTENT_APPLICATION_DATA:
             if plaintext:
                 state.application_bytes += len(plaintext)
-                events.append(ApplicationData(direction, plaintext))
+                events.append(ApplicationData(direction, plaintext, record.timestamp_ns))
         elif inner_type == CONTENT_HANDSHAKE:
             self._handshake_fragment(direction, plaintext)
         elif inner_type == CONTENT_ALERT:

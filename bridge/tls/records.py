@@ -25,6 +25,9 @@ class Record:
     fragment: bytes
     #: Offset of the record's first byte in its direction's byte stream.
     stream_offset: int = 0
+    #: Order of arrival among both directions' records, and capture time (set by the connection).
+    arrival: int = 0
+    timestamp_ns: int = 0
 
 
 def looks_like_sslv2_hello(data: bytes) -> bool:
