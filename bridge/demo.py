@@ -201,6 +201,10 @@ def _suricata(suricata: str, pcap: Path, work: Path) -> Path:
     return eve
 
 
+def _header(http: dict, name: str) -> str:
+    return next((h.get("value", "") for h in http.get("request_headers", []) if h.get("name") == name), "?")
+
+
 def _report(flows: Path, eve: Path, requests: list[str]) -> int:
     records = [json.loads(line) for line in flows.read_text().splitlines() if line.strip()]
     events = [json.loads(line) for line in eve.read_text().splitlines() if line.strip()]
@@ -211,19 +215,20 @@ def _report(flows: Path, eve: Path, requests: list[str]) -> int:
     for r in records:
         _say(f"  {r['client']} -> {r['server']}  {r['status']:9} {r['tls_version']} {r['cipher_suite']} "
              f"sni={r['sni']} alpn={r['alpn']}  {r['c2s']['bytes']}+{r['s2c']['bytes']} bytes")
-    http = [e for e in events if e["event_type"] == "http"]
+    http = [e for e in events if e["event_type"] == "http" and e["http"].get("http_method")]
     alerts = [e for e in events if e["event_type"] == "alert"]
     tls_events = [e for e in events if e["event_type"] == "tls"]
     _say("\nWhat Suricata saw on the synthetic cleartext connections:")
     for e in http:
         h = e["http"]
-        _say(f"  http  {e['src_ip']}:{e['src_port']} -> {e['dest_ip']}:{e['dest_port']}  "
-             f"{h.get('http_method')} {h.get('hostname')}{h.get('url')}  -> {h.get('status')}")
+        host = h.get("hostname") or _header(h, ":authority")
+        _say(f"  http/{h.get('version', '1.1').replace('HTTP/', '')}  {e['src_ip']}:{e['src_port']} -> "
+             f"{e['dest_ip']}:{e['dest_port']}  {h.get('http_method')} {host}{h.get('url')}  -> {h.get('status')}")
     for e in alerts:
         _say(f"  alert [{e['alert']['signature_id']}] {e['alert']['signature']}  ({e.get('http', {}).get('url', '')})")
     _say(f"  tls events on synthetic flows: {len(tls_events)}")
     decrypted = sum(r["status"] == "decrypted" for r in records)
-    ok = decrypted == len(records) == 2 and len(http) >= 3 and alerts and not tls_events
+    ok = decrypted == len(records) == 2 and len(http) == 3 and bool(alerts) and not tls_events
     _say("\nDemo " + ("succeeded" if ok else "FAILED: Suricata did not see what was sent"))
     return 0 if ok else 1
 

@@ -148,7 +148,7 @@ def _assert_decrypted_http_facts(eve: S.EveLog) -> None:
 # the rules file
 # ---------------------------------------------------------------------------
 
-_RULE_RE = re.compile(r"^(alert|drop|reject|pass)\s+(\S+)\s.*\((.*)\)\s*$")
+_RULE_RE = re.compile(r"^(alert|drop|reject|pass)\s+(\S+)\s[^(]*\((.*)\)\s*$")
 
 
 def _parse_rules() -> list[dict]:
