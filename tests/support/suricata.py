@@ -37,9 +37,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Self
 
 try:  # the helper is usable outside pytest (demo scripts); pytest makes it fail, not skip
     import pytest
@@ -84,7 +85,7 @@ def require_suricata() -> str:
     )
     if path is None:
         _fail(f"suricata not found on PATH. {INSTALL_HINT}")
-    r = subprocess.run([path, "-V"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([path, "-V"], capture_output=True, text=True, timeout=30, check=False)
     m = re.search(r"version (\d+)\.(\d+)\.(\d+)", r.stdout + r.stderr)
     if r.returncode != 0 or m is None:
         _fail(f"`{path} -V` failed (rc={r.returncode}): {(r.stdout + r.stderr).strip()!r}. {INSTALL_HINT}")
@@ -93,8 +94,16 @@ def require_suricata() -> str:
     return path
 
 
+def _ip() -> str:
+    for p in (shutil.which("ip"), "/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip"):
+        if p and os.access(p, os.X_OK):
+            return p
+    _fail("`ip` (iproute2) not found: apt-get install iproute2")
+    raise AssertionError("unreachable")
+
+
 def suricata_version() -> tuple[int, int, int]:
-    r = subprocess.run([require_suricata(), "-V"], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([require_suricata(), "-V"], capture_output=True, text=True, timeout=30, check=False)
     m = re.search(r"version (\d+)\.(\d+)\.(\d+)", r.stdout + r.stderr)
     assert m is not None
     return int(m.group(1)), int(m.group(2)), int(m.group(3))
@@ -210,7 +219,13 @@ FiveTuple = tuple[str, int, str, int, str]
 
 
 def five_tuple(ev: dict) -> FiveTuple:
-    return (ev.get("src_ip", ""), int(ev.get("src_port", 0)), ev.get("dest_ip", ""), int(ev.get("dest_port", 0)), ev.get("proto", ""))
+    return (
+        ev.get("src_ip", ""),
+        int(ev.get("src_port", 0)),
+        ev.get("dest_ip", ""),
+        int(ev.get("dest_port", 0)),
+        ev.get("proto", ""),
+    )
 
 
 class HttpRequest(NamedTuple):
@@ -227,7 +242,7 @@ class EveLog:
     records: list[dict]
 
     @classmethod
-    def load(cls, path: Path) -> "EveLog":
+    def load(cls, path: Path) -> EveLog:
         records = []
         if Path(path).exists():
             for ln in Path(path).read_text(errors="replace").splitlines():
@@ -240,7 +255,7 @@ class EveLog:
                     continue
         return cls(Path(path), records)
 
-    def events(self, type: str | None = None) -> list[dict]:  # noqa: A002 - eve's own field name
+    def events(self, type: str | None = None) -> list[dict]:
         return [r for r in self.records if type is None or r.get("event_type") == type]
 
     def alerts(self, sid: int | None = None) -> list[dict]:
@@ -256,7 +271,9 @@ class EveLog:
         out = []
         for r in self.events("http"):
             h = r.get("http", {})
-            out.append(HttpRequest(h.get("hostname"), h.get("url"), h.get("http_method"), five_tuple(r), h.get("status")))
+            out.append(
+                HttpRequest(h.get("hostname"), h.get("url"), h.get("http_method"), five_tuple(r), h.get("status"))
+            )
         return out
 
     def stream_anomalies(self) -> list[dict]:
@@ -310,7 +327,7 @@ class EveLog:
 
 def _run(argv: Sequence[str], *, what: str, timeout: float) -> subprocess.CompletedProcess:
     try:
-        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as e:
         raise SuricataError(f"{what} timed out after {timeout}s: {' '.join(argv)}\n{e.stderr or ''}") from e
     if r.returncode != 0:
@@ -325,7 +342,18 @@ def check_rules(rules: Sequence[Path], *, workdir: Path, config: Path = Path("/e
     workdir.mkdir(parents=True, exist_ok=True)
     combined = combine_rules(rules, (), workdir / "test-rules.rules")
     r = _run(
-        [require_suricata(), "-T", "-v", "--init-errors-fatal", "-c", str(config), "-l", str(workdir), "-S", str(combined)],
+        [
+            require_suricata(),
+            "-T",
+            "-v",
+            "--init-errors-fatal",
+            "-c",
+            str(config),
+            "-l",
+            str(workdir),
+            "-S",
+            str(combined),
+        ],
         what="suricata -T",
         timeout=120,
     )
@@ -362,7 +390,7 @@ def run_offline(
 # live
 # ---------------------------------------------------------------------------
 
-_READY = re.compile(r"Engine started|all \d+ packet processing threads", re.I)
+_READY = re.compile(r"Engine started|all \d+ packet processing threads", re.IGNORECASE)
 
 
 class LiveSuricata:
@@ -406,12 +434,14 @@ class LiveSuricata:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.config or minimal_config(self.workdir, eve_name=self.eve_path.name, af_packet=self.interface)
         argv = [
-            "ip", "netns", "exec", self.netns,
+            _ip(), "netns", "exec", self.netns,
             suricata, "-c", str(config), f"--af-packet={self.interface}", "-v", "--init-errors-fatal",
             "-l", str(self.workdir), "--pidfile", str(self.workdir / "suricata.pid"),
         ]  # fmt: skip
         if self.rules is not None:
-            combined = combine_rules(self.rules, self.extra_rules if self.config is None else (), self.workdir / "combined.rules")
+            combined = combine_rules(
+                self.rules, self.extra_rules if self.config is None else (), self.workdir / "combined.rules"
+            )
             argv += ["-S", str(combined)]
         for opt in self.set_options:
             argv += ["--set", opt]
@@ -420,7 +450,7 @@ class LiveSuricata:
     def output(self) -> str:
         return self.output_path.read_text(errors="replace") if self.output_path.exists() else ""
 
-    def __enter__(self) -> "LiveSuricata":
+    def __enter__(self) -> Self:
         argv = self.argv()
         (self.workdir / "suricata.pid").unlink(missing_ok=True)
         self.eve_path.unlink(missing_ok=True)
@@ -434,7 +464,9 @@ class LiveSuricata:
             if _READY.search(text):
                 break
             if self.proc.poll() is not None:
-                raise SuricataError(f"suricata exited (rc={self.proc.returncode}) before starting: {' '.join(argv)}\n{text}")
+                raise SuricataError(
+                    f"suricata exited (rc={self.proc.returncode}) before starting: {' '.join(argv)}\n{text}"
+                )
             if time.monotonic() > deadline:
                 self._kill()
                 raise SuricataError(f"suricata did not report 'Engine started' within {self.startup_timeout}s:\n{text}")
@@ -507,8 +539,8 @@ print(n)
 def inject_pcap(pcap: Path, *, netns: str, iface: str, gap: float = 0.002, timeout: float = 30) -> int:
     """Send every frame of a classic Ethernet pcap out of ``iface`` inside ``netns``; returns the count."""
     r = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", _SENDER, str(pcap), iface, str(gap)],
-        capture_output=True, text=True, timeout=timeout,
+        [_ip(), "netns", "exec", netns, sys.executable, "-c", _SENDER, str(pcap), iface, str(gap)],
+        capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     if r.returncode != 0:
         raise SuricataError(f"sending {pcap} on {netns}/{iface} failed: {r.stderr}")
