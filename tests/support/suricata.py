@@ -149,6 +149,7 @@ outputs:
               applayer: yes
         - http:
             extended: yes
+        - http2    # HTTP/2 inside TLS (ALPN h2) is re-injected unchanged
         - tls:
             extended: yes
         - flow
@@ -271,9 +272,12 @@ class EveLog:
         out = []
         for r in self.events("http"):
             h = r.get("http", {})
-            out.append(
-                HttpRequest(h.get("hostname"), h.get("url"), h.get("http_method"), five_tuple(r), h.get("status"))
+            # HTTP/2 names the host in its :authority pseudo-header (port stripped, as Suricata does for Host)
+            host = h.get("hostname") or next(
+                (x.get("value", "").rsplit(":", 1)[0] for x in h.get("request_headers", []) if x.get("name") == ":authority"),
+                None,
             )
+            out.append(HttpRequest(host, h.get("url"), h.get("http_method"), five_tuple(r), h.get("status")))
         return out
 
     def stream_anomalies(self) -> list[dict]:
