@@ -63,6 +63,10 @@ def test_tls13_every_suite(tmp_path, tlslab_tools, tls_certs):
     result = decrypt_capture(run.pcap, run.keylog)
     _check_all_decrypted(result, len(TLS13_SUITES))
     assert sorted(f.record["cipher_suite"] for f in result.flows) == sorted(TLS13_SUITES)
+    # the client randoms are those the client's own key log names
+    logged = {line.split()[1] for line in run.keylog.read_text().splitlines() if line and not line.startswith("#")}
+    assert {f.record["client_random"] for f in result.flows} == logged
+    assert all(len(f.record["server_random"]) == 64 for f in result.flows)
     for flow in result.flows:
         record = flow.record
         assert record["tls_version"] == "TLSv1.3"

@@ -387,3 +387,13 @@ def test_errors_are_the_projects_own():
     decryptor.process(segment)
     [finished] = [e for e in decryptor.finish() if isinstance(e, FlowFinished)]
     assert finished.record["status"] in {"no_handshake", "partial", "not_tls"}
+
+
+def test_reset_ends_the_connection(tls13_sample):
+    segments = list(tls13_sample.segments)
+    indices = _s2c_data_indices(segments)
+    at = indices[len(indices) // 2]
+    rst = dataclasses.replace(segments[at - 1], payload=b"", flags=0x04 | ACK)  # RST|ACK right there
+    [flow] = decrypt_segments(segments[:at] + [rst] + segments[at:], tls13_sample.store()).flows
+    assert flow.record["ended_by"] == "rst"
+    assert tls13_sample.baseline.flows[0].s2c.startswith(flow.s2c) and len(flow.s2c) < len(tls13_sample.baseline.flows[0].s2c)

@@ -572,7 +572,7 @@ class TlsConnection:
     def _on_encrypted_extensions(self, direction: Direction, message: hs.HandshakeMessage) -> None:
         extensions = hs.parse_encrypted_extensions(message.body)
         if self.server_hello is not None and hs.EXT_ALPN in extensions:
-            self.server_hello.extensions[hs.EXT_ALPN] = extensions[hs.EXT_ALPN]
+            self.server_hello.alpn = hs.selected_alpn(extensions)
         self.early_data_accepted = hs.EXT_EARLY_DATA in extensions
 
     def _on_certificate(self, direction: Direction, message: hs.HandshakeMessage) -> None:

@@ -169,12 +169,8 @@ class ServerHello:
             return int.from_bytes(selected, "big")
         return self.legacy_version
 
-    @property
-    def alpn(self) -> str | None:
-        if EXT_ALPN not in self.extensions:
-            return None
-        protocols = _alpn(self.extensions[EXT_ALPN])
-        return protocols[0] if protocols else None
+    #: The selected ALPN protocol (ServerHello in TLS 1.2, EncryptedExtensions in 1.3).
+    alpn: str | None = None
 
     @property
     def encrypt_then_mac(self) -> bool:
@@ -200,7 +196,17 @@ def parse_server_hello(body: bytes) -> ServerHello:
     session_id = reader.vector(1)
     cipher = reader.uint(2)
     reader.uint(1)  # compression method
-    return ServerHello(legacy_version, random, session_id, cipher, _extensions(reader))
+    hello = ServerHello(legacy_version, random, session_id, cipher, _extensions(reader))
+    hello.alpn = selected_alpn(hello.extensions)
+    return hello
+
+
+def selected_alpn(extensions: dict[int, bytes]) -> str | None:
+    """The protocol a server selected in its ALPN extension, if any."""
+    if EXT_ALPN not in extensions:
+        return None
+    protocols = _alpn(extensions[EXT_ALPN])
+    return protocols[0] if protocols else None
 
 
 def parse_encrypted_extensions(body: bytes) -> dict[int, bytes]:
