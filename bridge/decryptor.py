@@ -26,7 +26,7 @@ from bridge.packets import ACK, FIN, RST, SYN, TcpSegment, format_endpoint
 from bridge.tcp import Gap, StreamReassembler
 from bridge.tls import handshake as hs
 from bridge.tls.certificates import describe_chain
-from bridge.tls.connection import Direction, PendingBudget, Status, TlsConnection
+from bridge.tls.connection import NOTHING, Direction, PendingBudget, Status, TlsConnection
 
 NS = 1_000_000_000
 _LRU_GRANULARITY_NS = NS // 10
@@ -256,15 +256,22 @@ class Decryptor:
         tls = flow.tls
         if not flow.tls_active:
             return
+        changed = False
         for chunk in chunks:
             if chunk.__class__ is Gap:
                 tls.gap(direction, chunk.size)  # type: ignore[union-attr]
+                changed = True
                 continue
-            for data in tls.receive(direction, chunk, timestamp_ns):  # type: ignore[arg-type]
+            output = tls.receive(direction, chunk, timestamp_ns)  # type: ignore[arg-type]
+            if output is NOTHING:
+                continue
+            changed = True
+            for data in output:
                 self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
-        if flow.waiting_since_ns is not None or tls.waiting_for_keys:
-            self._track_waiting(flow)
-        flow.tls_active = not tls.stopped
+        if changed:
+            if flow.waiting_since_ns is not None or tls.waiting_for_keys:
+                self._track_waiting(flow)
+            flow.tls_active = not tls.stopped
 
     def _emit(self, flow: _Flow, direction: Direction, data: bytes, timestamp_ns: int, events: list[Event]) -> None:
         stats = flow.stats[direction]

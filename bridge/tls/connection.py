@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bridge.errors import BridgeError, DecryptionError, RecordDecodeError, UnsupportedError
@@ -48,6 +48,10 @@ from bridge.tls.records import (
     Record,
     RecordReader,
 )
+
+
+#: What :meth:`TlsConnection.receive` returns when nothing changed.
+NOTHING: tuple = ()
 
 
 class Direction(enum.IntEnum):
@@ -202,11 +206,19 @@ class TlsConnection:
 
     # --- input -----------------------------------------------------------------
 
-    def receive(self, direction: Direction, data: bytes, timestamp_ns: int = 0) -> list[ApplicationData]:
-        """Reassembled stream bytes of one direction, seen at ``timestamp_ns``."""
+    def receive(self, direction: Direction, data: bytes, timestamp_ns: int = 0) -> Sequence[ApplicationData]:
+        """Reassembled stream bytes of one direction, seen at ``timestamp_ns``.
+
+        Returns :data:`NOTHING` (identity-comparable) when the bytes only extended
+        a record still incomplete: nothing about the connection changed."""
         state = self.directions[direction]
+        if state.started:
+            reader = state.reader
+            if len(reader._buffer) + len(data) < reader._need and state.phase is not Phase.STOPPED:
+                reader._buffer += data  # the hot path: the middle of a record
+                return NOTHING
         if state.phase is Phase.STOPPED:
-            return []
+            return NOTHING
         if not state.started:
             # Decide what the stream is from its first 6 bytes, however it was segmented.
             state.prefix += data
