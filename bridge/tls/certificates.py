@@ -6,9 +6,15 @@ from cryptography import x509
 
 
 def describe_certificate(der: bytes) -> dict[str, object]:
-    """Subject, issuer and DNS/IP subject alternative names of one DER certificate."""
+    """Subject, issuer and DNS/IP subject alternative names of one DER certificate.
+
+    `cryptography` parses lazily: a malformed name only fails when it is read, so
+    every field access sits inside the error handling.
+    """
     try:
         certificate = x509.load_der_x509_certificate(der)
+        subject = certificate.subject.rfc4514_string()
+        issuer = certificate.issuer.rfc4514_string()
     except ValueError as exc:
         return {"error": f"unparseable certificate: {exc}"}
     names: list[str] = []
@@ -22,8 +28,8 @@ def describe_certificate(der: bytes) -> dict[str, object]:
         names.extend(extension.value.get_values_for_type(x509.DNSName))
         names.extend(str(address) for address in extension.value.get_values_for_type(x509.IPAddress))
     return {
-        "subject": certificate.subject.rfc4514_string(),
-        "issuer": certificate.issuer.rfc4514_string(),
+        "subject": subject,
+        "issuer": issuer,
         "san": names,
     }
 

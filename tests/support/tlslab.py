@@ -590,6 +590,12 @@ class Capture:
     and waits for it, so the file is complete.  ``stats`` holds the
     captured/received/dropped counters tcpdump prints; a kernel drop makes
     exit raise (the capture would be silently incomplete otherwise).
+
+    Ring size: in immediate mode libpcap uses TPACKET_V2, whose slots are
+    fixed at the snap length (65535 on an interface with offloads, 262144
+    for ``-s 0``): 64 MiB held only ~250 packets at ``-s 0`` and a busy
+    2-core CI machine overran it.  The defaults (``-s 65535``, 256 MiB)
+    give ~4000 slots.
     """
 
     def __init__(
@@ -598,11 +604,11 @@ class Capture:
         path: str | os.PathLike,
         *,
         filter: str = "tcp",
-        snaplen: int = 0,
+        snaplen: int = 65535,
         nano: bool = False,
         iface: str = "lo",
         settle: float = 0.15,
-        buffer_kib: int = 65536,
+        buffer_kib: int = 262144,
     ) -> None:
         self.netns = netns
         self.path = Path(path)
