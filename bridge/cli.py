@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 
 from bridge import __version__
+from bridge.errors import BridgeError
+from bridge.keyfeed.commands import add_client_security_options, add_keys_parser
 
 
 def _decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,6 +41,8 @@ def _decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
             examples:
               tls-bridge decrypt -r https.pcapng --keylog sslkeys.log --flows -
               tls-bridge decrypt -i eth1 --keylog /run/app/sslkeys.log --flows flows.jsonl
+              tls-bridge decrypt -i eth1 --keys tcp://harvester:5555 --server-key certs/harvester.key \
+                  --client-cert certs/sensor.key_secret --inject tls0 --flows flows.jsonl
 
             exit status:
               0  the input was read (connections that could not be decrypted are
@@ -54,6 +58,23 @@ def _decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keylog", metavar="KEYLOG", action="append", default=[],
                         help="RFC 9850 key log file (SSLKEYLOGFILE format); may be repeated")
     parser.add_argument("--flows", metavar="FILE", help="write the flow log (JSON lines) to FILE, '-' for stdout")
+    feed = parser.add_argument_group(
+        "key feed",
+        "Secrets from harvesters over ZeroMQ (see 'tls-bridge keys --help'), alongside or instead of --keylog. "
+        "On start the records of the last --keys-window seconds are fetched; with -r the file is read once "
+        "they are in, and at its end connections still waiting get --keys-timeout seconds for their secrets.",
+    )
+    feed.add_argument("--keys", metavar="ENDPOINT", action="append", default=[],
+                      help="subscribe to a publisher or broker (tcp://HOST:PORT, ipc://PATH); may be repeated")
+    add_client_security_options(feed)
+    feed.add_argument("--keys-window", metavar="SECONDS", type=float, default=600.0,
+                      help="history fetched on start (default: 600)")
+    feed.add_argument("--keys-ttl", metavar="SECONDS", type=float, default=600.0,
+                      help="feed secrets not used by a connection are dropped after this long (default: 600)")
+    feed.add_argument("--keys-timeout", metavar="SECONDS", type=float, default=10.0,
+                      help="how long to wait for the feed's snapshot, and with -r for late secrets (default: 10)")
+    feed.add_argument("--keys-insecure", action="store_true",
+                      help="subscribe without CurveZMQ (labs only: secrets cross the network in clear)")
     reinject = parser.add_argument_group(
         "re-injection",
         "Every decrypted connection is re-emitted as a synthetic cleartext TCP connection "
@@ -127,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tls-bridge {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _decrypt_parser(subparsers)
+    add_keys_parser(subparsers)
     _demo_parser(subparsers)
     return parser
 
@@ -136,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
+    except BridgeError as exc:
+        print(f"tls-bridge: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

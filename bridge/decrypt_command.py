@@ -21,7 +21,11 @@ from bridge.capture.frames import Frame
 from bridge.decryptor import NS, Decryptor, DecryptorConfig, Event, FlowFinished, PlaintextData
 from bridge.errors import BridgeError, PacketDecodeError
 from bridge.keylog import KeyLogStats, read_keylog
-from bridge.keylog_follow import KeyLogFollower
+from bridge.keylog_follow import KeyLogFollower, into_store
+from bridge.keyfeed.commands import client_security
+from bridge.keyfeed.receiver import KeyFeedReceiver
+from bridge.keyfeed.security import check_endpoint
+from bridge.keyfeed.subscriber import SubscriberConfig
 from bridge.keystore import KeyStore
 from bridge.reinject.outputs import FrameOutput, InterfaceOutput, PcapFileOutput, PcapOverIpOutput
 from bridge.reinject.sink import ReinjectSink
@@ -64,7 +68,17 @@ class Pipeline:
         reason = str(exc).split(":")[0][:60]
         counters.malformed_reasons[reason] = counters.malformed_reasons.get(reason, 0) + 1
 
-    def run(self, frames: Iterable[Frame], progress: Callable[[], None] | None = None) -> None:
+    def idle(self, now_ns: int) -> None:
+        """No packet for a while (live): decrypt what waited for keys that arrived
+        since, and expire idle connections, on the capture clock (wall time)."""
+        events = self.decryptor.keys_arrived()
+        if now_ns >= self._next_tick_ns:
+            events.extend(self.decryptor.tick(now_ns))
+            self._next_tick_ns = now_ns + NS
+        if events:
+            self._dispatch(events)
+
+    def run(self, frames: Iterable[Frame | None], progress: Callable[[], None] | None = None) -> None:
         """The packet loop: the hot path, written with locals on purpose."""
         counters = self.counters
         process = self.decryptor.process
@@ -74,6 +88,11 @@ class Pipeline:
         frame_count = tcp_count = not_tcp = 0
         try:
             for frame in frames:
+                if frame is None:  # a quiet live link: timed work
+                    self._next_tick_ns = next_tick_ns
+                    self.idle(time.time_ns())
+                    next_tick_ns = self._next_tick_ns
+                    continue
                 frame_count += 1
                 try:
                     segment = classify(frame.linktype, frame.data, frame.timestamp_ns)
@@ -113,7 +132,8 @@ class Pipeline:
 
 
 class FlowLogWriter:
-    """One JSON object per line per finished connection."""
+    """One JSON object per line per finished connection, flushed at once: live,
+    readers (Zeek's Input framework, the IPS) follow the file."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
@@ -121,6 +141,7 @@ class FlowLogWriter:
     def __call__(self, event: Event) -> None:
         if isinstance(event, FlowFinished):
             self.stream.write(json.dumps(event.record, separators=(",", ":")) + "\n")
+            self.stream.flush()
 
 
 class PlaintextDirWriter:
@@ -209,7 +230,7 @@ def _load_keylogs(paths: list[str], store: KeyStore, err: IO[str]) -> None:
             err.write(f"tls-bridge: {path}: {stats.unknown_labels} lines with unknown labels ignored\n")
 
 
-def _frames(args: argparse.Namespace) -> Iterator[Frame]:
+def _frames(args: argparse.Namespace) -> Iterator[Frame | None]:
     if args.read is not None:
         from bridge.capture.pcapfile import read_capture, read_capture_stream
 
@@ -219,7 +240,7 @@ def _frames(args: argparse.Namespace) -> Iterator[Frame]:
     from bridge.capture.afpacket import AfPacketCapture
 
     # On a loopback device every packet is seen leaving and arriving: keep one copy, as libpcap does.
-    return iter(AfPacketCapture(args.interface, ignore_outgoing=_is_loopback(args.interface)))
+    return iter(AfPacketCapture(args.interface, ignore_outgoing=_is_loopback(args.interface), idle_marker=True))
 
 
 def _is_loopback(interface: str) -> bool:
@@ -230,13 +251,16 @@ def _is_loopback(interface: str) -> bool:
         return False
 
 
-def _limit(frames: Iterator[Frame], count: int | None) -> Iterator[Frame]:
+def _limit(frames: Iterator[Frame | None], count: int | None) -> Iterator[Frame | None]:
     if count is None:
         yield from frames
         return
-    for index, frame in enumerate(frames):
-        if index >= count:
-            return
+    seen = 0
+    for frame in frames:
+        if frame is not None:
+            if seen >= count:
+                return
+            seen += 1
         yield frame
 
 
@@ -284,9 +308,34 @@ def _reinject_sink(args: argparse.Namespace) -> ReinjectSink | None:
     return ReinjectSink(SyntheticFlows(options), outputs)
 
 
+def _key_feed(args: argparse.Namespace, store: KeyStore, err: IO[str]) -> KeyFeedReceiver | None:
+    if not args.keys:
+        return None
+    client = client_security(args, insecure=args.keys_insecure)
+    config = SubscriberConfig(endpoints=[check_endpoint(e) for e in args.keys], window=args.keys_window,
+                              snapshot_timeout=args.keys_timeout)
+
+    def warn(text: str) -> None:
+        err.write(f"tls-bridge: warning: key feed: {text}\n")
+        err.flush()
+
+    receiver = KeyFeedReceiver(store, config, client, ttl=args.keys_ttl, on_failure=warn)
+    return receiver.start(sync_timeout=args.keys_timeout)
+
+
+def _await_late_keys(pipeline: Pipeline, timeout: float) -> None:
+    """End of a capture file read with a live feed: connections still waiting for
+    their secrets get ``timeout`` more seconds (wall clock) before they are logged."""
+    deadline = time.monotonic() + timeout
+    while pipeline.decryptor.waiting_flows and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pipeline.keys_arrived()
+
+
 def run_decrypt(args: argparse.Namespace) -> int:
     err = sys.stderr
     store = KeyStore()
+    receiver: KeyFeedReceiver | None = None
     config = DecryptorConfig(max_flows=args.max_flows, idle_timeout=args.idle_timeout, key_wait=args.key_wait)
     flows_stream: IO[str] | None = None
     reinject: ReinjectSink | None = None
@@ -297,9 +346,10 @@ def run_decrypt(args: argparse.Namespace) -> int:
     try:
         if live:
             # Live: key logs are still being written; follow them like tail -f.
-            followers = [KeyLogFollower(path, store).start() for path in args.keylog]
+            followers = [KeyLogFollower(path, into_store(store)).start() for path in args.keylog]
         else:
             _load_keylogs(args.keylog, store, err)
+        receiver = _key_feed(args, store, err)
         if args.flows == "-":
             flows_stream = sys.stdout
         elif args.flows:
@@ -327,6 +377,8 @@ def run_decrypt(args: argparse.Namespace) -> int:
         finally:
             for follower in followers:
                 follower.stop()
+            if receiver is not None and not live:
+                _await_late_keys(pipeline, args.keys_timeout)
             pipeline.finish()
             if reinject is not None:
                 reinject.close()
@@ -340,6 +392,8 @@ def run_decrypt(args: argparse.Namespace) -> int:
         err.write(f"tls-bridge: error: {exc.filename or ''}: {exc.strerror}\n")
         return 1
     finally:
+        if receiver is not None:
+            receiver.close()
         if flows_stream is not None and flows_stream is not sys.stdout:
             flows_stream.close()
     if not args.quiet:
@@ -348,4 +402,6 @@ def run_decrypt(args: argparse.Namespace) -> int:
         err.write(progress.summary() + "\n")
         if reinject is not None:
             err.write(f"tls-bridge: {reinject.summary()}\n")
+        if receiver is not None:
+            err.write(f"tls-bridge: {receiver.summary()}\n")
     return 0

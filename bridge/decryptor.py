@@ -85,6 +85,8 @@ class DecryptorConfig:
     max_pending_per_direction: int = 8 * 1024 * 1024
     max_pending_total: int = 256 * 1024 * 1024
     recently_closed: int = 65_536
+    #: Drop a connection's secrets from the key store when it is logged.
+    forget_keys: bool = True
 
 
 @dataclass(slots=True)
@@ -359,8 +361,14 @@ class Decryptor:
         tls.release()
         info = flow.info
         random = tls.client_random
+        key_origin = None
         if random is not None:
             self._waiting.pop(random, None)
+            keyset = self.keys.lookup(random)
+            if keyset is not None:
+                key_origin = keyset.origin
+                if self.config.forget_keys:
+                    self.keys.forget(random)
         del self._flows[info.flow_id]
         for key in (
             (info.client_ip, info.client_port, info.server_ip, info.server_port),
@@ -370,7 +378,7 @@ class Decryptor:
             self._closed[key] = None
         while len(self._closed) > self.config.recently_closed:
             self._closed.popitem(last=False)
-        record = flow_record(flow, ended_by)
+        record = flow_record(flow, ended_by, key_origin)
         status = str(record["status"])
         self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
         events.append(FlowFinished(info, ended_by, record))
@@ -392,7 +400,7 @@ def _iso(timestamp_ns: int) -> float:
     return round(timestamp_ns / NS, 6)
 
 
-def flow_record(flow: _Flow, ended_by: str) -> dict[str, object]:
+def flow_record(flow: _Flow, ended_by: str, key_origin: dict[str, object] | None = None) -> dict[str, object]:
     """The flow log line of a finished flow."""
     tls = flow.tls
     status, reason = tls.status()
@@ -433,6 +441,7 @@ def flow_record(flow: _Flow, ended_by: str) -> dict[str, object]:
         "session_tickets_issued": tls.session_tickets,
         "key_updates": sum(state.key_updates for state in tls.directions),
         "certificates": describe_chain(tls.certificates),
+        "key_origin": key_origin,
     }
     for direction in Direction:
         stats = flow.stats[direction]

@@ -43,3 +43,20 @@ class TransportError(BridgeError):
 
 class GuestAccessError(BridgeError):
     """Guest or process memory could not be read."""
+
+
+class FeedMessageError(TransportError):
+    """A key feed message is malformed, oversized or of an unknown schema.
+
+    ``reason`` is a short code for counters (``not_msgpack``, ``too_large``,
+    ``bad_version``, ``bad_type``, ``bad_field``, ``bad_label``); the message
+    names fields, never their values.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class ProfileError(BridgeError):
+    """An OpenSSL struct-offset profile is missing, ambiguous or malformed."""

@@ -1,5 +1,6 @@
-"""Follow a key log file while an application writes it (``tail -f``), feeding
-the key store.  A thin driver around :func:`bridge.keylog.parse_line`.
+"""Follow a key log file while an application writes it (``tail -f``), handing
+each batch of new entries to a callback (the key store, or the key feed
+publisher).  A thin driver around :func:`bridge.keylog.parse_lines`.
 
 Handles a file that does not exist yet, partial last lines (kept until their
 newline arrives), truncation and replacement (rotation): the file is reopened
@@ -10,15 +11,26 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
-from bridge.keylog import KeyLogStats, parse_lines
+from bridge.keylog import KeyLogEntry, KeyLogStats, parse_lines
 from bridge.keystore import KeyStore
+
+EntriesSink = Callable[[list[KeyLogEntry]], None]
+
+
+def into_store(store: KeyStore) -> EntriesSink:
+    def add(entries: list[KeyLogEntry]) -> None:
+        for entry in entries:
+            store.add_entry(entry)
+
+    return add
 
 
 class KeyLogFollower:
-    def __init__(self, path: str, store: KeyStore, *, interval: float = 0.1) -> None:
+    def __init__(self, path: str, on_entries: EntriesSink, *, interval: float = 0.1) -> None:
         self.path = path
-        self.store = store
+        self.on_entries = on_entries
         self.interval = interval
         self.stats = KeyLogStats()
         self._stop = threading.Event()
@@ -65,8 +77,7 @@ class KeyLogFollower:
         text = self._partial + self._handle.read()
         lines = text.split("\n")
         self._partial = lines.pop()  # incomplete last line (or "")
-        added = 0
-        for entry in parse_lines(lines, self.stats):
-            self.store.add_entry(entry)
-            added += 1
-        return added
+        entries = list(parse_lines(lines, self.stats))
+        if entries:
+            self.on_entries(entries)
+        return len(entries)

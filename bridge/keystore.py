@@ -5,13 +5,16 @@ connections find the master secret of the connection that created the session.
 Thread-safe: a feed thread may :meth:`KeyStore.add` while the packet loop reads.
 The packet loop learns about new arrivals with :meth:`KeyStore.take_arrivals`.
 Bounded: at most ``max_entries`` client randoms; the oldest go first (counted).
-Secrets expire ``ttl`` seconds after they arrived (clock injected as ``now``).
+Secrets given with a ``ttl`` (the live feed's) expire that many seconds after
+they arrived (clock injected as ``now``, see :meth:`KeyStore.expire`); secrets
+from key log files stay until their connection is done (:meth:`KeyStore.forget`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bridge.keylog import KeyLogEntry
@@ -19,10 +22,12 @@ from bridge.keylog import KeyLogEntry
 
 @dataclass(slots=True, repr=False)
 class KeySet:
-    """Every secret known for one client random, by RFC 9850 label."""
+    """Every secret known for one client random, by RFC 9850 label, and where
+    they came from (``origin``: harvester metadata, no secrets)."""
 
     secrets: dict[str, bytes] = field(default_factory=dict)
     arrived: float = 0.0
+    origin: dict[str, object] | None = None
 
     def get(self, label: str) -> bytes | None:
         return self.secrets.get(label)
@@ -40,12 +45,14 @@ class KeyStoreStats:
 
 
 class KeyStore:
-    def __init__(self, *, max_entries: int = 1_000_000, ttl: float | None = None) -> None:
+    def __init__(self, *, max_entries: int = 1_000_000) -> None:
         self._entries: OrderedDict[bytes, KeySet] = OrderedDict()
         self._arrivals: list[bytes] = []
+        #: (expiry time, client random) in arrival order; TTLs are per source, so
+        #: one deque per TTL keeps each in expiry order.
+        self._expiries: dict[float, deque[tuple[float, bytes]]] = {}
         self._lock = threading.Lock()
         self.max_entries = max_entries
-        self.ttl = ttl
         self.stats = KeyStoreStats()
 
     def __len__(self) -> int:
@@ -55,6 +62,18 @@ class KeyStore:
         return f"KeyStore(entries={len(self._entries)})"
 
     def add(self, client_random: bytes, label: str, secret: bytes, *, now: float = 0.0) -> None:
+        self.add_secrets(client_random, {label: secret}, now=now)
+
+    def add_secrets(
+        self,
+        client_random: bytes,
+        secrets: Mapping[str, bytes],
+        *,
+        now: float = 0.0,
+        ttl: float | None = None,
+        origin: dict[str, object] | None = None,
+    ) -> None:
+        """Several secrets of one connection at once (a key feed record)."""
         with self._lock:
             keyset = self._entries.get(client_random)
             if keyset is None:
@@ -62,8 +81,18 @@ class KeyStore:
                 while len(self._entries) > self.max_entries:
                     self._entries.popitem(last=False)
                     self.stats.evicted += 1
-            keyset.secrets[label] = secret
-            self.stats.added += 1
+            keyset.secrets.update(secrets)
+            if origin:
+                keyset.origin = origin
+            if ttl is not None:
+                keyset.arrived = now
+                queue = self._expiries.setdefault(ttl, deque())
+                queue.append((now + ttl, client_random))
+                if len(queue) > 2 * self.max_entries:  # a publisher repeating itself
+                    _, oldest = queue.popleft()
+                    if self._entries.pop(oldest, None) is not None:
+                        self.stats.evicted += 1
+            self.stats.added += len(secrets)
             self._arrivals.append(client_random)
 
     def add_entry(self, entry: KeyLogEntry, *, now: float = 0.0) -> None:
@@ -91,17 +120,17 @@ class KeyStore:
             return arrivals
 
     def expire(self, now: float) -> int:
-        """Drop secrets older than the TTL; returns how many went."""
-        if self.ttl is None:
-            return 0
+        """Drop secrets whose TTL ran out (those given with one); returns how many
+        client randoms went.  A key set refreshed since keeps its later expiry."""
         gone = 0
         with self._lock:
-            while self._entries:
-                client_random, keyset = next(iter(self._entries.items()))
-                if now - keyset.arrived <= self.ttl:
-                    break
-                del self._entries[client_random]
-                gone += 1
+            for ttl, queue in self._expiries.items():
+                while queue and queue[0][0] <= now:
+                    expiry, client_random = queue.popleft()
+                    keyset = self._entries.get(client_random)
+                    if keyset is not None and keyset.arrived + ttl <= expiry:
+                        del self._entries[client_random]
+                        gone += 1
             self.stats.expired += gone
         return gone
 

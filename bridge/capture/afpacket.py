@@ -91,10 +91,14 @@ class AfPacketCapture:
         ignore_outgoing: bool = False,
         stop_event: threading.Event | None = None,
         poll_interval: float = 0.2,
+        idle_marker: bool = False,
     ) -> None:
         self.interface = interface
         self.snaplen = snaplen
         self.poll_interval = poll_interval
+        #: Yield None after each ``poll_interval`` without a frame, so the consumer
+        #: can do timed work (keys that arrived, idle connections) on a quiet link.
+        self.idle_marker = idle_marker
         self._stop = stop_event if stop_event is not None else threading.Event()
         self.frames = 0
         self._drops = 0
@@ -174,8 +178,9 @@ class AfPacketCapture:
         return self._drops
 
     # ---- capture
-    def __iter__(self) -> Iterator[Frame]:
+    def __iter__(self) -> Iterator[Frame | None]:
         sock = self._sock
+        idle_marker = self.idle_marker
         recvmsg = sock.recvmsg
         poll = self._poller.poll
         stop = self._stop
@@ -185,7 +190,8 @@ class AfPacketCapture:
             try:
                 data, ancdata, _flags, _addr = recvmsg(bufsize, _CMSG_SPACE)
             except BlockingIOError:
-                poll(timeout_ms)
+                if not poll(timeout_ms) and idle_marker:
+                    yield None
                 continue
             except InterruptedError:
                 continue
