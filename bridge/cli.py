@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bridge import __version__
 from bridge.errors import BridgeError
+from bridge.harvest.commands import add_harvest_parser, add_profile_parser
 from bridge.keyfeed.commands import add_client_security_options, add_keys_parser
 
 
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _decrypt_parser(subparsers)
     add_keys_parser(subparsers)
+    add_harvest_parser(subparsers)
+    add_profile_parser(subparsers)
     _demo_parser(subparsers)
     return parser
 

@@ -60,3 +60,7 @@ class FeedMessageError(TransportError):
 
 class ProfileError(BridgeError):
     """An OpenSSL struct-offset profile is missing, ambiguous or malformed."""
+
+
+class HookError(BridgeError):
+    """A hook (uprobe, breakpoint) could not be placed or read."""

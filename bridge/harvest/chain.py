@@ -1,0 +1,131 @@
+"""Following ``SSL → SSL_SESSION`` with a profile and reading a connection's secrets.
+
+Pure logic over a :class:`FieldSource`: where the bytes come from is the
+caller's business — ``/proc/PID/mem`` (:class:`MemoryFields`), a uprobe event
+whose fields the kernel fetched at hook time, or guest memory.  The result is
+in the RFC 9850 vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from bridge.errors import GuestAccessError
+from bridge.harvest.profile import Profile
+from bridge.keylog import (
+    CLIENT_RANDOM,
+    CLIENT_TRAFFIC_SECRET_0,
+    EXPORTER_SECRET,
+    HANDSHAKE_SECRET,
+    SERVER_TRAFFIC_SECRET_0,
+)
+
+TLS12, TLS13 = 0x0303, 0x0304
+_VERSIONS = frozenset({0x0301, 0x0302, TLS12, TLS13})
+#: TLS 1.3 suites by hash length; anything else falls back to the zero-tail test.
+_SHA384_SUITES = frozenset({0x1302})
+_SHA256_SUITES = frozenset({0x1301, 0x1303, 0x1304, 0x1305})
+#: Field sizes read for each profile field.
+FIELD_SIZES = {
+    "version": 4,
+    "client_random": 32,
+    "master_key": 48,
+    "master_key_length": 8,
+    "cipher_id": 4,
+    "handshake_secret": 48,
+    "master_secret": 48,
+    "client_app_traffic_secret": 48,
+    "server_app_traffic_secret": 48,
+    "exporter_master_secret": 48,
+}
+TLS13_LABELS = {
+    "handshake_secret": HANDSHAKE_SECRET,
+    "client_app_traffic_secret": CLIENT_TRAFFIC_SECRET_0,
+    "server_app_traffic_secret": SERVER_TRAFFIC_SECRET_0,
+    "exporter_master_secret": EXPORTER_SECRET,
+}
+
+
+class FieldSource(Protocol):
+    def field(self, name: str) -> bytes | None:
+        """The bytes of a profile field (``FIELD_SIZES[name]`` long), or None."""
+        ...
+
+
+@dataclass(slots=True, repr=False)
+class ConnectionSecrets:
+    client_random: bytes
+    version: int
+    cipher_suite: int | None
+    secrets: dict[str, bytes] = field(default_factory=dict)
+    #: Everything needed to decrypt the connection is there.
+    complete: bool = False
+
+    def __repr__(self) -> str:
+        return (f"ConnectionSecrets({self.client_random.hex()[:16]}…, version={self.version:#06x}, "
+                f"labels={sorted(self.secrets)}, complete={self.complete})")
+
+
+class MemoryFields:
+    """Profile fields of one ``SSL *`` read through a memory reader."""
+
+    def __init__(self, reader, profile: Profile, ssl: int) -> None:  # type: ignore[no-untyped-def]
+        self.reader = reader
+        self.profile = profile
+        self.ssl = ssl
+
+    def address(self, name: str) -> int | None:
+        path = self.profile.path(name)
+        if path is None:
+            return None
+        address = self.ssl
+        for step in path[:-1]:
+            address = int.from_bytes(self.reader.read(address + step, 8), "little")
+            if address == 0:
+                return None
+        return address + path[-1]
+
+    def field(self, name: str) -> bytes | None:
+        try:
+            address = self.address(name)
+            return None if address is None else self.reader.read(address, FIELD_SIZES[name])
+        except GuestAccessError:
+            return None
+
+
+def _u(data: bytes | None) -> int | None:
+    return None if data is None else int.from_bytes(data, "little")
+
+
+def _hash_length(suite: int | None, secret: bytes) -> int:
+    if suite in _SHA384_SUITES:
+        return 48
+    if suite in _SHA256_SUITES:
+        return 32
+    return 32 if not any(secret[32:48]) else 48
+
+
+def read_secrets(source: FieldSource) -> ConnectionSecrets | None:
+    """The secrets of the connection, or None when the object holds no connection
+    (yet): no plausible version, or an all-zero client random."""
+    version = _u(source.field("version"))
+    client_random = source.field("client_random")
+    if version not in _VERSIONS or client_random is None or not any(client_random):
+        return None
+    cipher_id = _u(source.field("cipher_id"))
+    suite = cipher_id & 0xFFFF if cipher_id and cipher_id >> 16 == 0x0300 else None
+    result = ConnectionSecrets(client_random, version, suite)
+    if version == TLS13:
+        for name, label in TLS13_LABELS.items():
+            value = source.field(name)
+            if value is not None and any(value):
+                result.secrets[label] = value[: _hash_length(suite, value)]
+        result.complete = {HANDSHAKE_SECRET, CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0} <= result.secrets.keys()
+    else:
+        length = _u(source.field("master_key_length"))
+        master_key = source.field("master_key")
+        if length == 48 and master_key is not None and any(master_key):
+            result.secrets[CLIENT_RANDOM] = master_key
+            result.complete = True
+    return result

@@ -1,0 +1,307 @@
+"""``tls-bridge profile ...`` and ``tls-bridge harvest process ...``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from bridge.errors import BridgeError, ProfileError
+from bridge.harvest.profile import SHIPPED_DIR, Profile, ProfileStore
+
+DEFAULT_PROFILE_DIR = "/var/lib/tls-bridge/profiles"
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(f"tls-bridge: {text}", file=sys.stderr, flush=True)
+
+
+def profile_store(args: argparse.Namespace) -> ProfileStore:
+    directories = [DEFAULT_PROFILE_DIR, *(args.profiles or [])]
+    store = ProfileStore(directories)
+    for error in store.errors:
+        _say(args, f"warning: {error}")
+    return store
+
+
+# --- profile ------------------------------------------------------------------------------------
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    if args.libssl:
+        profile = _calibrate_in_subprocess(args.libssl)
+    else:
+        from bridge.harvest.calibrate_live import calibrate_process
+
+        profile = calibrate_process(args.pid, args.keylog, binary=args.binary, duration=args.duration,
+                                    min_connections=args.connections, log=lambda text: _say(args, text))
+    if args.output == "-":
+        sys.stdout.write(profile.to_json())
+    else:
+        path = profile.save(args.output)
+        _say(args, f"profile for {profile.library} ({profile.openssl_version}, build-id {profile.build_id}) "
+                   f"written to {path} in {profile.made.get('seconds', '?')} s")
+    return 0
+
+
+def _calibrate_in_subprocess(libssl: str) -> Profile:
+    """The library is loaded into the calibrating process: use a fresh one, so it
+    meets no other OpenSSL already loaded here."""
+    import subprocess
+
+    code = ("import sys\nfrom bridge.harvest.calibrate_ctypes import calibrate_library\n"
+            "from bridge.errors import BridgeError\n"
+            "try:\n    sys.stdout.write(calibrate_library(sys.argv[1]).to_json())\n"
+            "except BridgeError as exc:\n    print(exc, file=sys.stderr); sys.exit(1)\n")
+    if not os.path.exists(libssl):
+        raise ProfileError(f"{libssl}: no such file")
+    result = subprocess.run([sys.executable, "-c", code, libssl], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit status {result.returncode}"
+        raise ProfileError(f"calibrating {libssl}: {detail}")
+    return Profile.from_json(result.stdout, source=libssl)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from bridge.harvest.elf import read_elf
+
+    store = profile_store(args)
+    status = 0
+    for binary in args.binary:
+        image = read_elf(binary)
+        profile = store.get(image.build_id)
+        state = "profile found" if profile else "NO PROFILE"
+        print(f"{binary}: build-id {image.build_id}, {image.openssl_version or 'no OpenSSL version string'}, "
+              f"{'embeds OpenSSL' if image.embeds_openssl else 'no SSL_* functions'}: {state}")
+        if profile:
+            for name, path in profile.fields.items():
+                print(f"    {name:<28} {' -> '.join(f'{step:#x}' for step in path)}")
+        else:
+            status = 1
+    return status
+
+
+def run_list(args: argparse.Namespace) -> int:
+    store = profile_store(args)
+    for profile in sorted(store, key=lambda p: (p.openssl_version or "", p.library)):
+        print(f"{profile.build_id}  {profile.openssl_version or '?':<32} {profile.library}")
+    return 0
+
+
+# --- harvest process ------------------------------------------------------------------------
+
+
+class KeyLogFileSink:
+    """Harvested records as RFC 9850 lines appended to a file (0600), flushed each time."""
+
+    def __init__(self, path: str) -> None:
+        if path == "-":
+            self.stream: IO[str] = sys.stdout
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self.stream = os.fdopen(fd, "a", encoding="ascii")
+        self.lines = 0
+
+    def __call__(self, record) -> None:  # type: ignore[no-untyped-def]
+        for entry in record.keylog_entries():
+            self.stream.write(entry.to_line() + "\n")
+            self.lines += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.stream is not sys.stdout:
+            self.stream.close()
+
+
+def _publisher(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from bridge.keyfeed.commands import client_security
+    from bridge.keyfeed.publisher import Publisher, PublisherConfig
+    from bridge.keyfeed.security import INSECURE_WARNING, check_endpoint, load_server
+
+    connect = args.connect is not None
+    endpoint = check_endpoint(args.connect if connect else args.bind)
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+        server = client = None
+    elif connect:
+        server, client = None, client_security(args, insecure=False)
+    else:
+        if not args.server_cert or not args.allow:
+            raise BridgeError("publishing with --bind needs --server-cert and --allow (or --insecure for a lab)")
+        server, client = load_server(args.server_cert, args.allow), None
+    return Publisher(PublisherConfig(endpoint=endpoint, connect=connect, ttl=args.ttl), server=server,
+                     client=client).start()
+
+
+def _wire_frames(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    if not args.wire:
+        return None
+    from bridge.capture.afpacket import AfPacketCapture
+
+    return iter(AfPacketCapture(args.wire, ignore_outgoing=_is_loopback(args.wire), idle_marker=True,
+                                snaplen=4096, poll_interval=0.05))
+
+
+def _is_loopback(interface: str) -> bool:
+    try:
+        return Path(f"/sys/class/net/{interface}/type").read_text().strip() == "772"
+    except OSError:
+        return False
+
+
+def run_harvest_process(args: argparse.Namespace) -> int:
+    from bridge.harvest.process_harvester import ProcessHarvester, check_privileges
+    from bridge.harvest.targets import TargetFinder
+
+    check_privileges()
+    if not args.keylog and not (args.bind or args.connect):
+        raise BridgeError("say where the secrets go: --keylog FILE and/or --bind/--connect (the key feed)")
+    triggers = set(args.trigger.split(","))
+    if not triggers <= {"hooks", "wire"}:
+        raise BridgeError(f"--trigger {args.trigger!r}: use hooks, wire, or hooks,wire")
+    if "wire" in triggers and not args.wire:
+        raise BridgeError("--trigger wire needs --wire IFACE (where the ClientHellos are seen)")
+    finder = TargetFinder(pids=tuple(args.pid or ()), comms=tuple(args.comm or ()), everything=args.all)
+    sinks = []
+    keylog = KeyLogFileSink(args.keylog) if args.keylog else None
+    if keylog is not None:
+        sinks.append(keylog)
+    publisher = _publisher(args) if (args.bind or args.connect) else None
+    if publisher is not None:
+        sinks.append(publisher.publish)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    harvester = None
+    try:
+        harvester = ProcessHarvester(finder, profile_store(args), sinks, hooks="hooks" in triggers,
+                                     wire=_wire_frames(args) if "wire" in triggers else None,
+                                     log=lambda text: _say(args, text))
+        if args.duration:
+            threading.Timer(args.duration, stop.set).start()
+        harvester.refresh()
+        _say(args, f"harvesting {harvester.stats.processes} processes ({', '.join(sorted(triggers))}); "
+                   "Ctrl-C or SIGTERM to stop")
+        harvester.run(stop)
+    finally:
+        if harvester is not None:
+            harvester.close()
+            stats = harvester.stats
+            wire = harvester.wire.stats if harvester.wire is not None else None
+            text = (f"{stats.connections} connections published from {stats.processes} processes; "
+                    f"{stats.hook_events} hook events ({stats.events_other_processes} of other processes, "
+                    f"{stats.fallback_reads} fields read from memory), {stats.incomplete_at_free} freed incomplete")
+            if wire is not None:
+                text += (f"; wire: {wire.hellos} ClientHellos, {wire.published} published, {wire.not_owned} not "
+                         f"ours, {wire.not_found} not found, {wire.incomplete} incomplete")
+            if stats.missing_profiles:
+                text += f"; {len(stats.missing_profiles)} builds without a profile"
+            _say(args, text)
+        if keylog is not None:
+            keylog.close()
+        if publisher is not None:
+            publisher.close()
+    return 0
+
+
+# --- parsers ---------------------------------------------------------------------------------
+
+
+def add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    profile = subparsers.add_parser(
+        "profile", help="OpenSSL struct-offset profiles: calibrate, show, list", formatter_class=formatter,
+        description="A profile tells the harvester where one OpenSSL build (identified by its ELF build-id) "
+        f"keeps each secret. Profiles shipped with tls-bridge are in {SHIPPED_DIR}; more are read from "
+        f"{DEFAULT_PROFILE_DIR} and from --profiles DIR.",
+    )
+    commands = profile.add_subparsers(dest="profile_command", metavar="SUBCOMMAND", required=True)
+    calibrate = commands.add_parser(
+        "calibrate", help="derive a profile from real handshakes (no source, no debug symbols)",
+        formatter_class=formatter,
+        description="With --libssl: load that library (ctypes), run TLS 1.2 and 1.3 handshakes through it over "
+        "memory BIOs with its key log callback as ground truth, and find every field; about a second. "
+        "With --pid: for a build that cannot be loaded (OpenSSL linked into an executable, such as node): "
+        "hook the running process with uprobes while a client that writes a key log (--keylog) connects to it "
+        "with TLS 1.2 and TLS 1.3 (a SHA-256 and a SHA-384 suite). Refuses to write an ambiguous profile.",
+        epilog="examples:\n  tls-bridge profile calibrate --libssl /usr/lib/x86_64-linux-gnu/libssl.so.3\n"
+        "  tls-bridge profile calibrate --pid $(pidof node) --keylog /tmp/client.keylog --duration 30",
+    )
+    source = calibrate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--libssl", metavar="PATH", help="a libssl shared library")
+    source.add_argument("--pid", type=int, metavar="PID", help="a running process that embeds or maps OpenSSL")
+    calibrate.add_argument("--keylog", metavar="FILE", help="with --pid: the key log the test client writes")
+    calibrate.add_argument("--binary", metavar="PATH", help="with --pid: the binary holding OpenSSL (default: found)")
+    calibrate.add_argument("--duration", type=float, default=60.0, metavar="SECONDS",
+                           help="with --pid: watch at most this long (default: 60)")
+    calibrate.add_argument("--connections", type=int, default=6, metavar="N",
+                           help="with --pid: stop once N connections were matched to the key log (default: 6)")
+    calibrate.add_argument("-o", "--output", default=DEFAULT_PROFILE_DIR, metavar="DIR",
+                           help=f"directory for BUILD-ID.json ('-' for stdout; default: {DEFAULT_PROFILE_DIR})")
+    calibrate.add_argument("-q", "--quiet", action="store_true")
+    calibrate.set_defaults(handler=run_calibrate)
+
+    show = commands.add_parser("show", help="build-id, OpenSSL version and profile of binaries")
+    show.add_argument("binary", nargs="+", metavar="BINARY")
+    show.add_argument("--profiles", action="append", metavar="DIR")
+    show.add_argument("-q", "--quiet", action="store_true")
+    show.set_defaults(handler=run_show)
+    listing = commands.add_parser("list", help="the profiles known")
+    listing.add_argument("--profiles", action="append", metavar="DIR")
+    listing.add_argument("-q", "--quiet", action="store_true")
+    listing.set_defaults(handler=run_list)
+
+
+def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
+    from bridge.keyfeed.commands import add_client_security_options
+
+    formatter = argparse.RawDescriptionHelpFormatter
+    harvest = subparsers.add_parser("harvest", help="read TLS secrets out of processes (and VMs)",
+                                    formatter_class=formatter)
+    commands = harvest.add_subparsers(dest="harvest_command", metavar="SUBCOMMAND", required=True)
+    process = commands.add_parser(
+        "process", help="harvest the TLS secrets of processes on this host", formatter_class=formatter,
+        description="Find the selected processes that map an OpenSSL (libssl, or linked into the executable), "
+        "and read each connection's secrets with that build's profile, once per connection, into an RFC 9850 "
+        "key log (--keylog) and/or the key feed (--bind/--connect). Triggers: 'hooks' — kernel uprobes on "
+        "SSL_do_handshake, SSL_read(_ex), SSL_write(_ex), SSL_get_session, SSL_shutdown and SSL_free that fetch "
+        "the fields at hook time (the process never stops); 'wire' — no hook at all: each ClientHello seen on "
+        "--wire IFACE names a connection, whose client random is searched in the owning process's memory. "
+        "Processes that start later are picked up within a second. Needs root (or CAP_SYS_PTRACE, "
+        "CAP_SYS_ADMIN, CAP_PERFMON).",
+        epilog="examples:\n  tls-bridge harvest process --comm nginx --keylog /run/tls-bridge/keys.log\n"
+        "  tls-bridge harvest process --all --bind tcp://0.0.0.0:5555 --server-cert certs/harvester.key_secret \\\n"
+        "      --allow certs/sensors/\n"
+        "  tls-bridge harvest process --pid 1234 --trigger wire --wire eth0 --keylog keys.log",
+    )
+    select = process.add_mutually_exclusive_group(required=True)
+    select.add_argument("--pid", type=int, nargs="+", metavar="PID", help="these processes")
+    select.add_argument("--comm", nargs="+", metavar="NAME", help="processes with this command name")
+    select.add_argument("--all", action="store_true", help="every process that maps OpenSSL")
+    process.add_argument("--trigger", default="hooks", help="hooks, wire, or hooks,wire (default: hooks)")
+    process.add_argument("--wire", metavar="IFACE", help="interface where the ClientHellos are seen (wire trigger)")
+    process.add_argument("--keylog", metavar="FILE", help="append the secrets to this RFC 9850 key log (0600; '-': stdout)")
+    feed = process.add_argument_group("key feed (see 'tls-bridge keys --help')")
+    place = feed.add_mutually_exclusive_group()
+    place.add_argument("--bind", metavar="ENDPOINT", help="publish the secrets here")
+    place.add_argument("--connect", metavar="ENDPOINT", help="publish to a broker's frontend")
+    feed.add_argument("--server-cert", metavar="FILE", help="with --bind: this harvester's certificate")
+    feed.add_argument("--allow", metavar="DIR", help="with --bind: the sensors' public keys")
+    add_client_security_options(feed)
+    feed.add_argument("--ttl", type=float, default=600.0, metavar="SECONDS", help="keep records for snapshots (default: 600)")
+    feed.add_argument("--insecure", action="store_true", help="no CurveZMQ (labs only)")
+    process.add_argument("--profiles", action="append", metavar="DIR", help="more profile directories")
+    process.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    process.add_argument("-q", "--quiet", action="store_true")
+    process.set_defaults(handler=run_harvest_process)

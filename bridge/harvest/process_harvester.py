@@ -1,0 +1,283 @@
+"""The host-process harvester: targets → profiles → triggers → secrets → sinks.
+
+Triggers:
+
+* ``hooks``: uprobes on the OpenSSL entry points of every target's build
+  (:mod:`bridge.harvest.uprobes`); the kernel fetches the fields at hook
+  time; a field it could not fetch (a page not present) is read from
+  ``/proc/PID/mem`` at once;
+* ``wire``: ClientHellos seen on an interface (:mod:`bridge.harvest.wire_search`).
+
+Secrets are published once per connection — when they are complete, keyed by
+the client random (a TLS 1.2 renegotiation has a new one) — to every sink: a
+key log file, the key feed.  New processes are picked up by a rescan every
+``rescan_interval`` seconds; a build without a profile is reported once, with
+the command that makes one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from bridge.capture.frames import Frame
+from bridge.errors import BridgeError, GuestAccessError
+from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
+from bridge.harvest.memory import ProcessGoneError, ProcessMemory
+from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
+from bridge.harvest.targets import OpenSslBinary, TargetFinder, TargetProcess
+from bridge.harvest.uprobes import HookEvent, UprobeSession
+from bridge.harvest.wire_search import WireHello, WireSearch, hellos
+from bridge.keyfeed.wire import KeyRecord, Origin
+
+KeySink = Callable[[KeyRecord], None]
+
+
+@dataclass(slots=True)
+class HarvestStats:
+    processes: int = 0
+    binaries_hooked: int = 0
+    hook_events: int = 0
+    events_other_processes: int = 0
+    connections: int = 0  # records published
+    republished: int = 0  # a connection published again with more secrets
+    fallback_reads: int = 0  # fields read from /proc/PID/mem because the kernel could not fetch them
+    incomplete_at_free: int = 0  # SSL_free with no complete secrets (failed or unfinished handshakes)
+    missing_profiles: dict[str, str] = field(default_factory=dict)  # build-id → message
+
+
+class _Published:
+    """Client randoms already published, with the labels they had (bounded LRU)."""
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self._labels: OrderedDict[bytes, frozenset[str]] = OrderedDict()
+        self.limit = limit
+
+    def new_labels(self, secrets: ConnectionSecrets) -> bool:
+        labels = frozenset(secrets.secrets)
+        before = self._labels.get(secrets.client_random)
+        if before is not None and labels <= before:
+            return False
+        self._labels[secrets.client_random] = labels | (before or frozenset())
+        self._labels.move_to_end(secrets.client_random)
+        while len(self._labels) > self.limit:
+            self._labels.popitem(last=False)
+        return True
+
+    def seen(self, client_random: bytes) -> bool:
+        return client_random in self._labels
+
+
+class ProcessHarvester:
+    def __init__(
+        self,
+        finder: TargetFinder,
+        profiles: ProfileStore,
+        sinks: list[KeySink],
+        *,
+        hooks: bool = True,
+        wire: Iterator[Frame | None] | None = None,
+        rescan_interval: float = 1.0,
+        log: Callable[[str], None] = lambda text: None,
+    ) -> None:
+        if not hooks and wire is None:
+            raise ValueError("no trigger: hooks, wire, or both")
+        self.finder = finder
+        self.profiles = profiles
+        self.sinks = sinks
+        self.rescan_interval = rescan_interval
+        self.log = log
+        self.stats = HarvestStats()
+        self.host = socket.gethostname()
+        self._targets: dict[int, TargetProcess] = {}
+        self._profiles_by_pid: dict[int, list[tuple[OpenSslBinary, Profile]]] = {}
+        self._published = _Published()
+        self._readers: dict[int, ProcessMemory] = {}
+        self._lock = threading.Lock()
+        self.uprobes = UprobeSession() if hooks else None
+        self._hooked: set[str] = set()
+        self.wire = WireSearch(self._wire_targets, self._publish_wire) if wire is not None else None
+        self._wire_frames = wire
+        self._wire_queue: list[WireHello] = []
+
+    # --- targets ---------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Rescan processes; hook new builds; drop processes that exited."""
+        current = {target.pid: target for target in self.finder.scan()}
+        with self._lock:
+            for pid in set(self._targets) - set(current):
+                self._drop(pid)
+            for pid, target in current.items():
+                if pid not in self._targets:
+                    self._add(target)
+            self.stats.processes = len(self._targets)
+
+    def _add(self, target: TargetProcess) -> None:
+        self._targets[target.pid] = target
+        usable: list[tuple[OpenSslBinary, Profile]] = []
+        for binary in target.binaries:
+            try:
+                profile = self.profiles.require(binary.build_id, binary.path, binary.image.openssl_version)
+            except MissingProfileError as exc:
+                if binary.build_id not in self.stats.missing_profiles:
+                    self.stats.missing_profiles[binary.build_id] = str(exc)
+                    self.log(f"warning: process {target.pid} ({target.comm}): {exc}")
+                continue
+            usable.append((binary, profile))
+            if self.uprobes is not None and binary.path not in self._hooked:
+                functions = self.uprobes.attach(binary.path, binary.image, profile)
+                self._hooked.add(binary.path)
+                self.stats.binaries_hooked += 1
+                self.log(f"hooked {binary.path} ({profile.openssl_version}): {', '.join(functions)}")
+        self._profiles_by_pid[target.pid] = usable
+
+    def _drop(self, pid: int) -> None:
+        self._targets.pop(pid, None)
+        self._profiles_by_pid.pop(pid, None)
+        reader = self._readers.pop(pid, None)
+        if reader is not None:
+            reader.close()
+
+    def _wire_targets(self) -> dict[int, list[Profile]]:
+        with self._lock:
+            return {pid: [profile for _, profile in pairs] for pid, pairs in self._profiles_by_pid.items() if pairs}
+
+    def _profile_for(self, pid: int, binary: str | None) -> Profile | None:
+        pairs = self._profiles_by_pid.get(pid)
+        if pairs is None:
+            return None
+        for candidate, profile in pairs:
+            if binary is None or candidate.path == binary:
+                return profile
+        return None
+
+    # --- hook events -----------------------------------------------------------------------
+
+    def on_event(self, event: HookEvent) -> None:
+        self.stats.hook_events += 1
+        with self._lock:
+            profile = self._profile_for(event.tgid, event.binary)
+        if profile is None:
+            self.stats.events_other_processes += 1
+            return
+        secrets = read_secrets(event)
+        if secrets is None or not secrets.complete:
+            secrets = self._read_from_memory(event, profile)
+        if secrets is None or not secrets.complete:
+            if event.function == "SSL_free" and secrets is not None and not self._published.seen(secrets.client_random):
+                self.stats.incomplete_at_free += 1
+            return
+        # Most events are later calls on a connection already published: nothing new.
+        if self._published.new_labels(secrets):
+            self._publish(event.tgid, secrets, profile, f"uprobe:{event.function}")
+
+    def _read_from_memory(self, event: HookEvent, profile: Profile) -> ConnectionSecrets | None:
+        reader = self._readers.get(event.tgid)
+        try:
+            if reader is None:
+                reader = self._readers[event.tgid] = ProcessMemory(event.tgid)
+            self.stats.fallback_reads += 1
+            return read_secrets(MemoryFields(reader, profile, event.ssl))
+        except ProcessGoneError:
+            with self._lock:
+                self._drop(event.tgid)
+        except GuestAccessError as exc:
+            self.log(f"warning: {exc}")
+        return None
+
+    # --- publishing --------------------------------------------------------------------------
+
+    def _publish_wire(self, pid: int, secrets: ConnectionSecrets, profile: Profile) -> None:
+        if self._published.new_labels(secrets):
+            self._publish(pid, secrets, profile, "wire")
+
+    def _publish(self, pid: int, secrets: ConnectionSecrets, profile: Profile, trigger: str) -> None:
+        target = self._targets.get(pid)
+        binary = next((b for b, p in self._profiles_by_pid.get(pid, []) if p is profile), None)
+        origin = Origin(
+            host=self.host[:255],
+            pid=pid,
+            comm=(target.comm if target else None),
+            exe=(target.exe[:1024] if target else None),
+            library=(binary.path[:256] if binary else profile.library),
+            build_id=profile.build_id,
+            trigger=trigger,
+        )
+        record = KeyRecord(
+            client_random=secrets.client_random,
+            secrets=dict(secrets.secrets),
+            captured_at=time.time(),
+            tls_version=secrets.version if secrets.version in (0x0303, 0x0304) else None,
+            cipher_suite=secrets.cipher_suite,
+            origin=origin,
+        )
+        self.stats.connections += 1
+        for sink in self.sinks:
+            sink(record)
+
+    # --- driving -------------------------------------------------------------------------------
+
+    def _wire_reader(self, stop: threading.Event) -> None:
+        assert self._wire_frames is not None
+        for hello in hellos(self._wire_frames):
+            if stop.is_set():
+                return
+            if hello is not None:
+                with self._lock:
+                    self._wire_queue.append(hello)
+
+    def run(self, stop: threading.Event) -> None:
+        self.refresh()
+        wire_thread = None
+        if self.wire is not None:
+            wire_thread = threading.Thread(target=self._wire_reader, args=(stop,), name="harvest-wire", daemon=True)
+            wire_thread.start()
+        next_scan = time.monotonic() + self.rescan_interval
+        while not stop.is_set():
+            if self.uprobes is not None:
+                for event in self.uprobes.read(0.002 if self.wire is not None else 0.1):
+                    self.on_event(event)
+            else:
+                stop.wait(0.002)
+            if self.wire is not None:
+                with self._lock:
+                    queued, self._wire_queue = self._wire_queue, []
+                now = time.monotonic()
+                for hello in queued:
+                    self.wire.add(hello, now)
+                self.wire.step(now)
+            if time.monotonic() >= next_scan:
+                self.refresh()
+                next_scan = time.monotonic() + self.rescan_interval
+        if self.uprobes is not None:  # what the kernel recorded before the stop
+            for event in self.uprobes.read(0.05):
+                self.on_event(event)
+
+    def close(self) -> None:
+        if self.uprobes is not None:
+            self.uprobes.close()
+        if self.wire is not None:
+            self.wire.close()
+        for reader in self._readers.values():
+            reader.close()
+        self._readers.clear()
+
+
+def check_privileges() -> None:
+    """Hooks and /proc/PID/mem of other users' processes need root (or
+    CAP_SYS_PTRACE + CAP_PERFMON + CAP_SYS_ADMIN for tracefs)."""
+    if os.geteuid() != 0:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            caps = next((line.split()[1] for line in handle if line.startswith("CapEff:")), "0")
+        effective = int(caps, 16)
+        needed = {"CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21}
+        missing = [name for name, bit in needed.items() if not effective >> bit & 1]
+        if missing:
+            raise BridgeError(f"the harvester needs root, or the capabilities {', '.join(missing)} "
+                              "(and CAP_PERFMON for uprobes)")
