@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-    python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps
+    python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux
 )
+# node (a TLS server with OpenSSL linked in) may come from elsewhere (nodesource); Debian's otherwise.
+command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
 
 # Suricata 7 comes from bookworm-backports.
 BACKPORTS_PACKAGES=(suricata)
@@ -55,4 +57,11 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
     echo "setup: installing the Python package and test tools into .venv" >&2
     .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
     echo "$want" > "$stamp"
+fi
+
+# OpenSSL builds bundled in PyPI wheels (1.1.1 to 3.6) for the profile tests.
+if [[ ! -f build/openssl-builds/.complete || tests/support/openssl_builds.py -nt build/openssl-builds/.complete ]]; then
+    echo "setup: fetching OpenSSL builds from PyPI wheels into build/openssl-builds" >&2
+    .venv/bin/python -m tests.support.openssl_builds fetch
+    touch build/openssl-builds/.complete
 fi

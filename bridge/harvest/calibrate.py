@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.errors import GuestAccessError, ProfileError
 from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, SERVER_TRAFFIC_SECRET_0
@@ -41,21 +42,41 @@ _MIN_POINTER = 0x10000
 
 @dataclass(slots=True, repr=False)
 class Sample:
-    """One connection seen from one side."""
+    """One connection seen from one side.  ``cipher_suite`` may be unknown (a live
+    calibration sees only the client's key log)."""
 
     ssl: int
     version: int
-    cipher_suite: int
+    cipher_suite: int | None
     client_random: bytes
     secrets: dict[str, bytes] = field(default_factory=dict)  # RFC 9850 label → secret
-
-    @property
-    def hash_name(self) -> str:
-        return "sha384" if self.cipher_suite in (0x1302, 0xC02C, 0xC030, 0x009D, 0x009F, 0xC024, 0xC028) else "sha256"
+    #: Where this sample's memory is read (``read_upto``/``read``: a copy taken while
+    #: the connection was alive), when not the reader given to :func:`calibrate`.
+    reader: Any = None
 
     @property
     def hash_length(self) -> int:
-        return 48 if self.hash_name == "sha384" else 32
+        """TLS 1.3: the length of its traffic secrets (the suite's hash)."""
+        secret = self.secrets.get(CLIENT_TRAFFIC_SECRET_0)
+        if secret is not None:
+            return len(secret)
+        return 48 if self.cipher_suite == 0x1302 else 32
+
+    @property
+    def hash_name(self) -> str:
+        return "sha384" if self.hash_length == 48 else "sha256"
+
+
+#: Cipher suite ids a profile's cipher_id may hold when the sample's suite is unknown.
+_TLS13_SUITES = frozenset(range(0x1301, 0x1306))
+
+
+def _plausible_suite(sample: Sample, suite: int) -> bool:
+    if sample.cipher_suite is not None:
+        return suite == sample.cipher_suite
+    if sample.version == 0x0304:
+        return suite in _TLS13_SUITES and (suite == 0x1302) == (sample.hash_length == 48)
+    return suite >> 8 in (0x00, 0xC0, 0xCC) and suite not in _TLS13_SUITES
 
 
 Path_ = tuple[int, ...]
@@ -98,6 +119,22 @@ def _offsets(data: bytes, needle: bytes, step: int = 1) -> set[int]:
     return found
 
 
+class _Memories:
+    """One cached reader per sample (a sample may bring its own copy of memory)."""
+
+    def __init__(self, read_upto: Callable[[int, int], bytes]) -> None:
+        self._default = _Memory(read_upto)
+        self._own: dict[int, _Memory] = {}
+
+    def __call__(self, sample: Sample) -> _Memory:
+        if sample.reader is None:
+            return self._default
+        memory = self._own.get(id(sample))
+        if memory is None:
+            memory = self._own[id(sample)] = _Memory(sample.reader.read_upto)
+        return memory
+
+
 def _paths_to(memory: _Memory, base: int, needle: bytes, *, step: int = 1, depth: int = 0) -> set[Path_]:
     """Paths from ``base`` to ``needle``: in the object itself (depth 0), or
     through one of its pointers (depth 1)."""
@@ -107,7 +144,7 @@ def _paths_to(memory: _Memory, base: int, needle: bytes, *, step: int = 1, depth
             for inner in _offsets(memory.span(pointer, POINTED_SPAN), needle, step)}
 
 
-def _consistent(samples: list[Sample], memory: _Memory, needle: Callable[[Sample], bytes | None], *,
+def _consistent(samples: list[Sample], memories: _Memories, needle: Callable[[Sample], bytes | None], *,
                 step: int = 1, depths: tuple[int, ...] = (0, 1)) -> set[Path_]:
     """The paths to a value that hold in every sample that has the value: in the
     object itself if any, else through one pointer.  (Reading a span past the end of
@@ -117,7 +154,7 @@ def _consistent(samples: list[Sample], memory: _Memory, needle: Callable[[Sample
         for sample in samples:
             value = needle(sample)
             if value is not None:
-                found = _intersect(found, _paths_to(memory, sample.ssl, value, step=step, depth=depth))
+                found = _intersect(found, _paths_to(memories(sample), sample.ssl, value, step=step, depth=depth))
                 if not found:
                     break
         if found:
@@ -141,9 +178,9 @@ def _intersect(current: set[Path_] | None, found: set[Path_]) -> set[Path_]:
     return found if current is None else current & found
 
 
-def _secret_pair(memory: _Memory, sample: Sample) -> set[tuple[Path_, Path_]]:
+def _secret_pair(memories: _Memories, sample: Sample) -> set[tuple[Path_, Path_]]:
     """(handshake_secret, master_secret) offset pairs bound by RFC 8446 §7.1."""
-    data = memory.span(sample.ssl, OBJECT_SPAN)
+    data = memories(sample).span(sample.ssl, OBJECT_SPAN)
     name, length = sample.hash_name, sample.hash_length
     salt_label, zeros, empty = b"derived", bytes(length), empty_hash(name)
     pairs: set[tuple[Path_, Path_]] = set()
@@ -158,42 +195,52 @@ def _secret_pair(memory: _Memory, sample: Sample) -> set[tuple[Path_, Path_]]:
     return pairs
 
 
-def _session_fields(memory: _Memory, samples: list[Sample]) -> tuple[Path_, int, int]:
+def _session_fields(memories: _Memories, samples: list[Sample]) -> tuple[Path_, int, int]:
     """(path to the session pointer, master_key offset, master_key_length offset) in it."""
     tls12 = [s for s in samples if s.version == 0x0303 and CLIENT_RANDOM in s.secrets]
     if not tls12:
         raise ProfileError("calibration: a TLS 1.2 handshake is needed to find SSL_SESSION.master_key")
-    found = _consistent(tls12, memory, lambda s: s.secrets[CLIENT_RANDOM], step=4, depths=(1,))
+    found = _consistent(tls12, memories, lambda s: s.secrets[CLIENT_RANDOM], step=4, depths=(1,))
     session_offset, master_key_offset = _only("session/master_key", found)  # type: ignore[misc]
     lengths: set[Path_] | None = None
     for sample in samples:
+        memory = memories(sample)
         pointer = int.from_bytes(memory.span(sample.ssl + session_offset, 8), "little")
         data = memory.span(pointer, POINTED_SPAN)
         expected = 48 if sample.version == 0x0303 else sample.hash_length
-        lengths = _intersect(lengths, {
-            (offset,) for offset in range(0, min(len(data), master_key_offset), 8)
-            if int.from_bytes(data[offset : offset + 8], "little") == expected
-        })
+        found = {(offset,) for offset in range(0, min(len(data), master_key_offset), 8)
+                 if int.from_bytes(data[offset : offset + 8], "little") == expected}
+        if sample.version == 0x0304 and not found:
+            # A TLS 1.3 session gets its resumption secret (and its length) only after
+            # the client's Finished: a copy taken earlier cannot tell; skip it.
+            continue
+        lengths = _intersect(lengths, found)
     (length_offset,) = _only("master_key_length", lengths)  # type: ignore[misc]
     return (session_offset,), master_key_offset, length_offset
 
 
-def _cipher_id(memory: _Memory, samples: list[Sample], session: int) -> Path_ | None:
+def _cipher_id(memories: _Memories, samples: list[Sample], session: int) -> Path_ | None:
     found: set[Path_] | None = None
     for sample in samples:
+        memory = memories(sample)
         pointer = int.from_bytes(memory.span(sample.ssl + session, 8), "little")
-        cipher_id = (0x0300 << 16 | sample.cipher_suite).to_bytes(4, "little")
-        paths = {(offset, inner) for offset, target in memory.pointers(pointer, POINTED_SPAN)
-                 for inner in _offsets(memory.span(target, 0x40), cipher_id, 4)}
-        found = _intersect(found, paths)
+        paths = set()
+        for offset, target in memory.pointers(pointer, POINTED_SPAN):
+            data = memory.span(target, 0x40)
+            for inner in range(0, len(data) - 3, 4):
+                value = int.from_bytes(data[inner : inner + 4], "little")
+                if value >> 16 == 0x0300 and _plausible_suite(sample, value & 0xFFFF):
+                    paths.add((offset, inner))
+        if paths or sample.reader is None:  # a copy taken before the session had its cipher cannot tell
+            found = _intersect(found, paths)
     path = _only("cipher_id", found, required=False)
     return None if path is None else (session, *path)
 
 
-def _version(memory: _Memory, samples: list[Sample]) -> Path_:
+def _version(memories: _Memories, samples: list[Sample]) -> Path_:
     found: set[Path_] | None = None
     for sample in samples:
-        data = memory.span(sample.ssl, OBJECT_SPAN)
+        data = memories(sample).span(sample.ssl, OBJECT_SPAN)
         found = _intersect(found, {(offset,) for offset in _offsets(data, sample.version.to_bytes(4, "little"), 4)})
     return _only("version", found)  # type: ignore[return-value]
 
@@ -205,7 +252,7 @@ def calibrate(read_upto: Callable[[int, int], bytes], samples: list[Sample]) -> 
         raise ProfileError("calibration needs TLS 1.2 and TLS 1.3 handshakes")
     if len({s.hash_length for s in samples if s.version == 0x0304}) < 2:
         raise ProfileError("calibration needs TLS 1.3 handshakes with a SHA-256 and a SHA-384 suite")
-    memory = _Memory(read_upto)
+    memory = _Memories(read_upto)
     fields: dict[str, Path_] = {}
     fields["client_random"] = _only("client_random", _consistent(samples, memory, lambda s: s.client_random))
     tls13 = [s for s in samples if s.version == 0x0304]

@@ -272,9 +272,11 @@ def calibrate_library(path: str, *, rounds: int = 2) -> Profile:
 def verify(profile: Profile, reader, samples: list[Sample]) -> None:  # type: ignore[no-untyped-def]
     """Read every sample back through the profile: the secrets must equal the key log's."""
     for sample in samples:
-        secrets = read_secrets(MemoryFields(reader, profile, sample.ssl))
+        secrets = read_secrets(MemoryFields(sample.reader or reader, profile, sample.ssl))
         if secrets is None or not secrets.complete or secrets.client_random != sample.client_random:
-            raise ProfileError("calibration: the profile does not read back a sample's secrets; refusing to write it")
+            found = "nothing" if secrets is None else f"{sorted(secrets.secrets)} (version {secrets.version:#06x})"
+            raise ProfileError(f"calibration: the profile reads back {found} from a TLS {sample.version:#06x} "
+                               "sample, not its secrets; refusing to write it")
         for label, value in secrets.secrets.items():
             if label in sample.secrets and sample.secrets[label] != value:
                 raise ProfileError(f"calibration: {label} read through the profile differs from the key log")

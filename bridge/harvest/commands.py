@@ -41,6 +41,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
         profile = calibrate_process(args.pid, args.keylog, binary=args.binary, duration=args.duration,
                                     min_connections=args.connections, log=lambda text: _say(args, text))
+    if args.source:
+        profile.made["source"] = args.source
     if args.output == "-":
         sys.stdout.write(profile.to_json())
     else:
@@ -185,7 +187,10 @@ def run_harvest_process(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     harvester = None
     try:
-        harvester = ProcessHarvester(finder, profile_store(args), sinks, hooks="hooks" in triggers,
+        from bridge.harvest.uprobes import hook_functions
+
+        hooks = hook_functions(args.hooks) if "hooks" in triggers else None
+        harvester = ProcessHarvester(finder, profile_store(args), sinks, hooks=hooks,
                                      wire=_wire_frames(args) if "wire" in triggers else None,
                                      log=lambda text: _say(args, text))
         if args.duration:
@@ -205,6 +210,9 @@ def run_harvest_process(args: argparse.Namespace) -> int:
             if wire is not None:
                 text += (f"; wire: {wire.hellos} ClientHellos, {wire.published} published, {wire.not_owned} not "
                          f"ours, {wire.not_found} not found, {wire.incomplete} incomplete")
+            percentiles = stats.latency_percentiles()
+            if percentiles is not None:
+                text += f"; trigger to published p50 {percentiles[0] * 1000:.2f} ms, p99 {percentiles[1] * 1000:.2f} ms"
             if stats.missing_profiles:
                 text += f"; {len(stats.missing_profiles)} builds without a profile"
             _say(args, text)
@@ -249,6 +257,7 @@ def add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
                            help="with --pid: stop once N connections were matched to the key log (default: 6)")
     calibrate.add_argument("-o", "--output", default=DEFAULT_PROFILE_DIR, metavar="DIR",
                            help=f"directory for BUILD-ID.json ('-' for stdout; default: {DEFAULT_PROFILE_DIR})")
+    calibrate.add_argument("--source", metavar="TEXT", help="where the build came from, recorded in the profile")
     calibrate.add_argument("-q", "--quiet", action="store_true")
     calibrate.set_defaults(handler=run_calibrate)
 
@@ -290,6 +299,11 @@ def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
     select.add_argument("--comm", nargs="+", metavar="NAME", help="processes with this command name")
     select.add_argument("--all", action="store_true", help="every process that maps OpenSSL")
     process.add_argument("--trigger", default="hooks", help="hooks, wire, or hooks,wire (default: hooks)")
+    process.add_argument("--hooks", default="early", metavar="SET",
+                         help="hook points: 'early' (SSL_do_handshake, SSL_read(_ex), SSL_write(_ex), SSL_get_session, "
+                              "SSL_shutdown, SSL_free: keys at the first I/O after the handshake, a hit per I/O call), "
+                              "'late' (SSL_shutdown, SSL_free: keys when the connection closes, 2-3 hits per "
+                              "connection), or SSL_* names separated by commas (default: early)")
     process.add_argument("--wire", metavar="IFACE", help="interface where the ClientHellos are seen (wire trigger)")
     process.add_argument("--keylog", metavar="FILE", help="append the secrets to this RFC 9850 key log (0600; '-': stdout)")
     feed = process.add_argument_group("key feed (see 'tls-bridge keys --help')")

@@ -31,7 +31,7 @@ from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
 from bridge.harvest.memory import ProcessGoneError, ProcessMemory
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
 from bridge.harvest.targets import OpenSslBinary, TargetFinder, TargetProcess
-from bridge.harvest.uprobes import HookEvent, UprobeSession
+from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, UprobeSession
 from bridge.harvest.wire_search import WireHello, WireSearch, hellos
 from bridge.keyfeed.wire import KeyRecord, Origin
 
@@ -49,6 +49,14 @@ class HarvestStats:
     fallback_reads: int = 0  # fields read from /proc/PID/mem because the kernel could not fetch them
     incomplete_at_free: int = 0  # SSL_free with no complete secrets (failed or unfinished handshakes)
     missing_profiles: dict[str, str] = field(default_factory=dict)  # build-id → message
+    #: Seconds from the trigger (the hook firing, the ClientHello captured) to the record published.
+    latencies: list[float] = field(default_factory=list)
+
+    def latency_percentiles(self) -> tuple[float, float] | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
 class _Published:
@@ -80,12 +88,12 @@ class ProcessHarvester:
         profiles: ProfileStore,
         sinks: list[KeySink],
         *,
-        hooks: bool = True,
+        hooks: tuple[str, ...] | None = HOOK_FUNCTIONS,
         wire: Iterator[Frame | None] | None = None,
         rescan_interval: float = 1.0,
         log: Callable[[str], None] = lambda text: None,
     ) -> None:
-        if not hooks and wire is None:
+        if hooks is None and wire is None:
             raise ValueError("no trigger: hooks, wire, or both")
         self.finder = finder
         self.profiles = profiles
@@ -99,7 +107,8 @@ class ProcessHarvester:
         self._published = _Published()
         self._readers: dict[int, ProcessMemory] = {}
         self._lock = threading.Lock()
-        self.uprobes = UprobeSession() if hooks else None
+        self.hook_functions = hooks
+        self.uprobes = UprobeSession() if hooks is not None else None
         self._hooked: set[str] = set()
         self.wire = WireSearch(self._wire_targets, self._publish_wire) if wire is not None else None
         self._wire_frames = wire
@@ -131,7 +140,7 @@ class ProcessHarvester:
                 continue
             usable.append((binary, profile))
             if self.uprobes is not None and binary.path not in self._hooked:
-                functions = self.uprobes.attach(binary.path, binary.image, profile)
+                functions = self.uprobes.attach(binary.path, binary.image, profile, self.hook_functions)
                 self._hooked.add(binary.path)
                 self.stats.binaries_hooked += 1
                 self.log(f"hooked {binary.path} ({profile.openssl_version}): {', '.join(functions)}")
@@ -176,6 +185,7 @@ class ProcessHarvester:
         # Most events are later calls on a connection already published: nothing new.
         if self._published.new_labels(secrets):
             self._publish(event.tgid, secrets, profile, f"uprobe:{event.function}")
+            self._latency(time.monotonic() - event.timestamp)
 
     def _read_from_memory(self, event: HookEvent, profile: Profile) -> ConnectionSecrets | None:
         reader = self._readers.get(event.tgid)
@@ -193,9 +203,14 @@ class ProcessHarvester:
 
     # --- publishing --------------------------------------------------------------------------
 
-    def _publish_wire(self, pid: int, secrets: ConnectionSecrets, profile: Profile) -> None:
+    def _publish_wire(self, pid: int, secrets: ConnectionSecrets, profile: Profile, seen_at: float) -> None:
         if self._published.new_labels(secrets):
             self._publish(pid, secrets, profile, "wire")
+            self._latency(time.monotonic() - seen_at)
+
+    def _latency(self, seconds: float) -> None:
+        if 0 <= seconds < 3600 and len(self.stats.latencies) < 100_000:
+            self.stats.latencies.append(seconds)
 
     def _publish(self, pid: int, secrets: ConnectionSecrets, profile: Profile, trigger: str) -> None:
         target = self._targets.get(pid)

@@ -64,6 +64,7 @@ class TargetFinder:
         self.comms = set(comms)
         self.everything = everything
         self._images: dict[tuple[int, int], ElfImage | None] = {}
+        self._versions: dict[tuple[int, int], str | None] = {}
         self.errors: dict[str, str] = {}
         self._own = {os.getpid()}
 
@@ -113,7 +114,28 @@ class TargetFinder:
                 binaries[host_path] = OpenSslBinary(host_path, image)
         if not binaries:
             return None
+        version = self._libcrypto_version(pid, mappings)
+        for path, binary in binaries.items():
+            if binary.image.openssl_version is None and version is not None:
+                binary.image.openssl_version = version  # libssl carries none; its libcrypto does
         return TargetProcess(pid, comm, exe, list(binaries.values()))
+
+    def _libcrypto_version(self, pid: int, mappings) -> str | None:  # type: ignore[no-untyped-def]
+        for mapping in mappings:
+            if "/libcrypto" in mapping.path and mapping.path.startswith("/") and "x" in mapping.perms:
+                path = _host_path(pid, mapping.path)
+                try:
+                    status = os.stat(path)
+                except OSError:
+                    continue
+                key = (status.st_dev, status.st_ino)
+                if key not in self._versions:
+                    try:
+                        self._versions[key] = read_elf(path).openssl_version
+                    except (ProfileError, OSError):
+                        self._versions[key] = None
+                return self._versions[key]
+        return None
 
     def scan(self) -> list[TargetProcess]:
         targets = []

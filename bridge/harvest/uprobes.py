@@ -39,6 +39,22 @@ from bridge.harvest.profile import Profile
 #: (SSL_do_handshake, SSL_read, SSL_write), Python's ssl (SSL_read_ex, SSL_write_ex).
 HOOK_FUNCTIONS = ("SSL_do_handshake", "SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex",
                   "SSL_get_session", "SSL_shutdown", "SSL_free")
+#: Named hook sets (bench/survey_hooks.py measured what each server calls):
+#: ``early`` publishes at the first read or write after the handshake, at the cost
+#: of a hit per SSL_read/SSL_write; ``late`` only when the connection closes
+#: (SSL_shutdown, SSL_free: 2–3 hits per connection), the decryptor holding the
+#: connection's records meanwhile (bounded by its --key-wait).
+HOOK_SETS = {"early": HOOK_FUNCTIONS, "late": ("SSL_shutdown", "SSL_free")}
+
+
+def hook_functions(spec: str) -> tuple[str, ...]:
+    """``early``, ``late``, or a comma-separated list of SSL_* functions."""
+    if spec in HOOK_SETS:
+        return HOOK_SETS[spec]
+    functions = tuple(name.strip() for name in spec.split(",") if name.strip())
+    if not functions or not all(name.startswith("SSL_") and name.replace("_", "").isalnum() for name in functions):
+        raise HookError(f"--hooks {spec!r}: use early, late, or SSL_* function names separated by commas")
+    return functions
 #: Profile fields fetched at hook time, and their tracefs types.
 FETCHED = (
     ("version", "u32"),
@@ -71,6 +87,8 @@ class HookEvent:
     binary: str
     ssl: int
     fields: dict[str, bytes | None] = field(default_factory=dict)
+    #: When the hook fired, CLOCK_MONOTONIC seconds (our instance's trace clock).
+    timestamp: float = 0.0
 
     def field(self, name: str) -> bytes | None:
         return self.fields.get(name)
@@ -87,9 +105,10 @@ def fetch_expression(path: tuple[int, ...]) -> str:
     return expression
 
 
-def probe_definition(group: str, event: str, binary: str, offset: int, profile: Profile) -> str:
+def probe_definition(group: str, event: str, binary: str, offset: int, profile: Profile | None) -> str:
+    """The probe; without a profile (calibration) it fetches only the ``SSL *``."""
     args = ["ssl=%di:x64"]
-    for name, kind in FETCHED:
+    for name, kind in FETCHED if profile is not None else ():
         path = profile.path(name)
         if path is not None:
             args.append(f"{name}={fetch_expression(path)}:{kind}")
@@ -122,7 +141,7 @@ def parse_event(line: str, functions: dict[str, tuple[str, str]]) -> HookEvent |
     fields = {name: _value(text, kinds.get(name, "u64")) for name, text in args.items() if name in kinds}
     tgid = int(match["tgid"]) if match["tgid"].isdigit() else int(match["tid"])
     function, binary = functions[match["event"]]
-    return HookEvent(tgid, int(match["tid"]), match["comm"], function, binary, ssl, fields)
+    return HookEvent(tgid, int(match["tid"]), match["comm"], function, binary, ssl, fields, float(match["ts"]))
 
 
 # --- tracefs --------------------------------------------------------------------------------
@@ -227,6 +246,7 @@ class UprobeSession:
         except OSError as exc:
             raise HookError(f"cannot create tracing instance {instance_dir}: {exc.strerror}") from None
         (instance_dir / "options" / "record-tgid").write_text("1\n")
+        _write_raw(instance_dir / "trace_clock", "mono")  # event times comparable with time.monotonic()
         (instance_dir / "buffer_size_kb").write_text(f"{buffer_kb}\n")
         self._watchdog = subprocess.Popen(
             [sys.executable, "-m", "bridge.harvest.uprobe_watchdog", str(self.root), self.instance, self.group],
@@ -234,12 +254,13 @@ class UprobeSession:
             start_new_session=True,  # a Ctrl-C for the harvester is not one for the watchdog
         ) if watchdog else None
 
-    def attach(self, binary: str, image: ElfImage, profile: Profile) -> list[str]:
+    def attach(self, binary: str, image: ElfImage, profile: Profile | None,
+               functions: tuple[str, ...] = HOOK_FUNCTIONS) -> list[str]:
         """Probe the hook functions of one binary (by path; ``/proc/PID/root/...`` for a
         container's); returns the functions hooked."""
         hooked = []
         index = len({key[0] for key in self._attached})
-        for function in HOOK_FUNCTIONS:
+        for function in functions:
             offset = image.symbol_offset(function)
             if offset is None or (binary, offset) in self._attached:
                 continue
@@ -251,7 +272,7 @@ class UprobeSession:
             hooked.append(function)
             self.stats.probes += 1
         if not hooked and not any(key[0] == binary for key in self._attached):
-            raise HookError(f"{binary}: none of {', '.join(HOOK_FUNCTIONS)} is exported")
+            raise HookError(f"{binary}: none of {', '.join(functions)} is exported")
         return hooked
 
     def read(self, timeout: float) -> list[HookEvent]:

@@ -74,6 +74,7 @@ class WireStats:
 class _Pending:
     hello: WireHello
     deadline: float
+    seen_at: float
     pid: int | None = None
     ssl: int | None = None
     profile: Profile | None = None
@@ -86,9 +87,10 @@ class WireSearch:
 
     #: pid → the profiles of the OpenSSL builds it maps (the harvester's targets).
     targets: Callable[[], dict[int, list[Profile]]]
-    publish: Callable[[int, ConnectionSecrets, Profile], None]
+    #: (pid, secrets, profile, when the ClientHello was queued: time.monotonic())
+    publish: Callable[[int, ConnectionSecrets, Profile, float], None]
     timeout: float = 5.0
-    retry_interval: float = 0.005
+    retry_interval: float = 0.001
     max_pending: int = 10_000
     stats: WireStats = field(default_factory=WireStats)
     _pending: list[_Pending] = field(default_factory=list)
@@ -107,7 +109,7 @@ class WireSearch:
         if len(self._pending) >= self.max_pending:
             self.stats.dropped += 1
             return
-        self._pending.append(_Pending(hello, now + self.timeout))
+        self._pending.append(_Pending(hello, now + self.timeout, now))
 
     @property
     def pending(self) -> int:
@@ -177,7 +179,7 @@ class WireSearch:
             return False
         if not secrets.complete:
             return False
-        self.publish(item.pid, secrets, item.profile)
+        self.publish(item.pid, secrets, item.profile, item.seen_at)
         self.stats.published += 1
         return True
 

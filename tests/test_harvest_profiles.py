@@ -1,0 +1,121 @@
+"""Every shipped profile is what the calibrator derives from its build today, and
+harvesting with it (real uprobes) yields the library's own key log."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.harvest.elf import read_elf
+from bridge.harvest.profile import SHIPPED_DIR, Profile, ProfileStore
+from tests.support import tlslab
+from tests.support.harvest import Lab, compare_keylogs
+from tests.support.keyfeed import BridgeProcess
+from tests.support.openssl_builds import WHEEL_BUILDS
+
+pytestmark = pytest.mark.real
+
+DEBIAN_LIBSSL = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+PAIR = Path(__file__).resolve().parent / "support" / "servers" / "ctypes_tls_pair.py"
+BUILDS = [pytest.param(DEBIAN_LIBSSL, id="debian-3.0")] + [
+    pytest.param(build, id=f"{build.package}-{build.version}-openssl-{build.openssl}") for build in WHEEL_BUILDS
+]
+
+
+def _library(build) -> Path:  # type: ignore[no-untyped-def]
+    if isinstance(build, Path):
+        return build
+    library = build.libssl
+    assert read_elf(library).build_id == build.build_id
+    return library
+
+
+def _calibrate(library: Path) -> Profile:
+    result = subprocess.run([sys.executable, "-m", "bridge.cli", "profile", "calibrate", "--libssl", str(library),
+                             "-o", "-"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return Profile.from_json(result.stdout)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_calibration_reproduces_the_shipped_profile_and_harvesting_with_it_works(build, tmp_path):
+    library = _library(build)
+    profile = _calibrate(library)
+    shipped = ProfileStore().get(profile.build_id)
+    assert shipped is not None, f"no shipped profile for {library} ({profile.build_id})"
+    assert profile.fields == shipped.fields
+    assert profile.openssl_version == shipped.openssl_version
+    assert shipped.made["source"] and "calibrate --libssl" in str(shipped.made["method"])
+
+    truth, harvested = tmp_path / "callback.keylog", tmp_path / "harvested.keylog"
+    pair = subprocess.Popen([sys.executable, str(PAIR), str(library), str(truth)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    try:
+        assert pair.stdout.readline().strip() == "ready"
+        with BridgeProcess(["harvest", "process", "--pid", str(pair.pid), "--keylog", str(harvested)],
+                           tmp_path / "harvest.err") as harvester:
+            harvester.wait_for("harvesting 1 processes")
+            assert f"hooked {library}" in harvester.text()
+            pair.stdin.write("go\n")
+            pair.stdin.flush()
+            assert pair.stdout.readline().strip() == "done"
+            time.sleep(0.5)
+            assert harvester.stop() == 0, harvester.text()
+    finally:
+        pair.stdin.close()
+        pair.wait(10)
+    missing, extra = compare_keylogs(truth, harvested)
+    assert not missing and not extra, (sorted(missing)[:3], sorted(extra)[:3])
+    assert "5 connections published" in harvester.text()
+
+
+def test_shipped_profiles_say_how_they_were_made():
+    for path in SHIPPED_DIR.glob("*.json"):
+        body = json.loads(path.read_text())
+        assert path.stem == body["build_id"]
+        assert body["openssl_version"].startswith("OpenSSL ")
+        assert body["made"]["method"] and body["made"]["source"] and body["made"]["date"]
+
+
+def test_node_is_calibrated_live_to_its_shipped_profile(tmp_path, tlslab_tools, tls_certs):
+    """node has OpenSSL linked in (no libssl to load): calibrate against the running
+    server while s_client connects with a key log."""
+    node = tlslab.require_tools("node")["node"]
+    image = read_elf(Path(node).resolve())
+    if not image.embeds_openssl:
+        pytest.fail(f"{node} does not embed OpenSSL (a distribution build linked to libssl): install nodesource's")
+    keylog = tmp_path / "client.keylog"
+    profiles = tmp_path / "profiles"
+    with tlslab.Netns() as ns:
+        lab = Lab(tmp_path, tls_certs, ns)
+        try:
+            server = lab.node_server(port=4435)
+            calibration = BridgeProcess(["profile", "calibrate", "--pid", str(server.pid), "--keylog", str(keylog),
+                                         "--duration", "60", "-o", str(profiles)], tmp_path / "calibrate.err",
+                                        prefix=ns.prefix())
+            calibration.wait_for("watching")
+            clients = (["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"],
+                       ["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"],
+                       ["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+                       ["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"],
+                       ["-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"],
+                       ["-tls1_2", "-cipher", "ECDHE-RSA-CHACHA20-POLY1305"])
+            # Copies of a connection's object are taken a moment after each call; now and
+            # then every copy comes too late: a second round leaves room for that.
+            for args in clients * 2:
+                if calibration.proc.poll() is not None:
+                    break
+                lab.s_client(4435, keylog, *args, hold=0.3)
+            assert calibration.wait(60) == 0, calibration.text()
+        finally:
+            lab.close()
+    made = Profile.from_json((profiles / f"{image.build_id}.json").read_text())
+    assert re.search(r"([6-9]|1\d) connections matched", calibration.text())
+    shipped = ProfileStore().get(image.build_id)
+    assert shipped is not None and made.fields == shipped.fields

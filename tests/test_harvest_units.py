@@ -1,0 +1,231 @@
+"""Harvester building blocks without targets: ELF, profiles, the chain reader,
+uprobe definitions and event parsing, the calibration search's refusals."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from bridge.errors import ProfileError
+from bridge.harvest.calibrate import Sample, calibrate
+from bridge.harvest.chain import read_secrets
+from bridge.harvest.elf import read_elf
+from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
+from bridge.harvest.uprobes import fetch_expression, parse_event, probe_definition
+from bridge.harvest.wire_search import client_hello_random
+from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
+
+LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+DEBIAN_BUILD = "c0b9959017cf64b03131964573944fc72958bb2b"
+
+
+def test_elf_build_id_and_symbols_agree_with_binutils():
+    image = read_elf(LIBSSL)
+    notes = subprocess.run(["readelf", "-n", LIBSSL], capture_output=True, text=True).stdout
+    assert f"Build ID: {image.build_id}" in notes
+    symbols = subprocess.run(["nm", "-D", "--defined-only", LIBSSL], capture_output=True, text=True).stdout
+    nm = {line.split()[2].split("@")[0]: int(line.split()[0], 16) for line in symbols.splitlines() if " T " in line}
+    for name in ("SSL_read", "SSL_write", "SSL_free", "SSL_do_handshake", "SSL_get_session"):
+        assert image.functions[name] == nm[name]
+        assert image.symbol_offset(name) == nm[name]  # libssl's text segment maps at its file offset
+    assert image.embeds_openssl
+
+
+def test_elf_version_string_and_refusals(tmp_path):
+    assert read_elf("/usr/lib/x86_64-linux-gnu/libcrypto.so.3").openssl_version.startswith("OpenSSL 3.0.")
+    (tmp_path / "text").write_text("not an elf")
+    with pytest.raises(ProfileError, match="not an ELF file"):
+        read_elf(tmp_path / "text")
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(ProfileError, match="empty"):
+        read_elf(tmp_path / "empty")
+    (tmp_path / "truncated").write_bytes(open(LIBSSL, "rb").read()[:100])
+    with pytest.raises(ProfileError):
+        read_elf(tmp_path / "truncated")
+
+
+def test_shipped_profiles_load_and_round_trip():
+    store = ProfileStore()
+    assert not store.errors and len(store) >= 10
+    profile = store.get(DEBIAN_BUILD)
+    assert profile.fields["client_random"] == (0x160,) and profile.fields["master_key"] == (0x918, 0x50)
+    assert Profile.from_json(profile.to_json()) == profile
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("{", "not a valid profile"),
+        ('{"format": 2}', "profile format"),
+        ('{"format": 1, "build_id": "ab", "library": "x", "fields": {"version": ["0x0"]}}', "missing fields"),
+        ('{"format": 1, "build_id": "ab", "library": "x", "fields": {"colour": ["0x0"]}}', "unknown fields"),
+    ],
+)
+def test_malformed_profiles_are_clear_errors(text, message):
+    with pytest.raises(ProfileError, match=message):
+        Profile.from_json(text)
+
+
+def test_a_missing_profile_names_the_build_the_version_and_the_fix():
+    with pytest.raises(MissingProfileError) as caught:
+        ProfileStore(shipped=False).require("ab" * 20, "/opt/app/lib/libssl.so.3", "OpenSSL 3.9.1 1 Jan 2030")
+    text = str(caught.value)
+    assert "ab" * 20 in text and "OpenSSL 3.9.1" in text
+    assert "tls-bridge profile calibrate --libssl /opt/app/lib/libssl.so.3" in text
+    with pytest.raises(MissingProfileError, match="--pid PID --keylog"):
+        ProfileStore(shipped=False).require("cd" * 20, "/usr/bin/node", None)
+
+
+# --- the chain reader over a fake memory -----------------------------------------------------
+
+
+class FakeMemory:
+    def __init__(self) -> None:
+        self.bytes: dict[int, int] = {}
+
+    def put(self, address: int, data: bytes) -> None:
+        for index, value in enumerate(data):
+            self.bytes[address + index] = value
+
+    def read(self, address: int, size: int) -> bytes:
+        from bridge.harvest.memory import MemoryReadError
+
+        if any(address + i not in self.bytes for i in range(size)):
+            raise MemoryReadError("unmapped")
+        return bytes(self.bytes[address + i] for i in range(size))
+
+    def read_upto(self, address: int, size: int) -> bytes:
+        out = bytearray()
+        for i in range(size):
+            if address + i not in self.bytes:
+                break
+            out.append(self.bytes[address + i])
+        return bytes(out)
+
+
+SSL, SESSION, CIPHER = 0x10000, 0x20000, 0x30000
+
+
+def _connection(version: int, suite: int, *, secrets_len: int = 32) -> FakeMemory:
+    memory = FakeMemory()
+    memory.put(SSL, bytes(0x1000))
+    memory.put(SESSION, bytes(0x400))
+    memory.put(CIPHER, bytes(0x40))
+    memory.put(SSL, version.to_bytes(4, "little"))
+    memory.put(SSL + 0x160, bytes(range(1, 33)))
+    memory.put(SSL + 0x918, SESSION.to_bytes(8, "little"))
+    memory.put(SESSION + 0x2F8, CIPHER.to_bytes(8, "little"))
+    memory.put(CIPHER + 0x18, (0x03000000 | suite).to_bytes(4, "little"))
+    if version == 0x0303:
+        memory.put(SESSION + 0x8, (48).to_bytes(8, "little"))
+        memory.put(SESSION + 0x50, b"\x42" * 48)
+    else:
+        memory.put(SSL + 0x584, b"\x11" * secrets_len)
+        memory.put(SSL + 0x744, b"\x22" * secrets_len)
+        memory.put(SSL + 0x784, b"\x33" * secrets_len)
+    return memory
+
+
+def _fields(memory: FakeMemory):  # type: ignore[no-untyped-def]
+    from bridge.harvest.chain import MemoryFields
+
+    return MemoryFields(memory, ProfileStore().get(DEBIAN_BUILD), SSL)
+
+
+def test_the_chain_reads_tls12_and_tls13_secrets_with_the_suites_hash_length():
+    tls12 = read_secrets(_fields(_connection(0x0303, 0xC02F)))
+    assert tls12.complete and tls12.secrets == {CLIENT_RANDOM: b"\x42" * 48} and tls12.client_random == bytes(range(1, 33))
+    tls13 = read_secrets(_fields(_connection(0x0304, 0x1301)))
+    assert tls13.complete and tls13.cipher_suite == 0x1301
+    assert tls13.secrets == {HANDSHAKE_SECRET: b"\x11" * 32, CLIENT_TRAFFIC_SECRET_0: b"\x22" * 32,
+                             SERVER_TRAFFIC_SECRET_0: b"\x33" * 32}
+    sha384 = read_secrets(_fields(_connection(0x0304, 0x1302, secrets_len=48)))
+    assert all(len(v) == 48 for v in sha384.secrets.values())
+
+
+def test_the_chain_refuses_objects_that_hold_no_connection():
+    fresh = _connection(0x0304, 0x1301)
+    fresh.put(SSL + 0x160, bytes(32))  # no client random yet
+    assert read_secrets(_fields(fresh)) is None
+    garbage = _connection(0x0304, 0x1301)
+    garbage.put(SSL, (0x1234).to_bytes(4, "little"))
+    assert read_secrets(_fields(garbage)) is None
+    handshaking = _connection(0x0304, 0x1301)
+    handshaking.put(SSL + 0x744, bytes(48))  # the application secrets are not derived yet
+    assert not read_secrets(_fields(handshaking)).complete
+    no_session = _connection(0x0303, 0xC02F)
+    no_session.put(SSL + 0x918, bytes(8))
+    result = read_secrets(_fields(no_session))
+    assert result is not None and not result.complete
+
+
+# --- uprobes -------------------------------------------------------------------------------------
+
+
+def test_fetch_expressions_follow_the_profile_paths():
+    assert fetch_expression((0x160,)) == "+0x160(%di)"
+    assert fetch_expression((0x918, 0x2F8, 0x18)) == "+0x18(+0x2f8(+0x918(%di)))"
+    definition = probe_definition("g", "e", LIBSSL, 0x3B350, ProfileStore().get(DEBIAN_BUILD))
+    assert definition.startswith(f"p:g/e {LIBSSL}:0x3b350 ssl=%di:x64 version=+0x0(%di):u32")
+    assert "master_key=+0x50(+0x918(%di)):x64[6]" in definition
+    assert probe_definition("g", "e", LIBSSL, 1, None).endswith("ssl=%di:x64")
+
+
+def test_trace_pipe_lines_parse_and_faults_are_none():
+    line = ("         openssl-14280   (  14270) [000] DBZff  1874.192268: SSL_free_0: (0x7ff12b345350) "
+            "ssl=0x562967014ea0 version=772 client_random={0x807060504030201,0x100f0e0d0c0b0a09,0x0,0x0} "
+            "master_key=(fault) cipher_id=50336513")
+    event = parse_event(line, {"SSL_free_0": ("SSL_free", LIBSSL)})
+    assert (event.tgid, event.tid, event.comm, event.function, event.ssl) == (14270, 14280, "openssl", "SSL_free",
+                                                                            0x562967014EA0)
+    assert event.field("client_random")[:16] == bytes(range(1, 17))
+    assert event.field("master_key") is None and event.field("version") == (772).to_bytes(4, "little")
+    assert event.timestamp == pytest.approx(1874.192268)
+    assert parse_event("# tracer: nop", {}) is None
+    assert parse_event(line, {}) is None  # another harvester's event
+
+
+def test_client_hello_random():
+    record = bytes([22, 3, 1, 0, 200, 1, 0, 0, 196, 3, 3]) + bytes(range(32)) + bytes(40)
+    assert client_hello_random(record) == bytes(range(32))
+    assert client_hello_random(record[:40]) is None
+    assert client_hello_random(b"\x17" + record[1:]) is None
+
+
+# --- calibration refuses what it cannot tell apart -----------------------------------------------
+
+
+def _calibration_samples(duplicate_random: bool) -> tuple[FakeMemory, list[Sample]]:
+    memory = FakeMemory()
+    samples = []
+    for index, (version, suite, length) in enumerate([(0x0304, 0x1301, 32), (0x0304, 0x1302, 48), (0x0303, 0xC02F, 48)]):
+        base = 0x100000 * (index + 1)
+        conn = _connection(version, suite, secrets_len=length)
+        for address, value in conn.bytes.items():
+            relative = address - SSL if address < SESSION else address - SESSION + 0x8000 if address < CIPHER else address - CIPHER + 0x9000
+            memory.bytes[base + relative] = value
+        memory.put(base + 0x918, (base + 0x8000).to_bytes(8, "little"))
+        memory.put(base + 0x8000 + 0x2F8, (base + 0x9000).to_bytes(8, "little"))
+        random = bytes([index + 1]) * 32
+        memory.put(base + 0x160, random)
+        if duplicate_random:
+            memory.put(base + 0x200, random)  # the same value at a second place in every sample
+        secrets = {CLIENT_RANDOM: b"\x42" * 48} if version == 0x0303 else {
+            CLIENT_TRAFFIC_SECRET_0: b"\x22" * length, SERVER_TRAFFIC_SECRET_0: b"\x33" * length}
+        samples.append(Sample(base, version, suite, random, secrets))
+    return memory, samples
+
+
+def test_calibration_refuses_an_ambiguous_field():
+    memory, samples = _calibration_samples(duplicate_random=True)
+    with pytest.raises(ProfileError, match="'client_random' is ambiguous .*0x160.*0x200.*refusing"):
+        calibrate(memory.read_upto, samples)
+
+
+def test_calibration_needs_both_versions_and_both_hash_lengths():
+    memory, samples = _calibration_samples(duplicate_random=False)
+    with pytest.raises(ProfileError, match="TLS 1.2 and TLS 1.3"):
+        calibrate(memory.read_upto, samples[:2])
+    with pytest.raises(ProfileError, match="SHA-256 and a SHA-384"):
+        calibrate(memory.read_upto, [samples[0], samples[2]])
