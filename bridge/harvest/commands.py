@@ -158,19 +158,10 @@ def _is_loopback(interface: str) -> bool:
         return False
 
 
-def run_harvest_process(args: argparse.Namespace) -> int:
-    from bridge.harvest.process_harvester import ProcessHarvester, check_privileges
-    from bridge.harvest.targets import TargetFinder
-
-    check_privileges()
+def open_sinks(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Where harvested records go: --keylog and/or the key feed (--bind/--connect)."""
     if not args.keylog and not (args.bind or args.connect):
         raise BridgeError("say where the secrets go: --keylog FILE and/or --bind/--connect (the key feed)")
-    triggers = set(args.trigger.split(","))
-    if not triggers <= {"hooks", "wire"}:
-        raise BridgeError(f"--trigger {args.trigger!r}: use hooks, wire, or hooks,wire")
-    if "wire" in triggers and not args.wire:
-        raise BridgeError("--trigger wire needs --wire IFACE (where the ClientHellos are seen)")
-    finder = TargetFinder(pids=tuple(args.pid or ()), comms=tuple(args.comm or ()), everything=args.all)
     sinks = []
     keylog = KeyLogFileSink(args.keylog) if args.keylog else None
     if keylog is not None:
@@ -178,13 +169,47 @@ def run_harvest_process(args: argparse.Namespace) -> int:
     publisher = _publisher(args) if (args.bind or args.connect) else None
     if publisher is not None:
         sinks.append(publisher.publish)
+    return sinks, keylog, publisher
+
+
+def stop_on_signals() -> threading.Event:
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    from bridge.keyfeed.commands import add_client_security_options
+
+    parser.add_argument("--keylog", metavar="FILE", help="append the secrets to this RFC 9850 key log (0600; '-': stdout)")
+    feed = parser.add_argument_group("key feed (see 'tls-bridge keys --help')")
+    place = feed.add_mutually_exclusive_group()
+    place.add_argument("--bind", metavar="ENDPOINT", help="publish the secrets here")
+    place.add_argument("--connect", metavar="ENDPOINT", help="publish to a broker's frontend")
+    feed.add_argument("--server-cert", metavar="FILE", help="with --bind: this harvester's certificate")
+    feed.add_argument("--allow", metavar="DIR", help="with --bind: the sensors' public keys")
+    add_client_security_options(feed)
+    feed.add_argument("--ttl", type=float, default=600.0, metavar="SECONDS", help="keep records for snapshots (default: 600)")
+    feed.add_argument("--insecure", action="store_true", help="no CurveZMQ (labs only)")
+    parser.add_argument("--profiles", action="append", metavar="DIR", help="more profile directories")
+    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
+    parser.add_argument("-q", "--quiet", action="store_true")
+
+
+def run_harvest_process(args: argparse.Namespace) -> int:
+    from bridge.harvest.process_harvester import ProcessHarvester, check_privileges
+    from bridge.harvest.targets import TargetFinder
+
+    check_privileges()
+    triggers = set(args.trigger.split(","))
+    if not triggers <= {"hooks", "wire"}:
+        raise BridgeError(f"--trigger {args.trigger!r}: use hooks, wire, or hooks,wire")
+    if "wire" in triggers and not args.wire:
+        raise BridgeError("--trigger wire needs --wire IFACE (where the ClientHellos are seen)")
+    finder = TargetFinder(pids=tuple(args.pid or ()), comms=tuple(args.comm or ()), everything=args.all)
+    sinks, keylog, publisher = open_sinks(args)
+    stop = stop_on_signals()
     harvester = None
     try:
         from bridge.harvest.uprobes import hook_functions
@@ -273,8 +298,6 @@ def add_profile_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
-    from bridge.keyfeed.commands import add_client_security_options
-
     formatter = argparse.RawDescriptionHelpFormatter
     harvest = subparsers.add_parser("harvest", help="read TLS secrets out of processes (and VMs)",
                                     formatter_class=formatter)
@@ -305,17 +328,9 @@ def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
                               "'late' (SSL_shutdown, SSL_free: keys when the connection closes, 2-3 hits per "
                               "connection), or SSL_* names separated by commas (default: early)")
     process.add_argument("--wire", metavar="IFACE", help="interface where the ClientHellos are seen (wire trigger)")
-    process.add_argument("--keylog", metavar="FILE", help="append the secrets to this RFC 9850 key log (0600; '-': stdout)")
-    feed = process.add_argument_group("key feed (see 'tls-bridge keys --help')")
-    place = feed.add_mutually_exclusive_group()
-    place.add_argument("--bind", metavar="ENDPOINT", help="publish the secrets here")
-    place.add_argument("--connect", metavar="ENDPOINT", help="publish to a broker's frontend")
-    feed.add_argument("--server-cert", metavar="FILE", help="with --bind: this harvester's certificate")
-    feed.add_argument("--allow", metavar="DIR", help="with --bind: the sensors' public keys")
-    add_client_security_options(feed)
-    feed.add_argument("--ttl", type=float, default=600.0, metavar="SECONDS", help="keep records for snapshots (default: 600)")
-    feed.add_argument("--insecure", action="store_true", help="no CurveZMQ (labs only)")
-    process.add_argument("--profiles", action="append", metavar="DIR", help="more profile directories")
-    process.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
-    process.add_argument("-q", "--quiet", action="store_true")
+    add_output_options(process)
     process.set_defaults(handler=run_harvest_process)
+
+    from bridge.vmi.commands import add_vm_parser
+
+    add_vm_parser(commands)

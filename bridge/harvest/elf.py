@@ -144,3 +144,26 @@ def _parse(path: str, data: mmap.mmap, with_version: bool) -> ElfImage:
     if not build_id:
         raise ProfileError(f"{path}: no GNU build-id note: profiles are keyed by it")
     return ElfImage(path, build_id.hex(), segments, functions, _version_string(data) if with_version else None)
+
+
+def build_id_in_memory(read, base: int) -> str | None:  # type: ignore[no-untyped-def]
+    """The GNU build-id of an ELF image mapped at ``base`` in some address space
+    (``read(address, size)``): its header, program headers and PT_NOTE segment."""
+    try:
+        header = read(base, 64)
+        if header[:4] != b"\x7fELF" or header[4] != 2:
+            return None
+        e_phoff = struct.unpack_from("<Q", header, 32)[0]
+        e_phentsize, e_phnum = struct.unpack_from("<HH", header, 54)
+        if e_phnum > 64 or e_phentsize < 56:
+            return None
+        table = read(base + e_phoff, e_phnum * e_phentsize)
+        for index in range(e_phnum):
+            p_type, _flags, _offset, p_vaddr, _paddr, p_filesz = struct.unpack_from("<IIQQQQ", table, index * e_phentsize)
+            if p_type == _PT_NOTE and 0 < p_filesz <= 4096:
+                build_id = _notes(read(base + p_vaddr, p_filesz), 0, p_filesz).get(_NT_GNU_BUILD_ID)
+                if build_id:
+                    return build_id.hex()
+    except (struct.error, IndexError):
+        return None
+    return None

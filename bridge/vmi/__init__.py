@@ -1,0 +1,1 @@
+"""Virtual machine introspection: TLS secrets out of running QEMU/KVM guests, agentless."""

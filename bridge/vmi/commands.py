@@ -1,0 +1,127 @@
+"""``tls-bridge harvest vm``: the VM harvester's CLI driver."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+from bridge.errors import BridgeError
+from bridge.vmi.physmem import GuestPhysicalMemory
+
+_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper().rstrip("B").rstrip("I")
+    unit = _SIZE_UNITS.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in _SIZE_UNITS else text
+    try:
+        return int(float(number) * unit)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512M or 4G") from None
+
+
+def open_memory(args: argparse.Namespace) -> GuestPhysicalMemory:
+    from bridge.vmi.physmem import LibvmiBackend, MemoryFileBackend, QemuProcessBackend
+
+    if args.memory_file:
+        return MemoryFileBackend(args.memory_file, machine=args.machine)
+    if args.qemu_pid:
+        if not args.ram_size:
+            raise BridgeError("--qemu-pid needs --ram-size (the guest's -m, e.g. 512M)")
+        return QemuProcessBackend(args.qemu_pid, args.ram_size, machine=args.machine, ram_path=args.ram_path)
+    return LibvmiBackend(args.libvmi)
+
+
+def run_harvest_vm(args: argparse.Namespace) -> int:
+    from bridge.capture.follow import follow_capture
+    from bridge.harvest.commands import _say, open_sinks, profile_store, stop_on_signals
+    from bridge.vmi.btf import btf_from_kernel_image, find_btf_in_memory
+    from bridge.vmi.harvester import VmHarvester
+
+    sinks, keylog, publisher = open_sinks(args)
+    stop = stop_on_signals()
+    memory = open_memory(args)
+    harvester = None
+    try:
+        started = time.monotonic()
+        btf = (btf_from_kernel_image(args.kernel) if args.kernel
+               else find_btf_in_memory(memory.read, memory.layout.ranges()))
+        harvester = VmHarvester(memory, btf, sinks, vm_name=args.name, profiles=profile_store(args),
+                                comms=tuple(args.comm or ()), pids=tuple(args.pid or ()), everything=args.all,
+                                log=lambda text: _say(args, text))
+        harvester.attach()
+        kernel = harvester.guest.kernel  # type: ignore[union-attr]
+        _say(args, f"{args.name}: guest kernel found in {time.monotonic() - started:.2f} s (BTF {len(btf)} types, "
+                   f"direct map {kernel.direct_map:#x}, {kernel.levels}-level paging); harvesting "
+                   f"{len(harvester.targets)} processes: "
+                   + ", ".join(f"{t.process.comm}[{t.process.pid}] {t.library}" for t in harvester.targets))
+        if args.duration:
+            threading.Timer(args.duration, stop.set).start()
+        if args.wire_pcap:
+            frames = follow_capture(args.wire_pcap, stop)
+        else:
+            from bridge.capture.afpacket import AfPacketCapture
+
+            frames = iter(AfPacketCapture(args.wire, idle_marker=True, snaplen=4096, poll_interval=0.005,
+                                          stop_event=stop))
+        harvester.run(frames, stop)
+    finally:
+        if harvester is not None:
+            stats = harvester.stats
+            latency = sorted(stats.latencies)
+            text = (f"{args.name}: {stats.published} connections published of {stats.hellos} ClientHellos; misses: "
+                    f"{stats.not_found} not found in any target (closed before the search, or another process), "
+                    f"{stats.incomplete} incomplete, {stats.unfinished} unfinished at stop; {stats.searches} searches, "
+                    f"{stats.bytes_searched / max(stats.searches, 1) / 1e6:.1f} MB and "
+                    f"{stats.search_seconds / max(stats.searches, 1) * 1000:.2f} ms each; "
+                    f"{stats.attaches} attaches")
+            if latency:
+                text += (f"; ClientHello to published p50 {latency[len(latency) // 2] * 1000:.1f} ms, "
+                         f"p99 {latency[min(len(latency) - 1, int(len(latency) * 0.99))] * 1000:.1f} ms")
+            _say(args, text)
+        memory.close()
+        if keylog is not None:
+            keylog.close()
+        if publisher is not None:
+            publisher.close()
+    return 0
+
+
+def add_vm_parser(commands: argparse._SubParsersAction) -> None:
+    from bridge.harvest.commands import add_output_options
+
+    vm = commands.add_parser(
+        "vm", help="harvest the TLS secrets of processes in a running QEMU/KVM guest (agentless)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read guest memory from the host (nothing runs in the guest), find the guest's processes "
+        "through its kernel's own structures (types from its BTF, KASLR found by scanning), and publish the "
+        "TLS secrets of the selected ones: each ClientHello seen on the VM's traffic (--wire-pcap, e.g. QEMU's "
+        "filter-dump file, or --wire IFACE, its tap) names a client random, searched in the targets' memory; "
+        "the secrets are read as soon as they are complete. The guest never pauses.",
+        epilog="examples:\n"
+        "  tls-bridge harvest vm --memory-file /dev/shm/web01.ram --wire tap-web01 --comm nginx --name web01 \\\n"
+        "      --bind tcp://0.0.0.0:5555 --server-cert certs/harvester.key_secret --allow certs/sensors/\n"
+        "  tls-bridge harvest vm --qemu-pid $(pidof qemu-system-x86_64) --ram-size 4G --kernel vmlinuz-6.1 \\\n"
+        "      --wire-pcap /var/lib/qemu/web01.pcap --all --keylog keys.log",
+    )
+    memory = vm.add_mutually_exclusive_group(required=True)
+    memory.add_argument("--memory-file", metavar="PATH",
+                        help="the guest RAM file (-object memory-backend-file,mem-path=PATH,share=on)")
+    memory.add_argument("--qemu-pid", type=int, metavar="PID", help="read the RAM inside this QEMU process")
+    memory.add_argument("--libvmi", metavar="DOMAIN", help="LibVMI (Xen, KVMi) for this domain")
+    vm.add_argument("--ram-size", type=_size, metavar="SIZE", help="with --qemu-pid: the guest's RAM size (e.g. 512M)")
+    vm.add_argument("--ram-path", metavar="PATH", help="with --qemu-pid: the RAM backing file, if any")
+    vm.add_argument("--machine", default="pc", choices=("pc", "q35"), help="QEMU machine type (RAM above the PCI hole)")
+    vm.add_argument("--kernel", metavar="IMAGE", help="the guest's vmlinux/vmlinuz, for its BTF (default: found in memory)")
+    select = vm.add_mutually_exclusive_group(required=True)
+    select.add_argument("--comm", nargs="+", metavar="NAME", help="guest processes with this command name")
+    select.add_argument("--pid", type=int, nargs="+", metavar="PID", help="guest processes with these pids")
+    select.add_argument("--all", action="store_true", help="every guest process that maps libssl")
+    wire = vm.add_mutually_exclusive_group(required=True)
+    wire.add_argument("--wire-pcap", metavar="FILE", help="follow this capture of the VM's traffic as it grows")
+    wire.add_argument("--wire", metavar="IFACE", help="capture the VM's traffic on this interface (its tap)")
+    vm.add_argument("--name", default="vm", help="the VM's name in the records (default: vm)")
+    add_output_options(vm)
+    vm.set_defaults(handler=run_harvest_vm)

@@ -1,0 +1,323 @@
+"""The VM harvester: TLS secrets of guest processes, read from the host.
+
+Nothing runs in the guest.  Guest processes are found through the guest
+kernel's own structures (:mod:`bridge.vmi.linux`); each target's OpenSSL build
+is identified by the build-id in its mapped ``libssl`` (read from guest memory)
+and gets the host harvester's profile.  The on-demand trigger: a ClientHello
+seen on the VM's traffic (its tap or a mirror, or QEMU's ``filter-dump`` file)
+names a client random, which is searched in the targets' writable anonymous
+memory; the ``SSL *`` follows from the profile, and the secrets are read as soon
+as they are complete.  The guest never pauses: its cost is zero.
+
+Misses are counted with their reason: the random never found in any target
+(``not_found``: e.g. a connection to another process, or closed before the
+search), found but the secrets never completed (``incomplete``).  A guest that
+reboots (the kernel moves, KASLR) is re-located on the next read error.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from bridge.capture.frames import Frame
+from bridge.errors import GuestAccessError
+from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
+from bridge.harvest.elf import build_id_in_memory
+from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
+from bridge.harvest.wire_search import WireHello, hellos
+from bridge.keyfeed.wire import KeyRecord, Origin
+from bridge.vmi.btf import Btf
+from bridge.vmi.linux import GuestProcess, LinuxGuest, Vma
+from bridge.vmi.paging import AddressSpace
+from bridge.vmi.physmem import GuestPhysicalMemory
+
+_LIBSSL = re.compile(r"/libssl[^/]*\.so[^/]*$")
+KeySink = Callable[[KeyRecord], None]
+
+
+@dataclass(slots=True)
+class VmStats:
+    attaches: int = 0
+    processes: int = 0
+    hellos: int = 0
+    published: int = 0
+    not_found: int = 0
+    incomplete: int = 0
+    unfinished: int = 0  # still searching when the harvester stopped
+    dropped: int = 0
+    searches: int = 0
+    target_errors: int = 0  # a target's memory could not be read (exited, or changing)
+    search_seconds: float = 0.0
+    bytes_searched: int = 0
+    missing_profiles: dict[str, str] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class GuestTarget:
+    process: GuestProcess
+    space: AddressSpace
+    profile: Profile
+    library: str
+    writable: list[Vma]
+
+
+@dataclass(slots=True)
+class _Pending:
+    hello: WireHello
+    seen_at: float
+    deadline: float
+    target: GuestTarget | None = None
+    ssl: int | None = None
+    next_try: float = 0.0
+
+
+def _selected(process: GuestProcess, comms: set[str], pids: set[int], everything: bool) -> bool:
+    return everything or process.pid in pids or process.comm in comms
+
+
+class VmHarvester:
+    def __init__(
+        self,
+        memory: GuestPhysicalMemory,
+        btf: Btf,
+        sinks: list[KeySink],
+        *,
+        vm_name: str,
+        profiles: ProfileStore,
+        comms: tuple[str, ...] = (),
+        pids: tuple[int, ...] = (),
+        everything: bool = False,
+        timeout: float = 5.0,
+        retry_interval: float = 0.002,
+        max_pending: int = 10_000,
+        log: Callable[[str], None] = lambda text: None,
+    ) -> None:
+        self.memory = memory
+        self.btf = btf
+        self.sinks = sinks
+        self.vm_name = vm_name
+        self.profiles = profiles
+        self.comms, self.pids, self.everything = set(comms), set(pids), everything
+        self.timeout = timeout
+        self.retry_interval = retry_interval
+        self.max_pending = max_pending
+        self.log = log
+        self.stats = VmStats()
+        self.host = socket.gethostname()[:255]
+        self.guest: LinuxGuest | None = None
+        self.targets: list[GuestTarget] = []
+        self._pending: list[_Pending] = []
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    # --- the guest -------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Locate the guest kernel (again: after a reboot it moved) and its targets."""
+        self.guest = LinuxGuest(self.memory, self.btf, self.memory.layout.ranges())
+        self.stats.attaches += 1
+        if self.stats.attaches > 1:
+            self.log(f"{self.vm_name}: guest kernel re-located (a reboot?): direct map {self.guest.kernel.direct_map:#x}")
+        self.refresh()
+
+    def refresh(self) -> None:
+        assert self.guest is not None
+        targets = []
+        for process in self.guest.processes():
+            if not _selected(process, self.comms, self.pids, self.everything):
+                continue
+            try:
+                target = self._target(process)
+            except GuestAccessError as exc:
+                self.log(f"warning: {self.vm_name}: process {process.pid} ({process.comm}): {exc}")
+                continue
+            if target is not None:
+                targets.append(target)
+        if {t.process.task for t in targets} != {t.process.task for t in self.targets}:
+            self.log(f"{self.vm_name}: harvesting " + (", ".join(
+                f"{t.process.comm}[{t.process.pid}] {t.library}" for t in targets) or "no process"))
+        self.targets = targets
+        self.stats.processes = len(targets)
+
+    def _target(self, process: GuestProcess) -> GuestTarget | None:
+        assert self.guest is not None
+        try:
+            vmas = self.guest.vmas(process)
+        except GuestAccessError as exc:
+            self.log(f"warning: guest process {process.pid} ({process.comm}): {exc}")
+            return None
+        space = self.guest.address_space(process)
+        for vma in vmas:
+            if vma.pgoff == 0 and _LIBSSL.search(vma.path):
+                try:
+                    build_id = build_id_in_memory(space.read, vma.start)
+                except GuestAccessError:
+                    build_id = None
+                if build_id is None:
+                    continue
+                try:
+                    profile = self.profiles.require(build_id, vma.path, None)
+                except MissingProfileError as exc:
+                    if build_id not in self.stats.missing_profiles:
+                        self.stats.missing_profiles[build_id] = str(exc)
+                        self.log(f"warning: {self.vm_name}: process {process.pid} ({process.comm}): {exc}")
+                    continue
+                return GuestTarget(process, space, profile, vma.path, [v for v in vmas if v.writable_anonymous])
+        return None
+
+    # --- on-demand: ClientHellos ---------------------------------------------------------------
+
+    def add(self, hello: WireHello, now: float) -> None:
+        self.stats.hellos += 1
+        if hello.client_random in self._seen:
+            return
+        self._seen[hello.client_random] = None
+        if len(self._seen) > 100_000:
+            self._seen.popitem(last=False)
+        if len(self._pending) >= self.max_pending:
+            self.stats.dropped += 1
+            return
+        self._pending.append(_Pending(hello, now, now + self.timeout))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def step(self, now: float) -> None:
+        """One round: a single scan of the targets' memory for every connection not
+        located yet, then a read of the secrets of every located one."""
+        due = [item for item in self._pending if now >= item.next_try]
+        unlocated = {item.hello.client_random: item for item in due if item.ssl is None}
+        if unlocated:
+            try:
+                for random, (target, ssl) in self._locate(list(unlocated)).items():
+                    unlocated[random].target, unlocated[random].ssl = target, ssl
+            except GuestAccessError as exc:
+                self.log(f"warning: {self.vm_name}: {exc}")
+        still = []
+        for item in self._pending:
+            if now >= item.next_try:
+                try:
+                    if item.ssl is not None and self._read(item):
+                        continue
+                except GuestAccessError:
+                    item.ssl = None  # the process exited, the guest rebooted: search again
+                item.next_try = now + self.retry_interval
+            if now >= item.deadline:
+                if item.ssl is None:
+                    self.stats.not_found += 1
+                else:
+                    self.stats.incomplete += 1
+                continue
+            still.append(item)
+        self._pending = still
+
+    def _read(self, item: _Pending) -> bool:
+        """Read a located connection's secrets; True once published."""
+        assert item.target is not None and item.ssl is not None
+        secrets = read_secrets(MemoryFields(item.target.space, item.target.profile, item.ssl))
+        if secrets is None or secrets.client_random != item.hello.client_random:
+            item.ssl = None  # freed or reused: search again
+            return False
+        if not secrets.complete:
+            return False
+        self._publish(item.target, secrets)
+        self.stats.latencies.append(time.monotonic() - item.seen_at)
+        return True
+
+    def _locate(self, randoms: list[bytes]) -> dict[bytes, tuple[GuestTarget, int]]:
+        """Where each client random's SSL object is, in one scan of every target."""
+        started = time.perf_counter()
+        found: dict[bytes, tuple[GuestTarget, int]] = {}
+        pattern = re.compile(b"|".join(re.escape(random) for random in randoms))
+        try:
+            for target in self.targets:
+                path = target.profile.path("client_random") or ()
+                if len(path) != 1:
+                    continue  # 1.1.1 keeps the random behind a pointer: not in this scan
+                try:
+                    for hit, random in self._search(target, pattern):
+                        if random in found:
+                            continue
+                        ssl = hit - path[0]
+                        secrets = read_secrets(MemoryFields(target.space, target.profile, ssl))
+                        if secrets is not None and secrets.client_random == random:
+                            found[random] = (target, ssl)
+                except GuestAccessError:
+                    self.stats.target_errors += 1  # it exited (its page tables are gone) or is changing
+        finally:
+            self.stats.searches += 1
+            self.stats.search_seconds += time.perf_counter() - started
+        return found
+
+    def _search(self, target: GuestTarget, pattern: re.Pattern[bytes]) -> Iterator[tuple[int, bytes]]:
+        """(address, match) of the pattern's 32-byte needles in the target's writable
+        anonymous memory, page by page through its page tables (a needle may
+        straddle two pages)."""
+        overlap = 31
+        assert self.guest is not None
+        # The mappings as they are now: a heap grows, a process maps more arenas.
+        target.writable = [vma for vma in self.guest.vmas(target.process) if vma.writable_anonymous]
+        for vma in target.writable:
+            tail, tail_end = b"", -1
+            for virtual, physical, size in target.space.pages(vma.start, vma.end):
+                data = self.memory.read(physical, size)
+                self.stats.bytes_searched += size
+                if virtual == tail_end:
+                    data, base = tail + data, virtual - len(tail)
+                else:
+                    base = virtual
+                for match in pattern.finditer(data):
+                    yield base + match.start(), match.group()
+                tail, tail_end = data[-overlap:], virtual + size
+
+    def _publish(self, target: GuestTarget, secrets: ConnectionSecrets) -> None:
+        record = KeyRecord(
+            client_random=secrets.client_random,
+            secrets=dict(secrets.secrets),
+            captured_at=time.time(),
+            tls_version=secrets.version if secrets.version in (0x0303, 0x0304) else None,
+            cipher_suite=secrets.cipher_suite,
+            origin=Origin(host=self.host, vm=self.vm_name[:255], pid=target.process.pid, comm=target.process.comm,
+                          library=target.library[:256], build_id=target.profile.build_id, trigger="vm-wire"),
+        )
+        self.stats.published += 1
+        for sink in self.sinks:
+            sink(record)
+
+    # --- driving -----------------------------------------------------------------------------------
+
+    def run(self, frames: Iterator[Frame | None], stop, *, rescan_interval: float = 2.0) -> None:  # type: ignore[no-untyped-def]
+        """Feed ClientHellos from ``frames`` (None: nothing new) until ``stop`` is set."""
+        next_scan = time.monotonic() + rescan_interval
+        for hello in hellos(frames):
+            if stop.is_set():
+                self.stats.unfinished += len(self._pending)
+                self._pending = []
+                return
+            now = time.monotonic()
+            if hello is not None:
+                self.add(hello, now)
+            self.step(now)
+            if now >= next_scan:
+                self._rescan()
+                next_scan = time.monotonic() + rescan_interval
+        self.stats.unfinished += len(self._pending)
+        self._pending = []
+
+    def _rescan(self) -> None:
+        try:
+            if self.guest is None or not self.guest.still_valid():
+                raise GuestAccessError("the guest kernel moved")
+            self.refresh()
+        except GuestAccessError:
+            try:
+                self.attach()  # the guest rebooted: the kernel moved
+            except GuestAccessError as exc:
+                self.log(f"warning: {self.vm_name}: {exc}")
+                self.targets = []
