@@ -38,8 +38,20 @@ class WireHello:
     server: Endpoint
 
 
-def hellos(frames: Iterable[Frame | None]) -> Iterator[WireHello | None]:
-    """ClientHellos in a packet stream (None passes through: time to do other work)."""
+@dataclass(frozen=True, slots=True)
+class WireEnd:
+    """A FIN or RST: the connection between these endpoints is ending."""
+
+    source: Endpoint
+    destination: Endpoint
+
+
+_FIN_RST = 0x01 | 0x04
+
+
+def hellos(frames: Iterable[Frame | None], *, ends: bool = False) -> Iterator[WireHello | WireEnd | None]:
+    """ClientHellos in a packet stream, and with ``ends`` the FINs and RSTs (None passes
+    through: time to do other work)."""
     for frame in frames:
         if frame is None:
             yield None
@@ -52,6 +64,8 @@ def hellos(frames: Iterable[Frame | None]) -> Iterator[WireHello | None]:
             random = client_hello_random(segment.payload)
             if random is not None:
                 yield WireHello(random, (segment.src, segment.sport), (segment.dst, segment.dport))
+            elif ends and segment.flags & _FIN_RST:
+                yield WireEnd((segment.src, segment.sport), (segment.dst, segment.dport))
 
 
 @dataclass(slots=True)

@@ -34,12 +34,48 @@ def open_memory(args: argparse.Namespace) -> GuestPhysicalMemory:
     return LibvmiBackend(args.libvmi)
 
 
+def _idle(stop: threading.Event):  # type: ignore[no-untyped-def]
+    while not stop.wait(0.05):
+        yield None
+
+
+def _start_hooks(args: argparse.Namespace, harvester, stop: threading.Event):  # type: ignore[no-untyped-def]
+    from bridge.vmi.gdb_hooks import GdbHooks, hook_points, run_hooks
+    from bridge.vmi.gdbremote import GdbRemote
+
+    host, _, port = args.gdb.rpartition(":")
+    remote = GdbRemote(host or "127.0.0.1", int(port))
+    hooks = GdbHooks(remote, harvester.on_hook_hit)
+    hooks.start_watchdog(args.qmp)
+    functions = tuple(name.strip() for name in args.hooks.split(",") if name.strip())
+    symbols: dict[str, dict[str, int]] = {}
+    errors: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            run_hooks(hooks, lambda: hook_points(harvester.targets, functions, symbols), stop)
+        except BaseException as exc:  # reported; the watchdog and close() clean up
+            errors.append(exc)
+            stop.set()
+
+    thread = threading.Thread(target=loop, name="gdb-hooks", daemon=True)
+    thread.start()
+    return thread, hooks
+
+
 def run_harvest_vm(args: argparse.Namespace) -> int:
     from bridge.capture.follow import follow_capture
     from bridge.harvest.commands import _say, open_sinks, profile_store, stop_on_signals
     from bridge.vmi.btf import btf_from_kernel_image, find_btf_in_memory
     from bridge.vmi.harvester import VmHarvester
 
+    triggers = set(args.trigger.split(","))
+    if not triggers <= {"wire", "hooks"}:
+        raise BridgeError(f"--trigger {args.trigger!r}: use wire, hooks, or wire,hooks")
+    if "wire" in triggers and not (args.wire_pcap or args.wire):
+        raise BridgeError("the wire trigger needs --wire-pcap FILE or --wire IFACE (the VM's traffic)")
+    if "hooks" in triggers and not args.gdb:
+        raise BridgeError("the hooks trigger needs --gdb HOST:PORT (QEMU's gdbstub)")
     sinks, keylog, publisher = open_sinks(args)
     stop = stop_on_signals()
     memory = open_memory(args)
@@ -59,21 +95,38 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
                    + ", ".join(f"{t.process.comm}[{t.process.pid}] {t.library}" for t in harvester.targets))
         if args.duration:
             threading.Timer(args.duration, stop.set).start()
-        if args.wire_pcap:
-            frames = follow_capture(args.wire_pcap, stop)
-        else:
-            from bridge.capture.afpacket import AfPacketCapture
+        hooks = _start_hooks(args, harvester, stop) if "hooks" in triggers else None
+        if "wire" in triggers:
+            if args.wire_pcap:
+                frames = follow_capture(args.wire_pcap, stop)
+            else:
+                from bridge.capture.afpacket import AfPacketCapture
 
-            frames = iter(AfPacketCapture(args.wire, idle_marker=True, snaplen=4096, poll_interval=0.005,
-                                          stop_event=stop))
-        harvester.run(frames, stop)
+                frames = iter(AfPacketCapture(args.wire, idle_marker=True, snaplen=4096, poll_interval=0.005,
+                                              stop_event=stop))
+        else:
+            frames = _idle(stop)
+        try:
+            harvester.run(frames, stop)
+        finally:
+            if hooks is not None:
+                stop.set()
+                hooks_thread, gdb_hooks = hooks
+                hooks_thread.join(30)
+                gdb_hooks.close()
+                stats = gdb_hooks.stats
+                _say(args, f"{args.name}: gdbstub hooks: {stats.stops} stops, {stats.hits} in targets "
+                           f"({stats.other_processes} other processes), {stats.emulated} first instructions "
+                           f"emulated, {stats.stepped_over} stepped over; the guest paused "
+                           f"{stats.stop_seconds / max(stats.stops, 1) * 1000:.2f} ms per stop in our hands")
     finally:
         if harvester is not None:
             stats = harvester.stats
             latency = sorted(stats.latencies)
             text = (f"{args.name}: {stats.published} connections published of {stats.hellos} ClientHellos; misses: "
-                    f"{stats.not_found} not found in any target (closed before the search, or another process), "
-                    f"{stats.incomplete} incomplete, {stats.unfinished} unfinished at stop; {stats.searches} searches, "
+                    f"{stats.closed_first} closed before the search found them, {stats.not_found} not found in any "
+                    f"target (another process?), {stats.incomplete} incomplete, {stats.unfinished} unfinished at "
+                    f"stop; {stats.searches} searches, "
                     f"{stats.bytes_searched / max(stats.searches, 1) / 1e6:.1f} MB and "
                     f"{stats.search_seconds / max(stats.searches, 1) * 1000:.2f} ms each; "
                     f"{stats.attaches} attaches")
@@ -99,7 +152,8 @@ def add_vm_parser(commands: argparse._SubParsersAction) -> None:
         "through its kernel's own structures (types from its BTF, KASLR found by scanning), and publish the "
         "TLS secrets of the selected ones: each ClientHello seen on the VM's traffic (--wire-pcap, e.g. QEMU's "
         "filter-dump file, or --wire IFACE, its tap) names a client random, searched in the targets' memory; "
-        "the secrets are read as soon as they are complete. The guest never pauses.",
+        "the secrets are read as soon as they are complete: the guest never pauses. Or breakpoint hooks "
+        "through QEMU's gdbstub (--trigger hooks).",
         epilog="examples:\n"
         "  tls-bridge harvest vm --memory-file /dev/shm/web01.ram --wire tap-web01 --comm nginx --name web01 \\\n"
         "      --bind tcp://0.0.0.0:5555 --server-cert certs/harvester.key_secret --allow certs/sensors/\n"
@@ -119,9 +173,22 @@ def add_vm_parser(commands: argparse._SubParsersAction) -> None:
     select.add_argument("--comm", nargs="+", metavar="NAME", help="guest processes with this command name")
     select.add_argument("--pid", type=int, nargs="+", metavar="PID", help="guest processes with these pids")
     select.add_argument("--all", action="store_true", help="every guest process that maps libssl")
-    wire = vm.add_mutually_exclusive_group(required=True)
+    vm.add_argument("--trigger", default="wire", help="wire (default), hooks, or wire,hooks")
+    wire = vm.add_mutually_exclusive_group()
     wire.add_argument("--wire-pcap", metavar="FILE", help="follow this capture of the VM's traffic as it grows")
     wire.add_argument("--wire", metavar="IFACE", help="capture the VM's traffic on this interface (its tap)")
+    hooks = vm.add_argument_group(
+        "breakpoint hooks (--trigger hooks)",
+        "Breakpoints through QEMU's gdbstub on functions each connection calls (hardware breakpoints where "
+        "the stub takes them; hits filtered on CR3; the first instruction emulated instead of a step-over). "
+        "The guest pauses at each hit. A watchdog removes the breakpoints and resumes the guest if the "
+        "harvester dies.",
+    )
+    hooks.add_argument("--gdb", metavar="HOST:PORT", help="QEMU's gdbstub (-gdb tcp:HOST:PORT)")
+    hooks.add_argument("--hooks", default="SSL_get_session,SSL_free", metavar="FUNCTIONS",
+                       help="SSL_* functions to hook (default: SSL_get_session,SSL_free: once per connection "
+                            "each, in openssl s_server)")
+    hooks.add_argument("--qmp", metavar="SOCKET", help="QEMU's QMP socket: the watchdog's last resort ('cont')")
     vm.add_argument("--name", default="vm", help="the VM's name in the records (default: vm)")
     add_output_options(vm)
     vm.set_defaults(handler=run_harvest_vm)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from bridge.errors import GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
 from bridge.harvest.elf import build_id_in_memory
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
-from bridge.harvest.wire_search import WireHello, hellos
+from bridge.harvest.wire_search import WireEnd, WireHello, hellos
 from bridge.keyfeed.wire import KeyRecord, Origin
 from bridge.vmi.btf import Btf
 from bridge.vmi.linux import GuestProcess, LinuxGuest, Vma
@@ -37,6 +38,8 @@ from bridge.vmi.paging import AddressSpace
 from bridge.vmi.physmem import GuestPhysicalMemory
 
 _LIBSSL = re.compile(r"/libssl[^/]*\.so[^/]*$")
+#: After a FIN/RST, how long a connection not yet located is still searched for.
+_CLOSED_GRACE = 0.05
 KeySink = Callable[[KeyRecord], None]
 
 
@@ -47,10 +50,12 @@ class VmStats:
     hellos: int = 0
     published: int = 0
     not_found: int = 0
+    closed_first: int = 0  # the connection ended before its SSL object was found
     incomplete: int = 0
     unfinished: int = 0  # still searching when the harvester stopped
     dropped: int = 0
     searches: int = 0
+    hook_hits: int = 0
     target_errors: int = 0  # a target's memory could not be read (exited, or changing)
     search_seconds: float = 0.0
     bytes_searched: int = 0
@@ -65,6 +70,7 @@ class GuestTarget:
     profile: Profile
     library: str
     writable: list[Vma]
+    libssl_base: int = 0
 
 
 @dataclass(slots=True)
@@ -75,6 +81,7 @@ class _Pending:
     target: GuestTarget | None = None
     ssl: int | None = None
     next_try: float = 0.0
+    closed_at: float | None = None
 
 
 def _selected(process: GuestProcess, comms: set[str], pids: set[int], everything: bool) -> bool:
@@ -114,6 +121,8 @@ class VmHarvester:
         self.targets: list[GuestTarget] = []
         self._pending: list[_Pending] = []
         self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._published: OrderedDict[bytes, None] = OrderedDict()
+        self._publish_lock = threading.Lock()  # the hook thread publishes too
 
     # --- the guest -------------------------------------------------------------------------
 
@@ -167,7 +176,8 @@ class VmHarvester:
                         self.stats.missing_profiles[build_id] = str(exc)
                         self.log(f"warning: {self.vm_name}: process {process.pid} ({process.comm}): {exc}")
                     continue
-                return GuestTarget(process, space, profile, vma.path, [v for v in vmas if v.writable_anonymous])
+                return GuestTarget(process, space, profile, vma.path, [v for v in vmas if v.writable_anonymous],
+                                   vma.start)
         return None
 
     # --- on-demand: ClientHellos ---------------------------------------------------------------
@@ -208,6 +218,9 @@ class VmHarvester:
                 except GuestAccessError:
                     item.ssl = None  # the process exited, the guest rebooted: search again
                 item.next_try = now + self.retry_interval
+            if item.closed_at is not None and item.ssl is None and now - item.closed_at > _CLOSED_GRACE:
+                self.stats.closed_first += 1
+                continue
             if now >= item.deadline:
                 if item.ssl is None:
                     self.stats.not_found += 1
@@ -216,6 +229,13 @@ class VmHarvester:
                 continue
             still.append(item)
         self._pending = still
+
+    def ended(self, end: WireEnd, now: float) -> None:
+        """A FIN/RST on the wire: a connection not located yet gets one last search."""
+        for item in self._pending:
+            hello = item.hello
+            if item.closed_at is None and {end.source, end.destination} == {hello.client, hello.server}:
+                item.closed_at = now
 
     def _read(self, item: _Pending) -> bool:
         """Read a located connection's secrets; True once published."""
@@ -226,8 +246,8 @@ class VmHarvester:
             return False
         if not secrets.complete:
             return False
-        self._publish(item.target, secrets)
-        self.stats.latencies.append(time.monotonic() - item.seen_at)
+        if self._publish(item.target, secrets):
+            self.stats.latencies.append(time.monotonic() - item.seen_at)
         return True
 
     def _locate(self, randoms: list[bytes]) -> dict[bytes, tuple[GuestTarget, int]]:
@@ -276,7 +296,21 @@ class VmHarvester:
                     yield base + match.start(), match.group()
                 tail, tail_end = data[-overlap:], virtual + size
 
-    def _publish(self, target: GuestTarget, secrets: ConnectionSecrets) -> None:
+    def on_hook_hit(self, target: GuestTarget, ssl: int, function: str) -> None:
+        """A breakpoint hook stopped the guest in ``function(ssl)`` of a target."""
+        self.stats.hook_hits += 1
+        secrets = read_secrets(MemoryFields(target.space, target.profile, ssl))
+        if secrets is not None and secrets.complete:
+            self._publish(target, secrets, trigger=f"gdb:{function}")
+
+    def _publish(self, target: GuestTarget, secrets: ConnectionSecrets, *, trigger: str = "vm-wire") -> bool:
+        """Publish once per connection; False when it was published already."""
+        with self._publish_lock:
+            if secrets.client_random in self._published:
+                return False
+            self._published[secrets.client_random] = None
+            if len(self._published) > 100_000:
+                self._published.popitem(last=False)
         record = KeyRecord(
             client_random=secrets.client_random,
             secrets=dict(secrets.secrets),
@@ -284,25 +318,28 @@ class VmHarvester:
             tls_version=secrets.version if secrets.version in (0x0303, 0x0304) else None,
             cipher_suite=secrets.cipher_suite,
             origin=Origin(host=self.host, vm=self.vm_name[:255], pid=target.process.pid, comm=target.process.comm,
-                          library=target.library[:256], build_id=target.profile.build_id, trigger="vm-wire"),
+                          library=target.library[:256], build_id=target.profile.build_id, trigger=trigger),
         )
         self.stats.published += 1
         for sink in self.sinks:
             sink(record)
+        return True
 
     # --- driving -----------------------------------------------------------------------------------
 
     def run(self, frames: Iterator[Frame | None], stop, *, rescan_interval: float = 2.0) -> None:  # type: ignore[no-untyped-def]
         """Feed ClientHellos from ``frames`` (None: nothing new) until ``stop`` is set."""
         next_scan = time.monotonic() + rescan_interval
-        for hello in hellos(frames):
+        for event in hellos(frames, ends=True):
             if stop.is_set():
                 self.stats.unfinished += len(self._pending)
                 self._pending = []
                 return
             now = time.monotonic()
-            if hello is not None:
-                self.add(hello, now)
+            if isinstance(event, WireHello):
+                self.add(event, now)
+            elif isinstance(event, WireEnd):
+                self.ended(event, now)
             self.step(now)
             if now >= next_scan:
                 self._rescan()
