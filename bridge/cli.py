@@ -11,6 +11,7 @@ from bridge import __version__
 from bridge.errors import BridgeError
 from bridge.harvest.commands import add_harvest_parser, add_profile_parser
 from bridge.keyfeed.commands import add_client_security_options, add_keys_parser
+from bridge.sensor.commands import add_sensor_parsers
 
 
 def _decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tls-bridge {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_sensor_parsers(subparsers)
     _decrypt_parser(subparsers)
     add_keys_parser(subparsers)
     add_harvest_parser(subparsers)

@@ -88,10 +88,14 @@ class Pipeline:
         frame_count = tcp_count = not_tcp = 0
         try:
             for frame in frames:
-                if frame is None:  # a quiet live link: timed work
+                if frame is None:  # a quiet live link: timed work, counters brought up to date
                     self._next_tick_ns = next_tick_ns
                     self.idle(time.time_ns())
                     next_tick_ns = self._next_tick_ns
+                    counters.frames += frame_count
+                    counters.tcp_segments += tcp_count
+                    counters.not_tcp += not_tcp
+                    frame_count = tcp_count = not_tcp = 0
                     continue
                 frame_count += 1
                 try:

@@ -40,6 +40,9 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -92,6 +95,7 @@ class AfPacketCapture:
         stop_event: threading.Event | None = None,
         poll_interval: float = 0.2,
         idle_marker: bool = False,
+        fanout_group: int | None = None,
     ) -> None:
         self.interface = interface
         self.snaplen = snaplen
@@ -115,6 +119,12 @@ class AfPacketCapture:
         self._sock = sock
         try:
             self._setup(sock, promiscuous, buffer_bytes, ignore_outgoing)
+            if fanout_group is not None:
+                # Workers of one group share the interface's packets by flow hash
+                # (symmetric: both directions of a connection go to the same worker).
+                mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+                value = (fanout_group & 0xFFFF) | mode << 16  # above INT_MAX with the DEFRAG flag: pack it
+                sock.setsockopt(SOL_PACKET, PACKET_FANOUT, value.to_bytes(4, "little"))
         except OSError as exc:
             sock.close()
             raise _device_error(interface, "start capturing", exc) from exc

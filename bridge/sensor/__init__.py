@@ -1,0 +1,2 @@
+"""The sensor bridge as a service: ``tls-bridge run`` (workers, restarts, metrics)
+and its configuration file."""

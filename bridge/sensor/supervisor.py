@@ -1,0 +1,218 @@
+"""``tls-bridge run``: the supervisor of the sensor's worker processes.
+
+Starts ``[capture] workers`` processes (:mod:`bridge.sensor.worker`), restarts one
+that dies (with a growing delay, counted), collects their counters once a second,
+serves them as Prometheus text on ``[metrics] listen`` (``/metrics``), writes a
+counter line every ``[metrics] log_interval`` seconds, and a terse live view when
+stderr is a terminal.  SIGTERM/SIGINT stop the workers, which finish and log every
+connection before they exit.
+"""
+
+from __future__ import annotations
+
+import http.server
+import multiprocessing
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from bridge.sensor.config import Config
+from bridge.sensor.worker import run_worker
+
+_COUNTERS = (
+    ("packets", "counter", "Packets captured."),
+    ("tcp_segments", "counter", "TCP segments decoded."),
+    ("malformed", "counter", "Frames that could not be decoded."),
+    ("flows", "counter", "TCP connections seen."),
+    ("active_flows", "gauge", "Connections tracked now."),
+    ("waiting_for_keys", "gauge", "Connections whose records wait for their secrets."),
+    ("key_wait_expired", "counter", "Connections whose secrets did not come in time."),
+    ("flows_evicted", "counter", "Connections evicted at the max_flows bound."),
+    ("plaintext_bytes", "counter", "Bytes of decrypted application data."),
+    ("capture_drops", "counter", "Packets the kernel dropped before the worker read them."),
+    ("injected_frames", "counter", "Synthetic cleartext frames written."),
+    ("inject_dropped", "counter", "Synthetic frames dropped (a slow output)."),
+    ("feed_records", "counter", "Key feed records received."),
+    ("feed_malformed", "counter", "Malformed key feed messages dropped."),
+    ("feed_lost", "counter", "Key feed records given up as lost."),
+)
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: Any = None
+    connection: Any = None
+    restarts: int = 0
+    next_start: float = 0.0
+    counters: dict[str, Any] = field(default_factory=dict)
+    #: Counters of earlier incarnations (a restarted worker starts from zero).
+    carried: dict[str, int] = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, config: Config, *, err: IO[str] = sys.stderr) -> None:
+        self.config = config
+        self.err = err
+        self._context = multiprocessing.get_context("spawn")
+        self.workers = [_Worker(index) for index in range(config.capture.workers)]
+        self.stop = threading.Event()
+        self.started = time.monotonic()
+        self._server: http.server.ThreadingHTTPServer | None = None
+
+    # --- workers -----------------------------------------------------------------------------
+
+    def _start(self, worker: _Worker) -> None:
+        parent, child = self._context.Pipe(duplex=False)
+        worker.process = self._context.Process(target=run_worker, args=(self.config.as_dict(), worker.index, child),
+                                               name=f"tls-bridge-worker-{worker.index}", daemon=True)
+        worker.process.start()
+        child.close()
+        worker.connection = parent
+
+    def _collect(self, worker: _Worker) -> None:
+        try:
+            while worker.connection is not None and worker.connection.poll():
+                worker.counters = worker.connection.recv()
+        except (EOFError, OSError):
+            worker.connection = None
+
+    def _watch(self, worker: _Worker, now: float) -> None:
+        if worker.process is not None and worker.process.is_alive():
+            return
+        if worker.process is not None:
+            code = worker.process.exitcode
+            self._collect(worker)
+            for name, _kind, _help in _COUNTERS:
+                if _kind == "counter":
+                    worker.carried[name] = worker.carried.get(name, 0) + int(worker.counters.get(name, 0))
+            worker.counters = {}
+            worker.restarts += 1
+            delay = min(30.0, 0.5 * 2 ** min(worker.restarts, 6))
+            worker.next_start = now + delay
+            worker.process = None
+            self.say(f"worker {worker.index} exited (code {code}); restarting in {delay:g} s")
+        if now >= worker.next_start:
+            self._start(worker)
+
+    # --- counters -------------------------------------------------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for worker in self.workers:
+            for name, kind, _help in _COUNTERS:
+                value = int(worker.counters.get(name, 0))
+                if kind == "counter":
+                    value += worker.carried.get(name, 0)
+                totals[name] = totals.get(name, 0) + value
+            for status, count in worker.counters.get("statuses", {}).items():
+                totals[f"status:{status}"] = totals.get(f"status:{status}", 0) + int(count)
+        totals["restarts"] = sum(worker.restarts for worker in self.workers)
+        return totals
+
+    def prometheus(self) -> str:
+        lines = []
+        for name, kind, help_text in _COUNTERS:
+            metric = f"tls_bridge_{name}" + ("_total" if kind == "counter" and not name.endswith("_total") else "")
+            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
+            for worker in self.workers:
+                value = int(worker.counters.get(name, 0)) + (worker.carried.get(name, 0) if kind == "counter" else 0)
+                lines.append(f'{metric}{{worker="{worker.index}"}} {value}')
+        lines += ["# HELP tls_bridge_flows_logged_total Connections logged, by status.",
+                  "# TYPE tls_bridge_flows_logged_total counter"]
+        for worker in self.workers:
+            for status, count in sorted(worker.counters.get("statuses", {}).items()):
+                lines.append(f'tls_bridge_flows_logged_total{{worker="{worker.index}",status="{status}"}} {count}')
+        lines += ["# HELP tls_bridge_worker_restarts_total Worker processes restarted.",
+                  "# TYPE tls_bridge_worker_restarts_total counter"]
+        lines += [f'tls_bridge_worker_restarts_total{{worker="{w.index}"}} {w.restarts}' for w in self.workers]
+        lines += ["# HELP tls_bridge_workers_up Worker processes running.", "# TYPE tls_bridge_workers_up gauge",
+                  f"tls_bridge_workers_up {sum(1 for w in self.workers if w.process and w.process.is_alive())}"]
+        return "\n".join(lines) + "\n"
+
+    def line(self) -> str:
+        totals = self.totals()
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        decrypted = totals.get("status:decrypted", 0)
+        return (f"{totals['packets']} packets ({totals['packets'] / elapsed:,.0f}/s), {totals['flows']} connections "
+                f"({totals['active_flows']} open, {totals['waiting_for_keys']} waiting for keys), {decrypted} "
+                f"decrypted, {totals['key_wait_expired']} key waits expired, {totals['capture_drops'] + totals['inject_dropped']} "
+                f"dropped, {totals['plaintext_bytes'] / 1e6:,.1f} MB plaintext, {totals['restarts']} worker restarts")
+
+    def say(self, text: str) -> None:
+        self.err.write(f"tls-bridge: {text}\n")
+        self.err.flush()
+
+    # --- metrics endpoint ---------------------------------------------------------------------
+
+    def _serve_metrics(self) -> None:
+        host, _, port = self.config.metrics.listen.rpartition(":")
+        supervisor = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "try /metrics")
+                    return
+                body = supervisor.prometheus().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+
+    # --- driving --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: self.stop.set())
+        for worker in self.workers:
+            self._start(worker)
+        if self.config.metrics.listen:
+            try:
+                self._serve_metrics()
+            except OSError as exc:
+                self.say(f"warning: metrics endpoint {self.config.metrics.listen}: {exc.strerror}")
+        self.say(f"running {len(self.workers)} workers on {', '.join(self.config.capture.interfaces)}; "
+                 f"injecting on {self.config.inject.interface or '(none)'}; flows to {self.config.output.flows}"
+                 + (f"; metrics on http://{self.config.metrics.listen}/metrics" if self.config.metrics.listen else ""))
+        tty = self.err.isatty()
+        next_log = time.monotonic() + (self.config.metrics.log_interval or float("inf"))
+        while not self.stop.wait(0.5):
+            now = time.monotonic()
+            for worker in self.workers:
+                self._collect(worker)
+                self._watch(worker, now)
+            if tty:
+                self.err.write("\r" + self.line()[:160] + "\x1b[K")
+                self.err.flush()
+            elif now >= next_log:
+                self.say(self.line())
+                next_log = now + self.config.metrics.log_interval
+        return self.shutdown(tty)
+
+    def shutdown(self, tty: bool = False) -> int:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.is_alive():
+                worker.process.terminate()
+        for worker in self.workers:
+            if worker.process is not None:
+                worker.process.join(30)
+                if worker.process.is_alive():
+                    worker.process.kill()
+            self._collect(worker)
+        if self._server is not None:
+            self._server.shutdown()
+        if tty:
+            self.err.write("\r\x1b[K")
+        self.say("stopped: " + self.line())
+        return 0
