@@ -11,6 +11,7 @@ from bridge import __version__
 from bridge.errors import BridgeError
 from bridge.harvest.commands import add_harvest_parser, add_profile_parser
 from bridge.keyfeed.commands import add_client_security_options, add_keys_parser
+from bridge.ips.commands import add_ips_parser
 from bridge.sensor.commands import add_sensor_parsers
 
 
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _decrypt_parser(subparsers)
     add_keys_parser(subparsers)
     add_harvest_parser(subparsers)
+    add_ips_parser(subparsers)
     add_profile_parser(subparsers)
     _demo_parser(subparsers)
     return parser

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-    python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux qemu-system-x86 busybox-static cpio kmod xz-utils zstd
+    python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux nftables qemu-system-x86 busybox-static cpio kmod xz-utils zstd
 )
 # node (a TLS server with OpenSSL linked in) may come from elsewhere (nodesource); Debian's otherwise.
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)

@@ -1,0 +1,1 @@
+"""IPS: Suricata verdicts on decrypted traffic cut the original encrypted connections."""

@@ -1,0 +1,193 @@
+"""``tls-bridge ips``: Suricata's verdicts on the decrypted copy cut the original
+encrypted connection.
+
+Suricata inspects only the synthetic cleartext; the encrypted original passes
+through the gateway.  This follows Suricata's eve.json; an alert whose rule asks
+for a block (metadata ``tls_bridge_action block``, or Suricata's own ``blocked``)
+names the connection (the synthetic one has the original's addresses and ports).
+The gateway's interfaces are watched for each connection's sequence numbers, so
+the cut is: a TCP RST to each end at the sequence number it expects, sent through
+the gateway's stack, and the 4-tuple (both directions) in an nftables set that a
+forward-hook chain drops.  Each block is logged with the time from the alerting
+packet (Suricata's timestamp) to the cut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import IO
+
+from bridge.errors import BridgeError, PacketDecodeError
+from bridge.ips.connections import ConnectionTable
+from bridge.ips.eve import BlockRequest, block_request
+from bridge.ips.nft import NftBlocklist
+from bridge.ips.reset import reset_packets
+from bridge.packets import TcpSegment, classify
+
+
+def _sniff(interface: str, table: ConnectionTable, lock: threading.Lock, stop: threading.Event) -> None:
+    from bridge.capture.afpacket import AfPacketCapture
+
+    for frame in AfPacketCapture(interface, stop_event=stop, idle_marker=True, poll_interval=0.1):
+        if frame is None:
+            continue
+        try:
+            segment = classify(frame.linktype, frame.data, frame.timestamp_ns)
+        except PacketDecodeError:
+            continue
+        if isinstance(segment, TcpSegment):
+            with lock:
+                table.observe(segment)
+
+
+def _follow(path: str, stop: threading.Event, *, from_start: bool):  # type: ignore[no-untyped-def]
+    while not os.path.exists(path) and not stop.wait(0.1):
+        pass
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        if not from_start:
+            handle.seek(0, os.SEEK_END)
+        partial = ""
+        while not stop.is_set():
+            chunk = handle.read()
+            if not chunk:
+                time.sleep(0.01)
+                continue
+            lines = (partial + chunk).split("\n")
+            partial = lines.pop()
+            yield from lines
+
+
+class Blocker:
+    def __init__(self, table: ConnectionTable, lock: threading.Lock, nft: NftBlocklist | None, *, resets: bool,
+                 log: IO[str]) -> None:
+        self.table, self.lock, self.nft, self.resets, self.log = table, lock, nft, resets, log
+        self.blocked: set[tuple[str, int, str, int]] = set()
+        self._log_lock = threading.Lock()
+        self._raw4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) if resets else None
+        self._raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW) if resets else None
+
+    def block(self, request: BlockRequest) -> None:
+        if request.key in self.blocked:
+            return
+        self.blocked.add(request.key)
+        a, b = (request.src, request.sport), (request.dst, request.dport)
+        sent = 0
+        if self.resets:
+            with self.lock:
+                connection = self.table.get(a, b)
+                packets = reset_packets(connection) if connection is not None else []
+            for destination, packet in packets:
+                raw = self._raw4 if ":" not in destination else self._raw6
+                raw.sendto(packet, (destination, 0))  # type: ignore[union-attr]
+                sent += 1
+        if self.nft is not None:
+            self.nft.block(a, b)
+        cut = time.time()
+        record: dict[str, object] = {
+            "event": "cut", "time": round(cut, 6), "src": f"{request.src}:{request.sport}", "dst": f"{request.dst}:{request.dport}",
+            "signature_id": request.signature_id, "signature": request.signature, "why": list(request.reasons),
+            "resets_sent": sent, "nft": self.nft is not None,
+            "alert_to_cut_ms": round((cut - request.alerted_at) * 1000, 3) if request.alerted_at else None,
+        }
+        if self.resets and not sent:
+            record["note"] = "no sequence numbers seen for this connection on the watched interfaces: nft only"
+        self.write(record)
+
+    def write(self, record: dict[str, object]) -> None:
+        with self._log_lock:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+
+def _endpoint_key(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _annotate_from_flows(path: str, blocker: Blocker, stop: threading.Event) -> None:
+    """When a cut connection's flow log line is written (the original connection
+    ended), log its TLS facts beside the cut: what was blocked, in TLS terms."""
+    for line in _follow(path, stop, from_start=False):
+        try:
+            record = json.loads(line)
+            key = ConnectionTable.key(_endpoint_key(record["client"]), _endpoint_key(record["server"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+        if key in blocker.blocked:
+            blocker.write({
+                "event": "cut_connection_logged", "client": record["client"], "server": record["server"],
+                "sni": record.get("sni"), "tls_version": record.get("tls_version"),
+                "cipher_suite": record.get("cipher_suite"), "status": record.get("status"),
+                "ended_by": record.get("ended_by"), "key_origin": record.get("key_origin"),
+            })
+
+
+def run_ips(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0 and not args.no_reset:
+        raise BridgeError("the IPS needs CAP_NET_RAW (resets, capture) and CAP_NET_ADMIN (nftables): run as root "
+                          "or grant them")
+    port_map = {}
+    for item in args.port_map or []:
+        synthetic, _, original = item.partition("=")
+        if not (synthetic.isdigit() and original.isdigit()):
+            raise BridgeError(f"--port-map {item!r}: expected SYNTHETIC=ORIGINAL, e.g. 80=443")
+        port_map[int(synthetic)] = int(original)
+    nft = None if args.no_nft else NftBlocklist(args.nft_table, args.nft_set, timeout=args.nft_timeout)
+    if nft is not None:
+        nft.setup()
+    table, lock, stop = ConnectionTable(), threading.Lock(), threading.Event()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    for interface in args.interface or []:
+        threading.Thread(target=_sniff, args=(interface, table, lock, stop), name=f"ips-{interface}", daemon=True).start()
+    log = sys.stdout if args.log in (None, "-") else open(args.log, "a", encoding="utf-8")
+    blocker = Blocker(table, lock, nft, resets=not args.no_reset, log=log)
+    if args.flows:
+        threading.Thread(target=_annotate_from_flows, args=(args.flows, blocker, stop), daemon=True).start()
+    print(f"tls-bridge: ips: following {args.eve}; watching {', '.join(args.interface or []) or 'no interface'}"
+          + (f"; nftables {args.nft_table} @{args.nft_set}4/6" if nft else ""), file=sys.stderr, flush=True)
+    alerts = 0
+    for line in _follow(args.eve, stop, from_start=args.from_start):
+        request = block_request(line, port_map=port_map)
+        if request is not None:
+            alerts += 1
+            blocker.block(request)
+    print(f"tls-bridge: ips: {alerts} blocking alerts, {len(blocker.blocked)} connections cut", file=sys.stderr)
+    if log is not sys.stdout:
+        log.close()
+    return 0
+
+
+def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ips", help="cut the original encrypted connections Suricata's verdicts on the decrypted copy ask to block",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else "",
+        epilog="example (on the gateway the encrypted traffic crosses):\n"
+        "  tls-bridge ips --eve /var/log/suricata/tls-bridge-eve.json --interface eth0 --interface eth1 \\\n"
+        "      --nft-table 'inet tls_bridge' --nft-set blocked --log /var/log/tls-bridge/blocked.jsonl",
+    )
+    parser.add_argument("--eve", required=True, metavar="FILE", help="Suricata's eve.json for the injection interface")
+    parser.add_argument("--interface", action="append", metavar="IFACE",
+                        help="a gateway interface the encrypted connections cross (sequence numbers for the resets)")
+    parser.add_argument("--flows", metavar="FILE", help="the bridge's flow log: when a cut connection's line is "
+                        "written, its TLS facts (SNI, version, cipher, key origin) are logged beside the cut")
+    parser.add_argument("--nft-table", default="inet tls_bridge", metavar="'FAMILY NAME'")
+    parser.add_argument("--nft-set", default="blocked", metavar="NAME", help="sets NAME4 and NAME6 (default: blocked)")
+    parser.add_argument("--nft-timeout", default="1h", metavar="DURATION", help="how long a cut connection stays "
+                        "dropped (nftables syntax; default: 1h)")
+    parser.add_argument("--no-nft", action="store_true", help="resets only")
+    parser.add_argument("--no-reset", action="store_true", help="nftables only")
+    parser.add_argument("--port-map", action="append", metavar="SYNTHETIC=ORIGINAL",
+                        help="the bridge rewrote the server port (--server-port): map it back")
+    parser.add_argument("--from-start", action="store_true", help="act on the alerts already in the eve file too")
+    parser.add_argument("--log", metavar="FILE", help="one JSON line per cut connection (default: stdout)")
+    parser.set_defaults(handler=run_ips)

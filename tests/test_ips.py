@@ -1,0 +1,193 @@
+"""The IPS end to end, in network namespaces: a client, a gateway that forwards
+with nftables and mirrors with ``tc ... mirred`` to a sensor, a TLS server.  The
+sensor decrypts the mirror and injects cleartext for a real Suricata; a request
+whose URL matches a block rule gets the original encrypted connection cut — the
+client sees a reset — while a harmless connection through the same gateway is
+untouched."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.ips.connections import ConnectionTable
+from bridge.ips.eve import block_request
+from bridge.ips.reset import reset_packets
+from bridge.packets import ACK, PSH, SYN, TcpSegment
+from tests.support import tlslab
+from tests.support.keyfeed import BridgeProcess
+from tests.support.suricata import LiveSuricata
+
+RULES = Path(__file__).resolve().parents[1] / "suricata-rules" / "tls-bridge.rules"
+
+
+# --- pure parts -------------------------------------------------------------------------------------
+
+
+def _eve(**alert) -> str:
+    return json.dumps({"timestamp": "2026-11-23T10:00:00.250000+0000", "event_type": "alert", "proto": "TCP",
+                       "src_ip": "10.0.0.2", "src_port": 51000, "dest_ip": "10.0.1.2", "dest_port": 443,
+                       "alert": {"signature_id": 1915900, "signature": "block me", **alert}})
+
+
+def test_which_alerts_block():
+    tagged = block_request(_eve(metadata={"tls_bridge_action": ["block"]}))
+    assert tagged and tagged.key == ("10.0.0.2", 51000, "10.0.1.2", 443) and tagged.alerted_at > 1.7e9
+    assert block_request(_eve(action="blocked")) is not None
+    assert block_request(_eve(metadata={"tls_bridge_action": ["alert"]})) is None
+    assert block_request(_eve(action="allowed")) is None
+    assert block_request("not json") is None and block_request('{"event_type": "http"}') is None
+    mapped = block_request(_eve(action="blocked"), port_map={443: 8443})
+    assert mapped.dport == 8443
+
+
+def test_resets_carry_the_sequence_numbers_each_side_expects():
+    table = ConnectionTable()
+    client, server = bytes([10, 0, 0, 2]), bytes([10, 0, 1, 2])
+
+    def seg(src, sport, dst, dport, seq, flags, payload=b""):  # type: ignore[no-untyped-def]
+        return TcpSegment(0, 4, src, dst, sport, dport, seq, 0, flags, 0, payload)
+
+    table.observe(seg(client, 51000, server, 443, 1000, SYN))
+    table.observe(seg(server, 443, client, 51000, 5000, SYN | ACK))
+    table.observe(seg(client, 51000, server, 443, 1001, ACK | PSH, b"x" * 100))
+    table.observe(seg(server, 443, client, 51000, 5001, ACK | PSH, b"y" * 300))
+    table.observe(seg(client, 51000, server, 443, 1001, ACK | PSH, b"x" * 100))  # a retransmission: no step back
+    packets = dict(reset_packets(table.get(("10.0.0.2", 51000), ("10.0.1.2", 443))))
+    to_client, to_server = packets["10.0.0.2"], packets["10.0.1.2"]
+    assert int.from_bytes(to_client[24:28], "big") == 5301  # the server's next byte: what the client expects
+    assert int.from_bytes(to_server[24:28], "big") == 1101
+    assert to_client[33] & 0x04 and to_server[33] & 0x04  # RST
+    from bridge.reinject.synthetic import internet_checksum
+
+    assert internet_checksum(to_client[:20]) == 0  # the IPv4 header checksum verifies
+
+
+# --- the lab ----------------------------------------------------------------------------------------
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True)
+
+
+class Topology:
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.client, self.gateway, self.server, self.sensor = (f"tlsb-ips-{n}-{tag}" for n in "cgvs")
+        self.names = [self.client, self.gateway, self.server, self.sensor]
+
+    def __enter__(self) -> Topology:
+        for ns in self.names:
+            _ip("netns", "add", ns)
+            _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", self.client, "link", "add", "c0", "type", "veth", "peer", "name", "g0", "netns", self.gateway)
+        _ip("-n", self.server, "link", "add", "s0", "type", "veth", "peer", "name", "g1", "netns", self.gateway)
+        _ip("-n", self.gateway, "link", "add", "m0", "type", "veth", "peer", "name", "m1", "netns", self.sensor)
+        _ip("-n", self.sensor, "link", "add", "tls0", "type", "veth", "peer", "name", "tls0peer")
+        for ns, link, address in ((self.client, "c0", "10.77.1.2/24"), (self.gateway, "g0", "10.77.1.1/24"),
+                                  (self.gateway, "g1", "10.77.2.1/24"), (self.server, "s0", "10.77.2.2/24")):
+            _ip("-n", ns, "addr", "add", address, "dev", link)
+        for ns, link in ((self.client, "c0"), (self.gateway, "g0"), (self.gateway, "g1"), (self.gateway, "m0"),
+                         (self.server, "s0"), (self.sensor, "m1"), (self.sensor, "tls0"), (self.sensor, "tls0peer")):
+            _ip("-n", ns, "link", "set", link, "up")
+        _ip("-n", self.client, "route", "add", "default", "via", "10.77.1.1")
+        _ip("-n", self.server, "route", "add", "default", "via", "10.77.2.1")
+        subprocess.run(["ip", "netns", "exec", self.gateway, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        # mirror everything crossing g0, both ways, to the sensor (a u32 match-all: this
+        # kernel has no cls_matchall)
+        match_all = ["protocol", "all", "u32", "match", "u32", "0", "0"]
+        for command in (["qdisc", "add", "dev", "g0", "clsact"],
+                        ["filter", "add", "dev", "g0", "ingress", *match_all, "action", "mirred", "egress", "mirror",
+                         "dev", "m0"],
+                        ["filter", "add", "dev", "g0", "egress", *match_all, "action", "mirred", "egress", "mirror",
+                         "dev", "m0"]):
+            subprocess.run(["ip", "netns", "exec", self.gateway, "tc", *command], check=True)
+        return self
+
+    def exec(self, ns: str) -> list[str]:
+        return ["ip", "netns", "exec", ns]
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in self.names:
+            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _nginx(topology: Topology, tmp: Path, certs: tlslab.CertChain) -> subprocess.Popen:
+    prefix = tmp / "nginx"
+    for directory in ("logs", "html", "tmp"):
+        (prefix / directory).mkdir(parents=True, exist_ok=True)
+    big = os.urandom(3 << 20)
+    (prefix / "html" / "tls-bridge-block-marker").write_bytes(big)
+    (prefix / "html" / "harmless").write_bytes(big)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""daemon off; master_process off; user root; pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log; events {{ worker_connections 64; }}
+http {{ access_log off; client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
+fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
+server {{ listen 10.77.2.2:443 ssl; ssl_certificate {certs.chain}; ssl_certificate_key {certs.key};
+ssl_protocols TLSv1.2 TLSv1.3; root {prefix}/html; limit_rate 300k; }} }}
+""")
+    server = subprocess.Popen([*topology.exec(topology.server), "nginx", "-p", str(prefix), "-c", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return server
+
+
+def _curl(topology: Topology, path: str, keylog: Path, results: dict, name: str) -> None:
+    started = time.monotonic()
+    result = subprocess.run([*topology.exec(topology.client), "curl", "-sk", "-o", "/dev/null", "--max-time", "40",
+                             "-w", "%{size_download}", f"https://10.77.2.2{path}"],
+                            capture_output=True, text=True, env=dict(os.environ, SSLKEYLOGFILE=str(keylog)))
+    results[name] = (result.returncode, result.stdout, result.stderr, time.monotonic() - started)
+
+
+@pytest.mark.real
+def test_a_blocked_request_cuts_its_encrypted_connection_and_spares_the_others(tmp_path, tlslab_tools, tls_certs):
+    tlslab.require_tools("nginx", "curl", "tc", "nft", "suricata")
+    keylog, flows, eve_dir = tmp_path / "client.keylog", tmp_path / "flows.jsonl", tmp_path / "suricata"
+    blocked_log = tmp_path / "blocked.jsonl"
+    with Topology() as topology:
+        server = _nginx(topology, tmp_path, tls_certs)
+        with LiveSuricata("tls0peer", netns=topology.sensor, rules=[RULES], workdir=eve_dir) as suricata, \
+                BridgeProcess(["decrypt", "-i", "m1", "--keylog", str(keylog), "--inject", "tls0", "--flows", str(flows)],
+                              tmp_path / "decrypt.err", prefix=topology.exec(topology.sensor)) as decrypt, \
+                BridgeProcess(["ips", "--eve", str(suricata.eve_path), "--interface", "g0", "--flows", str(flows),
+                               "--log", str(blocked_log)], tmp_path / "ips.err",
+                              prefix=topology.exec(topology.gateway)) as ips:
+            decrypt.wait_for("capturing on m1")
+            ips.wait_for("ips: following")
+            results: dict = {}
+            harmless = threading.Thread(target=_curl, args=(topology, "/harmless", keylog, results, "harmless"))
+            harmless.start()
+            time.sleep(0.5)
+            _curl(topology, "/tls-bridge-block-marker", keylog, results, "blocked")
+            harmless.join(60)
+            time.sleep(1.0)
+            nft_rules = subprocess.run([*topology.exec(topology.gateway), "nft", "list", "table", "inet", "tls_bridge"],
+                                       capture_output=True, text=True).stdout
+            ips.stop()
+            decrypt.stop()
+            eve = suricata.stop()
+        server.kill()
+    code, size, error, seconds = results["blocked"]
+    assert code in (56, 35, 16, 92, 7, 28) and int(size or 0) < 3 << 20, results  # reset, not completed
+    assert code != 28, f"the connection was not cut; the client timed out: {results}"
+    assert results["harmless"][0] == 0 and int(results["harmless"][1]) == 3 << 20, results  # untouched
+    assert any(a["alert"]["signature_id"] == 1915900 for a in eve.alerts()), eve.summary()
+    cuts = [json.loads(line) for line in blocked_log.read_text().splitlines()]
+    cut = next(c for c in cuts if c["event"] == "cut")
+    assert cut["resets_sent"] == 2 and cut["nft"] and cut["alert_to_cut_ms"] is not None, cuts
+    assert "@blocked4" in nft_rules and "10.77.2.2 . 443" in nft_rules, nft_rules
+    logged = [c for c in cuts if c["event"] == "cut_connection_logged"]
+    assert logged and logged[0]["tls_version"] in ("TLSv1.2", "TLSv1.3"), cuts
+    print(f"alert to cut: {cut['alert_to_cut_ms']} ms; the blocked transfer ended after {seconds:.2f} s", file=sys.stderr)
