@@ -120,9 +120,11 @@ def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the whole sensor path on this machine and show what Suricata saw inside TLS",
-        description="In a private network namespace: nginx serves HTTPS, curl fetches URLs over TLS 1.3 and "
-        "TLS 1.2 (writing SSLKEYLOGFILE), 'tls-bridge decrypt -i lo' captures and decrypts live and writes "
-        "synthetic cleartext connections, and Suricata 7 inspects them with suricata-rules/. Needs root.",
+        description="In a private network namespace: nginx serves HTTPS; the process harvester reads each "
+        "connection's secrets out of nginx's memory (uprobes) and publishes them on the CurveZMQ key feed; "
+        "'tls-bridge decrypt -i lo --keys ...' decrypts live and injects the cleartext into tls0; Suricata 7 "
+        "inspects tls0 with suricata-rules/. curl fetches URLs over TLS 1.3 and 1.2; the demo prints what "
+        "Suricata saw inside the TLS. Needs root.",
     )
     parser.add_argument("--workdir", default=str(Path(__file__).resolve().parent.parent / "build" / "demo"),
                         help="where logs and captures go (default: build/demo in the checkout)")

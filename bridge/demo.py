@@ -1,10 +1,15 @@
-"""``tls-bridge demo``: the whole sensor path on one machine, for real.
+"""``tls-bridge demo``: the whole product path on one machine, for real.
 
-In a network namespace of its own: nginx serves HTTPS; curl fetches a few URLs
-(writing SSLKEYLOGFILE, the stand-in for the memory harvester); ``tls-bridge
-decrypt -i lo`` captures the encrypted traffic live, follows the key log, decrypts
-and writes the synthetic cleartext connections to a pcap; Suricata 7 inspects that
-pcap with our rules.  The demo prints what Suricata saw inside the TLS.
+In a network namespace of its own: nginx serves HTTPS (a master and a forked
+worker); the process harvester hooks nginx's OpenSSL with uprobes and publishes
+each connection's secrets on the key feed (CurveZMQ, certificates made for the
+demo); ``tls-bridge decrypt -i lo --keys ...`` captures the encrypted traffic
+live, takes the secrets from the feed, decrypts, and injects the synthetic
+cleartext connections into an injection interface (``tls0``; a veth pair here,
+a ``dummy`` interface in deployment); Suricata 7 inspects ``tls0`` live with the
+project's rules.  curl fetches a few URLs over TLS 1.3 and TLS 1.2 (HTTP/1.1 and
+HTTP/2); the demo prints what Suricata saw inside the TLS.  Nothing writes a key
+log: the keys come out of nginx's memory.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -122,6 +128,13 @@ class _Namespace:
                         "gso_max_segs", "1", "up"], check=True)
         return self
 
+    def add_injection_pair(self, name: str, peer: str) -> None:
+        """The injection interface: a veth pair here (a dummy interface in deployment);
+        the bridge writes to ``name``, Suricata reads ``peer``."""
+        for command in (["link", "add", name, "type", "veth", "peer", "name", peer],
+                        ["link", "set", name, "up"], ["link", "set", peer, "up"]):
+            subprocess.run([self.ip, "-n", self.name, *command], check=True)
+
     def run(self, argv: list[str], **kwargs) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([self.ip, "netns", "exec", self.name, *argv], **kwargs)
 
@@ -160,8 +173,7 @@ def _wait_for_port(ns: _Namespace, port: int, timeout: float = 10.0) -> None:
     raise DemoError(f"nginx is not listening on port {port}")
 
 
-def _client_requests(ns: _Namespace, curl: str, keylog: Path) -> list[str]:
-    env = dict(os.environ, SSLKEYLOGFILE=str(keylog))
+def _client_requests(ns: _Namespace, curl: str) -> list[str]:
     base = [curl, "-sS", "-k", "--resolve", f"{HOST}:{PORT}:127.0.0.1", "-o", "/dev/null", "-w", "%{http_code} "]
     runs = [
         (["--tlsv1.3", "--http1.1"], ["/", "/tls-bridge-test-marker?password=hunter2"]),
@@ -170,7 +182,7 @@ def _client_requests(ns: _Namespace, curl: str, keylog: Path) -> list[str]:
     done = []
     for options, paths in runs:
         urls = [f"https://{HOST}:{PORT}{path}" for path in paths]
-        result = ns.run(base + options + urls, env=env, capture_output=True, text=True, timeout=30)
+        result = ns.run(base + options + urls, capture_output=True, text=True, timeout=30)
         if result.returncode != 0:
             raise DemoError(f"curl failed: {result.stderr.strip()}")
         done += [f"{'HTTP/2' if '--http2' in options else 'HTTP/1.1'} over {options[0][2:].replace('v', 'v')} GET {p}"
@@ -178,11 +190,47 @@ def _client_requests(ns: _Namespace, curl: str, keylog: Path) -> list[str]:
     return done
 
 
-def _suricata(suricata: str, pcap: Path, work: Path) -> Path:
-    logdir = work / "suricata"
-    logdir.mkdir(exist_ok=True)
-    for old in logdir.glob("*"):
-        old.unlink()
+_SURICATA_CONFIG = """%YAML 1.1
+---
+# written by tls-bridge demo: a Suricata of its own on the injection interface
+default-log-dir: {logdir}
+classification-file: /etc/suricata/classification.config
+reference-config-file: /etc/suricata/reference.config
+logging:
+  default-log-level: notice
+  outputs:
+    - console:
+        enabled: yes
+app-layer:
+  protocols:
+    http:
+      enabled: yes
+    http2:
+      enabled: yes
+    tls:
+      enabled: yes
+af-packet:
+  - interface: {interface}
+    cluster-id: 98
+    cluster-type: cluster_flow
+    defrag: yes
+outputs:
+  - eve-log:
+      enabled: yes
+      filetype: regular
+      filename: eve.json
+      types:
+        - alert:
+            metadata: yes
+        - http:
+            extended: yes
+        - http2
+        - tls
+        - flow
+"""
+
+
+def _rules(work: Path) -> Path:
     rules = work / "demo.rules"
     parts = [(REPO / "suricata-rules" / "tls-bridge.rules").read_text()]
     for extra in ("stream-events.rules", "tls-events.rules"):
@@ -190,15 +238,39 @@ def _suricata(suricata: str, pcap: Path, work: Path) -> Path:
         if path.exists():
             parts.append(path.read_text())
     rules.write_text("\n".join(parts))
-    result = subprocess.run(
-        [suricata, "-r", str(pcap), "-k", "all", "--runmode", "single", "-l", str(logdir), "-S", str(rules),
-         "-c", "/etc/suricata/suricata.yaml"],
-        capture_output=True, text=True, timeout=300,
-    )
-    eve = logdir / "eve.json"
-    if result.returncode != 0 or not eve.exists():
-        raise DemoError(f"suricata failed: {result.stderr[-2000:]}")
-    return eve
+    return rules
+
+
+def _start_suricata(ns: "_Namespace", suricata: str, work: Path, interface: str) -> tuple[subprocess.Popen[bytes], Path]:
+    logdir = work / "suricata"
+    logdir.mkdir(exist_ok=True)
+    config = logdir / "suricata.yaml"
+    config.write_text(_SURICATA_CONFIG.format(logdir=logdir, interface=interface))
+    output = logdir / "suricata.out"
+    with open(output, "wb") as handle:
+        proc = ns.start([suricata, "-c", str(config), f"--af-packet={interface}", "-S", str(_rules(work)), "-l",
+                         str(logdir), "-k", "none"], stdout=handle, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = output.read_text(errors="replace")
+        if "Engine started" in text or re.search(r"all \d+ packet processing threads", text):
+            return proc, logdir / "eve.json"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise DemoError(f"suricata did not start: {output.read_text(errors='replace')[-2000:]}")
+
+
+def _wait_for_eve(eve: Path, timeout: float = 20.0) -> None:
+    """Until Suricata logged the three HTTP requests (it logs a flow's request at once)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if eve.exists():
+            events = [json.loads(line) for line in eve.read_text().splitlines() if line.strip()]
+            if sum(e.get("event_type") == "http" for e in events) >= 3 and any(e.get("event_type") == "alert"
+                                                                              for e in events):
+                return
+        time.sleep(0.25)
 
 
 def _header(http: dict, name: str) -> str:
@@ -213,8 +285,10 @@ def _report(flows: Path, eve: Path, requests: list[str]) -> int:
         _say(f"  {line}")
     _say("\nWhat tls-bridge decrypted (flow log):")
     for r in records:
+        origin = r.get("key_origin") or {}
+        keys = f"keys from {origin.get('comm')}[{origin.get('pid')}] by {origin.get('trigger')}" if origin else "no keys"
         _say(f"  {r['client']} -> {r['server']}  {r['status']:9} {r['tls_version']} {r['cipher_suite']} "
-             f"sni={r['sni']} alpn={r['alpn']}  {r['c2s']['bytes']}+{r['s2c']['bytes']} bytes")
+             f"sni={r['sni']} alpn={r['alpn']}  {r['c2s']['bytes']}+{r['s2c']['bytes']} bytes; {keys}")
     http = [e for e in events if e["event_type"] == "http" and e["http"].get("http_method")]
     alerts = [e for e in events if e["event_type"] == "alert"]
     tls_events = [e for e in events if e["event_type"] == "tls"]
@@ -233,6 +307,10 @@ def _report(flows: Path, eve: Path, requests: list[str]) -> int:
     return 0 if ok else 1
 
 
+def _bridge(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "bridge.cli", *args]
+
+
 def run_demo(args: argparse.Namespace) -> int:
     try:
         tools = _require_tools()
@@ -242,27 +320,46 @@ def run_demo(args: argparse.Namespace) -> int:
         work.mkdir(parents=True)
         cert, key = _certificate(work)
         conf = _nginx_config(work, cert, key)
-        keylog, flows, synthetic = work / "sslkeys.log", work / "flows.jsonl", work / "synthetic.pcap"
-        bridge_log = work / "tls-bridge.log"
+        flows, synthetic, feed = work / "flows.jsonl", work / "synthetic.pcap", f"ipc://{work}/keyfeed"
+        certs = work / "certs"
+        for name, directory in (("harvester", certs), ("sensor", certs / "sensors")):
+            subprocess.run(_bridge(["keys", "gen-cert", name, "--dir", str(directory)]), check=True,
+                           capture_output=True)
+        logs = {name: work / f"{name}.log" for name in ("harvester", "bridge")}
         _say(f"tls-bridge demo: HTTPS server {HOST}:{PORT} in a private network namespace; work dir {work}")
-        with _Namespace(tools["ip"]) as ns, open(bridge_log, "wb") as log:
+        with _Namespace(tools["ip"]) as ns, open(logs["harvester"], "wb") as hlog, open(logs["bridge"], "wb") as blog:
+            ns.add_injection_pair("tls0", "tls0peer")
             ns.start([tools["nginx"], "-c", str(conf)], stderr=subprocess.DEVNULL)
             _wait_for_port(ns, PORT)
-            bridge = ns.start([sys.executable, "-m", "bridge.cli", "decrypt", "-i", "lo", "--keylog", str(keylog),
-                               "--flows", str(flows), "-w", str(synthetic)], stdout=log, stderr=log)
-            _wait_for_text(bridge_log, "capturing on lo", 20, "tls-bridge decrypt")
-            _say("capturing on lo with tls-bridge; clients fetch over TLS 1.3 and TLS 1.2 ...")
-            requests = _client_requests(ns, tools["curl"], keylog)
-            time.sleep(0.5)
+            harvester = ns.start(_bridge(["harvest", "process", "--comm", "nginx", "--bind", feed, "--server-cert",
+                                          str(certs / "harvester.key_secret"), "--allow", str(certs / "sensors")]),
+                                 stdout=hlog, stderr=hlog)
+            _wait_for_text(logs["harvester"], "harvesting", 30, "the harvester")
+            _say("the harvester hooks nginx's OpenSSL (uprobes) and publishes secrets on the key feed (CurveZMQ)")
+            suricata, eve = _start_suricata(ns, tools["suricata"], work, "tls0peer")
+            _say("Suricata 7 inspects the injection interface tls0")
+            bridge = ns.start(_bridge(["decrypt", "-i", "lo", "--keys", feed, "--server-key",
+                                       str(certs / "harvester.key"), "--client-cert",
+                                       str(certs / "sensors" / "sensor.key_secret"), "--inject", "tls0", "-w",
+                                       str(synthetic), "--flows", str(flows)]), stdout=blog, stderr=blog)
+            _wait_for_text(logs["bridge"], "capturing on lo", 30, "tls-bridge decrypt")
+            _say("tls-bridge decrypts lo live with the harvested keys; clients fetch over TLS 1.3 and TLS 1.2 ...")
+            requests = _client_requests(ns, tools["curl"])
+            time.sleep(1.0)
             bridge.send_signal(signal.SIGTERM)
             if bridge.wait(timeout=30) != 0:
-                raise DemoError(f"tls-bridge failed: {bridge_log.read_text()[-2000:]}")
-        _say(bridge_log.read_text().strip().splitlines()[-2])
-        eve = _suricata(tools["suricata"], synthetic, work)
+                raise DemoError(f"tls-bridge failed: {logs['bridge'].read_text()[-2000:]}")
+            _wait_for_eve(eve)
+            harvester.send_signal(signal.SIGTERM)
+            harvester.wait(timeout=30)
+            suricata.send_signal(signal.SIGTERM)
+            suricata.wait(timeout=30)
+        _say(logs["harvester"].read_text().strip().splitlines()[-1])
+        _say(logs["bridge"].read_text().strip().splitlines()[-3])
         status = _report(flows, eve, requests)
         _say(f"\nLogs: flow log {flows}\n      synthetic cleartext pcap {synthetic}\n"
-             f"      Suricata eve.json {eve}\n      key log (client-written) {keylog}")
+             f"      Suricata eve.json {eve}\n      harvester {logs['harvester']}\n      bridge {logs['bridge']}")
         return status
-    except (DemoError, subprocess.SubprocessError, OSError) as exc:
+    except (DemoError, BridgeError, subprocess.SubprocessError, OSError) as exc:
         print(f"tls-bridge demo: error: {exc}", file=sys.stderr)
         return 1

@@ -21,5 +21,7 @@ def test_demo_shows_decrypted_http_and_an_alert(tmp_path, nginx_curl_tools):
     assert "http/2  " in out and "GET shop.example.test/login  -> 200" in out
     assert "[1915000] TLS-BRIDGE TEST decrypted marker path requested" in out
     assert "tls events on synthetic flows: 0" in out
+    assert out.count("keys from nginx[") == 2 and "by uprobe:SSL_" in out  # harvested from memory, not a key log
+    assert "2 connections published" in out
     assert "Demo succeeded" in out
     assert (tmp_path / "demo" / "suricata" / "eve.json").exists()
