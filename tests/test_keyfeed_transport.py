@@ -327,7 +327,7 @@ def test_many_publishers_through_the_broker_to_a_late_sensor(tmp_path):
     sensor = ["--server-key", str(broker_public), "--client-cert", str(sensor_secret)]
     with BridgeProcess(broker_args, tmp_path / "broker.err") as broker:
         broker.wait_for("broker: publishers connect")
-        with BridgeProcess(["keys", "dump", "--connect", backend, *sensor, "-o", str(early), "--timeout", "5"],
+        with BridgeProcess(["keys", "dump", "--connect", backend, *sensor, "-o", str(early), "--timeout", "10"],
                            tmp_path / "early.err") as early_sensor:
             early_sensor.wait_for("subscribed")
             publishers = [
@@ -338,7 +338,7 @@ def test_many_publishers_through_the_broker_to_a_late_sensor(tmp_path):
             for publisher in publishers:
                 publisher.wait_for("publishing 30 records")
             time.sleep(1.0)
-            with BridgeProcess(["keys", "dump", "--connect", backend, *sensor, "-o", str(dumped), "--timeout", "3"],
+            with BridgeProcess(["keys", "dump", "--connect", backend, *sensor, "-o", str(dumped), "--timeout", "6"],
                                tmp_path / "late.err") as late_sensor:
                 assert late_sensor.wait() == 0, late_sensor.text()
             assert early_sensor.wait() == 0, early_sensor.text()

@@ -123,23 +123,9 @@ class KeyLogFileSink:
 
 
 def _publisher(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from bridge.keyfeed.commands import client_security
-    from bridge.keyfeed.publisher import Publisher, PublisherConfig
-    from bridge.keyfeed.security import INSECURE_WARNING, check_endpoint, load_server
+    from bridge.keyfeed.commands import publisher_from_args
 
-    connect = args.connect is not None
-    endpoint = check_endpoint(args.connect if connect else args.bind)
-    if args.insecure:
-        print(INSECURE_WARNING, file=sys.stderr, flush=True)
-        server = client = None
-    elif connect:
-        server, client = None, client_security(args, insecure=False)
-    else:
-        if not args.server_cert or not args.allow:
-            raise BridgeError("publishing with --bind needs --server-cert and --allow (or --insecure for a lab)")
-        server, client = load_server(args.server_cert, args.allow), None
-    return Publisher(PublisherConfig(endpoint=endpoint, connect=connect, ttl=args.ttl), server=server,
-                     client=client).start()
+    return publisher_from_args(args).start()
 
 
 def _wire_frames(args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -127,7 +127,9 @@ class _KeyLogPublisher:
             self.records += 1
 
 
-def run_publish(args: argparse.Namespace) -> int:
+def publisher_from_args(args: argparse.Namespace) -> Publisher:
+    """A publisher (not started) from --bind/--connect, the certificates, --insecure and --ttl
+    (and --snapshot where the command has it): the key feed end of every harvester command."""
     connect = args.connect is not None
     endpoint = check_endpoint(args.connect if connect else args.bind)
     if args.insecure:
@@ -142,9 +144,13 @@ def run_publish(args: argparse.Namespace) -> int:
                 "--allow DIR (the sensors' public keys), or --insecure for a lab"
             )
         server, client = load_server(args.server_cert, args.allow), None
-    config = PublisherConfig(endpoint=endpoint, connect=connect, snapshot=args.snapshot, ttl=args.ttl)
-    with _until_signal() as stop, Publisher(config, server=server, client=client,
-                                            on_failure=_warn) as publisher:
+    config = PublisherConfig(endpoint=endpoint, connect=connect, snapshot=getattr(args, "snapshot", None),
+                             ttl=args.ttl)
+    return Publisher(config, server=server, client=client, on_failure=_warn)
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    with _until_signal() as stop, publisher_from_args(args) as publisher:
         sink = _KeyLogPublisher(publisher, args.keylog)
         if args.follow:
             follower = KeyLogFollower(args.keylog, sink).start()
@@ -156,7 +162,9 @@ def run_publish(args: argparse.Namespace) -> int:
                 raise BridgeError(f"cannot read key log {args.keylog}: {exc.strerror}") from None
             for warning in stats.warnings:
                 _say(args, f"warning: {args.keylog}: {warning}")
-        where = f"to broker {endpoint}" if connect else f"on {endpoint} (snapshots on {publisher.snapshot_endpoint})"
+        endpoint = args.connect or args.bind
+        where = (f"to broker {endpoint}" if args.connect else
+                 f"on {endpoint} (snapshots on {publisher.snapshot_endpoint})")
         _say(args, f"publishing {sink.records} records from {args.keylog} {where}"
                    f"{', following it' if args.follow else ''}; Ctrl-C or SIGTERM to stop")
         try:

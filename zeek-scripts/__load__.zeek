@@ -1,0 +1,3 @@
+@load ./main
+@load ./logs
+@load ./notices
