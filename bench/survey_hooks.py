@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.harvest.chain import MemoryFields, read_secrets  # noqa: E402
+from bridge.harvest.chain import read_secrets  # noqa: E402
 from bridge.harvest.memory import ProcessMemory  # noqa: E402
 from bridge.harvest.profile import ProfileStore  # noqa: E402
 from bridge.harvest.targets import TargetFinder  # noqa: E402

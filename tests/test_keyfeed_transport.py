@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from bridge.keyfeed import wire
-from bridge.keyfeed.broker import Broker, BrokerConfig, BrokerKeys
+from bridge.keyfeed.broker import Broker, BrokerConfig
 from bridge.keyfeed.publisher import Publisher, PublisherConfig
 from bridge.keyfeed.security import load_client, load_server
 from bridge.keyfeed.subscriber import Subscriber, SubscriberConfig

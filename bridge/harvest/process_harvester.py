@@ -17,7 +17,6 @@ the command that makes one.
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -286,13 +285,10 @@ class ProcessHarvester:
 
 def check_privileges() -> None:
     """Hooks and /proc/PID/mem of other users' processes need root (or
-    CAP_SYS_PTRACE + CAP_PERFMON + CAP_SYS_ADMIN for tracefs)."""
-    if os.geteuid() != 0:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            caps = next((line.split()[1] for line in handle if line.startswith("CapEff:")), "0")
-        effective = int(caps, 16)
-        needed = {"CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21}
-        missing = [name for name, bit in needed.items() if not effective >> bit & 1]
-        if missing:
-            raise BridgeError(f"the harvester needs root, or the capabilities {', '.join(missing)} "
-                              "(and CAP_PERFMON for uprobes)")
+    CAP_SYS_PTRACE, and CAP_SYS_ADMIN for tracefs)."""
+    from bridge.privileges import missing
+
+    lacking = missing("CAP_SYS_PTRACE", "CAP_SYS_ADMIN")
+    if lacking:
+        raise BridgeError(f"the harvester needs root, or the capabilities {', '.join(lacking)} "
+                          "(and CAP_PERFMON for uprobes)")

@@ -129,9 +129,13 @@ def _annotate_from_flows(path: str, blocker: Blocker, stop: threading.Event) -> 
 
 
 def run_ips(args: argparse.Namespace) -> int:
-    if os.geteuid() != 0 and not args.no_reset:
-        raise BridgeError("the IPS needs CAP_NET_RAW (resets, capture) and CAP_NET_ADMIN (nftables): run as root "
-                          "or grant them")
+    from bridge.privileges import missing
+
+    lacking = missing(*(["CAP_NET_RAW"] if not args.no_reset or args.interface else []),
+                      *(["CAP_NET_ADMIN"] if not args.no_nft else []))
+    if lacking:
+        raise BridgeError(f"the IPS needs {', '.join(lacking)} (CAP_NET_RAW: resets and capture; CAP_NET_ADMIN: "
+                          "nftables): run as root or grant them (deploy/systemd/tls-bridge-ips.service does)")
     port_map = {}
     for item in args.port_map or []:
         synthetic, _, original = item.partition("=")
@@ -172,7 +176,7 @@ def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n", 1)[1] if __doc__ else "",
         epilog="example (on the gateway the encrypted traffic crosses):\n"
-        "  tls-bridge ips --eve /var/log/suricata/tls-bridge-eve.json --interface eth0 --interface eth1 \\\n"
+        "  tls-bridge ips --eve /var/log/suricata/eve-tls-bridge.json --interface eth0 --interface eth1 \\\n"
         "      --nft-table 'inet tls_bridge' --nft-set blocked --log /var/log/tls-bridge/blocked.jsonl",
     )
     parser.add_argument("--eve", required=True, metavar="FILE", help="Suricata's eve.json for the injection interface")
