@@ -191,3 +191,90 @@ def test_a_blocked_request_cuts_its_encrypted_connection_and_spares_the_others(t
     logged = [c for c in cuts if c["event"] == "cut_connection_logged"]
     assert logged and logged[0]["tls_version"] in ("TLSv1.2", "TLSv1.3"), cuts
     print(f"alert to cut: {cut['alert_to_cut_ms']} ms; the blocked transfer ended after {seconds:.2f} s", file=sys.stderr)
+
+
+# --- eve sources: the file Suricata appends to, the unix socket it writes to ---------------------------
+
+
+def test_eve_lines_are_bounded_and_count_an_oversized_record():
+    from bridge.ips.eve_source import EveLines
+
+    lines = EveLines(max_line=64)
+    assert lines.feed(b'{"a": 1}\n{"b"') == ['{"a": 1}'] and lines.feed(b": 2}\n") == ['{"b": 2}']
+    assert lines.feed(b"x" * 100) == [] and lines.oversized == 1  # dropped, not buffered
+    assert lines.feed(b"y" * 100) == [] and lines.oversized == 2
+    assert lines.feed(b'tail of it\n{"c": 3}\n') == ['{"c": 3}']  # the rest of the long record is skipped too
+
+
+def test_the_eve_file_is_followed_across_rotation(tmp_path):
+    from bridge.ips.eve_source import follow_file
+
+    eve, stop, seen = tmp_path / "eve.json", threading.Event(), []
+    eve.write_text('{"old": 1}\n')
+
+    def collect() -> None:
+        for line in follow_file(str(eve), stop, from_start=False, poll_interval=0.005):
+            seen.append(json.loads(line))
+
+    reader = threading.Thread(target=collect)
+    reader.start()
+    try:
+        time.sleep(0.2)
+        with open(eve, "a") as handle:
+            handle.write('{"n": 1}\n{"n"')
+        time.sleep(0.1)
+        with open(eve, "a") as handle:
+            handle.write(': 2}\n')
+        time.sleep(0.1)
+        eve.rename(tmp_path / "eve.json.1")  # logrotate, then Suricata reopens (SIGHUP) a new file
+        eve.write_text('{"n": 3}\n')
+        deadline = time.monotonic() + 5
+        while len(seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        reader.join(5)
+    assert seen == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
+def test_an_existing_file_is_never_replaced_by_the_eve_socket(tmp_path):
+    from bridge.ips.eve_source import EveSourceError, listen_unix
+
+    precious = tmp_path / "eve.json"
+    precious.write_text("keep me\n")
+    with pytest.raises(EveSourceError, match="not a socket"):
+        next(listen_unix(str(precious), threading.Event()))
+    assert precious.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("kind", ["stream", "dgram"])
+def test_real_suricata_alerts_over_an_eve_unix_socket_cut_the_connection(tmp_path, kind):
+    """Suricata 7 with ``filetype: unix_<kind>`` writes to the socket ``tls-bridge ips``
+    listens on; the block rule's alert becomes a cut (resets and nftables off: the
+    alert-to-verdict path only, the lab test above covers the cut itself)."""
+    from tests.support import suricata as S
+    from tests.test_suricata_side import CLIENT, SERVER, build_http_pcap
+
+    workdir = tmp_path / "suricata"
+    workdir.mkdir()
+    pcap = build_http_pcap(tmp_path / "decrypted.pcap")
+    sock, log = tmp_path / "eve.sock", tmp_path / "cuts.jsonl"
+    config = S.minimal_config(workdir)
+    text = config.read_text().replace("filetype: regular", f"filetype: unix_{kind}")
+    config.write_text(text.replace("filename: eve.json", f"filename: {sock}"))
+    rules = S.combine_rules([RULES], S.DEFAULT_EVENT_RULES, workdir / "combined.rules")
+    with BridgeProcess(["ips", "--eve-socket", str(sock), "--eve-socket-type", kind, "--no-nft", "--no-reset",
+                        "--log", str(log)], tmp_path / "ips.log") as ips:
+        ips.wait_for("following the eve socket")
+        subprocess.run([S.require_suricata(), "-r", str(pcap), "-k", "all", "--runmode", "single",
+                        "--init-errors-fatal", "-l", str(workdir), "-S", str(rules), "-c", str(config)],
+                       check=True, capture_output=True, timeout=120)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (log.exists() and log.read_text().strip()):
+            time.sleep(0.05)
+        assert ips.stop() == 0, ips.text()
+    cuts = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(c["event"], c["signature_id"], c["src"], c["dst"]) for c in cuts] == [
+        ("cut", 1915900, f"{CLIENT}:40002", f"{SERVER}:443")], ips.text()
+    assert "1 blocking alerts, 1 connections cut" in ips.text()
+    assert not sock.exists()  # removed on exit

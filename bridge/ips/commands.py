@@ -2,7 +2,8 @@
 encrypted connection.
 
 Suricata inspects only the synthetic cleartext; the encrypted original passes
-through the gateway.  This follows Suricata's eve.json; an alert whose rule asks
+through the gateway.  This follows Suricata's eve output (the eve.json file, or a
+unix socket Suricata writes to); an alert whose rule asks
 for a block (metadata ``tls_bridge_action block``, or Suricata's own ``blocked``)
 names the connection (the synthetic one has the original's addresses and ports).
 The gateway's interfaces are watched for each connection's sequence numbers, so
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import threading
@@ -26,6 +26,7 @@ from typing import IO
 from bridge.errors import BridgeError, PacketDecodeError
 from bridge.ips.connections import ConnectionTable
 from bridge.ips.eve import BlockRequest, block_request
+from bridge.ips.eve_source import follow_file, listen_unix
 from bridge.ips.nft import NftBlocklist
 from bridge.ips.reset import reset_packets
 from bridge.packets import TcpSegment, classify
@@ -44,23 +45,6 @@ def _sniff(interface: str, table: ConnectionTable, lock: threading.Lock, stop: t
         if isinstance(segment, TcpSegment):
             with lock:
                 table.observe(segment)
-
-
-def _follow(path: str, stop: threading.Event, *, from_start: bool):  # type: ignore[no-untyped-def]
-    while not os.path.exists(path) and not stop.wait(0.1):
-        pass
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        if not from_start:
-            handle.seek(0, os.SEEK_END)
-        partial = ""
-        while not stop.is_set():
-            chunk = handle.read()
-            if not chunk:
-                time.sleep(0.01)
-                continue
-            lines = (partial + chunk).split("\n")
-            partial = lines.pop()
-            yield from lines
 
 
 class Blocker:
@@ -113,7 +97,7 @@ def _endpoint_key(text: str) -> tuple[str, int]:
 def _annotate_from_flows(path: str, blocker: Blocker, stop: threading.Event) -> None:
     """When a cut connection's flow log line is written (the original connection
     ended), log its TLS facts beside the cut: what was blocked, in TLS terms."""
-    for line in _follow(path, stop, from_start=False):
+    for line in follow_file(path, stop, from_start=False):
         try:
             record = json.loads(line)
             key = ConnectionTable.key(_endpoint_key(record["client"]), _endpoint_key(record["server"]))
@@ -156,10 +140,15 @@ def run_ips(args: argparse.Namespace) -> int:
     blocker = Blocker(table, lock, nft, resets=not args.no_reset, log=log)
     if args.flows:
         threading.Thread(target=_annotate_from_flows, args=(args.flows, blocker, stop), daemon=True).start()
-    print(f"tls-bridge: ips: following {args.eve}; watching {', '.join(args.interface or []) or 'no interface'}"
+    if args.eve_socket:
+        source, lines = f"the eve socket {args.eve_socket} ({args.eve_socket_type})", listen_unix(
+            args.eve_socket, stop, kind=args.eve_socket_type)
+    else:
+        source, lines = args.eve, follow_file(args.eve, stop, from_start=args.from_start)
+    print(f"tls-bridge: ips: following {source}; watching {', '.join(args.interface or []) or 'no interface'}"
           + (f"; nftables {args.nft_table} @{args.nft_set}4/6" if nft else ""), file=sys.stderr, flush=True)
     alerts = 0
-    for line in _follow(args.eve, stop, from_start=args.from_start):
+    for line in lines:
         request = block_request(line, port_map=port_map)
         if request is not None:
             alerts += 1
@@ -179,7 +168,13 @@ def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
         "  tls-bridge ips --eve /var/log/suricata/eve-tls-bridge.json --interface eth0 --interface eth1 \\\n"
         "      --nft-table 'inet tls_bridge' --nft-set blocked --log /var/log/tls-bridge/blocked.jsonl",
     )
-    parser.add_argument("--eve", required=True, metavar="FILE", help="Suricata's eve.json for the injection interface")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--eve", metavar="FILE", help="Suricata's eve.json for the injection interface (followed "
+                        "like tail -F: rotation and truncation are handled)")
+    source.add_argument("--eve-socket", metavar="PATH", help="create a unix socket at PATH for an eve-log output "
+                        "with filetype unix_stream (or unix_dgram, see --eve-socket-type) and filename PATH")
+    parser.add_argument("--eve-socket-type", choices=("stream", "dgram"), default="stream",
+                        help="unix_stream (default) or unix_dgram, as in Suricata's eve-log filetype")
     parser.add_argument("--interface", action="append", metavar="IFACE",
                         help="a gateway interface the encrypted connections cross (sequence numbers for the resets)")
     parser.add_argument("--flows", metavar="FILE", help="the bridge's flow log: when a cut connection's line is "
