@@ -85,6 +85,9 @@ class DecryptorConfig:
     max_pending_per_direction: int = 8 * 1024 * 1024
     max_pending_total: int = 256 * 1024 * 1024
     recently_closed: int = 65_536
+    #: After a RST, how long (capture time) data still missing before it may
+    #: arrive: a mirror reorders, so the last segments can come after the RST.
+    rst_grace: float = 1.0
     #: Drop a connection's secrets from the key store when it is logged.
     forget_keys: bool = True
 
@@ -114,7 +117,7 @@ class _DirectionStats:
 class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
-        "waiting_since_ns", "tls_active", "closing", "lru_ns",
+        "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns",
     )
 
     def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
@@ -130,6 +133,8 @@ class _Flow:
         self.tls_active = True
         #: How the connection ended while its records still wait for secrets.
         self.closing: str | None = None
+        #: When a RST arrived while data sent before it was still missing.
+        self.reset_at_ns: int | None = None
 
 
 class Decryptor:
@@ -145,6 +150,8 @@ class Decryptor:
         self._flows: OrderedDict[int, _Flow] = OrderedDict()
         self._closed: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
         self._waiting: dict[bytes, _Flow] = {}
+        #: Flows reset while data sent before the RST was missing (see rst_grace).
+        self._resetting: dict[int, _Flow] = {}
         self._next_id = 1
         self._now_ns = 0
         keys.take_arrivals()  # what is in the store now is found by lookup anyway
@@ -177,7 +184,7 @@ class Decryptor:
             # Activity order for idle expiry and eviction, kept to within 100 ms.
             self._flows.move_to_end(flow.info.flow_id)
             flow.lru_ns = timestamp_ns
-        if segment.flags & _CONTROL_FLAGS or flow.closing is not None:
+        if segment.flags & _CONTROL_FLAGS or flow.closing is not None or flow.reset_at_ns is not None:
             self._segment(flow, direction, segment, events)
             return events
         # Fast path: a data (or bare ACK) segment of an open connection.
@@ -239,7 +246,12 @@ class Decryptor:
             reassembler.syn(segment.seq)
             return
         if flags & RST:
-            self._finish(flow, "rst", events)
+            reassembler.note_sent_until(segment.seq)
+            if flow.reset_at_ns is None and self._data_missing(flow):
+                flow.reset_at_ns = segment.timestamp_ns  # reordered: let the rest arrive (rst_grace)
+                self._resetting[flow.info.flow_id] = flow
+            elif flow.reset_at_ns is None:
+                self._finish(flow, "rst", events)
             return
         fin = flags & FIN
         if segment.payload or fin:
@@ -248,9 +260,20 @@ class Decryptor:
                 self._deliver(flow, direction, chunks, segment.timestamp_ns, events)
         if fin:
             flow.stats[direction].fin = True
+        if flow.reset_at_ns is not None:
+            if not self._data_missing(flow):
+                self._finish(flow, "rst", events)
+            return
         if flow.reassembly[0].fin_offset is not None and flow.reassembly[1].fin_offset is not None:
             if flow.reassembly[0].complete and flow.reassembly[1].complete:
                 self._finish(flow, "fin", events)
+
+    @staticmethod
+    def _data_missing(flow: _Flow) -> bool:
+        """Bytes sent before a RST have not all arrived: a hole in a stream, or a
+        stream that stops inside a TLS record (its FIN not seen yet either)."""
+        return flow.reassembly[0].missing() or flow.reassembly[1].missing() or (
+            flow.tls_active and flow.tls.inside_a_record)
 
     def _deliver(
         self, flow: _Flow, direction: Direction, chunks: list[bytes | Gap], timestamp_ns: int, events: list[Event]
@@ -323,6 +346,10 @@ class Decryptor:
                 self._waiting.pop(random, None)
                 if flow.closing is not None:
                     self._finish(flow, flow.closing, events)
+        grace_ns = int(self.config.rst_grace * NS)
+        for flow in list(self._resetting.values()):
+            if flow.reset_at_ns is not None and now_ns - flow.reset_at_ns > grace_ns:
+                self._finish(flow, "rst", events)
         idle_ns = int(self.config.idle_timeout * NS)
         while self._flows:
             _, oldest = next(iter(self._flows.items()))
@@ -336,7 +363,7 @@ class Decryptor:
         """End of input: every flow still open is finished."""
         events = self.keys_arrived()
         for flow in list(self._flows.values()):
-            self._finish(flow, "end_of_capture", events)
+            self._finish(flow, "rst" if flow.reset_at_ns is not None else "end_of_capture", events)
         return events
 
     # --- flow end -------------------------------------------------------------------
@@ -344,6 +371,8 @@ class Decryptor:
     def _finish(self, flow: _Flow, ended_by: str, events: list[Event]) -> None:
         if flow.ended_by is not None:
             return
+        self._resetting.pop(flow.info.flow_id, None)
+        flow.reset_at_ns = None
         if flow.closing is None and ended_by != "evicted":
             for direction in Direction:
                 chunks = flow.reassembly[direction].flush()

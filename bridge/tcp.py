@@ -48,7 +48,7 @@ class ReassemblyStats:
 class StreamReassembler:
     """In-order delivery of one TCP direction's payload."""
 
-    __slots__ = ("_base_seq", "_next", "_pending_starts", "_pending", "_buffered", "max_buffered", "fin_offset", "stats")
+    __slots__ = ("_base_seq", "_next", "_pending_starts", "_pending", "_buffered", "max_buffered", "fin_offset", "sent_until", "stats")
 
     def __init__(self, *, max_buffered: int = 4 * 1024 * 1024) -> None:
         #: Absolute sequence number of stream offset 0 (ISN + 1), once known.
@@ -61,6 +61,8 @@ class StreamReassembler:
         self._buffered = 0
         self.max_buffered = max_buffered
         self.fin_offset: int | None = None
+        #: Stream offset the sender is known to have sent up to (a RST's sequence number).
+        self.sent_until: int | None = None
         self.stats = ReassemblyStats()
 
     @property
@@ -79,6 +81,20 @@ class StreamReassembler:
     def complete(self) -> bool:
         """True when everything up to the FIN has been delivered."""
         return self.fin_offset is not None and self._next >= self.fin_offset
+
+    def note_sent_until(self, seq: int) -> None:
+        """The sender has sent everything before ``seq`` (its RST carries it)."""
+        if self._base_seq is not None:
+            self.sent_until = max(self.sent_until or 0, self._offset(seq))
+
+    def missing(self) -> bool:
+        """True when bytes known to have been sent are not yet delivered: a hole
+        before buffered data, before the FIN, or before a RST's sequence number."""
+        if self._pending_starts:
+            return True
+        # A FIN bounds the data (a RST after it carries the FIN's sequence number + 1).
+        known_end = self.fin_offset if self.fin_offset is not None else self.sent_until
+        return known_end is not None and known_end > self._next
 
     def syn(self, seq: int) -> None:
         """The direction's SYN: data starts at ``seq + 1``."""
@@ -161,6 +177,7 @@ class StreamReassembler:
             index += 1
         if cursor < end:
             pieces.append((cursor, payload[cursor - start :]))
+        self.stats.retransmitted_bytes += len(payload) - sum(len(piece) for _, piece in pieces)
         for piece_start, piece in pieces:
             bisect.insort(starts, piece_start)
             self._pending[piece_start] = piece

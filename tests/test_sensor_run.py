@@ -159,7 +159,7 @@ log_interval = 1
         with BridgeProcess(["run", "--config", str(config)], tmp_path / "run.err",
                            prefix=["ip", "netns", "exec", ns]) as sensor:
             sensor.wait_for("running 2 workers")
-            time.sleep(2.0)  # the workers are capturing
+            _wait_metrics(ns, 9814, lambda text: "tls_bridge_workers_up 2" in text)  # both are capturing
             _replay(ns, sessions[0].pcap)
             first = _wait_flows(flows, len(CLIENTS))
             metrics = _wait_metrics(ns, 9814, lambda text: _total(text, "tls_bridge_flows_total") >= len(CLIENTS))
@@ -179,7 +179,8 @@ log_interval = 1
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     assert [r["status"] for r in first] == ["decrypted"] * len(CLIENTS), first
-    assert len(second) == 2 * len(CLIENTS) and all(r["status"] == "decrypted" for r in second)
+    assert [r["status"] for r in second] == ["decrypted"] * 2 * len(CLIENTS), [
+        (r["client"], r["status"], r.get("reason")) for r in second]
     # each connection logged once: both directions went to the same worker
     assert len({r["client"] for r in first}) == len(CLIENTS)
     assert re.search(r'tls_bridge_flows_total\{worker="0"\} [1-9]', metrics) and \

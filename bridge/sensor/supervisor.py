@@ -98,6 +98,11 @@ class Supervisor:
         if now >= worker.next_start:
             self._start(worker)
 
+    def workers_up(self) -> int:
+        """Workers that are running and have reported since they started: their
+        capture sockets are open (and in the fanout group)."""
+        return sum(1 for w in self.workers if w.process is not None and w.process.is_alive() and w.counters)
+
     # --- counters -------------------------------------------------------------------------------
 
     def totals(self) -> dict[str, int]:
@@ -129,8 +134,8 @@ class Supervisor:
         lines += ["# HELP tls_bridge_worker_restarts_total Worker processes restarted.",
                   "# TYPE tls_bridge_worker_restarts_total counter"]
         lines += [f'tls_bridge_worker_restarts_total{{worker="{w.index}"}} {w.restarts}' for w in self.workers]
-        lines += ["# HELP tls_bridge_workers_up Worker processes running.", "# TYPE tls_bridge_workers_up gauge",
-                  f"tls_bridge_workers_up {sum(1 for w in self.workers if w.process and w.process.is_alive())}"]
+        lines += ["# HELP tls_bridge_workers_up Worker processes capturing (running, capture sockets open).",
+                  "# TYPE tls_bridge_workers_up gauge", f"tls_bridge_workers_up {self.workers_up()}"]
         return "\n".join(lines) + "\n"
 
     def line(self) -> str:
