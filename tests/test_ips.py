@@ -278,3 +278,65 @@ def test_real_suricata_alerts_over_an_eve_unix_socket_cut_the_connection(tmp_pat
         ("cut", 1915900, f"{CLIENT}:40002", f"{SERVER}:443")], ips.text()
     assert "1 blocking alerts, 1 connections cut" in ips.text()
     assert not sock.exists()  # removed on exit
+
+
+# --- which rules block: drop and reject rules too, as real Suricata logs them in IDS mode ----------
+
+_ACTION_RULES = (
+    'drop http any any -> any any (msg:"drop it"; http.uri; content:"/tls-bridge-block-marker"; sid:9000001; rev:1;)\n'
+    'reject http any any -> any any (msg:"reject it"; http.uri; content:"/tls-bridge-block-marker"; sid:9000002; rev:1;)\n'
+    'alert http any any -> any any (msg:"only alert"; http.uri; content:"/tls-bridge-block-marker"; sid:9000003; rev:1;)\n'
+    '# drop http any any -> any any (msg:"disabled"; sid:9000004; rev:1;)\n'
+)
+
+
+def _suricata_alerts(tmp_path: Path, *, rule_text: bool) -> list[str]:
+    from tests.support import suricata as S
+    from tests.test_suricata_side import build_http_pcap
+
+    workdir = tmp_path / ("with-rule" if rule_text else "plain")
+    workdir.mkdir()
+    rules = workdir / "actions.rules"
+    rules.write_text(_ACTION_RULES)
+    config = S.minimal_config(workdir)
+    if rule_text:
+        text = config.read_text().replace(
+            "        - alert:\n            metadata: yes\n",
+            "        - alert:\n            metadata:\n              rule:\n                raw: yes\n"
+            "                metadata: yes\n")
+        assert "raw: yes" in text
+        config.write_text(text)
+    subprocess.run([S.require_suricata(), "-r", str(build_http_pcap(workdir / "decrypted.pcap")), "-k", "all",
+                    "--runmode", "single", "--init-errors-fatal", "-l", str(workdir), "-S", str(rules),
+                    "-c", str(config)], check=True, capture_output=True, timeout=120)
+    return [line for line in (workdir / "eve.json").read_text().splitlines() if '"event_type":"alert"' in line]
+
+
+def test_drop_and_reject_rules_block_in_ids_mode_from_the_rule_text(tmp_path):
+    lines = _suricata_alerts(tmp_path, rule_text=True)
+    actions = {json.loads(line)["alert"]["signature_id"]: json.loads(line)["alert"]["action"] for line in lines}
+    assert actions == {9000001: "allowed", 9000002: "blocked", 9000003: "allowed"}  # why the rule text is needed
+    blocked = {r.signature_id: r.reasons for line in lines if (r := block_request(line)) is not None}
+    assert set(blocked) == {9000001, 9000002}
+    assert "drop rule" in blocked[9000001] and "reject rule" in blocked[9000002]
+
+
+def test_drop_and_reject_rules_block_from_the_rule_files(tmp_path):
+    from bridge.ips.eve import blocking_rules
+
+    lines = _suricata_alerts(tmp_path, rule_text=False)
+    assert not any('"rule"' in line for line in lines)
+    assert blocking_rules(_ACTION_RULES) == {(1, 9000001), (1, 9000002)}
+    unaided = {r.signature_id for line in lines if (r := block_request(line)) is not None}
+    assert unaided == {9000002}  # reject shows as blocked; drop does not
+    informed = {r.signature_id for line in lines
+                if (r := block_request(line, blocking=blocking_rules(_ACTION_RULES))) is not None}
+    assert informed == {9000001, 9000002}
+
+
+def test_garbage_eve_lines_are_ignored():
+    for line in ['{"event_type": "alert", "proto": "TCP", "alert": "x"}',
+                 '{"event_type": "alert", "proto": "TCP", "alert": {"metadata": [1], "signature_id": "abc"}}',
+                 '{"event_type": "alert", "proto": "TCP", "src_ip": "nope", "alert": {"action": "blocked"}}',
+                 "[1, 2]", "\x00\xff", ""]:
+        assert block_request(line) is None

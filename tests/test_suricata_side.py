@@ -403,6 +403,10 @@ def test_live_af_packet(tmp_path, config):
     if config == "overlay":  # the overlay's eve has `ethernet: yes`: the marker MACs are visible
         marker = eve.alerts(SID_MARKER)[0]
         assert marker["ether"]["src_mac"] == CLIENT_MAC and marker["ether"]["dest_mac"] == SERVER_MAC, marker
+        # ... and the rule text, from which tls-bridge ips learns a drop rule's action
+        block = eve.alerts(SID_BLOCK_HOOK)[0]
+        assert block["alert"]["rule"].startswith("alert http ") and "sid:1915900;" in block["alert"]["rule"], block
+        assert block["alert"]["metadata"]["tls_bridge_action"] == ["block"], block
     assert eve.counter("capture.kernel_packets") == frames and eve.counter("capture.kernel_drops") == 0, (
         eve.stats().get("capture")
     )

@@ -3,8 +3,10 @@ encrypted connection.
 
 Suricata inspects only the synthetic cleartext; the encrypted original passes
 through the gateway.  This follows Suricata's eve output (the eve.json file, or a
-unix socket Suricata writes to); an alert whose rule asks
-for a block (metadata ``tls_bridge_action block``, or Suricata's own ``blocked``)
+unix socket Suricata writes to); an alert whose rule asks for a block — metadata
+``tls_bridge_action block``, Suricata's own ``blocked``, or a drop/reject rule
+(known from the rule text in the alert, eve-log alert ``metadata: {rule: {raw: yes}}``, or from
+``--rules`` files: in IDS mode Suricata logs a drop rule's alert as "allowed") —
 names the connection (the synthetic one has the original's addresses and ports).
 The gateway's interfaces are watched for each connection's sequence numbers, so
 the cut is: a TCP RST to each end at the sequence number it expects, sent through
@@ -25,7 +27,7 @@ from typing import IO
 
 from bridge.errors import BridgeError, PacketDecodeError
 from bridge.ips.connections import ConnectionTable
-from bridge.ips.eve import BlockRequest, block_request
+from bridge.ips.eve import BlockRequest, block_request, blocking_rules
 from bridge.ips.eve_source import follow_file, listen_unix
 from bridge.ips.nft import NftBlocklist
 from bridge.ips.reset import reset_packets
@@ -126,6 +128,12 @@ def run_ips(args: argparse.Namespace) -> int:
         if not (synthetic.isdigit() and original.isdigit()):
             raise BridgeError(f"--port-map {item!r}: expected SYNTHETIC=ORIGINAL, e.g. 80=443")
         port_map[int(synthetic)] = int(original)
+    blocking: set[tuple[int, int]] = set()
+    for path in args.rules or []:
+        try:
+            blocking |= blocking_rules(open(path, encoding="utf-8", errors="replace").read())
+        except OSError as error:
+            raise BridgeError(f"--rules {path}: {error.strerror}") from error
     nft = None if args.no_nft else NftBlocklist(args.nft_table, args.nft_set, timeout=args.nft_timeout)
     if nft is not None:
         nft.setup()
@@ -149,7 +157,7 @@ def run_ips(args: argparse.Namespace) -> int:
           + (f"; nftables {args.nft_table} @{args.nft_set}4/6" if nft else ""), file=sys.stderr, flush=True)
     alerts = 0
     for line in lines:
-        request = block_request(line, port_map=port_map)
+        request = block_request(line, port_map=port_map, blocking=blocking)
         if request is not None:
             alerts += 1
             blocker.block(request)
@@ -185,6 +193,9 @@ def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
                         "dropped (nftables syntax; default: 1h)")
     parser.add_argument("--no-nft", action="store_true", help="resets only")
     parser.add_argument("--no-reset", action="store_true", help="nftables only")
+    parser.add_argument("--rules", action="append", metavar="FILE",
+                        help="a rules file Suricata loads: its drop and reject rules block (needed unless the eve "
+                        "alerts carry the rule text, eve-log alert metadata: {rule: {raw: yes}})")
     parser.add_argument("--port-map", action="append", metavar="SYNTHETIC=ORIGINAL",
                         help="the bridge rewrote the server port (--server-port): map it back")
     parser.add_argument("--from-start", action="store_true", help="act on the alerts already in the eve file too")
