@@ -65,6 +65,32 @@ def test_numbers_the_service_no_longer_holds_are_expired_not_lost():
     assert _accounted(tracker) and tracker.outstanding() == 0
 
 
+def test_a_number_given_up_that_arrives_after_all_is_taken_and_repaired():
+    """A broker answers "gone" for what it has not received yet; the publisher's
+    replay then brings it.  It must reach the sensor, not be dropped as a duplicate."""
+    tracker = SequenceTracker()
+    tracker.record(A, 12)
+    tracker.gone(A, 1, 11)
+    assert tracker.stats.expired == 11 and _accounted(tracker)
+    assert all(tracker.record(A, seq) for seq in range(1, 12))
+    assert (tracker.stats.expired, tracker.stats.repaired, tracker.stats.duplicates) == (0, 11, 0)
+    assert not tracker.record(A, 5) and not tracker.record(A, 12)  # now they are duplicates
+    assert tracker.stats.duplicates == 2 and _accounted(tracker)
+
+
+def test_given_up_runs_remembered_are_bounded():
+    from bridge.keyfeed.sequence import MAX_GIVEN_UP_RANGES
+
+    tracker = SequenceTracker()
+    for n in range(MAX_GIVEN_UP_RANGES + 10):
+        tracker.record(A, 2 * n + 2)  # leaves 2n + 1 missing
+        tracker.gone(A, 2 * n + 1, 2 * n + 1)
+    assert tracker.stats.expired == MAX_GIVEN_UP_RANGES + 10
+    assert not tracker.record(A, 1)  # forgotten: the oldest runs count as duplicates
+    assert tracker.record(A, 2 * (MAX_GIVEN_UP_RANGES + 9) + 1)  # the newest is still taken
+    assert _accounted(tracker)
+
+
 def test_a_heartbeat_retention_floor_expires_what_is_older():
     tracker = SequenceTracker()
     tracker.record(A, 1)

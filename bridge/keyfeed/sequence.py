@@ -15,6 +15,11 @@ its retention); ``lost``: given up after ``max_attempts`` requests, or pushed ou
 of the ``max_window``; ``skipped``: older than the snapshot window the sensor
 asked for (a sensor that starts wants the last minutes, not all history).
 
+A number given up (expired or lost) can still arrive: a broker that has not yet
+received a publisher's replay answers "gone" for what the publisher still holds.
+It is then taken, and moves from its counter to ``repaired`` (the last
+``MAX_GIVEN_UP_RANGES`` runs given up per publisher are remembered).
+
 Bounded whatever a publisher sends: at most ``max_publishers`` publishers (the
 least recently heard is forgotten) and ``max_window`` out-of-order numbers per
 publisher.
@@ -31,6 +36,9 @@ from bridge.keyfeed.wire import SeqRange
 MAX_RANGES_PER_ROUND = 32
 #: At most this many sequence numbers in one fetch request.
 MAX_FETCH_SPAN = 65_536
+#: Runs of numbers given up (expired, lost) remembered per publisher, so that a
+#: late arrival is taken rather than dropped as a duplicate.
+MAX_GIVEN_UP_RANGES = 64
 
 
 @dataclass(slots=True)
@@ -48,7 +56,7 @@ class SequenceStats:
 
 
 class _PublisherState:
-    __slots__ = ("floor", "above", "highest", "requested_at", "attempts", "progress_floor")
+    __slots__ = ("floor", "above", "highest", "requested_at", "attempts", "progress_floor", "given_up")
 
     def __init__(self) -> None:
         #: Every number <= floor is accounted for (received, repaired, expired, lost, skipped).
@@ -60,6 +68,8 @@ class _PublisherState:
         self.requested_at: float | None = None
         self.attempts = 0
         self.progress_floor = 0
+        #: [first, last, outcome] runs given up without being received, oldest first.
+        self.given_up: list[list] = []
 
     def advance(self) -> None:
         above, floor = self.above, self.floor
@@ -67,6 +77,31 @@ class _PublisherState:
             floor += 1
             above.discard(floor)
         self.floor = floor
+
+    def unaccounted_runs(self, first: int, last: int) -> list[tuple[int, int]]:
+        """The runs of ``first..last`` not yet accounted for."""
+        first = max(first, self.floor + 1)
+        runs, start = [], first
+        for seq in sorted(seq for seq in self.above if first <= seq <= last):
+            if seq > start:
+                runs.append((start, seq - 1))
+            start = seq + 1
+        if start <= last:
+            runs.append((start, last))
+        return runs
+
+    def remember_given_up(self, runs: list[tuple[int, int]], outcome: str) -> None:
+        self.given_up.extend([first, last, outcome] for first, last in runs)
+        del self.given_up[:-MAX_GIVEN_UP_RANGES]
+
+    def take_given_up(self, seq: int) -> str | None:
+        """``seq`` was given up and has arrived after all: its outcome, or None."""
+        for index, (first, last, outcome) in enumerate(self.given_up):
+            if first <= seq <= last:
+                pieces = [[a, b, outcome] for a, b in ((first, seq - 1), (seq + 1, last)) if a <= b]
+                self.given_up[index:index + 1] = pieces
+                return outcome
+        return None
 
     def unaccounted(self, first: int, last: int) -> int:
         first = max(first, self.floor + 1)
@@ -145,8 +180,14 @@ class SequenceTracker:
         """A record arrived; False when it is a duplicate."""
         state = self._state(publisher)
         if seq <= state.floor or seq in state.above:
-            self.stats.duplicates += 1
-            return False
+            outcome = state.take_given_up(seq) if state.given_up else None
+            if outcome is None:
+                self.stats.duplicates += 1
+                return False
+            setattr(self.stats, outcome, getattr(self.stats, outcome) - 1)  # given up too early
+            self.stats.repaired += 1
+            self.stats.records += 1
+            return True
         self.stats.records += 1
         if seq <= state.highest:
             self.stats.repaired += 1
@@ -180,10 +221,13 @@ class SequenceTracker:
             self._account(state, first, min(last, state.highest), "expired")
 
     def _account(self, state: _PublisherState, first: int, last: int, outcome: str) -> None:
-        count = state.unaccounted(first, last)
+        runs = state.unaccounted_runs(first, last)
+        count = sum(b - a + 1 for a, b in runs)
         if count <= 0:
             return
         setattr(self.stats, outcome, getattr(self.stats, outcome) + count)
+        if outcome != "skipped":
+            state.remember_given_up(runs, outcome)
         state.mark(max(first, state.floor + 1), last)
 
     def _give_up_lowest(self, state: _PublisherState) -> None:
