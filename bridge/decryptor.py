@@ -246,7 +246,11 @@ class Decryptor:
             reassembler.syn(segment.seq)
             return
         if flags & RST:
+            # What was sent before the RST: the sender's data up to its sequence
+            # number, and the peer's data up to what the sender acknowledged.
             reassembler.note_sent_until(segment.seq)
+            if flags & ACK:
+                flow.reassembly[1 - direction].note_sent_until(segment.ack)
             if flow.reset_at_ns is None and self._data_missing(flow):
                 flow.reset_at_ns = segment.timestamp_ns  # reordered: let the rest arrive (rst_grace)
                 self._resetting[flow.info.flow_id] = flow
@@ -270,10 +274,8 @@ class Decryptor:
 
     @staticmethod
     def _data_missing(flow: _Flow) -> bool:
-        """Bytes sent before a RST have not all arrived: a hole in a stream, or a
-        stream that stops inside a TLS record (its FIN not seen yet either)."""
-        return flow.reassembly[0].missing() or flow.reassembly[1].missing() or (
-            flow.tls_active and flow.tls.inside_a_record)
+        """Bytes known to have been sent (before a hole, a FIN or a RST) have not all arrived."""
+        return flow.reassembly[0].missing() or flow.reassembly[1].missing()
 
     def _deliver(
         self, flow: _Flow, direction: Direction, chunks: list[bytes | Gap], timestamp_ns: int, events: list[Event]

@@ -201,11 +201,6 @@ class TlsConnection:
         return bool(self.directions[0].pending or self.directions[1].pending)
 
     @property
-    def inside_a_record(self) -> bool:
-        """A direction's stream stopped part-way through a record: more was sent."""
-        return any(state.reader.buffered and state.phase is not Phase.STOPPED for state in self.directions)
-
-    @property
     def pending_bytes(self) -> int:
         return self.directions[0].pending_bytes + self.directions[1].pending_bytes
 
