@@ -78,6 +78,11 @@ def _decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="how long to wait for the feed's snapshot, and with -r for late secrets (default: 10)")
     feed.add_argument("--keys-insecure", action="store_true",
                       help="subscribe without CurveZMQ (labs only: secrets cross the network in clear)")
+    feed.add_argument("--no-key-requests", dest="key_requests", action="store_false",
+                      help="do not ask the feed's harvesters for the secrets of new connections (by default, "
+                           "when a ClientHello is seen and no secrets for it are here, its client random and "
+                           "endpoints are sent once, so a harvester that does not watch the traffic itself "
+                           "searches for it)")
     reinject = parser.add_argument_group(
         "re-injection",
         "Every decrypted connection is re-emitted as a synthetic cleartext TCP connection "

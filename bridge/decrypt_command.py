@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from bridge.capture.frames import Frame
-from bridge.decryptor import NS, Decryptor, DecryptorConfig, Event, FlowFinished, PlaintextData
+from bridge.decryptor import NS, Decryptor, DecryptorConfig, Event, FlowFinished, KeysWanted, PlaintextData
 from bridge.errors import BridgeError, PacketDecodeError
 from bridge.keylog import KeyLogStats, read_keylog
 from bridge.keylog_follow import KeyLogFollower, into_store
 from bridge.keyfeed.commands import client_security
+from bridge.keyfeed import wire
 from bridge.keyfeed.receiver import KeyFeedReceiver
 from bridge.keyfeed.security import check_endpoint
 from bridge.keyfeed.subscriber import SubscriberConfig
@@ -146,6 +147,20 @@ class FlowLogWriter:
         if isinstance(event, FlowFinished):
             self.stream.write(json.dumps(event.record, separators=(",", ":")) + "\n")
             self.stream.flush()
+
+
+class KeyRequester:
+    """:class:`~bridge.decryptor.KeysWanted` → a ``want`` request on the key feed:
+    harvesters that did not see the connection begin search for it."""
+
+    def __init__(self, receiver: KeyFeedReceiver) -> None:
+        self.receiver = receiver
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, KeysWanted):
+            flow = event.flow
+            self.receiver.request_keys(wire.KeyRequest(
+                event.client_random, (flow.client_ip, flow.client_port), (flow.server_ip, flow.server_port)))
 
 
 class PlaintextDirWriter:
@@ -354,11 +369,12 @@ def run_decrypt(args: argparse.Namespace) -> int:
         else:
             _load_keylogs(args.keylog, store, err)
         receiver = _key_feed(args, store, err)
+        config.request_keys = receiver is not None and args.key_requests
         if args.flows == "-":
             flows_stream = sys.stdout
         elif args.flows:
             flows_stream = open(args.flows, "w", encoding="utf-8")
-        sinks: list[EventSink] = []
+        sinks: list[EventSink] = [KeyRequester(receiver)] if config.request_keys and receiver is not None else []
         reinject = _reinject_sink(args)
         if reinject is not None:
             sinks.append(reinject)  # before the flow log: it annotates the records

@@ -73,7 +73,17 @@ class FlowFinished:
     record: dict[str, object]
 
 
-Event = PlaintextData | FlowFinished
+@dataclass(frozen=True, slots=True)
+class KeysWanted:
+    """A TLS connection began (its ClientHello is parsed) and the key store has no
+    secrets for it (once per connection; with :attr:`DecryptorConfig.request_keys`):
+    a driver asks the harvesters for them over the key feed."""
+
+    flow: FlowInfo
+    client_random: bytes
+
+
+Event = PlaintextData | FlowFinished | KeysWanted
 
 
 @dataclass(slots=True)
@@ -90,6 +100,8 @@ class DecryptorConfig:
     rst_grace: float = 1.0
     #: Drop a connection's secrets from the key store when it is logged.
     forget_keys: bool = True
+    #: Emit :class:`KeysWanted` for a connection whose secrets are not in the store.
+    request_keys: bool = False
 
 
 @dataclass(slots=True)
@@ -101,6 +113,7 @@ class DecryptorStats:
     ignored_segments: int = 0
     plaintext_bytes: int = 0
     key_wait_expired: int = 0
+    keys_wanted: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
 
 
@@ -117,7 +130,7 @@ class _DirectionStats:
 class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
-        "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns",
+        "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns", "keys_requested",
     )
 
     def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
@@ -135,6 +148,7 @@ class _Flow:
         self.closing: str | None = None
         #: When a RST arrived while data sent before it was still missing.
         self.reset_at_ns: int | None = None
+        self.keys_requested = False
 
 
 class Decryptor:
@@ -295,6 +309,8 @@ class Decryptor:
             changed = True
             for data in output:
                 self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
+        if not flow.keys_requested and self.config.request_keys:
+            self._request_keys(flow, events)
         if changed:
             if flow.waiting_since_ns is not None or tls.waiting_for_keys:
                 self._track_waiting(flow)
@@ -306,6 +322,18 @@ class Decryptor:
         stats.bytes += len(data)
         self.stats.plaintext_bytes += len(data)
         events.append(PlaintextData(flow.info, direction, data, timestamp_ns))
+
+    def _request_keys(self, flow: _Flow, events: list[Event]) -> None:
+        """Once the ClientHello is parsed: ask for secrets the store does not have.
+        Asking this early gives a harvester the server's whole handshake to find
+        the connection in memory, before it can close."""
+        random = flow.tls.client_random
+        if random is None:
+            return
+        flow.keys_requested = True
+        if self.keys.lookup(random) is None:
+            self.stats.keys_wanted += 1
+            events.append(KeysWanted(flow.info, random))
 
     def _track_waiting(self, flow: _Flow) -> None:
         random = flow.tls.client_random

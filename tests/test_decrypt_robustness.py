@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from bridge.capture.frames import Frame
 from bridge.capture.pcapfile import read_capture
-from bridge.decryptor import NS, Decryptor, DecryptorConfig, FlowFinished, PlaintextData
+from bridge.decryptor import NS, Decryptor, DecryptorConfig, FlowFinished, KeysWanted, PlaintextData
 from bridge.errors import BridgeError
 from bridge.keystore import KeyStore
 from bridge.packets import ACK, FIN, PSH, SYN, TcpSegment, decode_tcp
@@ -218,6 +218,44 @@ def test_secrets_arriving_after_the_packets(tls13_sample):
     s2c = b"".join(e.data for e in events if isinstance(e, PlaintextData) and e.direction is Direction.S2C)
     assert s2c == tls13_sample.baseline.flows[0].s2c
     assert decryptor.budget.used == 0 and decryptor.waiting_flows == 0
+
+
+@pytest.mark.parametrize("request_keys", [True, False])
+def test_a_connection_without_secrets_asks_for_them_once(tls13_sample, request_keys):
+    decryptor = Decryptor(KeyStore(), DecryptorConfig(key_wait=60, request_keys=request_keys))
+    events = []
+    for segment in tls13_sample.segments:
+        events += decryptor.process(segment)
+    events += decryptor.finish()
+    wanted = [e for e in events if isinstance(e, KeysWanted)]
+    if not request_keys:
+        assert not wanted and decryptor.stats.keys_wanted == 0
+        return
+    [want] = wanted
+    [finished] = [e for e in events if isinstance(e, FlowFinished)]
+    assert want.client_random.hex() == finished.record["client_random"] and want.flow == finished.flow
+    assert (want.flow.client_port, want.flow.server_port) == (tls13_sample.segments[0].sport,
+                                                               tls13_sample.segments[0].dport)
+    assert decryptor.stats.keys_wanted == 1
+    # asked as soon as the ClientHello was parsed: before the server's first record
+    assert events.index(want) == 0
+    first_server_payload = next(i for i, segment in enumerate(tls13_sample.segments)
+                                if segment.payload and segment.sport == want.flow.server_port)
+    asked_at = Decryptor(KeyStore(), DecryptorConfig(request_keys=True))
+    for index, segment in enumerate(tls13_sample.segments):
+        if any(isinstance(e, KeysWanted) for e in asked_at.process(segment)):
+            assert index < first_server_payload
+            break
+    else:
+        raise AssertionError("no KeysWanted")
+
+
+def test_a_connection_whose_secrets_are_there_asks_for_nothing(tls13_sample):
+    decryptor = Decryptor(tls13_sample.store(), DecryptorConfig(request_keys=True))
+    events = []
+    for segment in tls13_sample.segments:
+        events += decryptor.process(segment)
+    assert not any(isinstance(e, KeysWanted) for e in events) and decryptor.stats.keys_wanted == 0
 
 
 def test_secrets_that_never_arrive_expire(tls13_sample):

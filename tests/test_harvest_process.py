@@ -123,7 +123,7 @@ def test_wire_trigger_without_any_hook(lab, tmp_path):
     time.sleep(0.3)
     summary = _stop(harvester)
     _assert_same(client, harvested, 5)
-    assert "0 hook events" in summary and "wire: 5 ClientHellos, 5 published" in summary
+    assert "0 hook events" in summary and "searches: 5 ClientHellos and 0 sensor requests, 0 duplicates, 5 published" in summary
 
 
 def test_processes_that_start_later_and_targets_that_die(lab, tmp_path):
@@ -217,3 +217,39 @@ def test_harvested_secrets_go_out_on_the_key_feed(lab, tmp_path):
         assert dump.wait() == 0, dump.text()
     _stop(harvester)
     _assert_same(client, dumped, 2)
+
+
+def test_a_sensors_key_requests_alone_trigger_the_search(lab, tmp_path):
+    """No hook, no wire on the harvester: a live sensor that sees a ClientHello
+    without secrets asks over the CurveZMQ feed; the harvester searches s_server's memory
+    for each client random while the connection is open; the sensor decrypts."""
+    from tests.support.keyfeed import make_feed_certs
+
+    certs = make_feed_certs(tmp_path / "certs")
+    endpoint = f"ipc://{tmp_path}/feed"
+    client, harvested, flows = tmp_path / "client.keylog", tmp_path / "harvested.keylog", tmp_path / "flows.jsonl"
+    lab.s_server()
+    harvester = lab.harvester("--comm", "openssl", "--trigger", "requests", "--bind", endpoint,
+                              *certs.publisher_args(), "--keylog", str(harvested))
+    sensor = BridgeProcess(["decrypt", "-i", "lo", "--keys", endpoint, *certs.sensor_args(), "--flows", str(flows)],
+                           tmp_path / "sensor.err", prefix=lab.ns.prefix())
+    try:
+        sensor.wait_for("capturing on lo", timeout=30)
+        for suite in TLS13_SUITES:
+            lab.s_client(4433, client, "-tls1_3", "-ciphersuites", suite)
+        for cipher in TLS12_CIPHERS[:2]:
+            lab.s_client(4433, client, "-tls1_2", "-cipher", cipher)
+        time.sleep(0.5)
+    finally:
+        sensor_code = sensor.stop()
+    summary = _stop(harvester)
+    assert sensor_code == 0, sensor.text()
+    assert "5 key requests sent to the harvesters (0 dropped)" in sensor.text()
+    _assert_same(client, harvested, 5)
+    assert "0 hook events" in summary
+    assert "searches: 0 ClientHellos and 5 sensor requests, 0 duplicates, 5 published" in summary, summary
+    records = [json.loads(line) for line in flows.read_text().splitlines()]
+    assert [r["status"] for r in records] == ["decrypted"] * 5, records
+    assert {r["key_origin"]["trigger"] for r in records} == {"request"}
+    assert {r["client_random"] for r in records} == {line.split()[1] for line in client.read_text().splitlines()
+                                                     if line.strip() and line[0] != "#"}

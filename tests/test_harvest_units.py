@@ -13,7 +13,15 @@ from bridge.harvest.chain import read_secrets
 from bridge.harvest.elf import read_elf
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
 from bridge.harvest.uprobes import fetch_expression, parse_event, probe_definition
-from bridge.harvest.wire_search import client_hello_random
+from bridge.harvest.wire_search import (
+    HelloInbox,
+    SearchAdmission,
+    WireHello,
+    WireSearch,
+    client_hello_random,
+    requested_hello,
+)
+from bridge.keyfeed.wire import KeyRequest
 from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
 
 LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
@@ -229,3 +237,57 @@ def test_calibration_needs_both_versions_and_both_hash_lengths():
         calibrate(memory.read_upto, samples[:2])
     with pytest.raises(ProfileError, match="SHA-256 and a SHA-384"):
         calibrate(memory.read_upto, [samples[0], samples[2]])
+
+
+# --- the search intake: bounded, each connection once ---------------------------------------------
+
+
+def _hello(index: int, trigger: str = "wire") -> WireHello:
+    return WireHello(index.to_bytes(32, "big"), (bytes(4), 40000 + index), (bytes(4), 443), trigger)
+
+
+def test_a_connection_named_by_the_wire_and_by_a_sensor_is_searched_once():
+    search = WireSearch(lambda: {}, lambda *args: None, max_pending=3)
+    request = KeyRequest(_hello(1).client_random, _hello(1).client, _hello(1).server)
+    search.add(_hello(1), 0.0)
+    search.add(requested_hello(request), 0.0)  # the same connection, asked for by a sensor
+    search.add(_hello(1), 0.0)  # a retransmitted ClientHello
+    assert search.pending == 1
+    assert (search.stats.hellos, search.stats.requests, search.stats.duplicates) == (3, 1, 2)
+    for index in range(2, 6):
+        search.add(requested_hello(KeyRequest(_hello(index).client_random, _hello(index).client, _hello(index).server)),
+                   0.0)
+    assert search.pending == 3 and search.stats.dropped == 2  # the bound holds, the excess is counted
+    search.step(10.0)  # past the deadline, no target owns them: counted, gone
+    assert search.pending == 0 and search.stats.not_owned == 3
+
+
+def test_a_connection_a_hook_published_already_is_not_searched():
+    hooked = {_hello(7).client_random}
+    search = WireSearch(lambda: {}, lambda *args: None, published=hooked.__contains__)
+    search.add(_hello(7, "request"), 0.0)
+    search.add(_hello(8, "request"), 0.0)
+    assert search.pending == 1 and search.stats.duplicates == 1
+
+
+def test_search_admission_remembers_a_bounded_number_of_connections():
+    admission = SearchAdmission(max_pending=10, remember=4)
+    assert [admission.refuse(bytes([i]) * 32, 0) for i in range(6)] == [None] * 6
+    assert admission.refuse(bytes([5]) * 32, 0) == SearchAdmission.DUPLICATE
+    assert admission.refuse(bytes([0]) * 32, 0) is None  # forgotten: at most `remember` are kept
+    assert admission.refuse(bytes([9]) * 32, 10) == SearchAdmission.FULL
+
+
+def test_the_inbox_between_threads_is_bounded_and_counts_what_it_refuses():
+    import threading
+
+    inbox = HelloInbox(limit=100)
+    threads = [threading.Thread(target=lambda base=base: [inbox.put(_hello(base + i)) for i in range(60)])
+               for base in (0, 1000)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    taken = inbox.take()
+    assert len(taken) == 100 and inbox.overflow == 20 and inbox.take() == []
+    assert len({hello.client_random for hello in taken}) == 100

@@ -397,3 +397,91 @@ def test_missing_certificates_and_bad_endpoints_are_clear_errors(tmp_path, certs
         with BridgeProcess(args, tmp_path / "err") as process:
             assert process.wait() == 1, (args, process.text())
             assert message in process.text() and "Traceback" not in process.text()
+
+
+# --- key requests: sensor → harvester -------------------------------------------------------------
+
+_WANT = wire.KeyRequest(bytes(range(32)), (bytes([192, 0, 2, 7]), 50123), (bytes([192, 0, 2, 80]), 443))
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert condition()
+
+
+def test_a_sensors_key_request_reaches_the_harvester_over_curve(tmp_path, certs):
+    endpoint = f"tcp://127.0.0.1:{free_tcp_pair()}"
+    asked: list[wire.KeyRequest] = []
+    server = load_server(certs.publisher_secret, certs.allow_dir)
+    with Publisher(PublisherConfig(endpoint), server=server) as publisher:
+        publisher.take_key_requests(asked.append)
+        client = load_client(certs.publisher_public, certs.sensor_secret)
+        with Subscriber(SubscriberConfig([endpoint]), client=client, on_record=lambda r: None) as subscriber:
+            assert subscriber.wait_synced(10)
+            subscriber.start()
+            subscriber.request_keys(_WANT)  # from this thread: the poll loop sends it
+            _wait_for(lambda: asked)
+        assert asked == [_WANT] and subscriber.stats.key_requests == 1
+        assert publisher.service.stats.key_requests == 1 and publisher.service.stats.key_requests_unrouted == 0
+
+
+def test_a_key_request_nobody_takes_is_counted_and_the_feed_goes_on(tmp_path):
+    endpoint = f"ipc://{tmp_path}/feed"
+    with Publisher(PublisherConfig(endpoint)) as publisher:
+        received: list[wire.KeyRecord] = []
+        with Subscriber(SubscriberConfig([endpoint]), client=None, on_record=received.append) as subscriber:
+            assert subscriber.wait_synced(10)
+            subscriber.request_keys(_WANT)
+            _poll_until(subscriber, lambda: publisher.service.stats.key_requests_unrouted == 1)
+            publisher.publish(_record(1))
+            _poll_until(subscriber, lambda: len(received) == 1)
+
+
+def test_key_requests_go_through_the_broker_to_every_harvester(tmp_path):
+    frontend, backend = f"ipc://{tmp_path}/front", f"ipc://{tmp_path}/back"
+    broker = Broker(BrokerConfig(frontend=frontend, backend=backend), None)
+    stop = threading.Event()
+    runner = threading.Thread(target=broker.run, args=(stop,))
+    runner.start()
+    asked: list[list[wire.KeyRequest]] = [[], []]
+    publishers = [Publisher(PublisherConfig(frontend, connect=True), on_key_request=asked[i].append).start()
+                  for i in range(2)]
+    try:
+        with Subscriber(SubscriberConfig([backend]), client=None, on_record=lambda r: None) as subscriber:
+            assert subscriber.wait_synced(10)
+            time.sleep(0.5)  # both harvesters connected to the frontend (a request reaches the connected ones)
+            subscriber.request_keys(_WANT)
+            _poll_until(subscriber, lambda: all(asked))
+    finally:
+        for publisher in publishers:
+            publisher.close()
+        stop.set()
+        runner.join()
+        broker.close()
+    assert asked == [[_WANT], [_WANT]] and broker.stats.key_requests_forwarded == 1
+
+
+def test_garbage_from_upstream_is_counted_by_the_harvester(tmp_path):
+    frontend = f"ipc://{tmp_path}/front"
+    context = zmq.Context()
+    upstream = context.socket(zmq.XSUB)  # what a broker looks like to a harvester
+    upstream.bind(frontend)
+    asked: list[wire.KeyRequest] = []
+    publisher = Publisher(PublisherConfig(frontend, connect=True), on_key_request=asked.append).start()
+    try:
+        upstream.send(b"\x01")
+        time.sleep(0.3)
+        garbage = [message for message in _garbage(random.Random(9)) if message[:1] not in (b"\x00", b"\x01")]
+        garbage.append(wire.encode(wire.SnapshotRequest(1, 5.0)))  # a valid message, but not one a harvester takes
+        for message in garbage:
+            upstream.send(message)
+        upstream.send(wire.encode(_WANT))
+        _wait_for(lambda: asked)
+        _wait_for(lambda: publisher.stats.bad_upstream == len(garbage))
+        assert asked == [_WANT] and publisher.stats.key_requests == 1
+    finally:
+        publisher.close()
+        upstream.close(0)
+        context.term()

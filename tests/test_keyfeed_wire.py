@@ -47,6 +47,8 @@ def _valid_key_map() -> dict:
         wire.Heartbeat(PUB, 99, 5, 1_790_000_000.0),
         wire.SnapshotRequest(3, 600.0),
         wire.FetchRequest(4, PUB, 10, 20),
+        wire.KeyRequest(CR, (bytes([10, 0, 0, 1]), 51000), (bytes([10, 0, 0, 2]), 443)),
+        wire.KeyRequest(CR, (bytes(15) + b"\x01", 0), (bytes(16), 65535)),
         wire.Batch(5, (_record(seq=1), _record(seq=2))),
         wire.End(6, (wire.PublisherRange(PUB, 1, 9),), (wire.SeqRange(PUB, 3, 4),)),
         wire.ErrorReply(7, "bad_type: not a request"),
@@ -116,6 +118,13 @@ def _mutated(**changes) -> bytes:
                        use_bin_type=True), "not_msgpack"),
         (_raw(type="fetch", id=1, pub=PUB, **{"from": 9, "to": 3}), "bad_field"),
         (_raw(type="batch", id=1, records=[{}] * (wire.MAX_BATCH_RECORDS + 1)), "bad_field"),
+        (_raw(type="want", cr=CR[:31], c=[bytes(4), 1], s=[bytes(4), 443]), "bad_field"),
+        (_raw(type="want", cr=CR, c=[bytes(5), 1], s=[bytes(4), 443]), "bad_field"),
+        (_raw(type="want", cr=CR, c=[bytes(4), 1], s=[bytes(4), 65536]), "bad_field"),
+        (_raw(type="want", cr=CR, c=[bytes(4), 1], s=[bytes(16), 443]), "bad_field"),  # mixed families
+        (_raw(type="want", cr=CR, c=[bytes(4)], s=[bytes(4), 443]), "bad_field"),
+        (_raw(type="want", cr=CR, c=[bytes(4), 1]), "bad_field"),
+        (_raw(type="want", cr=CR, c=[bytes(4), 1], s=[bytes(4), 443], id=1), "bad_field"),
     ],
 )
 def test_invalid_messages_are_refused_with_a_reason(data, reason):
@@ -164,7 +173,7 @@ def test_random_bytes_raise_only_feed_message_errors(data):
 
 
 @settings(max_examples=400, deadline=None)
-@given(json_like, st.sampled_from(["key", "hb", "snapshot", "fetch", "batch", "end", "error", None]))
+@given(json_like, st.sampled_from(["key", "hb", "snapshot", "fetch", "want", "batch", "end", "error", None]))
 def test_random_msgpack_structures_raise_only_feed_message_errors(value, kind):
     body = dict(value) if isinstance(value, dict) else {"payload": value}
     body.update({"v": 1, "type": kind})

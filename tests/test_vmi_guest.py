@@ -107,10 +107,12 @@ def _assert_wire_harvest(client: Path, harvested: Path, summary: str, *, held: s
     see is a counted miss.  Every published key equals the client's; every ClientHello
     is accounted for; connections held open are never missed; most one-shot ones are
     caught.  Returns the client randoms published."""
-    counts = re.search(r"(\d+) connections published of (\d+) ClientHellos; misses: (\d+) closed before .*?, "
+    counts = re.search(r"(\d+) connections published of (\d+) searched \((\d+) ClientHellos, 0 sensor requests, "
+                       r"0 named twice, 0 dropped at the bound\); misses: (\d+) closed before .*?, "
                        r"(\d+) not found .*?, (\d+) incomplete, (\d+) unfinished", summary)
     assert counts, summary
-    published, hellos, *misses = (int(x) for x in counts.groups())
+    published, hellos, seen, *misses = (int(x) for x in counts.groups())
+    assert seen == hellos, summary
     connections = _randoms(client)
     assert hellos == len(connections) and published + sum(misses) == hellos, summary
     missing, extra = compare_keylogs(client, harvested)
@@ -167,6 +169,44 @@ def test_harvested_keys_equal_the_clients_and_decrypt_the_mirror(guest, tmp_path
     assert all(r["status"] == "decrypted" for r in ours), [(r["status"], r["reason"]) for r in ours]
     origins = {r["server"].rsplit(":", 1)[1] for r in ours}
     assert origins == {"4433", "4434"}
+
+
+def test_a_sensors_requests_alone_trigger_the_search_in_the_guest(guest, tmp_path):
+    """A hypervisor harvester that sees none of the VM's traffic: the live sensor
+    (capturing the host side of the guest's port forwards) asks for each connection
+    it sees begin over the CurveZMQ feed, and decrypts it with the answer."""
+    from tests.support.keyfeed import make_feed_certs
+
+    certs = make_feed_certs(tmp_path / "certs")
+    endpoint = f"ipc://{tmp_path}/feed"
+    client, harvested, flows = tmp_path / "client.keylog", tmp_path / "harvested.keylog", tmp_path / "flows.jsonl"
+    harvester = BridgeProcess(["harvest", "vm", "--memory-file", str(guest.memory_path), "--name", "test-guest",
+                               "--comm", "openssl", "--trigger", "requests", "--bind", endpoint,
+                               *certs.publisher_args(), "--keylog", str(harvested)], tmp_path / "harvest.err")
+    harvester.wait_for("harvesting", timeout=60)
+    sensor = BridgeProcess(["decrypt", "-i", "lo", "--keys", endpoint, *certs.sensor_args(), "--flows", str(flows)],
+                           tmp_path / "sensor.err")
+    try:
+        sensor.wait_for("capturing on lo", timeout=30)
+        for port in (4433, 4434):
+            assert b"s_server" in _s_client(guest, port, client, "-tls1_3")
+            assert b"s_server" in _s_client(guest, port, client, "-tls1_2")
+        time.sleep(1.0)
+    finally:
+        sensor_code = sensor.stop()
+    summary = _stop(harvester)
+    assert sensor_code == 0, sensor.text()
+    missing, extra = compare_keylogs(client, harvested)
+    assert not missing and not extra, summary
+    assert re.search(r"4 connections published of 4 searched \(0 ClientHellos, 4 sensor requests, 0 named twice",
+                     summary), summary
+    # (the sensor also sees the tail of the boot's port probes on lo: no handshake, not ours)
+    records = [json.loads(line) for line in flows.read_text().splitlines()]
+    records = [r for r in records if r["handshake_seen"]]
+    assert [r["status"] for r in records] == ["decrypted"] * 4, records
+    assert {r["key_origin"]["trigger"] for r in records} == {"vm-request"}
+    assert {r["key_origin"]["vm"] for r in records} == {"test-guest"}
+    assert {r["client_random"] for r in records} == _randoms(client)
 
 
 def test_reading_the_ram_inside_the_qemu_process_and_the_image_btf(guest, tmp_path):

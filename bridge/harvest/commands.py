@@ -157,6 +157,17 @@ def open_sinks(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return sinks, keylog, publisher
 
 
+def parse_triggers(text: str, allowed: tuple[str, ...], args: argparse.Namespace) -> set[str]:
+    """The --trigger list, checked against ``allowed``; ``requests`` needs a key feed."""
+    triggers = {name.strip() for name in text.split(",") if name.strip()}
+    if not triggers or not triggers <= set(allowed):
+        raise BridgeError(f"--trigger {text!r}: use one or more of {', '.join(allowed)}, separated by commas")
+    if "requests" in triggers and not (args.bind or args.connect):
+        raise BridgeError("--trigger requests needs the key feed (--bind or --connect): the sensors' requests "
+                          "arrive on it")
+    return triggers
+
+
 def stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -187,9 +198,7 @@ def run_harvest_process(args: argparse.Namespace) -> int:
     from bridge.harvest.targets import TargetFinder
 
     check_privileges()
-    triggers = set(args.trigger.split(","))
-    if not triggers <= {"hooks", "wire"}:
-        raise BridgeError(f"--trigger {args.trigger!r}: use hooks, wire, or hooks,wire")
+    triggers = parse_triggers(args.trigger, ("hooks", "wire", "requests"), args)
     if "wire" in triggers and not args.wire:
         raise BridgeError("--trigger wire needs --wire IFACE (where the ClientHellos are seen)")
     finder = TargetFinder(pids=tuple(args.pid or ()), comms=tuple(args.comm or ()), everything=args.all)
@@ -202,7 +211,9 @@ def run_harvest_process(args: argparse.Namespace) -> int:
         hooks = hook_functions(args.hooks) if "hooks" in triggers else None
         harvester = ProcessHarvester(finder, profile_store(args), sinks, hooks=hooks,
                                      wire=_wire_frames(args) if "wire" in triggers else None,
-                                     log=lambda text: _say(args, text))
+                                     requests="requests" in triggers, log=lambda text: _say(args, text))
+        if publisher is not None and "requests" in triggers:
+            publisher.take_key_requests(harvester.request)
         if args.duration:
             threading.Timer(args.duration, stop.set).start()
         harvester.refresh()
@@ -218,8 +229,9 @@ def run_harvest_process(args: argparse.Namespace) -> int:
                     f"{stats.hook_events} hook events ({stats.events_other_processes} of other processes, "
                     f"{stats.fallback_reads} fields read from memory), {stats.incomplete_at_free} freed incomplete")
             if wire is not None:
-                text += (f"; wire: {wire.hellos} ClientHellos, {wire.published} published, {wire.not_owned} not "
-                         f"ours, {wire.not_found} not found, {wire.incomplete} incomplete")
+                text += (f"; searches: {wire.hellos - wire.requests} ClientHellos and {wire.requests} sensor "
+                         f"requests, {wire.duplicates} duplicates, {wire.published} published, {wire.not_owned} not "
+                         f"ours, {wire.not_found} not found, {wire.incomplete} incomplete, {wire.dropped} dropped")
             percentiles = stats.latency_percentiles()
             if percentiles is not None:
                 text += f"; trigger to published p50 {percentiles[0] * 1000:.2f} ms, p99 {percentiles[1] * 1000:.2f} ms"
@@ -294,7 +306,9 @@ def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
         "key log (--keylog) and/or the key feed (--bind/--connect). Triggers: 'hooks' — kernel uprobes on "
         "SSL_do_handshake, SSL_read(_ex), SSL_write(_ex), SSL_get_session, SSL_shutdown and SSL_free that fetch "
         "the fields at hook time (the process never stops); 'wire' — no hook at all: each ClientHello seen on "
-        "--wire IFACE names a connection, whose client random is searched in the owning process's memory. "
+        "--wire IFACE names a connection, whose client random is searched in the owning process's memory; "
+        "'requests' — the same search for each connection a sensor asks about on the key feed (a sensor "
+        "asks when it sees a ClientHello it has no secrets for). "
         "Processes that start later are picked up within a second. Needs root (or CAP_SYS_PTRACE, "
         "CAP_SYS_ADMIN, CAP_PERFMON).",
         epilog="examples:\n  tls-bridge harvest process --comm nginx --keylog /run/tls-bridge/keys.log\n"
@@ -306,7 +320,8 @@ def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
     select.add_argument("--pid", type=int, nargs="+", metavar="PID", help="these processes")
     select.add_argument("--comm", nargs="+", metavar="NAME", help="processes with this command name")
     select.add_argument("--all", action="store_true", help="every process that maps OpenSSL")
-    process.add_argument("--trigger", default="hooks", help="hooks, wire, or hooks,wire (default: hooks)")
+    process.add_argument("--trigger", default="hooks",
+                         help="hooks, wire, requests, or several separated by commas (default: hooks)")
     process.add_argument("--hooks", default="early", metavar="SET",
                          help="hook points: 'early' (SSL_do_handshake, SSL_read(_ex), SSL_write(_ex), SSL_get_session, "
                               "SSL_shutdown, SSL_free: keys at the first I/O after the handshake, a hit per I/O call), "

@@ -6,7 +6,9 @@ Triggers:
   (:mod:`bridge.harvest.uprobes`); the kernel fetches the fields at hook
   time; a field it could not fetch (a page not present) is read from
   ``/proc/PID/mem`` at once;
-* ``wire``: ClientHellos seen on an interface (:mod:`bridge.harvest.wire_search`).
+* ``wire``: ClientHellos seen on an interface (:mod:`bridge.harvest.wire_search`);
+* ``requests``: sensors' key requests from the key feed (:meth:`ProcessHarvester.request`),
+  searched for like a ClientHello seen on the wire.
 
 Secrets are published once per connection — when they are complete, keyed by
 the client random (a TLS 1.2 renegotiation has a new one) — to every sink: a
@@ -31,8 +33,8 @@ from bridge.harvest.memory import ProcessGoneError, ProcessMemory
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
 from bridge.harvest.targets import OpenSslBinary, TargetFinder, TargetProcess
 from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, UprobeSession
-from bridge.harvest.wire_search import WireHello, WireSearch, hellos
-from bridge.keyfeed.wire import KeyRecord, Origin
+from bridge.harvest.wire_search import HelloInbox, WireHello, WireSearch, hellos, requested_hello
+from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
 
 KeySink = Callable[[KeyRecord], None]
 
@@ -89,11 +91,12 @@ class ProcessHarvester:
         *,
         hooks: tuple[str, ...] | None = HOOK_FUNCTIONS,
         wire: Iterator[Frame | None] | None = None,
+        requests: bool = False,
         rescan_interval: float = 1.0,
         log: Callable[[str], None] = lambda text: None,
     ) -> None:
-        if hooks is None and wire is None:
-            raise ValueError("no trigger: hooks, wire, or both")
+        if hooks is None and wire is None and not requests:
+            raise ValueError("no trigger: hooks, wire, requests, or several")
         self.finder = finder
         self.profiles = profiles
         self.sinks = sinks
@@ -109,9 +112,13 @@ class ProcessHarvester:
         self.hook_functions = hooks
         self.uprobes = UprobeSession() if hooks is not None else None
         self._hooked: set[str] = set()
-        self.wire = WireSearch(self._wire_targets, self._publish_wire) if wire is not None else None
+        searching = wire is not None or requests
+        self.wire = (WireSearch(self._wire_targets, self._publish_wire, published=self._published.seen)
+                     if searching else None)
         self._wire_frames = wire
-        self._wire_queue: list[WireHello] = []
+        #: Connections to search for, from the capture thread and the key feed's thread.
+        self.inbox = HelloInbox()
+        self.accepts_requests = requests
 
     # --- targets ---------------------------------------------------------------------------
 
@@ -202,10 +209,17 @@ class ProcessHarvester:
 
     # --- publishing --------------------------------------------------------------------------
 
-    def _publish_wire(self, pid: int, secrets: ConnectionSecrets, profile: Profile, seen_at: float) -> None:
+    def _publish_wire(self, pid: int, secrets: ConnectionSecrets, profile: Profile, hello: WireHello,
+                      seen_at: float) -> None:
         if self._published.new_labels(secrets):
-            self._publish(pid, secrets, profile, "wire")
+            self._publish(pid, secrets, profile, hello.trigger)
             self._latency(time.monotonic() - seen_at)
+
+    def request(self, request: KeyRequest) -> None:
+        """A sensor's key request (the key feed's thread): searched for like a
+        ClientHello on the wire, when this harvester takes requests."""
+        if self.accepts_requests:
+            self.inbox.put(requested_hello(request))
 
     def _latency(self, seconds: float) -> None:
         if 0 <= seconds < 3600 and len(self.stats.latencies) < 100_000:
@@ -243,13 +257,12 @@ class ProcessHarvester:
             if stop.is_set():
                 return
             if hello is not None:
-                with self._lock:
-                    self._wire_queue.append(hello)
+                self.inbox.put(hello)
 
     def run(self, stop: threading.Event) -> None:
         self.refresh()
         wire_thread = None
-        if self.wire is not None:
+        if self._wire_frames is not None:
             wire_thread = threading.Thread(target=self._wire_reader, args=(stop,), name="harvest-wire", daemon=True)
             wire_thread.start()
         next_scan = time.monotonic() + self.rescan_interval
@@ -260,10 +273,8 @@ class ProcessHarvester:
             else:
                 stop.wait(0.002)
             if self.wire is not None:
-                with self._lock:
-                    queued, self._wire_queue = self._wire_queue, []
                 now = time.monotonic()
-                for hello in queued:
+                for hello in self.inbox.take():
                     self.wire.add(hello, now)
                 self.wire.step(now)
             if time.monotonic() >= next_scan:

@@ -1,17 +1,20 @@
-"""The hook-free trigger: a ClientHello seen on the wire names a connection; its
-client random is searched in the owning process's writable anonymous memory,
+"""The hook-free trigger: a ClientHello seen on the wire (or a sensor's key
+request naming a connection it waits for) names a connection; its client random is searched in the owning process's writable anonymous memory,
 the hit gives the ``SSL *`` (hit − the profile's client random offset), and the
 secrets are read while the connection is alive.  The process never stops and
 runs no extra instruction: its cost is zero; ours is a memory scan.
 
-:func:`client_hello_random` and :func:`hellos` are pure; :class:`WireSearch` is
-the driver (``/proc/PID/mem``), advanced by :meth:`WireSearch.step`.
+:func:`client_hello_random` and :func:`hellos` are pure; :class:`HelloInbox` and
+:class:`SearchAdmission` are the bounded intake shared with the VM harvester;
+:class:`WireSearch` is the driver (``/proc/PID/mem``), advanced by
+:meth:`WireSearch.step`.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +24,7 @@ from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
 from bridge.harvest.memory import Mapping, ProcessGoneError, ProcessMemory, find_all, read_maps
 from bridge.harvest.profile import Profile
 from bridge.harvest.sockets import Endpoint, connection_owner
+from bridge.keyfeed.wire import KeyRequest
 from bridge.packets import TcpSegment, classify
 
 
@@ -33,9 +37,67 @@ def client_hello_random(payload: bytes) -> bytes | None:
 
 @dataclass(frozen=True, slots=True)
 class WireHello:
+    """A connection to search for: its client random and endpoints, and what named
+    it (``wire``: its ClientHello was captured; ``request``: a sensor asked)."""
+
     client_random: bytes
     client: Endpoint
     server: Endpoint
+    trigger: str = "wire"
+
+
+def requested_hello(request: KeyRequest) -> WireHello:
+    """A sensor's key request as a connection to search for."""
+    return WireHello(request.client_random, request.client, request.server, "request")
+
+
+class HelloInbox:
+    """Connections to search for, handed over from other threads (a capture
+    thread, the key feed's request handler) to the harvester's loop: at most
+    ``limit`` wait; more are counted in ``overflow``, never queued."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self.overflow = 0
+        self._items: deque[WireHello] = deque()
+        self._lock = threading.Lock()
+
+    def put(self, hello: WireHello) -> None:
+        with self._lock:
+            if len(self._items) >= self.limit:
+                self.overflow += 1
+                return
+            self._items.append(hello)
+
+    def take(self) -> list[WireHello]:
+        with self._lock:
+            items = list(self._items)
+            self._items.clear()
+        return items
+
+
+class SearchAdmission:
+    """Which connections start a search: each client random once (a retransmitted
+    ClientHello, or the wire and a sensor naming the same connection, starts no
+    second one; the last ``remember`` are remembered), and at most
+    ``max_pending`` searches at a time."""
+
+    DUPLICATE = "duplicate"
+    FULL = "full"
+
+    def __init__(self, max_pending: int, remember: int = 100_000) -> None:
+        self.max_pending = max_pending
+        self.remember = remember
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def refuse(self, client_random: bytes, pending: int) -> str | None:
+        """None when the search may start, else why not (:attr:`DUPLICATE`, :attr:`FULL`)."""
+        if client_random in self._seen:
+            return self.DUPLICATE
+        self._seen[client_random] = None
+        if len(self._seen) > self.remember:
+            self._seen.popitem(last=False)
+        return self.FULL if pending >= self.max_pending else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +132,9 @@ def hellos(frames: Iterable[Frame | None], *, ends: bool = False) -> Iterator[Wi
 
 @dataclass(slots=True)
 class WireStats:
-    hellos: int = 0
-    duplicates: int = 0
+    hellos: int = 0  # connections named: ClientHellos seen, and sensors' requests
+    requests: int = 0  # of which sensors' requests
+    duplicates: int = 0  # named again (a retransmission; the wire and a sensor), or published by a hook already
     found: int = 0
     published: int = 0
     not_owned: int = 0  # no target process holds the connection
@@ -101,29 +164,32 @@ class WireSearch:
 
     #: pid → the profiles of the OpenSSL builds it maps (the harvester's targets).
     targets: Callable[[], dict[int, list[Profile]]]
-    #: (pid, secrets, profile, when the ClientHello was queued: time.monotonic())
-    publish: Callable[[int, ConnectionSecrets, Profile, float], None]
+    #: (pid, secrets, profile, the search: when it was queued (time.monotonic()), its trigger)
+    publish: Callable[[int, ConnectionSecrets, Profile, WireHello, float], None]
     timeout: float = 5.0
     retry_interval: float = 0.001
     max_pending: int = 10_000
+    #: Connections published already by another trigger (a hook): not searched again.
+    published: Callable[[bytes], bool] = lambda client_random: False
     stats: WireStats = field(default_factory=WireStats)
     _pending: list[_Pending] = field(default_factory=list)
-    _seen: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    _admission: SearchAdmission = field(init=False)
     _readers: dict[int, ProcessMemory] = field(default_factory=dict)
     _maps: dict[int, list[Mapping]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self._admission = SearchAdmission(self.max_pending)
+
     def add(self, hello: WireHello, now: float) -> None:
         self.stats.hellos += 1
-        if hello.client_random in self._seen:
-            self.stats.duplicates += 1  # a retransmitted ClientHello
-            return
-        self._seen[hello.client_random] = None
-        if len(self._seen) > 100_000:
-            self._seen.popitem(last=False)
-        if len(self._pending) >= self.max_pending:
+        self.stats.requests += hello.trigger == "request"
+        refused = self._admission.refuse(hello.client_random, len(self._pending))
+        if refused == SearchAdmission.DUPLICATE or self.published(hello.client_random):
+            self.stats.duplicates += 1
+        elif refused == SearchAdmission.FULL:
             self.stats.dropped += 1
-            return
-        self._pending.append(_Pending(hello, now + self.timeout, now))
+        else:
+            self._pending.append(_Pending(hello, now + self.timeout, now))
 
     @property
     def pending(self) -> int:
@@ -193,7 +259,7 @@ class WireSearch:
             return False
         if not secrets.complete:
             return False
-        self.publish(item.pid, secrets, item.profile, item.seen_at)
+        self.publish(item.pid, secrets, item.profile, item.hello, item.seen_at)
         self.stats.published += 1
         return True
 

@@ -6,6 +6,10 @@ message is validated before it is forwarded (garbage from one publisher never
 reaches the sensors) and every record is kept, so the broker runs the snapshot
 service for its sensors (beside the backend endpoint).
 
+Sensors' key requests (``want``, to the snapshot service) go upstream to every
+connected harvester: an XSUB passes messages that are not subscriptions to its
+publishers, whose XPUB reads them.
+
 Curve on both sides, each with its own allow-list: publishers (domain
 ``publishers``) and subscribers (domain ``subscribers``).
 """
@@ -53,6 +57,7 @@ class BrokerStats:
     malformed: int = 0
     malformed_reasons: dict[str, int] = field(default_factory=dict)
     subscriptions: int = 0
+    key_requests_forwarded: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,7 @@ class Broker:
             self.snapshot_endpoint = config.snapshot or snapshot_endpoint(config.backend)
             router = self._socket(zmq.ROUTER, self.snapshot_endpoint, downstream, "subscribers")
             self.service = SnapshotService(router, self.retention, self._lock, clock)
+            self.service.on_key_request = self._forward_key_request
             self.frontend.send(b"\x01")  # subscribe upstream to everything: the broker keeps it all
         except BaseException:
             self.close()
@@ -113,6 +119,14 @@ class Broker:
         except zmq.ZMQError as exc:
             raise TransportError(f"cannot bind {endpoint}: {exc.strerror}") from None
         return socket
+
+    def _forward_key_request(self, request: wire.KeyRequest) -> None:
+        """Upstream to every harvester (the broker's loop thread owns the frontend)."""
+        try:
+            self.frontend.send(wire.encode(request), zmq.NOBLOCK)
+            self.stats.key_requests_forwarded += 1
+        except zmq.Again:
+            self.service.stats.key_requests_unrouted += 1
 
     def _from_publisher(self, frames: list[bytes]) -> None:
         try:

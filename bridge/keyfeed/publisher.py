@@ -14,7 +14,10 @@ Two placements:
   the broker keeps the records for the sensors.
 
 :meth:`Publisher.publish` may be called from any thread; a service thread
-answers snapshot requests and sends heartbeats.
+answers snapshot requests and sends heartbeats, and hands sensors' key requests
+(``want``: the secrets of a connection the harvester did not see begin) to
+``on_key_request`` — through the snapshot service (bind), or from the broker
+upstream over the XPUB (connect).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from bridge.errors import TransportError
+from bridge.errors import FeedMessageError, TransportError
 from bridge.keyfeed import wire
 from bridge.keyfeed.retention import Retention
 from bridge.keyfeed.security import (
@@ -68,6 +71,8 @@ class PublisherStats:
     replayed: int = 0
     heartbeats: int = 0
     oversized: int = 0
+    key_requests: int = 0  # from a broker (bind placement: see the service's counters)
+    bad_upstream: int = 0  # undecodable messages from a broker
 
 
 class Publisher:
@@ -79,12 +84,14 @@ class Publisher:
         client: CurveClient | None = None,
         clock: Callable[[], float] = time.time,
         on_failure: Callable[[str], None] | None = None,
+        on_key_request: Callable[[wire.KeyRequest], None] | None = None,
     ) -> None:
         if config.connect and (server is not None or config.snapshot is not None):
             raise TransportError("a publisher that connects to a broker is a Curve client; the broker serves snapshots")
         self.config = config
         self.clock = clock
         self._report = FailureReporter(on_failure)
+        self.on_key_request = on_key_request
         self.publisher_id = os.urandom(wire.PUBLISHER_ID_LENGTH)
         self.stats = PublisherStats()
         self.retention = Retention(ttl=config.ttl, max_records=config.max_records)
@@ -120,9 +127,16 @@ class Publisher:
                 secure_server(router, server, "subscribers")
                 self._bind(router, self.snapshot_endpoint)
                 self.service = SnapshotService(router, self.retention, self._lock, clock)
+                self.service.on_key_request = on_key_request
         except BaseException:
             self.close()
             raise
+
+    def take_key_requests(self, handler: Callable[[wire.KeyRequest], None]) -> None:
+        """Sensors' key requests go to ``handler`` from now on (called in the service thread)."""
+        self.on_key_request = handler
+        if self.service is not None:
+            self.service.on_key_request = handler
 
     def _socket(self, kind: int) -> zmq.Socket:
         socket = self._context.socket(kind)
@@ -213,21 +227,43 @@ class Publisher:
             if self.service is not None and self.service.socket in ready:
                 self.service.handle()
             if self._pub in ready:
-                self._on_subscription()
+                self._from_broker()
 
-    def _on_subscription(self) -> None:
-        """A broker subscribed (first connection, or a reconnection after it
-        restarted): replay what is retained; the broker drops what it has."""
-        with self._lock:
-            subscribed = False
-            while True:
+    def _from_broker(self) -> None:
+        """Upstream messages on the XPUB: a subscription (the broker connected, or
+        reconnected after it restarted: replay what is retained; the broker drops
+        what it has) or a sensor's key request the broker forwards."""
+        frames = []
+        with self._lock:  # the socket is shared with publish()
+            for _ in range(1000):
                 try:
-                    frame = self._pub.recv(zmq.NOBLOCK)
+                    frames.append(self._pub.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
+        subscribed = False
+        for frame in frames:
+            if frame[:1] in (b"\x00", b"\x01"):
                 subscribed = subscribed or frame[:1] == b"\x01"
-            if not subscribed:
-                return
+            else:
+                self._upstream_request(frame)
+        if subscribed:
+            self._replay()
+
+    def _upstream_request(self, frame: bytes) -> None:
+        try:
+            request = wire.decode(frame, max_size=wire.MAX_REQUEST_MESSAGE)
+        except FeedMessageError:
+            self.stats.bad_upstream += 1
+            return
+        if not isinstance(request, wire.KeyRequest):
+            self.stats.bad_upstream += 1
+            return
+        self.stats.key_requests += 1
+        if self.on_key_request is not None:
+            self.on_key_request(request)
+
+    def _replay(self) -> None:
+        with self._lock:
             for record in self.retention.since(float("-inf")):
                 self._pub.send(wire.encode(record))
                 self.stats.replayed += 1

@@ -36,6 +36,9 @@ class KeyFeedReceiver:
         origin["publisher"] = record.publisher.hex()
         self.store.add_secrets(record.client_random, record.secrets, now=time.monotonic(), ttl=self.ttl, origin=origin)
 
+    def request_keys(self, request: wire.KeyRequest) -> None:
+        self.subscriber.request_keys(request)
+
     def _expire(self) -> None:
         self.store.expire(time.monotonic())
 
@@ -65,6 +68,8 @@ def describe_feed(subscriber: Subscriber) -> str:
         f"gaps {seq.gaps}: {seq.missing} missing, {seq.repaired} repaired, {seq.expired} expired at the source, "
         f"{seq.lost} lost, {seq.skipped} before the window, {subscriber.tracker.outstanding()} outstanding"
     )
+    if stats.key_requests or stats.key_requests_dropped:
+        text += f"; {stats.key_requests} key requests sent to the harvesters ({stats.key_requests_dropped} dropped)"
     if stats.malformed:
         reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(stats.malformed_reasons.items()))
         text += f"; {stats.malformed} malformed messages dropped ({reasons})"

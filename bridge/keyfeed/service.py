@@ -3,7 +3,10 @@
 request, plus targeted gap repair).
 
 Requests (one frame, msgpack): ``snapshot`` (records of the last ``age``
-seconds) and ``fetch`` (one publisher's ``first..last``).  Replies: ``batch``
+seconds) and ``fetch`` (one publisher's ``first..last``), answered; ``want`` (a
+sensor waits for one connection's secrets) passed to ``on_key_request`` — the
+harvester, or a broker forwarding it upstream — and not answered: the record
+comes live when the harvester has it.  Replies: ``batch``
 messages of at most :data:`~bridge.keyfeed.wire.MAX_BATCH_RECORDS` records, then
 one ``end`` naming the publisher ranges covered (snapshot) or the numbers no
 longer held (fetch).  A malformed request gets an ``error`` reply and a counter.
@@ -30,6 +33,8 @@ from bridge.keyfeed.retention import Retention
 class ServiceStats:
     snapshot_requests: int = 0
     fetch_requests: int = 0
+    key_requests: int = 0
+    key_requests_unrouted: int = 0  # no harvester here takes requests
     records_served: int = 0
     replies_abandoned: int = 0
     bad_requests: int = 0
@@ -54,6 +59,8 @@ class SnapshotService:
         self.lock = lock
         self.clock = clock
         self.stats = ServiceStats()
+        #: Called (in the service's thread) with each ``want`` request.
+        self.on_key_request: Callable[[wire.KeyRequest], None] | None = None
 
     def handle(self) -> None:
         """Answer one pending request (call when the socket is readable)."""
@@ -63,7 +70,7 @@ class SnapshotService:
             if len(body) != 1:
                 raise FeedMessageError("bad_frames", f"{len(body)} frames, expected 1")
             request = wire.decode(body[0], max_size=wire.MAX_REQUEST_MESSAGE)
-            if not isinstance(request, (wire.SnapshotRequest, wire.FetchRequest)):
+            if not isinstance(request, (wire.SnapshotRequest, wire.FetchRequest, wire.KeyRequest)):
                 raise FeedMessageError("bad_type", f"{type(request).__name__} is not a request")
         except FeedMessageError as exc:
             self.stats.bad_requests += 1
@@ -71,10 +78,19 @@ class SnapshotService:
             reasons[exc.reason] = reasons.get(exc.reason, 0) + 1
             self._send(identity, wire.ErrorReply(0, str(exc)))
             return
-        if isinstance(request, wire.SnapshotRequest):
+        if isinstance(request, wire.KeyRequest):
+            self.key_request(request)
+        elif isinstance(request, wire.SnapshotRequest):
             self._snapshot(identity, request)
         else:
             self._fetch(identity, request)
+
+    def key_request(self, request: wire.KeyRequest) -> None:
+        self.stats.key_requests += 1
+        if self.on_key_request is None:
+            self.stats.key_requests_unrouted += 1
+        else:
+            self.on_key_request(request)
 
     def _snapshot(self, identity: bytes, request: wire.SnapshotRequest) -> None:
         self.stats.snapshot_requests += 1

@@ -11,14 +11,18 @@ from the service the publisher was heard on.
 Every message is validated (:func:`bridge.keyfeed.wire.decode`); a malformed
 one is counted by reason and dropped.  New records (never duplicates) go to
 ``on_record``.  Single-threaded: call :meth:`Subscriber.poll` in a loop, or
-:meth:`Subscriber.start` for a background thread.
+:meth:`Subscriber.start` for a background thread.  :meth:`Subscriber.request_keys`
+(from any thread) asks the harvesters behind every endpoint for the secrets of
+one connection (a ``want`` on the DEALER; a pipe wakes the poll loop).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +58,12 @@ class SubscriberStats:
     snapshot_timeouts: int = 0
     service_errors: int = 0
     handshake_failures: int = 0
+    key_requests: int = 0  # sent (to every feed endpoint)
+    key_requests_dropped: int = 0  # too many queued, or the send queue full
+
+
+#: Key requests waiting for the poll loop: a burst of new connections in 100 ms.
+MAX_QUEUED_KEY_REQUESTS = 10_000
 
 
 class _Link:
@@ -98,6 +108,10 @@ class Subscriber:
         self._poller = zmq.Poller()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Key requests from the packet thread, sent by the poll loop (sockets stay in one thread).
+        self._key_requests: deque[wire.KeyRequest] = deque()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller.register(self._wake_read, zmq.POLLIN)
         for endpoint, service in zip(config.endpoints, snapshots):
             sub = self._context.socket(zmq.SUB)
             sub.rcvhwm = config.hwm
@@ -132,6 +146,27 @@ class Subscriber:
         link.snapshot_id = next(self._ids)
         link.snapshot_sent = now
         self._send(link, wire.SnapshotRequest(link.snapshot_id, self.config.window))
+
+    def request_keys(self, request: wire.KeyRequest) -> None:
+        """Ask every feed endpoint's harvesters for one connection's secrets
+        (any thread; sent by the next :meth:`poll`; at most
+        :data:`MAX_QUEUED_KEY_REQUESTS` wait, the rest are counted as dropped)."""
+        if len(self._key_requests) >= MAX_QUEUED_KEY_REQUESTS:
+            self.stats.key_requests_dropped += 1
+            return
+        self._key_requests.append(request)
+        try:
+            os.write(self._wake_write, b"!")  # wake the poll loop now
+        except BlockingIOError:
+            pass  # it has many wake-ups pending already
+
+    def _send_key_requests(self) -> None:
+        while self._key_requests:
+            message = self._key_requests.popleft()
+            if all(self._send(link, message) for link in self._links):
+                self.stats.key_requests += 1
+            else:
+                self.stats.key_requests_dropped += 1
 
     def _request_gaps(self, now: float) -> None:
         for gap in self.tracker.due_fetches(now):
@@ -215,6 +250,11 @@ class Subscriber:
         """Handle what arrives within ``timeout`` seconds; returns new records."""
         before = self.stats.records
         ready = dict(self._poller.poll(timeout * 1000))
+        if ready.pop(self._wake_read, None):
+            try:
+                os.read(self._wake_read, 4096)
+            except BlockingIOError:
+                pass
         for socket in ready:
             link = self._by_socket[socket]
             for _ in range(1000):  # bounded burst per socket, then the others get a turn
@@ -232,6 +272,7 @@ class Subscriber:
                     self.stats.handshake_failures += 1
                     self._report(failure)
         self._request_gaps(now)
+        self._send_key_requests()
         return self.stats.records - before
 
     def wait_synced(self, timeout: float) -> bool:
@@ -261,6 +302,8 @@ class Subscriber:
                 monitor.close()
             link.sub.close(linger=0)
             link.dealer.close(linger=0)
+        os.close(self._wake_read)
+        os.close(self._wake_write)
         self._context.term()
 
     def __enter__(self) -> Subscriber:

@@ -5,6 +5,8 @@ Every message is one msgpack map with ``v`` (schema version, 1) and ``type``::
     key       a key record: client random + RFC 9850 label → secret, metadata
     hb        heartbeat: a publisher's last sequence number and oldest retained
     snapshot  request: every retained record that arrived in the last ``age`` seconds
+    want      request: a sensor saw this connection begin, with no secrets for it (no reply;
+              the harvester searches for it and publishes the record live)
     fetch     request: one publisher's records in a sequence range
     batch     reply: records answering a request
     end       reply: the request is complete (publisher ranges, what is gone)
@@ -121,6 +123,16 @@ class FetchRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyRequest:
+    """A sensor saw this connection's ClientHello and has no secrets for it: a
+    harvester that does not see the traffic itself searches for its client random.  Endpoints are (packed IPv4/IPv6 address, port), client first."""
+
+    client_random: bytes
+    client: tuple[bytes, int]
+    server: tuple[bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     request_id: int
     records: tuple[KeyRecord, ...]
@@ -156,7 +168,7 @@ class ErrorReply:
     reason: str
 
 
-Message = KeyRecord | Heartbeat | SnapshotRequest | FetchRequest | Batch | End | ErrorReply
+Message = KeyRecord | Heartbeat | SnapshotRequest | FetchRequest | KeyRequest | Batch | End | ErrorReply
 
 
 # --- encoding ----------------------------------------------------------------------
@@ -192,6 +204,8 @@ def _message_map(message: Message) -> dict[str, Any]:
         case FetchRequest():
             return {"type": "fetch", "id": message.request_id, "pub": message.publisher, "from": message.first,
                     "to": message.last}
+        case KeyRequest():
+            return {"type": "want", "cr": message.client_random, "c": list(message.client), "s": list(message.server)}
         case Batch():
             return {"type": "batch", "id": message.request_id, "records": [_record_map(r) for r in message.records]}
         case End():
@@ -321,6 +335,12 @@ def _record(body: Mapping[str, Any], extra: frozenset[str] = frozenset()) -> Key
     )
 
 
+def _endpoint(value: Any, where: str) -> tuple[bytes, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise _fail("bad_field", f"{where}: not [address, port]")
+    return _bytes(value[0], (4, 16), where), _int(value[1], 0, 0xFFFF, where)
+
+
 def _triples(value: Any, where: str, limit: int) -> list[tuple[bytes, int, int]]:
     if not isinstance(value, list) or len(value) > limit:
         raise _fail("bad_field", f"{where}: not a list of at most {limit}")
@@ -338,6 +358,7 @@ _TYPES = {
     "hb": (MAX_REQUEST_MESSAGE, frozenset({"pub", "seq", "first", "t"}), frozenset()),
     "snapshot": (MAX_REQUEST_MESSAGE, frozenset({"id", "age"}), frozenset()),
     "fetch": (MAX_REQUEST_MESSAGE, frozenset({"id", "pub", "from", "to"}), frozenset()),
+    "want": (MAX_REQUEST_MESSAGE, frozenset({"cr", "c", "s"}), frozenset()),
     "batch": (MAX_BATCH_MESSAGE, frozenset({"id", "records"}), frozenset()),
     "end": (MAX_BATCH_MESSAGE, frozenset({"id", "publishers", "gone"}), frozenset()),
     "error": (MAX_REQUEST_MESSAGE, frozenset({"id", "reason"}), frozenset()),
@@ -377,6 +398,11 @@ def decode(data: bytes, *, max_size: int = MAX_BATCH_MESSAGE) -> Message:
             if last < first:
                 raise _fail("bad_field", "fetch: empty range")
             return FetchRequest(request_id, _bytes(body["pub"], (PUBLISHER_ID_LENGTH,), "pub"), first, last)
+        case "want":
+            client, server = _endpoint(body["c"], "c"), _endpoint(body["s"], "s")
+            if len(client[0]) != len(server[0]):
+                raise _fail("bad_field", "want: client and server addresses of different families")
+            return KeyRequest(_bytes(body["cr"], (CLIENT_RANDOM_LENGTH,), "cr"), client, server)
         case "batch":
             records = body["records"]
             if not isinstance(records, list) or len(records) > MAX_BATCH_RECORDS:

@@ -56,6 +56,8 @@ class KeysConfig:
     insecure: bool = option(False, "subscribe without CurveZMQ (labs only: secrets cross the network in clear)")
     window: float = option(600.0, "history fetched from the feed on start, seconds", low=0)
     ttl: float = option(600.0, "feed secrets unused by a connection are dropped after this long, seconds", low=1)
+    request: bool = option(True, "ask the feed's harvesters for the secrets of each new connection not in the store "
+                                 "(a harvester that does not watch the traffic itself searches on request)")
     keylogs: list[str] = option([], "RFC 9850 key log files (SSLKEYLOGFILE), followed as they grow")
 
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bridge.capture.frames import Frame
-from bridge.decrypt_command import Pipeline
+from bridge.decrypt_command import KeyRequester, Pipeline
 from bridge.decryptor import Decryptor, DecryptorConfig, Event, FlowFinished
 from bridge.sensor.config import Config
 
@@ -42,6 +42,7 @@ class WorkerCounters:
     feed_records: int = 0
     feed_malformed: int = 0
     feed_lost: int = 0
+    key_requests: int = 0
 
 
 class AppendingFlowLog:
@@ -118,10 +119,12 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
     receiver = _feed(config, store)
     flow_log = AppendingFlowLog(config.output.flows)
     reinject = _reinject(config, index)
-    sinks: list[Any] = ([reinject] if reinject is not None else []) + [flow_log]
+    request_keys = receiver is not None and config.keys.request
+    sinks: list[Any] = (([KeyRequester(receiver)] if request_keys else [])
+                        + ([reinject] if reinject is not None else []) + [flow_log])
     decryptor = Decryptor(store, DecryptorConfig(max_flows=config.decrypt.max_flows,
                                                  idle_timeout=config.decrypt.idle_timeout,
-                                                 key_wait=config.decrypt.key_wait))
+                                                 key_wait=config.decrypt.key_wait, request_keys=request_keys))
     pipeline = Pipeline(decryptor, sinks)
     captures = [AfPacketCapture(interface, snaplen=config.capture.snaplen,
                                 buffer_bytes=config.capture.buffer_mb << 20, stop_event=stop, idle_marker=True,
@@ -197,3 +200,4 @@ def _fill(counters: WorkerCounters, pipeline: Pipeline, captures: list[Any], rei
         counters.feed_records = receiver.stats.records
         counters.feed_malformed = receiver.stats.malformed
         counters.feed_lost = receiver.subscriber.tracker.stats.lost
+        counters.key_requests = receiver.stats.key_requests

@@ -35,7 +35,8 @@ def open_memory(args: argparse.Namespace) -> GuestPhysicalMemory:
 
 
 def _idle(stop: threading.Event):  # type: ignore[no-untyped-def]
-    while not stop.wait(0.05):
+    """No traffic to watch: a tick every 5 ms (sensors' requests, searches under way)."""
+    while not stop.wait(0.005):
         yield None
 
 
@@ -65,13 +66,11 @@ def _start_hooks(args: argparse.Namespace, harvester, stop: threading.Event):  #
 
 def run_harvest_vm(args: argparse.Namespace) -> int:
     from bridge.capture.follow import follow_capture
-    from bridge.harvest.commands import _say, open_sinks, profile_store, stop_on_signals
+    from bridge.harvest.commands import _say, open_sinks, parse_triggers, profile_store, stop_on_signals
     from bridge.vmi.btf import btf_from_kernel_image, find_btf_in_memory
     from bridge.vmi.harvester import VmHarvester
 
-    triggers = set(args.trigger.split(","))
-    if not triggers <= {"wire", "hooks"}:
-        raise BridgeError(f"--trigger {args.trigger!r}: use wire, hooks, or wire,hooks")
+    triggers = parse_triggers(args.trigger, ("wire", "hooks", "requests"), args)
     if "wire" in triggers and not (args.wire_pcap or args.wire):
         raise BridgeError("the wire trigger needs --wire-pcap FILE or --wire IFACE (the VM's traffic)")
     if "hooks" in triggers and not args.gdb:
@@ -88,6 +87,8 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
                                 comms=tuple(args.comm or ()), pids=tuple(args.pid or ()), everything=args.all,
                                 log=lambda text: _say(args, text))
         harvester.attach()
+        if "requests" in triggers:
+            publisher.take_key_requests(harvester.request)
         kernel = harvester.guest.kernel  # type: ignore[union-attr]
         _say(args, f"{args.name}: guest kernel found in {time.monotonic() - started:.2f} s (BTF {len(btf)} types, "
                    f"direct map {kernel.direct_map:#x}, {kernel.levels}-level paging); harvesting "
@@ -123,7 +124,10 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
         if harvester is not None:
             stats = harvester.stats
             latency = sorted(stats.latencies)
-            text = (f"{args.name}: {stats.published} connections published of {stats.hellos} ClientHellos; misses: "
+            searched = stats.hellos - stats.duplicates - stats.dropped
+            text = (f"{args.name}: {stats.published} connections published of {searched} searched "
+                    f"({stats.hellos - stats.requests} ClientHellos, {stats.requests} sensor requests, "
+                    f"{stats.duplicates} named twice, {stats.dropped} dropped at the bound); misses: "
                     f"{stats.closed_first} closed before the search found them, {stats.not_found} not found in any "
                     f"target (another process?), {stats.incomplete} incomplete, {stats.unfinished} unfinished at "
                     f"stop; {stats.searches} searches, "
@@ -131,7 +135,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
                     f"{stats.search_seconds / max(stats.searches, 1) * 1000:.2f} ms each; "
                     f"{stats.attaches} attaches")
             if latency:
-                text += (f"; ClientHello to published p50 {latency[len(latency) // 2] * 1000:.1f} ms, "
+                text += (f"; trigger to published p50 {latency[len(latency) // 2] * 1000:.1f} ms, "
                          f"p99 {latency[min(len(latency) - 1, int(len(latency) * 0.99))] * 1000:.1f} ms")
             _say(args, text)
         memory.close()
@@ -152,13 +156,16 @@ def add_vm_parser(commands: argparse._SubParsersAction) -> None:
         "through its kernel's own structures (types from its BTF, KASLR found by scanning), and publish the "
         "TLS secrets of the selected ones: each ClientHello seen on the VM's traffic (--wire-pcap, e.g. QEMU's "
         "filter-dump file, or --wire IFACE, its tap) names a client random, searched in the targets' memory; "
-        "the secrets are read as soon as they are complete: the guest never pauses. Or breakpoint hooks "
-        "through QEMU's gdbstub (--trigger hooks).",
+        "the secrets are read as soon as they are complete: the guest never pauses. Or the same search for each "
+        "connection a sensor asks about on the key feed (--trigger requests: no access to the VM's traffic "
+        "needed). Or breakpoint hooks through QEMU's gdbstub (--trigger hooks).",
         epilog="examples:\n"
         "  tls-bridge harvest vm --memory-file /dev/shm/web01.ram --wire tap-web01 --comm nginx --name web01 \\\n"
         "      --bind tcp://0.0.0.0:5555 --server-cert certs/harvester.key_secret --allow certs/sensors/\n"
         "  tls-bridge harvest vm --qemu-pid $(pidof qemu-system-x86_64) --ram-size 4G --kernel vmlinuz-6.1 \\\n"
-        "      --wire-pcap /var/lib/qemu/web01.pcap --all --keylog keys.log",
+        "      --wire-pcap /var/lib/qemu/web01.pcap --all --keylog keys.log\n"
+        "  tls-bridge harvest vm --memory-file /dev/shm/web01.ram --trigger requests --comm nginx --name web01 \\\n"
+        "      --bind tcp://0.0.0.0:5555 --server-cert certs/harvester.key_secret --allow certs/sensors/",
     )
     memory = vm.add_mutually_exclusive_group(required=True)
     memory.add_argument("--memory-file", metavar="PATH",
@@ -173,7 +180,8 @@ def add_vm_parser(commands: argparse._SubParsersAction) -> None:
     select.add_argument("--comm", nargs="+", metavar="NAME", help="guest processes with this command name")
     select.add_argument("--pid", type=int, nargs="+", metavar="PID", help="guest processes with these pids")
     select.add_argument("--all", action="store_true", help="every guest process that maps libssl")
-    vm.add_argument("--trigger", default="wire", help="wire (default), hooks, or wire,hooks")
+    vm.add_argument("--trigger", default="wire",
+                    help="wire (default), requests, hooks, or several separated by commas")
     wire = vm.add_mutually_exclusive_group()
     wire.add_argument("--wire-pcap", metavar="FILE", help="follow this capture of the VM's traffic as it grows")
     wire.add_argument("--wire", metavar="IFACE", help="capture the VM's traffic on this interface (its tap)")

@@ -7,7 +7,9 @@ and gets the host harvester's profile.  The on-demand trigger: a ClientHello
 seen on the VM's traffic (its tap or a mirror, or QEMU's ``filter-dump`` file)
 names a client random, which is searched in the targets' writable anonymous
 memory; the ``SSL *`` follows from the profile, and the secrets are read as soon
-as they are complete.  The guest never pauses: its cost is zero.
+as they are complete.  The guest never pauses: its cost is zero.  A sensor's key
+request (a ClientHello it saw and has no secrets for) starts the same
+search, for a harvester that does not see the VM's traffic itself.
 
 Misses are counted with their reason: the random never found in any target
 (``not_found``: e.g. a connection to another process, or closed before the
@@ -30,8 +32,8 @@ from bridge.errors import GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
 from bridge.harvest.elf import build_id_in_memory
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
-from bridge.harvest.wire_search import WireEnd, WireHello, hellos
-from bridge.keyfeed.wire import KeyRecord, Origin
+from bridge.harvest.wire_search import HelloInbox, SearchAdmission, WireEnd, WireHello, hellos, requested_hello
+from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
 from bridge.vmi.btf import Btf
 from bridge.vmi.linux import GuestProcess, LinuxGuest, Vma
 from bridge.vmi.paging import AddressSpace
@@ -47,7 +49,9 @@ KeySink = Callable[[KeyRecord], None]
 class VmStats:
     attaches: int = 0
     processes: int = 0
-    hellos: int = 0
+    hellos: int = 0  # connections named: ClientHellos seen, and sensors' requests
+    requests: int = 0  # of which sensors' requests
+    duplicates: int = 0  # named again (a retransmission; the wire and a sensor), or published by a hook already
     published: int = 0
     not_found: int = 0
     closed_first: int = 0  # the connection ended before its SSL object was found
@@ -120,7 +124,9 @@ class VmHarvester:
         self.guest: LinuxGuest | None = None
         self.targets: list[GuestTarget] = []
         self._pending: list[_Pending] = []
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._admission = SearchAdmission(max_pending)
+        #: Sensors' key requests, from the key feed's thread.
+        self.inbox = HelloInbox()
         self._published: OrderedDict[bytes, None] = OrderedDict()
         self._publish_lock = threading.Lock()  # the hook thread publishes too
 
@@ -184,15 +190,22 @@ class VmHarvester:
 
     def add(self, hello: WireHello, now: float) -> None:
         self.stats.hellos += 1
-        if hello.client_random in self._seen:
-            return
-        self._seen[hello.client_random] = None
-        if len(self._seen) > 100_000:
-            self._seen.popitem(last=False)
-        if len(self._pending) >= self.max_pending:
+        self.stats.requests += hello.trigger == "request"
+        refused = self._admission.refuse(hello.client_random, len(self._pending))
+        if refused == SearchAdmission.DUPLICATE or self._already_published(hello.client_random):
+            self.stats.duplicates += 1
+        elif refused == SearchAdmission.FULL:
             self.stats.dropped += 1
-            return
-        self._pending.append(_Pending(hello, now, now + self.timeout))
+        else:
+            self._pending.append(_Pending(hello, now, now + self.timeout))
+
+    def _already_published(self, client_random: bytes) -> bool:
+        with self._publish_lock:
+            return client_random in self._published
+
+    def request(self, request: KeyRequest) -> None:
+        """A sensor's key request (the key feed's thread; taken by :meth:`run`)."""
+        self.inbox.put(requested_hello(request))
 
     @property
     def pending(self) -> int:
@@ -246,7 +259,7 @@ class VmHarvester:
             return False
         if not secrets.complete:
             return False
-        if self._publish(item.target, secrets):
+        if self._publish(item.target, secrets, trigger=f"vm-{item.hello.trigger}"):
             self.stats.latencies.append(time.monotonic() - item.seen_at)
         return True
 
@@ -328,7 +341,8 @@ class VmHarvester:
     # --- driving -----------------------------------------------------------------------------------
 
     def run(self, frames: Iterator[Frame | None], stop, *, rescan_interval: float = 2.0) -> None:  # type: ignore[no-untyped-def]
-        """Feed ClientHellos from ``frames`` (None: nothing new) until ``stop`` is set."""
+        """Feed ClientHellos from ``frames`` (None: nothing new) and the sensors'
+        requests until ``stop`` is set."""
         next_scan = time.monotonic() + rescan_interval
         for event in hellos(frames, ends=True):
             if stop.is_set():
@@ -340,6 +354,8 @@ class VmHarvester:
                 self.add(event, now)
             elif isinstance(event, WireEnd):
                 self.ended(event, now)
+            for hello in self.inbox.take():
+                self.add(hello, now)
             self.step(now)
             if now >= next_scan:
                 self._rescan()
