@@ -69,14 +69,15 @@ def _summary(process: subprocess.Popen, log: Path) -> str:
     process.wait(60)
     text = log.read_text()
     published = re.search(r"(\d+) connections published of (\d+) searched .*?; misses: (\d+) closed .*?, "
-                          r"(\d+) not found .*?, (\d+) incomplete", text)
+                          r"(\d+) not found .*?, (\d+) incomplete, (\d+) unfinished", text)
     latency = re.search(r"trigger to published p50 ([\d.]+) ms, p99 ([\d.]+) ms", text)
     hooks = re.search(r"(\d+) stops, (\d+) in targets.*paused ([\d.]+) ms per stop", text)
     parts = []
     if published:
-        done, searched, closed, not_found, incomplete = published.groups()
+        done, searched, closed, not_found, incomplete, unfinished = published.groups()
         parts.append(f"{done} published" + (f" of {searched} searched ({closed} closed first, {not_found} not "
-                                            f"found, {incomplete} incomplete)" if searched != "0" else ""))
+                                            f"found, {incomplete} incomplete, {unfinished} still searched at the "
+                                            f"stop)" if searched != "0" else ""))
     if latency:
         parts.append(f"trigger→published p50 {latency.group(1)} ms p99 {latency.group(2)} ms")
     if hooks:
