@@ -15,7 +15,7 @@ from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
 from bridge.harvest.uprobes import fetch_expression, parse_event, probe_definition
 from bridge.harvest.wire_search import (
     HelloInbox,
-    SearchAdmission,
+    SearchIntake,
     WireHello,
     WireSearch,
     client_hello_random,
@@ -253,11 +253,12 @@ def test_a_connection_named_by_the_wire_and_by_a_sensor_is_searched_once():
     search.add(requested_hello(request), 0.0)  # the same connection, asked for by a sensor
     search.add(_hello(1), 0.0)  # a retransmitted ClientHello
     assert search.pending == 1
-    assert (search.stats.hellos, search.stats.requests, search.stats.duplicates) == (3, 1, 2)
+    assert (search.intake.counts.named, search.intake.counts.requests, search.intake.counts.duplicates) == (3, 1, 2)
     for index in range(2, 6):
         search.add(requested_hello(KeyRequest(_hello(index).client_random, _hello(index).client, _hello(index).server)),
                    0.0)
-    assert search.pending == 3 and search.stats.dropped == 2  # the bound holds, the excess is counted
+    assert search.pending == 3 and search.intake.counts.dropped == 2  # the bound holds, the excess is counted
+    assert search.intake.counts.searched == search.pending == 3
     search.step(10.0)  # past the deadline, no target owns them: counted, gone
     assert search.pending == 0 and search.stats.not_owned == 3
 
@@ -267,15 +268,15 @@ def test_a_connection_a_hook_published_already_is_not_searched():
     search = WireSearch(lambda: {}, lambda *args: None, published=hooked.__contains__)
     search.add(_hello(7, "request"), 0.0)
     search.add(_hello(8, "request"), 0.0)
-    assert search.pending == 1 and search.stats.duplicates == 1
+    assert search.pending == 1 and search.intake.counts.duplicates == 1
 
 
-def test_search_admission_remembers_a_bounded_number_of_connections():
-    admission = SearchAdmission(max_pending=10, remember=4)
-    assert [admission.refuse(bytes([i]) * 32, 0) for i in range(6)] == [None] * 6
-    assert admission.refuse(bytes([5]) * 32, 0) == SearchAdmission.DUPLICATE
-    assert admission.refuse(bytes([0]) * 32, 0) is None  # forgotten: at most `remember` are kept
-    assert admission.refuse(bytes([9]) * 32, 10) == SearchAdmission.FULL
+def test_search_intake_remembers_a_bounded_number_of_connections():
+    intake = SearchIntake(max_pending=10, remember=4)
+    assert [intake.admit(_hello(i), 0) for i in range(6)] == [True] * 6
+    assert intake.admit(_hello(5), 0) is False and intake.counts.duplicates == 1
+    assert intake.admit(_hello(0), 0) is True  # forgotten: at most `remember` are kept
+    assert intake.admit(_hello(9), 10) is False and intake.counts.dropped == 1
 
 
 def test_the_inbox_between_threads_is_bounded_and_counts_what_it_refuses():

@@ -224,14 +224,16 @@ def run_harvest_process(args: argparse.Namespace) -> int:
         if harvester is not None:
             harvester.close()
             stats = harvester.stats
-            wire = harvester.wire.stats if harvester.wire is not None else None
+            wire = harvester.wire
             text = (f"{stats.connections} connections published from {stats.processes} processes; "
                     f"{stats.hook_events} hook events ({stats.events_other_processes} of other processes, "
                     f"{stats.fallback_reads} fields read from memory), {stats.incomplete_at_free} freed incomplete")
             if wire is not None:
-                text += (f"; searches: {wire.hellos - wire.requests} ClientHellos and {wire.requests} sensor "
-                         f"requests, {wire.duplicates} duplicates, {wire.published} published, {wire.not_owned} not "
-                         f"ours, {wire.not_found} not found, {wire.incomplete} incomplete, {wire.dropped} dropped")
+                named, found = wire.intake.counts, wire.stats
+                text += (f"; searches: {named.named - named.requests} ClientHellos and {named.requests} sensor "
+                         f"requests, {named.duplicates} duplicates, {found.published} published, {found.not_owned} "
+                         f"not ours, {found.not_found} not found, {found.incomplete} incomplete, {named.dropped} "
+                         "dropped")
             percentiles = stats.latency_percentiles()
             if percentiles is not None:
                 text += f"; trigger to published p50 {percentiles[0] * 1000:.2f} ms, p99 {percentiles[1] * 1000:.2f} ms"

@@ -5,7 +5,7 @@ secrets are read while the connection is alive.  The process never stops and
 runs no extra instruction: its cost is zero; ours is a memory scan.
 
 :func:`client_hello_random` and :func:`hellos` are pure; :class:`HelloInbox` and
-:class:`SearchAdmission` are the bounded intake shared with the VM harvester;
+:class:`SearchIntake` are the bounded intake shared with the VM harvester;
 :class:`WireSearch` is the driver (``/proc/PID/mem``), advanced by
 :meth:`WireSearch.step`.
 """
@@ -76,28 +76,48 @@ class HelloInbox:
         return items
 
 
-class SearchAdmission:
+@dataclass(slots=True)
+class IntakeCounts:
+    named: int = 0  # connections named: ClientHellos seen, and sensors' requests
+    requests: int = 0  # of which sensors' requests
+    duplicates: int = 0  # named again (a retransmission; the wire and a sensor), or published by a hook already
+    dropped: int = 0  # too many searches under way
+
+    @property
+    def searched(self) -> int:
+        return self.named - self.duplicates - self.dropped
+
+
+class SearchIntake:
     """Which connections start a search: each client random once (a retransmitted
     ClientHello, or the wire and a sensor naming the same connection, starts no
-    second one; the last ``remember`` are remembered), and at most
-    ``max_pending`` searches at a time."""
+    second one; the last ``remember`` are remembered), none a hook published
+    already, and at most ``max_pending`` at a time.  Counted in :attr:`counts`."""
 
-    DUPLICATE = "duplicate"
-    FULL = "full"
-
-    def __init__(self, max_pending: int, remember: int = 100_000) -> None:
+    def __init__(self, max_pending: int, *, published: Callable[[bytes], bool] = lambda client_random: False,
+                 remember: int = 100_000) -> None:
         self.max_pending = max_pending
+        self.published = published
         self.remember = remember
+        self.counts = IntakeCounts()
         self._seen: OrderedDict[bytes, None] = OrderedDict()
 
-    def refuse(self, client_random: bytes, pending: int) -> str | None:
-        """None when the search may start, else why not (:attr:`DUPLICATE`, :attr:`FULL`)."""
-        if client_random in self._seen:
-            return self.DUPLICATE
-        self._seen[client_random] = None
+    def admit(self, hello: WireHello, pending: int) -> bool:
+        """True when a search for ``hello`` may start, ``pending`` being under way."""
+        counts = self.counts
+        counts.named += 1
+        counts.requests += hello.trigger == "request"
+        random = hello.client_random
+        if random in self._seen or self.published(random):
+            counts.duplicates += 1
+            return False
+        self._seen[random] = None
         if len(self._seen) > self.remember:
             self._seen.popitem(last=False)
-        return self.FULL if pending >= self.max_pending else None
+        if pending >= self.max_pending:
+            counts.dropped += 1
+            return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +152,11 @@ def hellos(frames: Iterable[Frame | None], *, ends: bool = False) -> Iterator[Wi
 
 @dataclass(slots=True)
 class WireStats:
-    hellos: int = 0  # connections named: ClientHellos seen, and sensors' requests
-    requests: int = 0  # of which sensors' requests
-    duplicates: int = 0  # named again (a retransmission; the wire and a sensor), or published by a hook already
     found: int = 0
     published: int = 0
     not_owned: int = 0  # no target process holds the connection
     not_found: int = 0  # owner known, client random never found in its memory
     incomplete: int = 0  # found, but the secrets never completed before the deadline
-    dropped: int = 0  # too many pending searches
     process_gone: int = 0  # the owner exited before its secrets were read
     unreadable: int = 0  # the owner's memory could not be read (permissions)
     search_seconds: float = 0.0
@@ -172,23 +188,16 @@ class WireSearch:
     #: Connections published already by another trigger (a hook): not searched again.
     published: Callable[[bytes], bool] = lambda client_random: False
     stats: WireStats = field(default_factory=WireStats)
+    intake: SearchIntake = field(init=False)
     _pending: list[_Pending] = field(default_factory=list)
-    _admission: SearchAdmission = field(init=False)
     _readers: dict[int, ProcessMemory] = field(default_factory=dict)
     _maps: dict[int, list[Mapping]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._admission = SearchAdmission(self.max_pending)
+        self.intake = SearchIntake(self.max_pending, published=self.published)
 
     def add(self, hello: WireHello, now: float) -> None:
-        self.stats.hellos += 1
-        self.stats.requests += hello.trigger == "request"
-        refused = self._admission.refuse(hello.client_random, len(self._pending))
-        if refused == SearchAdmission.DUPLICATE or self.published(hello.client_random):
-            self.stats.duplicates += 1
-        elif refused == SearchAdmission.FULL:
-            self.stats.dropped += 1
-        else:
+        if self.intake.admit(hello, len(self._pending)):
             self._pending.append(_Pending(hello, now + self.timeout, now))
 
     @property

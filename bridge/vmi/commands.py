@@ -124,10 +124,10 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
         if harvester is not None:
             stats = harvester.stats
             latency = sorted(stats.latencies)
-            searched = stats.hellos - stats.duplicates - stats.dropped
-            text = (f"{args.name}: {stats.published} connections published of {searched} searched "
-                    f"({stats.hellos - stats.requests} ClientHellos, {stats.requests} sensor requests, "
-                    f"{stats.duplicates} named twice, {stats.dropped} dropped at the bound); misses: "
+            intake = harvester.intake.counts
+            text = (f"{args.name}: {stats.published} connections published of {intake.searched} searched "
+                    f"({intake.named - intake.requests} ClientHellos, {intake.requests} sensor requests, "
+                    f"{intake.duplicates} named twice, {intake.dropped} dropped at the bound); misses: "
                     f"{stats.closed_first} closed before the search found them, {stats.not_found} not found in any "
                     f"target (another process?), {stats.incomplete} incomplete, {stats.unfinished} unfinished at "
                     f"stop; {stats.searches} searches, "

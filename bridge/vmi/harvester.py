@@ -32,7 +32,7 @@ from bridge.errors import GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
 from bridge.harvest.elf import build_id_in_memory
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
-from bridge.harvest.wire_search import HelloInbox, SearchAdmission, WireEnd, WireHello, hellos, requested_hello
+from bridge.harvest.wire_search import HelloInbox, SearchIntake, WireEnd, WireHello, hellos, requested_hello
 from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
 from bridge.vmi.btf import Btf
 from bridge.vmi.linux import GuestProcess, LinuxGuest, Vma
@@ -49,15 +49,11 @@ KeySink = Callable[[KeyRecord], None]
 class VmStats:
     attaches: int = 0
     processes: int = 0
-    hellos: int = 0  # connections named: ClientHellos seen, and sensors' requests
-    requests: int = 0  # of which sensors' requests
-    duplicates: int = 0  # named again (a retransmission; the wire and a sensor), or published by a hook already
     published: int = 0
     not_found: int = 0
     closed_first: int = 0  # the connection ended before its SSL object was found
     incomplete: int = 0
     unfinished: int = 0  # still searching when the harvester stopped
-    dropped: int = 0
     searches: int = 0
     hook_hits: int = 0
     target_errors: int = 0  # a target's memory could not be read (exited, or changing)
@@ -124,7 +120,7 @@ class VmHarvester:
         self.guest: LinuxGuest | None = None
         self.targets: list[GuestTarget] = []
         self._pending: list[_Pending] = []
-        self._admission = SearchAdmission(max_pending)
+        self.intake = SearchIntake(max_pending, published=self._already_published)
         #: Sensors' key requests, from the key feed's thread.
         self.inbox = HelloInbox()
         self._published: OrderedDict[bytes, None] = OrderedDict()
@@ -189,14 +185,7 @@ class VmHarvester:
     # --- on-demand: ClientHellos ---------------------------------------------------------------
 
     def add(self, hello: WireHello, now: float) -> None:
-        self.stats.hellos += 1
-        self.stats.requests += hello.trigger == "request"
-        refused = self._admission.refuse(hello.client_random, len(self._pending))
-        if refused == SearchAdmission.DUPLICATE or self._already_published(hello.client_random):
-            self.stats.duplicates += 1
-        elif refused == SearchAdmission.FULL:
-            self.stats.dropped += 1
-        else:
+        if self.intake.admit(hello, len(self._pending)):
             self._pending.append(_Pending(hello, now, now + self.timeout))
 
     def _already_published(self, client_random: bytes) -> bool:
