@@ -164,14 +164,21 @@ class WireStats:
 
 
 @dataclass(slots=True)
-class _Pending:
+class PendingSearch:
+    """One connection being searched for: named when, given up when, where its
+    ``SSL`` object is once found, when to try again."""
+
     hello: WireHello
-    deadline: float
     seen_at: float
-    pid: int | None = None
+    deadline: float
     ssl: int | None = None
-    profile: Profile | None = None
     next_try: float = 0.0
+
+
+@dataclass(slots=True)
+class _Pending(PendingSearch):
+    pid: int | None = None
+    profile: Profile | None = None
 
 
 @dataclass(slots=True)
@@ -198,7 +205,7 @@ class WireSearch:
 
     def add(self, hello: WireHello, now: float) -> None:
         if self.intake.admit(hello, len(self._pending)):
-            self._pending.append(_Pending(hello, now + self.timeout, now))
+            self._pending.append(_Pending(hello, now, now + self.timeout))
 
     @property
     def pending(self) -> int:

@@ -32,7 +32,7 @@ from bridge.errors import GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
 from bridge.harvest.elf import build_id_in_memory
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
-from bridge.harvest.wire_search import HelloInbox, SearchIntake, WireEnd, WireHello, hellos, requested_hello
+from bridge.harvest.wire_search import HelloInbox, PendingSearch, SearchIntake, WireEnd, WireHello, hellos, requested_hello
 from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
 from bridge.vmi.btf import Btf
 from bridge.vmi.linux import GuestProcess, LinuxGuest, Vma
@@ -74,13 +74,8 @@ class GuestTarget:
 
 
 @dataclass(slots=True)
-class _Pending:
-    hello: WireHello
-    seen_at: float
-    deadline: float
+class _Pending(PendingSearch):
     target: GuestTarget | None = None
-    ssl: int | None = None
-    next_try: float = 0.0
     closed_at: float | None = None
 
 
