@@ -127,14 +127,18 @@ class KernelAddresses:
 
 
 class LinuxGuest:
-    def __init__(self, memory: PhysicalReader, btf: Btf, ranges: list[tuple[int, int]]) -> None:
+    def __init__(self, memory: PhysicalReader, btf: Btf, ranges: list[tuple[int, int]], *,
+                 avoid: KernelAddresses | None = None) -> None:
+        """Find the running kernel.  ``avoid``: a kernel found before that failed
+        since (a reboot: its remains may still be intact in RAM), taken only if
+        no other kernel is found."""
         self.memory = memory
         self.ranges = ranges
         try:
             self.layout = KernelLayout.from_btf(btf)
         except BtfError as exc:
             raise GuestOsError(f"the guest kernel's BTF lacks what the harvester follows: {exc}") from None
-        self.kernel = self._locate()
+        self.kernel = self._locate(avoid)
 
     # --- KASLR ---------------------------------------------------------------------------
 
@@ -147,9 +151,13 @@ class LinuxGuest:
     def _in_ram(self, physical: int) -> bool:
         return any(first <= physical < end for first, end in self.ranges)
 
-    def _locate(self, chunk: int = 1 << 22) -> KernelAddresses:
+    def _locate(self, avoid: KernelAddresses | None, chunk: int = 1 << 22) -> KernelAddresses:
+        """The first ``init_task`` whose task list can be walked; ``avoid`` only as a
+        last resort (after a KASLR reboot the old kernel's remains come first as
+        often as not; without KASLR the new kernel is where the old one was)."""
         needle = b"swapper/0\0"
         layout = self.layout
+        candidates: list[KernelAddresses] = []
         for first, end in self.ranges:
             position = first
             while position < end:
@@ -159,10 +167,29 @@ class LinuxGuest:
                 while index >= 0:
                     found = self._check_init_task(position + index - layout.task_comm)
                     if found is not None:
-                        return found
+                        if found != avoid and self._walkable(found):
+                            return found
+                        candidates.append(found)
                     index = data.find(needle, index + 1)
                 position += chunk
+        # None walkable but ``avoid`` (a guest that reboots without KASLR), or a walk
+        # that failed while a task exited: the next rescan checks again.
+        candidates.sort(key=lambda kernel: (kernel == avoid, not self._walkable(kernel)))
+        if candidates:
+            self.kernel = candidates[0]
+            return candidates[0]
         raise GuestOsError("init_task not found in guest memory (not a Linux guest, or not booted yet)")
+
+    def _walkable(self, kernel: KernelAddresses) -> bool:
+        """Does the task list of this candidate lead back to its head, every process
+        with a readable ``mm``?  (Remains of a previous kernel, half overwritten, do not.)"""
+        self.kernel = kernel
+        try:
+            for _ in self.processes():
+                pass
+        except GuestAccessError:
+            return False
+        return True
 
     def _check_init_task(self, task: int) -> KernelAddresses | None:
         layout = self.layout
