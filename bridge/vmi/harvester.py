@@ -125,9 +125,12 @@ class VmHarvester:
 
     def attach(self) -> None:
         """Locate the guest kernel (again: after a reboot it moved) and its targets."""
-        self.guest = LinuxGuest(self.memory, self.btf, self.memory.layout.ranges())
+        failed = self.guest.kernel if self.guest is not None else None
+        self.guest = LinuxGuest(self.memory, self.btf, self.memory.layout.ranges(), avoid=failed)
         self.stats.attaches += 1
-        if self.stats.attaches > 1:
+        if self.guest.kernel == failed:
+            self.log(f"{self.vm_name}: only the old kernel is found (a reboot under way?); looking again soon")
+        elif self.stats.attaches > 1:
             self.log(f"{self.vm_name}: guest kernel re-located (a reboot?): direct map {self.guest.kernel.direct_map:#x}")
         self.refresh()
 
