@@ -160,7 +160,8 @@ class KeyRequester:
         if isinstance(event, KeysWanted):
             flow = event.flow
             self.receiver.request_keys(wire.KeyRequest(
-                event.client_random, (flow.client_ip, flow.client_port), (flow.server_ip, flow.server_port)))
+                event.client_random, (flow.client_ip, flow.client_port), (flow.server_ip, flow.server_port),
+                event.ended))
 
 
 class PlaintextDirWriter:

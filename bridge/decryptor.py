@@ -77,10 +77,13 @@ class FlowFinished:
 class KeysWanted:
     """A TLS connection began (its ClientHello is parsed) and the key store has no
     secrets for it (once per connection; with :attr:`DecryptorConfig.request_keys`):
-    a driver asks the harvesters for them over the key feed."""
+    a driver asks the harvesters for them over the key feed.  Once more with
+    ``ended`` when the connection ends still without them: a harvester stops
+    searching memory where the connection no longer is."""
 
     flow: FlowInfo
     client_random: bytes
+    ended: bool = False
 
 
 Event = PlaintextData | FlowFinished | KeysWanted
@@ -130,7 +133,7 @@ class _DirectionStats:
 class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
-        "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns", "keys_requested",
+        "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns", "keys_requested", "end_reported",
     )
 
     def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
@@ -149,6 +152,7 @@ class _Flow:
         #: When a RST arrived while data sent before it was still missing.
         self.reset_at_ns: int | None = None
         self.keys_requested = False
+        self.end_reported = False
 
 
 class Decryptor:
@@ -335,6 +339,12 @@ class Decryptor:
             self.stats.keys_wanted += 1
             events.append(KeysWanted(flow.info, random))
 
+    def _report_end(self, flow: _Flow, events: list[Event]) -> None:
+        flow.end_reported = True
+        random = flow.tls.client_random
+        if random is not None and self.keys.lookup(random) is None:
+            events.append(KeysWanted(flow.info, random, ended=True))
+
     def _track_waiting(self, flow: _Flow) -> None:
         random = flow.tls.client_random
         if flow.tls.waiting_for_keys and random is not None:
@@ -401,6 +411,8 @@ class Decryptor:
     def _finish(self, flow: _Flow, ended_by: str, events: list[Event]) -> None:
         if flow.ended_by is not None:
             return
+        if flow.keys_requested and not flow.end_reported:
+            self._report_end(flow, events)
         self._resetting.pop(flow.info.flow_id, None)
         flow.reset_at_ns = None
         if flow.closing is None and ended_by != "evicted":

@@ -231,12 +231,14 @@ def test_a_connection_without_secrets_asks_for_them_once(tls13_sample, request_k
     if not request_keys:
         assert not wanted and decryptor.stats.keys_wanted == 0
         return
-    [want] = wanted
+    [want, end] = wanted
+    assert not want.ended and end.ended and end.client_random == want.client_random and end.flow == want.flow
+    assert events.index(end) < events.index(next(e for e in events if isinstance(e, FlowFinished)))
     [finished] = [e for e in events if isinstance(e, FlowFinished)]
     assert want.client_random.hex() == finished.record["client_random"] and want.flow == finished.flow
     assert (want.flow.client_port, want.flow.server_port) == (tls13_sample.segments[0].sport,
                                                                tls13_sample.segments[0].dport)
-    assert decryptor.stats.keys_wanted == 1
+    assert decryptor.stats.keys_wanted == 1  # connections asked for
     # asked as soon as the ClientHello was parsed: before the server's first record
     assert events.index(want) == 0
     first_server_payload = next(i for i, segment in enumerate(tls13_sample.segments)

@@ -19,7 +19,8 @@ from bridge.harvest.wire_search import (
     WireHello,
     WireSearch,
     client_hello_random,
-    requested_hello,
+    WireEnd,
+    request_event,
 )
 from bridge.keyfeed.wire import KeyRequest
 from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
@@ -250,12 +251,12 @@ def test_a_connection_named_by_the_wire_and_by_a_sensor_is_searched_once():
     search = WireSearch(lambda: {}, lambda *args: None, max_pending=3)
     request = KeyRequest(_hello(1).client_random, _hello(1).client, _hello(1).server)
     search.add(_hello(1), 0.0)
-    search.add(requested_hello(request), 0.0)  # the same connection, asked for by a sensor
+    search.add(request_event(request), 0.0)  # the same connection, asked for by a sensor
     search.add(_hello(1), 0.0)  # a retransmitted ClientHello
     assert search.pending == 1
     assert (search.intake.counts.named, search.intake.counts.requests, search.intake.counts.duplicates) == (3, 1, 2)
     for index in range(2, 6):
-        search.add(requested_hello(KeyRequest(_hello(index).client_random, _hello(index).client, _hello(index).server)),
+        search.add(request_event(KeyRequest(_hello(index).client_random, _hello(index).client, _hello(index).server)),
                    0.0)
     assert search.pending == 3 and search.intake.counts.dropped == 2  # the bound holds, the excess is counted
     assert search.intake.counts.searched == search.pending == 3
@@ -292,3 +293,20 @@ def test_the_inbox_between_threads_is_bounded_and_counts_what_it_refuses():
     taken = inbox.take()
     assert len(taken) == 100 and inbox.overflow == 20 and inbox.take() == []
     assert len({hello.client_random for hello in taken}) == 100
+
+
+def test_a_connection_that_ends_unfound_stops_being_searched_after_the_grace():
+    search = WireSearch(lambda: {}, lambda *args: None)
+    for index in (1, 2, 3):
+        search.add(_hello(index), 0.0)
+    # the sensor says connection 1 ended (its request, again, with ended); the wire saw 2's RST, server first
+    first = _hello(1)
+    search.add(request_event(KeyRequest(first.client_random, first.client, first.server, ended=True)), 0.1)
+    search.add(WireEnd(_hello(2).server, _hello(2).client), 0.1)
+    search.step(0.12)  # within the grace: still searched
+    assert search.pending == 3
+    search.step(0.2)
+    assert search.pending == 1 and search.stats.closed_first == 2
+    search.add(WireEnd((bytes(4), 1), (bytes(4), 2)), 0.3)  # the end of a connection nobody searches: nothing
+    search.step(6.0)
+    assert search.pending == 0 and search.stats.not_owned == 1

@@ -49,6 +49,7 @@ def _valid_key_map() -> dict:
         wire.FetchRequest(4, PUB, 10, 20),
         wire.KeyRequest(CR, (bytes([10, 0, 0, 1]), 51000), (bytes([10, 0, 0, 2]), 443)),
         wire.KeyRequest(CR, (bytes(15) + b"\x01", 0), (bytes(16), 65535)),
+        wire.KeyRequest(CR, (bytes([10, 0, 0, 1]), 51000), (bytes([10, 0, 0, 2]), 443), ended=True),
         wire.Batch(5, (_record(seq=1), _record(seq=2))),
         wire.End(6, (wire.PublisherRange(PUB, 1, 9),), (wire.SeqRange(PUB, 3, 4),)),
         wire.ErrorReply(7, "bad_type: not a request"),
@@ -125,6 +126,7 @@ def _mutated(**changes) -> bytes:
         (_raw(type="want", cr=CR, c=[bytes(4)], s=[bytes(4), 443]), "bad_field"),
         (_raw(type="want", cr=CR, c=[bytes(4), 1]), "bad_field"),
         (_raw(type="want", cr=CR, c=[bytes(4), 1], s=[bytes(4), 443], id=1), "bad_field"),
+        (_raw(type="want", cr=CR, c=[bytes(4), 1], s=[bytes(4), 443], end=1), "bad_field"),
     ],
 )
 def test_invalid_messages_are_refused_with_a_reason(data, reason):

@@ -231,8 +231,9 @@ def run_harvest_process(args: argparse.Namespace) -> int:
             if wire is not None:
                 named, found = wire.intake.counts, wire.stats
                 text += (f"; searches: {named.named - named.requests} ClientHellos and {named.requests} sensor "
-                         f"requests, {named.duplicates} duplicates, {found.published} published, {found.not_owned} "
-                         f"not ours, {found.not_found} not found, {found.incomplete} incomplete, {named.dropped} "
+                         f"requests, {named.duplicates} duplicates, {found.published} published, {found.closed_first} "
+                         f"closed before found, {found.not_owned} not ours, {found.not_found} not found, "
+                         f"{found.incomplete} incomplete, {found.unfinished} unfinished at stop, {named.dropped} "
                          "dropped")
             percentiles = stats.latency_percentiles()
             if percentiles is not None:

@@ -33,7 +33,7 @@ from bridge.harvest.memory import ProcessGoneError, ProcessMemory
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
 from bridge.harvest.targets import OpenSslBinary, TargetFinder, TargetProcess
 from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, UprobeSession
-from bridge.harvest.wire_search import HelloInbox, WireHello, WireSearch, hellos, requested_hello
+from bridge.harvest.wire_search import HelloInbox, WireHello, WireSearch, hellos, request_event
 from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
 
 KeySink = Callable[[KeyRecord], None]
@@ -219,7 +219,7 @@ class ProcessHarvester:
         """A sensor's key request (the key feed's thread): searched for like a
         ClientHello on the wire, when this harvester takes requests."""
         if self.accepts_requests:
-            self.inbox.put(requested_hello(request))
+            self.inbox.put(request_event(request))
 
     def _latency(self, seconds: float) -> None:
         if 0 <= seconds < 3600 and len(self.stats.latencies) < 100_000:
@@ -253,11 +253,11 @@ class ProcessHarvester:
 
     def _wire_reader(self, stop: threading.Event) -> None:
         assert self._wire_frames is not None
-        for hello in hellos(self._wire_frames):
+        for event in hellos(self._wire_frames, ends=True):
             if stop.is_set():
                 return
-            if hello is not None:
-                self.inbox.put(hello)
+            if event is not None:
+                self.inbox.put(event)
 
     def run(self, stop: threading.Event) -> None:
         self.refresh()
@@ -274,8 +274,8 @@ class ProcessHarvester:
                 stop.wait(0.002)
             if self.wire is not None:
                 now = time.monotonic()
-                for hello in self.inbox.take():
-                    self.wire.add(hello, now)
+                for event in self.inbox.take():
+                    self.wire.add(event, now)
                 self.wire.step(now)
             if time.monotonic() >= next_scan:
                 self.refresh()

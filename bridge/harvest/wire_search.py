@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from bridge.capture.frames import Frame
 from bridge.errors import GuestAccessError, PacketDecodeError
@@ -46,30 +47,25 @@ class WireHello:
     trigger: str = "wire"
 
 
-def requested_hello(request: KeyRequest) -> WireHello:
-    """A sensor's key request as a connection to search for."""
-    return WireHello(request.client_random, request.client, request.server, "request")
-
-
 class HelloInbox:
-    """Connections to search for, handed over from other threads (a capture
-    thread, the key feed's request handler) to the harvester's loop: at most
-    ``limit`` wait; more are counted in ``overflow``, never queued."""
+    """Connections to search for and their ends, handed over from other threads (a
+    capture thread, the key feed's request handler) to the harvester's loop: at
+    most ``limit`` wait; more are counted in ``overflow``, never queued."""
 
     def __init__(self, limit: int = 10_000) -> None:
         self.limit = limit
         self.overflow = 0
-        self._items: deque[WireHello] = deque()
+        self._items: deque[WireHello | WireEnd] = deque()
         self._lock = threading.Lock()
 
-    def put(self, hello: WireHello) -> None:
+    def put(self, hello: WireHello | WireEnd) -> None:
         with self._lock:
             if len(self._items) >= self.limit:
                 self.overflow += 1
                 return
             self._items.append(hello)
 
-    def take(self) -> list[WireHello]:
+    def take(self) -> list[WireHello | WireEnd]:
         with self._lock:
             items = list(self._items)
             self._items.clear()
@@ -154,9 +150,11 @@ def hellos(frames: Iterable[Frame | None], *, ends: bool = False) -> Iterator[Wi
 class WireStats:
     found: int = 0
     published: int = 0
+    closed_first: int = 0  # the connection ended before its SSL object was found
     not_owned: int = 0  # no target process holds the connection
     not_found: int = 0  # owner known, client random never found in its memory
     incomplete: int = 0  # found, but the secrets never completed before the deadline
+    unfinished: int = 0  # still searched for when the harvester stopped
     process_gone: int = 0  # the owner exited before its secrets were read
     unreadable: int = 0  # the owner's memory could not be read (permissions)
     search_seconds: float = 0.0
@@ -173,6 +171,61 @@ class PendingSearch:
     deadline: float
     ssl: int | None = None
     next_try: float = 0.0
+    #: When its end was seen (FIN/RST on the wire, or a sensor's word).
+    closed_at: float | None = None
+
+    def closed_unfound(self, now: float) -> bool:
+        """It ended more than :data:`CLOSED_GRACE` ago and its ``SSL`` object was
+        never found: OpenSSL has freed (and cleansed) it; stop searching."""
+        return self.closed_at is not None and self.ssl is None and now - self.closed_at > CLOSED_GRACE
+
+
+#: After a connection's end, how long it is still searched for if not found yet.
+CLOSED_GRACE = 0.05
+
+P = TypeVar("P", bound=PendingSearch)
+
+
+class PendingSearches(Generic[P]):
+    """The searches under way, in arrival order, indexed by connection for their
+    ends; admitted by a :class:`SearchIntake`.  Shared by the host and VM searches."""
+
+    def __init__(self, make: Callable[[WireHello, float, float], P], *, timeout: float, max_pending: int,
+                 published: Callable[[bytes], bool] = lambda client_random: False) -> None:
+        self.make = make
+        self.timeout = timeout
+        self.intake = SearchIntake(max_pending, published=published)
+        self.items: list[P] = []
+        self._by_connection: dict[tuple[Endpoint, Endpoint], P] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, hello: WireHello, now: float) -> None:
+        if self.intake.admit(hello, len(self.items)):
+            item = self.make(hello, now, now + self.timeout)
+            self.items.append(item)
+            self._by_connection[(hello.client, hello.server)] = item
+
+    def ended(self, end: WireEnd, now: float) -> None:
+        """A FIN or RST (either direction): the search stops after :data:`CLOSED_GRACE`
+        unless the ``SSL`` object is found by then."""
+        item = (self._by_connection.get((end.source, end.destination))
+                or self._by_connection.get((end.destination, end.source)))
+        if item is not None and item.closed_at is None:
+            item.closed_at = now
+
+    def keep(self, still: list[P]) -> None:
+        """The searches that go on after a round."""
+        self.items = still
+        self._by_connection = {(item.hello.client, item.hello.server): item for item in still}
+
+
+def request_event(request: KeyRequest) -> WireHello | WireEnd:
+    """A sensor's key request: a connection to search for, or (``ended``) its end."""
+    if request.ended:
+        return WireEnd(request.client, request.server)
+    return WireHello(request.client_random, request.client, request.server, "request")
 
 
 @dataclass(slots=True)
@@ -195,25 +248,32 @@ class WireSearch:
     #: Connections published already by another trigger (a hook): not searched again.
     published: Callable[[bytes], bool] = lambda client_random: False
     stats: WireStats = field(default_factory=WireStats)
-    intake: SearchIntake = field(init=False)
-    _pending: list[_Pending] = field(default_factory=list)
+    searches: PendingSearches[_Pending] = field(init=False)
     _readers: dict[int, ProcessMemory] = field(default_factory=dict)
     _maps: dict[int, list[Mapping]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.intake = SearchIntake(self.max_pending, published=self.published)
+        self.searches = PendingSearches(_Pending, timeout=self.timeout, max_pending=self.max_pending,
+                                        published=self.published)
 
-    def add(self, hello: WireHello, now: float) -> None:
-        if self.intake.admit(hello, len(self._pending)):
-            self._pending.append(_Pending(hello, now, now + self.timeout))
+    @property
+    def intake(self) -> SearchIntake:
+        return self.searches.intake
+
+    def add(self, event: WireHello | WireEnd, now: float) -> None:
+        """A connection to search for, or the end of one."""
+        if isinstance(event, WireEnd):
+            self.searches.ended(event, now)
+        else:
+            self.searches.add(event, now)
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self.searches)
 
     def step(self, now: float) -> None:
         still: list[_Pending] = []
-        for item in self._pending:
+        for item in self.searches.items:
             if now >= item.next_try:
                 try:
                     done = self._advance(item)
@@ -227,6 +287,9 @@ class WireSearch:
                 if done:
                     continue
                 item.next_try = now + self.retry_interval
+            if item.closed_unfound(now):
+                self.stats.closed_first += 1
+                continue
             if now >= item.deadline:
                 if item.pid is None:
                     self.stats.not_owned += 1
@@ -236,7 +299,7 @@ class WireSearch:
                     self.stats.incomplete += 1
                 continue
             still.append(item)
-        self._pending = still
+        self.searches.keep(still)
 
     def _reader(self, pid: int) -> ProcessMemory:
         reader = self._readers.get(pid)
@@ -306,5 +369,7 @@ class WireSearch:
                 yield pointer - path[0]
 
     def close(self) -> None:
+        self.stats.unfinished += len(self.searches)  # still searched for at the stop
+        self.searches.keep([])
         for pid in list(self._readers):
             self._forget(pid)

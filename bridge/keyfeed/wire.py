@@ -6,7 +6,8 @@ Every message is one msgpack map with ``v`` (schema version, 1) and ``type``::
     hb        heartbeat: a publisher's last sequence number and oldest retained
     snapshot  request: every retained record that arrived in the last ``age`` seconds
     want      request: a sensor saw this connection begin, with no secrets for it (no reply;
-              the harvester searches for it and publishes the record live)
+              the harvester searches for it and publishes the record live); with
+              ``end``: it ended, still without secrets (the search may stop soon)
     fetch     request: one publisher's records in a sequence range
     batch     reply: records answering a request
     end       reply: the request is complete (publisher ranges, what is gone)
@@ -130,6 +131,8 @@ class KeyRequest:
     client_random: bytes
     client: tuple[bytes, int]
     server: tuple[bytes, int]
+    #: The connection ended (FIN/RST) and the sensor still has no secrets for it.
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +208,8 @@ def _message_map(message: Message) -> dict[str, Any]:
             return {"type": "fetch", "id": message.request_id, "pub": message.publisher, "from": message.first,
                     "to": message.last}
         case KeyRequest():
-            return {"type": "want", "cr": message.client_random, "c": list(message.client), "s": list(message.server)}
+            body = {"type": "want", "cr": message.client_random, "c": list(message.client), "s": list(message.server)}
+            return {**body, "end": True} if message.ended else body
         case Batch():
             return {"type": "batch", "id": message.request_id, "records": [_record_map(r) for r in message.records]}
         case End():
@@ -358,7 +362,7 @@ _TYPES = {
     "hb": (MAX_REQUEST_MESSAGE, frozenset({"pub", "seq", "first", "t"}), frozenset()),
     "snapshot": (MAX_REQUEST_MESSAGE, frozenset({"id", "age"}), frozenset()),
     "fetch": (MAX_REQUEST_MESSAGE, frozenset({"id", "pub", "from", "to"}), frozenset()),
-    "want": (MAX_REQUEST_MESSAGE, frozenset({"cr", "c", "s"}), frozenset()),
+    "want": (MAX_REQUEST_MESSAGE, frozenset({"cr", "c", "s"}), frozenset({"end"})),
     "batch": (MAX_BATCH_MESSAGE, frozenset({"id", "records"}), frozenset()),
     "end": (MAX_BATCH_MESSAGE, frozenset({"id", "publishers", "gone"}), frozenset()),
     "error": (MAX_REQUEST_MESSAGE, frozenset({"id", "reason"}), frozenset()),
@@ -402,7 +406,10 @@ def decode(data: bytes, *, max_size: int = MAX_BATCH_MESSAGE) -> Message:
             client, server = _endpoint(body["c"], "c"), _endpoint(body["s"], "s")
             if len(client[0]) != len(server[0]):
                 raise _fail("bad_field", "want: client and server addresses of different families")
-            return KeyRequest(_bytes(body["cr"], (CLIENT_RANDOM_LENGTH,), "cr"), client, server)
+            ended = body.get("end", False)
+            if ended is not True and ended is not False:
+                raise _fail("bad_field", "end: not a boolean")
+            return KeyRequest(_bytes(body["cr"], (CLIENT_RANDOM_LENGTH,), "cr"), client, server, ended)
         case "batch":
             records = body["records"]
             if not isinstance(records, list) or len(records) > MAX_BATCH_RECORDS:

@@ -32,7 +32,16 @@ from bridge.errors import GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
 from bridge.harvest.elf import build_id_in_memory
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
-from bridge.harvest.wire_search import HelloInbox, PendingSearch, SearchIntake, WireEnd, WireHello, hellos, requested_hello
+from bridge.harvest.wire_search import (
+    HelloInbox,
+    PendingSearch,
+    PendingSearches,
+    SearchIntake,
+    WireEnd,
+    WireHello,
+    hellos,
+    request_event,
+)
 from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
 from bridge.vmi.btf import Btf
 from bridge.vmi.linux import GuestProcess, LinuxGuest, Vma
@@ -40,8 +49,6 @@ from bridge.vmi.paging import AddressSpace
 from bridge.vmi.physmem import GuestPhysicalMemory
 
 _LIBSSL = re.compile(r"/libssl[^/]*\.so[^/]*$")
-#: After a FIN/RST, how long a connection not yet located is still searched for.
-_CLOSED_GRACE = 0.05
 KeySink = Callable[[KeyRecord], None]
 
 
@@ -76,7 +83,6 @@ class GuestTarget:
 @dataclass(slots=True)
 class _Pending(PendingSearch):
     target: GuestTarget | None = None
-    closed_at: float | None = None
 
 
 def _selected(process: GuestProcess, comms: set[str], pids: set[int], everything: bool) -> bool:
@@ -114,8 +120,8 @@ class VmHarvester:
         self.host = socket.gethostname()[:255]
         self.guest: LinuxGuest | None = None
         self.targets: list[GuestTarget] = []
-        self._pending: list[_Pending] = []
-        self.intake = SearchIntake(max_pending, published=self._already_published)
+        self.searches: PendingSearches[_Pending] = PendingSearches(
+            _Pending, timeout=timeout, max_pending=max_pending, published=self._already_published)
         #: Sensors' key requests, from the key feed's thread.
         self.inbox = HelloInbox()
         self._published: OrderedDict[bytes, None] = OrderedDict()
@@ -182,9 +188,12 @@ class VmHarvester:
 
     # --- on-demand: ClientHellos ---------------------------------------------------------------
 
+    @property
+    def intake(self) -> SearchIntake:
+        return self.searches.intake
+
     def add(self, hello: WireHello, now: float) -> None:
-        if self.intake.admit(hello, len(self._pending)):
-            self._pending.append(_Pending(hello, now, now + self.timeout))
+        self.searches.add(hello, now)
 
     def _already_published(self, client_random: bytes) -> bool:
         with self._publish_lock:
@@ -192,16 +201,16 @@ class VmHarvester:
 
     def request(self, request: KeyRequest) -> None:
         """A sensor's key request (the key feed's thread; taken by :meth:`run`)."""
-        self.inbox.put(requested_hello(request))
+        self.inbox.put(request_event(request))
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self.searches)
 
     def step(self, now: float) -> None:
         """One round: a single scan of the targets' memory for every connection not
         located yet, then a read of the secrets of every located one."""
-        due = [item for item in self._pending if now >= item.next_try]
+        due = [item for item in self.searches.items if now >= item.next_try]
         unlocated = {item.hello.client_random: item for item in due if item.ssl is None}
         if unlocated:
             try:
@@ -210,7 +219,7 @@ class VmHarvester:
             except GuestAccessError as exc:
                 self.log(f"warning: {self.vm_name}: {exc}")
         still = []
-        for item in self._pending:
+        for item in self.searches.items:
             if now >= item.next_try:
                 try:
                     if item.ssl is not None and self._read(item):
@@ -218,7 +227,7 @@ class VmHarvester:
                 except GuestAccessError:
                     item.ssl = None  # the process exited, the guest rebooted: search again
                 item.next_try = now + self.retry_interval
-            if item.closed_at is not None and item.ssl is None and now - item.closed_at > _CLOSED_GRACE:
+            if item.closed_unfound(now):
                 self.stats.closed_first += 1
                 continue
             if now >= item.deadline:
@@ -228,14 +237,11 @@ class VmHarvester:
                     self.stats.incomplete += 1
                 continue
             still.append(item)
-        self._pending = still
+        self.searches.keep(still)
 
     def ended(self, end: WireEnd, now: float) -> None:
-        """A FIN/RST on the wire: a connection not located yet gets one last search."""
-        for item in self._pending:
-            hello = item.hello
-            if item.closed_at is None and {end.source, end.destination} == {hello.client, hello.server}:
-                item.closed_at = now
+        """A FIN/RST on the wire, or a sensor's word that the connection ended."""
+        self.searches.ended(end, now)
 
     def _read(self, item: _Pending) -> bool:
         """Read a located connection's secrets; True once published."""
@@ -333,22 +339,21 @@ class VmHarvester:
         next_scan = time.monotonic() + rescan_interval
         for event in hellos(frames, ends=True):
             if stop.is_set():
-                self.stats.unfinished += len(self._pending)
-                self._pending = []
+                self.stats.unfinished += len(self.searches)
+                self.searches.keep([])
                 return
             now = time.monotonic()
-            if isinstance(event, WireHello):
-                self.add(event, now)
-            elif isinstance(event, WireEnd):
-                self.ended(event, now)
-            for hello in self.inbox.take():
-                self.add(hello, now)
+            for named in ([event] if event is not None else []) + self.inbox.take():
+                if isinstance(named, WireEnd):
+                    self.ended(named, now)
+                else:
+                    self.add(named, now)
             self.step(now)
             if now >= next_scan:
                 self._rescan()
                 next_scan = time.monotonic() + rescan_interval
-        self.stats.unfinished += len(self._pending)
-        self._pending = []
+        self.stats.unfinished += len(self.searches)
+        self.searches.keep([])
 
     def _rescan(self) -> None:
         try:
