@@ -233,8 +233,8 @@ def run_harvest_process(args: argparse.Namespace) -> int:
                 text += (f"; searches: {named.named - named.requests} ClientHellos and {named.requests} sensor "
                          f"requests, {named.duplicates} duplicates, {found.published} published, {found.closed_first} "
                          f"closed before found, {found.not_owned} not ours, {found.not_found} not found, "
-                         f"{found.incomplete} incomplete, {found.unfinished} unfinished at stop, {named.dropped} "
-                         "dropped")
+                         f"{found.incomplete} incomplete, {found.unfinished} unfinished at stop, "
+                         f"{named.dropped + harvester.inbox.overflow} dropped")
             percentiles = stats.latency_percentiles()
             if percentiles is not None:
                 text += f"; trigger to published p50 {percentiles[0] * 1000:.2f} ms, p99 {percentiles[1] * 1000:.2f} ms"

@@ -1,8 +1,9 @@
 """The hook-free trigger: a ClientHello seen on the wire (or a sensor's key
-request naming a connection it waits for) names a connection; its client random is searched in the owning process's writable anonymous memory,
-the hit gives the ``SSL *`` (hit − the profile's client random offset), and the
-secrets are read while the connection is alive.  The process never stops and
-runs no extra instruction: its cost is zero; ours is a memory scan.
+request for one) names a connection; its client random is searched in the
+owning process's writable anonymous memory, the hit gives the ``SSL *`` (hit −
+the profile's client random offset), and the secrets are read while the
+connection is alive.  The process never stops and runs no extra instruction:
+its cost is zero; ours is a memory scan.
 
 :func:`client_hello_random` and :func:`hellos` are pure; :class:`HelloInbox` and
 :class:`SearchIntake` are the bounded intake shared with the VM harvester;

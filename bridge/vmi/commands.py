@@ -127,7 +127,8 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
             intake = harvester.intake.counts
             text = (f"{args.name}: {stats.published} connections published of {intake.searched} searched "
                     f"({intake.named - intake.requests} ClientHellos, {intake.requests} sensor requests, "
-                    f"{intake.duplicates} named twice, {intake.dropped} dropped at the bound); misses: "
+                    f"{intake.duplicates} named twice, {intake.dropped + harvester.inbox.overflow} dropped at the "
+                    f"bound); misses: "
                     f"{stats.closed_first} closed before the search found them, {stats.not_found} not found in any "
                     f"target (another process?), {stats.incomplete} incomplete, {stats.unfinished} unfinished at "
                     f"stop; {stats.searches} searches, "
