@@ -81,8 +81,8 @@ def _decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
     feed.add_argument("--no-key-requests", dest="key_requests", action="store_false",
                       help="do not ask the feed's harvesters for the secrets of new connections (by default, "
                            "when a ClientHello is seen and no secrets for it are here, its client random and "
-                           "endpoints are sent once, so a harvester that does not watch the traffic itself "
-                           "searches for it)")
+                           "endpoints are sent, so a harvester that does not watch the traffic itself searches "
+                           "for it; and once more if the connection ends before its secrets came)")
     reinject = parser.add_argument_group(
         "re-injection",
         "Every decrypted connection is re-emitted as a synthetic cleartext TCP connection "

@@ -317,7 +317,9 @@ def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n  tls-bridge harvest process --comm nginx --keylog /run/tls-bridge/keys.log\n"
         "  tls-bridge harvest process --all --bind tcp://0.0.0.0:5555 --server-cert certs/harvester.key_secret \\\n"
         "      --allow certs/sensors/\n"
-        "  tls-bridge harvest process --pid 1234 --trigger wire --wire eth0 --keylog keys.log",
+        "  tls-bridge harvest process --pid 1234 --trigger wire --wire eth0 --keylog keys.log\n"
+        "  tls-bridge harvest process --comm nginx --trigger hooks,requests --bind tcp://0.0.0.0:5555 \\\n"
+        "      --server-cert certs/harvester.key_secret --allow certs/sensors/",
     )
     select = process.add_mutually_exclusive_group(required=True)
     select.add_argument("--pid", type=int, nargs="+", metavar="PID", help="these processes")
