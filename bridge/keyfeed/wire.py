@@ -126,7 +126,8 @@ class FetchRequest:
 @dataclass(frozen=True, slots=True)
 class KeyRequest:
     """A sensor saw this connection's ClientHello and has no secrets for it: a
-    harvester that does not see the traffic itself searches for its client random.  Endpoints are (packed IPv4/IPv6 address, port), client first."""
+    harvester that does not see the traffic itself searches for its client
+    random.  Endpoints are (packed IPv4/IPv6 address, port), client first."""
 
     client_random: bytes
     client: tuple[bytes, int]

@@ -38,7 +38,8 @@ _COUNTERS = (
     ("feed_records", "counter", "Key feed records received."),
     ("feed_malformed", "counter", "Malformed key feed messages dropped."),
     ("feed_lost", "counter", "Key feed records given up as lost."),
-    ("key_requests", "counter", "Key requests sent to the feed's harvesters (new connections without secrets, their ends)."),
+    ("key_requests", "counter",
+     "Key requests sent to the feed's harvesters (new connections without secrets, their ends)."),
 )
 
 
