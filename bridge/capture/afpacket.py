@@ -1,6 +1,6 @@
 """Live capture from a Linux network interface with an AF_PACKET socket.
 
-A thin driver: one ``recvmsg`` per frame, with
+A thin driver: one ``recvmsg_into`` per frame (into one reused buffer), with
 
 * the kernel receive timestamp from ``SO_TIMESTAMPNS`` ancillary data
   (``time.time_ns()`` if absent);
@@ -191,14 +191,18 @@ class AfPacketCapture:
     def __iter__(self) -> Iterator[Frame | None]:
         sock = self._sock
         idle_marker = self.idle_marker
-        recvmsg = sock.recvmsg
+        recvmsg_into = sock.recvmsg_into
         poll = self._poller.poll
         stop = self._stop
         timeout_ms = max(1, int(self.poll_interval * 1000))
-        bufsize = self.snaplen
+        # One receive buffer for every frame: recvmsg(snaplen) would allocate (and
+        # page-fault in) snaplen bytes per frame, 256 KiB by default.
+        buffer = bytearray(self.snaplen)
+        buffers = [buffer]
+        view = memoryview(buffer)
         while not stop.is_set():
             try:
-                data, ancdata, _flags, _addr = recvmsg(bufsize, _CMSG_SPACE)
+                size, ancdata, _flags, _addr = recvmsg_into(buffers, _CMSG_SPACE)
             except BlockingIOError:
                 if not poll(timeout_ms) and idle_marker:
                     yield None
@@ -209,8 +213,9 @@ class AfPacketCapture:
                 if sock.fileno() < 0:
                     return
                 raise _device_error(self.interface, "receive", exc) from exc
+            data = bytes(view[:size])
             ts = 0
-            orig_len = len(data)
+            orig_len = size
             for level, ctype, cdata in ancdata:
                 if level == socket.SOL_SOCKET and ctype == SCM_TIMESTAMPNS:
                     sec, nsec = _TIMESPEC.unpack_from(cdata)
