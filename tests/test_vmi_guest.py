@@ -144,8 +144,82 @@ def test_guest_os_awareness_from_btf_found_in_memory_and_in_the_image(guest):
         assert "/usr/bin/openssl" in paths and any("libssl" in path for path in paths)
         # KASLR is on: the direct map is not at its unrandomized base
         assert linux.kernel.direct_map != 0xFFFF_8880_0000_0000 and linux.kernel.levels == 4
+        _assert_exported_symbols(linux)
     finally:
         memory.close()
+
+
+def _assert_exported_symbols(linux: LinuxGuest) -> None:
+    """Exported symbols from the guest's own __ksymtab: jiffies ticks, and
+    nr_cpu_ids says what QEMU was told (-smp 1)."""
+    jiffies = linux.exported_symbol("jiffies")
+    assert jiffies is not None and jiffies >= 0xFFFF_FFFF_8000_0000
+    first = linux.jiffies()
+    time.sleep(1.0)
+    assert 50 <= linux.jiffies() - first <= 1000  # HZ 250 (Debian), TCG slack
+    assert int.from_bytes(linux.read(linux.exported_symbol("nr_cpu_ids"), 4), "little") == 1
+    assert linux.exported_symbol("no_such_exported_symbol") is None
+
+
+def test_a_paused_guest_is_noticed_and_the_harvester_carries_on(guest, tmp_path):
+    """jiffies standing still (a paused guest, or a kernel's remains after a reboot)
+    makes the harvester look for another kernel; there is none: it stays, and
+    harvests again when the guest runs."""
+    from bridge.harvest.commands import DEFAULT_PROFILE_DIR
+    from bridge.harvest.profile import ProfileStore
+    from bridge.harvest.wire_search import WireHello
+    from bridge.vmi.harvester import VmHarvester
+
+    memory = MemoryFileBackend(guest.memory_path)
+    lines: list[str] = []
+    published = []
+    harvester = VmHarvester(memory, btf_from_kernel_image(guest.image.kernel), [published.append],
+                            vm_name="paused", profiles=ProfileStore([DEFAULT_PROFILE_DIR]),
+                            comms=("openssl",), clock_stall=1.0, log=lines.append)
+    stop = threading.Event()
+    try:
+        harvester.attach()
+        assert harvester.targets
+        guest.qmp("stop")
+        try:
+            runner = threading.Thread(target=harvester.run, args=(_ticks(stop), stop),
+                                      kwargs={"rescan_interval": 0.3}, daemon=True)
+            runner.start()
+            deadline = time.monotonic() + 20
+            while harvester.stats.attaches < 2 and time.monotonic() < deadline:  # the stall, then the search
+                time.sleep(0.1)
+        finally:
+            guest.qmp("cont")
+        assert harvester.stats.clock_stalls >= 1, lines
+        assert any("jiffies has not moved" in line for line in lines), lines
+        assert any("no other kernel in guest memory" in line for line in lines), lines
+        # running again: a held connection is found through the same kernel
+        keylog = tmp_path / "client.keylog"
+        proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{guest.host_port(4433)}",
+                                 "-keylogfile", str(keylog), "-quiet", "-tls1_3"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while not (keylog.exists() and "CLIENT_TRAFFIC_SECRET_0" in keylog.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [random] = {bytes.fromhex(line.split()[1]) for line in keylog.read_text().splitlines()
+                    if line.startswith("CLIENT_TRAFFIC_SECRET_0 ")}
+        harvester.inbox.put(WireHello(random, (bytes(4), 1), (bytes(4), 2), "request"))
+        deadline = time.monotonic() + 20
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.communicate(b"GET / HTTP/1.0\r\n\r\n", timeout=60)
+        assert [record.client_random for record in published] == [random]
+        assert published[0].origin.trigger == "vm-request"
+    finally:
+        stop.set()
+        if "runner" in locals():
+            runner.join(10)
+        memory.close()
+
+
+def _ticks(stop: threading.Event):
+    while not stop.wait(0.005):
+        yield None
 
 
 def test_harvested_keys_equal_the_clients_and_decrypt_the_mirror(guest, tmp_path):
@@ -344,6 +418,12 @@ def test_the_backports_6_12_kernel_line(tmp_path):
     harvester, no per-kernel profile."""
     client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
     with _GuestThread("6.12", tmp_path / "guest") as booted:
+        memory = MemoryFileBackend(booted.memory_path)
+        try:
+            _assert_exported_symbols(LinuxGuest(memory, btf_from_kernel_image(booted.image.kernel),
+                                                memory.layout.ranges()))
+        finally:
+            memory.close()
         harvester = _harvester(booted, tmp_path, "--comm", "openssl", "--kernel", str(booted.image.kernel),
                                "--keylog", str(harvested))
         for suite in TLS13[:2]:

@@ -133,3 +133,53 @@ def test_the_hosts_own_btf_parses():
     assert btf.offset("task_struct", "comm") > btf.offset("task_struct", "pid") > 0
     assert btf.offset("file", "f_path.dentry") == btf.offset("file", "f_path") + btf.offset("path", "dentry")
     assert btf.array_length("maple_range_64", "slot") == 16 and btf.array_length("maple_arange_64", "slot") == 10
+
+
+# --- exported symbols from __ksymtab -----------------------------------------------------------------
+
+def _kernel_image(names: list[str], values: list[int], *, gap: int = 300_000, decoy: bool = True) -> tuple[bytes, int]:
+    """A stand-in for a kernel image's read-only data: ``__ksymtab`` (PREL32
+    entries: value, name, namespace), a gap, ``__ksymtab_strings`` with the names
+    (one merged as the tail of a longer name, as the linker does), and before it
+    all a decoy: the same name among identifiers, with no entry pointing at it.
+    Returns the image and the offset of the table."""
+    decoy_block = b"\0".join([b"x" * 60, b"jiffies", b"other_identifier", b"y" * 60]) + b"\0" if decoy else b""
+    decoy_block += bytes(-len(decoy_block) % 4)  # the table is 4-byte aligned (.balign 4)
+    table = 4096 + len(decoy_block)
+    strings = table + len(names) * 12 + gap
+    blob, positions = b"", {}
+    for name in names:
+        if name == "jiffies":  # merged: the tail of "nsecs_to_jiffies"
+            positions[name] = strings + len(blob) + len("nsecs_to_")
+            blob += b"nsecs_to_jiffies\0"
+        else:
+            positions[name] = strings + len(blob)
+            blob += name.encode() + b"\0"
+    image = bytearray(4096) + decoy_block + bytearray(len(names) * 12 + gap) + blob + bytearray(4096)
+    for index, (name, value) in enumerate(zip(names, values)):
+        entry = table + index * 12
+        struct.pack_into("<iii", image, entry, value - entry, positions[name] - (entry + 4), 0)
+    return bytes(image), table
+
+
+def test_an_exported_symbol_is_found_through_its_ksymtab_entry():
+    from bridge.vmi.ksymtab import exported_symbol
+
+    names = ["init_net", "jiffies", "nr_cpu_ids", "system_state"]
+    values = [0x10_0000, 0x20_0008, 0x30_0010, 0x40_0018]  # image offsets of the symbols
+    image, _ = _kernel_image(names, values)
+    physical, delta = 0x0100_0000, 0xFFFF_FFFF_8000_0000 - 0x0100_0000
+    for name, value in zip(names, values):
+        assert exported_symbol(image, physical, delta, name) == 0xFFFF_FFFF_8000_0000 + value, name
+    assert exported_symbol(image, physical, delta, "not_exported") is None
+    assert exported_symbol(image, physical, delta, "other_identifier") is None  # a string, no entry
+
+
+def test_a_table_too_far_from_its_strings_or_garbage_finds_nothing():
+    import os
+
+    from bridge.vmi.ksymtab import WINDOW, exported_symbol
+
+    image, _ = _kernel_image(["a_symbol", "jiffies", "z_symbol"], [0x1000, 0x2000, 0x3000], gap=WINDOW)
+    assert exported_symbol(image, 0, 0, "jiffies") is None
+    assert exported_symbol(os.urandom(1 << 20) + b"\0jiffies\0" + os.urandom(1 << 16), 0, 0, "jiffies") is None

@@ -55,6 +55,7 @@ KeySink = Callable[[KeyRecord], None]
 @dataclass(slots=True)
 class VmStats:
     attaches: int = 0
+    clock_stalls: int = 0  # times the guest kernel's jiffies stood still for clock_stall seconds
     processes: int = 0
     published: int = 0
     not_found: int = 0
@@ -104,6 +105,7 @@ class VmHarvester:
         timeout: float = 5.0,
         retry_interval: float = 0.002,
         max_pending: int = 10_000,
+        clock_stall: float = 30.0,
         log: Callable[[str], None] = lambda text: None,
     ) -> None:
         self.memory = memory
@@ -115,6 +117,10 @@ class VmHarvester:
         self.timeout = timeout
         self.retry_interval = retry_interval
         self.max_pending = max_pending
+        #: After this long without the guest kernel's jiffies moving, look for another kernel.
+        self.clock_stall = clock_stall
+        self._jiffies: int | None = None
+        self._jiffies_moved = self._stall_checked = 0.0
         self.log = log
         self.stats = VmStats()
         self.host = socket.gethostname()[:255]
@@ -133,9 +139,10 @@ class VmHarvester:
         """Locate the guest kernel (again: after a reboot it moved) and its targets."""
         failed = self.guest.kernel if self.guest is not None else None
         self.guest = LinuxGuest(self.memory, self.btf, self.memory.layout.ranges(), avoid=failed)
+        self._jiffies = None
         self.stats.attaches += 1
         if self.guest.kernel == failed:
-            self.log(f"{self.vm_name}: only the old kernel is found (a reboot under way?); looking again soon")
+            self.log(f"{self.vm_name}: no other kernel in guest memory: staying with this one (looking again later)")
         elif self.stats.attaches > 1:
             self.log(f"{self.vm_name}: guest kernel re-located (a reboot?): direct map {self.guest.kernel.direct_map:#x}")
         self.refresh()
@@ -355,10 +362,30 @@ class VmHarvester:
         self.stats.unfinished += len(self.searches)
         self.searches.keep([])
 
+    def _clock_stopped(self, now: float) -> bool:
+        """Has the kernel's ``jiffies`` stood still for ``clock_stall`` seconds?  A
+        paused guest, or the remains of a kernel after a reboot (intact in RAM,
+        and readable): look for another kernel then, at most once per
+        ``clock_stall``.  Not knowing ``jiffies`` (not exported?) is not a stall."""
+        assert self.guest is not None
+        jiffies = self.guest.jiffies()
+        if jiffies is None or jiffies != self._jiffies:
+            self._jiffies, self._jiffies_moved = jiffies, now
+            return False
+        if now - self._jiffies_moved < self.clock_stall or now - self._stall_checked < self.clock_stall:
+            return False
+        self._stall_checked = now
+        self.stats.clock_stalls += 1
+        self.log(f"{self.vm_name}: the guest kernel's jiffies has not moved for {now - self._jiffies_moved:.0f} s "
+                 "(a paused guest, or a kernel that is no longer running): looking for another")
+        return True
+
     def _rescan(self) -> None:
         try:
             if self.guest is None or not self.guest.still_valid():
                 raise GuestAccessError("the guest kernel moved")
+            if self._clock_stopped(time.monotonic()):
+                raise GuestAccessError("the guest kernel's clock stands still")
             self.refresh()
         except GuestAccessError:
             try:

@@ -10,6 +10,9 @@ gives every struct layout; the rest is found by looking.
   ``comm``, pid and ``mm``; ``mm->pgd`` is the page-table root.
 * **Mappings**: the VMAs of an ``mm`` from its maple tree (6.1+) or, on older
   kernels, the ``mmap`` list; file names from ``vm_file->f_path.dentry``.
+* **Symbols**: exported ones from the kernel's own ``__ksymtab``
+  (:mod:`bridge.vmi.ksymtab`), e.g. ``jiffies``, whose progress tells a running
+  kernel from a paused one or from the remains of one before a reboot.
 
 Everything the guest controls is bounded (list lengths, tree sizes, name depths),
 so a corrupt or hostile guest yields an error, not a hang.
@@ -22,9 +25,12 @@ from dataclasses import dataclass
 
 from bridge.errors import GuestAccessError
 from bridge.vmi.btf import Btf, BtfError
+from bridge.vmi.ksymtab import exported_symbol
 from bridge.vmi.paging import AddressSpace, PhysicalReader
 
 _KERNEL_IMAGE = 0xFFFF_FFFF_8000_0000
+#: How much of the kernel image before ``init_task`` holds its read-only data.
+_IMAGE_SPAN = 64 << 20
 _DIRECT_MAP_L4 = 0xFFFF_8880_0000_0000
 _DIRECT_MAP_L5 = 0xFF11_0000_0000_0000
 _GIB = 1 << 30
@@ -139,6 +145,7 @@ class LinuxGuest:
         except BtfError as exc:
             raise GuestOsError(f"the guest kernel's BTF lacks what the harvester follows: {exc}") from None
         self.kernel = self._locate(avoid)
+        self._symbols: dict[str, int | None] = {}
 
     # --- KASLR ---------------------------------------------------------------------------
 
@@ -230,6 +237,25 @@ class LinuxGuest:
             return self._check_init_task(self.kernel.init_task) == self.kernel
         except GuestAccessError:
             return False
+
+    # --- exported symbols ----------------------------------------------------------------
+
+    def exported_symbol(self, name: str) -> int | None:
+        """The virtual address of an exported kernel symbol (``__ksymtab``; see
+        :mod:`bridge.vmi.ksymtab`), searched in the :data:`_IMAGE_SPAN` of the
+        kernel image before ``init_task`` (the read-only data precede ``.data``)."""
+        if name not in self._symbols:
+            end = self.kernel.init_task
+            start = next((max(first, end - _IMAGE_SPAN) for first, stop in self.ranges if first <= end < stop), end)
+            image = self.memory.read(start, end - start)
+            self._symbols[name] = exported_symbol(image, start, self.kernel.image_delta, name)
+        return self._symbols[name]
+
+    def jiffies(self) -> int | None:
+        """The guest kernel's tick counter (it stands still in a paused guest, and in
+        the remains of a kernel that is no longer running); None if not found."""
+        address = self.exported_symbol("jiffies")
+        return None if address is None else self.pointer(address)
 
     def physical(self, virtual: int) -> int:
         """A kernel virtual address (direct map or kernel image) → physical."""
