@@ -183,3 +183,14 @@ def test_a_table_too_far_from_its_strings_or_garbage_finds_nothing():
     image, _ = _kernel_image(["a_symbol", "jiffies", "z_symbol"], [0x1000, 0x2000, 0x3000], gap=WINDOW)
     assert exported_symbol(image, 0, 0, "jiffies") is None
     assert exported_symbol(os.urandom(1 << 20) + b"\0jiffies\0" + os.urandom(1 << 16), 0, 0, "jiffies") is None
+
+
+def test_a_guest_full_of_decoy_names_costs_bounded_work(monkeypatch):
+    from bridge.vmi import ksymtab
+
+    windows = []
+    real = ksymtab._aligned_equal_words
+    monkeypatch.setattr(ksymtab, "_aligned_equal_words", lambda data, expected: windows.append(1) or real(data, expected))
+    decoys = b"\0".join([b"some_identifier_jiffies"] * (4 * ksymtab.MAX_STRINGS)) + b"\0"
+    assert ksymtab.exported_symbol(bytes(1 << 20) + decoys, 0, 0, "jiffies") is None
+    assert len(windows) == ksymtab.MAX_STRINGS  # not one window per decoy

@@ -27,6 +27,9 @@ from collections.abc import Iterator
 #: kernel with ~40,000 exports, CRCs included, are about 1 MiB).
 WINDOW = 2 << 20
 _ENTRY = 12
+#: Bounds on the work a guest can cause: name strings tried, matches checked per window.
+MAX_STRINGS = 256
+MAX_MATCHES = 64
 _IDENTIFIER_CONTEXT = re.compile(rb"[A-Za-z0-9_.\0]*")
 _IDENTIFIER = re.compile(rb"[A-Za-z_][A-Za-z0-9_.]{0,127}\0")
 _WORD = struct.Struct("<i")
@@ -81,12 +84,17 @@ def exported_symbol(image: bytes, image_physical: int, image_delta: int, name: s
     (virtual = physical + ``image_delta``).  None when it is not found."""
     if not _EXPECTED:
         _EXPECTED.extend(_expected_words(remainder) for remainder in range(4))
-    for string in _name_strings(image, name.encode()):
+    for tried, string in enumerate(_name_strings(image, name.encode())):
+        if tried >= MAX_STRINGS:
+            return None
         end = string & ~3
         start = max(0, end - WINDOW)
         region = image[start:end]
         expected = _EXPECTED[string & 3]
-        for offset in _aligned_equal_words(region, expected[len(expected) - len(region):]):
+        matches = _aligned_equal_words(region, expected[len(expected) - len(region):])
+        for checked, offset in enumerate(matches):
+            if checked >= MAX_MATCHES:
+                break
             name_field = start + offset
             entry = name_field - 4
             if entry < 0:
