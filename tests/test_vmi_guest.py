@@ -298,14 +298,14 @@ def test_reading_the_ram_inside_the_qemu_process_and_the_image_btf(guest, tmp_pa
                              "--wire-pcap", str(guest.pcap), "--pid", *[str(p) for p in _server_pids(guest)],
                              "--keylog", str(harvested)], tmp_path / "harvest.err")
     process.wait_for("harvesting", timeout=60)
+    # Connections held open a moment: reading RAM through the QEMU process is the
+    # point here, not the race with one-shot connections (the RAM-file test has those).
     for suite in TLS13[:2]:
-        curl_guest(guest, 4433, client, "--tlsv1.3", "--tls13-ciphers", suite)
-    curl_guest(guest, 4433, client, "--tlsv1.2", "--tls-max", "1.2")
-    _s_client(guest, 4434, held := tmp_path / "held.keylog", "-tls1_3")
+        _s_client(guest, 4433, client, "-tls1_3", "-ciphersuites", suite)
+    _s_client(guest, 4433, client, "-tls1_2")
+    _s_client(guest, 4434, client, "-tls1_3")
     summary = _stop(process)
-    with open(client, "a") as handle:
-        handle.write(held.read_text())
-    _assert_wire_harvest(client, harvested, summary, held=_randoms(held))
+    assert len(_assert_wire_harvest(client, harvested, summary, held=_randoms(client))) == 4
 
 
 def _server_pids(guest: Guest) -> list[int]:
