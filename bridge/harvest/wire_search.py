@@ -175,10 +175,22 @@ class PendingSearch:
     #: When its end was seen (FIN/RST on the wire, or a sensor's word).
     closed_at: float | None = None
 
-    def closed_unfound(self, now: float) -> bool:
-        """It ended more than :data:`CLOSED_GRACE` ago and its ``SSL`` object was
-        never found: OpenSSL has freed (and cleansed) it; stop searching."""
-        return self.closed_at is not None and self.ssl is None and now - self.closed_at > CLOSED_GRACE
+    def miss(self, now: float) -> str | None:
+        """Why the search stops here without a result (the name of its counter), or
+        None while it goes on: ``closed_first`` — it ended more than
+        :data:`CLOSED_GRACE` ago and its ``SSL`` object was never found (OpenSSL
+        has freed and cleansed it); past the deadline, ``not_found`` or
+        ``incomplete`` (found, the secrets never complete)."""
+        if self.closed_at is not None and self.ssl is None and now - self.closed_at > CLOSED_GRACE:
+            return "closed_first"
+        if now >= self.deadline:
+            return "not_found" if self.ssl is None else "incomplete"
+        return None
+
+
+def count_miss(stats: object, miss: str) -> None:
+    """Add one to the counter named by :meth:`PendingSearch.miss`."""
+    setattr(stats, miss, getattr(stats, miss) + 1)
 
 
 #: After a connection's end, how long it is still searched for if not found yet.
@@ -208,6 +220,13 @@ class PendingSearches(Generic[P]):
             self.items.append(item)
             self._by_connection[(hello.client, hello.server)] = item
 
+    def take(self, event: WireHello | WireEnd, now: float) -> None:
+        """A connection to search for, or the end of one."""
+        if isinstance(event, WireEnd):
+            self.ended(event, now)
+        else:
+            self.add(event, now)
+
     def ended(self, end: WireEnd, now: float) -> None:
         """A FIN or RST (either direction): the search stops after :data:`CLOSED_GRACE`
         unless the ``SSL`` object is found by then."""
@@ -233,6 +252,10 @@ def request_event(request: KeyRequest) -> WireHello | WireEnd:
 class _Pending(PendingSearch):
     pid: int | None = None
     profile: Profile | None = None
+
+    def miss(self, now: float) -> str | None:
+        miss = PendingSearch.miss(self, now)
+        return "not_owned" if miss == "not_found" and self.pid is None else miss
 
 
 @dataclass(slots=True)
@@ -263,10 +286,7 @@ class WireSearch:
 
     def add(self, event: WireHello | WireEnd, now: float) -> None:
         """A connection to search for, or the end of one."""
-        if isinstance(event, WireEnd):
-            self.searches.ended(event, now)
-        else:
-            self.searches.add(event, now)
+        self.searches.take(event, now)
 
     @property
     def pending(self) -> int:
@@ -288,16 +308,9 @@ class WireSearch:
                 if done:
                     continue
                 item.next_try = now + self.retry_interval
-            if item.closed_unfound(now):
-                self.stats.closed_first += 1
-                continue
-            if now >= item.deadline:
-                if item.pid is None:
-                    self.stats.not_owned += 1
-                elif item.ssl is None:
-                    self.stats.not_found += 1
-                else:
-                    self.stats.incomplete += 1
+            miss = item.miss(now)
+            if miss is not None:
+                count_miss(self.stats, miss)
                 continue
             still.append(item)
         self.searches.keep(still)

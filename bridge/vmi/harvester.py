@@ -39,6 +39,7 @@ from bridge.harvest.wire_search import (
     SearchIntake,
     WireEnd,
     WireHello,
+    count_miss,
     hellos,
     request_event,
 )
@@ -199,8 +200,9 @@ class VmHarvester:
     def intake(self) -> SearchIntake:
         return self.searches.intake
 
-    def add(self, hello: WireHello, now: float) -> None:
-        self.searches.add(hello, now)
+    def add(self, event: WireHello | WireEnd, now: float) -> None:
+        """A connection to search for (a ClientHello, a sensor's request), or its end."""
+        self.searches.take(event, now)
 
     def _already_published(self, client_random: bytes) -> bool:
         with self._publish_lock:
@@ -234,21 +236,12 @@ class VmHarvester:
                 except GuestAccessError:
                     item.ssl = None  # the process exited, the guest rebooted: search again
                 item.next_try = now + self.retry_interval
-            if item.closed_unfound(now):
-                self.stats.closed_first += 1
-                continue
-            if now >= item.deadline:
-                if item.ssl is None:
-                    self.stats.not_found += 1
-                else:
-                    self.stats.incomplete += 1
+            miss = item.miss(now)
+            if miss is not None:
+                count_miss(self.stats, miss)
                 continue
             still.append(item)
         self.searches.keep(still)
-
-    def ended(self, end: WireEnd, now: float) -> None:
-        """A FIN/RST on the wire, or a sensor's word that the connection ended."""
-        self.searches.ended(end, now)
 
     def _read(self, item: _Pending) -> bool:
         """Read a located connection's secrets; True once published."""
@@ -351,10 +344,7 @@ class VmHarvester:
                 return
             now = time.monotonic()
             for named in ([event] if event is not None else []) + self.inbox.take():
-                if isinstance(named, WireEnd):
-                    self.ended(named, now)
-                else:
-                    self.add(named, now)
+                self.add(named, now)
             self.step(now)
             if now >= next_scan:
                 self._rescan()
