@@ -139,8 +139,14 @@ http {{
 
 
 def probes_left(pid: int) -> list[str]:
-    """uprobe_events lines and tracing instances of harvester ``pid``."""
-    root = Path("/sys/kernel/tracing")
+    """uprobe_events lines and tracing instances of harvester ``pid``.
+
+    Read through the product's :func:`~bridge.harvest.uprobes.tracefs`, which
+    mounts tracefs when this mount namespace has none: the harvester runs under
+    ``ip netns exec`` (a mount namespace of its own), so its mount is not seen here."""
+    from bridge.harvest.uprobes import tracefs
+
+    root = tracefs()
     name = f"tlsbridge_{pid}"
     left = [line for line in (root / "uprobe_events").read_text().splitlines() if f"{name}/" in line]
     if (root / "instances" / name).exists():
