@@ -55,9 +55,13 @@ export {
 	## that comes later.
 	const fact_expiry = 10min &redef;
 
-	## Live only: flow records that ended longer ago than this (by
-	## ``ts_end``) are skipped, so that a restarted Zeek that reads the flow
-	## log from its beginning does not log old flows again.  Zero: read all.
+	## Only while the flow log is followed (Input::STREAM): flow records
+	## that ended longer ago than this (by ``ts_end``) are skipped, so that a
+	## restarted Zeek that reads the flow log from its beginning does not log
+	## old flows again.  Skipped records are counted in
+	## :zeek:see:`TLSBridge::old_flows_skipped` and reported once.  A flow
+	## log read once (a trace, or ``follow_flow_log=F``) is read whole.
+	## Zero: read all.
 	const max_flow_age = 10min &redef;
 
 	## Source MAC addresses of the bridge's synthetic frames (lower case):
@@ -272,6 +276,9 @@ export {
 
 	## Flow log lines that could not be parsed.
 	global parse_failures = 0;
+
+	## Flow records skipped as older than :zeek:see:`TLSBridge::max_flow_age`.
+	global old_flows_skipped = 0;
 }
 
 redef record connection += {
@@ -301,6 +308,9 @@ const stream_name = "tls-bridge-flow-log";
 
 # Whether packet processing was suspended until the flow log is read.
 global holding = F;
+
+# Whether the flow log is followed (Input::STREAM) rather than read once.
+global following = F;
 
 global flush_pending: function(t: table[addr, port, addr, port] of Pending,
     orig_h: addr, orig_p: port, resp_h: addr, resp_p: port): interval;
@@ -568,11 +578,16 @@ event flow_line(desc: Input::EventDescription, tpe: Input::Event, s: string)
 	if ( ! f?$status )
 		return;
 
-	if ( ! reading_traces()
+	if ( following
 	    && max_flow_age > 0secs
 	    && f?$ts_end
 	    && f$ts_end < current_time() - max_flow_age )
+		{
+		if ( ++old_flows_skipped == 1 )
+			Reporter::info(fmt("TLSBridge: skipping flow records older than max_flow_age (%s), from flow %s on",
+			    max_flow_age, f?$flow_id ? cat(f$flow_id) : "?"));
 		return;
+		}
 
 	add_flow(f);
 	}
@@ -600,6 +615,7 @@ event zeek_init() &priority=5
 		return;
 
 	local once = reading_traces() || ! follow_flow_log;
+	following = ! once;
 	if ( once && file_size(flow_log) < 0.0 )
 		{
 		Reporter::error(fmt("TLSBridge: flow log %s does not exist", flow_log));
