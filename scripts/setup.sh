@@ -1,8 +1,38 @@
 #!/usr/bin/env bash
 # Idempotent set-up on Debian bookworm: system packages and the project's venv.
 # Used by scripts/demo.sh and scripts/test.sh; safe to run again and again.
+#
+# Output: one progress line per step on stderr; what the installers print (apt,
+# pip, downloads) goes to build/setup.log, whose last lines are shown when a
+# step fails.  Add a step with:   step "what it does" command [args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+mkdir -p build
+SETUP_LOG=build/setup.log
+: >"$SETUP_LOG"
+
+# step "what it does" command [args...]: runs the command (or a shell function)
+# under `set -e` with its output appended to $SETUP_LOG; prints
+# "setup: what it does ... ok", or on failure the log's tail, and exits.
+step() {
+    local what=$1 rc
+    shift
+    printf 'setup: %s ... ' "$what" >&2
+    printf '\n=== %s\n$ %s\n' "$what" "$*" >>"$SETUP_LOG"
+    set +e
+    (set -e; "$@") </dev/null >>"$SETUP_LOG" 2>&1
+    rc=$?
+    set -e
+    if ((rc == 0)); then
+        echo "ok" >&2
+        return 0
+    fi
+    echo "FAILED (exit $rc)" >&2
+    echo "setup: the last lines of $SETUP_LOG (the whole output is there):" >&2
+    tail -n 40 "$SETUP_LOG" | sed 's/^/  | /' >&2
+    exit "$rc"
+}
 
 APT_PACKAGES=(
     python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux nftables qemu-system-x86 busybox-static cpio kmod xz-utils zstd
@@ -20,6 +50,18 @@ for pkg in "${APT_PACKAGES[@]}"; do installed "$pkg" || need_apt+=("$pkg"); done
 need_backports=()
 for pkg in "${BACKPORTS_PACKAGES[@]}"; do installed "$pkg" || need_backports+=("$pkg"); done
 
+# bookworm-backports from the archive this machine's apt sources use for bookworm
+# (no host name in the repository; a local mirror stays in use).
+add_backports_source() {
+    cat > /etc/apt/sources.list.d/bookworm-backports.sources <<SOURCES
+Types: deb
+URIs: $1
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+}
+
 if ((${#need_apt[@]} + ${#need_backports[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "setup: need root to install: ${need_apt[*]} ${need_backports[*]}" >&2
@@ -28,40 +70,37 @@ if ((${#need_apt[@]} + ${#need_backports[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     # tshark asks whether non-root users may capture; answer for it.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-    if ((${#need_backports[@]})) && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        echo "setup: adding the bookworm-backports suite" >&2
-        cat > /etc/apt/sources.list.d/bookworm-backports.sources <<'SOURCES'
-Types: deb
-URIs: http://deb.debian.org/debian
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SOURCES
-    fi
-    echo "setup: installing ${need_apt[*]} ${need_backports[*]}" >&2
-    apt-get update -q >/dev/null
+    step "apt-get update" apt-get update -q
     if ((${#need_apt[@]})); then
-        apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null
+        step "installing ${need_apt[*]}" apt-get install -y -q --no-install-recommends "${need_apt[@]}"
     fi
     if ((${#need_backports[@]})); then
-        apt-get install -y -q -t bookworm-backports "${need_backports[@]}" >/dev/null
+        if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            archive=$(python3 scripts/apt_sources.py bookworm)  # explains on stderr when there is none
+            step "adding the bookworm-backports suite from $archive" add_backports_source "$archive"
+            step "apt-get update (bookworm-backports)" apt-get update -q
+        fi
+        step "installing ${need_backports[*]} from bookworm-backports" \
+            apt-get install -y -q -t bookworm-backports "${need_backports[@]}"
     fi
 fi
 
 stamp=.venv/.tls-bridge-installed
 want=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [[ ! -x .venv/bin/python ]]; then
-    python3 -m venv .venv
+    step "creating the venv .venv" python3 -m venv .venv
 fi
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-    echo "setup: installing the Python package and test tools into .venv" >&2
-    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+    step "installing the Python package and test tools into .venv" \
+        .venv/bin/pip install --disable-pip-version-check -e '.[test]'
     echo "$want" > "$stamp"
 fi
 
 # OpenSSL builds bundled in PyPI wheels (1.1.1 to 3.6) for the profile tests.
-if [[ ! -f build/openssl-builds/.complete || tests/support/openssl_builds.py -nt build/openssl-builds/.complete ]]; then
-    echo "setup: fetching OpenSSL builds from PyPI wheels into build/openssl-builds" >&2
+fetch_openssl_builds() {
     .venv/bin/python -m tests.support.openssl_builds fetch
     touch build/openssl-builds/.complete
+}
+if [[ ! -f build/openssl-builds/.complete || tests/support/openssl_builds.py -nt build/openssl-builds/.complete ]]; then
+    step "fetching OpenSSL builds from PyPI wheels into build/openssl-builds" fetch_openssl_builds
 fi

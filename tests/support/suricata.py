@@ -53,10 +53,9 @@ class SuricataError(RuntimeError):
 
 
 INSTALL_HINT = (
-    "Suricata 7 is required (never skipped). On Debian bookworm: "
-    "echo 'deb http://deb.debian.org/debian bookworm-backports main' "
-    ">/etc/apt/sources.list.d/backports.list && apt-get update && "
-    "apt-get install -t bookworm-backports suricata   (or run scripts/setup.sh)"
+    "Suricata 7 is required (never skipped). On Debian bookworm run scripts/setup.sh: it adds "
+    "the bookworm-backports suite from the archive your apt sources use for bookworm "
+    "(python3 scripts/apt_sources.py bookworm) and runs apt-get install -t bookworm-backports suricata"
 )
 
 SYSTEM_RULE_DIRS = (Path("/etc/suricata/rules"), Path("/usr/share/suricata/rules"))
