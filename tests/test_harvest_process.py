@@ -169,32 +169,6 @@ def test_without_privileges_the_harvester_says_what_it_needs(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_build_without_profile_is_named_with_the_command_that_makes_one(lab, tmp_path):
-    """A libssl whose build-id no profile knows (Debian's, with the build-id changed)."""
-    import shutil
-
-    from bridge.harvest.elf import read_elf
-
-    libdir = tmp_path / "lib"
-    libdir.mkdir()
-    original = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
-    data = bytearray(open(original, "rb").read())
-    build_id = bytes.fromhex(read_elf(original).build_id)
-    position = data.index(build_id)
-    data[position : position + len(build_id)] = bytes(b ^ 0xFF for b in build_id)
-    (libdir / "libssl.so.3").write_bytes(data)
-    shutil.copy("/usr/lib/x86_64-linux-gnu/libcrypto.so.3", libdir / "libcrypto.so.3")
-    proc = lab.ns.proc(["env", f"LD_LIBRARY_PATH={libdir}", tlslab.tool("openssl"), "s_server", "-accept", "4438",
-                        "-cert", str(lab.certs.cert), "-key", str(lab.certs.key), "-www"], stdin_pipe=False)
-    tlslab._wait_listening(proc, 4438)
-    lab.procs.append(proc)
-    harvester = lab.harvester("--comm", "openssl", "--keylog", str(tmp_path / "h.keylog"))
-    text = _stop(harvester)
-    patched = bytes(b ^ 0xFF for b in build_id).hex()
-    assert f"no OpenSSL profile for {libdir}/libssl.so.3 (build-id {patched}, OpenSSL 3.0." in text
-    assert f"tls-bridge profile calibrate --libssl {libdir}/libssl.so.3" in text
-
-
 def _bridge() -> list[str]:
     import sys
 

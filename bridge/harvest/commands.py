@@ -22,11 +22,57 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def profile_store(args: argparse.Namespace) -> ProfileStore:
-    directories = [DEFAULT_PROFILE_DIR, *(args.profiles or [])]
-    store = ProfileStore(directories)
+    cache = getattr(args, "profile_cache", None) or DEFAULT_PROFILE_DIR
+    directories = [cache, *(args.profiles or [])]
+    store = ProfileStore(directories, shipped=not getattr(args, "no_shipped_profiles", False))
     for error in store.errors:
         _say(args, f"warning: {error}")
     return store
+
+
+def layout_resolver(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The harvesters' layout resolver: known profiles, calibration here, confirmed candidates."""
+    from bridge.harvest.resolve import LayoutResolver
+
+    methods = tuple(m.strip() for m in args.resolve.split(",") if m.strip()) if args.resolve != "none" else ()
+    return LayoutResolver(profile_store(args), cache_dir=args.profile_cache or None, methods=methods,
+                          log=lambda text: _say(args, text))
+
+
+class StatusFile:
+    """``--status FILE``: the harvester's layouts and counters as JSON, rewritten every second."""
+
+    def __init__(self, path: str | None, snapshot) -> None:  # type: ignore[no-untyped-def]
+        self.path, self.snapshot = path, snapshot
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="status-file", daemon=True) if path else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def write(self) -> None:
+        if not self.path:
+            return
+        import json
+
+        temporary = f"{self.path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(self.snapshot(), handle, indent=2, default=str)
+            handle.write("\n")
+        os.replace(temporary, self.path)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                self.write()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self.write()
+        except OSError:
+            pass
 
 
 # --- profile ------------------------------------------------------------------------------------
@@ -52,22 +98,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _calibrate_in_subprocess(libssl: str) -> Profile:
-    """The library is loaded into the calibrating process: use a fresh one, so it
-    meets no other OpenSSL already loaded here."""
-    import subprocess
+    """The library is loaded into a fresh, confined process (it meets no other OpenSSL
+    loaded here, and a crafted library runs with no privileges and no network)."""
+    from bridge.harvest.sandbox import calibrate_sandboxed
 
-    code = ("import sys\nfrom bridge.harvest.calibrate_ctypes import calibrate_library\n"
-            "from bridge.errors import BridgeError\n"
-            "try:\n    sys.stdout.write(calibrate_library(sys.argv[1]).to_json())\n"
-            "except BridgeError as exc:\n    print(exc, file=sys.stderr); sys.exit(1)\n")
-    if not os.path.exists(libssl):
-        raise ProfileError(f"{libssl}: no such file")
-    result = subprocess.run([sys.executable, "-c", code, libssl], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
-    if result.returncode != 0:
-        detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit status {result.returncode}"
-        raise ProfileError(f"calibrating {libssl}: {detail}")
-    return Profile.from_json(result.stdout, source=libssl)
+    return calibrate_sandboxed(libssl)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -188,9 +223,35 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     add_client_security_options(feed)
     feed.add_argument("--ttl", type=float, default=600.0, metavar="SECONDS", help="keep records for snapshots (default: 600)")
     feed.add_argument("--insecure", action="store_true", help="no CurveZMQ (labs only)")
-    parser.add_argument("--profiles", action="append", metavar="DIR", help="more profile directories")
+    add_resolution_options(parser)
+    parser.add_argument("--status", metavar="FILE",
+                        help="write the harvester's state (each build's layout and where it came from, counters) "
+                             "as JSON to FILE every second")
     parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
     parser.add_argument("-q", "--quiet", action="store_true")
+
+
+def add_resolution_options(parser: argparse.ArgumentParser) -> None:
+    layouts = parser.add_argument_group(
+        "layouts of OpenSSL builds",
+        "A build with no profile is resolved automatically: a libssl this host can load is calibrated at first "
+        "sight in a confined child process (no network, no root, no capabilities, a time limit); otherwise the "
+        "known layouts (the same version series first) are candidates, and nothing read through one is published "
+        "before it is confirmed on a live connection (cryptographic relations between the secrets and what the "
+        "process holds). Results are cached by build-id in the profile cache.")
+    layouts.add_argument("--profiles", action="append", metavar="DIR", help="more profile directories")
+    layouts.add_argument("--profile-cache", default=DEFAULT_PROFILE_DIR, metavar="DIR",
+                         help=f"where profiles calibrated or confirmed here are kept and read (default: "
+                              f"{DEFAULT_PROFILE_DIR}; '' to keep none)")
+    layouts.add_argument("--resolve", default="calibrate,candidates", metavar="METHODS",
+                         help="how builds without a profile are resolved: calibrate, candidates, both separated by "
+                              "a comma (default), or none")
+    layouts.add_argument("--no-shipped-profiles", action="store_true",
+                         help="ignore the profiles shipped with tls-bridge (every build resolved here)")
+
+
+def layout_summary(resolver) -> list[str]:  # type: ignore[no-untyped-def]
+    return [layout.describe() for layout in resolver.layouts.values()]
 
 
 def run_harvest_process(args: argparse.Namespace) -> int:
@@ -205,11 +266,13 @@ def run_harvest_process(args: argparse.Namespace) -> int:
     sinks, keylog, publisher = open_sinks(args)
     stop = stop_on_signals()
     harvester = None
+    status = None
     try:
         from bridge.harvest.uprobes import hook_functions
 
         hooks = hook_functions(args.hooks) if "hooks" in triggers else None
-        harvester = ProcessHarvester(finder, profile_store(args), sinks, hooks=hooks,
+        resolver = layout_resolver(args)
+        harvester = ProcessHarvester(finder, resolver, sinks, hooks=hooks,
                                      wire=_wire_frames(args) if "wire" in triggers else None,
                                      requests="requests" in triggers, log=lambda text: _say(args, text))
         if publisher is not None and "requests" in triggers:
@@ -217,10 +280,15 @@ def run_harvest_process(args: argparse.Namespace) -> int:
         if args.duration:
             threading.Timer(args.duration, stop.set).start()
         harvester.refresh()
+        resolver.wait(15.0)  # builds met at start: calibrated before the first connections if at all possible
+        harvester.refresh()
+        status = StatusFile(args.status, lambda: {"layouts": resolver.status(), "stats": _stats_dict(harvester)})
         _say(args, f"harvesting {harvester.stats.processes} processes ({', '.join(sorted(triggers))}); "
                    "Ctrl-C or SIGTERM to stop")
         harvester.run(stop)
     finally:
+        if status is not None:
+            status.close()
         if harvester is not None:
             harvester.close()
             stats = harvester.stats
@@ -238,14 +306,25 @@ def run_harvest_process(args: argparse.Namespace) -> int:
             percentiles = stats.latency_percentiles()
             if percentiles is not None:
                 text += f"; trigger to published p50 {percentiles[0] * 1000:.2f} ms, p99 {percentiles[1] * 1000:.2f} ms"
-            if stats.missing_profiles:
-                text += f"; {len(stats.missing_profiles)} builds without a profile"
+            if stats.unconfirmed:
+                text += f"; {stats.unconfirmed} reads not confirmed (held back)"
             _say(args, text)
+            for line in layout_summary(harvester.resolver):
+                _say(args, line)
         if keylog is not None:
             keylog.close()
         if publisher is not None:
             publisher.close()
     return 0
+
+
+def _stats_dict(harvester) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    from dataclasses import asdict
+
+    body = {name: value for name, value in asdict(harvester.stats).items() if name != "latencies"}
+    if harvester.wire is not None:
+        body["search"] = {name: value for name, value in asdict(harvester.wire.stats).items()}
+    return body
 
 
 # --- parsers ---------------------------------------------------------------------------------

@@ -137,3 +137,32 @@ def find_all(reader: ProcessMemory, mappings: list[Mapping], needle: bytes, *, c
             if len(data) < size:
                 break  # the rest of this mapping is not readable
             position += chunk
+
+
+def present(reader: ProcessMemory, mappings: list[Mapping], needles: list[bytes], *, chunk: int = 1 << 20) -> set[bytes]:
+    """Which of ``needles`` occur in the writable anonymous mappings (one pass)."""
+    import re
+
+    wanted = {needle for needle in needles if needle}
+    if not wanted:
+        return set()
+    pattern = re.compile(b"|".join(re.escape(needle) for needle in wanted))
+    overlap = max(len(needle) for needle in wanted) - 1
+    found: set[bytes] = set()
+    for mapping in mappings:
+        if not mapping.writable_anonymous:
+            continue
+        position = mapping.start
+        while position < mapping.end:
+            size = min(chunk + overlap, mapping.end - position)
+            try:
+                data = reader.read_upto(position, size)
+            except GuestAccessError:
+                break
+            found.update(match.group() for match in pattern.finditer(data))
+            if found >= wanted:
+                return found
+            if len(data) < size:
+                break
+            position += chunk
+    return found

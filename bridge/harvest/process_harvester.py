@@ -13,8 +13,10 @@ Triggers:
 Secrets are published once per connection — when they are complete, keyed by
 the client random (a TLS 1.2 renegotiation has a new one) — to every sink: a
 key log file, the key feed.  New processes are picked up by a rescan every
-``rescan_interval`` seconds; a build without a profile is reported once, with
-the command that makes one.
+``rescan_interval`` seconds.  Each build's layout comes from the
+:class:`~bridge.harvest.resolve.LayoutResolver`: shipped or cached, calibrated
+here in a sandbox at first sight, or a candidate confirmed on a live
+connection before anything read through it is published.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from dataclasses import dataclass, field
 from bridge.capture.frames import Frame
 from bridge.errors import BridgeError, GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
-from bridge.harvest.memory import ProcessGoneError, ProcessMemory
-from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
-from bridge.harvest.targets import OpenSslBinary, TargetFinder, TargetProcess
+from bridge.harvest.confirm import memory_evidence
+from bridge.harvest.memory import ProcessGoneError, ProcessMemory, present, read_maps
+from bridge.harvest.profile import Profile
+from bridge.harvest.resolve import READY, BuildLayout, LayoutResolver
+from bridge.harvest.targets import OpenSslBinary, TargetFinder, TargetProcess, is_shared_libssl
 from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, UprobeSession
 from bridge.harvest.wire_search import HelloInbox, WireHello, WireSearch, hellos, request_event
 from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
@@ -49,7 +53,7 @@ class HarvestStats:
     republished: int = 0  # a connection published again with more secrets
     fallback_reads: int = 0  # fields read from /proc/PID/mem because the kernel could not fetch them
     incomplete_at_free: int = 0  # SSL_free with no complete secrets (failed or unfinished handshakes)
-    missing_profiles: dict[str, str] = field(default_factory=dict)  # build-id → message
+    unconfirmed: int = 0  # secrets read through a layout that did not confirm them: not published
     #: Seconds from the trigger (the hook firing, the ClientHello captured) to the record published.
     latencies: list[float] = field(default_factory=list)
 
@@ -81,12 +85,16 @@ class _Published:
     def seen(self, client_random: bytes) -> bool:
         return client_random in self._labels
 
+    def would_add(self, secrets: ConnectionSecrets) -> bool:
+        before = self._labels.get(secrets.client_random)
+        return before is None or not frozenset(secrets.secrets) <= before
+
 
 class ProcessHarvester:
     def __init__(
         self,
         finder: TargetFinder,
-        profiles: ProfileStore,
+        resolver: LayoutResolver,
         sinks: list[KeySink],
         *,
         hooks: tuple[str, ...] | None = HOOK_FUNCTIONS,
@@ -98,22 +106,26 @@ class ProcessHarvester:
         if hooks is None and wire is None and not requests:
             raise ValueError("no trigger: hooks, wire, requests, or several")
         self.finder = finder
-        self.profiles = profiles
+        self.resolver = resolver
         self.sinks = sinks
         self.rescan_interval = rescan_interval
         self.log = log
         self.stats = HarvestStats()
         self.host = socket.gethostname()
         self._targets: dict[int, TargetProcess] = {}
-        self._profiles_by_pid: dict[int, list[tuple[OpenSslBinary, Profile]]] = {}
+        self._profiles_by_pid: dict[int, list[tuple[OpenSslBinary, BuildLayout]]] = {}
+        #: (pid, SSL *) of hook events seen while their build's layout was not ready (bounded)
+        self._unready_seen: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._published = _Published()
         self._readers: dict[int, ProcessMemory] = {}
         self._lock = threading.Lock()
         self.hook_functions = hooks
         self.uprobes = UprobeSession() if hooks is not None else None
-        self._hooked: set[str] = set()
+        #: binary path → the profile whose fields its probes fetch (None: only the SSL *)
+        self._hooked: dict[str, Profile | None] = {}
         searching = wire is not None or requests
-        self.wire = (WireSearch(self._wire_targets, self._publish_wire, published=self._published.seen)
+        self.wire = (WireSearch(self._wire_targets, self._publish_wire, published=self._published.seen,
+                                vouch=resolver.vouch, saw=resolver.saw_connection)
                      if searching else None)
         self._wire_frames = wire
         #: Connections to search for, from the capture thread and the key feed's thread.
@@ -123,7 +135,7 @@ class ProcessHarvester:
     # --- targets ---------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Rescan processes; hook new builds; drop processes that exited."""
+        """Rescan processes; hook builds whose layout is (now) known; drop processes that exited."""
         current = {target.pid: target for target in self.finder.scan()}
         with self._lock:
             for pid in set(self._targets) - set(current):
@@ -131,26 +143,34 @@ class ProcessHarvester:
             for pid, target in current.items():
                 if pid not in self._targets:
                     self._add(target)
+            for pairs in self._profiles_by_pid.values():
+                for binary, layout in pairs:
+                    self._hook(binary, layout)
             self.stats.processes = len(self._targets)
 
     def _add(self, target: TargetProcess) -> None:
         self._targets[target.pid] = target
-        usable: list[tuple[OpenSslBinary, Profile]] = []
+        pairs: list[tuple[OpenSslBinary, BuildLayout]] = []
         for binary in target.binaries:
-            try:
-                profile = self.profiles.require(binary.build_id, binary.path, binary.image.openssl_version)
-            except MissingProfileError as exc:
-                if binary.build_id not in self.stats.missing_profiles:
-                    self.stats.missing_profiles[binary.build_id] = str(exc)
-                    self.log(f"warning: process {target.pid} ({target.comm}): {exc}")
-                continue
-            usable.append((binary, profile))
-            if self.uprobes is not None and binary.path not in self._hooked:
-                functions = self.uprobes.attach(binary.path, binary.image, profile, self.hook_functions)
-                self._hooked.add(binary.path)
-                self.stats.binaries_hooked += 1
-                self.log(f"hooked {binary.path} ({profile.openssl_version}): {', '.join(functions)}")
-        self._profiles_by_pid[target.pid] = usable
+            layout = self.resolver.layout(binary.build_id, binary.path, binary.image.openssl_version,
+                                          loadable_path=binary.path if is_shared_libssl(binary.path) else None)
+            pairs.append((binary, layout))
+        self._profiles_by_pid[target.pid] = pairs
+
+    def _hook(self, binary: OpenSslBinary, layout: BuildLayout) -> None:
+        """Probe a build once its layout can be read: with the profile's fields fetched
+        at hook time when it is ready, else only the ``SSL *`` (candidates are read
+        from memory)."""
+        if self.uprobes is None or not layout.harvestable:
+            return
+        profile = layout.profile if layout.state == READY else None
+        if binary.path in self._hooked:
+            return
+        functions = self.uprobes.attach(binary.path, binary.image, profile, self.hook_functions)
+        self._hooked[binary.path] = profile
+        self.stats.binaries_hooked += 1
+        self.log(f"hooked {binary.path} ({layout.version or layout.build_id}): {', '.join(functions)}"
+                 + ("" if profile is not None else " (fields read from memory until the layout is confirmed)"))
 
     def _drop(self, pid: int) -> None:
         self._targets.pop(pid, None)
@@ -159,17 +179,17 @@ class ProcessHarvester:
         if reader is not None:
             reader.close()
 
-    def _wire_targets(self) -> dict[int, list[Profile]]:
+    def _wire_targets(self) -> dict[int, list[BuildLayout]]:
         with self._lock:
-            return {pid: [profile for _, profile in pairs] for pid, pairs in self._profiles_by_pid.items() if pairs}
+            return {pid: [layout for _, layout in pairs] for pid, pairs in self._profiles_by_pid.items() if pairs}
 
-    def _profile_for(self, pid: int, binary: str | None) -> Profile | None:
+    def _layout_for(self, pid: int, binary: str | None) -> BuildLayout | None:
         pairs = self._profiles_by_pid.get(pid)
         if pairs is None:
             return None
-        for candidate, profile in pairs:
+        for candidate, layout in pairs:
             if binary is None or candidate.path == binary:
-                return profile
+                return layout
         return None
 
     # --- hook events -----------------------------------------------------------------------
@@ -177,42 +197,88 @@ class ProcessHarvester:
     def on_event(self, event: HookEvent) -> None:
         self.stats.hook_events += 1
         with self._lock:
-            profile = self._profile_for(event.tgid, event.binary)
-        if profile is None:
+            layout = self._layout_for(event.tgid, event.binary)
+        if layout is None:
             self.stats.events_other_processes += 1
             return
-        secrets = read_secrets(event)
+        if layout.state != READY:
+            self._saw_unready(event, layout)
+        secrets, profile = None, layout.profile
+        if profile is not None and self._hooked.get(event.binary) is profile:
+            secrets = read_secrets(event)  # fetched by the kernel at hook time
         if secrets is None or not secrets.complete:
-            secrets = self._read_from_memory(event, profile)
-        if secrets is None or not secrets.complete:
+            secrets, profile = self._read_from_memory(event, layout)
+        if secrets is None or not secrets.complete or profile is None:
             if event.function == "SSL_free" and secrets is not None and not self._published.seen(secrets.client_random):
                 self.stats.incomplete_at_free += 1
             return
         # Most events are later calls on a connection already published: nothing new.
+        if self._published.seen(secrets.client_random) and not self._published.would_add(secrets):
+            return
+        if not self._vouch(event.tgid, event.ssl, layout, profile, secrets):
+            return
         if self._published.new_labels(secrets):
-            self._publish(event.tgid, secrets, profile, f"uprobe:{event.function}")
+            self._publish(event.tgid, secrets, layout, f"uprobe:{event.function}")
             self._latency(time.monotonic() - event.timestamp)
 
-    def _read_from_memory(self, event: HookEvent, profile: Profile) -> ConnectionSecrets | None:
+    def _saw_unready(self, event: HookEvent, layout: BuildLayout) -> None:
+        key = (event.tgid, event.ssl)
+        if key in self._unready_seen:
+            return
+        self._unready_seen[key] = None
+        if len(self._unready_seen) > 10_000:
+            self._unready_seen.popitem(last=False)
+        self.resolver.saw_connection(layout)
+
+    def _vouch(self, pid: int, ssl: int, layout: BuildLayout, profile: Profile, secrets: ConnectionSecrets) -> bool:
+        reader = self._readers.get(pid)
+        if reader is None:
+            try:
+                reader = self._readers[pid] = ProcessMemory(pid)
+            except GuestAccessError:
+                return False
+
+        def evidence():  # type: ignore[no-untyped-def]
+            maps = read_maps(pid)
+            return memory_evidence(reader, profile, ssl, lambda needles: present(reader, maps, needles))
+
+        try:
+            if self.resolver.vouch(layout, profile, secrets, evidence):
+                return True
+        except (ProcessGoneError, GuestAccessError):
+            pass
+        self.stats.unconfirmed += 1
+        return False
+
+    def _read_from_memory(self, event: HookEvent, layout: BuildLayout) -> tuple[ConnectionSecrets | None, Profile | None]:
+        """The connection's secrets read from the process's memory through the
+        build's profile, or through the first candidate that reads this connection."""
         reader = self._readers.get(event.tgid)
         try:
             if reader is None:
                 reader = self._readers[event.tgid] = ProcessMemory(event.tgid)
             self.stats.fallback_reads += 1
-            return read_secrets(MemoryFields(reader, profile, event.ssl))
+            fallback: tuple[ConnectionSecrets | None, Profile | None] = (None, None)
+            for profile in layout.profiles():
+                secrets = read_secrets(MemoryFields(reader, profile, event.ssl))
+                if secrets is not None and secrets.complete:
+                    return secrets, profile
+                if fallback[0] is None:
+                    fallback = (secrets, profile)
+            return fallback
         except ProcessGoneError:
             with self._lock:
                 self._drop(event.tgid)
         except GuestAccessError as exc:
             self.log(f"warning: {exc}")
-        return None
+        return None, None
 
     # --- publishing --------------------------------------------------------------------------
 
-    def _publish_wire(self, pid: int, secrets: ConnectionSecrets, profile: Profile, hello: WireHello,
+    def _publish_wire(self, pid: int, secrets: ConnectionSecrets, layout: BuildLayout, hello: WireHello,
                       seen_at: float) -> None:
         if self._published.new_labels(secrets):
-            self._publish(pid, secrets, profile, hello.trigger)
+            self._publish(pid, secrets, layout, hello.trigger)
             self._latency(time.monotonic() - seen_at)
 
     def request(self, request: KeyRequest) -> None:
@@ -225,16 +291,16 @@ class ProcessHarvester:
         if 0 <= seconds < 3600 and len(self.stats.latencies) < 100_000:
             self.stats.latencies.append(seconds)
 
-    def _publish(self, pid: int, secrets: ConnectionSecrets, profile: Profile, trigger: str) -> None:
+    def _publish(self, pid: int, secrets: ConnectionSecrets, layout: BuildLayout, trigger: str) -> None:
         target = self._targets.get(pid)
-        binary = next((b for b, p in self._profiles_by_pid.get(pid, []) if p is profile), None)
+        binary = next((b for b, candidate in self._profiles_by_pid.get(pid, []) if candidate is layout), None)
         origin = Origin(
             host=self.host[:255],
             pid=pid,
             comm=(target.comm if target else None),
             exe=(target.exe[:1024] if target else None),
-            library=(binary.path[:256] if binary else profile.library),
-            build_id=profile.build_id,
+            library=(binary.path[:256] if binary else layout.library[:256]),
+            build_id=layout.build_id,
             trigger=trigger,
         )
         record = KeyRecord(

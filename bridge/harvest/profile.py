@@ -125,6 +125,8 @@ class ProfileStore:
 
     def __init__(self, directories: Iterable[str | os.PathLike[str]] = (), *, shipped: bool = True) -> None:
         self._profiles: dict[str, Profile] = {}
+        #: build-id → the directory its profile came from
+        self.origins: dict[str, str] = {}
         self.errors: list[str] = []
         for directory in ([SHIPPED_DIR] if shipped else []) + [Path(d) for d in directories]:
             self._load_dir(Path(directory))
@@ -139,6 +141,7 @@ class ProfileStore:
                 self.errors.append(str(exc))
                 continue
             self._profiles[profile.build_id] = profile
+            self.origins[profile.build_id] = str(directory)
 
     def __len__(self) -> int:
         return len(self._profiles)

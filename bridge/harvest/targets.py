@@ -20,6 +20,11 @@ from bridge.harvest.memory import read_maps
 _LIBSSL = re.compile(r"/libssl[^/]*\.so[^/]*$")
 
 
+def is_shared_libssl(path: str) -> bool:
+    """A libssl shared library (loadable to calibrate), not an executable with OpenSSL linked in."""
+    return bool(_LIBSSL.search(path))
+
+
 @dataclass(frozen=True, slots=True)
 class OpenSslBinary:
     """An OpenSSL build as mapped by some process."""

@@ -23,8 +23,10 @@ from typing import Generic, TypeVar
 from bridge.capture.frames import Frame
 from bridge.errors import GuestAccessError, PacketDecodeError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
-from bridge.harvest.memory import Mapping, ProcessGoneError, ProcessMemory, find_all, read_maps
+from bridge.harvest.confirm import Evidence, memory_evidence
+from bridge.harvest.memory import Mapping, ProcessGoneError, ProcessMemory, find_all, present, read_maps
 from bridge.harvest.profile import Profile
+from bridge.harvest.resolve import BuildLayout
 from bridge.harvest.sockets import Endpoint, connection_owner
 from bridge.keyfeed.wire import KeyRequest
 from bridge.packets import TcpSegment, classify
@@ -157,6 +159,7 @@ class WireStats:
     incomplete: int = 0  # found, but the secrets never completed before the deadline
     unfinished: int = 0  # still searched for when the harvester stopped
     process_gone: int = 0  # the owner exited before its secrets were read
+    unconfirmed: int = 0  # secrets read through a layout that did not confirm them: not published
     unreadable: int = 0  # the owner's memory could not be read (permissions)
     search_seconds: float = 0.0
     searches: int = 0
@@ -252,6 +255,9 @@ def request_event(request: KeyRequest) -> WireHello | WireEnd:
 class _Pending(PendingSearch):
     pid: int | None = None
     profile: Profile | None = None
+    layout: BuildLayout | None = None
+    #: Candidate layouts that failed confirmation on this connection.
+    excluded: set[str] = field(default_factory=set)
 
     def miss(self, now: float) -> str | None:
         miss = PendingSearch.miss(self, now)
@@ -262,15 +268,20 @@ class _Pending(PendingSearch):
 class WireSearch:
     """Pending searches, advanced by :meth:`step` (call it every few milliseconds)."""
 
-    #: pid → the profiles of the OpenSSL builds it maps (the harvester's targets).
-    targets: Callable[[], dict[int, list[Profile]]]
-    #: (pid, secrets, profile, the search: when it was queued (time.monotonic()), its trigger)
-    publish: Callable[[int, ConnectionSecrets, Profile, WireHello, float], None]
+    #: pid → the layouts of the OpenSSL builds it maps (the harvester's targets).
+    targets: Callable[[], dict[int, list[BuildLayout]]]
+    #: (pid, secrets, the build's layout, the search: when it was queued (time.monotonic()), its trigger)
+    publish: Callable[[int, ConnectionSecrets, BuildLayout, WireHello, float], None]
     timeout: float = 5.0
     retry_interval: float = 0.001
     max_pending: int = 10_000
     #: Connections published already by another trigger (a hook): not searched again.
     published: Callable[[bytes], bool] = lambda client_random: False
+    #: May secrets read through a layout be published (:meth:`LayoutResolver.vouch`)?
+    vouch: Callable[[BuildLayout, Profile, ConnectionSecrets, Callable[[], Evidence]], bool] = (
+        lambda layout, profile, secrets, evidence: True)
+    #: A connection of a build was seen (:meth:`LayoutResolver.saw_connection`).
+    saw: Callable[[BuildLayout], None] = lambda layout: None
     stats: WireStats = field(default_factory=WireStats)
     searches: PendingSearches[_Pending] = field(init=False)
     _readers: dict[int, ProcessMemory] = field(default_factory=dict)
@@ -334,42 +345,56 @@ class WireSearch:
             item.pid = connection_owner(list(targets), item.hello.client, item.hello.server)
             if item.pid is None:
                 return False
-        profiles = targets.get(item.pid, [])
+            for layout in targets.get(item.pid, []):
+                self.saw(layout)
+        layouts = targets.get(item.pid, [])
         reader = self._reader(item.pid)
         if item.ssl is None:
             started = time.perf_counter()
-            located = self._locate(item.pid, reader, profiles, item.hello.client_random)
+            located = self._locate(item.pid, reader, layouts, item.hello.client_random, item.excluded)
             self.stats.search_seconds += time.perf_counter() - started
             self.stats.searches += 1
             if located is None:
                 return False
-            item.ssl, item.profile = located
+            item.ssl, item.layout, item.profile = located
             self.stats.found += 1
-        assert item.profile is not None
+        assert item.profile is not None and item.layout is not None
         secrets = read_secrets(MemoryFields(reader, item.profile, item.ssl))
         if secrets is None or secrets.client_random != item.hello.client_random:
             item.ssl = None  # the object was freed or reused: search again
             return False
         if not secrets.complete:
             return False
-        self.publish(item.pid, secrets, item.profile, item.hello, item.seen_at)
+        pid, ssl, profile = item.pid, item.ssl, item.profile
+        maps = self._maps.get(pid) or read_maps(pid)
+        if not self.vouch(item.layout, profile, secrets,
+                          lambda: memory_evidence(reader, profile, ssl, lambda needles: present(reader, maps, needles))):
+            item.excluded.add(profile.build_id)
+            item.ssl = None
+            self.stats.unconfirmed += 1
+            return False
+        self.publish(item.pid, secrets, item.layout, item.hello, item.seen_at)
         self.stats.published += 1
         return True
 
-    def _locate(self, pid: int, reader: ProcessMemory, profiles: list[Profile], random: bytes) -> tuple[int, Profile] | None:
+    def _locate(self, pid: int, reader: ProcessMemory, layouts: list[BuildLayout], random: bytes,
+                excluded: set[str]) -> tuple[int, BuildLayout, Profile] | None:
         for refresh in (False, True):
             if refresh or pid not in self._maps:
                 self._maps[pid] = read_maps(pid)
             maps = self._maps[pid]
             for hit in find_all(reader, maps, random):
-                for profile in profiles:
-                    for ssl in self._candidates(reader, maps, profile, hit):
-                        try:
-                            secrets = read_secrets(MemoryFields(reader, profile, ssl))
-                        except GuestAccessError:
+                for layout in layouts:
+                    for profile in layout.profiles():
+                        if profile.build_id in excluded:
                             continue
-                        if secrets is not None and secrets.client_random == random:
-                            return ssl, profile
+                        for ssl in self._candidates(reader, maps, profile, hit):
+                            try:
+                                secrets = read_secrets(MemoryFields(reader, profile, ssl))
+                            except GuestAccessError:
+                                continue
+                            if secrets is not None and secrets.client_random == random:
+                                return ssl, layout, profile
         return None
 
     @staticmethod

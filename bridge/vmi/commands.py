@@ -31,7 +31,7 @@ def open_memory(args: argparse.Namespace) -> GuestPhysicalMemory:
         if not args.ram_size:
             raise BridgeError("--qemu-pid needs --ram-size (the guest's -m, e.g. 512M)")
         return QemuProcessBackend(args.qemu_pid, args.ram_size, machine=args.machine, ram_path=args.ram_path)
-    return LibvmiBackend(args.libvmi)
+    return LibvmiBackend(args.libvmi, machine=args.machine, kvmi_socket=args.kvmi_socket)
 
 
 def _idle(stop: threading.Event):  # type: ignore[no-untyped-def]
@@ -66,7 +66,9 @@ def _start_hooks(args: argparse.Namespace, harvester, stop: threading.Event):  #
 
 def run_harvest_vm(args: argparse.Namespace) -> int:
     from bridge.capture.follow import follow_capture
-    from bridge.harvest.commands import _say, open_sinks, parse_triggers, profile_store, stop_on_signals
+    from dataclasses import asdict
+
+    from bridge.harvest.commands import StatusFile, _say, layout_resolver, layout_summary, open_sinks, parse_triggers, stop_on_signals
     from bridge.vmi.btf import btf_from_kernel_image, find_btf_in_memory
     from bridge.vmi.harvester import VmHarvester
 
@@ -79,14 +81,18 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     memory = open_memory(args)
     harvester = None
+    status = None
     try:
         started = time.monotonic()
         btf = (btf_from_kernel_image(args.kernel) if args.kernel
                else find_btf_in_memory(memory.read, memory.layout.ranges()))
-        harvester = VmHarvester(memory, btf, sinks, vm_name=args.name, profiles=profile_store(args),
+        harvester = VmHarvester(memory, btf, sinks, vm_name=args.name, profiles=layout_resolver(args),
                                 comms=tuple(args.comm or ()), pids=tuple(args.pid or ()), everything=args.all,
                                 log=lambda text: _say(args, text))
         harvester.attach()
+        status = StatusFile(args.status, lambda: {"vm": args.name, "layouts": harvester.resolver.status(),
+                                                  "stats": {k: v for k, v in asdict(harvester.stats).items()
+                                                            if k != "latencies"}})
         if "requests" in triggers:
             publisher.take_key_requests(harvester.request)
         kernel = harvester.guest.kernel  # type: ignore[union-attr]
@@ -138,7 +144,13 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
             if latency:
                 text += (f"; trigger to published p50 {latency[len(latency) // 2] * 1000:.1f} ms, "
                          f"p99 {latency[min(len(latency) - 1, int(len(latency) * 0.99))] * 1000:.1f} ms")
+            if stats.unconfirmed:
+                text += f"; {stats.unconfirmed} reads not confirmed (held back)"
             _say(args, text)
+            for line in layout_summary(harvester.resolver):
+                _say(args, f"{args.name}: {line}")
+        if status is not None:
+            status.close()
         memory.close()
         if keylog is not None:
             keylog.close()
@@ -172,9 +184,12 @@ def add_vm_parser(commands: argparse._SubParsersAction) -> None:
     memory.add_argument("--memory-file", metavar="PATH",
                         help="the guest RAM file (-object memory-backend-file,mem-path=PATH,share=on)")
     memory.add_argument("--qemu-pid", type=int, metavar="PID", help="read the RAM inside this QEMU process")
-    memory.add_argument("--libvmi", metavar="DOMAIN", help="LibVMI (Xen, KVMi) for this domain")
+    memory.add_argument("--libvmi", metavar="DOMAIN|PATH",
+                        help="LibVMI's physical reads: a guest RAM file (a path: LibVMI's file driver) or a "
+                             "Xen/KVMi domain name (LibVMI's domain mode)")
     vm.add_argument("--ram-size", type=_size, metavar="SIZE", help="with --qemu-pid: the guest's RAM size (e.g. 512M)")
     vm.add_argument("--ram-path", metavar="PATH", help="with --qemu-pid: the RAM backing file, if any")
+    vm.add_argument("--kvmi-socket", metavar="PATH", help="with --libvmi DOMAIN on KVMi: QEMU's KVMi socket")
     vm.add_argument("--machine", default="pc", choices=("pc", "q35"), help="QEMU machine type (RAM above the PCI hole)")
     vm.add_argument("--kernel", metavar="IMAGE", help="the guest's vmlinux/vmlinuz, for its BTF (default: found in memory)")
     select = vm.add_mutually_exclusive_group(required=True)

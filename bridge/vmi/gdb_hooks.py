@@ -284,10 +284,10 @@ def hook_points(targets, functions: tuple[str, ...], symbol_cache: dict[str, dic
     points = []
     for target in targets:
         base = target.libssl_base
-        offsets = symbol_cache.get(target.profile.build_id)
+        offsets = symbol_cache.get(target.layout.build_id)
         if offsets is None:
             try:
-                offsets = symbol_cache[target.profile.build_id] = dynamic_symbols(target.space.read, base, set(functions))
+                offsets = symbol_cache[target.layout.build_id] = dynamic_symbols(target.space.read, base, set(functions))
             except GuestAccessError:
                 continue
         for function in functions:

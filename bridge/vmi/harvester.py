@@ -3,7 +3,10 @@
 Nothing runs in the guest.  Guest processes are found through the guest
 kernel's own structures (:mod:`bridge.vmi.linux`); each target's OpenSSL build
 is identified by the build-id in its mapped ``libssl`` (read from guest memory)
-and gets the host harvester's profile.  The on-demand trigger: a ClientHello
+and gets its layout from the :class:`~bridge.harvest.resolve.LayoutResolver`: a
+known profile, or candidate layouts (a guest's library cannot be loaded here)
+confirmed on a live connection before anything read through them is published
+— a guest whose libssl was upgraded keeps being harvested.  The on-demand trigger: a ClientHello
 seen on the VM's traffic (its tap or a mirror, or QEMU's ``filter-dump`` file)
 names a client random, which is searched in the targets' writable anonymous
 memory; the ``SSL *`` follows from the profile, and the secrets are read as soon
@@ -30,8 +33,10 @@ from dataclasses import dataclass, field
 from bridge.capture.frames import Frame
 from bridge.errors import GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
+from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.elf import build_id_in_memory
-from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
+from bridge.harvest.profile import Profile, ProfileStore
+from bridge.harvest.resolve import CALIBRATING, FAILED, BuildLayout, LayoutResolver
 from bridge.harvest.wire_search import (
     HelloInbox,
     PendingSearch,
@@ -68,7 +73,7 @@ class VmStats:
     target_errors: int = 0  # a target's memory could not be read (exited, or changing)
     search_seconds: float = 0.0
     bytes_searched: int = 0
-    missing_profiles: dict[str, str] = field(default_factory=dict)
+    unconfirmed: int = 0  # secrets read through a layout that did not confirm them: not published
     latencies: list[float] = field(default_factory=list)
 
 
@@ -76,7 +81,7 @@ class VmStats:
 class GuestTarget:
     process: GuestProcess
     space: AddressSpace
-    profile: Profile
+    layout: BuildLayout
     library: str
     writable: list[Vma]
     libssl_base: int = 0
@@ -85,6 +90,9 @@ class GuestTarget:
 @dataclass(slots=True)
 class _Pending(PendingSearch):
     target: GuestTarget | None = None
+    profile: Profile | None = None
+    #: Candidate layouts that failed confirmation on this connection.
+    excluded: set[str] = field(default_factory=set)
 
 
 def _selected(process: GuestProcess, comms: set[str], pids: set[int], everything: bool) -> bool:
@@ -99,7 +107,7 @@ class VmHarvester:
         sinks: list[KeySink],
         *,
         vm_name: str,
-        profiles: ProfileStore,
+        profiles: LayoutResolver | ProfileStore,
         comms: tuple[str, ...] = (),
         pids: tuple[int, ...] = (),
         everything: bool = False,
@@ -113,7 +121,9 @@ class VmHarvester:
         self.btf = btf
         self.sinks = sinks
         self.vm_name = vm_name
-        self.profiles = profiles
+        #: Layouts of the guests' builds (a bare ProfileStore: known profiles, then confirmed candidates).
+        self.resolver = (profiles if isinstance(profiles, LayoutResolver)
+                         else LayoutResolver(profiles, methods=("candidates",), log=log))
         self.comms, self.pids, self.everything = set(comms), set(pids), everything
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -183,14 +193,8 @@ class VmHarvester:
                     build_id = None
                 if build_id is None:
                     continue
-                try:
-                    profile = self.profiles.require(build_id, vma.path, None)
-                except MissingProfileError as exc:
-                    if build_id not in self.stats.missing_profiles:
-                        self.stats.missing_profiles[build_id] = str(exc)
-                        self.log(f"warning: {self.vm_name}: process {process.pid} ({process.comm}): {exc}")
-                    continue
-                return GuestTarget(process, space, profile, vma.path, [v for v in vmas if v.writable_anonymous],
+                layout = self.resolver.layout(build_id, vma.path, None)
+                return GuestTarget(process, space, layout, vma.path, [v for v in vmas if v.writable_anonymous],
                                    vma.start)
         return None
 
@@ -202,6 +206,10 @@ class VmHarvester:
 
     def add(self, event: WireHello | WireEnd, now: float) -> None:
         """A connection to search for (a ClientHello, a sensor's request), or its end."""
+        if isinstance(event, WireHello):
+            for target in self.targets:
+                if target.layout.state in (CALIBRATING, FAILED):
+                    self.resolver.saw_connection(target.layout)
         self.searches.take(event, now)
 
     def _already_published(self, client_random: bytes) -> bool:
@@ -223,8 +231,10 @@ class VmHarvester:
         unlocated = {item.hello.client_random: item for item in due if item.ssl is None}
         if unlocated:
             try:
-                for random, (target, ssl) in self._locate(list(unlocated)).items():
+                excluded = {random: item.excluded for random, item in unlocated.items()}
+                for random, (target, ssl, profile) in self._locate(list(unlocated), excluded).items():
                     unlocated[random].target, unlocated[random].ssl = target, ssl
+                    unlocated[random].profile = profile
             except GuestAccessError as exc:
                 self.log(f"warning: {self.vm_name}: {exc}")
         still = []
@@ -245,35 +255,59 @@ class VmHarvester:
 
     def _read(self, item: _Pending) -> bool:
         """Read a located connection's secrets; True once published."""
-        assert item.target is not None and item.ssl is not None
-        secrets = read_secrets(MemoryFields(item.target.space, item.target.profile, item.ssl))
+        assert item.target is not None and item.ssl is not None and item.profile is not None
+        target, profile, ssl = item.target, item.profile, item.ssl
+        secrets = read_secrets(MemoryFields(target.space, profile, ssl))
         if secrets is None or secrets.client_random != item.hello.client_random:
             item.ssl = None  # freed or reused: search again
             return False
         if not secrets.complete:
             return False
-        if self._publish(item.target, secrets, trigger=f"vm-{item.hello.trigger}"):
+        if not self._vouch(target, profile, ssl, secrets):
+            item.excluded.add(profile.build_id)
+            item.ssl = None
+            return False
+        if self._publish(target, secrets, trigger=f"vm-{item.hello.trigger}"):
             self.stats.latencies.append(time.monotonic() - item.seen_at)
         return True
 
-    def _locate(self, randoms: list[bytes]) -> dict[bytes, tuple[GuestTarget, int]]:
+    def _vouch(self, target: GuestTarget, profile: Profile, ssl: int, secrets: ConnectionSecrets) -> bool:
+        """Secrets read through a layout not yet known good for their version are
+        confirmed on this connection, from the guest's memory, before publishing."""
+        def present(needles: list[bytes]) -> set[bytes]:
+            pattern = re.compile(b"|".join(re.escape(needle) for needle in needles))
+            return {match for _, match in self._search(target, pattern)}
+
+        if self.resolver.vouch(target.layout, profile, secrets,
+                               lambda: memory_evidence(target.space, profile, ssl, present)):
+            return True
+        self.stats.unconfirmed += 1
+        return False
+
+    def _locate(self, randoms: list[bytes], excluded: dict[bytes, set[str]] | None = None
+                ) -> dict[bytes, tuple[GuestTarget, int, Profile]]:
         """Where each client random's SSL object is, in one scan of every target."""
         started = time.perf_counter()
-        found: dict[bytes, tuple[GuestTarget, int]] = {}
+        found: dict[bytes, tuple[GuestTarget, int, Profile]] = {}
         pattern = re.compile(b"|".join(re.escape(random) for random in randoms))
         try:
             for target in self.targets:
-                path = target.profile.path("client_random") or ()
-                if len(path) != 1:
-                    continue  # 1.1.1 keeps the random behind a pointer: not in this scan
+                profiles = [p for p in target.layout.profiles() if len(p.path("client_random") or ()) == 1]
+                if not profiles:
+                    continue  # no layout yet; or 1.1.1, which keeps the random behind a pointer: not in this scan
                 try:
                     for hit, random in self._search(target, pattern):
                         if random in found:
                             continue
-                        ssl = hit - path[0]
-                        secrets = read_secrets(MemoryFields(target.space, target.profile, ssl))
-                        if secrets is not None and secrets.client_random == random:
-                            found[random] = (target, ssl)
+                        skip = (excluded or {}).get(random, set())
+                        for profile in profiles:
+                            if profile.build_id in skip:
+                                continue
+                            ssl = hit - (profile.path("client_random") or (0,))[0]
+                            secrets = read_secrets(MemoryFields(target.space, profile, ssl))
+                            if secrets is not None and secrets.client_random == random:
+                                found[random] = (target, ssl, profile)
+                                break
                 except GuestAccessError:
                     self.stats.target_errors += 1  # it exited (its page tables are gone) or is changing
         finally:
@@ -305,9 +339,12 @@ class VmHarvester:
     def on_hook_hit(self, target: GuestTarget, ssl: int, function: str) -> None:
         """A breakpoint hook stopped the guest in ``function(ssl)`` of a target."""
         self.stats.hook_hits += 1
-        secrets = read_secrets(MemoryFields(target.space, target.profile, ssl))
-        if secrets is not None and secrets.complete:
-            self._publish(target, secrets, trigger=f"gdb:{function}")
+        for profile in target.layout.profiles():
+            secrets = read_secrets(MemoryFields(target.space, profile, ssl))
+            if secrets is not None and secrets.complete:
+                if self._vouch(target, profile, ssl, secrets):
+                    self._publish(target, secrets, trigger=f"gdb:{function}")
+                return
 
     def _publish(self, target: GuestTarget, secrets: ConnectionSecrets, *, trigger: str = "vm-wire") -> bool:
         """Publish once per connection; False when it was published already."""
@@ -324,7 +361,7 @@ class VmHarvester:
             tls_version=secrets.version if secrets.version in (0x0303, 0x0304) else None,
             cipher_suite=secrets.cipher_suite,
             origin=Origin(host=self.host, vm=self.vm_name[:255], pid=target.process.pid, comm=target.process.comm,
-                          library=target.library[:256], build_id=target.profile.build_id, trigger=trigger),
+                          library=target.library[:256], build_id=target.layout.build_id, trigger=trigger),
         )
         self.stats.published += 1
         for sink in self.sinks:

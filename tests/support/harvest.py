@@ -129,6 +129,8 @@ http {{
     # --- harvester -------------------------------------------------------------------------
 
     def harvester(self, *args: str, name: str = "harvest") -> BridgeProcess:
+        if "--profile-cache" not in args:  # profiles made by this test stay with it
+            args = (*args, "--profile-cache", str(self.tmp / f"{name}-profiles"))
         process = BridgeProcess(["harvest", "process", *args], self.tmp / f"{name}.err", prefix=self.ns.prefix())
         process.wait_for("harvesting", timeout=30)
         return process
@@ -152,3 +154,26 @@ def probes_left(pid: int) -> list[str]:
     if (root / "instances" / name).exists():
         left.append(f"instances/{name}")
     return left
+
+
+def rebuilt_library(original: str | Path, directory: Path) -> tuple[Path, str]:
+    """A copy of a libssl with its GNU build-id changed (the same code: a "security
+    update" no profile knows), and any libcrypto beside it copied too.  Returns
+    (the copy, its build-id)."""
+    import shutil
+
+    from bridge.harvest.elf import read_elf
+
+    original = Path(original)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = bytearray(original.read_bytes())
+    build_id = bytes.fromhex(read_elf(original).build_id)
+    position = data.index(build_id)
+    patched = bytes(b ^ 0x5A for b in build_id)
+    data[position : position + len(build_id)] = patched
+    copy = directory / original.name
+    copy.write_bytes(data)
+    for sibling in original.parent.glob("libcrypto*.so*"):
+        if original.parent != Path("/usr/lib/x86_64-linux-gnu"):
+            shutil.copy(sibling, directory / sibling.name)
+    return copy, patched.hex()
