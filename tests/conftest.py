@@ -58,3 +58,63 @@ def netns(tlslab_tools):
 # ---------------------------------------------------------------------------
 # (end of tlslab block)
 # ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# zeek: a real Zeek (tests/support/zeek.py).  Required in CI and where
+# ../shared/zeek exists (missing: FAIL); elsewhere the Zeek tests that could
+# not run are named here, loudly, and the run's exit status is 1.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def zeek(request):
+    """The real Zeek (tests/support/zeek.py); fails where required, else skips loudly."""
+    from tests.support import zeek as zeek_support
+
+    return zeek_support.require(request.node.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    from tests.support import zeek as zeek_support
+
+    if not zeek_support.NOT_RUN:
+        return
+    tr = terminalreporter
+    tr.section(f"{len(zeek_support.NOT_RUN)} ZEEK TESTS DID NOT RUN (no Zeek found)", sep="!", red=True, bold=True)
+    for nodeid in zeek_support.NOT_RUN:
+        tr.write_line(f"NOT RUN: {nodeid}", red=True)
+    tr.write_line(f"They are not passed. To run them: {zeek_support.HOW_TO_INSTALL}.", red=True, bold=True)
+    tr.write_line("Exit status 1: the suite did not run completely.", red=True, bold=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    from tests.support import zeek as zeek_support
+
+    if zeek_support.NOT_RUN and exitstatus == 0:
+        session.exitstatus = 1
+
+
+# ---------------------------------------------------------------------------
+# (end of zeek block)
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# libvmi: LibVMI's Python bindings (tests/support/libvmi_gate.py).  Required in
+# CI and where ../shared/libvmi exists (missing: FAIL); elsewhere the LibVMI
+# tests that could not run are named at the end, loudly, and the exit status is 1.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def libvmi(request):
+    """LibVMI's Python bindings (the ``libvmi`` module); fails where required, else skips loudly."""
+    from tests.support import libvmi_gate
+
+    return libvmi_gate.require(request)
+
+
+# ---------------------------------------------------------------------------
+# (end of libvmi block)
+# ---------------------------------------------------------------------------
