@@ -36,6 +36,7 @@ step() {
 
 APT_PACKAGES=(
     python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux nftables qemu-system-x86 busybox-static cpio kmod xz-utils zstd
+    zkg  # Zeek's package manager: the Zeek package's zkg install/test
 )
 # node (a TLS server with OpenSSL linked in) may come from elsewhere (nodesource); Debian's otherwise.
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
@@ -103,4 +104,14 @@ fetch_openssl_builds() {
 }
 if [[ ! -f build/openssl-builds/.complete || tests/support/openssl_builds.py -nt build/openssl-builds/.complete ]]; then
     step "fetching OpenSSL builds from PyPI wheels into build/openssl-builds" fetch_openssl_builds
+fi
+
+# Zeek for the Zeek package's tests and the demo: `zeek` on PATH, else /opt/zeek, else the
+# build in ../shared/zeek (installed into /opt/zeek) where that folder is beside the checkout.
+if ! command -v zeek >/dev/null 2>&1 && [[ ! -x /opt/zeek/bin/zeek ]]; then
+    if [[ -f ../shared/zeek/install.sh ]]; then
+        step "installing Zeek from ../shared/zeek into /opt/zeek" sh ../shared/zeek/install.sh
+    else
+        echo "setup: no Zeek (not on PATH, not in /opt/zeek, no ../shared/zeek): the Zeek tests will not run" >&2
+    fi
 fi
