@@ -168,6 +168,8 @@ class Decryptor:
         self._flows: OrderedDict[int, _Flow] = OrderedDict()
         self._closed: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
         self._waiting: dict[bytes, _Flow] = {}
+        #: Waiting flows by the key handles their secrets may arrive under (RSA key log lines).
+        self._waiting_handles: dict[bytes, _Flow] = {}
         #: Flows reset while data sent before the RST was missing (see rst_grace).
         self._resetting: dict[int, _Flow] = {}
         self._next_id = 1
@@ -240,6 +242,7 @@ class Decryptor:
             sessions=self.sessions,
             budget=self.budget,
             max_pending_per_direction=self.config.max_pending_per_direction,
+            handles=self.keys.lookup_handle,
         )
         flow = _Flow(info, tls, self.config.max_out_of_order_bytes, is_syn)
         self.stats.flows += 1
@@ -342,7 +345,7 @@ class Decryptor:
     def _report_end(self, flow: _Flow, events: list[Event]) -> None:
         flow.end_reported = True
         random = flow.tls.client_random
-        if random is not None and self.keys.lookup(random) is None:
+        if random is not None and self.keys.lookup(random) is None and not flow.tls.decrypted_any:
             events.append(KeysWanted(flow.info, random, ended=True))
 
     def _track_waiting(self, flow: _Flow) -> None:
@@ -351,10 +354,18 @@ class Decryptor:
             if flow.waiting_since_ns is None:
                 flow.waiting_since_ns = self._now_ns
             self._waiting[random] = flow
+            for handle in flow.tls.key_handles:
+                self._waiting_handles[handle] = flow
         elif flow.waiting_since_ns is not None:
             flow.waiting_since_ns = None
             if random is not None:
                 self._waiting.pop(random, None)
+            self._drop_handles(flow)
+
+    def _drop_handles(self, flow: _Flow) -> None:
+        for handle in flow.tls.key_handles:
+            if self._waiting_handles.get(handle) is flow:
+                del self._waiting_handles[handle]
 
     # --- keys and time -----------------------------------------------------------
 
@@ -362,7 +373,7 @@ class Decryptor:
         """Decrypt what waited for secrets that arrived since the last call."""
         events: list[Event] = []
         for random in self.keys.take_arrivals():
-            flow = self._waiting.get(random)
+            flow = self._waiting.get(random) or self._waiting_handles.get(random)
             if flow is None:
                 continue
             for data in flow.tls.retry():
@@ -384,6 +395,7 @@ class Decryptor:
                 self.stats.key_wait_expired += 1
                 self._track_waiting(flow)
                 self._waiting.pop(random, None)
+                self._drop_handles(flow)
                 if flow.closing is not None:
                     self._finish(flow, flow.closing, events)
         grace_ns = int(self.config.rst_grace * NS)
@@ -433,13 +445,14 @@ class Decryptor:
         info = flow.info
         random = tls.client_random
         key_origin = None
+        self._drop_handles(flow)
         if random is not None:
             self._waiting.pop(random, None)
             keyset = self.keys.lookup(random)
             if keyset is not None:
                 key_origin = keyset.origin
-                if self.config.forget_keys:
-                    self.keys.forget(random)
+            if self.config.forget_keys and (keyset is not None or tls.connection_handles):
+                self.keys.forget(random, tls.connection_handles)
         del self._flows[info.flow_id]
         for key in (
             (info.client_ip, info.client_port, info.server_ip, info.server_port),

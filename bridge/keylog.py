@@ -5,12 +5,30 @@ LF and CRLF line ends are accepted.  Unknown labels are ignored and counted.
 We add one label of our own, ``HANDSHAKE_SECRET`` (the TLS 1.3 handshake
 secret, which the harvester can read from OpenSSL's ``SSL`` object); the
 handshake and application traffic secrets are derived from it and the transcript.
+
+Every other line Wireshark reads is read too, and used by the decryptor:
+
+* ``PMS_CLIENT_RANDOM <client random> <pre-master secret>`` (TLS 1.2: the
+  master secret is derived from it, with the extended master secret when the
+  handshake negotiated it);
+* ``RSA <first 8 bytes of the encrypted pre-master secret> <pre-master secret>``
+  (static-RSA TLS 1.2, as OpenSSL's client writes it): found by the
+  ClientKeyExchange, not by the client random — ``client_random`` is empty and
+  ``handle`` holds the 8 bytes;
+* ``RSA Session-ID:<session id> Master-Key:<master secret>`` (NSS's old form):
+  found by the session ID (label :data:`RSA_SESSION_ID`, ``handle`` = the ID);
+* ``CLIENT_TRAFFIC_SECRET_N`` / ``SERVER_TRAFFIC_SECRET_N`` for N > 0, which
+  some libraries write after a KeyUpdate.
+
+:data:`FEED_LABELS` are the labels a key feed record carries (RFC 9850's and
+``HANDSHAKE_SECRET``): the pre-master and RSA forms never go on the feed.
 """
 
 from __future__ import annotations
 
 import binascii
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -26,8 +44,15 @@ SERVER_TRAFFIC_SECRET_0 = "SERVER_TRAFFIC_SECRET_0"
 EXPORTER_SECRET = "EXPORTER_SECRET"
 #: Our own label: the TLS 1.3 handshake secret (RFC 8446 §7.1 "Handshake Secret").
 HANDSHAKE_SECRET = "HANDSHAKE_SECRET"
+#: TLS 1.2 pre-master secret by client random (Wireshark's key log form).
+PMS_CLIENT_RANDOM = "PMS_CLIENT_RANDOM"
+#: ``RSA <encrypted pre-master secret, first 8 bytes> <pre-master secret>``.
+RSA = "RSA"
+#: ``RSA Session-ID:<id> Master-Key:<master secret>`` (the line's label is ``RSA``).
+RSA_SESSION_ID = "RSA_SESSION_ID"
 
-KNOWN_LABELS = frozenset(
+#: The labels of a key feed record: RFC 9850's and our HANDSHAKE_SECRET.
+FEED_LABELS = KNOWN_LABELS = frozenset(
     {
         CLIENT_RANDOM,
         CLIENT_EARLY_TRAFFIC_SECRET,
@@ -40,20 +65,55 @@ KNOWN_LABELS = frozenset(
         HANDSHAKE_SECRET,
     }
 )
-_SECRET_LENGTHS = {CLIENT_RANDOM: (48,)}
+_SECRET_LENGTHS = {CLIENT_RANDOM: (48,), RSA: (48,), RSA_SESSION_ID: (48,)}
 _DEFAULT_LENGTHS = (32, 48)
+#: Pre-master secrets of (EC)DHE can have many lengths; RSA's has 48 bytes.
+_MAX_PRE_MASTER = 1024
+#: The first bytes of the encrypted pre-master secret an ``RSA`` line names.
+RSA_HANDLE_LENGTH = 8
+_TRAFFIC_SECRET_N = re.compile(r"(CLIENT|SERVER)_TRAFFIC_SECRET_([1-9][0-9]{0,9})")
+_SESSION_FORM = re.compile(r"Session-ID:([0-9A-Fa-f]*)")
+_MASTER_FORM = re.compile(r"Master-Key:([0-9A-Fa-f]*)")
+
+
+def traffic_secret_label(direction: str, epoch: int) -> str:
+    """``CLIENT_TRAFFIC_SECRET_<epoch>`` (``direction`` "CLIENT" or "SERVER")."""
+    return f"{direction}_TRAFFIC_SECRET_{epoch}"
+
+
+def traffic_secret_epoch(label: str) -> tuple[str, int] | None:
+    """("CLIENT"|"SERVER", N) for a ``*_TRAFFIC_SECRET_N`` label, else None."""
+    match = _TRAFFIC_SECRET_N.fullmatch(label)
+    return (match[1], int(match[2])) if match else None
+
+
+def is_known_label(label: str) -> bool:
+    """A label the decryptor uses (feed labels, the pre-master forms, later epochs)."""
+    return (
+        label in KNOWN_LABELS
+        or label in (PMS_CLIENT_RANDOM, RSA, RSA_SESSION_ID)
+        or traffic_secret_epoch(label) is not None
+    )
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class KeyLogEntry:
     label: str
+    #: Empty for :data:`RSA` and :data:`RSA_SESSION_ID` entries (see ``handle``).
     client_random: bytes
     secret: bytes
+    #: What an RSA entry is found by: the encrypted pre-master secret's first
+    #: 8 bytes (:data:`RSA`) or the session ID (:data:`RSA_SESSION_ID`).
+    handle: bytes = b""
 
     def __repr__(self) -> str:
-        return f"KeyLogEntry({self.label}, {self.client_random.hex()[:16]}…, <secret>)"
+        return f"KeyLogEntry({self.label}, {(self.client_random or self.handle).hex()[:16]}…, <secret>)"
 
     def to_line(self) -> str:
+        if self.label == RSA_SESSION_ID:
+            return f"RSA Session-ID:{self.handle.hex()} Master-Key:{self.secret.hex()}"
+        if self.label == RSA:
+            return f"RSA {self.handle.hex()} {self.secret.hex()}"
         return f"{self.label} {self.client_random.hex()} {self.secret.hex()}"
 
 
@@ -83,16 +143,51 @@ def parse_line(line: str) -> KeyLogEntry | None:
     if len(parts) != 3:
         raise KeyLogFormatError(f"expected 3 fields, found {len(parts)}")
     label, random_hex, secret_hex = parts
-    try:
-        client_random = binascii.unhexlify(random_hex)
-        secret = binascii.unhexlify(secret_hex)
-    except (binascii.Error, ValueError):
-        raise KeyLogFormatError(f"{label}: fields are not hex") from None
+    if label == RSA and random_hex.startswith("Session-ID:"):
+        return _session_id_line(random_hex, secret_hex)
+    client_random = _unhex(label, random_hex)
+    secret = _unhex(label, secret_hex)
+    if label == RSA:
+        if len(client_random) != RSA_HANDLE_LENGTH:
+            raise KeyLogFormatError(
+                f"RSA: encrypted pre-master prefix has {len(client_random)} bytes, expected {RSA_HANDLE_LENGTH}"
+            )
+        _check_length(label, secret)
+        return KeyLogEntry(label, b"", secret, client_random)
     if len(client_random) != 32:
         raise KeyLogFormatError(f"{label}: client random has {len(client_random)} bytes, expected 32")
-    if label in KNOWN_LABELS and len(secret) not in _SECRET_LENGTHS.get(label, _DEFAULT_LENGTHS):
-        raise KeyLogFormatError(f"{label}: secret has {len(secret)} bytes")
+    if label == PMS_CLIENT_RANDOM:
+        if not 1 <= len(secret) <= _MAX_PRE_MASTER:
+            raise KeyLogFormatError(f"{label}: pre-master secret has {len(secret)} bytes")
+    elif is_known_label(label):
+        _check_length(label, secret)
     return KeyLogEntry(label, client_random, secret)
+
+
+def _unhex(label: str, text: str) -> bytes:
+    try:
+        return binascii.unhexlify(text)
+    except (binascii.Error, ValueError):
+        raise KeyLogFormatError(f"{label[:40]}: fields are not hex") from None
+
+
+def _check_length(label: str, secret: bytes) -> None:
+    if len(secret) not in _SECRET_LENGTHS.get(label, _DEFAULT_LENGTHS):
+        raise KeyLogFormatError(f"{label}: secret has {len(secret)} bytes")
+
+
+def _session_id_line(session_field: str, master_field: str) -> KeyLogEntry:
+    """``RSA Session-ID:<hex> Master-Key:<hex>``."""
+    session = _SESSION_FORM.fullmatch(session_field)
+    master = _MASTER_FORM.fullmatch(master_field)
+    if session is None or master is None:
+        raise KeyLogFormatError("RSA Session-ID: expected 'Session-ID:<hex> Master-Key:<hex>'")
+    session_id = _unhex(RSA, session[1])
+    if not 1 <= len(session_id) <= 32:
+        raise KeyLogFormatError(f"RSA Session-ID: session ID has {len(session_id)} bytes")
+    secret = _unhex(RSA, master[1])
+    _check_length(RSA_SESSION_ID, secret)
+    return KeyLogEntry(RSA_SESSION_ID, b"", secret, session_id)
 
 
 def parse_lines(lines: Iterable[str], stats: KeyLogStats) -> Iterator[KeyLogEntry]:
@@ -109,7 +204,7 @@ def parse_lines(lines: Iterable[str], stats: KeyLogStats) -> Iterator[KeyLogEntr
             if line.lstrip().startswith("#"):
                 stats.comments += 1
             continue
-        if entry.label not in KNOWN_LABELS:
+        if not is_known_label(entry.label):
             stats.unknown_labels += 1
             continue
         stats.entries += 1

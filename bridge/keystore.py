@@ -8,6 +8,12 @@ Bounded: at most ``max_entries`` client randoms; the oldest go first (counted).
 Secrets given with a ``ttl`` (the live feed's) expire that many seconds after
 they arrived (clock injected as ``now``, see :meth:`KeyStore.expire`); secrets
 from key log files stay until their connection is done (:meth:`KeyStore.forget`).
+
+Secrets a key log gives by something other than the client random — ``RSA``
+lines (the encrypted pre-master secret's first 8 bytes) and ``RSA
+Session-ID:`` lines (the session ID) — are kept by a *handle*
+(:func:`rsa_handle`, :func:`session_handle`), bounded the same way; their
+arrivals are reported by handle too.
 """
 
 from __future__ import annotations
@@ -17,7 +23,17 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bridge.keylog import KeyLogEntry
+from bridge.keylog import RSA, RSA_HANDLE_LENGTH, RSA_SESSION_ID, KeyLogEntry
+
+
+def rsa_handle(encrypted_pre_master: bytes) -> bytes:
+    """The handle of an ``RSA`` key log line: its encrypted pre-master secret's first 8 bytes."""
+    return b"rsa:" + encrypted_pre_master[:RSA_HANDLE_LENGTH]
+
+
+def session_handle(session_id: bytes) -> bytes:
+    """The handle of an ``RSA Session-ID:`` key log line (a TLS 1.2 session's master secret)."""
+    return b"sid:" + session_id
 
 
 @dataclass(slots=True, repr=False)
@@ -47,6 +63,8 @@ class KeyStoreStats:
 class KeyStore:
     def __init__(self, *, max_entries: int = 1_000_000) -> None:
         self._entries: OrderedDict[bytes, KeySet] = OrderedDict()
+        #: rsa_handle()/session_handle() → pre-master or master secret
+        self._handles: OrderedDict[bytes, bytes] = OrderedDict()
         self._arrivals: list[bytes] = []
         #: (expiry time, client random) in arrival order; TTLs are per source, so
         #: one deque per TTL keeps each in expiry order.
@@ -96,17 +114,40 @@ class KeyStore:
             self._arrivals.append(client_random)
 
     def add_entry(self, entry: KeyLogEntry, *, now: float = 0.0) -> None:
-        self.add(entry.client_random, entry.label, entry.secret, now=now)
+        if entry.label == RSA:
+            self.add_handle(rsa_handle(entry.handle), entry.secret)
+        elif entry.label == RSA_SESSION_ID:
+            self.add_handle(session_handle(entry.handle), entry.secret)
+        else:
+            self.add(entry.client_random, entry.label, entry.secret, now=now)
+
+    def add_handle(self, handle: bytes, secret: bytes) -> None:
+        """A secret found by a handle (:func:`rsa_handle`, :func:`session_handle`)."""
+        with self._lock:
+            self._handles[handle] = secret
+            self._handles.move_to_end(handle)
+            while len(self._handles) > self.max_entries:
+                self._handles.popitem(last=False)
+                self.stats.evicted += 1
+            self.stats.added += 1
+            self._arrivals.append(handle)
 
     def lookup(self, client_random: bytes) -> KeySet | None:
         with self._lock:
             return self._entries.get(client_random)
 
-    def forget(self, client_random: bytes) -> None:
-        """Drop a connection's secrets once it is done."""
+    def lookup_handle(self, handle: bytes) -> bytes | None:
+        with self._lock:
+            return self._handles.get(handle)
+
+    def forget(self, client_random: bytes, handles: tuple[bytes, ...] = ()) -> None:
+        """Drop a connection's secrets once it is done (and those it found by ``handles``)."""
         with self._lock:
             if self._entries.pop(client_random, None) is not None:
                 self.stats.forgotten += 1
+            for handle in handles:
+                if self._handles.pop(handle, None) is not None:
+                    self.stats.forgotten += 1
 
     @property
     def has_arrivals(self) -> bool:
@@ -114,7 +155,7 @@ class KeyStore:
         return bool(self._arrivals)
 
     def take_arrivals(self) -> list[bytes]:
-        """Client randoms that received secrets since the last call."""
+        """Client randoms (and handles) that received secrets since the last call."""
         with self._lock:
             arrivals, self._arrivals = self._arrivals, []
             return arrivals

@@ -28,7 +28,7 @@ from bridge.keyfeed.security import (
     load_server,
 )
 from bridge.keyfeed.subscriber import Subscriber, SubscriberConfig
-from bridge.keylog import CLIENT_RANDOM, KeyLogEntry, KeyLogStats, read_keylog
+from bridge.keylog import CLIENT_RANDOM, FEED_LABELS, KeyLogEntry, KeyLogStats, read_keylog
 from bridge.keylog_follow import KeyLogFollower
 
 
@@ -85,9 +85,14 @@ def _host() -> str:
 
 
 def records_from_entries(entries: list[KeyLogEntry], origin: wire.Origin, now: float) -> list[wire.KeyRecord]:
-    """Key log lines grouped into one record per client random (in first-seen order)."""
+    """Key log lines grouped into one record per client random (in first-seen order).
+    Only the feed's labels (RFC 9850's): pre-master (``PMS_CLIENT_RANDOM``, ``RSA``)
+    and later-epoch lines need the handshake to be used, so they stay in the file
+    (give it to the sensor with ``--keylog``)."""
     grouped: OrderedDict[bytes, dict[str, bytes]] = OrderedDict()
     for entry in entries:
+        if entry.label not in FEED_LABELS:
+            continue
         grouped.setdefault(entry.client_random, {})[entry.label] = entry.secret
     return [
         wire.KeyRecord(

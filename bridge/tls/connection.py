@@ -9,6 +9,15 @@ returns the application data as :class:`ApplicationData` events.
 Secrets come from a lookup function (the key store) and may arrive after the
 records: protected records then wait in a bounded queue, and
 :meth:`TlsConnection.retry` (called when keys arrive) decrypts them.
+
+TLS 1.2 master secrets come from a ``CLIENT_RANDOM`` secret, the session cache,
+an ``RSA Session-ID:`` secret (by the ServerHello's session ID), or a
+pre-master secret (``PMS_CLIENT_RANDOM``, or an ``RSA`` line found by the
+ClientKeyExchange's encrypted pre-master secret) with RFC 5246 §8.1's
+derivation, or RFC 7627's extended master secret over the session hash.
+A TLS 1.3 direction whose first application traffic secret is unknown but a
+later epoch's (``*_TRAFFIC_SECRET_N``) is given skips the records sent before
+that KeyUpdate (each is tried with the later key; AEAD tells them apart).
 """
 
 from __future__ import annotations
@@ -26,16 +35,19 @@ from bridge.keylog import (
     CLIENT_RANDOM,
     CLIENT_TRAFFIC_SECRET_0,
     HANDSHAKE_SECRET,
+    PMS_CLIENT_RANDOM,
     SERVER_HANDSHAKE_TRAFFIC_SECRET,
     SERVER_TRAFFIC_SECRET_0,
+    traffic_secret_epoch,
 )
-from bridge.keystore import KeySet, SessionCache
+from bridge.keystore import KeySet, SessionCache, rsa_handle, session_handle
 from bridge.tls import handshake as hs
 from bridge.tls.ciphersuites import CipherSuite, cipher_suite, cipher_suite_name
 from bridge.tls.keyschedule import (
     application_traffic_secrets,
     handshake_traffic_secrets,
     key_block12,
+    master_secret12,
     next_traffic_secret,
 )
 from bridge.tls.protection import RecordDecryptor12, RecordDecryptor13
@@ -110,6 +122,9 @@ class DirectionState:
     prefix: bytearray = field(default_factory=bytearray)
     stop_reason: str | None = None
     skip_reason: str | None = None
+    #: TLS 1.3: keys of a later epoch (``*_TRAFFIC_SECRET_N``) installed without
+    #: the earlier ones; records that fail with them were sent before that KeyUpdate.
+    catching_up: bool = False
 
 
 @dataclass(slots=True)
@@ -138,6 +153,14 @@ class _SkipRecord(Exception):
 
 
 KeyLookup = Callable[[bytes], KeySet | None]
+#: Secrets a key log gives by handle (see :func:`bridge.keystore.rsa_handle`).
+HandleLookup = Callable[[bytes], bytes | None]
+
+_SIDE = {0: "CLIENT", 1: "SERVER"}
+
+
+def _no_handles(handle: bytes) -> bytes | None:
+    return None
 
 
 class TlsConnection:
@@ -150,8 +173,10 @@ class TlsConnection:
         sessions: SessionCache | None = None,
         budget: PendingBudget | None = None,
         max_pending_per_direction: int = 8 * 1024 * 1024,
+        handles: HandleLookup | None = None,
     ) -> None:
         self._keys = keys
+        self._handles = handles if handles is not None else _no_handles
         self._sessions = sessions if sessions is not None else SessionCache()
         self._budget = budget if budget is not None else PendingBudget()
         self._max_pending = max_pending_per_direction
@@ -174,6 +199,10 @@ class TlsConnection:
         self._master_secret: bytes | None = None
         self._pending_ticket = b""
         self._arrivals = 0
+        #: TLS 1.2: the ClientKeyExchange body, and RFC 7627's session hash
+        #: (Hash(ClientHello ... ClientKeyExchange)) computed when it was seen.
+        self._client_key_exchange: bytes | None = None
+        self._session_hash: bytes | None = None
 
     def __repr__(self) -> str:
         return f"TlsConnection(version={hs.version_name(self.version)}, suite={self.suite_name})"
@@ -203,6 +232,29 @@ class TlsConnection:
     @property
     def pending_bytes(self) -> int:
         return self.directions[0].pending_bytes + self.directions[1].pending_bytes
+
+    @property
+    def key_handles(self) -> tuple[bytes, ...]:
+        """Handles under which a key log may give this connection's TLS 1.2 secrets
+        (an ``RSA`` line by its encrypted pre-master, an ``RSA Session-ID:`` line)."""
+        handles = []
+        encrypted = self._encrypted_pre_master()
+        if encrypted is not None:
+            handles.append(rsa_handle(encrypted))
+        if self.server_hello is not None and self.server_hello.session_id and self.version == hs.TLS12:
+            handles.append(session_handle(self.server_hello.session_id))
+        return tuple(handles)
+
+    @property
+    def connection_handles(self) -> tuple[bytes, ...]:
+        """Handles of secrets that belong to this connection alone (forgotten with it);
+        a session ID's master secret stays for resumptions."""
+        encrypted = self._encrypted_pre_master()
+        return (rsa_handle(encrypted),) if encrypted is not None else ()
+
+    @property
+    def decrypted_any(self) -> bool:
+        return any(state.decrypted_records for state in self.directions)
 
     # --- input -----------------------------------------------------------------
 
@@ -479,6 +531,16 @@ class TlsConnection:
             self._install(direction)
             if state.decryptor is None:
                 raise _WaitForKeys()
+        if state.catching_up:
+            try:
+                result = state.decryptor.decrypt(record.content_type, record.version, record.fragment)
+            except DecryptionError:
+                raise _SkipRecord(
+                    f"{direction.name.lower()} records sent before KeyUpdate {state.key_updates}: "
+                    "no earlier traffic secret in the key log"
+                ) from None
+            state.catching_up = False
+            return result
         return state.decryptor.decrypt(record.content_type, record.version, record.fragment)
 
     def _enter_protected_phase(self, direction: Direction) -> None:
@@ -533,6 +595,8 @@ class TlsConnection:
             handler(self, direction, message)
 
     def _tracking_transcript(self) -> bool:
+        if self.version == hs.TLS12:
+            return self._session_hash is None and not self.resumed  # up to the ClientKeyExchange (RFC 7627)
         return self._server_finished_hash is None and self.version in (None, hs.TLS13)
 
     def _on_client_hello(self, direction: Direction, message: hs.HandshakeMessage) -> None:
@@ -541,6 +605,8 @@ class TlsConnection:
             # TLS 1.2 renegotiation: the new hello's random keys the next epoch.
             self.client_hello = hello
             self.server_hello = None
+            self._client_key_exchange = self._session_hash = None
+            self._transcript = [message.raw]
             return
         if self.hello_retry and self.client_hello is not None:
             self.client_hello = hello
@@ -576,7 +642,6 @@ class TlsConnection:
             self._install(Direction.S2C)
             self.directions[Direction.S2C].phase = Phase.HANDSHAKE
         else:
-            self._transcript.clear()
             if self.client_hello is not None:
                 client_id = self.client_hello.session_id
                 self.resumed = bool(client_id) and client_id == hello.session_id
@@ -598,6 +663,13 @@ class TlsConnection:
             self._pending_ticket = ticket
             if self._master_secret is not None:
                 self._sessions.remember(ticket, self._master_secret)
+
+    def _on_client_key_exchange(self, direction: Direction, message: hs.HandshakeMessage) -> None:
+        if self.version != hs.TLS12 or self.suite is None or direction is not Direction.C2S:
+            return
+        self._client_key_exchange = message.body
+        self._session_hash = hashlib.new(self.suite.prf_hash, b"".join(self._transcript)).digest()
+        self._transcript.clear()
 
     def _on_finished(self, direction: Direction, message: hs.HandshakeMessage) -> None:
         if self.version != hs.TLS13 or self.suite is None:
@@ -696,9 +768,32 @@ class TlsConnection:
                 if secret is not None:
                     state.traffic_secret = secret
                     state.decryptor = RecordDecryptor13(self.suite, secret)
+                else:
+                    self._install_later_epoch(direction)
             return
         if state.phase is Phase.ENCRYPTED:
             self._install12(direction)
+
+    def _install_later_epoch(self, direction: Direction) -> None:
+        """No ``*_TRAFFIC_SECRET_0``: the earliest later epoch the key log gives."""
+        random = self.client_random
+        keyset = self._keys(random) if random is not None else None
+        if keyset is None or self.suite is None:
+            return
+        side = _SIDE[direction]
+        epochs = []
+        for label, secret in list(keyset.secrets.items()):
+            epoch = traffic_secret_epoch(label)
+            if epoch is not None and epoch[0] == side and epoch[1] > 0 and len(secret) == self.suite.hash_length:
+                epochs.append((epoch[1], secret))
+        if not epochs:
+            return
+        epoch, secret = min(epochs)
+        state = self.directions[direction]
+        state.traffic_secret = secret
+        state.decryptor = RecordDecryptor13(self.suite, secret)
+        state.key_updates = epoch
+        state.catching_up = True
 
     def _early_suite(self) -> CipherSuite | None:
         """0-RTT records use the suite of the PSK; OpenSSL offers it first."""
@@ -739,8 +834,40 @@ class TlsConnection:
             if master is not None:
                 return master
         if self.resumed:
-            return self._sessions.lookup(self.server_hello.session_id)
-        return None
+            master = self._sessions.lookup(self.server_hello.session_id)
+            if master is not None:
+                return master
+        if self.server_hello.session_id:
+            master = self._handles(session_handle(self.server_hello.session_id))
+            if master is not None:
+                return master
+        pre_master = self._pre_master_secret()
+        if pre_master is None or self.suite is None or self._session_hash is None:
+            return None
+        return master_secret12(
+            self.suite,
+            pre_master_secret=pre_master,
+            client_random=self.client_hello.random,
+            server_random=self.server_hello.random,
+            session_hash=self._session_hash if self.server_hello.extended_master_secret else None,
+        )
+
+    def _pre_master_secret(self) -> bytes | None:
+        """PMS_CLIENT_RANDOM, else the ``RSA`` line of the ClientKeyExchange's encrypted pre-master."""
+        pre_master = self._keyset_label(PMS_CLIENT_RANDOM)
+        if pre_master is not None:
+            return pre_master
+        encrypted = self._encrypted_pre_master()
+        return self._handles(rsa_handle(encrypted)) if encrypted is not None else None
+
+    def _encrypted_pre_master(self) -> bytes | None:
+        """A static-RSA ClientKeyExchange's EncryptedPreMasterSecret (RFC 5246 §7.4.7.1)."""
+        body = self._client_key_exchange
+        if body is None or self.suite is None or not self.suite.name.startswith("TLS_RSA_"):
+            return None
+        if len(body) >= 2 and int.from_bytes(body[:2], "big") == len(body) - 2:
+            body = body[2:]
+        return body if len(body) >= 8 else None
 
 
 _SEVERITY = {
@@ -759,6 +886,7 @@ _HANDLERS: dict[int, Callable[[TlsConnection, Direction, hs.HandshakeMessage], N
     hs.SERVER_HELLO: TlsConnection._on_server_hello,
     hs.ENCRYPTED_EXTENSIONS: TlsConnection._on_encrypted_extensions,
     hs.CERTIFICATE: TlsConnection._on_certificate,
+    hs.CLIENT_KEY_EXCHANGE: TlsConnection._on_client_key_exchange,
     hs.NEW_SESSION_TICKET: TlsConnection._on_new_session_ticket,
     hs.FINISHED: TlsConnection._on_finished,
     hs.END_OF_EARLY_DATA: TlsConnection._on_end_of_early_data,

@@ -70,6 +70,21 @@ def key_block12(
     return KeyMaterial12(client_mac, client_key, client_iv), KeyMaterial12(server_mac, server_key, server_iv)
 
 
+def master_secret12(
+    suite: CipherSuite,
+    *,
+    pre_master_secret: bytes,
+    client_random: bytes,
+    server_random: bytes,
+    session_hash: bytes | None = None,
+) -> bytes:
+    """master_secret of RFC 5246 §8.1, or RFC 7627 §4's extended master secret
+    when ``session_hash`` (Hash(ClientHello ... ClientKeyExchange)) is given."""
+    if session_hash is not None:
+        return prf12(suite.prf_hash, pre_master_secret, b"extended master secret", session_hash, 48)
+    return prf12(suite.prf_hash, pre_master_secret, b"master secret", client_random + server_random, 48)
+
+
 # --- TLS 1.3 (RFC 8446 §7.1) -----------------------------------------------------
 
 def hkdf_extract(hash_name: str, *, salt: bytes, ikm: bytes) -> bytes:
