@@ -20,6 +20,7 @@ tests/support/zeek.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -335,3 +336,33 @@ def test_live_bridge_injects_while_zeek_follows_the_flow_log(zeek, tmp_path, ngi
     # tls_bridge.log all the same (checked above).
     assert late_conns_before == Z.read_log(late_conn)
     assert all(c["tls_bridge_flow_id"] is None for c in late_conns_before), late_conns_before
+
+
+# ---------------------------------------------------------------------------
+# without Zeek: never passed, said loudly; required in CI
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ci", ["", "true"], ids=["no-zeek", "no-zeek-in-ci"])
+def test_without_zeek_the_zeek_tests_are_not_passed(tmp_path, ci):
+    tests = ["tests/test_zeek_real.py::test_btest_suite_passes_on_real_zeek",
+             "tests/test_zeek_real.py::test_zkg_installs_the_package_and_zkg_test_passes"]
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "ZEEK")}
+    if ci:
+        env["CI"] = ci
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.support.zeek_absent", "-p", "no:cacheprovider", "-q",
+         f"--basetemp={tmp_path / 'inner'}", *tests],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=env,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert not re.search(r"\d+ passed", out), out
+    if ci:  # required: they fail, naming how to install Zeek
+        assert "2 errors" in out and "Zeek is required here (CI=true)" in out, out  # failed in the fixture
+        assert "ZEEK TESTS DID NOT RUN" not in out, out
+    else:  # not required: skipped, counted and named loudly, exit status 1
+        assert "2 skipped" in out, out
+        assert "2 ZEEK TESTS DID NOT RUN (no Zeek found)" in out, out
+        assert all(f"NOT RUN: {t}" in out for t in tests), out
+        assert "shared/zeek/install.sh" in out and "Exit status 1" in out, out
