@@ -20,7 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from tests.support import tlslab
-from tests.support.decrypt import assert_matches_tshark, decrypt_capture
+from bridge.capture.pcapfile import read_capture
+from bridge.decrypt_command import Pipeline
+from bridge.decryptor import Decryptor
+from bridge.keylog import read_keylog
+from bridge.keystore import KeyStore, rsa_handle
+from tests.support.decrypt import Collector, assert_matches_tshark, decrypt_capture
 from tests.support.tlslab import ClientSpec
 
 pytestmark = pytest.mark.real
@@ -101,6 +106,17 @@ def test_openssls_own_rsa_lines_alone_decrypt_static_rsa_like_wireshark(tmp_path
     expected = {f"RSA {encrypted[:8].hex()} {pre_master.hex()}" for _, encrypted, pre_master in _pre_masters(run, tls_certs)}
     assert set(rsa_only.read_text().splitlines()) == expected
     _check(run, rsa_only, connections=2, ems=ems)
+    # The lines may also come after the traffic (a key log followed live): the
+    # records wait, and the lines find them by their ClientKeyExchange.
+    store, collector = KeyStore(), Collector()
+    pipeline = Pipeline(Decryptor(store), [collector])
+    pipeline.run(read_capture(run.pcap))
+    assert collector.result.flows == []  # closed, waiting for secrets
+    for entry in read_keylog(rsa_only):
+        store.add_entry(entry)
+    pipeline.finish()
+    assert [flow.record["status"] for flow in collector.result.flows] == ["decrypted", "decrypted"]
+    assert all(store.lookup_handle(rsa_handle(entry.handle)) is None for entry in read_keylog(rsa_only))  # forgotten
 
 
 @pytest.mark.parametrize("ems", [True, False], ids=["ems", "no-ems"])
