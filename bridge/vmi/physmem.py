@@ -7,8 +7,9 @@ Backends behind one interface (:class:`GuestPhysicalMemory`):
 * :class:`QemuProcessBackend` — the QEMU process's own memory (``/proc/PID/mem``
   at the RAM block's host address, found in its maps), so an unmodified guest
   (libvirt's default anonymous RAM) works without changing its definition;
-* :class:`LibvmiBackend` — LibVMI (Xen, KVMi hosts) when its Python bindings are
-  installed; a clear error otherwise.
+* :class:`LibvmiBackend` — LibVMI's physical reads: its file driver over the RAM
+  file, or a Xen/KVMi domain; a clear error when LibVMI, its driver or the
+  domain is missing.
 
 Guest physical addresses are not offsets in the RAM block above the PCI hole:
 :class:`RamLayout` maps them (QEMU's ``pc`` and ``q35`` machines put the RAM above
@@ -158,26 +159,122 @@ class QemuProcessBackend(_BlockReader):
         os.close(self._fd)
 
 
-class LibvmiBackend:
-    """LibVMI's physical reads (Xen, or KVM with the KVMi patches)."""
+_LIBVMI_INSTALL = (
+    "LibVMI (the C library, https://libvmi.com) and its Python bindings (PyPI: libvmi): build LibVMI with the "
+    "driver you need (file; Xen; KVM with KVMi), then PKG_CONFIG_PATH=<prefix>/lib/pkgconfig pip install libvmi"
+)
 
-    def __init__(self, domain: str) -> None:
+
+def _libvmi():  # type: ignore[no-untyped-def]
+    """LibVMI's Python bindings, or a clear error."""
+    try:
+        import libvmi  # type: ignore[import-not-found]
+        from libvmi import libvmi as bindings  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise GuestAccessError(
+            f"the LibVMI backend needs LibVMI and its Python bindings ({exc}); install {_LIBVMI_INSTALL}; "
+            "on a stock QEMU/KVM host use --memory-file or --qemu-pid instead"
+        ) from None
+    return libvmi, bindings
+
+
+class LibvmiBackend(_BlockReader):
+    """LibVMI's physical reads, after a partial init (``vmi_init``: no configuration
+    entry, no OS profile; the guest OS is found by our own BTF-based code).
+
+    * ``target`` with a ``/``: a guest RAM file (``-object memory-backend-file,...,
+      share=on``) through LibVMI's **file driver**.  LibVMI reads the file flat
+      (physical address = file offset): above the PCI hole (``pc`` guests of 3.5 GiB
+      or more, ``q35`` of 2.75 GiB or more) :class:`RamLayout` maps the address to
+      its offset first, as for the other backends.
+    * otherwise: a domain name for LibVMI's domain mode (Xen; KVM with the KVMi
+      patches, whose socket is ``kvmi_socket``), the driver as LibVMI detects it.
+
+    LibVMI keeps a page cache: it is flushed before every read, so what the running
+    guest changes is seen (a stale copy of a half-written secret would be published).
+    """
+
+    def __init__(self, target: str, *, machine: str = "pc", kvmi_socket: str | None = None) -> None:
+        libvmi, bindings = _libvmi()
+        self.target = target
+        self.file_mode = "/" in target
+        if self.file_mode:
+            size = self._check_file(target)
+            self._vmi = self._open(bindings, target, mode=libvmi.VMIMode.FILE)
+            self.layout = RamLayout.for_machine(size, machine)
+        else:
+            init_data = {bindings.VMIInitData.KVMI_SOCKET: kvmi_socket} if kvmi_socket else None
+            self._vmi = self._open_domain(libvmi, bindings, target, init_data)
+            size = self._vmi.get_memsize()
+            self.layout = RamLayout(size, size)  # LibVMI reads the domain's physical addresses itself
+        self._flush = self._vmi.pagecache_flush
+        self._read_pa = self._vmi.read_pa
+
+    @staticmethod
+    def _check_file(path: str) -> int:
+        """LibVMI's file driver crashes the process on a path it cannot open: check first."""
         try:
-            from libvmi import Libvmi  # type: ignore[import-not-found]
-        except ImportError:
-            raise GuestAccessError(
-                "the LibVMI backend needs LibVMI and its Python bindings (https://github.com/libvmi/python); "
-                "on a stock QEMU/KVM host use --memory-file or --qemu-pid instead"
-            ) from None
-        self._vmi = Libvmi(domain)
-        size = self._vmi.get_memsize()
-        self.layout = RamLayout(size, size)  # LibVMI reads guest physical addresses itself
+            with open(path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+        except OSError as exc:
+            raise GuestAccessError(f"LibVMI: cannot open guest memory {path}: {exc.strerror}") from None
+        if size == 0:
+            raise GuestAccessError(f"LibVMI: guest memory {path} is empty")
+        return size
 
-    def read(self, physical: int, size: int) -> bytes:
-        data, read = self._vmi.read_pa(physical, size)
+    @staticmethod
+    def _open(bindings, target: str, **kw):  # type: ignore[no-untyped-def]
+        try:
+            return bindings.Libvmi(target, partial=True, **kw)
+        except bindings.LibvmiError as exc:
+            raise GuestAccessError(f"LibVMI could not open {target}: {exc}") from None
+
+    @classmethod
+    def _open_domain(cls, libvmi, bindings, domain: str, init_data):  # type: ignore[no-untyped-def]
+        """LibVMI's domain mode with the driver it detects; if none takes the domain,
+        each driver is asked by name, to say whether the driver or the domain is missing."""
+        try:
+            return bindings.Libvmi(domain, partial=True, init_data=init_data)
+        except bindings.LibvmiError:
+            pass
+        reasons = []
+        for mode, hypervisor in ((libvmi.VMIMode.XEN, "Xen"), (libvmi.VMIMode.KVM, "KVM (KVMi)")):
+            try:
+                return bindings.Libvmi(domain, partial=True, mode=mode, init_data=init_data)
+            except bindings.LibvmiError as exc:
+                stage = str(exc)
+            if stage == "VM_NOT_FOUND":
+                reasons.append(f"{hypervisor}: no domain named {domain!r}")
+            elif stage in ("DRIVER", "DRIVER_NOT_DETECTED", "NONE", "VMI_FAILURE"):
+                reasons.append(f"{hypervisor}: no working driver (LibVMI built without it, or this host does "
+                               f"not run {hypervisor.split()[0]}{' with a KVMi socket (--kvmi-socket)' if mode == libvmi.VMIMode.KVM else ' (dom0)'})")
+            else:
+                reasons.append(f"{hypervisor}: {stage}")
+        raise GuestAccessError(
+            f"LibVMI could not open domain {domain!r}: " + "; ".join(reasons)
+            + ". A guest RAM file goes to LibVMI's file driver: --libvmi /dev/shm/NAME (a path); "
+            "on a stock QEMU/KVM host --memory-file or --qemu-pid need no LibVMI"
+        )
+
+    def _raw(self, offset: int, size: int) -> bytes:
+        self._flush()
+        data, read = self._read_pa(offset, size, padding=True)
         if read != size:
-            raise GuestMemoryError(f"LibVMI read {read} of {size} bytes at {physical:#x}")
-        return bytes(data)
+            raise GuestMemoryError(f"LibVMI read {read} of {size} bytes at offset {offset:#x}")
+        return data
+
+    def read_flat(self, address: int, size: int) -> bytes:
+        """LibVMI's own view of a physical address (no :class:`RamLayout`)."""
+        return self._raw(address, size)
+
+    @property
+    def handle(self) -> int:
+        """LibVMI's ``vmi_instance_t``, for calls the bindings do not expose."""
+        from _libvmi import ffi  # type: ignore[import-not-found]
+
+        return int(ffi.cast("uintptr_t", self._vmi.vmi))
 
     def close(self) -> None:
-        self._vmi.destroy()
+        if self._vmi is not None:
+            self._vmi.destroy()
+            self._vmi = None
