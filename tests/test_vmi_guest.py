@@ -392,14 +392,6 @@ def test_a_killed_hooks_harvester_leaves_the_guest_running_without_breakpoints(g
     assert "VM status: running" in guest.monitor("info status")
 
 
-def test_the_libvmi_backend_says_what_it_needs(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bridge.cli", "harvest", "vm", "--libvmi", "web01", "--all",
-                             "--wire-pcap", str(tmp_path / "x.pcap"), "--keylog", str(tmp_path / "k")],
-                            capture_output=True, text=True)
-    assert result.returncode == 1 and "LibVMI and its Python bindings" in result.stderr
-    assert "--memory-file or --qemu-pid" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_misses_are_counted_and_the_guest_reboot_is_followed(guest, tmp_path):
     client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
     harvester = _harvester(guest, tmp_path, "--comm", "openssl", "--keylog", str(harvested))

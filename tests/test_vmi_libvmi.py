@@ -1,0 +1,291 @@
+"""LibVMI as a backend of the VM harvester and as an independent oracle for our
+page walks, against a real guest booted under QEMU (TCG) with its RAM in a file.
+
+LibVMI's file driver (partial init: physical reads only) over the live guest's RAM
+file reads what our file and QEMU-process backends read, sees what the running
+guest changes, and the harvester on it publishes the same secrets; LibVMI's own
+page-table walker lists and translates exactly what ours does.  Required where
+LibVMI is installed by the set-up (see tests/support/libvmi_gate.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import GuestAccessError
+from bridge.vmi import paging
+from bridge.vmi.btf import btf_from_kernel_image
+from bridge.vmi.linux import LinuxGuest
+from bridge.vmi.physmem import GIB, GuestMemoryError, MemoryFileBackend, QemuProcessBackend
+from tests.support import libvmi_gate
+from tests.support.guest import Guest
+from tests.support.harvest import compare_keylogs
+from tests.support.keyfeed import BridgeProcess
+from tests.test_vmi_guest import _GuestThread, _s_client
+
+pytestmark = pytest.mark.real
+
+USER_END = 1 << 47
+KERNEL_START = 0xFFFF_8000_0000_0000
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    if libvmi_gate.find() is None:  # the `libvmi` fixture fails or skips each test: boot nothing
+        yield None
+        return
+    with _GuestThread("6.1", tmp_path_factory.mktemp("guest-libvmi")) as booted:
+        yield booted
+
+
+def _libvmi_backend(guest: Guest):
+    from bridge.vmi.physmem import LibvmiBackend
+
+    return LibvmiBackend(str(guest.memory_path))
+
+
+def _linux(memory, guest: Guest) -> LinuxGuest:
+    return LinuxGuest(memory, btf_from_kernel_image(guest.image.kernel), memory.layout.ranges())
+
+
+def _kernel_pgd(linux: LinuxGuest, btf) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """The kernel's own page tables (``swapper_pg_dir``), found through the kernel's
+    structures: ``init_task.active_mm->pgd``; (virtual, physical)."""
+    init_task = linux.kernel.init_task + linux.kernel.image_delta  # its kernel-image virtual address
+    active_mm = linux.pointer(init_task + btf.offset("task_struct", "active_mm"))
+    pgd = linux.pointer(active_mm + btf.offset("mm_struct", "pgd"))
+    return pgd, linux.physical(pgd)
+
+
+def test_libvmi_reads_what_the_file_and_qemu_process_backends_read(libvmi, guest):
+    """Physical reads through LibVMI's file driver equal the RAM file's and the QEMU
+    process's; its page cache is flushed, so the running guest's changes are seen."""
+    lv = _libvmi_backend(guest)
+    files = MemoryFileBackend(guest.memory_path)
+    qemu = QemuProcessBackend(guest.qemu_pid, guest.memory_bytes)
+    try:
+        assert lv.file_mode and lv.layout == files.layout
+        assert lv._vmi.get_memsize() == guest.memory_bytes  # noqa: SLF001 - LibVMI's own view of the file
+        for physical, size in ((0, 4096), (0x9F000, 4096), (0x100000, 3 * 4096 + 17), (0x1234567, 100_000),
+                               (guest.memory_bytes - 4096, 4096)):
+            assert lv.read(physical, size) == files.read(physical, size) == qemu.read(physical, size)
+        with pytest.raises(GuestMemoryError):
+            lv.read(guest.memory_bytes, 8)  # beyond the guest's RAM: an error, never zeros
+        # the guest runs: jiffies, read twice through the same LibVMI instance, moves
+        linux = _linux(lv, guest)
+        jiffies = linux.physical(linux.exported_symbol("jiffies"))
+        first = int.from_bytes(lv.read(jiffies, 8), "little")
+        time.sleep(0.5)
+        second = int.from_bytes(lv.read(jiffies, 8), "little")
+        assert 50 <= second - first <= 1000, (first, second)  # HZ 250, TCG slack
+        # a page the guest writes after LibVMI cached it: the new bytes are read
+        marker = os.urandom(16).hex()
+        status, output = guest.shell(f"echo {marker} > /tmp/lv-marker && cat /tmp/lv-marker")
+        assert status == 0 and marker in output
+        assert _find(lv, marker.encode() + b"\n") == _find(files, marker.encode() + b"\n") is not None
+    finally:
+        lv.close()
+        files.close()
+        qemu.close()
+
+
+def _find(memory, needle: bytes, chunk: int = 1 << 22) -> int | None:
+    for first, end in memory.layout.ranges():
+        for position in range(first, end, chunk):
+            data = memory.read(position, min(chunk + len(needle), end - position))
+            index = data.find(needle)
+            if index >= 0:
+                return position + index
+    return None
+
+
+def test_libvmi_page_walks_equal_ours(libvmi, guest):
+    """LibVMI's page-table walker (IA-32e, the guest's DTBs) lists and translates
+    exactly what bridge.vmi.paging does: every present page of the guest's processes
+    and of the kernel's own page tables, user and kernel, 4 KiB and 2 MiB pages."""
+    from bridge.vmi.libvmi_paging import LibvmiPageWalker
+
+    lv = _libvmi_backend(guest)
+    files = MemoryFileBackend(guest.memory_path)
+    try:
+        walker = LibvmiPageWalker(lv)
+        btf = btf_from_kernel_image(guest.image.kernel)
+        linux = LinuxGuest(files, btf, files.layout.ranges())
+        pgd_virtual, kernel_root = _kernel_pgd(linux, btf)
+        processes = list(linux.processes())
+        servers = [p for p in processes if p.comm == "openssl"]
+        assert len(servers) == 2 and {"init", "openssl"} <= {p.comm for p in processes}
+
+        def ours(root: int) -> list[tuple[int, int, int]]:
+            return (list(paging.mapped_pages(files, root, 0, USER_END))
+                    + list(paging.mapped_pages(files, root, KERNEL_START, 1 << 64)))
+
+        # the kernel's own page tables, found by both: the same pages, and the root maps itself
+        kernel_pages = ours(kernel_root)
+        assert sorted(walker.pages(kernel_root)) == sorted(kernel_pages)
+        assert walker.translate(kernel_root, pgd_virtual) == paging.translate(files, kernel_root, pgd_virtual) \
+            == kernel_root
+        init_task = linux.kernel.init_task + linux.kernel.image_delta
+        assert walker.translate(kernel_root, init_task) == paging.translate(files, kernel_root, init_task) \
+            == linux.kernel.init_task
+        kernel_half = [page for page in kernel_pages if page[0] >= KERNEL_START]
+        assert {size for _, _, size in kernel_half} >= {4096, 2 << 20}
+
+        for process in servers + [next(p for p in processes if p.comm == "init")]:
+            mine = ours(process.page_table)
+            assert sorted(walker.pages(process.page_table)) == sorted(mine), process
+            user = [page for page in mine if page[0] < USER_END]
+            assert len(user) > 100 and {size for _, _, size in user} == {4096}
+            # the kernel half of a process's tables is the kernel's own
+            assert [page for page in mine if page[0] >= KERNEL_START] == kernel_half
+            # single translations: every VMA's first and last page, mapped or not, and a large page
+            for vma in linux.vmas(process):
+                for virtual in (vma.start, vma.end - 4096 + 0x123):
+                    assert _both(walker, files, process.page_table, virtual), (process, vma)
+        large = next(page for page in kernel_half if page[2] == 2 << 20)
+        for offset in (0, 0x1234, (2 << 20) - 8):
+            assert walker.translate(kernel_root, large[0] + offset) == large[1] + offset \
+                == paging.translate(files, kernel_root, large[0] + offset)
+        for unmapped in (0, 0x1000, USER_END - 4096):
+            with pytest.raises(paging.PageFault):
+                walker.translate(servers[0].page_table, unmapped)
+            with pytest.raises(paging.PageFault):
+                paging.translate(files, servers[0].page_table, unmapped)
+    finally:
+        lv.close()
+        files.close()
+
+
+def _both(walker, files, root: int, virtual: int) -> bool:
+    """The same physical address, or the same fault, from both walkers."""
+    try:
+        theirs = walker.translate(root, virtual)
+    except paging.PageFault:
+        theirs = None
+    try:
+        mine = paging.translate(files, root, virtual)
+    except paging.PageFault:
+        mine = None
+    return theirs == mine
+
+
+def _summary_counts(summary: str) -> tuple[int, int]:
+    found = re.search(r"(\d+) connections published of (\d+) searched", summary)
+    assert found, summary
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_harvest_vm_libvmi_publishes_what_the_file_and_qemu_process_backends_publish(libvmi, guest, tmp_path):
+    """One guest, the same connections, three harvesters at once: the RAM file, the
+    QEMU process, LibVMI's file driver.  Each publishes every connection's secrets,
+    equal to the clients' key logs and to each other's."""
+    common = ["--wire-pcap", str(guest.pcap), "--comm", "openssl", "--kernel", str(guest.image.kernel)]
+    backends = {
+        "file": ["--memory-file", str(guest.memory_path)],
+        "qemu": ["--qemu-pid", str(guest.qemu_pid), "--ram-size", f"{guest.memory_bytes >> 20}M"],
+        "libvmi": ["--libvmi", str(guest.memory_path)],
+    }
+    harvesters = {}
+    try:
+        for name, args in backends.items():
+            harvesters[name] = BridgeProcess(["harvest", "vm", *args, *common, "--name", f"lv-{name}",
+                                              "--keylog", str(tmp_path / f"{name}.keylog")],
+                                             tmp_path / f"{name}.err")
+        for process in harvesters.values():
+            process.wait_for("harvesting", timeout=120)
+        client = tmp_path / "client.keylog"
+        # connections held open a moment: the three searches all find them
+        for port, version in ((4433, "-tls1_3"), (4433, "-tls1_2"), (4434, "-tls1_3"), (4434, "-tls1_2")):
+            assert b"s_server" in _s_client(guest, port, client, version, hold=1.0)
+        time.sleep(1.5)  # the last ClientHellos are in the pcap; their searches finish
+    finally:
+        codes = {name: process.stop() for name, process in harvesters.items()}
+    summaries = {name: process.text() for name, process in harvesters.items()}
+    assert codes == dict.fromkeys(backends, 0), summaries
+    assert "lv-libvmi: guest kernel found" in summaries["libvmi"], summaries["libvmi"]
+    keylogs = {}
+    for name in backends:
+        assert _summary_counts(summaries[name]) == (4, 4), summaries[name]
+        missing, extra = compare_keylogs(client, tmp_path / f"{name}.keylog")
+        assert not missing and not extra, (name, summaries[name])
+        keylogs[name] = sorted((tmp_path / f"{name}.keylog").read_text().splitlines())
+    assert keylogs["libvmi"] == keylogs["file"] == keylogs["qemu"]
+    assert len({line.split()[1] for line in keylogs["libvmi"]}) == 4
+
+
+def test_libvmi_file_driver_above_the_pci_hole(libvmi, tmp_path):
+    """LibVMI reads a RAM file flat; QEMU's pc machine puts RAM beyond 3 GiB at
+    4 GiB.  A sparse 4 GiB RAM file (on disk, nothing of it resident): the backend
+    maps 4 GiB to offset 3 GiB for LibVMI, as the file backend does; the hole is not
+    RAM; LibVMI's own page walker, which would read page tables flat, is refused."""
+    from bridge.vmi.libvmi_paging import LibvmiPageWalker
+    from bridge.vmi.physmem import LibvmiBackend
+
+    path = tmp_path / "lv-4g.ram"
+    markers = {0x1000: b"low RAM", 3 * GIB - 4096: b"last page below the hole", 3 * GIB: b"first page at 4 GiB",
+               4 * GIB - 4096: b"last page of RAM"}
+    with open(path, "wb") as handle:
+        handle.truncate(4 * GIB)
+        for offset, text in markers.items():
+            handle.seek(offset)
+            handle.write(text)
+    lv = LibvmiBackend(str(path), machine="pc")
+    files = MemoryFileBackend(path, machine="pc")
+    try:
+        assert lv.layout.ranges() == [(0, 3 * GIB), (4 * GIB, 5 * GIB)]
+        for offset, text in markers.items():
+            physical = offset if offset < 3 * GIB else offset + GIB
+            assert lv.read(physical, len(text)) == files.read(physical, len(text)) == text
+            assert lv.read_flat(offset, len(text)) == text  # LibVMI's own (flat) view of the file
+        for hole in (3 * GIB, 4 * GIB - 8, 5 * GIB):
+            with pytest.raises(GuestMemoryError):
+                lv.read(hole, 8)
+        with pytest.raises(GuestAccessError, match="PCI hole"):
+            LibvmiPageWalker(lv)
+    finally:
+        lv.close()
+        files.close()
+    q35 = LibvmiBackend(str(path), machine="q35")
+    try:
+        assert q35.layout.ranges() == [(0, 2 * GIB), (4 * GIB, 6 * GIB)]
+        assert q35.read(5 * GIB, 19) == b"first page at 4 GiB"
+    finally:
+        q35.close()
+
+
+def _harvest(tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bridge.cli", "harvest", "vm", *args, "--all", "--wire-pcap",
+                           str(tmp / "lv.pcap"), "--keylog", str(tmp / "lv.keylog")],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_libvmi_errors_say_what_is_missing(libvmi, tmp_path):
+    """Missing LibVMI, a missing driver, a missing domain or RAM file: a clear error each."""
+    # a domain: this LibVMI has the file driver only, and this host runs neither Xen nor KVMi
+    result = _harvest(tmp_path, "--libvmi", "lv-no-such-domain")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "LibVMI could not open domain 'lv-no-such-domain'" in result.stderr
+    assert "Xen: no working driver" in result.stderr and "KVM (KVMi): no working driver" in result.stderr
+    assert "--libvmi /dev/shm/NAME" in result.stderr
+    # a RAM file that is not there, or empty (LibVMI's file driver would crash the process)
+    result = _harvest(tmp_path, "--libvmi", str(tmp_path / "lv-missing.ram"))
+    assert result.returncode == 1 and "LibVMI: cannot open guest memory" in result.stderr, result.stderr
+    assert "No such file" in result.stderr
+    (tmp_path / "lv-empty.ram").touch()
+    result = _harvest(tmp_path, "--libvmi", str(tmp_path / "lv-empty.ram"))
+    assert result.returncode == 1 and "is empty" in result.stderr, result.stderr
+    # no LibVMI at all: its bindings cannot be imported (as on a host without it)
+    absent = subprocess.run([sys.executable, "-c", "import sys; sys.modules['libvmi'] = None; "
+                             "from bridge.cli import main; sys.exit(main(sys.argv[1:]))", "harvest", "vm", "--libvmi",
+                             "web01", "--all", "--wire-pcap", str(tmp_path / "lv.pcap"), "--keylog",
+                             str(tmp_path / "lv.keylog")],
+                            capture_output=True, text=True, timeout=60)
+    assert absent.returncode == 1 and "Traceback" not in absent.stderr, absent.stderr
+    assert "needs LibVMI and its Python bindings" in absent.stderr and "pip install libvmi" in absent.stderr
+    assert "--memory-file or --qemu-pid" in absent.stderr
