@@ -424,3 +424,39 @@ def test_the_backports_6_12_kernel_line(tmp_path):
         summary = _stop(harvester)
     _assert_wire_harvest(client, harvested, summary, held=_randoms(client))
     assert "3 connections published" in summary
+
+
+def test_guest_builds_no_profile_knows_are_harvested_through_confirmed_candidates(guest, tmp_path):
+    """The guests' libssl builds (Debian's, and the wheel's 3.5.9) hidden from the
+    harvester, as after an apt upgrade inside the guest: a guest's library cannot be
+    loaded here, so known layouts of other builds are candidates, confirmed on the
+    first live connection of each TLS version from the guest's memory alone; every
+    line published equals the clients' own, TLS 1.3 and 1.2, and no action on the host."""
+    import shutil
+
+    from bridge.harvest.elf import read_elf
+    from bridge.harvest.profile import SHIPPED_DIR
+
+    hidden = {read_elf("/usr/lib/x86_64-linux-gnu/libssl.so.3").build_id, "5bdf6fc593968e3341155c5676bfb8cc9b60c232"}
+    profiles = tmp_path / "other-builds"
+    profiles.mkdir()
+    for path in SHIPPED_DIR.glob("*.json"):
+        if path.stem not in hidden:
+            shutil.copy(path, profiles / path.name)
+    client, harvested, status = tmp_path / "client.keylog", tmp_path / "harvested.keylog", tmp_path / "status.json"
+    harvester = _harvester(guest, tmp_path, "--comm", "openssl", "--keylog", str(harvested), "--no-shipped-profiles",
+                           "--profiles", str(profiles), "--profile-cache", str(tmp_path / "cache"),
+                           "--status", str(status))
+    for port in (4433, 4434):
+        for args in (("-tls1_3",), ("-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"), ("-tls1_3",), ("-tls1_2",)):
+            assert b"s_server" in _s_client(guest, port, client, *args)
+    summary = _stop(harvester)
+    missing, extra = compare_keylogs(client, harvested)
+    assert not extra, sorted(extra)[:3]  # nothing wrong was ever published
+    assert not missing, (sorted(missing)[:3], summary)
+    layouts = {entry["build_id"]: entry for entry in json.loads(status.read_text())["layouts"]}
+    assert hidden <= set(layouts), layouts
+    for build_id in hidden:
+        assert layouts[build_id]["origin"] == "inferred and confirmed", layouts[build_id]
+        assert layouts[build_id]["confirmed"] == ["TLS1.2", "TLS1.3"], layouts[build_id]
+        assert (tmp_path / "cache" / f"{build_id}.json").exists()

@@ -258,7 +258,7 @@ class LayoutResolver:
         be published?  Confirms them on this connection when the layout is not known
         good for their version; a confirmed candidate becomes the build's profile."""
         with self._lock:
-            if profile is layout.profile and secrets.version in layout.confirmed_versions:
+            if _same_layout(profile, layout.profile) and secrets.version in layout.confirmed_versions:
                 return True
         verdict = confirm(secrets, evidence())
         with self._lock:
@@ -280,7 +280,7 @@ class LayoutResolver:
                     layout.candidates = []
                     layout.reason = ""
                     newly = True
-                elif profile is not layout.profile:
+                elif not _same_layout(profile, layout.profile):
                     return False  # another candidate won meanwhile
                 else:
                     newly = False
@@ -325,6 +325,11 @@ class LayoutResolver:
     def status(self) -> list[dict[str, object]]:
         with self._lock:
             return [layout.status() for layout in self.layouts.values()]
+
+
+def _same_layout(profile: Profile, other: Profile | None) -> bool:
+    """The same fields (a candidate and the profile confirmed from it)."""
+    return other is not None and (profile is other or profile.fields == other.fields)
 
 
 def _is_shipped(profile: Profile, store: ProfileStore) -> bool:
