@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from bridge.demo_zeek import zeek_report
 from bridge.errors import BridgeError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -301,8 +302,11 @@ def _report(flows: Path, eve: Path, requests: list[str]) -> int:
     for e in alerts:
         _say(f"  alert [{e['alert']['signature_id']}] {e['alert']['signature']}  ({e.get('http', {}).get('url', '')})")
     _say(f"  tls events on synthetic flows: {len(tls_events)}")
+    # Beside Suricata: what Zeek with zeek-scripts/ saw, when Zeek is installed (bridge/demo_zeek.py).
+    zeek_ok = zeek_report(flows.parent / "synthetic.pcap", flows, say=_say)
     decrypted = sum(r["status"] == "decrypted" for r in records)
     ok = decrypted == len(records) == 2 and len(http) == 3 and bool(alerts) and not tls_events
+    ok = ok and zeek_ok
     _say("\nDemo " + ("succeeded" if ok else "FAILED: Suricata did not see what was sent"))
     return 0 if ok else 1
 

@@ -366,3 +366,40 @@ def test_without_zeek_the_zeek_tests_are_not_passed(tmp_path, ci):
         assert "2 ZEEK TESTS DID NOT RUN (no Zeek found)" in out, out
         assert all(f"NOT RUN: {t}" in out for t in tests), out
         assert "shared/zeek/install.sh" in out and "Exit status 1" in out, out
+
+
+# ---------------------------------------------------------------------------
+# the demo: Zeek beside Suricata, with the key origin of harvested connections
+# ---------------------------------------------------------------------------
+
+
+def test_demo_shows_what_zeek_saw_with_the_harvested_key_origin(zeek, tmp_path, nginx_curl_tools):
+    """The process harvester reads nginx's secrets (uprobes); tls_bridge.log names nginx as their origin."""
+    work = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "bridge.cli", "demo", "--workdir", str(work)],
+                            capture_output=True, text=True, timeout=300, env=zeek.env())
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert f"What Zeek saw (Zeek {zeek.version} with zeek-scripts/" in out, out
+    records = [json.loads(line) for line in (work / "flows.jsonl").read_text().splitlines()]
+    origins = {(r["key_origin"]["comm"], r["key_origin"]["pid"], r["key_origin"]["trigger"]) for r in records}
+    assert len(records) == 2 and len(origins) == 1, records
+    comm, pid, trigger = origins.pop()
+    assert comm == "nginx" and trigger.startswith("uprobe:"), records
+
+    conn = {r["uid"]: r for r in Z.read_log(work / "zeek" / "conn.log")}
+    bridge_log = Z.read_log(work / "zeek" / "tls_bridge.log")
+    assert sorted(r["flow_id"] for r in bridge_log) == sorted(str(r["flow_id"]) for r in records)
+    for row in bridge_log:
+        assert (row["origin_comm"], row["origin_pid"], row["origin_trigger"]) == (comm, str(pid), trigger), row
+        assert row["uid"] in conn and conn[row["uid"]]["tls_bridge_origin"].endswith(
+            f"pid={pid} comm=nginx trigger={trigger}"), conn.get(row["uid"])
+    http = Z.read_log(work / "zeek" / "http.log")
+    assert [r["uri"] for r in http] == ["/", "/tls-bridge-test-marker?password=hunter2"], http
+    assert all(r["tls_bridge_origin"] == conn[r["uid"]]["tls_bridge_origin"] for r in http), http
+    # What the demo printed: the http.log lines with their facts, the HTTP/2 connection, the notice.
+    assert out.count("  http.log  ") == 2 and f"comm=nginx trigger={trigger}]" in out, out
+    assert "no HTTP/1 (Zeek has no HTTP/2 analyzer)" in out and "alpn=h2" in out, out
+    assert out.count(f"keys from nginx[{pid}] by {trigger}") == 4, out  # flow log and tls_bridge.log
+    assert "notice TLSBridge::Credential_In_URI" in out and "password=<redacted>" in out, out
+    assert "Demo succeeded" in out
