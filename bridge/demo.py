@@ -278,7 +278,7 @@ def _header(http: dict, name: str) -> str:
     return next((h.get("value", "") for h in http.get("request_headers", []) if h.get("name") == name), "?")
 
 
-def _report(flows: Path, eve: Path, requests: list[str]) -> int:
+def _report(flows: Path, eve: Path, requests: list[str], *, connections: int = 2) -> int:
     records = [json.loads(line) for line in flows.read_text().splitlines() if line.strip()]
     events = [json.loads(line) for line in eve.read_text().splitlines() if line.strip()]
     _say("\nWhat the clients sent, inside TLS:")
@@ -287,7 +287,8 @@ def _report(flows: Path, eve: Path, requests: list[str]) -> int:
     _say("\nWhat tls-bridge decrypted (flow log):")
     for r in records:
         origin = r.get("key_origin") or {}
-        keys = f"keys from {origin.get('comm')}[{origin.get('pid')}] by {origin.get('trigger')}" if origin else "no keys"
+        where = f"vm {origin['vm']}: " if origin.get("vm") else ""  # harvested from a VM's memory
+        keys = f"keys from {where}{origin.get('comm')}[{origin.get('pid')}] by {origin.get('trigger')}" if origin else "no keys"
         _say(f"  {r['client']} -> {r['server']}  {r['status']:9} {r['tls_version']} {r['cipher_suite']} "
              f"sni={r['sni']} alpn={r['alpn']}  {r['c2s']['bytes']}+{r['s2c']['bytes']} bytes; {keys}")
     http = [e for e in events if e["event_type"] == "http" and e["http"].get("http_method")]
@@ -305,7 +306,7 @@ def _report(flows: Path, eve: Path, requests: list[str]) -> int:
     # Beside Suricata: what Zeek with zeek-scripts/ saw, when Zeek is installed (bridge/demo_zeek.py).
     zeek_ok = zeek_report(flows.parent / "synthetic.pcap", flows, say=_say)
     decrypted = sum(r["status"] == "decrypted" for r in records)
-    ok = decrypted == len(records) == 2 and len(http) == 3 and bool(alerts) and not tls_events
+    ok = decrypted == len(records) == connections and len(http) == 3 and bool(alerts) and not tls_events
     ok = ok and zeek_ok
     _say("\nDemo " + ("succeeded" if ok else "FAILED: Suricata did not see what was sent"))
     return 0 if ok else 1
