@@ -400,6 +400,6 @@ def test_demo_shows_what_zeek_saw_with_the_harvested_key_origin(zeek, tmp_path, 
     # What the demo printed: the http.log lines with their facts, the HTTP/2 connection, the notice.
     assert out.count("  http.log  ") == 2 and f"comm=nginx trigger={trigger}]" in out, out
     assert "no HTTP/1 (Zeek has no HTTP/2 analyzer)" in out and "alpn=h2" in out, out
-    assert out.count(f"keys from nginx[{pid}] by {trigger}") == 4, out  # flow log and tls_bridge.log
+    assert out.count(f"key origin: nginx pid {pid}, {trigger}") == 2, out  # the tls_bridge.log lines
     assert "notice TLSBridge::Credential_In_URI" in out and "password=<redacted>" in out, out
     assert "Demo succeeded" in out
