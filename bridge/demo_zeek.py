@@ -83,7 +83,8 @@ def zeek_report(synthetic: Path, flows: Path, say=print) -> bool:
             say(f"  conn.log  {r['id.orig_h']}:{r['id.orig_p']} -> {r['id.resp_h']}:{r['id.resp_p']}  "
                 f"{r['orig_bytes']}+{r['resp_bytes']} bytes, no HTTP/1 (Zeek has no HTTP/2 analyzer)  {_facts(r)}")
     for r in bridge:
-        keys = (f"key origin: {r['origin_comm']} pid {r['origin_pid']}, {r['origin_trigger']}"
+        vm = f"vm {r['origin_vm']}: " if r.get("origin_vm") else ""
+        keys = (f"key origin: {vm}{r['origin_comm']} pid {r['origin_pid']}, {r['origin_trigger']}"
                 if r.get("origin_trigger") else "key origin: none (a key log)")
         say(f"  tls_bridge.log  flow {r['flow_id']} uid {r['uid']}  {r['status']} {r['version']} alpn={r['alpn']}  "
             f"{keys}")
