@@ -1,8 +1,7 @@
-"""The Zeek package (zeek-scripts/, zkg.meta) checked without Zeek.
+"""The Zeek package (zeek-scripts/, zkg.meta) checked without running Zeek.
 
-Zeek is not packaged for Debian bookworm, so its btest suite
-(zeek-scripts/tests, run with ``btest`` wherever Zeek 6.0+ is installed) cannot
-run here.  What can be checked here is checked strictly:
+Its btest suite, zkg and the end-to-end tests run on a real Zeek in
+tests/test_zeek_real.py.  What can be checked without Zeek is checked here:
 
 * every .zeek file parses with zeekscript (the tree-sitter Zeek grammar that
   ``zeek-format`` uses) without an error node, and is formatted exactly as
@@ -16,8 +15,8 @@ run here.  What can be checked here is checked strictly:
   the KeyOrigin fields are the key feed's origin fields;
 * the committed trace and flow log belong together (the synthetic 4-tuples and
   marker MACs in the pcap, read with the bridge's own reader), and the
-  hand-written baselines agree with them (tls_bridge.log rows from the flow
-  log, http.log rows from tshark).
+  baselines (from real Zeek runs) agree with them (tls_bridge.log rows from the
+  flow log, http.log rows from tshark).
 
 zeekscript missing makes these tests FAIL, never skip: it is in the ``test``
 extra of pyproject.toml (scripts/setup.sh installs it).
