@@ -129,14 +129,26 @@ def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
         "connection's secrets out of nginx's memory (uprobes) and publishes them on the CurveZMQ key feed; "
         "'tls-bridge decrypt -i lo --keys ...' decrypts live and injects the cleartext into tls0; Suricata 7 "
         "inspects tls0 with suricata-rules/. curl fetches URLs over TLS 1.3 and 1.2; the demo prints what "
-        "Suricata saw inside the TLS. Needs root.",
+        "Suricata saw inside the TLS. Needs root. With --vm, the same from a virtual machine: a Linux guest "
+        "boots under QEMU and serves HTTPS; 'tls-bridge harvest vm' reads its secrets out of the guest's memory "
+        "from the host (nothing in the guest) and the guest's traffic is decrypted on its tap.",
     )
     parser.add_argument("--workdir", default=str(Path(__file__).resolve().parent.parent / "build" / "demo"),
                         help="where logs and captures go (default: build/demo in the checkout)")
+    parser.add_argument("--vm", action="store_true",
+                        help="harvest from a VM: boot the test guest (QEMU TCG; its image is built on the first run, "
+                             "then cached), serve HTTPS inside it, harvest from the host (about a minute)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="with --vm: where the guest image is cached (default: $XDG_CACHE_HOME/tls-bridge or "
+                             "~/.cache/tls-bridge); rebuilt when what goes into it changes")
     parser.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    if args.vm:
+        from bridge.demo_vm import run_demo_vm
+
+        return run_demo_vm(args)
     from bridge.demo import run_demo
 
     return run_demo(args)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 
 import pytest
+
+from bridge.vmi.testguest import build_guest_image
 
 pytestmark = pytest.mark.real
 
@@ -25,3 +29,52 @@ def test_demo_shows_decrypted_http_and_an_alert(tmp_path, nginx_curl_tools):
     assert "2 connections published" in out
     assert "Demo succeeded" in out
     assert (tmp_path / "demo" / "suricata" / "eve.json").exists()
+
+
+def test_vm_demo_harvests_a_guest_from_the_host_and_shows_what_suricata_saw(tmp_path):
+    """``demo --vm`` for real, from an empty cache: the guest image is built (steps
+    shown), the guest boots on a tap, its s_server's secrets come out of its RAM,
+    and the report is the default demo's."""
+    cache, work = tmp_path / "cache", tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "demo", "--vm", "--workdir", str(work), "--cache-dir", str(cache)],
+        capture_output=True, text=True, timeout=600,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    # progress: the build's steps, then the boot, each with the seconds since the start
+    steps = [line for line in out.splitlines() if re.match(r"\[ *\d+\.\d s\] ", line)]
+    for text in ("building the guest image", "downloading linux-image-", "writing the initramfs",
+                 "guest image built", "booting the guest", "guest up in", "done"):
+        assert any(text in line for line in steps), (text, out)
+    # what tls-bridge decrypted: every connection, its keys from the VM's memory
+    decrypted = [line for line in out.splitlines() if "10.0.2.15:4433  decrypted TLSv1." in line]
+    assert len(decrypted) == 3, out
+    assert all("keys from vm demo-guest: openssl[" in line and " by vm-" in line for line in decrypted), out
+    assert {"TLSv1.3", "TLSv1.2"} <= {re.search(r"decrypted (TLSv1\.\d)", line).group(1) for line in decrypted}
+    assert "3 connections published of 3 searched" in out
+    records = [json.loads(line) for line in (work / "flows.jsonl").read_text().splitlines()]
+    assert [r["key_origin"]["vm"] for r in records] == ["demo-guest"] * 3
+    assert all(r["key_origin"]["trigger"].startswith("vm-") for r in records)
+    # what Suricata saw on tls0
+    for path in ("/", "/tls-bridge-test-marker?password=hunter2", "/login"):
+        assert f"-> 10.0.2.15:4433  GET guest.test{path}  -> 200" in out, out
+    for alert in ("[1915000] TLS-BRIDGE TEST decrypted marker path requested",
+                  "[1915100] TLS-BRIDGE POLICY credential parameter in decrypted HTTP URI",
+                  "[1915101] TLS-BRIDGE POLICY HTTP Basic authentication inside decrypted TLS"):
+        assert alert in out, out
+    assert "tls events on synthetic flows: 0" in out
+    assert "Demo succeeded" in out
+    # the image stays cached (only boot/ of the kernel package kept), and is rebuilt when stale
+    said: list[str] = []
+    image = build_guest_image("6.1", directory=cache / "guest-6.1", keep_modules=False, progress=said.append)
+    assert len(said) == 1 and said[0].startswith("guest image cached"), said
+    assert image.kernel.is_file() and not (cache / "guest-6.1" / "pkg" / "lib").exists()
+    manifest = cache / "guest-6.1" / "guest.json"
+    data = json.loads(manifest.read_text())
+    data["key"]["kernel_package"] = "linux-image-6.1.0-1-amd64=6.1.4-1"
+    manifest.write_text(json.dumps(data))
+    said.clear()
+    assert build_guest_image("6.1", directory=cache / "guest-6.1", keep_modules=False,
+                             progress=said.append) == image
+    assert "stale: kernel_package changed" in said[0] and said[-1].startswith("guest image built"), said
