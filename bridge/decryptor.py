@@ -18,9 +18,12 @@ seconds of capture time.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.histogram import Histogram
 from bridge.keystore import KeyStore, SessionCache
 from bridge.packets import ACK, FIN, RST, SYN, TcpSegment, format_endpoint
 from bridge.tcp import Gap, StreamReassembler
@@ -118,6 +121,11 @@ class DecryptorStats:
     key_wait_expired: int = 0
     keys_wanted: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+    #: Seconds from a connection's ClientHello seen to its first secret in the key
+    #: store (0 when it was there already); connections that never got one are not in it.
+    key_lag: Histogram = field(default_factory=Histogram)
+    #: Seconds each record waited for its connection's secrets before it was decrypted.
+    record_hold: Histogram = field(default_factory=Histogram)
 
 
 class _DirectionStats:
@@ -134,6 +142,7 @@ class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
         "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns", "keys_requested", "end_reported",
+        "hello_seen",
     )
 
     def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
@@ -153,11 +162,17 @@ class _Flow:
         self.reset_at_ns: int | None = None
         self.keys_requested = False
         self.end_reported = False
+        self.hello_seen = False
 
 
 class Decryptor:
-    def __init__(self, keys: KeyStore, config: DecryptorConfig | None = None) -> None:
+    def __init__(
+        self, keys: KeyStore, config: DecryptorConfig | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock`` (seconds) times the key lag and the records' waits, on the
+        machine's clock: secrets arrive in real time, whatever the capture's."""
         self.config = config or DecryptorConfig()
+        self.clock = clock
         self.keys = keys
         self.sessions = SessionCache()
         self.budget = PendingBudget(limit=self.config.max_pending_total)
@@ -170,6 +185,8 @@ class Decryptor:
         self._waiting: dict[bytes, _Flow] = {}
         #: Waiting flows by the key handles their secrets may arrive under (RSA key log lines).
         self._waiting_handles: dict[bytes, _Flow] = {}
+        #: Client random → when its ClientHello was seen, for connections without secrets yet.
+        self._lagging: dict[bytes, float] = {}
         #: Flows reset while data sent before the RST was missing (see rst_grace).
         self._resetting: dict[int, _Flow] = {}
         self._next_id = 1
@@ -243,6 +260,8 @@ class Decryptor:
             budget=self.budget,
             max_pending_per_direction=self.config.max_pending_per_direction,
             handles=self.keys.lookup_handle,
+            clock=self.clock,
+            on_held=self.stats.record_hold.observe,
         )
         flow = _Flow(info, tls, self.config.max_out_of_order_bytes, is_syn)
         self.stats.flows += 1
@@ -316,8 +335,8 @@ class Decryptor:
             changed = True
             for data in output:
                 self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
-        if not flow.keys_requested and self.config.request_keys:
-            self._request_keys(flow, events)
+        if not flow.hello_seen:
+            self._hello_seen(flow, events)
         if changed:
             if flow.waiting_since_ns is not None or tls.waiting_for_keys:
                 self._track_waiting(flow)
@@ -330,15 +349,24 @@ class Decryptor:
         self.stats.plaintext_bytes += len(data)
         events.append(PlaintextData(flow.info, direction, data, timestamp_ns))
 
-    def _request_keys(self, flow: _Flow, events: list[Event]) -> None:
-        """Once the ClientHello is parsed: ask for secrets the store does not have.
-        Asking this early gives a harvester the server's whole handshake to find
-        the connection in memory, before it can close."""
+    def _hello_seen(self, flow: _Flow, events: list[Event]) -> None:
+        """Once the ClientHello is parsed: start the key lag clock, and ask for
+        secrets the store does not have (with ``request_keys``).  Asking this
+        early gives a harvester the server's whole handshake to find the
+        connection in memory, before it can close."""
         random = flow.tls.client_random
         if random is None:
             return
+        flow.hello_seen = True
+        known = self.keys.lookup(random) is not None
+        if known:
+            self.stats.key_lag.observe(0.0)
+        else:
+            self._lagging[random] = self.clock()
+        if not self.config.request_keys:
+            return
         flow.keys_requested = True
-        if self.keys.lookup(random) is None:
+        if not known:
             self.stats.keys_wanted += 1
             events.append(KeysWanted(flow.info, random))
 
@@ -373,9 +401,17 @@ class Decryptor:
         """Decrypt what waited for secrets that arrived since the last call."""
         events: list[Event] = []
         for random in self.keys.take_arrivals():
-            flow = self._waiting.get(random) or self._waiting_handles.get(random)
+            hello_at = self._lagging.pop(random, None)
+            if hello_at is not None:
+                self.stats.key_lag.observe(self.clock() - hello_at)
+            flow = self._waiting.get(random)
             if flow is None:
-                continue
+                flow = self._waiting_handles.get(random)
+                if flow is None:
+                    continue
+                hello_at = self._lagging.pop(flow.tls.client_random or b"", None)  # an RSA key log line
+                if hello_at is not None:
+                    self.stats.key_lag.observe(self.clock() - hello_at)
             for data in flow.tls.retry():
                 self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
             self._track_waiting(flow)
@@ -448,6 +484,7 @@ class Decryptor:
         self._drop_handles(flow)
         if random is not None:
             self._waiting.pop(random, None)
+            self._lagging.pop(random, None)
             keyset = self.keys.lookup(random)
             if keyset is not None:
                 key_origin = keyset.origin

@@ -105,7 +105,7 @@ def _metrics(ns: str, port: int) -> str:
 
 
 def _total(text: str, metric: str) -> int:
-    return sum(int(value) for value in re.findall(rf"^{metric}{{[^}}]*}} (\d+)$", text, re.MULTILINE))
+    return sum(int(float(value)) for value in re.findall(rf"^{metric}{{[^}}]*}} ([0-9.e+]+)$", text, re.MULTILINE))
 
 
 def _wait_metrics(ns: str, port: int, condition, timeout: float = 20) -> str:  # type: ignore[no-untyped-def]

@@ -2,7 +2,8 @@
 
 Starts ``[capture] workers`` processes (:mod:`bridge.sensor.worker`), restarts one
 that dies (with a growing delay, counted), collects their counters once a second,
-serves them as Prometheus text on ``[metrics] listen`` (``/metrics``), writes a
+serves them with ``prometheus-client`` on ``[metrics] listen`` (``/metrics``: the
+text format, its content type, histograms of key lag and record hold), writes a
 counter line every ``[metrics] log_interval`` seconds, and a terse live view when
 stderr is a terminal.  SIGTERM/SIGINT stop the workers, which finish and log every
 connection before they exit.
@@ -10,7 +11,6 @@ connection before they exit.
 
 from __future__ import annotations
 
-import http.server
 import multiprocessing
 import signal
 import sys
@@ -19,6 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from bridge.histogram import Histogram
 from bridge.sensor.config import Config
 from bridge.sensor.worker import run_worker
 
@@ -41,6 +45,12 @@ _COUNTERS = (
     ("key_requests", "counter",
      "Key requests sent to the feed's harvesters (new connections without secrets, their ends)."),
 )
+#: Histograms the workers report (bridge.decryptor.DecryptorStats), by metric name.
+_HISTOGRAMS = (
+    ("key_lag_seconds",
+     "Seconds from a connection's ClientHello seen to its first secret in the key store (0: there already)."),
+    ("record_hold_seconds", "Seconds a TLS record waited for its connection's secrets before it was decrypted."),
+)
 
 
 @dataclass
@@ -53,6 +63,18 @@ class _Worker:
     counters: dict[str, Any] = field(default_factory=dict)
     #: Counters of earlier incarnations (a restarted worker starts from zero).
     carried: dict[str, int] = field(default_factory=dict)
+    carried_histograms: dict[str, Histogram] = field(default_factory=dict)
+
+    def histogram(self, name: str) -> Histogram | None:
+        """This worker's histogram over all its incarnations."""
+        reported = self.counters.get("histograms", {}).get(name)
+        carried = self.carried_histograms.get(name)
+        if reported is None:
+            return carried
+        histogram = Histogram.from_dict(reported)
+        if carried is not None:
+            histogram.add(carried)
+        return histogram
 
 
 class Supervisor:
@@ -63,7 +85,9 @@ class Supervisor:
         self.workers = [_Worker(index) for index in range(config.capture.workers)]
         self.stop = threading.Event()
         self.started = time.monotonic()
-        self._server: http.server.ThreadingHTTPServer | None = None
+        self._server: Any = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
 
     # --- workers -----------------------------------------------------------------------------
 
@@ -91,6 +115,10 @@ class Supervisor:
             for name, _kind, _help in _COUNTERS:
                 if _kind == "counter":
                     worker.carried[name] = worker.carried.get(name, 0) + int(worker.counters.get(name, 0))
+            for name, _help in _HISTOGRAMS:
+                histogram = worker.histogram(name)
+                if histogram is not None:
+                    worker.carried_histograms[name] = histogram
             worker.counters = {}
             worker.restarts += 1
             delay = min(30.0, 0.5 * 2 ** min(worker.restarts, 6))
@@ -121,24 +149,8 @@ class Supervisor:
         return totals
 
     def prometheus(self) -> str:
-        lines = []
-        for name, kind, help_text in _COUNTERS:
-            metric = f"tls_bridge_{name}" + ("_total" if kind == "counter" and not name.endswith("_total") else "")
-            lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}"]
-            for worker in self.workers:
-                value = int(worker.counters.get(name, 0)) + (worker.carried.get(name, 0) if kind == "counter" else 0)
-                lines.append(f'{metric}{{worker="{worker.index}"}} {value}')
-        lines += ["# HELP tls_bridge_flows_logged_total Connections logged, by status.",
-                  "# TYPE tls_bridge_flows_logged_total counter"]
-        for worker in self.workers:
-            for status, count in sorted(worker.counters.get("statuses", {}).items()):
-                lines.append(f'tls_bridge_flows_logged_total{{worker="{worker.index}",status="{status}"}} {count}')
-        lines += ["# HELP tls_bridge_worker_restarts_total Worker processes restarted.",
-                  "# TYPE tls_bridge_worker_restarts_total counter"]
-        lines += [f'tls_bridge_worker_restarts_total{{worker="{w.index}"}} {w.restarts}' for w in self.workers]
-        lines += ["# HELP tls_bridge_workers_up Worker processes capturing (running, capture sockets open).",
-                  "# TYPE tls_bridge_workers_up gauge", f"tls_bridge_workers_up {self.workers_up()}"]
-        return "\n".join(lines) + "\n"
+        """What ``/metrics`` serves (the Prometheus text format)."""
+        return generate_latest(self.registry).decode()
 
     def line(self) -> str:
         totals = self.totals()
@@ -157,25 +169,7 @@ class Supervisor:
 
     def _serve_metrics(self) -> None:
         host, _, port = self.config.metrics.listen.rpartition(":")
-        supervisor = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404, "try /metrics")
-                    return
-                body = supervisor.prometheus().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
-        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        self._server, _thread = start_http_server(int(port), host.strip("[]") or "127.0.0.1", self.registry)
 
     # --- driving --------------------------------------------------------------------------------
 
@@ -223,3 +217,38 @@ class Supervisor:
             self.err.write("\r\x1b[K")
         self.say("stopped: " + self.line())
         return 0
+
+
+class _Collector:
+    """The workers' last reports as Prometheus metric families, at each scrape."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        workers = self.supervisor.workers
+        for name, kind, help_text in _COUNTERS:
+            family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                f"tls_bridge_{name}", help_text, labels=["worker"])
+            for worker in workers:
+                value = int(worker.counters.get(name, 0)) + (worker.carried.get(name, 0) if kind == "counter" else 0)
+                family.add_metric([str(worker.index)], value)
+            yield family
+        logged = CounterMetricFamily("tls_bridge_flows_logged", "Connections logged, by status.",
+                                     labels=["worker", "status"])
+        for worker in workers:
+            for status, count in sorted(worker.counters.get("statuses", {}).items()):
+                logged.add_metric([str(worker.index), status], int(count))
+        yield logged
+        restarts = CounterMetricFamily("tls_bridge_worker_restarts", "Worker processes restarted.", labels=["worker"])
+        for worker in workers:
+            restarts.add_metric([str(worker.index)], worker.restarts)
+        yield restarts
+        yield GaugeMetricFamily("tls_bridge_workers_up", "Worker processes capturing (running, capture sockets open).",
+                                value=self.supervisor.workers_up())
+        for name, help_text in _HISTOGRAMS:
+            family = HistogramMetricFamily(f"tls_bridge_{name}", help_text, labels=["worker"])
+            for worker in workers:
+                histogram = worker.histogram(name) or Histogram()
+                family.add_metric([str(worker.index)], histogram.cumulative(), histogram.sum)
+            yield family

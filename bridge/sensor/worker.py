@@ -43,6 +43,8 @@ class WorkerCounters:
     feed_malformed: int = 0
     feed_lost: int = 0
     key_requests: int = 0
+    #: name → Histogram.as_dict() (see bridge.histogram), cumulative since the worker started.
+    histograms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class AppendingFlowLog:
@@ -192,6 +194,7 @@ def _fill(counters: WorkerCounters, pipeline: Pipeline, captures: list[Any], rei
     counters.flows_evicted = stats.flows_evicted
     counters.plaintext_bytes = stats.plaintext_bytes
     counters.statuses = dict(stats.statuses)
+    counters.histograms = {"key_lag_seconds": stats.key_lag.as_dict(), "record_hold_seconds": stats.record_hold.as_dict()}
     counters.capture_drops = sum(capture.drops for capture in captures)
     if reinject is not None:
         counters.injected_frames = sum(output.stats.frames for output in reinject.outputs)

@@ -174,9 +174,15 @@ class TlsConnection:
         budget: PendingBudget | None = None,
         max_pending_per_direction: int = 8 * 1024 * 1024,
         handles: HandleLookup | None = None,
+        clock: Callable[[], float] | None = None,
+        on_held: Callable[[float], None] | None = None,
     ) -> None:
         self._keys = keys
         self._handles = handles if handles is not None else _no_handles
+        #: With both: each record that waited for secrets and was then decrypted
+        #: reports how long it waited (``on_held(seconds)``).
+        self._clock = clock
+        self._on_held = on_held
         self._sessions = sessions if sessions is not None else SessionCache()
         self._budget = budget if budget is not None else PendingBudget()
         self._max_pending = max_pending_per_direction
@@ -394,6 +400,8 @@ class TlsConnection:
             self._release_pending(state)
             self._stop(direction, Status.NO_KEYS, "buffer for records waiting for secrets is full")
             return
+        if self._clock is not None:
+            record.held_at = self._clock()
         state.pending.append(record)
         state.pending_bytes += size
 
@@ -425,6 +433,7 @@ class TlsConnection:
         """Process the direction's oldest waiting record; False if it must wait on."""
         state = self.directions[direction]
         record = state.pending[0]
+        decrypted = state.decrypted_records
         try:
             self._process(direction, record, events)
         except _WaitForKeys:
@@ -443,6 +452,8 @@ class TlsConnection:
             self._stop(direction, status, str(exc))
             return True
         self._pop_pending(state)
+        if self._on_held is not None and state.decrypted_records > decrypted and self._clock is not None:
+            self._on_held(self._clock() - record.held_at)
         return True
 
     def _pop_pending(self, state: DirectionState) -> None:

@@ -28,6 +28,8 @@ class Record:
     #: Order of arrival among both directions' records, and capture time (set by the connection).
     arrival: int = 0
     timestamp_ns: int = 0
+    #: When it began to wait for secrets (the connection's clock), if it did.
+    held_at: float = 0.0
 
 
 def looks_like_sslv2_hello(data: bytes) -> bool:
