@@ -11,10 +11,12 @@
   it; a flow record that arrives after Zeek ended its connection still gets
   the uid in tls_bridge.log.
 
-The key origin of harvested connections (process harvester) in tls_bridge.log
-is checked by the demo's test (tests/test_demo.py), which runs Zeek beside
-Suricata.  Where Zeek comes from, and what happens without one:
-tests/support/zeek.py.
+* the key origin of harvested connections in tls_bridge.log: the process
+  harvester (the demo, which shows Zeek beside Suricata) and the VM harvester
+  (a QEMU test guest);
+* without Zeek, the Zeek tests are never passed.
+
+Where Zeek comes from, and what happens without one: tests/support/zeek.py.
 """
 
 from __future__ import annotations
@@ -403,3 +405,63 @@ def test_demo_shows_what_zeek_saw_with_the_harvested_key_origin(zeek, tmp_path, 
     assert out.count(f"key origin: nginx pid {pid}, {trigger}") == 2, out  # the tls_bridge.log lines
     assert "notice TLSBridge::Credential_In_URI" in out and "password=<redacted>" in out, out
     assert "Demo succeeded" in out
+
+
+# ---------------------------------------------------------------------------
+# keys harvested from a VM's memory: the origin in tls_bridge.log
+# ---------------------------------------------------------------------------
+
+
+def test_vm_harvested_key_origin_in_tls_bridge_log(zeek, tmp_path):
+    """A test guest (QEMU, TCG) serves TLS with openssl s_server; the VM harvester reads the
+    secrets out of its RAM when the live sensor asks for them; Zeek's tls_bridge.log names
+    the VM, the process and the trigger."""
+    from tests.support.guest import Guest, build_guest_image
+    from tests.support.keyfeed import BridgeProcess, make_feed_certs
+
+    certs = make_feed_certs(tmp_path / "certs")
+    endpoint = f"ipc://{tmp_path}/feed"
+    flows, synthetic = tmp_path / "flows.jsonl", tmp_path / "synthetic.pcap"
+    with Guest(build_guest_image("6.1"), pcap=tmp_path / "guest.pcap", workdir=tmp_path / "guest") as guest:
+        harvester = BridgeProcess(["harvest", "vm", "--memory-file", str(guest.memory_path), "--name", "zk-guest",
+                                   "--comm", "openssl", "--trigger", "requests", "--bind", endpoint,
+                                   *certs.publisher_args()], tmp_path / "harvest.err")
+        with harvester:
+            harvester.wait_for("harvesting", timeout=120)
+            sensor = BridgeProcess(["decrypt", "-i", "lo", "--keys", endpoint, *certs.sensor_args(), "--flows",
+                                    str(flows), "-w", str(synthetic)], tmp_path / "sensor.err")
+            with sensor:
+                sensor.wait_for("capturing on lo", timeout=30)
+                for version in ("-tls1_3", "-tls1_2"):  # held open a moment, then a request
+                    client = subprocess.Popen(
+                        ["openssl", "s_client", "-connect", f"127.0.0.1:{guest.host_port(4433)}", "-quiet", version],
+                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                    time.sleep(0.5)
+                    body, _ = client.communicate(b"GET / HTTP/1.0\r\n\r\n", timeout=60)
+                    assert b"s_server" in body
+                time.sleep(1.0)
+                assert sensor.stop() == 0, sensor.text()
+            time.sleep(0.5)
+            assert harvester.stop() == 0, harvester.text()
+
+    records = [json.loads(line) for line in flows.read_text().splitlines()]
+    ours = [r for r in records if (r.get("key_origin") or {}).get("vm") == "zk-guest"]
+    assert [r["status"] for r in ours] == ["decrypted", "decrypted"], (records, harvester.text())
+    assert {r["key_origin"]["trigger"] for r in ours} == {"vm-request"}
+
+    work = tmp_path / "zeek"
+    work.mkdir()
+    Z.run(zeek, ["-r", str(synthetic), str(Z.PACKAGE), f"TLSBridge::flow_log={flows}"], cwd=work)
+    conn = {r["uid"]: r for r in Z.read_log(work / "conn.log")}
+    rows = [r for r in Z.read_log(work / "tls_bridge.log") if r["origin_vm"] == "zk-guest"]
+    assert sorted(r["flow_id"] for r in rows) == sorted(str(r["flow_id"]) for r in ours), rows
+    for row in rows:
+        record = next(r for r in ours if str(r["flow_id"]) == row["flow_id"])
+        origin = record["key_origin"]
+        assert (row["origin_comm"], row["origin_pid"], row["origin_trigger"], row["version"]) == (
+            origin["comm"], str(origin["pid"]), "vm-request", record["tls_version"]), row
+        assert row["uid"] in conn, row
+        assert f"vm=zk-guest pid={origin['pid']} comm=openssl trigger=vm-request" in conn[row["uid"]][
+            "tls_bridge_origin"], conn[row["uid"]]
+    http = [r for r in Z.read_log(work / "http.log") if r["uid"] in {row["uid"] for row in rows}]
+    assert [r["uri"] for r in http] == ["/", "/"] and all("vm=zk-guest" in r["tls_bridge_origin"] for r in http), http
