@@ -185,3 +185,26 @@ def test_traffic_secret_n_lines_after_a_key_update(tmp_path, tlslab_tools, tls_c
     assert flow.record["status"] == "decrypted", flow.record
     assert flow.c2s == b"before the update\nafter the update\nstill after\n"
     assert_matches_tshark(result, tlslab.tshark_follow(run.pcap, run.keylog, port=run.port), expect_streams=1)
+
+
+def test_keys_publish_keeps_the_feed_to_rfc_9850_labels_and_says_what_it_left_out(tmp_path):
+    """An OpenSSL static-RSA key log (RSA + CLIENT_RANDOM lines) and a PMS line: the
+    feed carries the CLIENT_RANDOM line only, and the publisher says why."""
+    from tests.support.keyfeed import BridgeProcess, free_tcp_pair, keylog_line_set, make_feed_certs
+
+    certs = make_feed_certs(tmp_path / "certs")
+    keylog, dumped = tmp_path / "mixed.keylog", tmp_path / "dumped.keylog"
+    random = "ab" * 32
+    client_random_line = f"CLIENT_RANDOM {random} {'11' * 48}"
+    keylog.write_text(f"RSA 0102030405060708 {'22' * 48}\n{client_random_line}\n"
+                      f"PMS_CLIENT_RANDOM {random} {'33' * 48}\nCLIENT_TRAFFIC_SECRET_1 {random} {'44' * 32}\n")
+    endpoint = f"tcp://127.0.0.1:{free_tcp_pair()}"
+    with BridgeProcess(["keys", "publish", "--keylog", str(keylog), "--bind", endpoint, *certs.publisher_args()],
+                       tmp_path / "publish.err") as publisher:
+        publisher.wait_for("publishing 1 records")
+        publisher.wait_for("3 lines not published")
+        with BridgeProcess(["keys", "dump", "--connect", endpoint, *certs.sensor_args(), "-o", str(dumped),
+                            "--timeout", "3"], tmp_path / "dump.err") as dump:
+            assert dump.wait() == 0, dump.text()
+        assert publisher.stop() == 0, publisher.text()
+    assert keylog_line_set(dumped) == {client_random_line}

@@ -116,10 +116,15 @@ class _KeyLogPublisher:
         self._seen: OrderedDict[tuple[bytes, str], bytes] = OrderedDict()
         self.remember = remember
         self.records = 0
+        #: Lines the feed does not carry (RSA, PMS_CLIENT_RANDOM, *_TRAFFIC_SECRET_N, N > 0).
+        self.not_published = 0
 
     def __call__(self, entries: list[KeyLogEntry]) -> None:
         fresh = []
         for entry in entries:
+            if entry.label not in FEED_LABELS:
+                self.not_published += 1
+                continue
             key = (entry.client_random, entry.label)
             if self._seen.get(key) == entry.secret:
                 continue
@@ -172,6 +177,10 @@ def run_publish(args: argparse.Namespace) -> int:
                  f"on {endpoint} (snapshots on {publisher.snapshot_endpoint})")
         _say(args, f"publishing {sink.records} records from {args.keylog} {where}"
                    f"{', following it' if args.follow else ''}; Ctrl-C or SIGTERM to stop")
+        if sink.not_published:
+            _say(args, f"warning: {sink.not_published} lines not published (RSA, PMS_CLIENT_RANDOM or later-epoch "
+                       "traffic secrets need the handshake: the feed carries RFC 9850 labels; give this key log "
+                       "to the sensor with --keylog)")
         try:
             while not stop.wait(0.5):
                 if publisher.failure is not None:
