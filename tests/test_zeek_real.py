@@ -141,8 +141,8 @@ def test_zkg_installs_the_package_and_zkg_test_passes(zeek, tmp_path):
         assert result.returncode == 0, f"zkg {' '.join(args)}:\n{out}"
         return out
 
-    out = run_zkg("install", "--force", str(source))  # runs the package's tests first, then installs
-    assert "Running unit tests" in out and f'Installed "{source}"' in out, out
+    out = run_zkg("install", "--force", "--skiptests", str(source))  # the tests run once, below
+    assert f'Installed "{source}"' in out, out
     out = run_zkg("test", str(source))
     assert "all tests passed" in out, out
     listed = run_zkg("list", "installed")
