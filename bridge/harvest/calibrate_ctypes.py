@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import datetime
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +115,8 @@ class _Endpoint:
     wbio: int
 
 
-def _self_signed(directory: Path) -> tuple[bytes, bytes]:
+def _self_signed_pem() -> tuple[bytes, bytes]:
+    """A throw-away self-signed P-256 certificate and key, PEM."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -128,11 +128,30 @@ def _self_signed(directory: Path) -> tuple[bytes, bytes]:
     certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
                    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
                    .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return (certificate.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def _self_signed(directory: Path) -> tuple[bytes, bytes]:
+    """The certificate and key written to ``directory``; their paths."""
+    cert_pem, key_pem = _self_signed_pem()
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(key_pem)
     return str(cert_path).encode(), str(key_path).encode()
+
+
+def _self_signed_in_memory() -> tuple[bytes, bytes, list[int]]:
+    """The certificate and key in anonymous memory files (no writable directory
+    needed: the calibrating child runs with a read-only file system): their
+    ``/proc/self/fd`` paths, and the descriptors to close."""
+    fds = []
+    for name, pem in zip(("cert.pem", "key.pem"), _self_signed_pem()):
+        fd = os.memfd_create(name, 0)
+        os.write(fd, pem)
+        fds.append(fd)
+    return f"/proc/self/fd/{fds[0]}".encode(), f"/proc/self/fd/{fds[1]}".encode(), fds
 
 
 class _Handshaker:
@@ -222,13 +241,13 @@ class _Handshaker:
         self.lib.SSL_CTX_free(self.client_ctx)
 
 
-def calibrate_library(path: str, *, rounds: int = 2) -> Profile:
+def calibrate_library(path: str, *, rounds: int = 2, name: str | None = None) -> Profile:
     """Calibrate the libssl at ``path``; raises ProfileError when the result is not unique."""
     started = time.monotonic()
     image = read_elf(path)
     lib = _Library(path)
-    with tempfile.TemporaryDirectory(prefix="tls-bridge-calibrate-") as directory:
-        cert, key = _self_signed(Path(directory))
+    cert, key, fds = _self_signed_in_memory()
+    try:
         handshaker = _Handshaker(lib, cert, key)
         try:
             samples: list[Sample] = []
@@ -250,7 +269,7 @@ def calibrate_library(path: str, *, rounds: int = 2) -> Profile:
                 profile = Profile(
                     build_id=image.build_id,
                     openssl_version=(lib.OpenSSL_version(0) or b"").decode("ascii", "replace") or image.openssl_version,
-                    library=os.path.basename(path),
+                    library=name or os.path.basename(path),
                     fields=fields,
                     made={
                         "method": "calibrate --libssl (ctypes, memory BIOs, key log callback as ground truth)",
@@ -265,6 +284,9 @@ def calibrate_library(path: str, *, rounds: int = 2) -> Profile:
                 memory.close()
         finally:
             handshaker.close()
+    finally:
+        for fd in fds:
+            os.close(fd)
     profile.made["seconds"] = round(time.monotonic() - started, 3)
     return profile
 

@@ -10,8 +10,9 @@ child process that, before it touches the file:
   capabilities (``PR_SET_NO_NEW_PRIVS`` keeps it so),
 * is bounded: address space, CPU seconds, open files, and a wall-clock limit
   after which it is killed,
-* sees the library as a private copy (with the ``libcrypto`` beside it, if
-  any) in a directory only it can read.
+* reads the library (and the ``libcrypto`` beside it, if any) through
+  descriptors opened before it gave up root, and writes nothing: its
+  certificate lives in anonymous memory files.
 
 Its only output is the profile as JSON on stdout, parsed and validated like any
 profile file.  Run as a module: ``python -m bridge.harvest.sandbox LIBRARY``
@@ -23,10 +24,8 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 
 from bridge.errors import BridgeError, ProfileError
 from bridge.harvest.profile import Profile
@@ -45,30 +44,12 @@ def calibrate_sandboxed(library: str, *, timeout: float = TIME_LIMIT) -> Profile
     """Calibrate ``library`` in a confined child; raises ProfileError with the reason."""
     if not os.path.isfile(library):
         raise ProfileError(f"{library}: no such file")
-    with tempfile.TemporaryDirectory(prefix="tls-bridge-sandbox-") as directory:
-        copy = os.path.join(directory, os.path.basename(library))
-        shutil.copyfile(library, copy)
-        source_dir = os.path.dirname(library)
-        try:
-            siblings = [name for name in os.listdir(source_dir) if name.startswith("libcrypto") and ".so" in name]
-        except OSError:
-            siblings = []
-        for name in siblings[:4]:  # a wheel's bundled libcrypto, found beside the libssl
-            try:
-                shutil.copyfile(os.path.join(source_dir, name), os.path.join(directory, name))
-            except OSError:
-                pass
-        if os.geteuid() == 0:
-            for path in [directory, *(os.path.join(directory, n) for n in os.listdir(directory))]:
-                os.chown(path, NOBODY, NOBODY)
-        os.chmod(directory, 0o700)
-        try:
-            result = subprocess.run([sys.executable, "-m", "bridge.harvest.sandbox", copy], capture_output=True,
-                                    text=True, timeout=timeout, cwd=directory, stdin=subprocess.DEVNULL,
-                                    env={"PATH": "/usr/bin:/bin", "HOME": directory, "TMPDIR": directory,
-                                         "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-        except subprocess.TimeoutExpired:
-            raise ProfileError(f"calibrating {library}: no result within {timeout:.0f} s (killed)") from None
+    try:
+        result = subprocess.run([sys.executable, "-m", "bridge.harvest.sandbox", library], capture_output=True,
+                                text=True, timeout=timeout, cwd="/", stdin=subprocess.DEVNULL,
+                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
+    except subprocess.TimeoutExpired:
+        raise ProfileError(f"calibrating {library}: no result within {timeout:.0f} s (killed)") from None
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         detail = lines[-1] if lines else f"exit status {result.returncode}"
@@ -81,15 +62,20 @@ def calibrate_sandboxed(library: str, *, timeout: float = TIME_LIMIT) -> Profile
     return profile
 
 
-def _confine(directory: str) -> None:
+def _confine() -> None:
     """Network namespace, then nobody, no new privileges, limits.  Called before the library is opened."""
     libc = ctypes.CDLL(None, use_errno=True)
     if os.geteuid() == 0:
         if libc.unshare(_CLONE_NEWNET) != 0:
-            raise BridgeError(f"sandbox: unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}")
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+            raise BridgeError(f"sandbox: unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())} (calibration "
+                              "needs CAP_SYS_ADMIN and network namespaces allowed: RestrictNamespaces=net)")
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+        except OSError as exc:
+            raise BridgeError(f"sandbox: cannot give up root ({exc.strerror}): calibration needs CAP_SETUID and "
+                              "CAP_SETGID to run the library as nobody") from None
         if os.getuid() == 0 or os.geteuid() == 0:
             raise BridgeError("sandbox: still root after setuid")
     else:  # an unprivileged harvester: a user namespace gives the network namespace
@@ -101,7 +87,26 @@ def _confine(directory: str) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    os.chdir(directory)
+
+
+def _open_library(library: str) -> tuple[int, list[int]]:
+    """Descriptors of the library and of any libcrypto beside it (a wheel's bundled
+    one), opened before the child gives up root: it loads them through
+    ``/proc/self/fd`` and needs no access to their directory."""
+    fd = os.open(library, os.O_RDONLY | os.O_CLOEXEC)
+    directory = os.path.dirname(os.path.abspath(library))
+    crypto = []
+    if directory != "/usr/lib/x86_64-linux-gnu":  # a system libssl finds the system libcrypto itself
+        try:
+            names = sorted(name for name in os.listdir(directory) if name.startswith("libcrypto") and ".so" in name)
+        except OSError:
+            names = []
+        for name in names[:1]:
+            try:
+                crypto.append(os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                pass
+    return fd, crypto
 
 
 def _child(library: str) -> int:
@@ -114,10 +119,13 @@ def _child(library: str) -> int:
     from bridge.harvest.calibrate_ctypes import calibrate_library
 
     try:
-        _confine(os.path.dirname(os.path.abspath(library)))
-        sys.stdout.write(calibrate_library(library).to_json())
-    except BridgeError as exc:
-        print(exc, file=sys.stderr)
+        fd, crypto = _open_library(library)
+        _confine()
+        for descriptor in crypto:  # by soname, the libssl's DT_NEEDED finds it loaded
+            ctypes.CDLL(f"/proc/self/fd/{descriptor}", mode=os.RTLD_GLOBAL | os.RTLD_NOW)
+        sys.stdout.write(calibrate_library(f"/proc/self/fd/{fd}", name=os.path.basename(library)).to_json())
+    except (BridgeError, OSError) as exc:
+        print(exc if isinstance(exc, BridgeError) else f"sandbox: {exc}", file=sys.stderr)
         return 1
     return 0
 
