@@ -312,6 +312,12 @@ def _report(flows: Path, eve: Path, requests: list[str], *, connections: int = 2
     return 0 if ok else 1
 
 
+def _summary_line(log: Path, needle: str) -> str:
+    """The last line of a log that says ``needle`` (other lines may follow a summary)."""
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return next((line for line in reversed(lines) if needle in line), lines[-1] if lines else "")
+
+
 def _bridge(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "bridge.cli", *args]
 
@@ -359,7 +365,7 @@ def run_demo(args: argparse.Namespace) -> int:
             harvester.wait(timeout=30)
             suricata.send_signal(signal.SIGTERM)
             suricata.wait(timeout=30)
-        _say(logs["harvester"].read_text().strip().splitlines()[-1])
+        _say(_summary_line(logs["harvester"], "connections published"))
         _say(logs["bridge"].read_text().strip().splitlines()[-3])
         status = _report(flows, eve, requests)
         _say(f"\nLogs: flow log {flows}\n      synthetic cleartext pcap {synthetic}\n"

@@ -38,6 +38,7 @@ from bridge.demo import (
     _Namespace,
     _report,
     _start_suricata,
+    _summary_line,
     _wait_for_eve,
     _wait_for_text,
 )
@@ -191,8 +192,3 @@ def run_demo_vm(args: argparse.Namespace) -> int:
     except (DemoError, BridgeError, subprocess.SubprocessError, OSError) as exc:
         print(f"tls-bridge demo --vm: error: {exc}", file=sys.stderr, flush=True)
         return 1
-
-
-def _summary_line(log: Path, needle: str) -> str:
-    lines = log.read_text(errors="replace").strip().splitlines()
-    return next((line for line in reversed(lines) if needle in line), lines[-1] if lines else "")
