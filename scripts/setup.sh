@@ -115,3 +115,25 @@ if ! command -v zeek >/dev/null 2>&1 && [[ ! -x /opt/zeek/bin/zeek ]]; then
         echo "setup: no Zeek (not on PATH, not in /opt/zeek, no ../shared/zeek): the Zeek tests will not run" >&2
     fi
 fi
+
+# LibVMI for the LibVMI backend's tests: the build in ../shared/libvmi (file driver) into
+# /opt/libvmi (registered with ldconfig), then its Python bindings (PyPI: libvmi) linked to it:
+# PyPI has them only as a wheel carrying its own LibVMI copy, so their cffi extension is rebuilt
+# against /opt/libvmi from the wheel's own declarations (scripts/libvmi_bindings.py).
+install_libvmi_bindings() {
+    local missing=()
+    for pkg in gcc python3-dev; do installed "$pkg" || missing+=("$pkg"); done  # cffi compiles the extension
+    if ((${#missing[@]})); then
+        apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+    .venv/bin/pip install --disable-pip-version-check 'libvmi==3.7.1'
+    .venv/bin/python scripts/libvmi_bindings.py build /opt/libvmi
+}
+if [[ -f ../shared/libvmi/install.sh ]]; then
+    if [[ ! -e /opt/libvmi/lib/libvmi.so.0 ]] || ! .venv/bin/python scripts/libvmi_bindings.py check /opt/libvmi >/dev/null 2>&1; then
+        step "installing LibVMI from ../shared/libvmi into /opt/libvmi" sh ../shared/libvmi/install.sh
+        step "building LibVMI's Python bindings against /opt/libvmi into .venv" install_libvmi_bindings
+    fi
+elif ! .venv/bin/python -c "import libvmi" >/dev/null 2>&1; then
+    echo "setup: no LibVMI (no ../shared/libvmi, no bindings in .venv): the LibVMI tests will not run" >&2
+fi

@@ -27,7 +27,7 @@ from tests.support import libvmi_gate
 from tests.support.guest import Guest
 from tests.support.harvest import compare_keylogs
 from tests.support.keyfeed import BridgeProcess
-from tests.test_vmi_guest import _GuestThread, _s_client
+from tests.test_vmi_guest import _GuestThread
 
 pytestmark = pytest.mark.real
 
@@ -70,6 +70,8 @@ def test_libvmi_reads_what_the_file_and_qemu_process_backends_read(libvmi, guest
     files = MemoryFileBackend(guest.memory_path)
     qemu = QemuProcessBackend(guest.qemu_pid, guest.memory_bytes)
     try:
+        if libvmi_gate.SHARED_LIBVMI.is_dir():  # the LibVMI under test is the shared build, not a wheel's copy
+            assert libvmi_gate.loaded_library() == "/opt/libvmi/lib/libvmi.so.0.0.15"
         assert lv.file_mode and lv.layout == files.layout
         assert lv._vmi.get_memsize() == guest.memory_bytes  # noqa: SLF001 - LibVMI's own view of the file
         for physical, size in ((0, 4096), (0x9F000, 4096), (0x100000, 3 * 4096 + 17), (0x1234567, 100_000),
@@ -108,11 +110,13 @@ def _find(memory, needle: bytes, chunk: int = 1 << 22) -> int | None:
 def test_libvmi_page_walks_equal_ours(libvmi, guest):
     """LibVMI's page-table walker (IA-32e, the guest's DTBs) lists and translates
     exactly what bridge.vmi.paging does: every present page of the guest's processes
-    and of the kernel's own page tables, user and kernel, 4 KiB and 2 MiB pages."""
+    and of the kernel's own page tables, user and kernel, 4 KiB and 2 MiB pages (a
+    512 MiB guest has no 1 GiB pages).  The guest is paused for the comparison."""
     from bridge.vmi.libvmi_paging import LibvmiPageWalker
 
     lv = _libvmi_backend(guest)
     files = MemoryFileBackend(guest.memory_path)
+    guest.qmp("stop")  # one snapshot for both walkers: a running guest changes its page tables between walks
     try:
         walker = LibvmiPageWalker(lv)
         btf = btf_from_kernel_image(guest.image.kernel)
@@ -158,6 +162,7 @@ def test_libvmi_page_walks_equal_ours(libvmi, guest):
             with pytest.raises(paging.PageFault):
                 paging.translate(files, servers[0].page_table, unmapped)
     finally:
+        guest.qmp("cont")
         lv.close()
         files.close()
 
@@ -184,7 +189,8 @@ def _summary_counts(summary: str) -> tuple[int, int]:
 def test_harvest_vm_libvmi_publishes_what_the_file_and_qemu_process_backends_publish(libvmi, guest, tmp_path):
     """One guest, the same connections, three harvesters at once: the RAM file, the
     QEMU process, LibVMI's file driver.  Each publishes every connection's secrets,
-    equal to the clients' key logs and to each other's."""
+    equal to the clients' key logs and to each other's (each connection is held open
+    until all three have published it, or 30 s)."""
     common = ["--wire-pcap", str(guest.pcap), "--comm", "openssl", "--kernel", str(guest.image.kernel)]
     backends = {
         "file": ["--memory-file", str(guest.memory_path)],
@@ -200,10 +206,9 @@ def test_harvest_vm_libvmi_publishes_what_the_file_and_qemu_process_backends_pub
         for process in harvesters.values():
             process.wait_for("harvesting", timeout=120)
         client = tmp_path / "client.keylog"
-        # connections held open a moment: the three searches all find them
+        published = [tmp_path / f"{name}.keylog" for name in backends]
         for port, version in ((4433, "-tls1_3"), (4433, "-tls1_2"), (4434, "-tls1_3"), (4434, "-tls1_2")):
-            assert b"s_server" in _s_client(guest, port, client, version, hold=1.0)
-        time.sleep(1.5)  # the last ClientHellos are in the pcap; their searches finish
+            assert b"s_server" in _held_until_published(guest, port, client, version, published)
     finally:
         codes = {name: process.stop() for name, process in harvesters.items()}
     summaries = {name: process.text() for name, process in harvesters.items()}
@@ -217,6 +222,30 @@ def test_harvest_vm_libvmi_publishes_what_the_file_and_qemu_process_backends_pub
         keylogs[name] = sorted((tmp_path / f"{name}.keylog").read_text().splitlines())
     assert keylogs["libvmi"] == keylogs["file"] == keylogs["qemu"]
     assert len({line.split()[1] for line in keylogs["libvmi"]}) == 4
+
+
+def _randoms(keylog: Path) -> set[str]:
+    if not keylog.exists():
+        return set()
+    return {line.split()[1] for line in keylog.read_text().splitlines() if line.strip() and line[0] != "#"}
+
+
+def _held_until_published(guest: Guest, port: int, keylog: Path, version: str, published: list[Path],
+                          timeout: float = 30.0) -> bytes:
+    """A connection held open until every harvester has published it (or ``timeout``:
+    the comparison then fails), then one request."""
+    before = _randoms(keylog)
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{guest.host_port(port)}", "-keylogfile",
+                             str(keylog), "-quiet", version], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = _randoms(keylog) - before
+        if new and all(new <= _randoms(path) for path in published):
+            break
+        time.sleep(0.05)
+    out, _ = proc.communicate(b"GET / HTTP/1.0\r\n\r\n", timeout=60)
+    return out
 
 
 def test_libvmi_file_driver_above_the_pci_hole(libvmi, tmp_path):

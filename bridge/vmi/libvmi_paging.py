@@ -7,7 +7,7 @@ in the vCPU registers; LibVMI's file driver has no vCPU (LibVMI documents
 call fails.  The very same walker takes the page mode as an argument in
 ``vmi_nested_pagetable_lookup`` / ``vmi_get_nested_va_pages`` (no nested table:
 ``VMI_PM_NONE``), which the Python bindings do not expose: they are called here
-through ctypes on the loaded ``libvmi.so.0`` with the bindings' instance.
+through ctypes on the very library the bindings loaded, with their instance.
 
 LibVMI reads page tables at flat file offsets: a RAM file above the PCI hole is
 refused (the harvester itself walks with :mod:`bridge.vmi.paging` over the
@@ -53,9 +53,12 @@ _quiet_handler = None
 
 def _libraries() -> tuple[ctypes.CDLL, ctypes.CDLL]:
     try:
-        vmi = ctypes.CDLL("libvmi.so.0")
+        import _libvmi  # type: ignore[import-not-found]
+
+        # the bindings' extension: dlsym searches the libvmi.so (and glib) it links, whichever that is
+        vmi = ctypes.CDLL(_libvmi.__file__)
         glib = ctypes.CDLL(ctypes.util.find_library("glib-2.0") or "libglib-2.0.so.0")
-    except OSError as exc:
+    except (ImportError, OSError) as exc:
         raise GuestAccessError(f"LibVMI's library: {exc}") from None
     vmi.vmi_nested_pagetable_lookup.argtypes = [
         ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint64,
