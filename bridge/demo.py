@@ -8,8 +8,10 @@ live, takes the secrets from the feed, decrypts, and injects the synthetic
 cleartext connections into an injection interface (``tls0``; a veth pair here,
 a ``dummy`` interface in deployment); Suricata 7 inspects ``tls0`` live with the
 project's rules.  curl fetches a few URLs over TLS 1.3 and TLS 1.2 (HTTP/1.1 and
-HTTP/2); the demo prints what Suricata saw inside the TLS.  Nothing writes a key
-log: the keys come out of nginx's memory.
+HTTP/2); the demo prints what Suricata saw inside the TLS and, where Zeek is
+installed, what Zeek with ``zeek-scripts/`` saw on the same synthetic cleartext
+(:mod:`bridge.demo_zeek`).  Nothing writes a key log: the keys come out of
+nginx's memory.
 """
 
 from __future__ import annotations
