@@ -78,7 +78,7 @@ def _copy_package(dest: Path) -> Path:
     return dest
 
 
-def _access_log(run: tlslab.TlsRun, workdir: Path, name: str) -> list[str]:
+def _access_log(workdir: Path, name: str) -> list[str]:
     """The request URIs nginx served, in order (the requests that were really sent)."""
     text = (workdir / f"{name}.nginx" / "logs" / "access.log").read_text()
     return re.findall(r'"GET (\S+) HTTP/[\d.]+"', text)
@@ -174,7 +174,7 @@ def test_offline_real_tls_through_the_bridge_into_zeek(zeek, tmp_path, nginx_cur
     for name, tls, http2, port, urls, curl_args in RUNS:
         runs[name] = tlslab.run_curl_nginx(tmp_path / "tls", certs=tls_certs, tls=tls, http2=http2, port=port,
                                            urls=urls, files=FILES, name=name, curl_args=curl_args)
-        sent[name] = _access_log(runs[name], tmp_path / "tls", name)
+        sent[name] = _access_log(tmp_path / "tls", name)
         assert sent[name] == list(urls), sent[name]
     capture, keylog = tmp_path / "https.pcap", tmp_path / "sslkeys.log"
     subprocess.run([mergecap, "-F", "pcap", "-w", str(capture), *(str(r.pcap) for r in runs.values())],
