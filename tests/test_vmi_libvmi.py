@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -318,3 +319,36 @@ def test_libvmi_errors_say_what_is_missing(libvmi, tmp_path):
     assert absent.returncode == 1 and "Traceback" not in absent.stderr, absent.stderr
     assert "needs LibVMI and its Python bindings" in absent.stderr and "pip install libvmi" in absent.stderr
     assert "--memory-file or --qemu-pid" in absent.stderr
+
+
+def test_without_libvmi_the_suite_says_loudly_what_did_not_run(tmp_path):
+    """The gate itself, in a copy of the test tree with no ``../shared/libvmi`` beside
+    it and LibVMI's bindings made unimportable: the LibVMI tests are skipped, named
+    and counted in a loud report with the way to install LibVMI, never passed, and the
+    exit status is 1; with CI=true they fail instead."""
+    repo = tmp_path / "repo"
+    (repo / "tests" / "support").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "conftest.py", repo / "tests")
+    for module in (Path(__file__).parent / "support").glob("*.py"):
+        shutil.copy(module, repo / "tests" / "support")
+    (repo / "tests" / "test_lv_gate.py").write_text(
+        "def test_one(libvmi):\n    assert libvmi\n\n\ndef test_two(libvmi):\n    assert libvmi\n\n\n"
+        "def test_other():\n    pass\n")
+    (tmp_path / "lv_block.py").write_text("import sys\nsys.modules['libvmi'] = None  # as on a host without it\n")
+    env = {key: value for key, value in os.environ.items() if key != "CI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(libvmi_gate.REPO)])
+    command = [sys.executable, "-m", "pytest", "-p", "lv_block", "-p", "no:cacheprovider", "-q",
+               "tests/test_lv_gate.py"]
+    result = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout
+    assert "2 LIBVMI TESTS DID NOT RUN (LibVMI not installed)" in result.stdout, result.stdout
+    assert "NOT RUN: tests/test_lv_gate.py::test_one" in result.stdout
+    assert "NOT RUN: tests/test_lv_gate.py::test_two" in result.stdout
+    assert "They are not passed. To run them: build LibVMI" in result.stdout
+    assert "1 passed, 2 skipped" in result.stdout
+    result = subprocess.run(command, cwd=repo, env={**env, "CI": "true"}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1, result.stdout
+    assert "LibVMI is required here (CI=true)" in result.stdout and "1 passed, 2 errors" in result.stdout, \
+        result.stdout
+    assert "DID NOT RUN" not in result.stdout

@@ -22,10 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED_LIBVMI = REPO.parent / "shared" / "libvmi"
 
 HOW_TO_INSTALL = (
-    "build LibVMI (https://github.com/libvmi/libvmi) with its file driver, then "
-    "`PKG_CONFIG_PATH=<prefix>/lib/pkgconfig .venv/bin/pip install libvmi` for its Python bindings; "
-    "where the project's shared folder is present, `sh ../shared/libvmi/install.sh` (-> /opt/libvmi) does the "
-    "first step and `bash scripts/setup.sh` does both"
+    "build LibVMI (https://github.com/libvmi/libvmi) with its file driver into a prefix, then its Python "
+    "bindings: `.venv/bin/pip install libvmi==3.7.1 && .venv/bin/python scripts/libvmi_bindings.py build <prefix>` "
+    "(the wheel carries a LibVMI copy of its own: the second step links the bindings to yours); where the "
+    "project's shared folder is present, `bash scripts/setup.sh` does all of it (`sh ../shared/libvmi/install.sh` "
+    "-> /opt/libvmi)"
 )
 MISSING = "LIBVMI NOT INSTALLED: this LibVMI test did not run"
 
