@@ -140,7 +140,8 @@ class BuildLayout:
         """One line for the log."""
         what = f"{self.library} (build-id {self.build_id}, {self.version or 'version unknown'})"
         if self.state == READY:
-            took = f" in {self.resolved_after:.2f} s" if self.resolved_after is not None and self.origin != SHIPPED else ""
+            took = (f" in {self.resolved_after:.2f} s" if self.resolved_after is not None
+                    and self.origin in (CALIBRATED, INFERRED) else "")
             missed = f", {self.missed} connections missed meanwhile" if self.missed else ""
             return f"{what}: layout {self.origin}{took}{missed}"
         if self.state == CALIBRATING:
