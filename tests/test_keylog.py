@@ -139,3 +139,10 @@ def test_garbage_raises_only_the_key_log_error(line):
         return
     if entry is not None:
         assert isinstance(entry.secret, bytes) and (len(entry.client_random) == 32 or entry.handle)
+
+
+@pytest.mark.parametrize("label", [RSA, RSA_SESSION_ID, PMS_CLIENT_RANDOM, "SERVER_TRAFFIC_SECRET_1"])
+def test_a_feed_record_with_a_key_log_only_label_is_refused_by_the_receiver(label):
+    record = wire.KeyRecord(client_random=CR, secrets={label: bytes(48)}, captured_at=1.0, publisher=bytes(16), seq=1)
+    with pytest.raises(wire.FeedMessageError, match="bad_label|unknown label"):
+        wire.decode(wire.encode(record))
