@@ -15,9 +15,13 @@ SETUP_LOG=build/setup.log
 # step "what it does" command [args...]: runs the command (or a shell function)
 # under `set -e` with its output appended to $SETUP_LOG; prints
 # "setup: what it does ... ok", or on failure the log's tail, and exits.
+STEPS_RUN=0
 step() {
     local what=$1 rc
     shift
+    if ((STEPS_RUN++ == 0)); then
+        echo "setup: the installers' output goes to $SETUP_LOG" >&2
+    fi
     printf 'setup: %s ... ' "$what" >&2
     printf '\n=== %s\n$ %s\n' "$what" "$*" >>"$SETUP_LOG"
     set +e

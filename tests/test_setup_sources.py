@@ -86,7 +86,8 @@ def test_a_step_shows_one_line_and_logs_the_noise(tmp_path):
     result = _step_script(tmp_path, 'noisy() { for i in $(seq 300); do echo "WARNING: location $i ignored" >&2; done; }\n'
                                     'step "installing things" noisy\necho after\n')
     assert result.returncode == 0
-    assert result.stderr == "setup: installing things ... ok\n"
+    assert result.stderr == ("setup: the installers' output goes to build/setup.log\n"
+                             "setup: installing things ... ok\n")
     assert result.stdout == "after\n"
     assert (tmp_path / "build/setup.log").read_text().count("WARNING: location") == 300
 
