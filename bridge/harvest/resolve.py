@@ -268,10 +268,12 @@ class LayoutResolver:
                 if layout.profile is None:
                     if profile not in layout.candidates:
                         return False  # dropped meanwhile
-                    confirmed = Profile(layout.build_id, layout.version or profile.openssl_version, layout.library,
+                    # the version is this build's (None when unknown, as in a guest), never the candidate's
+                    confirmed = Profile(layout.build_id, layout.version, layout.library,
                                         dict(profile.fields), {
                                             "method": f"inferred from the layout of {profile.openssl_version} "
                                                       f"(build-id {profile.build_id}), confirmed on a live connection",
+                                            "candidate": profile.build_id,
                                             "resolution": "inferred and confirmed",
                                             "confirmed_by": verdict.reason,
                                             "date": time.strftime("%Y-%m-%d", time.gmtime()),
