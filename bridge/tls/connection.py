@@ -656,6 +656,8 @@ class TlsConnection:
             if self.client_hello is not None:
                 client_id = self.client_hello.session_id
                 self.resumed = bool(client_id) and client_id == hello.session_id
+            if self.resumed:
+                self._transcript.clear()  # no ClientKeyExchange in an abbreviated handshake
 
     def _on_encrypted_extensions(self, direction: Direction, message: hs.HandshakeMessage) -> None:
         extensions = hs.parse_encrypted_extensions(message.body)
