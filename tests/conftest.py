@@ -23,6 +23,13 @@ from tests.support import tlslab  # noqa: E402
 # ---------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _own_profile_cache(tmp_path_factory, monkeypatch):
+    """Each test's harvesters cache the profiles they make in a directory of the test's
+    own (not /var/lib/tls-bridge/profiles): no test sees another's, or an earlier run's."""
+    monkeypatch.setenv("TLS_BRIDGE_PROFILE_CACHE", str(tmp_path_factory.mktemp("profile-cache")))
+
+
 @pytest.fixture(scope="session")
 def tlslab_tools() -> dict[str, str]:
     """Root + ip/tcpdump/tshark/openssl present, else the test fails. {name: path}."""

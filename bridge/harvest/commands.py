@@ -14,6 +14,12 @@ from bridge.errors import BridgeError, ProfileError
 from bridge.harvest.profile import SHIPPED_DIR, Profile, ProfileStore
 
 DEFAULT_PROFILE_DIR = "/var/lib/tls-bridge/profiles"
+#: The profile cache's default may be moved with this environment variable (tests, containers).
+PROFILE_CACHE_ENV = "TLS_BRIDGE_PROFILE_CACHE"
+
+
+def default_profile_cache() -> str:
+    return os.environ.get(PROFILE_CACHE_ENV) or DEFAULT_PROFILE_DIR
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -22,7 +28,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def profile_store(args: argparse.Namespace) -> ProfileStore:
-    cache = getattr(args, "profile_cache", None) or DEFAULT_PROFILE_DIR
+    cache = getattr(args, "profile_cache", None) or default_profile_cache()
     directories = [cache, *(args.profiles or [])]
     store = ProfileStore(directories, shipped=not getattr(args, "no_shipped_profiles", False))
     for error in store.errors:
@@ -240,9 +246,9 @@ def add_resolution_options(parser: argparse.ArgumentParser) -> None:
         "before it is confirmed on a live connection (cryptographic relations between the secrets and what the "
         "process holds). Results are cached by build-id in the profile cache.")
     layouts.add_argument("--profiles", action="append", metavar="DIR", help="more profile directories")
-    layouts.add_argument("--profile-cache", default=DEFAULT_PROFILE_DIR, metavar="DIR",
+    layouts.add_argument("--profile-cache", default=default_profile_cache(), metavar="DIR",
                          help=f"where profiles calibrated or confirmed here are kept and read (default: "
-                              f"{DEFAULT_PROFILE_DIR}; '' to keep none)")
+                              f"${PROFILE_CACHE_ENV} or {DEFAULT_PROFILE_DIR}; '' to keep none)")
     layouts.add_argument("--resolve", default="calibrate,candidates", metavar="METHODS",
                          help="how builds without a profile are resolved: calibrate, candidates, both separated by "
                               "a comma (default), or none")
