@@ -86,7 +86,7 @@ def zeek_report(synthetic: Path, flows: Path, say=print) -> bool:
         vm = f"vm {r['origin_vm']}: " if r.get("origin_vm") else ""
         keys = (f"key origin: {vm}{r['origin_comm']} pid {r['origin_pid']}, {r['origin_trigger']}"
                 if r.get("origin_trigger") else "key origin: none (a key log)")
-        say(f"  tls_bridge.log  flow {r['flow_id']} uid {r['uid']}  {r['status']} {r['version']} alpn={r['alpn']}  "
+        say(f"  tls_bridge.log  flow {r['flow_id']} uid {r['uid']}  {r['status']} {r['version']} alpn={r['alpn'] or '-'}  "
             f"{keys}")
     for n in notices:
         say(f"  notice {n['note']}  {n['msg']}  ({n['sub']})")

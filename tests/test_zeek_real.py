@@ -383,26 +383,29 @@ def test_demo_shows_what_zeek_saw_with_the_harvested_key_origin(zeek, tmp_path, 
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert f"What Zeek saw (Zeek {zeek.version} with zeek-scripts/" in out, out
-    records = [json.loads(line) for line in (work / "flows.jsonl").read_text().splitlines()]
-    origins = {(r["key_origin"]["comm"], r["key_origin"]["pid"], r["key_origin"]["trigger"]) for r in records}
-    assert len(records) == 2 and len(origins) == 1, records
-    comm, pid, trigger = origins.pop()
-    assert comm == "nginx" and trigger.startswith("uprobe:"), records
+    records = {str(r["flow_id"]): r for r in
+               (json.loads(line) for line in (work / "flows.jsonl").read_text().splitlines())}
+    origin = {flow_id: r["key_origin"] for flow_id, r in records.items()}
+    assert len(records) == 2 and {(o["comm"], o["pid"]) for o in origin.values()} == {("nginx", origin["1"]["pid"])}
+    assert all(o["trigger"].startswith("uprobe:") for o in origin.values()), origin
 
     conn = {r["uid"]: r for r in Z.read_log(work / "zeek" / "conn.log")}
     bridge_log = Z.read_log(work / "zeek" / "tls_bridge.log")
-    assert sorted(r["flow_id"] for r in bridge_log) == sorted(str(r["flow_id"]) for r in records)
+    assert sorted(r["flow_id"] for r in bridge_log) == sorted(records)
     for row in bridge_log:
-        assert (row["origin_comm"], row["origin_pid"], row["origin_trigger"]) == (comm, str(pid), trigger), row
+        o = origin[row["flow_id"]]
+        assert (row["origin_comm"], row["origin_pid"], row["origin_trigger"]) == ("nginx", str(o["pid"]), o["trigger"])
         assert row["uid"] in conn and conn[row["uid"]]["tls_bridge_origin"].endswith(
-            f"pid={pid} comm=nginx trigger={trigger}"), conn.get(row["uid"])
+            f"pid={o['pid']} comm=nginx trigger={o['trigger']}"), conn.get(row["uid"])
+        # What the demo printed for it.
+        assert f"tls_bridge.log  flow {row['flow_id']} uid {row['uid']}" in out, out
+        assert f"key origin: nginx pid {o['pid']}, {o['trigger']}" in out, out
     http = Z.read_log(work / "zeek" / "http.log")
     assert [r["uri"] for r in http] == ["/", "/tls-bridge-test-marker?password=hunter2"], http
     assert all(r["tls_bridge_origin"] == conn[r["uid"]]["tls_bridge_origin"] for r in http), http
     # What the demo printed: the http.log lines with their facts, the HTTP/2 connection, the notice.
-    assert out.count("  http.log  ") == 2 and f"comm=nginx trigger={trigger}]" in out, out
+    assert out.count("  http.log  ") == 2 and "comm=nginx trigger=uprobe:" in out, out
     assert "no HTTP/1 (Zeek has no HTTP/2 analyzer)" in out and "alpn=h2" in out, out
-    assert out.count(f"key origin: nginx pid {pid}, {trigger}") == 2, out  # the tls_bridge.log lines
     assert "notice TLSBridge::Credential_In_URI" in out and "password=<redacted>" in out, out
     assert "Demo succeeded" in out
 
