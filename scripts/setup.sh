@@ -44,6 +44,8 @@ APT_PACKAGES=(
 )
 # node (a TLS server with OpenSSL linked in) may come from elsewhere (nodesource); Debian's otherwise.
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
+# npm fetches the official node binaries the tests calibrate and harvest (tests/support/node_builds.py).
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 
 # Suricata 7 comes from bookworm-backports.
 BACKPORTS_PACKAGES=(suricata)

@@ -126,3 +126,56 @@ def test_node_is_calibrated_live_to_its_shipped_profile(tmp_path, tlslab_tools, 
     assert re.search(r"([6-9]|1\d) connections matched", calibration.text())
     shipped = ProfileStore().get(image.build_id)
     assert shipped is not None and made.fields == shipped.fields
+
+
+#: curl against node, as the issue's report: TLS 1.3 with a SHA-256 and a SHA-384 suite, TLS 1.2.
+CURL_RUNS = (("--tlsv1.3", "--tls13-ciphers", "TLS_AES_128_GCM_SHA256"),
+             ("--tlsv1.3", "--tls13-ciphers", "TLS_AES_256_GCM_SHA384"),
+             ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", "ECDHE-RSA-AES128-GCM-SHA256"),
+             ("--tlsv1.2", "--tls-max", "1.2", "--ciphers", "ECDHE-RSA-AES256-GCM-SHA384"))
+
+
+def test_node_24_is_calibrated_live_with_curl_and_harvested_with_the_profile(tmp_path, tlslab_tools, tls_certs):
+    """Node 24 from the npm registry (OpenSSL 3.5 linked into the executable): curl's
+    connections last a few milliseconds, over before the calibrator reads /proc: all 12
+    are matched to the key log from the copies the kernel takes at hook time, and the
+    profile equals the one calibrated from OpenSSL 3.5.9's libssl.  Then harvesting node
+    with that profile (and none shipped): every line equals curl's."""
+    from tests.support.node_builds import NODE_24, fetch
+
+    node = fetch(NODE_24)
+    image = read_elf(node)
+    assert image.build_id == NODE_24.build_id and image.embeds_openssl
+    assert ProfileStore().get(NODE_24.build_id) is None, "a profile for this build is shipped: the test proves nothing"
+    calibrated, client, harvested = tmp_path / "calibrated", tmp_path / "client.keylog", tmp_path / "harvested.keylog"
+    status = tmp_path / "status.json"
+    with tlslab.Netns() as ns:
+        lab = Lab(tmp_path, tls_certs, ns)
+        try:
+            server = lab.node_server(port=4435, node=str(node))
+            calibration = BridgeProcess(["profile", "calibrate", "--pid", str(server.pid), "--keylog",
+                                         str(tmp_path / "calibration.keylog"), "--duration", "60", "--connections",
+                                         "12", "-o", str(calibrated)], tmp_path / "calibrate.err", prefix=ns.prefix())
+            calibration.wait_for("watching")
+            for args in CURL_RUNS * 3:
+                lab.curl(4435, tmp_path / "calibration.keylog", *args)
+            assert calibration.wait(60) == 0, calibration.text()
+            assert "12 connections matched" in calibration.text()
+
+            harvester = lab.harvester("--pid", str(server.pid), "--keylog", str(harvested), "--status", str(status),
+                                      "--no-shipped-profiles", "--profiles", str(calibrated), "--resolve", "none",
+                                      "--profile-cache", str(tmp_path / "cache"))
+            for args in CURL_RUNS * 2:
+                lab.curl(4435, client, *args)
+            time.sleep(1.5)
+            assert harvester.stop() == 0, harvester.text()
+        finally:
+            lab.close()
+    made = Profile.from_json((calibrated / f"{NODE_24.build_id}.json").read_text())
+    wheel = next(build for build in WHEEL_BUILDS if build.openssl == NODE_24.openssl)
+    assert made.fields == ProfileStore().get(wheel.build_id).fields
+    missing, extra = compare_keylogs(client, harvested)
+    assert not missing and not extra, (sorted(missing)[:3], sorted(extra)[:3], harvester.text())
+    assert "8 connections published" in harvester.text()
+    (layout,) = [e for e in json.loads(status.read_text())["layouts"] if e["build_id"] == NODE_24.build_id]
+    assert layout["state"] == "ready" and layout["origin"] == "cached", layout

@@ -12,7 +12,7 @@ from bridge.harvest.calibrate import Sample, calibrate
 from bridge.harvest.chain import read_secrets
 from bridge.harvest.elf import read_elf
 from bridge.harvest.profile import MissingProfileError, Profile, ProfileStore
-from bridge.harvest.uprobes import fetch_expression, parse_event, probe_definition
+from bridge.harvest.uprobes import fetch_expression, join_windows, parse_event, probe_definition, snapshot_definitions
 from bridge.harvest.wire_search import (
     HelloInbox,
     SearchIntake,
@@ -193,6 +193,23 @@ def test_trace_pipe_lines_parse_and_faults_are_none():
     assert event.timestamp == pytest.approx(1874.192268)
     assert parse_event("# tracer: nop", {}) is None
     assert parse_event(line, {}) is None  # another harvester's event
+
+
+def test_memory_copied_at_hook_time_is_split_over_probes_and_joined_up_to_a_fault():
+    """A calibration probe copies 0x3000 bytes at the SSL *: 512-byte array arguments,
+    at most 5 per probe (the kernel's 3 KiB per event), joined back in order."""
+    probes = snapshot_definitions("g", "SSL_free_0", LIBSSL, 0x1234, 0x3000)
+    assert [name for name, _ in probes] == ["SSL_free_0", *(f"SSL_free_0_m{i}" for i in range(1, 5))]
+    assert all(definition.count(":x64[64]") <= 5 for _, definition in probes)
+    assert "m2e00=+0x2e00(%di):x64[64]" in probes[-1][1]
+    words = ",".join(hex(i) for i in range(64))
+    line = ("         node-7   (  7) [001] .....  10.5: SSL_free_0_m1: (0x7f) "
+            f"ssl=0x1000 ma00={{{words}}} mc00=(fault)")
+    event = parse_event(line, {"SSL_free_0_m1": ("SSL_free", LIBSSL)})
+    assert event.windows[0xA00][:16] == bytes(8) + (1).to_bytes(8, "little") and event.windows[0xC00] is None
+    window = bytes(range(256)) * 2
+    assert join_windows({0: window, 0x200: window, 0x400: None, 0x600: window}) == window * 2
+    assert join_windows({0x200: window}) == b""
 
 
 def test_client_hello_random():

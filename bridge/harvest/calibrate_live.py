@@ -3,13 +3,19 @@ running process, for an OpenSSL that cannot be loaded with ctypes (linked into
 an executable: node, statically built servers).
 
 Uprobes on the process's ``SSL_*`` functions report the ``SSL *`` of each call
-(nothing else: there is no profile yet).  At each new ``SSL *`` the object and
-what its pointers point at are copied out of ``/proc/PID/mem`` at once (the
-connection may be gone a moment later), and matched to the key log a test
-client writes: the object that holds a logged client random is that
-connection's.  With TLS 1.2 and TLS 1.3 (a SHA-256 and a SHA-384 suite)
-connections seen, the search of :mod:`bridge.harvest.calibrate` runs on the
-copies.
+and, copied *by the kernel at hook time*, the object's bytes (``OBJECT_SPAN``);
+a probe on ``SSL_SESSION_free`` copies each session as ``SSL_free`` lets go of
+it (its TLS 1.2 master key).  Reading ``/proc/PID/mem`` when the event is
+processed is too late for short connections: a curl connection to a local node
+server lives a few milliseconds, the events are read tens of milliseconds
+later, and by then the object is freed, cleared, or already the next
+connection's.  (Should the probes that copy not be accepted, the object and
+what its pointers point at are copied from ``/proc/PID/mem`` as events arrive,
+which works for connections held open a moment.)  The copies
+are matched to the key log a test client writes: the object that holds a
+logged client random is that connection's.  With TLS 1.2 and TLS 1.3 (a
+SHA-256 and a SHA-384 suite) connections seen, the search of
+:mod:`bridge.harvest.calibrate` runs on the copies.
 """
 
 from __future__ import annotations
@@ -22,22 +28,32 @@ from bridge import __version__
 from bridge.errors import GuestAccessError, ProfileError
 from bridge.harvest.calibrate import OBJECT_SPAN, POINTED_SPAN, Sample, calibrate
 from bridge.harvest.calibrate_ctypes import verify
-from bridge.harvest.memory import ProcessMemory
+from bridge.harvest.memory import ProcessMemory, read_maps
 from bridge.harvest.profile import Profile
 from bridge.harvest.targets import TargetFinder
-from bridge.harvest.uprobes import UprobeSession
+from bridge.errors import HookError
+from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, UprobeSession
 from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, KeyLogStats, read_keylog
 
 
 _MAX_COPIES = 16
 _MAX_OBJECTS = 4096
+#: Copied at hook time: each SSL object at every call, each session as it is released.
+SESSION_FREE = "SSL_SESSION_free"
+SNAPSHOTS = {**{function: OBJECT_SPAN for function in HOOK_FUNCTIONS}, SESSION_FREE: POINTED_SPAN}
 
 
 class SnapshotReader:
-    """Memory copied at one moment, read like live memory (live reads fill gaps)."""
+    """Memory copied at one moment, read like live memory (live reads fill gaps).
 
-    def __init__(self, live: ProcessMemory) -> None:
+    ``static``: live reads only within these (start, end) ranges — the mapped
+    files (an ``SSL_CIPHER`` lives in the binary's data): a copy the kernel took
+    at hook time must not be completed with heap bytes read much later, which
+    may belong to another connection by then."""
+
+    def __init__(self, live: ProcessMemory, static: list[tuple[int, int]] | None = None) -> None:
         self.live = live
+        self.static = static
         self._regions: list[tuple[int, bytes]] = []
 
     def capture(self, address: int, size: int) -> bytes:
@@ -45,6 +61,14 @@ class SnapshotReader:
         if data:
             self._regions.append((address, data))
         return data
+
+    def add(self, address: int, data: bytes) -> None:
+        """Bytes copied elsewhere (by the kernel at hook time)."""
+        if data:
+            self._regions.append((address, data))
+
+    def has(self, address: int) -> bool:
+        return any(start == address for start, _ in self._regions)
 
     def capture_object(self, address: int) -> None:
         data = self.capture(address, OBJECT_SPAN)
@@ -59,6 +83,11 @@ class SnapshotReader:
         for start, data in self._regions:
             if start <= address and address + size <= start + len(data):
                 return data[address - start : address - start + size]
+        for start, data in self._regions:  # what was readable at the time, where it ended early
+            if start == address:
+                return data[:size]
+        if self.static is not None and not any(low <= address and address + size <= high for low, high in self.static):
+            return b""
         return self.live.read_upto(address, size)
 
     def read(self, address: int, size: int) -> bytes:
@@ -106,19 +135,24 @@ def calibrate_process(
                            f"({', '.join(b.path for b in target.binaries)}): choose one with --binary")
     chosen = candidates[0]
     memory = ProcessMemory(pid)
+    static = [(m.start, m.end) for m in read_maps(pid) if m.path.startswith("/") and m.inode]  # mapped files
     samples: list[Sample] = []
     current: dict[int, _Object] = {}  # SSL * → the connection living there now
     objects: list[_Object] = []
     try:
         with UprobeSession() as session:
-            session.attach(chosen.path, chosen.image, None)
+            try:
+                session.attach(chosen.path, chosen.image, None, (*HOOK_FUNCTIONS, SESSION_FREE), snapshot=SNAPSHOTS)
+            except HookError as exc:  # copies from /proc/PID/mem as events arrive
+                log(f"warning: {exc}; copying memory when events arrive (hold test connections open a moment)")
+                session.attach(chosen.path, chosen.image, None)
             log(f"watching {target.comm}[{pid}] ({chosen.path}); connect with a client writing {keylog}: "
                 "TLS 1.2 and TLS 1.3 with a SHA-256 and a SHA-384 suite")
             deadline = started + duration
             while time.monotonic() < deadline and not _enough(samples, min_connections):
                 for event in session.read(0.05):
                     if event.tgid == pid:
-                        _observe(memory, current, objects, event.ssl, event.function)
+                        _observe(memory, current, objects, event, static)
                 samples = _match(objects, _keylog_connections(keylog))
         profile = _profile(chosen, samples, started)
     finally:
@@ -138,7 +172,12 @@ class _Object:
         self.freed = False
 
 
-def _observe(memory: ProcessMemory, current: dict[int, _Object], objects: list[_Object], ssl: int, function: str) -> None:
+def _observe(memory: ProcessMemory, current: dict[int, _Object], objects: list[_Object], event: HookEvent,
+             static: list[tuple[int, int]]) -> None:
+    if event.function == SESSION_FREE:
+        _session_released(current, event)
+        return
+    ssl = event.ssl
     obj = current.get(ssl)
     if obj is None or obj.freed:
         obj = current[ssl] = _Object(ssl)
@@ -146,11 +185,38 @@ def _observe(memory: ProcessMemory, current: dict[int, _Object], objects: list[_
         if len(objects) > _MAX_OBJECTS:
             objects.pop(0)
     if len(obj.copies) < _MAX_COPIES:
-        copy = SnapshotReader(memory)
-        copy.capture_object(ssl)
+        if event.memory:
+            copy = SnapshotReader(memory, static)
+            copy.add(ssl, event.memory)  # the object as it was at the call
+        else:
+            copy = SnapshotReader(memory)
+            copy.capture_object(ssl)
         obj.copies.append(copy)
-    if function == "SSL_free":
+    if event.function == "SSL_free":
         obj.freed = True
+
+
+def _session_released(current: dict[int, _Object], event: HookEvent) -> None:
+    """A session as it was when released (``SSL_free`` releases its connection's):
+    added to the copies of the objects that point at it and have no copy of it
+    yet.  Only the objects living at their address now: an older one whose
+    session had the same address is another connection's."""
+    if not event.memory or event.ssl < 0x10000:
+        return
+    word = event.ssl.to_bytes(8, "little")
+    for obj in current.values():
+        for copy in obj.copies:
+            if copy.has(obj.ssl) and not copy.has(event.ssl) and _aligned(copy.read_upto(obj.ssl, OBJECT_SPAN), word):
+                copy.add(event.ssl, event.memory)
+
+
+def _aligned(data: bytes, word: bytes) -> bool:
+    index = data.find(word)
+    while index >= 0:
+        if index % 8 == 0:
+            return True
+        index = data.find(word, index + 1)
+    return False
 
 
 def _offsets_of(data: bytes, needle: bytes) -> list[int]:

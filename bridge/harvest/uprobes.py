@@ -67,6 +67,13 @@ FETCHED = (
     ("exporter_master_secret", "x64[6]"),
 )
 _FIELD_BYTES = {"u32": 4, "u64": 8}
+#: A calibration probe (no profile yet) may copy memory at its first argument at hook
+#: time: arguments ``m<OFFSET>`` of :data:`_WINDOW` bytes each (a tracefs array holds
+#: at most 64 elements), at most :data:`_WINDOWS_PER_PROBE` per probe (the kernel
+#: takes at most 3 KiB of fetched data per event); larger copies take several probes on the same
+#: instruction, whose events :class:`UprobeSession` joins into one.
+_WINDOW = 64 * 8
+_WINDOWS_PER_PROBE = 5
 _GROUP_PREFIX = "tlsbridge_"
 _LINE = re.compile(
     r"^\s*(?P<comm>.*?)-(?P<tid>\d+)\s+\(\s*(?P<tgid>\d+|-+)\)\s+\[\d+\]\s+\S+\s+(?P<ts>[\d.]+): "
@@ -88,6 +95,11 @@ class HookEvent:
     fields: dict[str, bytes | None] = field(default_factory=dict)
     #: When the hook fired, CLOCK_MONOTONIC seconds (our instance's trace clock).
     timestamp: float = 0.0
+    #: Calibration probes: the bytes at the first argument copied at hook time (up to
+    #: the first window the kernel could not read); None for other probes.
+    memory: bytes | None = None
+    #: The windows of one probe's part of that copy (offset → bytes; None: not readable).
+    windows: dict[int, bytes | None] | None = None
 
     def field(self, name: str) -> bytes | None:
         return self.fields.get(name)
@@ -112,6 +124,40 @@ def probe_definition(group: str, event: str, binary: str, offset: int, profile: 
         if path is not None:
             args.append(f"{name}={fetch_expression(path)}:{kind}")
     return f"p:{group}/{event} {binary}:{offset:#x} {' '.join(args)}"
+
+
+def snapshot_definitions(group: str, event: str, binary: str, offset: int, size: int) -> list[tuple[str, str]]:
+    """(event name, probe) for copying ``size`` bytes at the first argument at hook
+    time: as many probes on the instruction as a page per event requires."""
+    starts = list(range(0, size, _WINDOW))
+    probes = []
+    for part in range(0, len(starts), _WINDOWS_PER_PROBE):
+        name = event if part == 0 else f"{event}_m{part // _WINDOWS_PER_PROBE}"
+        args = ["ssl=%di:x64", *(f"m{start:x}=+{start:#x}(%di):x64[{_WINDOW // 8}]"
+                                 for start in starts[part : part + _WINDOWS_PER_PROBE])]
+        probes.append((name, f"p:{group}/{name} {binary}:{offset:#x} {' '.join(args)}"))
+    return probes
+
+
+def _windows(args: dict[str, str]) -> dict[int, bytes | None] | None:
+    windows: dict[int, bytes | None] = {}
+    for name, text in args.items():
+        if name[:1] == "m" and len(name) > 1:
+            try:
+                start = int(name[1:], 16)
+            except ValueError:
+                continue
+            data = _value(text, "x64")
+            windows[start] = data if data is not None and len(data) == _WINDOW else None
+    return windows or None
+
+
+def join_windows(windows: dict[int, bytes | None]) -> bytes:
+    """The copy's bytes from offset 0 up to the first window missing or not readable."""
+    memory = bytearray()
+    while windows.get(len(memory)) is not None:
+        memory += windows[len(memory)]  # type: ignore[operator]
+    return bytes(memory)
 
 
 def _value(text: str, kind: str) -> bytes | None:
@@ -140,7 +186,8 @@ def parse_event(line: str, functions: dict[str, tuple[str, str]]) -> HookEvent |
     fields = {name: _value(text, kinds.get(name, "u64")) for name, text in args.items() if name in kinds}
     tgid = int(match["tgid"]) if match["tgid"].isdigit() else int(match["tid"])
     function, binary = functions[match["event"]]
-    return HookEvent(tgid, int(match["tid"]), match["comm"], function, binary, ssl, fields, float(match["ts"]))
+    return HookEvent(tgid, int(match["tid"]), match["comm"], function, binary, ssl, fields, float(match["ts"]),
+                     windows=_windows(args))
 
 
 # --- tracefs --------------------------------------------------------------------------------
@@ -237,6 +284,9 @@ class UprobeSession:
         self.stats = UprobeStats()
         self._functions: dict[str, tuple[str, str]] = {}  # event name → (SSL function, binary)
         self._attached: set[tuple[str, int]] = set()
+        #: (function, binary) → probes copying memory at each hit; parts of a hit seen, per thread
+        self._parts: dict[tuple[str, str], int] = {}
+        self._pending_parts: dict[int, tuple[tuple, HookEvent, dict[int, bytes | None], list[int]]] = {}
         self._pipe: int | None = None
         self._partial = b""
         instance_dir = self.root / "instances" / self.instance
@@ -254,9 +304,10 @@ class UprobeSession:
         ) if watchdog else None
 
     def attach(self, binary: str, image: ElfImage, profile: Profile | None,
-               functions: tuple[str, ...] = HOOK_FUNCTIONS) -> list[str]:
+               functions: tuple[str, ...] = HOOK_FUNCTIONS, *, snapshot: dict[str, int] | None = None) -> list[str]:
         """Probe the hook functions of one binary (by path; ``/proc/PID/root/...`` for a
-        container's); returns the functions hooked."""
+        container's); returns the functions hooked.  ``snapshot``: function → bytes
+        of memory at its first argument copied at hook time (calibration)."""
         hooked = []
         index = len({key[0] for key in self._attached})
         for function in functions:
@@ -264,15 +315,42 @@ class UprobeSession:
             if offset is None or (binary, offset) in self._attached:
                 continue
             event = f"{function}_{index}"
-            _write(self.root / "uprobe_events", probe_definition(self.group, event, binary, offset, profile))
+            size = (snapshot or {}).get(function, 0) if profile is None else 0
+            probes = (snapshot_definitions(self.group, event, binary, offset, size) if size
+                      else [(event, probe_definition(self.group, event, binary, offset, profile))])
+            for name, definition in probes:
+                _write(self.root / "uprobe_events", definition)
+                self._functions[name] = (function, binary)
+                _write(self.root / "instances" / self.instance / "events" / self.group / name / "enable", "1")
+            if size:
+                self._parts[(function, binary)] = len(probes)
             self._attached.add((binary, offset))
-            self._functions[event] = (function, binary)
-            _write(self.root / "instances" / self.instance / "events" / self.group / event / "enable", "1")
             hooked.append(function)
             self.stats.probes += 1
         if not hooked and not any(key[0] == binary for key in self._attached):
             raise HookError(f"{binary}: none of {', '.join(functions)} is exported")
         return hooked
+
+    def _joined(self, event: HookEvent) -> HookEvent | None:
+        """A copying probe's part: None until every part of that hit arrived (the
+        probes on one instruction fire one after the other on the thread), then
+        the first part with the whole copy in :attr:`HookEvent.memory`."""
+        parts = self._parts.get((event.function, event.binary))
+        if parts is None or event.windows is None:
+            return event
+        key = (event.tid, event.function, event.binary, event.ssl)
+        pending = self._pending_parts.get(event.tid)
+        if pending is None or pending[0] != key or set(pending[2]) & set(event.windows):
+            pending = self._pending_parts[event.tid] = (key, event, {}, [0])  # a new hit (a part lost: dropped)
+        pending[2].update(event.windows)
+        pending[3][0] += 1
+        if pending[3][0] < parts:
+            return None
+        del self._pending_parts[event.tid]
+        first = pending[1]
+        first.memory = join_windows(pending[2])
+        first.windows = None
+        return first
 
     def read(self, timeout: float) -> list[HookEvent]:
         """Events that arrived within ``timeout`` seconds."""
@@ -295,7 +373,9 @@ class UprobeSession:
                 self.stats.unparsed += 1
                 continue
             self.stats.events += 1
-            events.append(event)
+            joined = self._joined(event)
+            if joined is not None:
+                events.append(joined)
         return events
 
     def overruns(self) -> int:

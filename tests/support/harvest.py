@@ -65,8 +65,8 @@ class Lab:
         return self._start([sys.executable, str(SERVERS_DIR / "python_tls_server.py"), str(self.certs.chain),
                             str(self.certs.key), str(port)], port)
 
-    def node_server(self, port: int = 4435) -> tlslab.Proc:
-        return self._start([tlslab.tool("node"), str(SERVERS_DIR / "https_server.js"), str(self.certs.chain),
+    def node_server(self, port: int = 4435, node: str | None = None) -> tlslab.Proc:
+        return self._start([node or tlslab.tool("node"), str(SERVERS_DIR / "https_server.js"), str(self.certs.chain),
                             str(self.certs.key), str(port)], port)
 
     def nginx(self, port: int = 4436, workers: int = 2) -> tlslab.Proc:
