@@ -9,6 +9,7 @@ LibVMI is installed by the set-up (see tests/support/libvmi_gate.py)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -55,13 +56,21 @@ def _linux(memory, guest: Guest) -> LinuxGuest:
     return LinuxGuest(memory, btf_from_kernel_image(guest.image.kernel), memory.layout.ranges())
 
 
-def _kernel_pgd(linux: LinuxGuest, btf) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    """The kernel's own page tables (``swapper_pg_dir``), found through the kernel's
-    structures: ``init_task.active_mm->pgd``; (virtual, physical)."""
-    init_task = linux.kernel.init_task + linux.kernel.image_delta  # its kernel-image virtual address
-    active_mm = linux.pointer(init_task + btf.offset("task_struct", "active_mm"))
-    pgd = linux.pointer(active_mm + btf.offset("mm_struct", "pgd"))
-    return pgd, linux.physical(pgd)
+def _kernel_page_tables(memory, processes) -> list[int]:  # type: ignore[no-untyped-def]
+    """Our search for the kernel's own page tables (``init_top_pgt`` and the other
+    kernel-only roots): the pages of RAM whose user half is empty and whose kernel half
+    is every process's (each process's PGD gets its kernel half from them)."""
+    kernel_half = memory.read(processes[0].page_table + 2048, 2048)
+    assert all(memory.read(process.page_table + 2048, 2048) == kernel_half for process in processes)
+    empty = bytes(2048)
+    roots = []
+    for first, end in memory.layout.ranges():
+        for position in range(first, end, 1 << 20):
+            chunk = memory.read(position, min(1 << 20, end - position))
+            for offset in range(0, len(chunk), 4096):
+                if chunk[offset + 2048 : offset + 4096] == kernel_half and chunk[offset : offset + 2048] == empty:
+                    roots.append(position + offset)
+    return roots
 
 
 def test_libvmi_reads_what_the_file_and_qemu_process_backends_read(libvmi, guest):
@@ -111,8 +120,10 @@ def _find(memory, needle: bytes, chunk: int = 1 << 22) -> int | None:
 def test_libvmi_page_walks_equal_ours(libvmi, guest):
     """LibVMI's page-table walker (IA-32e, the guest's DTBs) lists and translates
     exactly what bridge.vmi.paging does: every present page of the guest's processes
-    and of the kernel's own page tables, user and kernel, 4 KiB and 2 MiB pages (a
-    512 MiB guest has no 1 GiB pages).  The guest is paused for the comparison."""
+    and of the kernel's own page tables (found by both, independently), user and
+    kernel, 4 KiB and 2 MiB pages (a 512 MiB guest has no 1 GiB pages), and single
+    translations through LibVMI's plain ``vmi_pagetable_lookup`` too once its Linux
+    init has set its page mode.  The guest is paused for the comparison."""
     from bridge.vmi.libvmi_paging import LibvmiPageWalker
 
     lv = _libvmi_backend(guest)
@@ -122,7 +133,6 @@ def test_libvmi_page_walks_equal_ours(libvmi, guest):
         walker = LibvmiPageWalker(lv)
         btf = btf_from_kernel_image(guest.image.kernel)
         linux = LinuxGuest(files, btf, files.layout.ranges())
-        pgd_virtual, kernel_root = _kernel_pgd(linux, btf)
         processes = list(linux.processes())
         servers = [p for p in processes if p.comm == "openssl"]
         assert len(servers) == 2 and {"init", "openssl"} <= {p.comm for p in processes}
@@ -131,16 +141,30 @@ def test_libvmi_page_walks_equal_ours(libvmi, guest):
             return (list(paging.mapped_pages(files, root, 0, USER_END))
                     + list(paging.mapped_pages(files, root, KERNEL_START, 1 << 64)))
 
-        # the kernel's own page tables, found by both: the same pages, and the root maps itself
-        kernel_pages = ours(kernel_root)
-        assert sorted(walker.pages(kernel_root)) == sorted(kernel_pages)
-        assert walker.translate(kernel_root, pgd_virtual) == paging.translate(files, kernel_root, pgd_virtual) \
-            == kernel_root
-        init_task = linux.kernel.init_task + linux.kernel.image_delta
-        assert walker.translate(kernel_root, init_task) == paging.translate(files, kernel_root, init_task) \
-            == linux.kernel.init_task
-        kernel_half = [page for page in kernel_pages if page[0] >= KERNEL_START]
+        # the kernel's own page tables, found by both: ours by their contents (init_top_pgt is the
+        # one in the kernel image, beside init_task); LibVMI's by its Linux init, told where
+        # init_task is (our KASLR scan) but not where any page table is: it takes the first page
+        # directory in RAM that maps init_task (a kernel-only one, or a process's), whose kernel
+        # half must be the kernel's own
+        kernel_roots = _kernel_page_tables(files, processes)
+        init_task = (linux.kernel.init_task + linux.kernel.image_delta, linux.kernel.init_task)
+        init_top_pgt = min(kernel_roots, key=lambda root: abs(root - init_task[1]))
+        assert abs(init_top_pgt - init_task[1]) < 32 << 20, [hex(root) for root in kernel_roots]
+        kernel_half = ours(init_top_pgt)
+        assert kernel_half and all(page[0] >= KERNEL_START for page in kernel_half)
         assert {size for _, _, size in kernel_half} >= {4096, 2 << 20}
+        for root in kernel_roots:
+            assert sorted(walker.pages(root)) == sorted(ours(root)) == sorted(kernel_half), hex(root)
+        offsets = {"linux_tasks": btf.offset("task_struct", "tasks"), "linux_mm": btf.offset("task_struct", "mm"),
+                   "linux_pid": btf.offset("task_struct", "pid"), "linux_name": btf.offset("task_struct", "comm"),
+                   "linux_pgd": btf.offset("mm_struct", "pgd")}
+        kernel_root = walker.find_kernel_page_table(init_task=init_task, offsets=offsets)
+        found = sorted(walker.pages(kernel_root))
+        assert found == sorted(ours(kernel_root))
+        assert [page for page in found if page[0] >= KERNEL_START] == sorted(kernel_half), hex(kernel_root)
+        for root in (kernel_root, init_top_pgt):
+            assert walker.lookup(root, init_task[0]) == walker.translate(root, init_task[0]) \
+                == paging.translate(files, root, init_task[0]) == init_task[1]
 
         for process in servers + [next(p for p in processes if p.comm == "init")]:
             mine = ours(process.page_table)
@@ -155,13 +179,13 @@ def test_libvmi_page_walks_equal_ours(libvmi, guest):
                     assert _both(walker, files, process.page_table, virtual), (process, vma)
         large = next(page for page in kernel_half if page[2] == 2 << 20)
         for offset in (0, 0x1234, (2 << 20) - 8):
-            assert walker.translate(kernel_root, large[0] + offset) == large[1] + offset \
-                == paging.translate(files, kernel_root, large[0] + offset)
+            assert walker.lookup(init_top_pgt, large[0] + offset) \
+                == walker.translate(init_top_pgt, large[0] + offset) == large[1] + offset \
+                == paging.translate(files, init_top_pgt, large[0] + offset)
         for unmapped in (0, 0x1000, USER_END - 4096):
-            with pytest.raises(paging.PageFault):
-                walker.translate(servers[0].page_table, unmapped)
-            with pytest.raises(paging.PageFault):
-                paging.translate(files, servers[0].page_table, unmapped)
+            for translate in (walker.lookup, walker.translate, functools.partial(paging.translate, files)):
+                with pytest.raises(paging.PageFault):
+                    translate(servers[0].page_table, unmapped)
     finally:
         guest.qmp("cont")
         lv.close()
@@ -169,16 +193,15 @@ def test_libvmi_page_walks_equal_ours(libvmi, guest):
 
 
 def _both(walker, files, root: int, virtual: int) -> bool:
-    """The same physical address, or the same fault, from both walkers."""
-    try:
-        theirs = walker.translate(root, virtual)
-    except paging.PageFault:
-        theirs = None
-    try:
-        mine = paging.translate(files, root, virtual)
-    except paging.PageFault:
-        mine = None
-    return theirs == mine
+    """The same physical address, or the same fault, from both walkers (LibVMI's
+    through ``vmi_pagetable_lookup`` and through ``vmi_nested_pagetable_lookup``)."""
+    results = []
+    for translate in (walker.lookup, walker.translate, functools.partial(paging.translate, files)):
+        try:
+            results.append(translate(root, virtual))
+        except paging.PageFault:
+            results.append(None)
+    return len(set(results)) == 1
 
 
 def _summary_counts(summary: str) -> tuple[int, int]:

@@ -3,11 +3,15 @@ an independent implementation to check :mod:`bridge.vmi.paging` against.
 
 ``vmi_pagetable_lookup`` walks with the page mode that ``vmi_init_paging`` found
 in the vCPU registers; LibVMI's file driver has no vCPU (LibVMI documents
-``vmi_init_paging`` as live-VM only), so the page mode stays unknown and that
-call fails.  The very same walker takes the page mode as an argument in
-``vmi_nested_pagetable_lookup`` / ``vmi_get_nested_va_pages`` (no nested table:
-``VMI_PM_NONE``), which the Python bindings do not expose: they are called here
-through ctypes on the very library the bindings loaded, with their instance.
+``vmi_init_paging`` as live-VM only), so after a partial init the page mode stays
+unknown and that call fails.  The very same walker takes the page mode as an
+argument in ``vmi_nested_pagetable_lookup`` / ``vmi_get_nested_va_pages`` (no
+nested table: ``VMI_PM_NONE``), which the Python bindings do not expose: they are
+called here through ctypes on the very library the bindings loaded, with their
+instance (the bindings' own ``get_va_pages`` cannot be used either: their
+``page_info_t`` predates LibVMI 0.15's).  :meth:`LibvmiPageWalker.find_kernel_page_table`
+runs LibVMI's Linux init for memory files, which finds a kernel page table by
+itself and sets the page mode: then the plain ``vmi_pagetable_lookup`` works too.
 
 LibVMI reads page tables at flat file offsets: a RAM file above the PCI hole is
 refused (the harvester itself walks with :mod:`bridge.vmi.paging` over the
@@ -18,6 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+import tempfile
 from collections.abc import Iterator
 
 from bridge.errors import GuestAccessError
@@ -132,3 +138,41 @@ class LibvmiPageWalker:
         if head:
             self._glib.g_slist_free(head)
         return iter(pages)
+
+    def find_kernel_page_table(self, *, init_task: tuple[int, int], offsets: dict[str, int]) -> int:
+        """LibVMI's own search for the kernel's page tables: its Linux init for memory
+        files (``vmi_init_os``), told where ``init_task`` is (virtual, physical: what
+        our KASLR scan found) and the ``task_struct``/``mm_struct`` offsets (the guest's
+        BTF), but not where any page table is (``init_top_pgt`` 0).  LibVMI then tries
+        the page directories it finds in RAM until one maps ``init_task``, and sets its
+        page mode: from then on its plain ``vmi_pagetable_lookup`` works too
+        (:meth:`lookup`).  Returns LibVMI's kernel page-table root (``kpgd``)."""
+        from libvmi import VMIConfig  # type: ignore[import-not-found]
+        from libvmi.libvmi import VMIOS  # type: ignore[import-not-found]
+
+        virtual, physical = init_task
+        # System.map lines: startup_64/phys_startup_64 only give LibVMI the kernel image's virtual-physical delta
+        lines = [f"{virtual:016x} D init_task", f"{0:016x} D init_top_pgt", f"{virtual:016x} T startup_64",
+                 f"{physical:016x} A phys_startup_64"]
+        with tempfile.NamedTemporaryFile("w", prefix="lv-system-map-", suffix=".map", delete=False) as handle:
+            handle.write("\n".join(lines) + "\n")
+        try:
+            config = {"ostype": "Linux", "sysmap": handle.name, **offsets}
+            self.backend._flush()
+            os_type, error = self.backend._vmi.init_os(VMIConfig.DICT, config)
+        finally:
+            os.unlink(handle.name)
+        if os_type != VMIOS.LINUX:
+            raise GuestAccessError(f"LibVMI's Linux init failed ({os_type}, error {error})")
+        return int(self.backend._vmi.get_offset("kpgd"))
+
+    def lookup(self, root: int, virtual: int) -> int:
+        """The bindings' ``vmi_pagetable_lookup`` (after :meth:`find_kernel_page_table`
+        set LibVMI's page mode)."""
+        from libvmi import LibvmiError  # type: ignore[import-not-found]
+
+        self.backend._flush()
+        try:
+            return int(self.backend._vmi.pagetable_lookup(root & ~0xFFF, virtual))
+        except LibvmiError:
+            raise PageFault(f"LibVMI: {virtual:#x} is not mapped under {root:#x}") from None
