@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -209,6 +210,7 @@ class LibvmiBackend(_BlockReader):
             self.layout = RamLayout(size, size)  # LibVMI reads the domain's physical addresses itself
         self._flush = self._vmi.pagecache_flush
         self._read_pa = self._vmi.read_pa
+        self._lock = threading.Lock()  # one LibVMI instance is not thread-safe (its caches); hooks read too
 
     @staticmethod
     def _check_file(path: str) -> int:
@@ -257,8 +259,9 @@ class LibvmiBackend(_BlockReader):
         )
 
     def _raw(self, offset: int, size: int) -> bytes:
-        self._flush()
-        data, read = self._read_pa(offset, size, padding=True)
+        with self._lock:
+            self._flush()
+            data, read = self._read_pa(offset, size, padding=True)
         if read != size:
             raise GuestMemoryError(f"LibVMI read {read} of {size} bytes at offset {offset:#x}")
         return data
