@@ -5,7 +5,7 @@ log, as a sensor would, and the demo prints its http.log lines with their
 are in conn.log and tls_bridge.log only), tls_bridge.log with the key origin,
 and the notices.
 
-Zeek is optional for the demo: ``zeek`` on PATH, else ``/opt/zeek/bin/zeek``
+Zeek is optional for the demo: ``$ZEEK``, else ``zeek`` on PATH, else ``/opt/zeek/bin/zeek``
 (where ``../shared/zeek/install.sh`` puts it, which ``scripts/setup.sh`` runs
 when that folder is there).  Without one, the demo says so in one line.
 """
@@ -24,23 +24,33 @@ OPT_ZEEK = Path("/opt/zeek/bin/zeek")
 
 
 def find_zeek() -> str | None:
-    found = shutil.which("zeek")
-    if found:
-        return found
-    return str(OPT_ZEEK) if os.access(OPT_ZEEK, os.X_OK) else None
+    """``$ZEEK``, else ``zeek`` on PATH, else ``/opt/zeek/bin/zeek``; None when there is none."""
+    for candidate in (os.environ.get("ZEEK"), shutil.which("zeek"), str(OPT_ZEEK)):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def read_log(path: Path) -> list[dict[str, str | None]]:
-    """A Zeek ASCII log as dicts; unset fields are None.  A log Zeek did not write: []."""
+    """A Zeek ASCII (TSV) log as dicts by field name: unset fields are None, empty ones "".
+    A log Zeek did not write: []."""
     if not path.exists():
         return []
     fields: list[str] = []
+    unset, empty = "-", "(empty)"
     rows = []
     for line in path.read_text().splitlines():
         if line.startswith("#fields"):
             fields = line.split("\t")[1:]
+        elif line.startswith("#unset_field"):
+            unset = line.split("\t")[1]
+        elif line.startswith("#empty_field"):
+            empty = line.split("\t")[1]
         elif line and not line.startswith("#"):
-            rows.append({k: (None if v == "-" else v) for k, v in zip(fields, line.split("\t"))})
+            values = line.split("\t")
+            if len(values) != len(fields):
+                raise ValueError(f"{path}: {len(values)} values for {len(fields)} fields: {line!r}")
+            rows.append({k: (None if v == unset else "" if v == empty else v) for k, v in zip(fields, values)})
     return rows
 
 

@@ -1,8 +1,9 @@
 """A real Zeek for the tests: where it comes from, running it, reading its logs.
 
-Zeek is looked for as ``$ZEEK`` (a path to the zeek binary), ``zeek`` on PATH,
-then ``/opt/zeek/bin/zeek`` (where ``<repo>/../shared/zeek/install.sh`` puts it,
-and ``scripts/setup.sh`` runs that script when it exists).
+Zeek is looked for as the demo looks for it (:func:`bridge.demo_zeek.find_zeek`):
+``$ZEEK`` (a path to the zeek binary), ``zeek`` on PATH, then
+``/opt/zeek/bin/zeek`` (where ``<repo>/../shared/zeek/install.sh`` puts it, and
+``scripts/setup.sh`` runs that script when it exists).
 
 The Zeek tests are *required* in CI (``CI=true``) and wherever
 ``<repo>/../shared/zeek`` exists: a missing Zeek fails them.  On a machine with
@@ -15,7 +16,6 @@ makes the run's exit status 1.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from bridge import demo_zeek
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED_ZEEK = REPO.parent / "shared" / "zeek"
-OPT_ZEEK = Path("/opt/zeek/bin/zeek")
-PACKAGE = REPO / "zeek-scripts"
+PACKAGE = demo_zeek.PACKAGE
 
 HOW_TO_INSTALL = (
     "install Zeek >= 6.0 (zeek, zeek-config, zeek-cut on PATH, or ZEEK=/path/to/zeek), "
@@ -70,15 +71,14 @@ def required() -> bool:
 
 
 def find() -> Zeek | None:
-    """The Zeek to test with, or None."""
-    candidates = [os.environ.get("ZEEK"), shutil.which("zeek"), str(OPT_ZEEK)]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            binary = Path(candidate).resolve()
-            out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-            assert out.returncode == 0, f"{binary} --version failed: {out.stderr}"
-            return Zeek(binary=binary, version=out.stdout.strip().rsplit(" ", 1)[-1])
-    return None
+    """The Zeek to test with (the demo's search: $ZEEK, PATH, /opt/zeek), or None."""
+    found = demo_zeek.find_zeek()
+    if found is None:
+        return None
+    binary = Path(found).resolve()
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, f"{binary} --version failed: {out.stderr}"
+    return Zeek(binary=binary, version=out.stdout.strip().rsplit(" ", 1)[-1])
 
 
 def require(nodeid: str) -> Zeek:
@@ -103,20 +103,6 @@ def run(zeek: Zeek, args: list[str], *, cwd: Path, timeout: float = 180, check: 
 
 
 def read_log(path: Path) -> list[dict[str, str | None]]:
-    """A Zeek ASCII (TSV) log as dicts by field name; unset fields are None."""
+    """A Zeek ASCII (TSV) log as dicts by field name (unset fields None); the log must exist."""
     assert path.is_file(), f"{path.name} was not written"
-    fields: list[str] = []
-    unset, empty = "-", "(empty)"
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.startswith("#fields"):
-            fields = line.split("\t")[1:]
-        elif line.startswith("#unset_field"):
-            unset = line.split("\t")[1]
-        elif line.startswith("#empty_field"):
-            empty = line.split("\t")[1]
-        elif line and not line.startswith("#"):
-            values = line.split("\t")
-            assert len(values) == len(fields), f"{path.name}: {line!r}"
-            rows.append({k: (None if v == unset else "" if v == empty else v) for k, v in zip(fields, values)})
-    return rows
+    return demo_zeek.read_log(path)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bridge import demo_zeek
 from tests.support import zeek
 
+demo_zeek.find_zeek = lambda: None
 zeek.find = lambda: None
 zeek.SHARED_ZEEK = Path("/nonexistent/shared/zeek")
