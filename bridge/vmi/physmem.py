@@ -161,8 +161,9 @@ class QemuProcessBackend(_BlockReader):
 
 
 _LIBVMI_INSTALL = (
-    "LibVMI (the C library, https://libvmi.com) and its Python bindings (PyPI: libvmi): build LibVMI with the "
-    "driver you need (file; Xen; KVM with KVMi), then PKG_CONFIG_PATH=<prefix>/lib/pkgconfig pip install libvmi"
+    "LibVMI (the C library, https://libvmi.com) with the driver you need (file; Xen; KVM with KVMi) and its "
+    "Python bindings: pip install libvmi (PyPI's wheel carries a LibVMI build of its own; to link the bindings "
+    "to yours: python scripts/libvmi_bindings.py build <prefix>)"
 )
 
 
