@@ -17,6 +17,7 @@ from bridge.capture.pcapwriter import PcapWriter
 from bridge.packets import decode_tcp
 from tests.support import suricata as S
 from tests.support import tlslab
+from tests.support.decrypt import decrypt_cli as _decrypt
 
 pytestmark = pytest.mark.real
 
@@ -25,17 +26,6 @@ RULES = REPO / "suricata-rules" / "tls-bridge.rules"
 SID_MARKER, SID_CREDENTIALS = 1915000, 1915100
 URLS = ("/index.html", "/tls-bridge-test-marker?password=hunter2")
 FILES = {"/index.html": b"<html>shop</html>\n", "/tls-bridge-test-marker": b"marker\n"}
-
-
-def _decrypt(capture: Path, keylog: Path, workdir: Path, *extra: str) -> list[dict]:
-    flows = workdir / "flows.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "decrypt", "-r", str(capture), "--keylog", str(keylog),
-         "--flows", str(flows), "-q", *extra],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in flows.read_text().splitlines()]
 
 
 def _tshark(pcap: Path, *args: str) -> list[str]:

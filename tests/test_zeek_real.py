@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import runpy
 import shutil
 import signal
 import subprocess
@@ -36,19 +37,15 @@ import pytest
 from tests.support import suricata as S
 from tests.support import tlslab
 from tests.support import zeek as Z
+from tests.support.decrypt import decrypt_cli
 
 pytestmark = pytest.mark.real
 
 REPO = Path(__file__).resolve().parent.parent
 BTESTS = sorted((Z.PACKAGE / "tests" / "tls_bridge").glob("*.zeek"))
 
-# A DOS/PE header: enough for Zeek's file magic (application/x-dosexec).
-PE_STUB = (
-    b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00\xb8" + b"\x00" * 43 + b"\x80\x00\x00\x00"
-    + b"\x0e\x1f\xba\x0e\x00\xb4\x09\xcd\x21\xb8\x01\x4c\xcd\x21"
-    + b"This program cannot be run in DOS mode.\r\r\n$" + b"\x00" * 7
-    + b"PE\x00\x00" + b"\x00" * 60
-)
+# A DOS/PE header (Zeek sniffs application/x-dosexec), as in the btest traces.
+PE_STUB = runpy.run_path(str(Z.PACKAGE / "tests" / "Scripts" / "make-traces.py"))["PE_STUB"]
 FILES = {
     "/index.html": b"<html><body>shop</body></html>\n",
     "/search": b"results\n",
@@ -82,17 +79,6 @@ def _access_log(workdir: Path, name: str) -> list[str]:
     """The request URIs nginx served, in order (the requests that were really sent)."""
     text = (workdir / f"{name}.nginx" / "logs" / "access.log").read_text()
     return re.findall(r'"GET (\S+) HTTP/[\d.]+"', text)
-
-
-def _decrypt(capture: Path, keylog: Path, workdir: Path, *extra: str) -> list[dict]:
-    flows = workdir / "flows.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "decrypt", "-r", str(capture), "--keylog", str(keylog),
-         "--flows", str(flows), "-q", *extra],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return [json.loads(line) for line in flows.read_text().splitlines()]
 
 
 def _port(endpoint: str) -> str:
@@ -181,7 +167,7 @@ def test_offline_real_tls_through_the_bridge_into_zeek(zeek, tmp_path, nginx_cur
                    check=True, capture_output=True, timeout=60)
     keylog.write_text("".join(r.keylog.read_text() for r in runs.values()))
     synthetic = tmp_path / "synthetic.pcap"
-    flows = _decrypt(capture, keylog, tmp_path, "-w", str(synthetic))
+    flows = decrypt_cli(capture, keylog, tmp_path, "-w", str(synthetic))
     assert [f["status"] for f in flows] == ["decrypted"] * 3, flows
     by_server = {int(_port(f["server"])): f for f in flows}
     flow = {name: by_server[port] for name, _, _, port, _, _ in RUNS}

@@ -1,10 +1,14 @@
-"""Run the decryptor in-process over a capture and collect what it produced."""
+"""Run the decryptor over a capture (in-process, or the CLI) and collect what it produced."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bridge.capture.pcapfile import read_capture
 from bridge.decrypt_command import Pipeline
@@ -88,3 +92,16 @@ def assert_matches_tshark(result: DecryptResult, followed: list, *, expect_strea
         ours = result.by_endpoints(stream.client, stream.server)
         assert ours.c2s == stream.c2s, f"c2s differs for {stream.client}: ours {len(ours.c2s)} B, tshark {len(stream.c2s)} B"
         assert ours.s2c == stream.s2c, f"s2c differs for {stream.client}: ours {len(ours.s2c)} B, tshark {len(stream.s2c)} B"
+
+
+def decrypt_cli(capture: Path, keylog: Path, workdir: Path, *extra: str) -> list[dict]:
+    """``tls-bridge decrypt -r CAPTURE --keylog KEYLOG --flows WORKDIR/flows.jsonl -q EXTRA...`` as a
+    subprocess (it must exit 0); the flow log's records."""
+    flows = workdir / "flows.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "decrypt", "-r", str(capture), "--keylog", str(keylog),
+         "--flows", str(flows), "-q", *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in flows.read_text().splitlines()]
