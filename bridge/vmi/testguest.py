@@ -1,16 +1,17 @@
 """The test guest: a real Linux VM under QEMU (TCG) that serves HTTPS, for the VM
 harvester's tests and ``tls-bridge demo --vm``.
 
-    image = build_guest_image("6.1", directory=cache / "guest-6.1", progress=print)
+    image = build_guest_image("6.1", directory=cache / "guest-6.1", progress=print)  # cache/guest-6.1/<key>/
     with Guest(image, pcap=tmp / "guest.pcap") as guest:    # user networking, ports forwarded
         guest.memory_path                                     # /dev/shm file = guest physical RAM
     with Guest(image, tap="dvtap0", netns="dv-demo"):       # or on a tap (10.0.2.15 behind 10.0.2.2)
         ...
 
-The image is built from Debian packages only, in ``directory`` (a cache: reused
-while its key -- kernel package and version, the openssl/libssl/busybox files that
-go in, this module's image revision -- is unchanged, rebuilt when it is missing or
-stale; the builder below is the only way an image comes to be):
+The image is built from Debian packages only, in ``directory/<key digest>/`` (a
+cache keyed by what goes in: kernel package and version, the openssl binary and
+every library it loads, busybox, a second OpenSSL build if any, this module's image
+revision; built when missing, so an apt upgrade of any of them makes a new one; the
+builder below is the only way an image comes to be):
 
 * kernel: ``linux-image-<abi>-amd64`` that bookworm's (or bookworm-backports')
   ``linux-image-amd64`` depends on, fetched with ``apt-get download`` and unpacked
@@ -419,40 +420,80 @@ def image_key(flavor: str, alt_openssl: AltOpenSSL | None = None) -> dict:
     return key
 
 
+#: An image nobody used for this long is removed when another is built beside it.
+UNUSED_IMAGE_SECONDS = 6 * 3600
+
+
 def build_guest_image(flavor: str = "6.1", *, directory: Path, alt_openssl: AltOpenSSL | None = None,
                       keep_modules: bool = True, progress: Progress | None = None,
                       force: bool = False) -> GuestImage:
-    """Build the test guest for `flavor` ("6.1" or "6.12") in `directory`, or reuse
-    the image there if its key (:func:`image_key`) is unchanged.  `progress` is
-    told each step.  Without `keep_modules` only ``boot/`` of the kernel package is
-    kept (the modules the guest needs are in its initramfs)."""
+    """The test guest for `flavor` ("6.1" or "6.12"): the image in
+    ``directory/<key digest>/`` when there is one for today's key
+    (:func:`image_key`), else built there.  An image for another key stays
+    untouched (a guest may be running from it) until it has gone unused for
+    :data:`UNUSED_IMAGE_SECONDS`.  `progress` is told each step.  Without
+    `keep_modules` only ``boot/`` of the kernel package is kept (the modules the
+    guest needs are in its initramfs)."""
     if flavor not in FLAVORS:
         raise ValueError(f"flavor must be one of {sorted(FLAVORS)}, not {flavor!r}")
     say = progress or (lambda text: None)
-    out = Path(directory)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         key = {**image_key(flavor, alt_openssl), "modules_kept": keep_modules}
-        manifest = out / "guest.json"
-        reason = "no image yet"
-        if force:
-            reason = "rebuild asked for"
-        elif manifest.is_file():
-            try:
-                data = json.loads(manifest.read_text())
-                image = _image_from_manifest(out, data)
-                if data.get("key") == key and image.kernel.is_file() and image.initrd.is_file() \
-                        and image.cert.is_file():
-                    say(f"guest image cached in {out} ({image.kernel_package}, {image.openssl_version})")
-                    return image
-                changed = sorted(k for k in set(key) | set(data.get("key", {}))
-                                 if key.get(k) != data.get("key", {}).get(k))
-                reason = f"stale: {', '.join(changed) or 'files missing'} changed"
-            except (ValueError, KeyError, TypeError):
-                reason = "unreadable manifest"
-        say(f"building the guest image in {out} ({reason})")
-        return _build(flavor, out, alt_openssl, key, keep_modules, say)
+        out = directory / _digest(key)
+        image = None if force else _cached(out, key)
+        if image is not None:
+            os.utime(out / "guest.json")  # in use: not pruned
+            say(f"guest image cached in {out} ({image.kernel_package}, {image.openssl_version})")
+            return image
+        say(f"building the guest image in {out} ({'rebuild asked for' if force else _why_build(directory, key)})")
+        if out.exists():
+            shutil.rmtree(out)
+        image = _build(flavor, out, alt_openssl, key, keep_modules, say)
+        _prune(directory, keep=out)
+        return image
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _images(directory: Path) -> list[Path]:
+    """Image directories (named by their key's digest), most recently used first."""
+    found = [d for d in directory.iterdir() if re.fullmatch(r"[0-9a-f]{16}", d.name) and (d / "guest.json").is_file()]
+    return sorted(found, key=lambda d: (d / "guest.json").stat().st_mtime, reverse=True)
+
+
+def _cached(out: Path, key: dict) -> GuestImage | None:
+    try:
+        data = json.loads((out / "guest.json").read_text())
+        image = _image_from_manifest(out, data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if data.get("key") != key or not (image.kernel.is_file() and image.initrd.is_file() and image.cert.is_file()):
+        return None
+    return image
+
+
+def _why_build(directory: Path, key: dict) -> str:
+    for previous in _images(directory):
+        try:
+            old = json.loads((previous / "guest.json").read_text()).get("key", {})
+        except (OSError, ValueError):
+            continue
+        changed = sorted(k for k in set(key) | set(old) if key.get(k) != old.get(k))
+        if changed:
+            return f"stale: {', '.join(changed)} changed since {previous.name}"
+    return "no image yet"
+
+
+def _prune(directory: Path, *, keep: Path) -> None:
+    now = time.time()
+    for image in _images(directory):
+        if image != keep and now - (image / "guest.json").stat().st_mtime > UNUSED_IMAGE_SECONDS:
+            shutil.rmtree(image, ignore_errors=True)
 
 
 def _image_from_manifest(out: Path, data: dict) -> GuestImage:

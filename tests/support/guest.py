@@ -7,7 +7,7 @@ second OpenSSL build inside.
         body = curl_guest(guest, 4433, tmp / "keylog.txt", "--tlsv1.3")
         guest.memory_path                       # /dev/shm file = guest physical RAM
 
-Images are cached under ``build/guest/<flavor>/`` (``build/`` is gitignored; a
+Images are cached under ``build/guest/<flavor>/<key>/`` (``build/`` is gitignored; a
 clean clone rebuilds them).  Besides the host's ``openssl`` on 4433, the guest
 serves ``openssl s_server -www`` on 4434 with a wheel-bundled OpenSSL 3.5.9 (from
 ``tests.support.openssl_builds``) under ``/opt/ossl35``.
