@@ -29,7 +29,7 @@ from tests.support import libvmi_gate
 from tests.support.guest import Guest
 from tests.support.harvest import compare_keylogs
 from tests.support.keyfeed import BridgeProcess
-from tests.test_vmi_guest import _GuestThread
+from tests.test_vmi_guest import _GuestThread, _randoms
 
 pytestmark = pytest.mark.real
 
@@ -81,7 +81,9 @@ def test_libvmi_reads_what_the_file_and_qemu_process_backends_read(libvmi, guest
     qemu = QemuProcessBackend(guest.qemu_pid, guest.memory_bytes)
     try:
         if libvmi_gate.SHARED_LIBVMI.is_dir():  # the LibVMI under test is the shared build, not a wheel's copy
-            assert libvmi_gate.loaded_library() == "/opt/libvmi/lib/libvmi.so.0.0.15"
+            check = subprocess.run([sys.executable, str(libvmi_gate.REPO / "scripts" / "libvmi_bindings.py"), "check",
+                                    "/opt/libvmi"], capture_output=True, text=True)
+            assert check.returncode == 0 and check.stdout.strip() == "/opt/libvmi/lib/libvmi.so.0.0.15", check
         assert lv.file_mode and lv.layout == files.layout
         assert lv._vmi.get_memsize() == guest.memory_bytes  # noqa: SLF001 - LibVMI's own view of the file
         for physical, size in ((0, 4096), (0x9F000, 4096), (0x100000, 3 * 4096 + 17), (0x1234567, 100_000),
@@ -248,24 +250,18 @@ def test_harvest_vm_libvmi_publishes_what_the_file_and_qemu_process_backends_pub
     assert len({line.split()[1] for line in keylogs["libvmi"]}) == 4
 
 
-def _randoms(keylog: Path) -> set[str]:
-    if not keylog.exists():
-        return set()
-    return {line.split()[1] for line in keylog.read_text().splitlines() if line.strip() and line[0] != "#"}
-
-
 def _held_until_published(guest: Guest, port: int, keylog: Path, version: str, published: list[Path],
                           timeout: float = 30.0) -> bytes:
     """A connection held open until every harvester has published it (or ``timeout``:
     the comparison then fails), then one request."""
-    before = _randoms(keylog)
+    before = _randoms(keylog) if keylog.exists() else set()
     proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{guest.host_port(port)}", "-keylogfile",
                              str(keylog), "-quiet", version], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        new = _randoms(keylog) - before
-        if new and all(new <= _randoms(path) for path in published):
+        new = (_randoms(keylog) if keylog.exists() else set()) - before
+        if new and all(path.exists() and new <= _randoms(path) for path in published):
             break
         time.sleep(0.05)
     out, _ = proc.communicate(b"GET / HTTP/1.0\r\n\r\n", timeout=60)

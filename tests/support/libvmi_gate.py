@@ -46,15 +46,6 @@ def find() -> ModuleType | None:
     return libvmi
 
 
-def loaded_library() -> str | None:
-    """The path of the libvmi.so this process loaded through the bindings."""
-    for line in Path("/proc/self/maps").read_text().splitlines():
-        fields = line.split(maxsplit=5)
-        if len(fields) > 5 and Path(fields[5]).name.startswith("libvmi") and ".so" in fields[5]:
-            return fields[5]
-    return None
-
-
 def require(request: pytest.FixtureRequest) -> ModuleType:
     """The bindings, or: fail (where required), or skip loudly and count the test as not run."""
     libvmi = find()
