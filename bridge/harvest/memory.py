@@ -140,13 +140,12 @@ def find_all(reader: ProcessMemory, mappings: list[Mapping], needle: bytes, *, c
 
 
 def present(reader: ProcessMemory, mappings: list[Mapping], needles: list[bytes], *, chunk: int = 1 << 20) -> set[bytes]:
-    """Which of ``needles`` occur in the writable anonymous mappings (one pass)."""
-    import re
-
+    """Which of ``needles`` occur in the writable anonymous mappings (one pass; each
+    chunk searched for each needle still missing: ``bytes.find`` runs at memory
+    speed, where a regular expression of alternatives crawls)."""
     wanted = {needle for needle in needles if needle}
     if not wanted:
         return set()
-    pattern = re.compile(b"|".join(re.escape(needle) for needle in wanted))
     overlap = max(len(needle) for needle in wanted) - 1
     found: set[bytes] = set()
     for mapping in mappings:
@@ -159,7 +158,7 @@ def present(reader: ProcessMemory, mappings: list[Mapping], needles: list[bytes]
                 data = reader.read_upto(position, size)
             except GuestAccessError:
                 break
-            found.update(match.group() for match in pattern.finditer(data))
+            found.update(needle for needle in wanted - found if needle in data)
             if found >= wanted:
                 return found
             if len(data) < size:
