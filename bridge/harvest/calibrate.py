@@ -53,6 +53,8 @@ class Sample:
     #: Where this sample's memory is read (``read_upto``/``read``: a copy taken while
     #: the connection was alive), when not the reader given to :func:`calibrate`.
     reader: Any = None
+    #: With ``cipher_suite`` unknown: the suites it may be (learning: those whose key block is live).
+    suites: frozenset[int] | None = None
 
     @property
     def hash_length(self) -> int:
@@ -74,6 +76,8 @@ _TLS13_SUITES = frozenset(range(0x1301, 0x1306))
 def _plausible_suite(sample: Sample, suite: int) -> bool:
     if sample.cipher_suite is not None:
         return suite == sample.cipher_suite
+    if sample.suites is not None:
+        return suite in sample.suites
     if sample.version == 0x0304:
         return suite in _TLS13_SUITES and (suite == 0x1302) == (sample.hash_length == 48)
     return suite >> 8 in (0x00, 0xC0, 0xCC) and suite not in _TLS13_SUITES
@@ -178,21 +182,27 @@ def _intersect(current: set[Path_] | None, found: set[Path_]) -> set[Path_]:
     return found if current is None else current & found
 
 
-def _secret_pair(memories: _Memories, sample: Sample) -> set[tuple[Path_, Path_]]:
-    """(handshake_secret, master_secret) offset pairs bound by RFC 8446 §7.1."""
-    data = memories(sample).span(sample.ssl, OBJECT_SPAN)
-    name, length = sample.hash_name, sample.hash_length
-    salt_label, zeros, empty = b"derived", bytes(length), empty_hash(name)
-    pairs: set[tuple[Path_, Path_]] = set()
+def secret_pairs(data: bytes, hash_name: str) -> set[tuple[int, int]]:
+    """(handshake_secret, master_secret) offsets in an object's bytes bound by RFC 8446 §7.1:
+    master = HKDF-Extract(Derive-Secret(handshake, "derived", ""), 0)."""
+    length = 48 if hash_name == "sha384" else 32
+    salt_label, zeros, empty = b"derived", bytes(length), empty_hash(hash_name)
+    pairs: set[tuple[int, int]] = set()
     for offset in range(0, len(data) - length + 1, 4):
         candidate = data[offset : offset + length]
         if candidate.count(0) > length // 2:
             continue
-        derived = derive_secret(name, candidate, salt_label, empty)
-        master = hkdf_extract(name, salt=derived, ikm=zeros)
+        derived = derive_secret(hash_name, candidate, salt_label, empty)
+        master = hkdf_extract(hash_name, salt=derived, ikm=zeros)
         for position in _offsets(data, master, 4):
-            pairs.add(((offset,), (position,)))
+            pairs.add((offset, position))
     return pairs
+
+
+def _secret_pair(memories: _Memories, sample: Sample) -> set[tuple[Path_, Path_]]:
+    """(handshake_secret, master_secret) offset pairs bound by RFC 8446 §7.1."""
+    data = memories(sample).span(sample.ssl, OBJECT_SPAN)
+    return {((handshake,), (master,)) for handshake, master in secret_pairs(data, sample.hash_name)}
 
 
 def _session_fields(memories: _Memories, samples: list[Sample]) -> tuple[Path_, int, int]:
@@ -245,12 +255,15 @@ def _version(memories: _Memories, samples: list[Sample]) -> Path_:
     return _only("version", found)  # type: ignore[return-value]
 
 
-def calibrate(read_upto: Callable[[int, int], bytes], samples: list[Sample]) -> dict[str, Path_]:
-    """Profile fields found consistently in ``samples``; raises ProfileError otherwise."""
+def calibrate(read_upto: Callable[[int, int], bytes], samples: list[Sample], *,
+              both_hashes: bool = True) -> dict[str, Path_]:
+    """Profile fields found consistently in ``samples``; raises ProfileError otherwise.
+    ``both_hashes``: insist on TLS 1.3 samples with a SHA-256 and a SHA-384 suite (a
+    calibration chooses its handshakes; learning takes the connections that come)."""
     versions = {s.version for s in samples}
     if not {0x0303, 0x0304} <= versions:
         raise ProfileError("calibration needs TLS 1.2 and TLS 1.3 handshakes")
-    if len({s.hash_length for s in samples if s.version == 0x0304}) < 2:
+    if both_hashes and len({s.hash_length for s in samples if s.version == 0x0304}) < 2:
         raise ProfileError("calibration needs TLS 1.3 handshakes with a SHA-256 and a SHA-384 suite")
     memory = _Memories(read_upto)
     fields: dict[str, Path_] = {}

@@ -1,0 +1,223 @@
+"""Learning a build's layout from its live connections: no profile, no key log, no symbols.
+
+The last resolution path (:mod:`bridge.harvest.resolve`): no profile is known,
+the build cannot be calibrated here, and no candidate layout confirms.  The
+layout is then learned from the build's own connections.
+
+*Which object is whose.*  A connection is named by its client random (a
+ClientHello on the wire, a sensor's request) and a hook gives the ``SSL *`` of
+each call; the object at that ``SSL *`` holding a named client random is that
+connection's.  (A hook is needed: a client random found in memory says where
+the random is, not where its object starts.)
+
+*Its secrets, derived rather than read*, each by a relation no wrong value
+satisfies by chance, from the process's own memory:
+
+TLS 1.3 (RFC 8446 §7.1)
+    the handshake and master secrets are the one pair of offsets where
+    ``master = HKDF-Extract(Derive-Secret(handshake, "derived", ""), 0)``;
+    OpenSSL keeps the transcript hash up to the server Finished in the object,
+    so for the hash-length run ``H`` of the object where
+    ``Derive-Secret(master, "c ap traffic" | "s ap traffic", H)`` are *both*
+    found in the object, those are the application traffic secrets (and
+    ``"exp master"`` the exporter secret, when present).
+TLS 1.2 (RFC 5246 §6.3)
+    the server random sits 32 bytes before the client random; among the
+    48-byte values behind the object's pointers that a size_t 48 precedes (the
+    session's master key and its length), the master secret is the one whose
+    key block, for the suite the same session points at, has both write keys
+    live in the process (one memory search for every candidate at once).
+
+*The fields.*  The derived secrets stand in for a key log:
+:func:`bridge.harvest.calibrate.calibrate` finds their offsets, cross-checked
+over every sample and refusing any ambiguity, and the profile is read back on
+every sample (:func:`~bridge.harvest.calibrate_ctypes.verify`).  So every field
+is confirmed before anything is published: the client random is what the wire
+showed, the secrets are bound cryptographically, the version is the one the
+relations imply, the TLS 1.2 suite is the one whose key block is live.
+
+Pure over a reader (``read_upto``) and a memory search (``find``), as
+:mod:`bridge.harvest.confirm`; the drivers are the harvesters.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+
+from bridge import __version__
+from bridge.harvest.calibrate import OBJECT_SPAN, POINTED_SPAN, Sample, calibrate, secret_pairs
+from bridge.harvest.calibrate_live import SnapshotReader
+from bridge.harvest.chain import TLS12, TLS13
+from bridge.harvest.confirm import _expand_label
+from bridge.harvest.profile import Profile
+from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.tls.ciphersuites import cipher_suite
+from bridge.tls.keyschedule import key_block12
+
+#: Connections learned from before a layout is attempted (both TLS versions among them),
+#: and at most (a layout still ambiguous or inconsistent then is given up).
+LEARN_MIN_SAMPLES = 3
+LEARN_MAX_SAMPLES = 24
+#: How far before a master key its size_t length may be (OpenSSL: 0x48, early_secret between).
+_LENGTH_BEFORE = 0x80
+_MIN_POINTER = 0x10000
+
+Find = Callable[[list[bytes]], set[bytes]]
+
+
+def _random_looking(value: bytes) -> bool:
+    return value.count(0) <= 3 and len(set(value)) > len(value) // 3
+
+
+def tls13_secrets(data: bytes) -> dict[str, bytes] | None:
+    """The application traffic (and exporter) secrets an object's bytes hold,
+    derived from its handshake/master pair and its transcript hash; None when the
+    object holds no finished TLS 1.3 handshake."""
+    for hash_name, length in (("sha256", 32), ("sha384", 48)):
+        for _, master_offset in sorted(secret_pairs(data, hash_name)):
+            master = data[master_offset : master_offset + length]
+            for offset in range(0, len(data) - length + 1, 4):
+                transcript = data[offset : offset + length]
+                if transcript.count(0) > length // 2:
+                    continue
+                client = _expand_label(hash_name, master, b"c ap traffic", transcript, length)
+                if client not in data:
+                    continue
+                server = _expand_label(hash_name, master, b"s ap traffic", transcript, length)
+                if server not in data:
+                    continue
+                secrets = {CLIENT_TRAFFIC_SECRET_0: client, SERVER_TRAFFIC_SECRET_0: server}
+                exporter = _expand_label(hash_name, master, b"exp master", transcript, length)
+                if exporter in data:
+                    secrets[EXPORTER_SECRET] = exporter
+                return secrets
+    return None
+
+
+def _pointers(data: bytes) -> list[tuple[int, int]]:
+    found = []
+    for offset in range(0, len(data) - 7, 8):
+        value = int.from_bytes(data[offset : offset + 8], "little")
+        if _MIN_POINTER <= value < 1 << 47 and not value & 7:
+            found.append((offset, value))
+    return found
+
+
+def _suites(read_upto: Callable[[int, int], bytes], session: bytes) -> set[int]:
+    """TLS 1.2 suites a session's pointers lead to (``SSL_CIPHER.id`` = 0x0300XXXX)."""
+    suites = set()
+    for _, pointer in _pointers(session):
+        target = read_upto(pointer, 0x40)
+        for inner in range(0, len(target) - 3, 4):
+            value = int.from_bytes(target[inner : inner + 4], "little")
+            if value >> 16 == 0x0300:
+                suite = cipher_suite(value & 0xFFFF)
+                if suite is not None and not suite.tls13:
+                    suites.add(suite.code)
+    return suites
+
+
+def master_candidates(read_upto: Callable[[int, int], bytes], data: bytes) -> list[tuple[bytes, int]]:
+    """(48-byte value, suite) pairs behind the object's pointers: a size_t 48 shortly
+    before a random-looking 48-byte value, in a struct that points at a TLS 1.2 suite."""
+    candidates: dict[tuple[bytes, int], None] = {}
+    for _, pointer in _pointers(data):
+        span = read_upto(pointer, POINTED_SPAN)
+        values = []
+        for length_at in range(0, len(span) - 7, 8):
+            if int.from_bytes(span[length_at : length_at + 8], "little") != 48:
+                continue
+            for at in range(length_at + 8, min(length_at + _LENGTH_BEFORE, len(span) - 48) + 1, 8):
+                value = span[at : at + 48]
+                if _random_looking(value):
+                    values.append(value)
+        if values:
+            for suite in _suites(read_upto, span):
+                for value in values:
+                    candidates[(value, suite)] = None
+    return list(candidates)
+
+
+def tls12_secret(read_upto: Callable[[int, int], bytes], data: bytes, client_random: bytes, server_random: bytes,
+                 find: Find) -> tuple[bytes, frozenset[int]] | None:
+    """(master secret, suites) of a TLS 1.2 connection: the one master secret whose
+    key block's write keys are both live in the process (one search for all
+    candidates), and the suites for which they are (suites with the same PRF hash
+    share key block bytes: AES-128's two keys are ChaCha20's client key)."""
+    needles: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
+    for master, code in master_candidates(read_upto, data):
+        client, server = key_block12(cipher_suite(code), master_secret=master, client_random=client_random,  # type: ignore[arg-type]
+                                     server_random=server_random)
+        needles[(master, code)] = (client.key, server.key)
+    if not needles:
+        return None
+    found = find([key for pair in needles.values() for key in pair])
+    confirmed = {candidate for candidate, (client, server) in needles.items() if client in found and server in found}
+    masters = {master for master, _ in confirmed}
+    if len(masters) != 1:
+        return None
+    return masters.pop(), frozenset(code for _, code in confirmed)
+
+
+class _Reader:
+    def __init__(self, read_upto: Callable[[int, int], bytes]) -> None:
+        self.read_upto = read_upto
+
+
+def observe(read_upto: Callable[[int, int], bytes], ssl: int, client_random: bytes, find: Find) -> Sample | None:
+    """A connection's sample — its object's bytes copied now, its secrets derived —
+    or None while the object holds no finished handshake of that client random."""
+    copy = SnapshotReader(_Reader(read_upto))  # type: ignore[arg-type]
+    copy.capture_object(ssl)
+    data = copy.read_upto(ssl, OBJECT_SPAN)
+    position = data.find(client_random)
+    if position < 0:
+        return None
+    secrets = tls13_secrets(data)
+    if secrets is not None:
+        return Sample(ssl, TLS13, None, client_random, secrets, reader=copy)
+    if position >= 32:
+        found = tls12_secret(copy.read_upto, data, client_random, data[position - 32 : position], find)
+        if found is not None:
+            master, suites = found
+            return Sample(ssl, TLS12, next(iter(suites)) if len(suites) == 1 else None, client_random,
+                          {CLIENT_RANDOM: master}, reader=copy, suites=suites)
+    return None
+
+
+def ready(samples: list[Sample]) -> bool:
+    """Enough samples to attempt a layout: both TLS versions among at least LEARN_MIN_SAMPLES."""
+    return len(samples) >= LEARN_MIN_SAMPLES and {TLS12, TLS13} <= {s.version for s in samples}
+
+
+def missing(samples: list[Sample]) -> str:
+    """What learning still waits for, in words."""
+    versions = {s.version for s in samples}
+    wanted = [name for version, name in ((TLS13, "TLS 1.3"), (TLS12, "TLS 1.2")) if version not in versions]
+    text = f"{len(samples)} connections learned from"
+    if wanted:
+        text += f"; waiting for a {' and a '.join(wanted)} connection"
+    return text
+
+
+def learn_profile(build_id: str, version: str | None, library: str, samples: list[Sample]) -> Profile:
+    """The layout found in the samples (each with its own copy of memory), read back
+    on every one; raises :class:`~bridge.errors.ProfileError` when ambiguous or inconsistent."""
+    from bridge.harvest.calibrate_ctypes import verify
+
+    fields = calibrate(lambda address, size: b"", samples, both_hashes=False)
+    tls13 = sum(1 for s in samples if s.version == TLS13)
+    profile = Profile(build_id, version, library, fields, {
+        "method": "learned from live connections (client randoms from the wire or sensors, SSL * from hooks, "
+                  "secrets derived from the process's memory)",
+        "resolution": "learned",
+        "confirmed_by": f"{tls13} TLS 1.3 connections: secrets bound as RFC 8446 §7.1 requires; "
+                        f"{len(samples) - tls13} TLS 1.2 connections: key block live (RFC 5246 §6.3); "
+                        "every field read back on every connection",
+        "samples": len(samples),
+        "tool": f"tls-bridge {__version__}",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
+    })
+    verify(profile, None, samples)
+    return profile
