@@ -494,6 +494,13 @@ def _prune(directory: Path, *, keep: Path) -> None:
     for image in _images(directory):
         if image != keep and now - (image / "guest.json").stat().st_mtime > UNUSED_IMAGE_SECONDS:
             shutil.rmtree(image, ignore_errors=True)
+    # an image of the layout before keyed directories (revision 3), in `directory` itself
+    legacy = directory / "guest.json"
+    if legacy.is_file() and now - legacy.stat().st_mtime > UNUSED_IMAGE_SECONDS:
+        for name in ("pkg", "work"):
+            shutil.rmtree(directory / name, ignore_errors=True)
+        for name in ("initrd.cpio", "cert.pem", "key.pem", "guest.json"):
+            (directory / name).unlink(missing_ok=True)
 
 
 def _image_from_manifest(out: Path, data: dict) -> GuestImage:
