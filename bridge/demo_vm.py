@@ -141,7 +141,7 @@ def run_demo_vm(args: argparse.Namespace) -> int:
                  f"in namespace {ns.name}); Suricata 7 starts meanwhile")
             try:
                 guest = Guest(image, name=VM_NAME, tap=TAP, netns=ns.name, workdir=work / "guest", boot_timeout=180,
-                              gdb_port=0)
+                              gdb_port=0, progress=lambda text: step(f"  guest: {text}"))
                 with guest:
                     step(f"guest up in {guest.boot_seconds:.1f} s: {HOST} ({GUEST_IP}) serves HTTPS on {SERVER_PORT} "
                          f"(openssl s_server, {image.openssl_version.split(' (')[0]}); nothing of tls-bridge inside")

@@ -48,7 +48,8 @@ def test_vm_demo_harvests_a_guest_from_the_host_and_shows_what_suricata_saw(tmp_
     # progress: the build's steps, then the boot, each with the seconds since the start
     steps = [line for line in out.splitlines() if re.match(r"\[ *\d+\.\d s\] ", line)]
     for text in ("building the guest image", "downloading linux-image-", "writing the initramfs",
-                 "guest image built", "booting the guest", "guest up in", "done"):
+                 "guest image built", "booting the guest", "guest: kernel 6.1.", "guest: s_server 4433 pid",
+                 "guest up in", "done"):
         assert any(text in line for line in steps), (text, out)
     # what tls-bridge decrypted: every connection, its keys from the VM's memory
     decrypted = [line for line in out.splitlines() if "10.0.2.15:4433  decrypted TLSv1." in line]

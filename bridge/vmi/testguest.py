@@ -759,7 +759,7 @@ class Guest:
                  gdb_port: int | None = None, hostfwd: dict[int, int] | None = None,
                  pcap: Path | None = None, workdir: Path | None = None,
                  boot_timeout: float = 90.0, append: str = "", tap: str | None = None,
-                 netns: str | None = None):
+                 netns: str | None = None, progress: Progress | None = None):
         self.image = image
         self.memory_mb = memory_mb
         self.memory_bytes = memory_mb * 1024 * 1024
@@ -785,6 +785,8 @@ class Guest:
         self._closed = False
         self.boot_seconds: float | None = None
         self._final_console: str | None = None
+        self._progress = progress  # told the guest's boot milestones (its /init's console lines)
+        self._told = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -904,8 +906,17 @@ class Guest:
     def ready_count(self) -> int:
         return self.console_text().count(READY_MARKER)
 
+    def _tell_progress(self) -> None:
+        if self._progress is None:
+            return
+        lines = [line.strip() for line in self.console_text().splitlines() if line.startswith("guest-init: ")]
+        for line in lines[self._told:]:
+            self._progress(line.removeprefix("guest-init: "))
+        self._told = len(lines)
+
     def _wait_ready(self, count: int, deadline: float) -> None:
         while self.ready_count() < count:
+            self._tell_progress()
             self._check_alive()
             if self.console_text().count(FAILED_MARKER) >= count:
                 raise self._error("guest /init reported failure")
