@@ -193,3 +193,70 @@ def test_a_real_server_on_an_unknown_build_is_harvested_like_a_known_one(tmp_pat
     assert not missing and not extra, (sorted(missing)[:3], sorted(extra)[:3])
     assert "4 connections published" in harvester.text()
     assert f"build-id {build_id}" in harvester.text()
+
+
+def _harvest_wired_pair(library: Path, tmp_path: Path, *options: str,
+                        pair_options: tuple[str, ...] = ()) -> tuple[Path, Path, str, dict]:
+    """The ctypes pair with its records also on a TCP connection on lo (in a namespace
+    of its own), harvested with uprobes and the wire: the hooks give each call's
+    ``SSL *``, the ClientHellos on lo name the connections."""
+    truth, harvested, status = tmp_path / "callback.keylog", tmp_path / "harvested.keylog", tmp_path / "status.json"
+    with tlslab.Netns() as ns:
+        pair = subprocess.Popen([*ns.prefix(), sys.executable, str(PAIR), str(library), str(truth), "--wire",
+                                 *pair_options], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert pair.stdout.readline().strip() == "ready"
+            with BridgeProcess(["harvest", "process", "--pid", str(pair.pid), "--trigger", "hooks,wire", "--wire", "lo",
+                                "--keylog", str(harvested), "--status", str(status), *options],
+                               tmp_path / "harvest.err", prefix=ns.prefix()) as harvester:
+                harvester.wait_for("harvesting 1 processes", timeout=40)
+                pair.stdin.write("go\n")
+                pair.stdin.flush()
+                assert pair.stdout.readline().strip() == "done"
+                time.sleep(1.5)
+                assert harvester.stop() == 0, harvester.text()
+        finally:
+            pair.stdin.close()
+            pair.wait(10)
+    return truth, harvested, harvester.text(), json.loads(status.read_text())
+
+
+LEARNED_BUILD = next(b for b in WHEEL_BUILDS if b.openssl == "3.5.9")
+
+
+def test_a_build_with_no_profile_no_candidate_and_no_calibration_is_learned_from_live_connections(tmp_path):
+    """OpenSSL 3.5.9 from a wheel, every shipped profile ignored (no candidate at all),
+    calibration off: the layout is learned from the connections themselves (client
+    randoms from the wire, SSL * from the hooks, secrets derived from the process's
+    memory); every line equals the library's own key log, TLS 1.3 and TLS 1.2, and
+    the learned profile is the one calibration makes for that build."""
+    cache = tmp_path / "cache"
+    truth, harvested, log, status = _harvest_wired_pair(LEARNED_BUILD.libssl, tmp_path, "--no-shipped-profiles",
+                                                        "--resolve", "candidates,learn", "--profile-cache", str(cache))
+    missing, extra = compare_keylogs(truth, harvested)
+    assert keylog_lines(truth) and not missing and not extra, (sorted(missing)[:3], sorted(extra)[:3], log)
+    assert "5 connections published" in log
+    layout = _layout(status, LEARNED_BUILD.build_id)
+    assert layout["state"] == "ready" and layout["origin"] == "learned", layout
+    assert layout["confirmed"] == ["TLS1.2", "TLS1.3"]
+    assert "RFC 8446 §7.1" in log and "RFC 5246 §6.3" in log
+    learned = Profile.from_json((cache / f"{LEARNED_BUILD.build_id}.json").read_text())
+    assert learned.made["resolution"] == "learned"
+    shipped = Profile.from_json((SHIPPED_DIR / f"{LEARNED_BUILD.build_id}.json").read_text())
+    assert learned.fields == shipped.fields
+
+
+def test_learning_that_cannot_confirm_every_field_publishes_nothing(tmp_path):
+    """Only TLS 1.3 connections: their secrets are derived, but the TLS 1.2 fields
+    (session, master key) cannot be confirmed, so no layout is written and nothing
+    is published; the status says what learning waits for."""
+    truth, harvested, log, status = _harvest_wired_pair(LEARNED_BUILD.libssl, tmp_path, "--no-shipped-profiles",
+                                                        "--resolve", "candidates,learn", "--profile-cache",
+                                                        str(tmp_path / "cache"), pair_options=("--tls13-only",))
+    assert keylog_lines(truth) and not keylog_lines(harvested)
+    assert "0 connections published" in log
+    layout = _layout(status, LEARNED_BUILD.build_id)
+    assert layout["state"] == "learning" and layout["origin"] is None, layout
+    assert "waiting for a TLS 1.2 connection" in layout["reason"], layout
+    assert layout["learned_from"] == 6  # three handshakes, each seen from both ends
+    assert not (tmp_path / "cache" / f"{LEARNED_BUILD.build_id}.json").exists()

@@ -244,14 +244,16 @@ def add_resolution_options(parser: argparse.ArgumentParser) -> None:
         "sight in a confined child process (no network, no root, no capabilities, a time limit); otherwise the "
         "known layouts (the same version series first) are candidates, and nothing read through one is published "
         "before it is confirmed on a live connection (cryptographic relations between the secrets and what the "
-        "process holds). Results are cached by build-id in the profile cache.")
+        "process holds); failing that, the layout is learned from live connections (each secret derived and "
+        "checked the same way before anything is published). Results are cached by build-id in the profile cache.")
     layouts.add_argument("--profiles", action="append", metavar="DIR", help="more profile directories")
     layouts.add_argument("--profile-cache", default=default_profile_cache(), metavar="DIR",
                          help=f"where profiles calibrated or confirmed here are kept and read (default: "
                               f"${PROFILE_CACHE_ENV} or {DEFAULT_PROFILE_DIR}; '' to keep none)")
-    layouts.add_argument("--resolve", default="calibrate,candidates", metavar="METHODS",
-                         help="how builds without a profile are resolved: calibrate, candidates, both separated by "
-                              "a comma (default), or none")
+    layouts.add_argument("--resolve", default="calibrate,candidates,learn", metavar="METHODS",
+                         help="how builds without a profile are resolved, in this order: calibrate, candidates, "
+                              "learn (from live connections: needs hooks, and the wire or sensors' requests to "
+                              "name the connections), separated by commas (default: all three), or none")
     layouts.add_argument("--no-shipped-profiles", action="store_true",
                          help="ignore the profiles shipped with tls-bridge (every build resolved here)")
 

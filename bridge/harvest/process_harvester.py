@@ -31,16 +31,21 @@ from dataclasses import dataclass, field
 from bridge.capture.frames import Frame
 from bridge.errors import BridgeError, GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
+from bridge.harvest.calibrate import OBJECT_SPAN
 from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.memory import ProcessGoneError, ProcessMemory, present, read_maps
 from bridge.harvest.profile import Profile
-from bridge.harvest.resolve import READY, BuildLayout, LayoutResolver
+from bridge.harvest.resolve import LEARNING, READY, BuildLayout, LayoutResolver
 from bridge.harvest.targets import OpenSslBinary, TargetFinder, TargetProcess, is_shared_libssl
 from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, UprobeSession
 from bridge.harvest.wire_search import HelloInbox, WireHello, WireSearch, hellos, request_event
 from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
 
 KeySink = Callable[[KeyRecord], None]
+#: Learning: client randoms remembered, and tries per connection (a handshake not finished yet).
+_NAMED_LIMIT = 4096
+_LEARN_TRIES = 8
+_LEARNING_OBJECTS = 128
 
 
 @dataclass(slots=True)
@@ -131,6 +136,15 @@ class ProcessHarvester:
         #: Connections to search for, from the capture thread and the key feed's thread.
         self.inbox = HelloInbox()
         self.accepts_requests = requests
+        #: Client randoms named by the wire or sensors lately, by their first 8 bytes (learning).
+        self._named: OrderedDict[bytes, bytes] = OrderedDict()
+        #: (pid, SSL *, client random) → attempts to learn from it (bounded)
+        self._learning_tries: OrderedDict[tuple[int, int, bytes], int] = OrderedDict()
+        #: Objects hooked on builds being learned, looked at again when a connection is named
+        #: (its ClientHello may be read after the hooked calls): (pid, SSL *) → (layout, function)
+        self._learning_objects: OrderedDict[tuple[int, int], tuple[BuildLayout, str]] = OrderedDict()
+        self._named_since_sweep = False
+        self._learning_warned: set[str] = set()
 
     # --- targets ---------------------------------------------------------------------------
 
@@ -203,6 +217,9 @@ class ProcessHarvester:
             return
         if layout.state != READY:
             self._saw_unready(event, layout)
+        if layout.state == LEARNING:
+            self._learn(event, layout)
+            return
         secrets, profile = None, layout.profile
         if profile is not None and self._hooked.get(event.binary) is profile:
             secrets = read_secrets(event)  # fetched by the kernel at hook time
@@ -249,6 +266,104 @@ class ProcessHarvester:
             pass
         self.stats.unconfirmed += 1
         return False
+
+    # --- learning a layout --------------------------------------------------------------------------
+
+    def _name(self, client_random: bytes) -> None:
+        """A connection named by the wire or a sensor: learning looks for it in the hooked objects."""
+        self._named[client_random[:8]] = client_random
+        self._named.move_to_end(client_random[:8])
+        while len(self._named) > _NAMED_LIMIT:
+            self._named.popitem(last=False)
+        self._named_since_sweep = True
+
+    def _named_in(self, data: bytes) -> bytes | None:
+        """A named client random in an object's bytes (4-aligned, as OpenSSL's s3.client_random)."""
+        named = self._named
+        for offset in range(0, len(data) - 31, 4):
+            random = named.get(data[offset : offset + 8])
+            if random is not None and data[offset : offset + 32] == random:
+                return random
+        return None
+
+    def _learn(self, event: HookEvent, layout: BuildLayout) -> None:
+        """A hooked call on a build being learned: its object is tried now, and again
+        when a connection is named later (:meth:`_learning_sweep`)."""
+        if self.wire is None:
+            if layout.build_id not in self._learning_warned:
+                self._learning_warned.add(layout.build_id)
+                self.log(f"{layout.library} (build-id {layout.build_id}): learning its layout needs the connections' "
+                         "client randoms: --trigger hooks,wire (or hooks,requests)")
+            return
+        key = (event.tgid, event.ssl)
+        self._learning_objects[key] = (layout, event.function)
+        self._learning_objects.move_to_end(key)
+        while len(self._learning_objects) > _LEARNING_OBJECTS:
+            self._learning_objects.popitem(last=False)
+        self._learn_from(event.tgid, event.ssl, layout, event.function)
+
+    def _learning_sweep(self) -> None:
+        """Connections were named: the objects hooked on builds being learned, once more."""
+        self._named_since_sweep = False
+        for (pid, ssl), (layout, function) in list(self._learning_objects.items()):
+            if layout.state != LEARNING:
+                self._learning_objects.pop((pid, ssl), None)
+            else:
+                self._learn_from(pid, ssl, layout, function)
+
+    def _learn_from(self, pid: int, ssl: int, layout: BuildLayout, function: str) -> None:
+        """If the object at ``ssl`` holds a client random the wire or a sensor named,
+        derive that connection's secrets and hand them to the resolver; publish the
+        connections learned from once the layout is."""
+        from bridge.harvest.learn import observe
+
+        try:
+            reader = self._readers.get(pid) or self._readers.setdefault(pid, ProcessMemory(pid))
+            random = self._named_in(reader.read_upto(ssl, OBJECT_SPAN))
+            if random is None:
+                return
+            key = (pid, ssl, random)
+            tries = self._learning_tries.get(key, 0)
+            if tries >= _LEARN_TRIES:
+                return
+            self._learning_tries[key] = tries + 1
+            while len(self._learning_tries) > 10_000:
+                self._learning_tries.popitem(last=False)
+            maps = read_maps(pid)
+            sample = observe(reader.read_upto, ssl, random, lambda needles: present(reader, maps, needles))
+        except ProcessGoneError:
+            with self._lock:
+                self._drop(pid)
+            return
+        except GuestAccessError as exc:
+            self.log(f"warning: {exc}")
+            return
+        if sample is None:
+            return
+        self._learning_tries[key] = _LEARN_TRIES  # learned from: not again
+        self._learning_objects.pop((pid, ssl), None)
+        profile = self.resolver.learn(layout, pid, sample)
+        if profile is not None:
+            self._learning_objects.clear()
+            self._publish_learned(layout, profile, f"uprobe:{function}")
+
+    def _publish_learned(self, layout: BuildLayout, profile: Profile, trigger: str) -> None:
+        """The connections the layout was learned from, read through it again (those
+        still alive), published when they read what was derived for them."""
+        for pid, sample in list(layout.learning):
+            reader = self._readers.get(pid)
+            if reader is None:
+                continue
+            try:
+                secrets = read_secrets(MemoryFields(reader, profile, sample.ssl))
+            except GuestAccessError:
+                continue
+            if (secrets is None or not secrets.complete or secrets.client_random != sample.client_random
+                    or any(secrets.secrets.get(label) != value for label, value in sample.secrets.items())):
+                continue
+            self.resolver.recovered(layout)
+            if self._published.new_labels(secrets):
+                self._publish(pid, secrets, layout, trigger)
 
     def _read_from_memory(self, event: HookEvent, layout: BuildLayout) -> tuple[ConnectionSecrets | None, Profile | None]:
         """The connection's secrets read from the process's memory through the
@@ -341,7 +456,11 @@ class ProcessHarvester:
             if self.wire is not None:
                 now = time.monotonic()
                 for event in self.inbox.take():
+                    if isinstance(event, WireHello):
+                        self._name(event.client_random)
                     self.wire.add(event, now)
+                if self._named_since_sweep and self._learning_objects:
+                    self._learning_sweep()
                 self.wire.step(now)
             if time.monotonic() >= next_scan:
                 self.refresh()

@@ -2,25 +2,39 @@
 
 A harvester meets builds nobody profiled: every security update of a host or a
 guest is one.  :class:`LayoutResolver` gives each build (keyed by its ELF
-build-id) a :class:`BuildLayout`, resolved in this order:
+build-id) a :class:`BuildLayout`, resolved in this order (``--resolve`` picks
+the methods: :data:`METHODS`):
 
-1. **known** — a profile shipped with tls-bridge, or one in the profile cache
-   (calibrated or confirmed here earlier);
-2. **calibrated here** — a shared library this host can load: calibrated at
-   first sight in the background (:mod:`bridge.harvest.sandbox`: a child with no
-   network, no root, no capabilities, a time limit), the profile cached by build-id;
-3. **inferred** — otherwise (a library inside a VM guest, an executable with
-   OpenSSL linked in, a calibration that failed): the layouts of the known
-   builds, the same version series first, are *candidates*.  Secrets read
-   through a candidate are never published until the candidate is confirmed on
-   a live connection (:mod:`bridge.harvest.confirm`: cryptographic relations
-   between the secrets and what the process holds); the first confirmed
-   candidate becomes the build's profile, cached.  A candidate that fails is
-   dropped with its reason.
+1. **known** (:data:`SHIPPED`, :data:`CACHED`) — a profile shipped with
+   tls-bridge, or one in the profile cache (made or confirmed here earlier);
+2. **calibrated here** (:data:`CALIBRATED`, method ``calibrate``) — a shared
+   library this host can load: calibrated at first sight in the background
+   (:mod:`bridge.harvest.sandbox`: a child with no network, no root, no
+   capabilities, a time limit), the profile cached by build-id;
+3. **inferred** (:data:`INFERRED`, method ``candidates``) — otherwise (a library
+   inside a VM guest, an executable with OpenSSL linked in, a calibration that
+   failed): the layouts of the known builds, the same version series first, are
+   *candidates*.  Secrets read through a candidate are never published until the
+   candidate is confirmed on a live connection (:mod:`bridge.harvest.confirm`:
+   cryptographic relations between the secrets and what the process holds); the
+   first confirmed candidate becomes the build's profile, cached.  A candidate
+   that fails is dropped with its reason;
+4. **learned** (:data:`LEARNED`, method ``learn``) — when there is no candidate,
+   or none confirmed: the layout is learned from the build's own connections
+   (:mod:`bridge.harvest.learn`).  The harvester finds each connection's object
+   (the ``SSL *`` of a hooked call holding a client random the wire or a sensor
+   named), derives its secrets from the process's memory (TLS 1.3: the RFC 8446
+   §7.1 pair and the transcript hash OpenSSL keeps; TLS 1.2: the master key whose
+   key block is live) and hands them to :meth:`LayoutResolver.learn`; once
+   connections of both TLS versions agree on one unambiguous layout, read back
+   on every one of them, it becomes the build's profile, cached.  Until then
+   nothing is published (state :data:`LEARNING`); the connections learned from
+   that are still open are published then.
 
 TLS 1.2 and TLS 1.3 are confirmed separately for an inferred layout (their
 fields differ): each version's secrets are held back until one connection of
-that version confirmed them.
+that version confirmed them.  A learned layout is confirmed for both by the
+connections it was learned from.
 
 The state is visible: :meth:`BuildLayout.status` (the harvesters' logs,
 summaries and ``--status`` file) says where each layout came from, how long
@@ -37,16 +51,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bridge.errors import ProfileError
+from bridge.harvest.calibrate import Sample
 from bridge.harvest.chain import TLS12, TLS13, ConnectionSecrets
 from bridge.harvest.confirm import Evidence, confirm
 from bridge.harvest.profile import SHIPPED_DIR, Profile, ProfileStore
 
 #: How a build's layout was resolved.
-SHIPPED, CACHED, CALIBRATED, INFERRED = "shipped", "cached", "calibrated here", "inferred and confirmed"
+SHIPPED, CACHED, CALIBRATED, INFERRED, LEARNED = (
+    "shipped", "cached", "calibrated here", "inferred and confirmed", "learned")
 #: Resolution states.
-READY, CALIBRATING, CONFIRMING, FAILED = "ready", "calibrating", "confirming", "failed"
+READY, CALIBRATING, CONFIRMING, LEARNING, FAILED = "ready", "calibrating", "confirming", "learning", "failed"
 #: Resolution methods, in order (``--resolve``).
-METHODS = ("calibrate", "candidates")
+METHODS = ("calibrate", "candidates", "learn")
 #: A candidate that fails confirmation on this many connections is dropped.
 CANDIDATE_STRIKES = 2
 
@@ -106,6 +122,8 @@ class BuildLayout:
     reason: str = ""
     #: Said once in the log: traffic while nothing is harvested.
     alarmed: bool = False
+    #: Learning: the connections learned from so far, with the process each lives in.
+    learning: list[tuple[int, Sample]] = field(default_factory=list)
 
     def profiles(self) -> list[Profile]:
         """The layouts to read this build through now: its profile, or the candidates."""
@@ -115,7 +133,8 @@ class BuildLayout:
 
     @property
     def harvestable(self) -> bool:
-        return self.state in (READY, CONFIRMING)
+        """Worth hooking: secrets can be read, or (learning) the hooks' ``SSL *`` are needed."""
+        return self.state in (READY, CONFIRMING, LEARNING)
 
     def status(self) -> dict[str, object]:
         body: dict[str, object] = {
@@ -126,6 +145,8 @@ class BuildLayout:
             body["resolved_after_s"] = round(self.resolved_after, 3)
         if self.state == CONFIRMING:
             body["candidates"] = [p.build_id for p in self.candidates]
+        if self.state == LEARNING or self.origin == LEARNED:
+            body["learned_from"] = len(self.learning) if self.state == LEARNING else self.profile.made.get("samples")  # type: ignore[union-attr]
         if self.confirmed_versions:
             body["confirmed"] = sorted({TLS12: "TLS1.2", TLS13: "TLS1.3"}.get(v, hex(v)) for v in self.confirmed_versions)
         if self.rejected:
@@ -149,6 +170,8 @@ class BuildLayout:
         if self.state == CONFIRMING:
             names = ", ".join(p.openssl_version or p.build_id[:12] for p in self.candidates)
             return f"{what}: no profile; {len(self.candidates)} candidate layouts ({names}) to confirm on a live connection"
+        if self.state == LEARNING:
+            return f"{what}: no profile ({self.reason}); learning the layout from live connections"
         return f"{what}: NOTHING CAN BE HARVESTED: {self.reason}"
 
 
@@ -229,13 +252,19 @@ class LayoutResolver:
 
     def _to_candidates(self, layout: BuildLayout, why: str) -> None:
         if "candidates" not in self.methods:
-            layout.state, layout.reason = FAILED, f"{why}; candidate layouts not enabled (--resolve)"
+            self._to_learning(layout, f"{why}; candidate layouts not enabled (--resolve)")
             return
         layout.candidates = [p for p in order_candidates(self.store, layout.version) if p.build_id not in layout.rejected]
         if layout.candidates:
             layout.state, layout.reason = CONFIRMING, why
         else:
-            layout.state, layout.reason = FAILED, f"{why}; no known layout to try"
+            self._to_learning(layout, f"{why}; no known layout to try")
+
+    def _to_learning(self, layout: BuildLayout, why: str) -> None:
+        if "learn" in self.methods:
+            layout.state, layout.reason = LEARNING, why
+        else:
+            layout.state, layout.reason = FAILED, f"{why}; learning not enabled (--resolve)"
 
     def wait(self, timeout: float) -> None:
         """Let calibrations started so far finish (at most ``timeout`` seconds)."""
@@ -297,9 +326,8 @@ class LayoutResolver:
                     layout.candidates.remove(profile)
                     dropped = True
                     if not layout.candidates:
-                        layout.state = FAILED
-                        layout.reason = "no candidate layout confirmed: " + "; ".join(
-                            f"{build[:12]}: {why}" for build, (_, why) in layout.rejected.items())
+                        self._to_learning(layout, "no candidate layout confirmed: " + "; ".join(
+                            f"{build[:12]}: {why}" for build, (_, why) in layout.rejected.items()))
                 layout.held += 1
         if verdict.ok:
             if newly:
@@ -310,13 +338,59 @@ class LayoutResolver:
             return True
         self.log(f"{layout.library} (build-id {layout.build_id}): layout {profile.openssl_version} "
                  f"({profile.build_id[:12]}) not confirmed: {verdict.reason}"
-                 + ("; candidate dropped" if dropped else "") + (f"; {layout.describe()}" if layout.state == FAILED else ""))
+                 + ("; candidate dropped" if dropped else "")
+                 + (f"; {layout.describe()}" if layout.state == FAILED or (dropped and layout.state == LEARNING) else ""))
         return False
+
+    # --- learning --------------------------------------------------------------------------------
+
+    def learn(self, layout: BuildLayout, pid: int, sample: Sample) -> Profile | None:
+        """A connection of a build being learned (its secrets derived, its memory
+        copied: :func:`bridge.harvest.learn.observe`).  Once enough connections of both
+        TLS versions agree on one layout, it becomes the build's profile (origin
+        :data:`LEARNED`, cached) and is returned; until then None."""
+        from bridge.harvest import learn
+
+        with self._lock:
+            if layout.state != LEARNING or any(s.ssl == sample.ssl and s.client_random == sample.client_random
+                                               for _, s in layout.learning):
+                return None
+            layout.learning.append((pid, sample))
+            samples = [s for _, s in layout.learning]
+            if not learn.ready(samples):
+                layout.reason = learn.missing(samples)
+                return None
+        try:
+            profile = learn.learn_profile(layout.build_id, layout.version, layout.library, samples)
+        except ProfileError as exc:
+            with self._lock:
+                if len(layout.learning) >= learn.LEARN_MAX_SAMPLES:
+                    layout.state, layout.reason = FAILED, f"learning failed after {len(samples)} connections: {exc}"
+                else:
+                    layout.reason = f"{learn.missing(samples)}; not yet unambiguous: {exc}"
+            self.log(f"{layout.library} (build-id {layout.build_id}): {layout.reason}"
+                     + (f"; {layout.describe()}" if layout.state == FAILED else ""))
+            return None
+        with self._lock:
+            if layout.state != LEARNING:
+                return None
+            layout.profile, layout.origin, layout.state = profile, LEARNED, READY
+            layout.confirmed_versions = {TLS12, TLS13}
+            layout.resolved_after = time.monotonic() - layout.first_seen
+            layout.reason = ""
+        self._save(profile)
+        self.log(layout.describe() + f" from {len(samples)} connections; {profile.made['confirmed_by']}")
+        return profile
+
+    def recovered(self, layout: BuildLayout) -> None:
+        """A connection counted as missed was harvested after all (learned from, then read)."""
+        with self._lock:
+            layout.missed = max(0, layout.missed - 1)
 
     def saw_connection(self, layout: BuildLayout) -> None:
         """A connection of this build was seen (a hook, a ClientHello it owns)."""
         with self._lock:
-            if layout.state in (CALIBRATING, FAILED):
+            if layout.state in (CALIBRATING, LEARNING, FAILED):
                 layout.missed += 1
             alarm = layout.state == FAILED and not layout.alarmed
             if alarm:

@@ -36,7 +36,7 @@ from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
 from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.elf import build_id_in_memory
 from bridge.harvest.profile import Profile, ProfileStore
-from bridge.harvest.resolve import CALIBRATING, FAILED, BuildLayout, LayoutResolver
+from bridge.harvest.resolve import CALIBRATING, FAILED, LEARNING, BuildLayout, LayoutResolver
 from bridge.harvest.wire_search import (
     HelloInbox,
     PendingSearch,
@@ -208,7 +208,7 @@ class VmHarvester:
         """A connection to search for (a ClientHello, a sensor's request), or its end."""
         if isinstance(event, WireHello):
             for target in self.targets:
-                if target.layout.state in (CALIBRATING, FAILED):
+                if target.layout.state in (CALIBRATING, LEARNING, FAILED):
                     self.resolver.saw_connection(target.layout)
         self.searches.take(event, now)
 
