@@ -311,6 +311,8 @@ def run_harvest_process(args: argparse.Namespace) -> int:
                          f"closed before found, {found.not_owned} not ours, {found.not_found} not found, "
                          f"{found.incomplete} incomplete, {found.unfinished} unfinished at stop, "
                          f"{named.dropped + harvester.inbox.overflow} dropped")
+                if named.hooked:
+                    text += f", {named.hooked} not searched (the hooks fetch every target's fields)"
             percentiles = stats.latency_percentiles()
             if percentiles is not None:
                 text += f"; trigger to published p50 {percentiles[0] * 1000:.2f} ms, p99 {percentiles[1] * 1000:.2f} ms"

@@ -179,6 +179,14 @@ class ProcessHarvester:
             return
         profile = layout.profile if layout.state == READY else None
         if binary.path in self._hooked:
+            if self._hooked[binary.path] is None and profile is not None:  # confirmed or learned since
+                try:
+                    self.uprobes.reattach(binary.path, binary.image, profile, self.hook_functions)
+                except BridgeError as exc:
+                    self.log(f"warning: {binary.path}: its probes could not fetch the fields now known: {exc}")
+                    return
+                self._hooked[binary.path] = profile
+                self.log(f"hooked {binary.path} again: the fields of its {layout.origin} layout fetched at hook time")
             return
         functions = self.uprobes.attach(binary.path, binary.image, profile, self.hook_functions)
         self._hooked[binary.path] = profile
@@ -192,6 +200,16 @@ class ProcessHarvester:
         reader = self._readers.pop(pid, None)
         if reader is not None:
             reader.close()
+
+    def _hooks_cover_all(self) -> bool:
+        """Every target's every build hooked with its fields fetched at hook time: a
+        connection named on the wire needs no search (finding its process alone reads
+        every socket table and file descriptor)."""
+        if self.uprobes is None or not self._profiles_by_pid:
+            return False
+        return all(layout.state == READY and layout.profile is not None
+                   and self._hooked.get(binary.path) is layout.profile
+                   for pairs in self._profiles_by_pid.values() for binary, layout in pairs)
 
     def _wire_targets(self) -> dict[int, list[BuildLayout]]:
         with self._lock:
@@ -344,12 +362,25 @@ class ProcessHarvester:
         self._learning_objects.pop((pid, ssl), None)
         profile = self.resolver.learn(layout, pid, sample)
         if profile is not None:
-            self._learning_objects.clear()
             self._publish_learned(layout, profile, f"uprobe:{function}")
 
     def _publish_learned(self, layout: BuildLayout, profile: Profile, trigger: str) -> None:
         """The connections the layout was learned from, read through it again (those
-        still alive), published when they read what was derived for them."""
+        still alive), published when they read what was derived for them; then the
+        other objects hooked while learning, read through it like any."""
+        others = [(pid, ssl) for (pid, ssl), (other, _) in self._learning_objects.items() if other is layout]
+        for key in others:
+            self._learning_objects.pop(key, None)
+        for pid, ssl in others:
+            reader = self._readers.get(pid)
+            try:
+                secrets = read_secrets(MemoryFields(reader, profile, ssl)) if reader is not None else None
+            except GuestAccessError:
+                continue
+            if (secrets is not None and secrets.complete and self._published.would_add(secrets)
+                    and self._vouch(pid, ssl, layout, profile, secrets) and self._published.new_labels(secrets)):
+                self.resolver.recovered(layout)
+                self._publish(pid, secrets, layout, trigger)
         for pid, sample in list(layout.learning):
             reader = self._readers.get(pid)
             if reader is None:
@@ -455,9 +486,15 @@ class ProcessHarvester:
                 stop.wait(0.002)
             if self.wire is not None:
                 now = time.monotonic()
+                covered = self._hooks_cover_all()
                 for event in self.inbox.take():
                     if isinstance(event, WireHello):
                         self._name(event.client_random)
+                        if covered:  # the hooks publish it: a search would only cost /proc reads
+                            self.wire.intake.counts.named += 1
+                            self.wire.intake.counts.requests += event.trigger == "request"
+                            self.wire.intake.counts.hooked += 1
+                            continue
                     self.wire.add(event, now)
                 if self._named_since_sweep and self._learning_objects:
                     self._learning_sweep()

@@ -287,6 +287,7 @@ class UprobeSession:
         #: (function, binary) → probes copying memory at each hit; parts of a hit seen, per thread
         self._parts: dict[tuple[str, str], int] = {}
         self._pending_parts: dict[int, tuple[tuple, HookEvent, dict[int, bytes | None], list[int]]] = {}
+        self._attach_calls = 0
         self._pipe: int | None = None
         self._partial = b""
         instance_dir = self.root / "instances" / self.instance
@@ -309,7 +310,8 @@ class UprobeSession:
         container's); returns the functions hooked.  ``snapshot``: function → bytes
         of memory at its first argument copied at hook time (calibration)."""
         hooked = []
-        index = len({key[0] for key in self._attached})
+        index = self._attach_calls  # event names never reused (a replaced probe's events may still be queued)
+        self._attach_calls += 1
         for function in functions:
             offset = image.symbol_offset(function)
             if offset is None or (binary, offset) in self._attached:
@@ -329,6 +331,30 @@ class UprobeSession:
             self.stats.probes += 1
         if not hooked and not any(key[0] == binary for key in self._attached):
             raise HookError(f"{binary}: none of {', '.join(functions)} is exported")
+        return hooked
+
+    def reattach(self, binary: str, image: ElfImage, profile: Profile,
+                 functions: tuple[str, ...] = HOOK_FUNCTIONS) -> list[str]:
+        """Probe a binary again, now fetching ``profile``'s fields at hook time (its
+        layout became known after it was hooked for the ``SSL *`` alone).  The new
+        probes are enabled before the old ones are disabled (a call in between is
+        seen twice, published once).  The old ones are only disabled: deleting a
+        probe event makes the kernel clear every trace buffer, and with them the
+        events nobody has read yet (they go with the group at :meth:`close`)."""
+        old = [event for event, (_, path) in self._functions.items() if path == binary]
+        kept = {key for key in self._attached if key[0] != binary}
+        previous, self._attached = self._attached, kept
+        try:
+            hooked = self.attach(binary, image, profile, functions)
+        except HookError:
+            self._attached = previous
+            raise
+        self._parts = {key: parts for key, parts in self._parts.items() if key[1] != binary}
+        for event in old:  # their names stay known: the events they queued are still read
+            try:
+                _write_raw(self.root / "instances" / self.instance / "events" / self.group / event / "enable", "0")
+            except OSError:
+                pass
         return hooked
 
     def _joined(self, event: HookEvent) -> HookEvent | None:

@@ -81,10 +81,11 @@ class IntakeCounts:
     requests: int = 0  # of which sensors' requests
     duplicates: int = 0  # named again (a retransmission; the wire and a sensor), or published by a hook already
     dropped: int = 0  # too many searches under way
+    hooked: int = 0  # not searched: every target's hooks fetch its fields (the process harvester)
 
     @property
     def searched(self) -> int:
-        return self.named - self.duplicates - self.dropped
+        return self.named - self.duplicates - self.dropped - self.hooked
 
 
 class SearchIntake:
@@ -198,6 +199,8 @@ def count_miss(stats: object, miss: str) -> None:
 
 #: After a connection's end, how long it is still searched for if not found yet.
 CLOSED_GRACE = 0.05
+#: The longest wait between two searches of a process's memory for a connection not found yet.
+LOCATE_BACKOFF_MAX = 0.016
 
 P = TypeVar("P", bound=PendingSearch)
 
@@ -258,6 +261,8 @@ class _Pending(PendingSearch):
     layout: BuildLayout | None = None
     #: Candidate layouts that failed confirmation on this connection.
     excluded: set[str] = field(default_factory=set)
+    #: Searches of the owner's memory that did not find the object yet.
+    locate_misses: int = 0
 
     def miss(self, now: float) -> str | None:
         miss = PendingSearch.miss(self, now)
@@ -318,7 +323,13 @@ class WireSearch:
                     continue
                 if done:
                     continue
-                item.next_try = now + self.retry_interval
+                # Polling a located object's fields is cheap; searching memory for it is not:
+                # while it is not found, the searches back off (doubling, up to LOCATE_BACKOFF_MAX).
+                if item.ssl is None:
+                    item.locate_misses += 1
+                    item.next_try = now + min(LOCATE_BACKOFF_MAX, self.retry_interval * 2 ** min(item.locate_misses, 16))
+                else:
+                    item.next_try = now + self.retry_interval
             miss = item.miss(now)
             if miss is not None:
                 count_miss(self.stats, miss)
