@@ -10,13 +10,17 @@ harvester (uprobes) is started beside it:
   shipped profile ignored: calibrated in the sandbox at first sight;
 * **b: candidate confirmed** — the same rebuilt library with calibration off:
   the shipped layouts are candidates, confirmed on live connections (TLS 1.3
-  and TLS 1.2 each) before anything is published.
+  and TLS 1.2 each) before anything is published;
+* **c: learned** — the same rebuilt library with calibration off and no
+  candidate at all (shipped profiles ignored): the layout is learned from live
+  connections.  Learning needs the connections' client randoms, so this run's
+  handshakes also cross a TCP connection on ``lo`` in a network namespace of
+  its own, and the harvester has the wire trigger beside its hooks.
 
 For each: the time from the harvester's start to its first published line,
 the connections made in between (not harvested: the build had no layout yet),
 how long the layout took to resolve (the harvester's status), and the share of
-the later connections published (the last second before the stop aside).  Path c (learning a layout with no candidate)
-is not built.  Needs root.
+the later connections published (the last second before the stop aside).  Needs root.
 
     .venv/bin/python bench/bench_resolve.py [--seconds 8]
 """
@@ -35,6 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support import tlslab  # noqa: E402
 from tests.support.harvest import rebuilt_library  # noqa: E402
 
 DEBIAN = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
@@ -42,11 +47,12 @@ LOOP = r"""
 import sys, tempfile, time
 from pathlib import Path
 from bridge.harvest.calibrate_ctypes import _Handshaker, _Library, _self_signed
+from tests.support.servers.ctypes_tls_pair import WiredHandshaker
 lib = _Library(sys.argv[1])
 out = open(sys.argv[2], "w")
 directory = tempfile.mkdtemp()
 cert, key = _self_signed(Path(directory))
-pair = _Handshaker(lib, cert, key)
+pair = (WiredHandshaker if sys.argv[3:] == ["wire"] else _Handshaker)(lib, cert, key)
 print("ready", flush=True)
 runs = ((0x0304, "TLS_AES_128_GCM_SHA256"), (0x0303, "ECDHE-ECDSA-AES128-GCM-SHA256"))
 index = 0
@@ -69,17 +75,21 @@ def _randoms(keylog: Path) -> set[str]:
     return {line.split()[1].lower() for line in keylog.read_text().splitlines() if len(line.split()) == 3}
 
 
-def run(name: str, library: Path, options: list[str], seconds: float, work: Path) -> dict[str, object]:
+def run(name: str, library: Path, options: list[str], seconds: float, work: Path, *,
+        netns: tlslab.Netns | None = None) -> dict[str, object]:
+    """One row; with ``netns`` the handshakes also cross lo there and the harvester watches it."""
     work.mkdir()
     made, harvested, status = work / "made.txt", work / "harvested.keylog", work / "status.json"
-    loop = subprocess.Popen([sys.executable, "-c", LOOP, str(library), str(made)], stdout=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+    prefix = netns.prefix() if netns is not None else []
+    loop = subprocess.Popen([*prefix, sys.executable, "-c", LOOP, str(library), str(made),
+                             *(["wire"] if netns is not None else [])], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     assert loop.stdout.readline().strip() == "ready"
     time.sleep(0.5)
     started = time.monotonic()
-    harvester = subprocess.Popen([sys.executable, "-m", "bridge.cli", "harvest", "process", "--pid", str(loop.pid),
-                                  "--keylog", str(harvested), "--status", str(status),
-                                  "--profile-cache", str(work / "cache"), *options],
+    wire = ["--trigger", "hooks,wire", "--wire", "lo"] if netns is not None else []
+    harvester = subprocess.Popen([*prefix, sys.executable, "-m", "bridge.cli", "harvest", "process", "--pid",
+                                  str(loop.pid), "--keylog", str(harvested), "--status", str(status),
+                                  "--profile-cache", str(work / "cache"), *wire, *options],
                                  stderr=open(work / "harvest.err", "w"), cwd=ROOT)
     first_line = None
     deadline = started + seconds
@@ -125,6 +135,9 @@ def main() -> int:
             run("a: calibrated here", rebuilt, ["--no-shipped-profiles"], args.seconds, work / "a"),
             run("b: candidate confirmed", rebuilt, ["--resolve", "candidates"], args.seconds, work / "b"),
         ]
+        with tlslab.Netns() as ns:
+            rows.append(run("c: learned", rebuilt, ["--no-shipped-profiles", "--resolve", "candidates,learn"],
+                            args.seconds, work / "c", netns=ns))
     columns = list(rows[0])
     widths = [max(len(str(c)), *(len(str(row[c])) for row in rows)) for c in columns]
     print(" | ".join(str(c).ljust(w) for c, w in zip(columns, widths)))

@@ -240,6 +240,7 @@ def test_a_build_with_no_profile_no_candidate_and_no_calibration_is_learned_from
     assert layout["state"] == "ready" and layout["origin"] == "learned", layout
     assert layout["confirmed"] == ["TLS1.2", "TLS1.3"]
     assert "RFC 8446 §7.1" in log and "RFC 5246 §6.3" in log
+    assert "again: the fields of its learned layout fetched at hook time" in log
     learned = Profile.from_json((cache / f"{LEARNED_BUILD.build_id}.json").read_text())
     assert learned.made["resolution"] == "learned"
     shipped = Profile.from_json((SHIPPED_DIR / f"{LEARNED_BUILD.build_id}.json").read_text())

@@ -11,7 +11,8 @@ three suites, TLS 1.2 with two), prints "done", and exits at end of input.
 ``--wire``: every handshake's records also cross a real TCP connection on
 127.0.0.1 (client to server as the client sent them, and back), so a capture on
 ``lo`` sees each ClientHello, as for any server; the TLS objects still talk over
-memory BIOs.  ``--tls13-only``: only the TLS 1.3 handshakes.
+memory BIOs.  The TCP connections of the last ``KEEP_OPEN`` handshakes stay open
+(the wire trigger finds a connection's process by its open socket).  ``--tls13-only``: only the TLS 1.3 handshakes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ RUNS = (
 )
 
 
+KEEP_OPEN = 32
+
+
 class WiredHandshaker(_Handshaker):
     """Handshakes whose records are also sent over a TCP connection on 127.0.0.1."""
 
@@ -45,12 +49,17 @@ class WiredHandshaker(_Handshaker):
         client = socket.create_connection(self.listener.getsockname())
         server, _ = self.listener.accept()
         self._sockets = {True: client, False: server}
+        self._open = [*getattr(self, "_open", []), client, server]
+        while len(self._open) > 2 * KEEP_OPEN:
+            self._open.pop(0).close()
         self._client_ssl = -1
-        try:
-            return super().handshake(version, suites)
-        finally:
-            for sock in (client, server):
-                sock.close()
+        return super().handshake(version, suites)
+
+    def close(self) -> None:
+        super().close()
+        for sock in getattr(self, "_open", []):
+            sock.close()
+        self.listener.close()
 
     def _endpoint(self, ctx: int, server: bool) -> _Endpoint:
         endpoint = super()._endpoint(ctx, server)
