@@ -124,6 +124,9 @@ class VmHarvester:
         #: Layouts of the guests' builds (a bare ProfileStore: known profiles, then confirmed candidates).
         self.resolver = (profiles if isinstance(profiles, LayoutResolver)
                          else LayoutResolver(profiles, methods=("candidates",), log=log))
+        # Learning a layout takes a hook's SSL * (bridge.harvest.learn); guests have no hooks yet:
+        # a build no candidate matches is an error state here, not one that waits to learn.
+        self.resolver.methods = tuple(method for method in self.resolver.methods if method != "learn")
         self.comms, self.pids, self.everything = set(comms), set(pids), everything
         self.timeout = timeout
         self.retry_interval = retry_interval
