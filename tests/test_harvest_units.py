@@ -327,3 +327,105 @@ def test_a_connection_that_ends_unfound_stops_being_searched_after_the_grace():
     search.add(WireEnd((bytes(4), 1), (bytes(4), 2)), 0.3)  # the end of a connection nobody searches: nothing
     search.step(6.0)
     assert search.pending == 0 and search.stats.not_owned == 1
+
+
+# --- learning a layout (bridge/harvest/learn.py) ------------------------------------------------
+
+# RFC 8448 §3 (Simple 1-RTT Handshake, TLS_AES_128_GCM_SHA256): "{server} extract secret "master""
+RFC8448_MASTER_SECRET = bytes.fromhex("18df06843d13a08bf2a449844c5f8a478001bc4d4c627984d5a41da8d0402919")
+# RFC 8448 §3, "{server} derive secret "tls13 c ap traffic"": hash (Transcript-Hash up to the server Finished)
+RFC8448_SERVER_FINISHED_HASH = bytes.fromhex("9608102a0f1ccc6db6250b7b7e417b1a000eaada3daae4777a7686c9ff83df13")
+# RFC 8448 §3, "{server} derive secret "tls13 exp master"": expanded
+RFC8448_EXPORTER_MASTER_SECRET = bytes.fromhex("fe22f881176eda18eb8f44529e6792c50c9a3f89452f68d8ae311b4309d3cf50")
+
+
+def _rfc8448_object(*, transcript: bool = True) -> bytes:
+    """An SSL object's bytes as OpenSSL lays them out in spirit: other fields, the
+    handshake and master secrets, the transcript hash, the traffic secrets."""
+    from tests.support import rfc8448
+
+    data = bytearray(bytes(range(7, 256)) * 48)[:0x3000]
+    for offset, value in ((0x200, rfc8448.HANDSHAKE_SECRET), (0x260, RFC8448_MASTER_SECRET),
+                          (0x2C0, RFC8448_SERVER_FINISHED_HASH if transcript else bytes(32)),
+                          (0x400, rfc8448.CLIENT_APPLICATION_TRAFFIC_SECRET_0),
+                          (0x440, rfc8448.SERVER_APPLICATION_TRAFFIC_SECRET_0),
+                          (0x480, RFC8448_EXPORTER_MASTER_SECRET), (0x1A0, rfc8448.CLIENT_RANDOM)):
+        data[offset : offset + len(value)] = value
+    return bytes(data)
+
+
+def test_learning_derives_rfc8448s_traffic_secrets_from_an_objects_bytes_alone():
+    from bridge.harvest.learn import tls13_secrets
+    from bridge.keylog import EXPORTER_SECRET
+    from tests.support import rfc8448
+
+    assert tls13_secrets(_rfc8448_object()) == {
+        CLIENT_TRAFFIC_SECRET_0: rfc8448.CLIENT_APPLICATION_TRAFFIC_SECRET_0,
+        SERVER_TRAFFIC_SECRET_0: rfc8448.SERVER_APPLICATION_TRAFFIC_SECRET_0,
+        EXPORTER_SECRET: RFC8448_EXPORTER_MASTER_SECRET,
+    }
+    # Without the transcript hash nothing binds the traffic secrets: nothing is derived.
+    assert tls13_secrets(_rfc8448_object(transcript=False)) is None
+
+
+def test_learning_takes_the_one_tls12_master_secret_whose_key_block_is_live():
+    """Two session-like structs behind the object's pointers, each a size_t 48 before
+    a random-looking value and a pointer to an SSL_CIPHER: only the master whose key
+    block's write keys the process holds is taken."""
+    import os
+
+    from bridge.harvest.learn import tls12_secret
+    from bridge.tls.ciphersuites import cipher_suite
+    from bridge.tls.keyschedule import key_block12
+
+    client_random, server_random = os.urandom(32), os.urandom(32)
+    right, wrong = os.urandom(48), os.urandom(48)
+    cipher_at = 0x7F0000001000
+    memory = {cipher_at: bytes(0x18) + (0x0300C02B).to_bytes(4, "little") + bytes(0x24)}
+    obj = bytearray(0x3000)
+    for slot, (session_at, master) in enumerate(((0x7F0000002000, wrong), (0x7F0000003000, right))):
+        session = bytearray(0x800)
+        session[0x8:0x10] = (48).to_bytes(8, "little")
+        session[0x50:0x80] = master
+        session[0x300:0x308] = cipher_at.to_bytes(8, "little")
+        memory[session_at] = bytes(session)
+        obj[0x900 + 8 * slot : 0x908 + 8 * slot] = session_at.to_bytes(8, "little")
+    client, server = key_block12(cipher_suite(0xC02B), master_secret=right, client_random=client_random,
+                                 server_random=server_random)
+    live = {client.key, server.key}
+
+    def read_upto(address: int, size: int) -> bytes:
+        return memory.get(address, b"")[:size]
+
+    searches = []
+
+    def find(needles: list[bytes]) -> set[bytes]:
+        searches.append(len(needles))
+        return live & set(needles)
+
+    assert tls12_secret(read_upto, bytes(obj), client_random, server_random, find) == (right, frozenset({0xC02B}))
+    assert searches == [4]  # every candidate's two keys in one search
+    live.clear()
+    assert tls12_secret(read_upto, bytes(obj), client_random, server_random, find) is None
+
+
+def test_a_learning_layout_publishes_nothing_until_both_versions_agree():
+    """The resolver's side of learning: no candidate → learning; TLS 1.3 samples alone
+    write nothing (what it waits for is in the status); an inconsistent set is refused."""
+    from bridge.harvest.resolve import LEARNED, LEARNING, LayoutResolver
+
+    resolver = LayoutResolver(ProfileStore([], shipped=False), methods=("candidates", "learn"))
+    layout = resolver.layout("ab" * 20, "libssl.so.3", "OpenSSL 3.9.9")
+    assert layout.state == LEARNING and not layout.profiles() and layout.harvestable
+    tls13 = [Sample(0x1000 * (i + 1), 0x0304, None, bytes([i]) * 32, {CLIENT_TRAFFIC_SECRET_0: bytes([9]) * 32})
+             for i in range(3)]
+    for sample in tls13:
+        assert resolver.learn(layout, 1, sample) is None
+    assert resolver.learn(layout, 1, tls13[0]) is None and len(layout.learning) == 3  # the same object once
+    assert "waiting for a TLS 1.2 connection" in layout.status()["reason"]
+    # A TLS 1.2 sample whose memory holds nothing: calibration cannot place any field.
+    assert resolver.learn(layout, 1, Sample(0x9000, 0x0303, 0xC02B, bytes([7]) * 32,
+                                            {CLIENT_RANDOM: bytes([5]) * 48})) is None
+    assert layout.state == LEARNING and layout.origin != LEARNED and "not yet unambiguous" in layout.reason
+    off = LayoutResolver(ProfileStore([], shipped=False), methods=("candidates",))
+    assert off.layout("cd" * 20, "libssl.so.3", None).state == "failed"
