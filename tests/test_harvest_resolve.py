@@ -224,26 +224,29 @@ def _harvest_wired_pair(library: Path, tmp_path: Path, *options: str,
 LEARNED_BUILD = next(b for b in WHEEL_BUILDS if b.openssl == "3.5.9")
 
 
-def test_a_build_with_no_profile_no_candidate_and_no_calibration_is_learned_from_live_connections(tmp_path):
-    """OpenSSL 3.5.9 from a wheel, every shipped profile ignored (no candidate at all),
-    calibration off: the layout is learned from the connections themselves (client
-    randoms from the wire, SSL * from the hooks, secrets derived from the process's
-    memory); every line equals the library's own key log, TLS 1.3 and TLS 1.2, and
-    the learned profile is the one calibration makes for that build."""
+@pytest.mark.parametrize("build", [LEARNED_BUILD, next(b for b in WHEEL_BUILDS if b.openssl == "1.1.1w")],
+                         ids=lambda b: f"openssl-{b.openssl}")
+def test_a_build_with_no_profile_no_candidate_and_no_calibration_is_learned_from_live_connections(build, tmp_path):
+    """OpenSSL from a wheel (3.5.9; 1.1.1w, whose client random is behind the s3
+    pointer), every shipped profile ignored (no candidate at all), calibration off:
+    the layout is learned from the connections themselves (client randoms from the
+    wire, SSL * from the hooks, secrets derived from the process's memory); every
+    line equals the library's own key log, TLS 1.3 and TLS 1.2, and the learned
+    profile is the one calibration makes for that build."""
     cache = tmp_path / "cache"
-    truth, harvested, log, status = _harvest_wired_pair(LEARNED_BUILD.libssl, tmp_path, "--no-shipped-profiles",
+    truth, harvested, log, status = _harvest_wired_pair(build.libssl, tmp_path, "--no-shipped-profiles",
                                                         "--resolve", "candidates,learn", "--profile-cache", str(cache))
     missing, extra = compare_keylogs(truth, harvested)
     assert keylog_lines(truth) and not missing and not extra, (sorted(missing)[:3], sorted(extra)[:3], log)
     assert "5 connections published" in log
-    layout = _layout(status, LEARNED_BUILD.build_id)
+    layout = _layout(status, build.build_id)
     assert layout["state"] == "ready" and layout["origin"] == "learned", layout
     assert layout["confirmed"] == ["TLS1.2", "TLS1.3"]
     assert "RFC 8446 §7.1" in log and "RFC 5246 §6.3" in log
     assert "again: the fields of its learned layout fetched at hook time" in log
-    learned = Profile.from_json((cache / f"{LEARNED_BUILD.build_id}.json").read_text())
+    learned = Profile.from_json((cache / f"{build.build_id}.json").read_text())
     assert learned.made["resolution"] == "learned"
-    shipped = Profile.from_json((SHIPPED_DIR / f"{LEARNED_BUILD.build_id}.json").read_text())
+    shipped = Profile.from_json((SHIPPED_DIR / f"{build.build_id}.json").read_text())
     assert learned.fields == shipped.fields
 
 

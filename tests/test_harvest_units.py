@@ -429,3 +429,27 @@ def test_a_learning_layout_publishes_nothing_until_both_versions_agree():
     assert layout.state == LEARNING and layout.origin != LEARNED and "not yet unambiguous" in layout.reason
     off = LayoutResolver(ProfileStore([], shipped=False), methods=("candidates",))
     assert off.layout("cd" * 20, "libssl.so.3", None).state == "failed"
+
+
+def test_learning_leaves_out_an_object_that_shows_another_connections_random_past_its_end():
+    """Three objects hold their connection's random at 0x160; a fourth shows a named
+    random only at 0x2800, in the heap neighbour its span reads past its end: left out."""
+    import os
+
+    from bridge.harvest.learn import agreeing
+
+    class Copy:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def read_upto(self, address: int, size: int) -> bytes:
+            return self.data[:size] if address == 0x10000 else b""
+
+    def sample(at: int) -> Sample:
+        random, data = os.urandom(32), bytearray(0x3000)
+        data[at : at + 32] = random
+        return Sample(0x10000, 0x0304, None, random, {}, reader=Copy(bytes(data)))
+
+    good = [sample(0x160) for _ in range(3)]
+    stray = sample(0x2800)
+    assert agreeing([*good[:2], stray, good[2]]) == good

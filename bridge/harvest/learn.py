@@ -62,6 +62,7 @@ LEARN_MAX_SAMPLES = 24
 #: How far before a master key its size_t length may be (OpenSSL: 0x48, early_secret between).
 _LENGTH_BEFORE = 0x80
 _MIN_POINTER = 0x10000
+_S3_POINTER_SPAN = 0x200
 
 Find = Callable[[list[bytes]], set[bytes]]
 
@@ -165,20 +166,45 @@ class _Reader:
         self.read_upto = read_upto
 
 
+def named_random(read_upto: Callable[[int, int], bytes], ssl: int, named: dict[bytes, bytes]) -> bytes | None:
+    """Which of the named client randoms (first 8 bytes → random) the object at ``ssl``
+    holds (4-aligned, as OpenSSL's s3.client_random): in the object, else (1.1.1's
+    ``s3`` is a pointer, near the start of ``ssl_st``) behind one of the pointers in
+    its first :data:`_S3_POINTER_SPAN` bytes."""
+    data = read_upto(ssl, OBJECT_SPAN)
+    behind = (read_upto(pointer, POINTED_SPAN) for _, pointer in _pointers(data[:_S3_POINTER_SPAN]))
+    for span in (data, *behind):
+        for offset in range(0, len(span) - 31, 4):
+            random = named.get(span[offset : offset + 8])
+            if random is not None and span[offset : offset + 32] == random:
+                return random
+    return None
+
+
+def _randoms(read_upto: Callable[[int, int], bytes], data: bytes, client_random: bytes) -> bytes | None:
+    """The server random: the 32 bytes before the client random, in the object or
+    (1.1.1) behind the pointer to its ``s3``."""
+    for span in (data, *(read_upto(pointer, POINTED_SPAN) for _, pointer in _pointers(data))):
+        position = span.find(client_random)
+        if position >= 0:
+            return span[position - 32 : position] if position >= 32 else None
+    return None
+
+
 def observe(read_upto: Callable[[int, int], bytes], ssl: int, client_random: bytes, find: Find) -> Sample | None:
     """A connection's sample — its object's bytes copied now, its secrets derived —
     or None while the object holds no finished handshake of that client random."""
     copy = SnapshotReader(_Reader(read_upto))  # type: ignore[arg-type]
     copy.capture_object(ssl)
     data = copy.read_upto(ssl, OBJECT_SPAN)
-    position = data.find(client_random)
-    if position < 0:
+    server_random = _randoms(copy.read_upto, data, client_random)
+    if server_random is None:
         return None
     secrets = tls13_secrets(data)
     if secrets is not None:
         return Sample(ssl, TLS13, None, client_random, secrets, reader=copy)
-    if position >= 32:
-        found = tls12_secret(copy.read_upto, data, client_random, data[position - 32 : position], find)
+    if any(server_random):
+        found = tls12_secret(copy.read_upto, data, client_random, server_random, find)
         if found is not None:
             master, suites = found
             return Sample(ssl, TLS12, next(iter(suites)) if len(suites) == 1 else None, client_random,
@@ -201,11 +227,40 @@ def missing(samples: list[Sample]) -> str:
     return text
 
 
+def agreeing(samples: list[Sample]) -> list[Sample]:
+    """The samples that agree on where the client random is (the path most of them
+    share).  An object's span read past its end holds its heap neighbours: a hooked
+    object may show another connection's named random there, and its own secrets
+    would be taken for that connection's.  Such a sample disagrees on the path and
+    is left out (it is never published: read back through the layout, its object
+    shows its own random)."""
+    from bridge.harvest.calibrate import _Memories, _paths_to
+
+    memories = _Memories(lambda address, size: b"")
+    paths = [_paths_to(memories(s), s.ssl, s.client_random) | _paths_to(memories(s), s.ssl, s.client_random, depth=1)
+             for s in samples]
+    votes: dict[tuple[int, ...], int] = {}
+    for found in paths:
+        for path in found:
+            votes[path] = votes.get(path, 0) + 1
+    if not votes:
+        return []
+    best = max(votes, key=lambda path: (votes[path], -len(path), [-step for step in path]))
+    return [sample for sample, found in zip(samples, paths) if best in found]
+
+
 def learn_profile(build_id: str, version: str | None, library: str, samples: list[Sample]) -> Profile:
-    """The layout found in the samples (each with its own copy of memory), read back
-    on every one; raises :class:`~bridge.errors.ProfileError` when ambiguous or inconsistent."""
+    """The layout found in the samples that agree on their client random's place (each
+    with its own copy of memory), read back on every one; raises
+    :class:`~bridge.errors.ProfileError` when too few agree, or the layout is ambiguous
+    or inconsistent."""
+    from bridge.errors import ProfileError
     from bridge.harvest.calibrate_ctypes import verify
 
+    kept = agreeing(samples)
+    if not ready(kept):
+        raise ProfileError(f"{len(kept)} of {len(samples)} connections agree on where the client random is")
+    samples = kept
     fields = calibrate(lambda address, size: b"", samples, both_hashes=False)
     tls13 = sum(1 for s in samples if s.version == TLS13)
     profile = Profile(build_id, version, library, fields, {

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from bridge.capture.frames import Frame
 from bridge.errors import BridgeError, GuestAccessError
 from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
-from bridge.harvest.calibrate import OBJECT_SPAN
 from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.memory import ProcessGoneError, ProcessMemory, present, read_maps
 from bridge.harvest.profile import Profile
@@ -295,15 +294,6 @@ class ProcessHarvester:
             self._named.popitem(last=False)
         self._named_since_sweep = True
 
-    def _named_in(self, data: bytes) -> bytes | None:
-        """A named client random in an object's bytes (4-aligned, as OpenSSL's s3.client_random)."""
-        named = self._named
-        for offset in range(0, len(data) - 31, 4):
-            random = named.get(data[offset : offset + 8])
-            if random is not None and data[offset : offset + 32] == random:
-                return random
-        return None
-
     def _learn(self, event: HookEvent, layout: BuildLayout) -> None:
         """A hooked call on a build being learned: its object is tried now, and again
         when a connection is named later (:meth:`_learning_sweep`)."""
@@ -333,11 +323,11 @@ class ProcessHarvester:
         """If the object at ``ssl`` holds a client random the wire or a sensor named,
         derive that connection's secrets and hand them to the resolver; publish the
         connections learned from once the layout is."""
-        from bridge.harvest.learn import observe
+        from bridge.harvest.learn import named_random, observe
 
         try:
             reader = self._readers.get(pid) or self._readers.setdefault(pid, ProcessMemory(pid))
-            random = self._named_in(reader.read_upto(ssl, OBJECT_SPAN))
+            random = named_random(reader.read_upto, ssl, self._named)
             if random is None:
                 return
             key = (pid, ssl, random)
