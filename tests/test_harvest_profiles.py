@@ -179,3 +179,38 @@ def test_node_24_is_calibrated_live_with_curl_and_harvested_with_the_profile(tmp
     assert "8 connections published" in harvester.text()
     (layout,) = [e for e in json.loads(status.read_text())["layouts"] if e["build_id"] == NODE_24.build_id]
     assert layout["state"] == "ready" and layout["origin"] == "cached", layout
+
+
+def test_node_24_with_no_profile_is_resolved_by_the_harvester_itself(tmp_path, tlslab_tools, tls_certs):
+    """No profile for this node build and nothing done by hand: its layout is a known
+    one (OpenSSL 3.5.9's), confirmed on the first TLS 1.3 and TLS 1.2 connections
+    (clients that hold them open a moment: confirming reads the live process); then
+    its probes fetch the fields at hook time and curl's few-millisecond connections
+    are harvested too.  Every line equals the clients' key logs."""
+    from tests.support.node_builds import NODE_24, fetch
+
+    node = fetch(NODE_24)
+    assert ProfileStore().get(NODE_24.build_id) is None
+    client, harvested, status = tmp_path / "client.keylog", tmp_path / "harvested.keylog", tmp_path / "status.json"
+    with tlslab.Netns() as ns:
+        lab = Lab(tmp_path, tls_certs, ns)
+        try:
+            server = lab.node_server(port=4435, node=str(node))
+            harvester = lab.harvester("--pid", str(server.pid), "--keylog", str(harvested), "--status", str(status),
+                                      "--profile-cache", str(tmp_path / "cache"))
+            lab.s_client(4435, client, "-tls1_3", hold=0.5)
+            lab.s_client(4435, client, "-tls1_2", hold=0.5)
+            time.sleep(1.5)  # the harvester's next rescan probes node again, fields fetched
+            for args in CURL_RUNS * 2:
+                lab.curl(4435, client, *args)
+            time.sleep(1.0)
+            assert harvester.stop() == 0, harvester.text()
+        finally:
+            lab.close()
+    missing, extra = compare_keylogs(client, harvested)
+    assert not missing and not extra, (sorted(missing)[:3], sorted(extra)[:3], harvester.text())
+    assert "10 connections published" in harvester.text()
+    (layout,) = [e for e in json.loads(status.read_text())["layouts"] if e["build_id"] == NODE_24.build_id]
+    assert layout["state"] == "ready" and layout["origin"] == "inferred and confirmed", layout
+    assert layout["confirmed"] == ["TLS1.2", "TLS1.3"]
+    assert "again: the fields of its inferred and confirmed layout fetched at hook time" in harvester.text()
