@@ -37,7 +37,7 @@ def profile_store(args: argparse.Namespace) -> ProfileStore:
 
 
 def layout_resolver(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The harvesters' layout resolver: known profiles, calibration here, confirmed candidates."""
+    """The harvesters' layout resolver: known profiles, calibration here, confirmed candidates, learning."""
     from bridge.harvest.resolve import LayoutResolver
 
     methods = tuple(m.strip() for m in args.resolve.split(",") if m.strip()) if args.resolve != "none" else ()
