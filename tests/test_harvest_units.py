@@ -453,3 +453,16 @@ def test_learning_leaves_out_an_object_that_shows_another_connections_random_pas
     good = [sample(0x160) for _ in range(3)]
     stray = sample(0x2800)
     assert agreeing([*good[:2], stray, good[2]]) == good
+
+
+def test_learning_keeps_a_bounded_number_of_connections_of_one_version():
+    """Each sample holds a copy of its object's memory: a build that only ever shows
+    TLS 1.3 does not make the harvester grow."""
+    from bridge.harvest.learn import LEARN_MAX_SAMPLES
+    from bridge.harvest.resolve import LayoutResolver
+
+    resolver = LayoutResolver(ProfileStore([], shipped=False), methods=("learn",))
+    layout = resolver.layout("ef" * 20, "libssl.so.3", None)
+    for i in range(3 * LEARN_MAX_SAMPLES):
+        resolver.learn(layout, 1, Sample(0x1000 + 0x100 * i, 0x0304, None, i.to_bytes(32, "big"), {}))
+    assert len(layout.learning) == LEARN_MAX_SAMPLES // 2 and layout.state == "learning"

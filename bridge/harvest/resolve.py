@@ -355,6 +355,8 @@ class LayoutResolver:
             if layout.state != LEARNING or any(s.ssl == sample.ssl and s.client_random == sample.client_random
                                                for _, s in layout.learning):
                 return None
+            if sum(1 for _, s in layout.learning if s.version == sample.version) >= learn.LEARN_MAX_SAMPLES // 2:
+                return None  # enough of this version (each holds a copy of its memory): waiting for the other
             layout.learning.append((pid, sample))
             samples = [s for _, s in layout.learning]
             if not learn.ready(samples):
