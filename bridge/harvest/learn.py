@@ -28,8 +28,10 @@ TLS 1.2 (RFC 5246 §6.3)
     key block, for the suite the same session points at, has both write keys
     live in the process (one memory search for every candidate at once).
 
-*The fields.*  The derived secrets stand in for a key log:
-:func:`bridge.harvest.calibrate.calibrate` finds their offsets, cross-checked
+*The fields.*  The derived secrets stand in for a key log.  The samples first
+vote on where their client random is (:func:`agreeing`: an object's span read
+past its end may show a neighbour's random); those that agree go to
+:func:`bridge.harvest.calibrate.calibrate`, which finds their offsets, cross-checked
 over every sample and refusing any ambiguity, and the profile is read back on
 every sample (:func:`~bridge.harvest.calibrate_ctypes.verify`).  So every field
 is confirmed before anything is published: the client random is what the wire
