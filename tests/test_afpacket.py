@@ -22,7 +22,7 @@ from scapy.packet import Raw
 from bridge.capture.afpacket import AfPacketCapture, CaptureDeviceError, insert_vlan_tag
 from bridge.capture.frames import LINKTYPE_ETHERNET, Frame
 from bridge.errors import BridgeError
-from bridge.packets import decode_tcp
+from bridge.engine.packets import decode_tcp
 
 from tests.support.netns import in_netns, veth_namespace
 

@@ -16,11 +16,14 @@ from hypothesis import strategies as st
 
 from bridge.capture.frames import Frame
 from bridge.capture.pcapfile import read_capture
-from bridge.decryptor import NS, Decryptor, DecryptorConfig, FlowFinished, KeysWanted, PlaintextData
+from bridge.engine.decryptor import Decryptor, NS
+from bridge.engine.settings import EngineSettings
+from bridge.engine.events import FlowStarted, FlowFinished, KeysWanted, PlaintextData
 from bridge.errors import BridgeError
-from bridge.keystore import KeyStore
-from bridge.packets import ACK, FIN, PSH, SYN, TcpSegment, decode_tcp
-from bridge.tls.connection import Direction, TlsConnection
+from bridge.keys.store import KeyStore
+from bridge.engine.packets import ACK, FIN, PSH, SYN, TcpSegment, decode_tcp
+from bridge.tls.connection import TlsConnection
+from bridge.tls.state import Direction
 from tests.support import tlslab
 from tests.support.decrypt import DecryptResult, assert_matches_tshark, decrypt_capture, keystore_from
 from tests.support.tlslab import ClientSpec
@@ -67,7 +70,7 @@ def tls12_sample(tmp_path_factory, tlslab_tools, tls_certs) -> Sample:
     return _sample(run)
 
 
-def decrypt_segments(segments, store: KeyStore, config: DecryptorConfig | None = None) -> DecryptResult:
+def decrypt_segments(segments, store: KeyStore, config: EngineSettings | None = None) -> DecryptResult:
     from tests.support.decrypt import Collector
 
     collector = Collector()
@@ -195,7 +198,7 @@ def test_connection_picked_up_mid_stream(tls13_sample):
 
 def test_secrets_arriving_after_the_packets(tls13_sample):
     store = KeyStore()
-    decryptor = Decryptor(store, DecryptorConfig(key_wait=60))
+    decryptor = Decryptor(store, EngineSettings(key_wait=60))
     events = []
     for segment in tls13_sample.segments:
         events += decryptor.process(segment)
@@ -222,7 +225,7 @@ def test_secrets_arriving_after_the_packets(tls13_sample):
 
 @pytest.mark.parametrize("request_keys", [True, False])
 def test_a_connection_without_secrets_asks_for_them_once(tls13_sample, request_keys):
-    decryptor = Decryptor(KeyStore(), DecryptorConfig(key_wait=60, request_keys=request_keys))
+    decryptor = Decryptor(KeyStore(), EngineSettings(key_wait=60), request_keys=request_keys)
     events = []
     for segment in tls13_sample.segments:
         events += decryptor.process(segment)
@@ -240,10 +243,10 @@ def test_a_connection_without_secrets_asks_for_them_once(tls13_sample, request_k
                                                                tls13_sample.segments[0].dport)
     assert decryptor.stats.keys_wanted == 1  # connections asked for
     # asked as soon as the ClientHello was parsed: before the server's first record
-    assert events.index(want) == 0
+    assert isinstance(events[0], FlowStarted) and events.index(want) == 1
     first_server_payload = next(i for i, segment in enumerate(tls13_sample.segments)
                                 if segment.payload and segment.sport == want.flow.server_port)
-    asked_at = Decryptor(KeyStore(), DecryptorConfig(request_keys=True))
+    asked_at = Decryptor(KeyStore(), EngineSettings(), request_keys=True)
     for index, segment in enumerate(tls13_sample.segments):
         if any(isinstance(e, KeysWanted) for e in asked_at.process(segment)):
             assert index < first_server_payload
@@ -253,7 +256,7 @@ def test_a_connection_without_secrets_asks_for_them_once(tls13_sample, request_k
 
 
 def test_a_connection_whose_secrets_are_there_asks_for_nothing(tls13_sample):
-    decryptor = Decryptor(tls13_sample.store(), DecryptorConfig(request_keys=True))
+    decryptor = Decryptor(tls13_sample.store(), EngineSettings(), request_keys=True)
     events = []
     for segment in tls13_sample.segments:
         events += decryptor.process(segment)
@@ -261,7 +264,7 @@ def test_a_connection_whose_secrets_are_there_asks_for_nothing(tls13_sample):
 
 
 def test_secrets_that_never_arrive_expire(tls13_sample):
-    decryptor = Decryptor(KeyStore(), DecryptorConfig(key_wait=2))
+    decryptor = Decryptor(KeyStore(), EngineSettings(key_wait=2))
     events = []
     for segment in tls13_sample.segments:
         events += decryptor.process(segment)
@@ -291,7 +294,7 @@ def _replicate(segments: list[TcpSegment], copies: int) -> list[TcpSegment]:
 
 
 def test_memory_stays_bounded_under_a_flood_without_keys(tls13_sample):
-    config = DecryptorConfig(max_flows=40, max_pending_total=2_000_000, max_pending_per_direction=100_000, key_wait=3600)
+    config = EngineSettings(max_flows=40, max_pending_total=2_000_000, max_pending_per_direction=100_000, key_wait=3600)
     decryptor = Decryptor(KeyStore(), config)
     half = tls13_sample.segments[: len(tls13_sample.segments) // 2]
     # round robin over 150 copies: all connections open at once, each in its own order
@@ -342,7 +345,7 @@ def test_corrupted_payloads_never_crash(tls12_sample, data):
 @given(chunks=st.lists(st.tuples(st.sampled_from(list(Direction)), st.binary(max_size=300)), max_size=12),
        prefix=st.sampled_from([b"", b"\x16\x03\x01", b"\x16\x03\x03\x00\x30\x01", b"\x17\x03\x03", b"\x80\x2e\x01"]))
 def test_random_bytes_into_a_tls_connection(chunks, prefix):
-    connection = TlsConnection(KeyStore().lookup)
+    connection = TlsConnection()
     first = True
     for direction, chunk in chunks:
         connection.receive(direction, (prefix if first else b"") + chunk)
@@ -355,7 +358,7 @@ def test_sslv2_client_hello_is_rejected_cleanly():
     # SSLv2-compatible ClientHello (RFC 5246 appendix E.2): 2-byte length with the top bit set, type 1
     body = bytes([1, 3, 1]) + struct.pack(">HHH", 3, 0, 16) + b"\x00\x00\x2f" + bytes(16)
     hello = struct.pack(">H", 0x8000 | len(body)) + body
-    connection = TlsConnection(KeyStore().lookup)
+    connection = TlsConnection()
     assert connection.receive(Direction.C2S, hello) == []
     status, reason = connection.status()
     assert status.value == "unsupported" and "SSLv2" in reason
@@ -469,7 +472,7 @@ def test_after_a_reset_missing_data_is_waited_for_only_rst_grace(tls13_sample):
     lost = s2c[len(s2c) // 2]
     rst = _reset_from_server(segments)
     kept = segments[:lost] + segments[lost + 1:] + [rst]
-    decryptor = Decryptor(tls13_sample.store(), DecryptorConfig(rst_grace=1.0))
+    decryptor = Decryptor(tls13_sample.store(), EngineSettings(rst_grace=1.0))
     events = [e for s in kept for e in decryptor.process(s)]
     assert not any(isinstance(e, FlowFinished) for e in events) and decryptor.active_flows == 1
     assert not any(isinstance(e, FlowFinished) for e in decryptor.tick(rst.timestamp_ns + NS // 2))

@@ -23,7 +23,7 @@ from bridge.harvest.wire_search import (
     request_event,
 )
 from bridge.keyfeed.wire import KeyRequest
-from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
 
 LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 DEBIAN_BUILD = "c0b9959017cf64b03131964573944fc72958bb2b"

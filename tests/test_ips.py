@@ -20,7 +20,7 @@ import pytest
 from bridge.ips.connections import ConnectionTable
 from bridge.ips.eve import block_request
 from bridge.ips.reset import reset_packets
-from bridge.packets import ACK, PSH, SYN, TcpSegment
+from bridge.engine.packets import ACK, PSH, SYN, TcpSegment
 from tests.support import tlslab
 from tests.support.keyfeed import BridgeProcess
 from tests.support.suricata import LiveSuricata

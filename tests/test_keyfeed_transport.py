@@ -17,7 +17,7 @@ from bridge.keyfeed.broker import Broker, BrokerConfig
 from bridge.keyfeed.publisher import Publisher, PublisherConfig
 from bridge.keyfeed.security import load_client, load_server
 from bridge.keyfeed.subscriber import Subscriber, SubscriberConfig
-from bridge.keylog import EXPORTER_SECRET
+from bridge.secrets import EXPORTER_SECRET
 from tests.support import tlslab
 from tests.support.keyfeed import (
     BridgeProcess,
@@ -108,7 +108,7 @@ def _tcp_streams(pcap: Path) -> list[bytes]:
     """Each TCP direction's payload, concatenated in capture order (a secret may
     straddle two segments)."""
     from bridge.capture.pcapfile import read_capture
-    from bridge.packets import TcpSegment, classify
+    from bridge.engine.packets import TcpSegment, classify
 
     streams: dict[tuple, list[bytes]] = {}
     for frame in read_capture(pcap):

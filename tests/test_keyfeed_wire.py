@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bridge.errors import FeedMessageError
 from bridge.keyfeed import wire
-from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
 
 PUB = bytes(range(16))
 CR = bytes(range(32, 64))

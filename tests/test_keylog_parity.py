@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from tests.support import tlslab
 from bridge.capture.pcapfile import read_capture
-from bridge.decrypt_command import Pipeline
-from bridge.decryptor import Decryptor
-from bridge.keylog import read_keylog
-from bridge.keystore import KeyStore, rsa_handle
+from bridge.engine.engine import Engine
+from bridge.keys.keylog import read_keylog
+from bridge.keys.store import KeyStore
+from bridge.secrets import rsa_handle
 from tests.support.decrypt import Collector, assert_matches_tshark, decrypt_capture
 from tests.support.tlslab import ClientSpec
 
@@ -109,12 +109,12 @@ def test_openssls_own_rsa_lines_alone_decrypt_static_rsa_like_wireshark(tmp_path
     # The lines may also come after the traffic (a key log followed live): the
     # records wait, and the lines find them by their ClientKeyExchange.
     store, collector = KeyStore(), Collector()
-    pipeline = Pipeline(Decryptor(store), [collector])
-    pipeline.run(read_capture(run.pcap))
+    engine = Engine(store, output=collector)
+    engine.run(read_capture(run.pcap))
     assert collector.result.flows == []  # closed, waiting for secrets
     for entry in read_keylog(rsa_only):
         store.add_entry(entry)
-    pipeline.finish()
+    engine.finish()
     assert [flow.record["status"] for flow in collector.result.flows] == ["decrypted", "decrypted"]
     assert all(store.lookup_handle(rsa_handle(entry.handle)) is None for entry in read_keylog(rsa_only))  # forgotten
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bridge.decryptor import Decryptor
-from bridge.keylog import CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
-from bridge.keystore import KeyStore
-from bridge.packets import ACK, FIN, SYN, TcpSegment
-from bridge.tls.connection import Direction
+from bridge.engine.decryptor import Decryptor
+from bridge.secrets import CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.keys.store import KeyStore
+from bridge.engine.packets import ACK, FIN, SYN, TcpSegment
+from bridge.tls.state import Direction
 from tests.support.decrypt import Collector
 from tests.support.rfc8448 import CLIENT_RANDOM, HANDSHAKE_SECRET as RFC_HANDSHAKE_SECRET
 from tests.test_rfc8448_connection import FLIGHTS

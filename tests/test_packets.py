@@ -31,20 +31,7 @@ from bridge.capture.frames import (
     LINKTYPE_RAW,
 )
 from bridge.errors import PacketDecodeError
-from bridge.packets import (
-    ACK,
-    FIN,
-    NS,
-    PSH,
-    RST,
-    SYN,
-    SkipReason,
-    TcpSegment,
-    classify,
-    decode_tcp,
-    format_endpoint,
-    skip_reason,
-)
+from bridge.engine.packets import ACK, FIN, NS, PSH, RST, SYN, SkipReason, TcpSegment, classify, decode_tcp, format_endpoint, skip_reason
 
 
 def E(**kw: object) -> Ether:

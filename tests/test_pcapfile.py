@@ -43,7 +43,7 @@ from bridge.capture.pcapfile import (
 )
 from bridge.capture.pcapwriter import PcapWriter, pcap_global_header, pcap_record
 from bridge.errors import BridgeError, CaptureFormatError
-from bridge.packets import decode_tcp
+from bridge.engine.packets import decode_tcp
 
 
 def E(**kw: object) -> Ether:

@@ -14,7 +14,7 @@ import pytest
 from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.capture.pcapfile import read_capture
 from bridge.capture.pcapwriter import PcapWriter
-from bridge.packets import decode_tcp
+from bridge.engine.packets import decode_tcp
 from tests.support import suricata as S
 from tests.support import tlslab
 from tests.support.decrypt import decrypt_cli as _decrypt

@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.keylog import (
-    CLIENT_HANDSHAKE_TRAFFIC_SECRET,
-    CLIENT_TRAFFIC_SECRET_0,
-    HANDSHAKE_SECRET,
-    SERVER_HANDSHAKE_TRAFFIC_SECRET,
-    SERVER_TRAFFIC_SECRET_0,
-)
-from bridge.keystore import KeyStore
-from bridge.tls.connection import ApplicationData, Direction, Status, TlsConnection
+from bridge.secrets import CLIENT_HANDSHAKE_TRAFFIC_SECRET, CLIENT_TRAFFIC_SECRET_0, HANDSHAKE_SECRET, SERVER_HANDSHAKE_TRAFFIC_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.keys.store import KeyStore
+from bridge.tls.connection import ApplicationData, Status, TlsConnection
+from bridge.tls.state import Direction
 
 # RFC 8448 §3 values shared with tests/test_keyschedule.py.  The secrets get RFC_*
 # names so they do not clash with the keylog labels imported from bridge.keylog.
@@ -217,8 +212,17 @@ WRONG_STORES = {
 }
 
 
+def _connection(store: KeyStore) -> TlsConnection:
+    """A connection given what the store has for RFC 8448's client random (as the engine gives it)."""
+    conn = TlsConnection()
+    secrets = store.lookup(CLIENT_RANDOM)
+    if secrets is not None:
+        conn.provide(secrets.secrets)
+    return conn
+
+
 def _run(store: KeyStore, flights: list[tuple[Direction, bytes]]) -> tuple[TlsConnection, list[ApplicationData]]:
-    conn = TlsConnection(store.lookup)
+    conn = _connection(store)
     events: list[ApplicationData] = []
     for direction, data in flights:
         events += conn.receive(direction, data)
@@ -265,7 +269,7 @@ def test_rfc8448_decrypts(make_store) -> None:
 @pytest.mark.parametrize("make_store", GOOD_STORES.values(), ids=GOOD_STORES.keys())
 def test_rfc8448_events_arrive_with_their_records(make_store) -> None:
     """Application data comes out of the receive() call that carried its record."""
-    conn = TlsConnection(make_store().lookup)
+    conn = _connection(make_store())
     out = [conn.receive(direction, data) for direction, data in FLIGHTS]
     assert out[:4] == [[], [], [], []]
     assert out[4] == [ApplicationData(C2S, APPLICATION_PAYLOAD)]
@@ -317,8 +321,7 @@ def _assert_decrypted_any_order(conn: TlsConnection, events: list[ApplicationDat
 @pytest.mark.parametrize("make_store", _good_stores(BUG_TRANSCRIPT_ORDER))
 def test_rfc8448_keys_arrive_late(make_store) -> None:
     """Records first, secrets afterwards: retry() decrypts what waited."""
-    late = KeyStore()
-    conn = TlsConnection(late.lookup)
+    conn = TlsConnection()
     events: list[ApplicationData] = []
     for direction, data in FLIGHTS:
         events += conn.receive(direction, data)
@@ -327,8 +330,7 @@ def test_rfc8448_keys_arrive_late(make_store) -> None:
     assert conn.waiting_for_keys
     source = make_store().lookup(CLIENT_RANDOM)
     assert source is not None
-    for label, secret in source.secrets.items():
-        late.add(CLIENT_RANDOM, label, secret)
+    conn.provide(source.secrets)
     events += conn.retry()
     _assert_decrypted(conn, events, ordered=False)  # retry() need not keep cross-direction order
 
@@ -347,15 +349,13 @@ def test_rfc8448_wrong_secret(make_store, segmenting: str) -> None:
 def test_rfc8448_keys_arrive_between_server_flight_and_client_finished(make_store) -> None:
     """The server flight waits for keys; the keys arrive (no retry() call yet) before the
     client's Finished, whose receive() then decrypts it and drains the server flight."""
-    late = KeyStore()
-    conn = TlsConnection(late.lookup)
+    conn = TlsConnection()
     events = conn.receive(C2S, CLIENT_HELLO_RECORD)
     events += conn.receive(S2C, SERVER_HELLO_RECORD + SERVER_FLIGHT_RECORD)
     assert conn.waiting_for_keys
     source = make_store().lookup(CLIENT_RANDOM)
     assert source is not None
-    for label, secret in source.secrets.items():
-        late.add(CLIENT_RANDOM, label, secret)
+    conn.provide(source.secrets)
     for direction, data in FLIGHTS[2:]:
         events += conn.receive(direction, data)
     _assert_decrypted(conn, events)

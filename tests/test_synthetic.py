@@ -16,14 +16,15 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
 from bridge.capture.pcapwriter import PcapWriter
-from bridge.decryptor import FlowFinished, FlowInfo, PlaintextData
+from bridge.engine.events import FlowFinished, FlowInfo, PlaintextData
+from tests.support.decrypt import summary_for
 from bridge.reinject.synthetic import (
     OutputFrame,
     SyntheticFlows,
     SyntheticOptions,
     internet_checksum,
 )
-from bridge.tls.connection import Direction
+from bridge.tls.state import Direction
 
 TSHARK = "/usr/bin/tshark"
 T0 = 1_700_000_000_000_000_000
@@ -46,11 +47,12 @@ def flow6(flow_id: int = 2, cport: int = 50001, sport: int = 443) -> FlowInfo:
     return FlowInfo(flow_id, 6, ip("2001:db8::1"), cport, ip("2001:db8::2"), sport, T0)
 
 
-def record_for(info: FlowInfo, ts_ns: int | None = None) -> dict:
-    rec: dict = {"flow_id": info.flow_id, "client": info.client, "server": info.server}
-    if ts_ns is not None:
-        rec["ts_end"] = round(ts_ns / 1e9, 6)
-    return rec
+#: flow_id → the flow log annotations of a conversation, filled by run() (the synthetic description)
+_RECORDS: dict[int, dict] = {}
+
+
+def record_for(info: FlowInfo, ts_ns: int | None = None):  # type: ignore[no-untyped-def]
+    return summary_for(info, ts_end_ns=ts_ns)
 
 
 def payload(n: int, seed: int = 0) -> bytes:
@@ -60,7 +62,8 @@ def payload(n: int, seed: int = 0) -> bytes:
 def conversation(info: FlowInfo, exchanges: list[tuple[Direction, bytes]], ended_by: str = "fin"):
     events = [PlaintextData(info, d, data, T0 + i * 1000) for i, (d, data) in enumerate(exchanges)]
     finished = FlowFinished(info, ended_by, record_for(info))
-    return events + [finished], finished.record
+    record = _RECORDS[info.flow_id] = {}
+    return events + [finished], record
 
 
 def run(events, options: SyntheticOptions = SyntheticOptions(), synth: SyntheticFlows | None = None) -> list[OutputFrame]:
@@ -68,6 +71,8 @@ def run(events, options: SyntheticOptions = SyntheticOptions(), synth: Synthetic
     out: list[OutputFrame] = []
     for event in events:
         out.extend(synth.handle(event))
+        if isinstance(event, FlowFinished):
+            _RECORDS.setdefault(event.flow.flow_id, {})["synthetic"] = synth.describe(event.flow.flow_id)
     return out
 
 
@@ -285,10 +290,9 @@ def test_clean_close_for_non_rst_endings(ended_by: str) -> None:
 def test_no_frames_without_plaintext() -> None:
     synth = SyntheticFlows()
     info = flow4()
-    rec = record_for(info)
     assert synth.handle(PlaintextData(info, Direction.C2S, b"", T0)) == []
-    assert synth.handle(FlowFinished(info, "fin", rec)) == []
-    assert rec["synthetic"] is None
+    assert synth.handle(FlowFinished(info, "fin", record_for(info))) == []
+    assert synth.describe(info.flow_id) is None
     assert synth.handle(object()) == []
     assert synth.handle("not an event") == []
     assert synth.stats.flows_started == 0 and synth.stats.flows_not_emitted == 1

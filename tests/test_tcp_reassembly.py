@@ -4,7 +4,7 @@ sent but has not arrived (a FIN's or a RST's sequence number)."""
 
 from __future__ import annotations
 
-from bridge.tcp import Gap, StreamReassembler
+from bridge.engine.tcp import Gap, StreamReassembler
 
 ISN = 4_294_967_000  # wraps 296 bytes into the stream
 

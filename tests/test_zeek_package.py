@@ -36,7 +36,7 @@ import pytest
 
 from bridge.capture.pcapfile import read_capture
 from bridge.keyfeed.wire import Origin
-from bridge.packets import decode_tcp
+from bridge.engine.packets import decode_tcp
 from tests.support import tlslab
 
 pytestmark = pytest.mark.real

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import GuestAccessError, ProfileError
-from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, SERVER_TRAFFIC_SECRET_0
 from bridge.tls.keyschedule import derive_secret, empty_hash, hkdf_extract
 
 #: Bytes of an object searched (OpenSSL 3.x's SSL_CONNECTION is about 7 KiB).

@@ -33,7 +33,8 @@ from bridge.harvest.profile import Profile
 from bridge.harvest.targets import TargetFinder
 from bridge.errors import HookError
 from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, UprobeSession
-from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, KeyLogStats, read_keylog
+from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0
+from bridge.keys.keylog import KeyLogStats, read_keylog
 
 
 _MAX_COPIES = 16

@@ -13,13 +13,7 @@ from typing import Protocol
 
 from bridge.errors import GuestAccessError
 from bridge.harvest.profile import Profile
-from bridge.keylog import (
-    CLIENT_RANDOM,
-    CLIENT_TRAFFIC_SECRET_0,
-    EXPORTER_SECRET,
-    HANDSHAKE_SECRET,
-    SERVER_TRAFFIC_SECRET_0,
-)
+from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
 
 TLS12, TLS13 = 0x0303, 0x0304
 _VERSIONS = frozenset({0x0301, 0x0302, TLS12, TLS13})

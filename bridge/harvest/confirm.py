@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from bridge.errors import GuestAccessError
 from bridge.harvest.chain import TLS12, TLS13, ConnectionSecrets
-from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
 from bridge.tls.ciphersuites import cipher_suite
 from bridge.tls.keyschedule import derive_secret, empty_hash, hkdf_extract, key_block12
 

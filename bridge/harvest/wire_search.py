@@ -29,14 +29,10 @@ from bridge.harvest.profile import Profile
 from bridge.harvest.resolve import BuildLayout
 from bridge.harvest.sockets import Endpoint, connection_owner
 from bridge.keyfeed.wire import KeyRequest
-from bridge.packets import TcpSegment, classify
+from bridge.tls.sniff import client_hello_random
+from bridge.engine.packets import TcpSegment, classify
 
 
-def client_hello_random(payload: bytes) -> bytes | None:
-    """The client random of a TLS record that starts with a ClientHello."""
-    if len(payload) >= 43 and payload[0] == 22 and payload[1] == 3 and payload[5] == 1:
-        return payload[11:43]
-    return None
 
 
 @dataclass(frozen=True, slots=True)

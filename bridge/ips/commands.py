@@ -31,7 +31,7 @@ from bridge.ips.eve import BlockRequest, block_request, blocking_rules
 from bridge.ips.eve_source import follow_file, listen_unix
 from bridge.ips.nft import NftBlocklist
 from bridge.ips.reset import reset_packets
-from bridge.packets import TcpSegment, classify
+from bridge.engine.packets import TcpSegment, classify
 
 
 def _sniff(interface: str, table: ConnectionTable, lock: threading.Lock, stop: threading.Event) -> None:

@@ -13,18 +13,20 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from bridge.packets import FIN, RST, SYN, TcpSegment
+from bridge.engine.packets import FIN, RST, SYN, TcpSegment
 
 
 @dataclass(slots=True)
-class Direction:
+class Side:
+    """What one side of a connection sends next."""
+
     next_seq: int
 
 
 @dataclass(slots=True)
 class TrackedConnection:
     #: (ip, port) of each side → what that side sends next
-    sides: dict[tuple[str, int], Direction]
+    sides: dict[tuple[str, int], Side]
     closed: bool = False
 
 
@@ -60,7 +62,7 @@ class ConnectionTable:
         next_seq = (segment.seq + length) & 0xFFFFFFFF
         side = connection.sides.get(src)
         if side is None or _after(next_seq, side.next_seq):
-            connection.sides[src] = Direction(next_seq)
+            connection.sides[src] = Side(next_seq)
         if segment.flags & RST:
             connection.closed = True
 

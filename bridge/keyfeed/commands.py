@@ -28,8 +28,9 @@ from bridge.keyfeed.security import (
     load_server,
 )
 from bridge.keyfeed.subscriber import Subscriber, SubscriberConfig
-from bridge.keylog import CLIENT_RANDOM, FEED_LABELS, KeyLogEntry, KeyLogStats, read_keylog
-from bridge.keylog_follow import KeyLogFollower
+from bridge.secrets import CLIENT_RANDOM, FEED_LABELS
+from bridge.keys.keylog import KeyLogEntry, KeyLogStats, read_keylog
+from bridge.keys.follow import KeyLogFollower
 
 
 def _say(args: argparse.Namespace, text: str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from bridge.keyfeed import wire
 from bridge.keyfeed.security import CurveClient
 from bridge.keyfeed.subscriber import Subscriber, SubscriberConfig, SubscriberStats
-from bridge.keystore import KeyStore
+from bridge.keys.store import KeyStore
 
 
 class KeyFeedReceiver:

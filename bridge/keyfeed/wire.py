@@ -30,7 +30,8 @@ from typing import Any
 import msgpack
 
 from bridge.errors import FeedMessageError
-from bridge.keylog import CLIENT_RANDOM, KNOWN_LABELS, KeyLogEntry
+from bridge.secrets import CLIENT_RANDOM, KNOWN_LABELS
+from bridge.keys.keylog import KeyLogEntry
 
 SCHEMA_VERSION = 1
 PUBLISHER_ID_LENGTH = 16

@@ -1,11 +1,74 @@
-"""The decryptor-event sink that turns decrypted connections into synthetic
-cleartext frames and hands them to every output."""
+"""The engine-event sink that turns decrypted connections into synthetic
+cleartext frames and hands them to every frame output; and the one place that
+builds it from settings (``tls-bridge decrypt`` flags, the sensor's ``[inject]``)."""
 
 from __future__ import annotations
 
-from bridge.decryptor import Event
-from bridge.reinject.outputs import FrameOutput
-from bridge.reinject.synthetic import SyntheticFlows
+from dataclasses import dataclass
+
+from bridge.engine.events import Event
+from bridge.errors import BridgeError
+from bridge.reinject.outputs import FrameOutput, InterfaceOutput, PcapFileOutput, PcapOverIpOutput
+from bridge.reinject.synthetic import SyntheticFlows, SyntheticOptions
+
+
+@dataclass(frozen=True, slots=True)
+class ReinjectSettings:
+    """Where synthetic frames go and what they look like."""
+
+    #: pcap file (``-w``)
+    pcap: str | None = None
+    #: injection interface (``--inject``, the sensor's ``[inject] interface``)
+    interface: str | None = None
+    #: PCAP-over-IP listener, ``HOST:PORT``
+    pcap_over_ip: str | None = None
+    mtu: int = 1500
+    server_port: int | None = None
+    mark_mac: str = "02:00:00:00:00:01"
+    vlan: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return bool(self.pcap or self.interface or self.pcap_over_ip)
+
+
+def parse_mac(text: str) -> bytes:
+    parts = text.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise BridgeError(f"MAC address {text!r} is not like 02:00:00:00:00:01")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise BridgeError(f"MAC address {text!r} is not hexadecimal") from None
+
+
+def open_reinject(settings: ReinjectSettings) -> ReinjectSink | None:
+    """The sink for ``settings`` (None when no output is named); raises BridgeError."""
+    if not settings.any:
+        return None
+    client_mac = parse_mac(settings.mark_mac)
+    server_mac = client_mac[:5] + bytes([(client_mac[5] + 1) & 0xFF])
+    try:
+        options = SyntheticOptions(mtu=settings.mtu, server_port=settings.server_port, source_mac=client_mac,
+                                   server_mac=server_mac, vlan=settings.vlan)
+    except ValueError as exc:
+        raise BridgeError(f"re-injection: {exc}") from None
+    outputs: list[FrameOutput] = []
+    try:
+        if settings.pcap:
+            outputs.append(PcapFileOutput(settings.pcap))
+        if settings.interface:
+            outputs.append(InterfaceOutput(settings.interface))
+        if settings.pcap_over_ip:
+            host, _, port = settings.pcap_over_ip.rpartition(":")
+            if not host or not port.isdigit():
+                raise BridgeError(f"PCAP-over-IP {settings.pcap_over_ip!r} is not HOST:PORT")
+            outputs.append(PcapOverIpOutput(host.strip("[]"), int(port)))
+    except BridgeError:
+        for output in outputs:
+            output.close()
+        raise
+    return ReinjectSink(SyntheticFlows(options), outputs)
 
 
 class ReinjectSink:
@@ -17,7 +80,11 @@ class ReinjectSink:
     def __call__(self, event: Event) -> None:
         self._send(self.synthetic.handle(event))
 
-    def _send(self, frames) -> None:
+    def describe(self, flow_id: int) -> dict[str, object] | None:
+        """The flow log's ``synthetic`` field of a finished flow."""
+        return self.synthetic.describe(flow_id)
+
+    def _send(self, frames) -> None:  # type: ignore[no-untyped-def]
         for frame in frames:
             self._last_ns = frame.timestamp_ns
             for output in self.outputs:

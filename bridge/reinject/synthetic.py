@@ -3,8 +3,8 @@
 Suricata and Zeek cannot decrypt TLS, so every decrypted connection is replayed
 to them as a plain TCP connection carrying the plaintext, as if the server had
 spoken e.g. HTTP without TLS.  :class:`SyntheticFlows` takes the decryptor's
-events (:class:`~bridge.decryptor.PlaintextData`,
-:class:`~bridge.decryptor.FlowFinished`) and returns complete Ethernet frames
+events (:class:`~bridge.engine.events.PlaintextData`,
+:class:`~bridge.engine.events.FlowFinished`) and returns complete Ethernet frames
 (:class:`OutputFrame`); writing them to an interface or a pcap is a driver's job.
 
 Per synthetic connection:
@@ -15,9 +15,9 @@ Per synthetic connection:
   otherwise), each followed by a pure ACK from the peer, so an IDS stream engine
   sees every byte acknowledged;
 * at the end: RST|ACK from the client if the original connection was reset,
-  otherwise FIN|ACK / ACK / FIN|ACK / ACK; the flow log record is annotated with
-  ``record["synthetic"]`` (``None`` for connections without plaintext, which
-  are never emitted).
+  otherwise FIN|ACK / ACK / FIN|ACK / ACK; :meth:`SyntheticFlows.describe` then
+  names the synthetic connection for the flow log's ``synthetic`` field
+  (``None`` for connections without plaintext, which are never emitted).
 
 Same addresses and ports as the original connection (the server port optionally
 rewritten), marker MACs and an optional 802.1Q tag.  Only a few integers are kept
@@ -36,9 +36,9 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from bridge.decryptor import FlowFinished, FlowInfo, PlaintextData
-from bridge.packets import format_endpoint
-from bridge.tls.connection import Direction
+from bridge.engine.events import FlowFinished, FlowInfo, PlaintextData
+from bridge.engine.packets import ACK, FIN, PSH, RST, SYN, format_endpoint
+from bridge.tls.state import Direction
 
 __all__ = [
     "OutputFrame",
@@ -48,12 +48,6 @@ __all__ = [
     "internet_checksum",
     "format_mac",
 ]
-
-FIN = 0x01
-SYN = 0x02
-RST = 0x04
-PSH = 0x08
-ACK = 0x10
 
 _MOD32 = 0xFFFFFFFF
 _WINDOW = 65535
@@ -182,6 +176,8 @@ class SyntheticFlows:
         self.options = options
         self.stats = SyntheticStats()
         self._flows: dict[int, _Flow] = {}
+        #: flow_id → what :meth:`describe` says of a finished connection (taken once)
+        self._described: dict[int, dict[str, object] | None] = {}
         self._ip_id = 0
         tag = b"" if options.vlan is None else struct.pack("!HH", _ETHERTYPE_VLAN, options.vlan)
         client, server = bytes(options.source_mac), bytes(options.server_mac)
@@ -212,8 +208,8 @@ class SyntheticFlows:
     def close(self, timestamp_ns: int) -> list[OutputFrame]:
         """End of input: close every open synthetic connection with FIN.
 
-        Call it after the decryptor's final events: a later ``FlowFinished`` of a
-        flow closed here is annotated ``None``.
+        Call it after the engine's final events: a later ``FlowFinished`` of a
+        flow closed here is described as ``None``.
         """
         out: list[OutputFrame] = []
         for flow in self._flows.values():
@@ -221,6 +217,12 @@ class SyntheticFlows:
             self.stats.flows_closed_at_end += 1
         self._flows.clear()
         return out
+
+    def describe(self, flow_id: int) -> dict[str, object] | None:
+        """The synthetic connection of a finished flow, for the flow log's
+        ``synthetic`` field (None: nothing was emitted); asked once, after its
+        :class:`~bridge.engine.events.FlowFinished` was handled."""
+        return self._described.pop(flow_id, None)
 
     def initial_sequence(self, flow: FlowInfo, direction: Direction) -> int:
         """The ISN of ``direction``: deterministic from the flow (override to choose)."""
@@ -295,15 +297,11 @@ class SyntheticFlows:
 
     def _finished(self, event: FlowFinished) -> list[OutputFrame]:
         flow = self._flows.pop(event.flow.flow_id, None)
-        record = event.record
         if flow is None:
             self.stats.flows_not_emitted += 1
-            record["synthetic"] = None
+            self._described[event.flow.flow_id] = None
             return []
-        ts = flow.last_ns
-        ts_end = record.get("ts_end")
-        if isinstance(ts_end, (int, float)) and not isinstance(ts_end, bool):
-            ts = max(ts, round(ts_end * 1_000_000) * 1000)  # ts_end has µs resolution
+        ts = max(flow.last_ns, round(event.summary.ts_end * 1_000_000) * 1000)  # ts_end has µs resolution
         out: list[OutputFrame] = []
         if event.ended_by == "rst":
             # every byte is already acknowledged: the client resets right away
@@ -315,7 +313,7 @@ class SyntheticFlows:
             self.stats.flows_closed += 1
         info = flow.info
         options = self.options
-        record["synthetic"] = {
+        self._described[info.flow_id] = {
             "client": info.client,
             "server": format_endpoint(info.server_ip, flow.server_port),
             "vlan": options.vlan,

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bridge.engine.settings import EngineSettings
 from bridge.errors import BridgeError
+from bridge.options import check, default_of, describe_range, option
 
 
 class ConfigError(BridgeError):
@@ -25,14 +27,6 @@ class ConfigError(BridgeError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
         self.problems = problems
-
-
-def option(default: Any, doc: str, *, choices: tuple[Any, ...] = (), low: float | None = None,
-           high: float | None = None) -> Any:
-    metadata = {"doc": doc, "choices": choices, "low": low, "high": high}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -59,16 +53,6 @@ class KeysConfig:
     request: bool = option(True, "ask the feed's harvesters for the secrets of each new connection not in the store "
                                  "(a harvester that does not watch the traffic itself searches on request)")
     keylogs: list[str] = option([], "RFC 9850 key log files (SSLKEYLOGFILE), followed as they grow")
-
-
-@dataclass
-class DecryptConfig:
-    """The decryptor."""
-
-    key_wait: float = option(30.0, "how long records wait for their secrets, seconds", low=0)
-    max_flows: int = option(200000, "connections tracked per worker; the least recently active is evicted",
-                            low=16, high=100_000_000)
-    idle_timeout: float = option(300.0, "a connection with no packet for this long is finished, seconds", low=1)
 
 
 @dataclass
@@ -106,7 +90,7 @@ class MetricsConfig:
 class Config:
     capture: CaptureConfig = field(default_factory=CaptureConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
-    decrypt: DecryptConfig = field(default_factory=DecryptConfig)
+    decrypt: EngineSettings = field(default_factory=EngineSettings)
     inject: InjectConfig = field(default_factory=InjectConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -124,10 +108,6 @@ class Config:
 
 
 SECTIONS = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
-
-
-def _default(spec: Any) -> Any:
-    return spec.default_factory() if spec.default is MISSING else spec.default
 
 
 def _toml_value(value: Any) -> str:
@@ -151,7 +131,7 @@ def render_defaults() -> str:
         lines.append(f"# {type(instance).__doc__}")
         for spec in fields(instance):
             lines.append(f"# {spec.metadata['doc']}")
-            lines.append(f"{spec.name} = {_toml_value(_default(spec))}")
+            lines.append(f"{spec.name} = {_toml_value(default_of(spec))}")
         lines.append("")
     return "\n".join(lines)
 
@@ -174,42 +154,6 @@ def _line_numbers(text: str) -> dict[tuple[str, str], int]:
         if key and section:
             places[(section, key.group(1))] = number
     return places
-
-
-def _check(spec: Any, value: Any) -> tuple[Any, str | None]:
-    """(the value converted, or an error message)."""
-    default = _default(spec)
-    meta = spec.metadata
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            return value, f"expected true or false, got {value!r}"
-    elif isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            return value, f"expected an integer{_range(meta)}, got {value!r}"
-    elif isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return value, f"expected a number{_range(meta)}, got {value!r}"
-        value = float(value)
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            return value, f"expected a string, got {value!r}"
-    elif isinstance(default, list):
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            return value, f"expected a list of strings, got {value!r}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (meta["low"] is not None and value < meta["low"]) or (meta["high"] is not None and value > meta["high"]):
-            return value, f"expected a value{_range(meta)}, got {value!r}"
-    if meta["choices"] and value not in meta["choices"]:
-        return value, f"expected one of {', '.join(map(str, meta['choices']))}, got {value!r}"
-    return value, None
-
-
-def _range(meta: dict[str, Any]) -> str:
-    if meta["low"] is not None and meta["high"] is not None:
-        return f" from {meta['low']:g} to {meta['high']:g}"
-    if meta["low"] is not None:
-        return f" of at least {meta['low']:g}"
-    return ""
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:
@@ -268,7 +212,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:  
                 problems.append(f"{where(section, key)}: [{section}] has no option {key!r} "
                                 f"(options: {', '.join(specs)})")
                 continue
-            converted, error = _check(spec, value)
+            converted, error = check(spec, value)
             if error:
                 problems.append(f"{where(section, key)}: [{section}] {key}: {error}")
             else:

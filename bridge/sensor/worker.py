@@ -1,7 +1,8 @@
 """One sensor worker process: its share of the captured packets (AF_PACKET fanout
-by flow hash), its own key store fed by the key feed and key logs, its decryptor,
-its synthetic connections on the injection interface, its lines in the flow log.
-Counters go to the supervisor once a second."""
+by flow hash), its own key sources and store, its engine, its synthetic
+connections on the injection interface, its lines in the (shared) flow log.
+Counters go to the supervisor once a second.  The same parts as ``tls-bridge
+decrypt``, wired from the TOML configuration."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bridge.capture.frames import Frame
-from bridge.decrypt_command import KeyRequester, Pipeline
-from bridge.decryptor import Decryptor, DecryptorConfig, Event, FlowFinished
+from bridge.engine.engine import Engine
+from bridge.keyfeed.sources import KeySettings, KeySources
+from bridge.outputs import FlowLog, KeyRequester, Outputs
+from bridge.reinject.sink import ReinjectSettings, open_reinject
 from bridge.sensor.config import Config
 
 FANOUT_BASE = 0x7B00  # fanout group ids: base + interface index (per interface, per network namespace)
@@ -47,25 +50,6 @@ class WorkerCounters:
     histograms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-class AppendingFlowLog:
-    """The shared flow log: every worker appends whole lines with one write(2) each
-    (O_APPEND keeps concurrent lines whole)."""
-
-    def __init__(self, path: str) -> None:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-
-    def __call__(self, event: Event) -> None:
-        if isinstance(event, FlowFinished):
-            import json
-
-            os.write(self.fd, (json.dumps(event.record, separators=(",", ":")) + "\n").encode())
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 def _merged(captures: list[Any], stop: threading.Event) -> Iterator[Frame | None]:
     if len(captures) == 1:
         yield from captures[0]
@@ -86,48 +70,40 @@ def _merged(captures: list[Any], stop: threading.Event) -> Iterator[Frame | None
             yield None
 
 
-def _reinject(config: Config, index: int):  # type: ignore[no-untyped-def]
-    from bridge.reinject.outputs import FrameOutput, InterfaceOutput, PcapFileOutput
-    from bridge.reinject.sink import ReinjectSink
-    from bridge.reinject.synthetic import SyntheticFlows, SyntheticOptions
+def reinject_settings(config: Config, index: int) -> ReinjectSettings:
+    """The sensor's ``[inject]`` section for worker ``index`` (a pcap per worker: NAME.INDEX.pcap)."""
+    inject = config.inject
+    pcap = None
+    if inject.pcap:
+        base, dot, extension = inject.pcap.rpartition(".")
+        pcap = f"{base}.{index}.{extension}" if dot else f"{inject.pcap}.{index}"
+    return ReinjectSettings(pcap=pcap, interface=inject.interface or None, mtu=inject.mtu,
+                            server_port=inject.server_port or None, mark_mac=inject.mark_mac,
+                            vlan=inject.vlan or None)
 
-    outputs: list[FrameOutput] = []
-    if config.inject.interface:
-        outputs.append(InterfaceOutput(config.inject.interface))
-    if config.inject.pcap:
-        base, dot, extension = config.inject.pcap.rpartition(".")
-        outputs.append(PcapFileOutput(f"{base}.{index}.{extension}" if dot else f"{config.inject.pcap}.{index}"))
-    if not outputs:
-        return None
-    mac = bytes(int(part, 16) for part in config.inject.mark_mac.replace("-", ":").split(":"))
-    options = SyntheticOptions(mtu=config.inject.mtu, server_port=config.inject.server_port or None,
-                               source_mac=mac, server_mac=mac[:5] + bytes([(mac[5] + 1) & 0xFF]),
-                               vlan=config.inject.vlan or None)
-    return ReinjectSink(SyntheticFlows(options), outputs)
+
+def key_settings(config: Config) -> KeySettings:
+    keys = config.keys
+    return KeySettings(keylogs=list(keys.keylogs), follow=True, feeds=list(keys.feeds), server_key=keys.server_key,
+                       client_cert=keys.client_cert, insecure=keys.insecure, window=keys.window, ttl=keys.ttl,
+                       request=keys.request)
 
 
 def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: Any) -> None:
     """The worker's main (a process of its own): runs until SIGTERM or SIGINT."""
     from bridge.capture.afpacket import AfPacketCapture
-    from bridge.keylog_follow import KeyLogFollower, into_store
-    from bridge.keystore import KeyStore
 
     config = Config.from_dict(config_data)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    store = KeyStore()
-    followers = [KeyLogFollower(path, into_store(store)).start() for path in config.keys.keylogs]
-    receiver = _feed(config, store)
-    flow_log = AppendingFlowLog(config.output.flows)
-    reinject = _reinject(config, index)
-    request_keys = receiver is not None and config.keys.request
-    sinks: list[Any] = (([KeyRequester(receiver)] if request_keys else [])
-                        + ([reinject] if reinject is not None else []) + [flow_log])
-    decryptor = Decryptor(store, DecryptorConfig(max_flows=config.decrypt.max_flows,
-                                                 idle_timeout=config.decrypt.idle_timeout,
-                                                 key_wait=config.decrypt.key_wait, request_keys=request_keys))
-    pipeline = Pipeline(decryptor, sinks)
+    keys = KeySources(key_settings(config)).open()
+    receiver = keys.receiver
+    reinject = open_reinject(reinject_settings(config, index))
+    flow_log = FlowLog.appending(config.output.flows)
+    outputs = Outputs(flow_log=flow_log, reinject=reinject,
+                      requests=KeyRequester(receiver) if keys.requests and receiver is not None else None)
+    engine = Engine(keys.store, config.decrypt, output=outputs, request_keys=keys.requests)
     captures = [AfPacketCapture(interface, snaplen=config.capture.snaplen,
                                 buffer_bytes=config.capture.buffer_mb << 20, stop_event=stop, idle_marker=True,
                                 fanout_group=FANOUT_BASE + number if config.capture.workers > 1 else None)
@@ -141,7 +117,7 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
         if now - last_report < 1.0:
             return
         last_report = now
-        _fill(counters, pipeline, captures, reinject, receiver)
+        _fill(counters, engine, captures, reinject, receiver)
         try:
             connection.send(asdict(counters))
         except (BrokenPipeError, OSError):
@@ -154,35 +130,20 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
                 report()
 
     try:
-        pipeline.run(frames(), report)
+        engine.run(frames(), report)
     finally:
-        for follower in followers:
-            follower.stop()
-        pipeline.finish()
+        keys.stop_following()
+        engine.finish()
         if reinject is not None:
             reinject.close()
-        if receiver is not None:
-            receiver.close()
+        keys.close()
         last_report = 0.0
         report()
         flow_log.close()
 
 
-def _feed(config: Config, store: Any):  # type: ignore[no-untyped-def]
-    if not config.keys.feeds:
-        return None
-    from bridge.keyfeed.receiver import KeyFeedReceiver
-    from bridge.keyfeed.security import load_client
-    from bridge.keyfeed.subscriber import SubscriberConfig
-
-    client = None if config.keys.insecure else load_client(config.keys.server_key, config.keys.client_cert)
-    receiver = KeyFeedReceiver(store, SubscriberConfig(endpoints=list(config.keys.feeds), window=config.keys.window),
-                               client, ttl=config.keys.ttl)
-    return receiver.start(sync_timeout=10.0)
-
-
-def _fill(counters: WorkerCounters, pipeline: Pipeline, captures: list[Any], reinject: Any, receiver: Any) -> None:
-    packets, decryptor = pipeline.counters, pipeline.decryptor
+def _fill(counters: WorkerCounters, engine: Engine, captures: list[Any], reinject: Any, receiver: Any) -> None:
+    packets, decryptor = engine.counters, engine.decryptor
     counters.packets = packets.frames
     counters.tcp_segments = packets.tcp_segments
     counters.malformed = packets.malformed

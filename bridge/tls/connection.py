@@ -6,9 +6,16 @@ handshake (both TLS 1.2 and 1.3), installs record keys as soon as the secrets an
 the handshake allow, authenticates and decrypts every protected record, and
 returns the application data as :class:`ApplicationData` events.
 
-Secrets come from a lookup function (the key store) and may arrive after the
-records: protected records then wait in a bounded queue, and
-:meth:`TlsConnection.retry` (called when keys arrive) decrypts them.
+Secrets are given to the connection by its owner (the engine, from the key
+store): :meth:`TlsConnection.provide` for secrets by label,
+:meth:`TlsConnection.provide_handle` for those a key log names otherwise; the
+owner learns what to look up from :attr:`TlsConnection.client_random` and
+:attr:`TlsConnection.key_handles`.  Secrets may come after the records:
+protected records then wait in a bounded queue (:mod:`bridge.tls.record_layer`),
+and :meth:`TlsConnection.retry` decrypts them.
+
+Phases and their transitions are :mod:`bridge.tls.state`'s; the per-direction
+framing, protection and waiting queue are :mod:`bridge.tls.record_layer`'s.
 
 TLS 1.2 master secrets come from a ``CLIENT_RANDOM`` secret, the session cache,
 an ``RSA Session-ID:`` secret (by the ServerHello's session ID), or a
@@ -24,12 +31,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from bridge.errors import BridgeError, DecryptionError, RecordDecodeError, UnsupportedError
-from bridge.keylog import (
+from bridge.secrets import (
     CLIENT_EARLY_TRAFFIC_SECRET,
     CLIENT_HANDSHAKE_TRAFFIC_SECRET,
     CLIENT_RANDOM,
@@ -38,9 +44,10 @@ from bridge.keylog import (
     PMS_CLIENT_RANDOM,
     SERVER_HANDSHAKE_TRAFFIC_SECRET,
     SERVER_TRAFFIC_SECRET_0,
+    rsa_handle,
+    session_handle,
     traffic_secret_epoch,
 )
-from bridge.keystore import KeySet, SessionCache, rsa_handle, session_handle
 from bridge.tls import handshake as hs
 from bridge.tls.ciphersuites import CipherSuite, cipher_suite, cipher_suite_name
 from bridge.tls.keyschedule import (
@@ -51,6 +58,7 @@ from bridge.tls.keyschedule import (
     next_traffic_secret,
 )
 from bridge.tls.protection import RecordDecryptor12, RecordDecryptor13
+from bridge.tls.record_layer import KeyUpdateGap, PendingBudget, RecordLayer
 from bridge.tls.records import (
     CONTENT_ALERT,
     CONTENT_APPLICATION_DATA,
@@ -58,29 +66,13 @@ from bridge.tls.records import (
     CONTENT_HANDSHAKE,
     CONTENT_HEARTBEAT,
     Record,
-    RecordReader,
 )
+from bridge.tls.sessions import SessionCache
+from bridge.tls.state import Direction, Move, Phase, entering_protection, must_wait, tls13_protected
 
 
 #: What :meth:`TlsConnection.receive` returns when nothing changed.
 NOTHING: tuple = ()
-
-
-class Direction(enum.IntEnum):
-    C2S = 0
-    S2C = 1
-
-    @property
-    def peer(self) -> "Direction":
-        return Direction(1 - self)
-
-
-class Phase(enum.Enum):
-    PLAINTEXT = "plaintext"
-    EARLY = "early"  # TLS 1.3 client: 0-RTT data under the early traffic secret
-    HANDSHAKE = "handshake"  # TLS 1.3: handshake traffic secrets
-    ENCRYPTED = "encrypted"  # TLS 1.2 after ChangeCipherSpec; TLS 1.3 application secrets
-    STOPPED = "stopped"  # nothing more can be decrypted in this direction
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,48 +94,6 @@ class Status(enum.Enum):
     NO_HANDSHAKE = "no_handshake"
 
 
-@dataclass(slots=True)
-class DirectionState:
-    phase: Phase = Phase.PLAINTEXT
-    decryptor: RecordDecryptor12 | RecordDecryptor13 | None = None
-    #: TLS 1.3 secret of the current epoch (for KeyUpdate), never logged.
-    traffic_secret: bytes | None = field(default=None, repr=False)
-    reader: RecordReader = field(default_factory=RecordReader)
-    handshake: hs.HandshakeReader = field(default_factory=hs.HandshakeReader)
-    pending: deque[Record] = field(default_factory=deque)
-    pending_bytes: int = 0
-    records: int = 0
-    decrypted_records: int = 0
-    skipped_records: int = 0
-    alerts: int = 0
-    key_updates: int = 0
-    application_bytes: int = 0
-    started: bool = False
-    prefix: bytearray = field(default_factory=bytearray)
-    stop_reason: str | None = None
-    skip_reason: str | None = None
-    #: TLS 1.3: keys of a later epoch (``*_TRAFFIC_SECRET_N``) installed without
-    #: the earlier ones; records that fail with them were sent before that KeyUpdate.
-    catching_up: bool = False
-
-
-@dataclass(slots=True)
-class PendingBudget:
-    """Bytes of protected records waiting for keys, shared by every connection."""
-
-    limit: int = 256 * 1024 * 1024
-    used: int = 0
-
-    def reserve(self, size: int) -> bool:
-        if self.used + size > self.limit:
-            return False
-        self.used += size
-        return True
-
-    def release(self, size: int) -> None:
-        self.used -= size
-
-
 class _WaitForKeys(Exception):
     """Internal: the record cannot be processed until secrets arrive."""
 
@@ -152,15 +102,7 @@ class _SkipRecord(Exception):
     """Internal: the record cannot be decrypted, by design (reason in args)."""
 
 
-KeyLookup = Callable[[bytes], KeySet | None]
-#: Secrets a key log gives by handle (see :func:`bridge.keystore.rsa_handle`).
-HandleLookup = Callable[[bytes], bytes | None]
-
 _SIDE = {0: "CLIENT", 1: "SERVER"}
-
-
-def _no_handles(handle: bytes) -> bytes | None:
-    return None
 
 
 class TlsConnection:
@@ -168,17 +110,16 @@ class TlsConnection:
 
     def __init__(
         self,
-        keys: KeyLookup,
         *,
         sessions: SessionCache | None = None,
         budget: PendingBudget | None = None,
         max_pending_per_direction: int = 8 * 1024 * 1024,
-        handles: HandleLookup | None = None,
         clock: Callable[[], float] | None = None,
         on_held: Callable[[float], None] | None = None,
     ) -> None:
-        self._keys = keys
-        self._handles = handles if handles is not None else _no_handles
+        #: The connection's secrets by label, and those found by a handle (given by the owner).
+        self._secrets: dict[str, bytes] = {}
+        self._handle_secrets: dict[bytes, bytes] = {}
         #: With both: each record that waited for secrets and was then decrypted
         #: reports how long it waited (``on_held(seconds)``).
         self._clock = clock
@@ -186,7 +127,7 @@ class TlsConnection:
         self._sessions = sessions if sessions is not None else SessionCache()
         self._budget = budget if budget is not None else PendingBudget()
         self._max_pending = max_pending_per_direction
-        self.directions = (DirectionState(), DirectionState())
+        self.directions = (RecordLayer(), RecordLayer())
         self.client_hello: hs.ClientHello | None = None
         self.server_hello: hs.ServerHello | None = None
         self.hello_retry = False
@@ -262,6 +203,21 @@ class TlsConnection:
     def decrypted_any(self) -> bool:
         return any(state.decrypted_records for state in self.directions)
 
+    # --- secrets ---------------------------------------------------------------
+
+    def provide(self, secrets: Mapping[str, bytes]) -> None:
+        """Secrets of this connection by RFC 9850 label (its client random's);
+        call :meth:`retry` after, for the records that waited for them."""
+        self._secrets.update(secrets)
+
+    def provide_handle(self, handle: bytes, secret: bytes) -> None:
+        """A secret a key log names by one of :attr:`key_handles`."""
+        self._handle_secrets[handle] = secret
+
+    @property
+    def has_secrets(self) -> bool:
+        return bool(self._secrets or self._handle_secrets)
+
     # --- input -----------------------------------------------------------------
 
     def receive(self, direction: Direction, data: bytes, timestamp_ns: int = 0) -> Sequence[ApplicationData]:
@@ -271,9 +227,8 @@ class TlsConnection:
         a record still incomplete: nothing about the connection changed."""
         state = self.directions[direction]
         if state.started:
-            reader = state.reader
-            if len(reader._buffer) + len(data) < reader._need and state.phase is not Phase.STOPPED:
-                reader._buffer += data  # the hot path: the middle of a record
+            if state.in_middle_of_record(len(data)) and state.phase is not Phase.STOPPED:
+                state.buffer_more(data)  # the hot path: the middle of a record
                 return NOTHING
         if state.phase is Phase.STOPPED:
             return NOTHING
@@ -287,7 +242,7 @@ class TlsConnection:
             if not self._check_stream_start(direction, data):
                 return []
         try:
-            records = state.reader.feed(data)
+            records = state.feed(data)
         except RecordDecodeError as exc:
             self._stop(direction, Status.NOT_TLS if state.records == 0 else Status.PARTIAL, str(exc))
             return []
@@ -328,14 +283,13 @@ class TlsConnection:
         for direction in Direction:
             state = self.directions[direction]
             if state.pending:
-                state.skipped_records += len(state.pending)
-                self._release_pending(state)
+                state.skipped_records += state.release(self._budget)
                 self._stop(direction, status, reason)
 
     def release(self) -> None:
         """Return buffered bytes to the shared budget (connection is done)."""
         for state in self.directions:
-            self._release_pending(state)
+            state.release(self._budget)
 
     # --- status ----------------------------------------------------------------
 
@@ -381,9 +335,9 @@ class TlsConnection:
             self._process(direction, record, events)
         except _WaitForKeys:
             self._enqueue(direction, record)
-        except _SkipRecord as exc:
+        except (_SkipRecord, KeyUpdateGap) as exc:
             state.skipped_records += 1
-            state.skip_reason = str(exc)
+            state.skip_reason = _skip_reason(direction, exc)
         except DecryptionError as exc:
             state.skipped_records += 1
             self._stop(direction, Status.WRONG_KEY, f"{direction.name.lower()} {exc}")
@@ -394,21 +348,11 @@ class TlsConnection:
 
     def _enqueue(self, direction: Direction, record: Record) -> None:
         state = self.directions[direction]
-        size = len(record.fragment) + 5
-        if state.pending_bytes + size > self._max_pending or not self._budget.reserve(size):
-            state.skipped_records += len(state.pending) + 1
-            self._release_pending(state)
-            self._stop(direction, Status.NO_KEYS, "buffer for records waiting for secrets is full")
-            return
         if self._clock is not None:
             record.held_at = self._clock()
-        state.pending.append(record)
-        state.pending_bytes += size
-
-    def _release_pending(self, state: DirectionState) -> None:
-        self._budget.release(state.pending_bytes)
-        state.pending.clear()
-        state.pending_bytes = 0
+        if not state.enqueue(record, self._budget, self._max_pending):
+            state.skipped_records += state.release(self._budget) + 1
+            self._stop(direction, Status.NO_KEYS, "buffer for records waiting for secrets is full")
 
     def _drain(self, events: list[ApplicationData]) -> None:
         """Process waiting records of both directions in their order of arrival
@@ -438,38 +382,29 @@ class TlsConnection:
             self._process(direction, record, events)
         except _WaitForKeys:
             return False
-        except _SkipRecord as exc:
+        except (_SkipRecord, KeyUpdateGap) as exc:
             state.skipped_records += 1
-            state.skip_reason = str(exc)
+            state.skip_reason = _skip_reason(direction, exc)
         except DecryptionError as exc:
             state.skipped_records += 1
-            self._pop_pending(state)
+            state.pop(self._budget)
             self._stop(direction, Status.WRONG_KEY, f"{direction.name.lower()} {exc}")
             return True
         except (UnsupportedError, RecordDecodeError) as exc:
-            self._pop_pending(state)
+            state.pop(self._budget)
             status = Status.UNSUPPORTED if isinstance(exc, UnsupportedError) else Status.PARTIAL
             self._stop(direction, status, str(exc))
             return True
-        self._pop_pending(state)
+        state.pop(self._budget)
         if self._on_held is not None and state.decrypted_records > decrypted and self._clock is not None:
             self._on_held(self._clock() - record.held_at)
         return True
 
-    def _pop_pending(self, state: DirectionState) -> None:
-        record = state.pending.popleft()
-        size = len(record.fragment) + 5
-        state.pending_bytes -= size
-        self._budget.release(size)
-
     def _stop(self, direction: Direction, status: Status, reason: str) -> None:
         state = self.directions[direction]
-        state.phase = Phase.STOPPED
+        state.move(Move.STOP)
         state.stop_reason = reason
-        skipped_pending = len(state.pending)
-        if skipped_pending:
-            state.skipped_records += skipped_pending
-            self._release_pending(state)
+        state.skipped_records += state.release(self._budget)
         if self.failure is None or _SEVERITY[status] > _SEVERITY[self.failure[0]]:
             self.failure = (status, reason)
 
@@ -481,7 +416,8 @@ class TlsConnection:
         if content_type == CONTENT_CHANGE_CIPHER_SPEC:
             self._change_cipher_spec(direction)
             return
-        if state.phase is Phase.PLAINTEXT and not self._tls13_protected(direction, record):
+        if state.phase is Phase.PLAINTEXT and not tls13_protected(
+                direction, content_type, version=self.version, early_data_offered=self.early_data_offered):
             if content_type == CONTENT_HANDSHAKE:
                 self._handshake_fragment(direction, record.fragment)
             elif content_type == CONTENT_ALERT:
@@ -503,66 +439,28 @@ class TlsConnection:
             raise RecordDecodeError(f"unknown inner content type {inner_type}")
 
     def _out_of_order(self, direction: Direction, record: Record) -> bool:
-        """A mirror may deliver one direction ahead of the other: server records
-        wait for the ClientHello, client records after the hello wait for the
-        ServerHello, and TLS 1.3 client handshake records for the server
-        Finished (the order of the transcript and of key installation)."""
-        if direction is Direction.S2C:
-            return self.client_hello is None
-        if self.server_hello is None:
-            return (
-                self.client_hello is not None
-                and record.content_type != CONTENT_HANDSHAKE
-                and record.content_type != CONTENT_ALERT
-            )
-        return (
-            self.version == hs.TLS13
-            and self._server_finished_hash is None
-            and record.content_type == CONTENT_APPLICATION_DATA
-            and self.directions[Direction.C2S].phase in (Phase.PLAINTEXT, Phase.HANDSHAKE)
-            and self.early_data_accepted is not True
-        )
-
-    def _tls13_protected(self, direction: Direction, record: Record) -> bool:
-        """TLS 1.3 protected records (outer type application_data), including
-        0-RTT records the client sends before the ServerHello."""
-        if record.content_type != CONTENT_APPLICATION_DATA:
-            return False
-        if self.version == hs.TLS13:
-            return True
-        return self.version is None and direction is Direction.C2S and self.early_data_offered
+        """Must the record wait for the other direction (:func:`bridge.tls.state.must_wait`)?"""
+        return must_wait(direction, record.content_type, client_hello=self.client_hello is not None,
+                         server_hello=self.server_hello is not None, version=self.version,
+                         server_finished=self._server_finished_hash is not None,
+                         client_phase=self.directions[Direction.C2S].phase,
+                         early_data_accepted=self.early_data_accepted)
 
     def _decrypt(self, direction: Direction, record: Record) -> tuple[int, bytes]:
         state = self.directions[direction]
         if state.phase is Phase.PLAINTEXT:
-            self._enter_protected_phase(direction)
+            move = entering_protection(direction, version=self.version, early_data_offered=self.early_data_offered,
+                                       early_data_accepted=self.early_data_accepted)
+            if move is None:
+                raise RecordDecodeError("protected record before ChangeCipherSpec")
+            state.move(move)
         if state.phase is Phase.EARLY:
             return self._decrypt_early(direction, record)
         if state.decryptor is None:
             self._install(direction)
             if state.decryptor is None:
                 raise _WaitForKeys()
-        if state.catching_up:
-            try:
-                result = state.decryptor.decrypt(record.content_type, record.version, record.fragment)
-            except DecryptionError:
-                raise _SkipRecord(
-                    f"{direction.name.lower()} records sent before KeyUpdate {state.key_updates}: "
-                    "no earlier traffic secret in the key log"
-                ) from None
-            state.catching_up = False
-            return result
-        return state.decryptor.decrypt(record.content_type, record.version, record.fragment)
-
-    def _enter_protected_phase(self, direction: Direction) -> None:
-        state = self.directions[direction]
-        if self.version == hs.TLS13 or (self.version is None and self.early_data_offered):
-            if direction is Direction.C2S and self.early_data_offered and self.early_data_accepted is not False:
-                state.phase = Phase.EARLY
-            else:
-                state.phase = Phase.HANDSHAKE
-        else:
-            raise RecordDecodeError("protected record before ChangeCipherSpec")
+        return state.decrypt(record)
 
     def _decrypt_early(self, direction: Direction, record: Record) -> tuple[int, bytes]:
         """0-RTT: trial decryption as the server does it — the early traffic key
@@ -586,8 +484,8 @@ class TlsConnection:
             if state.decryptor is None:
                 raise _SkipRecord("0-RTT data without CLIENT_EARLY_TRAFFIC_SECRET") from None
             raise
-        state.phase = Phase.HANDSHAKE
-        state.decryptor = handshake_decryptor
+        state.move(Move.HANDSHAKE_KEYS)
+        state.set_keys(handshake_decryptor)
         return result
 
     # --- handshake ---------------------------------------------------------------
@@ -650,8 +548,8 @@ class TlsConnection:
             if not self.early_data_offered or not hello.accepts_psk:
                 self.early_data_accepted = False
             self._hello_hash = hashlib.new(suite.prf_hash, b"".join(self._transcript)).digest()
+            self.directions[Direction.S2C].move(Move.HANDSHAKE_KEYS)
             self._install(Direction.S2C)
-            self.directions[Direction.S2C].phase = Phase.HANDSHAKE
         else:
             if self.client_hello is not None:
                 client_id = self.client_hello.session_id
@@ -694,42 +592,36 @@ class TlsConnection:
 
     def _on_end_of_early_data(self, direction: Direction, message: hs.HandshakeMessage) -> None:
         state = self.directions[direction]
-        state.phase = Phase.HANDSHAKE
-        state.decryptor = None
-        state.traffic_secret = None
+        state.move(Move.HANDSHAKE_KEYS)
+        state.clear_keys()
 
     def _on_key_update(self, direction: Direction, message: hs.HandshakeMessage) -> None:
         hs.parse_key_update(message.body)
         state = self.directions[direction]
         if self.suite is None or state.traffic_secret is None:
             raise RecordDecodeError("KeyUpdate before application traffic keys")
-        state.traffic_secret = next_traffic_secret(self.suite, state.traffic_secret)
-        state.decryptor = RecordDecryptor13(self.suite, state.traffic_secret)
+        secret = next_traffic_secret(self.suite, state.traffic_secret)
+        state.set_keys(RecordDecryptor13(self.suite, secret), traffic_secret=secret)
         state.key_updates += 1
 
     def _switch_to_application(self, direction: Direction) -> None:
         state = self.directions[direction]
-        state.phase = Phase.ENCRYPTED
-        state.decryptor = None
-        state.traffic_secret = None
+        state.move(Move.APPLICATION_KEYS)
+        state.clear_keys()
         self._install(direction)
 
     def _change_cipher_spec(self, direction: Direction) -> None:
         if self.version == hs.TLS13 or (self.version is None and direction is Direction.C2S):
             return  # TLS 1.3 middlebox compatibility record
         state = self.directions[direction]
-        state.phase = Phase.ENCRYPTED
-        state.decryptor = None
+        state.move(Move.APPLICATION_KEYS)
+        state.clear_keys()
         self._install(direction)
 
     # --- keys ----------------------------------------------------------------------
 
     def _keyset_label(self, label: str) -> bytes | None:
-        random = self.client_random
-        if random is None:
-            return None
-        keyset = self._keys(random)
-        return keyset.get(label) if keyset is not None else None
+        return self._secrets.get(label) if self.client_random is not None else None
 
     def _handshake_secrets(self) -> tuple[bytes, bytes] | None:
         client = self._keyset_label(CLIENT_HANDSHAKE_TRAFFIC_SECRET)
@@ -769,18 +661,17 @@ class TlsConnection:
             if early is not None:
                 suite = self._early_suite()
                 if suite is not None:
-                    state.decryptor = RecordDecryptor13(suite, early)
+                    state.set_keys(RecordDecryptor13(suite, early))
             return
         if self.suite is None:
             return
         if self.version == hs.TLS13:
             if state.phase is Phase.HANDSHAKE:
-                state.decryptor = self._handshake_decryptor(direction)
+                state.set_keys(self._handshake_decryptor(direction))
             elif state.phase is Phase.ENCRYPTED:
                 secret = self._application_secrets()[direction]
                 if secret is not None:
-                    state.traffic_secret = secret
-                    state.decryptor = RecordDecryptor13(self.suite, secret)
+                    state.set_keys(RecordDecryptor13(self.suite, secret), traffic_secret=secret)
                 else:
                     self._install_later_epoch(direction)
             return
@@ -789,13 +680,11 @@ class TlsConnection:
 
     def _install_later_epoch(self, direction: Direction) -> None:
         """No ``*_TRAFFIC_SECRET_0``: the earliest later epoch the key log gives."""
-        random = self.client_random
-        keyset = self._keys(random) if random is not None else None
-        if keyset is None or self.suite is None:
+        if self.client_random is None or self.suite is None:
             return
         side = _SIDE[direction]
         epochs = []
-        for label, secret in list(keyset.secrets.items()):
+        for label, secret in list(self._secrets.items()):
             epoch = traffic_secret_epoch(label)
             if epoch is not None and epoch[0] == side and epoch[1] > 0 and len(secret) == self.suite.hash_length:
                 epochs.append((epoch[1], secret))
@@ -803,10 +692,8 @@ class TlsConnection:
             return
         epoch, secret = min(epochs)
         state = self.directions[direction]
-        state.traffic_secret = secret
-        state.decryptor = RecordDecryptor13(self.suite, secret)
+        state.set_keys(RecordDecryptor13(self.suite, secret), traffic_secret=secret, catching_up=True)
         state.key_updates = epoch
-        state.catching_up = True
 
     def _early_suite(self) -> CipherSuite | None:
         """0-RTT records use the suite of the PSK; OpenSSL offers it first."""
@@ -831,9 +718,8 @@ class TlsConnection:
             server_random=self.server_hello.random,
         )
         keys = client_keys if direction is Direction.C2S else server_keys
-        self.directions[direction].decryptor = RecordDecryptor12(
-            self.suite, keys, encrypt_then_mac=self.server_hello.encrypt_then_mac
-        )
+        self.directions[direction].set_keys(
+            RecordDecryptor12(self.suite, keys, encrypt_then_mac=self.server_hello.encrypt_then_mac))
         self._master_secret = master
         self._sessions.remember(self.server_hello.session_id, master)
         self._sessions.remember(self._pending_ticket, master)
@@ -851,7 +737,7 @@ class TlsConnection:
             if master is not None:
                 return master
         if self.server_hello.session_id:
-            master = self._handles(session_handle(self.server_hello.session_id))
+            master = self._handle_secrets.get(session_handle(self.server_hello.session_id))
             if master is not None:
                 return master
         pre_master = self._pre_master_secret()
@@ -871,7 +757,7 @@ class TlsConnection:
         if pre_master is not None:
             return pre_master
         encrypted = self._encrypted_pre_master()
-        return self._handles(rsa_handle(encrypted)) if encrypted is not None else None
+        return self._handle_secrets.get(rsa_handle(encrypted)) if encrypted is not None else None
 
     def _encrypted_pre_master(self) -> bytes | None:
         """A static-RSA ClientKeyExchange's EncryptedPreMasterSecret (RFC 5246 §7.4.7.1)."""
@@ -881,6 +767,12 @@ class TlsConnection:
         if len(body) >= 2 and int.from_bytes(body[:2], "big") == len(body) - 2:
             body = body[2:]
         return body if len(body) >= 8 else None
+
+
+def _skip_reason(direction: Direction, exc: Exception) -> str:
+    if isinstance(exc, KeyUpdateGap):
+        return f"{direction.name.lower()} {exc}"
+    return str(exc)
 
 
 _SEVERITY = {
@@ -911,6 +803,8 @@ __all__ = [
     "BridgeError",
     "Direction",
     "PendingBudget",
+    "Phase",
+    "SessionCache",
     "Status",
     "TlsConnection",
 ]

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.capture.pcapfile import read_capture
-from bridge.decrypt_command import Pipeline
-from bridge.decryptor import Decryptor, DecryptorConfig, Event, FlowFinished, PlaintextData
-from bridge.keylog import read_keylog
-from bridge.keystore import KeyStore
-from bridge.tls.connection import Direction
+from bridge.engine.engine import Engine
+from bridge.engine.settings import EngineSettings
+from bridge.engine.events import Event, FlowFinished, PlaintextData
+from bridge.keys.keylog import read_keylog
+from bridge.keys.store import KeyStore
+from bridge.tls.state import Direction
 
 
 @dataclass
@@ -31,7 +32,7 @@ class DecryptedFlow:
 @dataclass
 class DecryptResult:
     flows: list[DecryptedFlow] = field(default_factory=list)
-    pipeline: Pipeline | None = None
+    engine: Engine | None = None
 
     def by_endpoints(self, client: str, server: str) -> DecryptedFlow:
         matches = [f for f in self.flows if f.record["client"] == client and f.record["server"] == server]
@@ -70,16 +71,16 @@ def keystore_from(*keylogs: str | os.PathLike) -> KeyStore:
     return store
 
 
-def decrypt_frames(frames, store: KeyStore, config: DecryptorConfig | None = None) -> DecryptResult:
+def decrypt_frames(frames, store: KeyStore, config: EngineSettings | None = None) -> DecryptResult:
     collector = Collector()
-    pipeline = Pipeline(Decryptor(store, config), [collector])
-    pipeline.run(frames)
-    pipeline.finish()
-    collector.result.pipeline = pipeline
+    engine = Engine(store, config, output=collector)
+    engine.run(frames)
+    engine.finish()
+    collector.result.engine = engine
     return collector.result
 
 
-def decrypt_capture(pcap: str | os.PathLike, *keylogs: str | os.PathLike, config: DecryptorConfig | None = None) -> DecryptResult:
+def decrypt_capture(pcap: str | os.PathLike, *keylogs: str | os.PathLike, config: EngineSettings | None = None) -> DecryptResult:
     return decrypt_frames(read_capture(pcap), keystore_from(*keylogs), config)
 
 
@@ -105,3 +106,18 @@ def decrypt_cli(capture: Path, keylog: Path, workdir: Path, *extra: str) -> list
     )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in flows.read_text().splitlines()]
+
+
+def summary_for(info, *, ts_end_ns: int | None = None, status: str = "decrypted"):  # type: ignore[no-untyped-def]
+    """A minimal :class:`~bridge.engine.summary.FlowSummary` of a flow (for output tests)."""
+    from bridge.engine.summary import DirectionSummary, FlowSummary
+
+    empty = DirectionSummary(0, "", 0, 0, 0, 0, 0, 0, 0, 0)
+    ts_end = round((ts_end_ns if ts_end_ns is not None else info.first_timestamp_ns) / 1e9, 6)
+    return FlowSummary(
+        flow_id=info.flow_id, ts_start=round(info.first_timestamp_ns / 1e9, 6), ts_end=ts_end, client=info.client,
+        server=info.server, status=status, reason="", ended_by="fin", handshake_seen=True, client_random=None,
+        tls_version=None, cipher_suite=None, sni=None, alpn=None, alpn_offered=[], resumed=False,
+        hello_retry_request=False, early_data_offered=False, early_data_accepted=False, encrypt_then_mac=False,
+        extended_master_secret=False, server_random=None, session_id=False, session_ticket=False,
+        session_tickets_issued=0, key_updates=0, certificates=[], key_origin=None, c2s=empty, s2c=empty)

@@ -1,12 +1,16 @@
-"""The decryptor: TCP segments in, per-connection plaintext events and flow records out.
+"""The decryptor: TCP segments in, per-connection events out.
 
-Sans-I/O: :meth:`Decryptor.process` takes one decoded :class:`~bridge.packets.TcpSegment`
-and returns the events it caused; time is the segments' capture time (``now`` for
-:meth:`Decryptor.tick`).  Capture, key feeds and outputs are drivers around it.
+Sans-I/O: :meth:`Decryptor.process` takes one decoded :class:`~bridge.engine.packets.TcpSegment`
+and returns the events it caused (:mod:`bridge.engine.events`); time is the
+segments' capture time (``now`` for :meth:`Decryptor.tick`).  Capture, key
+feeds and outputs are drivers around it (:class:`bridge.engine.engine.Engine`).
 
 Per connection: a flow (both directions, client = SYN sender, else the
-ClientHello sender), a :class:`~bridge.tcp.StreamReassembler` per direction, and a
-:class:`~bridge.tls.connection.TlsConnection`.
+ClientHello sender), a :class:`~bridge.engine.tcp.StreamReassembler` per
+direction, and a :class:`~bridge.tls.connection.TlsConnection`, to which the
+decryptor gives the connection's secrets from the key store: when its client
+random becomes known, when a key log names it by a handle, and when secrets
+arrive (:meth:`Decryptor.keys_arrived`).
 
 Bounded memory whatever an attacker sends: at most ``max_flows`` flows (the least
 recently active is evicted and logged), out-of-order bytes per direction, and the
@@ -23,91 +27,24 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bridge.engine.events import Event, FlowFinished, FlowInfo, FlowStarted, KeysWanted, PlaintextData
+from bridge.engine.packets import ACK, FIN, RST, SYN, TcpSegment
+from bridge.engine.settings import EngineSettings
+from bridge.engine.summary import DirectionSummary, FlowSummary
+from bridge.engine.tcp import Gap, StreamReassembler
 from bridge.histogram import Histogram
-from bridge.keystore import KeyStore, SessionCache
-from bridge.packets import ACK, FIN, RST, SYN, TcpSegment, format_endpoint
-from bridge.tcp import Gap, StreamReassembler
+from bridge.keys.store import KeyStore
 from bridge.tls import handshake as hs
 from bridge.tls.certificates import describe_chain
-from bridge.tls.connection import NOTHING, Direction, PendingBudget, Status, TlsConnection
+from bridge.tls.connection import NOTHING, PendingBudget, SessionCache, Status, TlsConnection
+from bridge.tls.sniff import CLIENT_HELLO, SERVER_HELLO, hello_type
+from bridge.tls.state import Direction
 
 NS = 1_000_000_000
 _LRU_GRANULARITY_NS = NS // 10
 _CONTROL_FLAGS = SYN | FIN | RST
 
-
-@dataclass(frozen=True, slots=True)
-class FlowInfo:
-    """Identity of one TCP connection, oriented client → server."""
-
-    flow_id: int
-    ip_version: int
-    client_ip: bytes
-    client_port: int
-    server_ip: bytes
-    server_port: int
-    first_timestamp_ns: int
-
-    @property
-    def client(self) -> str:
-        return format_endpoint(self.client_ip, self.client_port)
-
-    @property
-    def server(self) -> str:
-        return format_endpoint(self.server_ip, self.server_port)
-
-
-@dataclass(frozen=True, slots=True)
-class PlaintextData:
-    """Decrypted application data of one direction, in stream order."""
-
-    flow: FlowInfo
-    direction: Direction
-    data: bytes = field(repr=False)
-    timestamp_ns: int
-
-
-@dataclass(frozen=True, slots=True)
-class FlowFinished:
-    """A connection is over; ``record`` is its flow log line (a JSON-ready dict)."""
-
-    flow: FlowInfo
-    ended_by: str  # "fin", "rst", "idle", "evicted", "end_of_capture"
-    record: dict[str, object]
-
-
-@dataclass(frozen=True, slots=True)
-class KeysWanted:
-    """A TLS connection began (its ClientHello is parsed) and the key store has no
-    secrets for it (once per connection; with :attr:`DecryptorConfig.request_keys`):
-    a driver asks the harvesters for them over the key feed.  Once more with
-    ``ended`` when the connection ends still without them: a harvester stops
-    searching memory where the connection no longer is."""
-
-    flow: FlowInfo
-    client_random: bytes
-    ended: bool = False
-
-
-Event = PlaintextData | FlowFinished | KeysWanted
-
-
-@dataclass(slots=True)
-class DecryptorConfig:
-    max_flows: int = 200_000
-    idle_timeout: float = 300.0
-    key_wait: float = 30.0
-    max_out_of_order_bytes: int = 4 * 1024 * 1024
-    max_pending_per_direction: int = 8 * 1024 * 1024
-    max_pending_total: int = 256 * 1024 * 1024
-    recently_closed: int = 65_536
-    #: After a RST, how long (capture time) data still missing before it may
-    #: arrive: a mirror reorders, so the last segments can come after the RST.
-    rst_grace: float = 1.0
-    #: Drop a connection's secrets from the key store when it is logged.
-    forget_keys: bool = True
-    #: Emit :class:`KeysWanted` for a connection whose secrets are not in the store.
-    request_keys: bool = False
+__all__ = ["NS", "Decryptor", "DecryptorStats"]
 
 
 @dataclass(slots=True)
@@ -142,7 +79,7 @@ class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
         "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns", "keys_requested", "end_reported",
-        "hello_seen",
+        "hello_seen", "handles_given",
     )
 
     def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
@@ -163,15 +100,21 @@ class _Flow:
         self.keys_requested = False
         self.end_reported = False
         self.hello_seen = False
+        #: Key handles already looked up in the store for this connection.
+        self.handles_given: tuple[bytes, ...] = ()
 
 
 class Decryptor:
     def __init__(
-        self, keys: KeyStore, config: DecryptorConfig | None = None, *, clock: Callable[[], float] = time.monotonic
+        self, keys: KeyStore, config: EngineSettings | None = None, *, request_keys: bool = False,
+        clock: Callable[[], float] = time.monotonic
     ) -> None:
-        """``clock`` (seconds) times the key lag and the records' waits, on the
-        machine's clock: secrets arrive in real time, whatever the capture's."""
-        self.config = config or DecryptorConfig()
+        """``request_keys``: emit :class:`KeysWanted` for connections whose secrets
+        are not in the store (a key feed carries the requests).  ``clock``
+        (seconds) times the key lag and the records' waits, on the machine's
+        clock: secrets arrive in real time, whatever the capture's."""
+        self.config = config or EngineSettings()
+        self.request_keys = request_keys
         self.clock = clock
         self.keys = keys
         self.sessions = SessionCache()
@@ -255,11 +198,9 @@ class Decryptor:
         )
         self._next_id += 1
         tls = TlsConnection(
-            self.keys.lookup,
             sessions=self.sessions,
             budget=self.budget,
             max_pending_per_direction=self.config.max_pending_per_direction,
-            handles=self.keys.lookup_handle,
             clock=self.clock,
             on_held=self.stats.record_hold.observe,
         )
@@ -270,6 +211,7 @@ class Decryptor:
         self._by_tuple[c2s_key] = (flow, Direction.C2S)
         self._by_tuple[s2c_key] = (flow, Direction.S2C)
         self._flows[info.flow_id] = flow
+        events.append(FlowStarted(info))
         while len(self._flows) > self.config.max_flows:
             _, oldest = next(iter(self._flows.items()))
             self.stats.flows_evicted += 1
@@ -338,6 +280,11 @@ class Decryptor:
         if not flow.hello_seen:
             self._hello_seen(flow, events)
         if changed:
+            if tls.waiting_for_keys and (flow.waiting_since_ns is None or tls.key_handles != flow.handles_given):
+                # It begins to wait (or may now be found by another handle): what the store has is given first.
+                if self._give_secrets(flow):
+                    for data in tls.retry():
+                        self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
             if flow.waiting_since_ns is not None or tls.waiting_for_keys:
                 self._track_waiting(flow)
             flow.tls_active = not tls.stopped
@@ -358,17 +305,43 @@ class Decryptor:
         if random is None:
             return
         flow.hello_seen = True
-        known = self.keys.lookup(random) is not None
+        secrets = self.keys.lookup(random)
+        known = secrets is not None
         if known:
             self.stats.key_lag.observe(0.0)
+            flow.tls.provide(secrets.secrets)
+            if flow.tls.waiting_for_keys:  # records that came with the hello
+                for data in flow.tls.retry():
+                    self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
         else:
             self._lagging[random] = self.clock()
-        if not self.config.request_keys:
+        if not self.request_keys:
             return
         flow.keys_requested = True
         if not known:
             self.stats.keys_wanted += 1
             events.append(KeysWanted(flow.info, random))
+
+    def _give_secrets(self, flow: _Flow) -> bool:
+        """The store's secrets for the connection, by client random and by handle: True if any."""
+        random = flow.tls.client_random
+        secrets = self.keys.lookup(random) if random is not None else None
+        if secrets is not None:
+            flow.tls.provide(secrets.secrets)
+        return self._give_handles(flow) or secrets is not None
+
+    def _give_handles(self, flow: _Flow) -> bool:
+        """Secrets a key log names by one of the connection's handles (an RSA line
+        by its encrypted pre-master, a session ID): True if any was given."""
+        handles = flow.tls.key_handles
+        flow.handles_given = handles
+        given = False
+        for handle in handles:
+            secret = self.keys.lookup_handle(handle)
+            if secret is not None:
+                flow.tls.provide_handle(handle, secret)
+                given = True
+        return given
 
     def _report_end(self, flow: _Flow, events: list[Event]) -> None:
         flow.end_reported = True
@@ -405,13 +378,18 @@ class Decryptor:
             if hello_at is not None:
                 self.stats.key_lag.observe(self.clock() - hello_at)
             flow = self._waiting.get(random)
-            if flow is None:
+            if flow is not None:
+                secrets = self.keys.lookup(random)
+                if secrets is not None:
+                    flow.tls.provide(secrets.secrets)
+            else:
                 flow = self._waiting_handles.get(random)
                 if flow is None:
                     continue
                 hello_at = self._lagging.pop(flow.tls.client_random or b"", None)  # an RSA key log line
                 if hello_at is not None:
                     self.stats.key_lag.observe(self.clock() - hello_at)
+                self._give_handles(flow)
             for data in flow.tls.retry():
                 self._emit(flow, data.direction, data.data, data.timestamp_ns, events)
             self._track_waiting(flow)
@@ -499,21 +477,19 @@ class Decryptor:
             self._closed[key] = None
         while len(self._closed) > self.config.recently_closed:
             self._closed.popitem(last=False)
-        record = flow_record(flow, ended_by, key_origin)
-        status = str(record["status"])
-        self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
-        events.append(FlowFinished(info, ended_by, record))
+        summary = flow_summary(flow, ended_by, key_origin)
+        self.stats.statuses[summary.status] = self.stats.statuses.get(summary.status, 0) + 1
+        events.append(FlowFinished(info, ended_by, summary))
 
 
 def _payload_from_client(segment: TcpSegment) -> bool:
     """Orientation without a SYN: a ClientHello comes from the client, a
     ServerHello from the server; otherwise the higher port is the client's."""
-    payload = segment.payload
-    if len(payload) >= 6 and payload[0] == 22 and payload[1] == 3:
-        if payload[5] == hs.CLIENT_HELLO:
-            return True
-        if payload[5] == hs.SERVER_HELLO:
-            return False
+    kind = hello_type(segment.payload)
+    if kind == CLIENT_HELLO:
+        return True
+    if kind == SERVER_HELLO:
+        return False
     return segment.sport >= segment.dport
 
 
@@ -521,8 +497,8 @@ def _iso(timestamp_ns: int) -> float:
     return round(timestamp_ns / NS, 6)
 
 
-def flow_record(flow: _Flow, ended_by: str, key_origin: dict[str, object] | None = None) -> dict[str, object]:
-    """The flow log line of a finished flow."""
+def flow_summary(flow: _Flow, ended_by: str, key_origin: dict[str, object] | None = None) -> FlowSummary:
+    """What the flow log says of a finished flow."""
     tls = flow.tls
     status, reason = tls.status()
     if not flow.syn_seen and tls.client_hello is None:
@@ -535,49 +511,45 @@ def flow_record(flow: _Flow, ended_by: str, key_origin: dict[str, object] | None
     client_hello = tls.client_hello
     server_hello = tls.server_hello
     info = flow.info
-    record: dict[str, object] = {
-        "flow_id": info.flow_id,
-        "ts_start": _iso(info.first_timestamp_ns),
-        "ts_end": _iso(flow.last_ns),
-        "client": info.client,
-        "server": info.server,
-        "status": status.value,
-        "reason": reason,
-        "ended_by": ended_by,
-        "handshake_seen": flow.syn_seen,
-        "client_random": client_hello.random.hex() if client_hello else None,
-        "tls_version": hs.version_name(tls.version) if tls.version else None,
-        "cipher_suite": tls.suite_name,
-        "sni": client_hello.sni if client_hello else None,
-        "alpn": server_hello.alpn if server_hello else None,
-        "alpn_offered": client_hello.alpn if client_hello else [],
-        "resumed": tls.resumed,
-        "hello_retry_request": tls.hello_retry,
-        "early_data": {"offered": tls.early_data_offered, "accepted": bool(tls.early_data_accepted)},
-        "encrypt_then_mac": bool(server_hello and server_hello.encrypt_then_mac and tls.version == hs.TLS12),
-        "extended_master_secret": bool(server_hello and server_hello.extended_master_secret),
-        "server_random": server_hello.random.hex() if server_hello else None,
-        "session_id": bool(server_hello and server_hello.session_id),
-        "session_ticket": bool(client_hello and client_hello.session_ticket) or tls.session_tickets > 0,
-        "session_tickets_issued": tls.session_tickets,
-        "key_updates": sum(state.key_updates for state in tls.directions),
-        "certificates": describe_chain(tls.certificates),
-        "key_origin": key_origin,
-    }
+    directions = []
     for direction in Direction:
         stats = flow.stats[direction]
         state = tls.directions[direction]
         reassembly = flow.reassembly[direction].stats
-        record[direction.name.lower()] = {
-            "bytes": stats.bytes,
-            "sha256": stats.sha256.hexdigest(),
-            "packets": stats.packets,
-            "records": state.records,
-            "decrypted_records": state.decrypted_records,
-            "skipped_records": state.skipped_records,
-            "alerts": state.alerts,
-            "key_updates": state.key_updates,
-            "gap_bytes": reassembly.gap_bytes,
-            "retransmitted_bytes": reassembly.retransmitted_bytes,
-        }
-    return record
+        directions.append(DirectionSummary(
+            bytes=stats.bytes, sha256=stats.sha256.hexdigest(), packets=stats.packets, records=state.records,
+            decrypted_records=state.decrypted_records, skipped_records=state.skipped_records, alerts=state.alerts,
+            key_updates=state.key_updates, gap_bytes=reassembly.gap_bytes,
+            retransmitted_bytes=reassembly.retransmitted_bytes))
+    return FlowSummary(
+        flow_id=info.flow_id,
+        ts_start=_iso(info.first_timestamp_ns),
+        ts_end=_iso(flow.last_ns),
+        client=info.client,
+        server=info.server,
+        status=status.value,
+        reason=reason,
+        ended_by=ended_by,
+        handshake_seen=flow.syn_seen,
+        client_random=client_hello.random.hex() if client_hello else None,
+        tls_version=hs.version_name(tls.version) if tls.version else None,
+        cipher_suite=tls.suite_name,
+        sni=client_hello.sni if client_hello else None,
+        alpn=server_hello.alpn if server_hello else None,
+        alpn_offered=list(client_hello.alpn) if client_hello else [],
+        resumed=tls.resumed,
+        hello_retry_request=tls.hello_retry,
+        early_data_offered=tls.early_data_offered,
+        early_data_accepted=bool(tls.early_data_accepted),
+        encrypt_then_mac=bool(server_hello and server_hello.encrypt_then_mac and tls.version == hs.TLS12),
+        extended_master_secret=bool(server_hello and server_hello.extended_master_secret),
+        server_random=server_hello.random.hex() if server_hello else None,
+        session_id=bool(server_hello and server_hello.session_id),
+        session_ticket=bool(client_hello and client_hello.session_ticket) or tls.session_tickets > 0,
+        session_tickets_issued=tls.session_tickets,
+        key_updates=sum(state.key_updates for state in tls.directions),
+        certificates=describe_chain(tls.certificates),
+        key_origin=key_origin,
+        c2s=directions[0],
+        s2c=directions[1],
+    )

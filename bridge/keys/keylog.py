@@ -20,8 +20,8 @@ Every other line Wireshark reads is read too, and used by the decryptor:
 * ``CLIENT_TRAFFIC_SECRET_N`` / ``SERVER_TRAFFIC_SECRET_N`` for N > 0, which
   some libraries write after a KeyUpdate.
 
-:data:`FEED_LABELS` are the labels a key feed record carries (RFC 9850's and
-``HANDSHAKE_SECRET``): the pre-master and RSA forms never go on the feed.
+The labels are :mod:`bridge.secrets`'s; :data:`~bridge.secrets.FEED_LABELS` are
+those a key feed record carries: the pre-master and RSA forms never go on the feed.
 """
 
 from __future__ import annotations
@@ -33,67 +33,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from bridge.errors import KeyLogFormatError
-
-CLIENT_RANDOM = "CLIENT_RANDOM"
-CLIENT_EARLY_TRAFFIC_SECRET = "CLIENT_EARLY_TRAFFIC_SECRET"
-EARLY_EXPORTER_SECRET = "EARLY_EXPORTER_SECRET"
-CLIENT_HANDSHAKE_TRAFFIC_SECRET = "CLIENT_HANDSHAKE_TRAFFIC_SECRET"
-SERVER_HANDSHAKE_TRAFFIC_SECRET = "SERVER_HANDSHAKE_TRAFFIC_SECRET"
-CLIENT_TRAFFIC_SECRET_0 = "CLIENT_TRAFFIC_SECRET_0"
-SERVER_TRAFFIC_SECRET_0 = "SERVER_TRAFFIC_SECRET_0"
-EXPORTER_SECRET = "EXPORTER_SECRET"
-#: Our own label: the TLS 1.3 handshake secret (RFC 8446 §7.1 "Handshake Secret").
-HANDSHAKE_SECRET = "HANDSHAKE_SECRET"
-#: TLS 1.2 pre-master secret by client random (Wireshark's key log form).
-PMS_CLIENT_RANDOM = "PMS_CLIENT_RANDOM"
-#: ``RSA <encrypted pre-master secret, first 8 bytes> <pre-master secret>``.
-RSA = "RSA"
-#: ``RSA Session-ID:<id> Master-Key:<master secret>`` (the line's label is ``RSA``).
-RSA_SESSION_ID = "RSA_SESSION_ID"
-
-#: The labels of a key feed record: RFC 9850's and our HANDSHAKE_SECRET.
-FEED_LABELS = KNOWN_LABELS = frozenset(
-    {
-        CLIENT_RANDOM,
-        CLIENT_EARLY_TRAFFIC_SECRET,
-        EARLY_EXPORTER_SECRET,
-        CLIENT_HANDSHAKE_TRAFFIC_SECRET,
-        SERVER_HANDSHAKE_TRAFFIC_SECRET,
-        CLIENT_TRAFFIC_SECRET_0,
-        SERVER_TRAFFIC_SECRET_0,
-        EXPORTER_SECRET,
-        HANDSHAKE_SECRET,
-    }
+from bridge.secrets import (
+    CLIENT_RANDOM,
+    PMS_CLIENT_RANDOM,
+    RSA,
+    RSA_HANDLE_LENGTH,
+    RSA_SESSION_ID,
+    is_known_label,
 )
+
+#: Secret lengths by label (TLS 1.2 master secrets, and RSA forms: 48 bytes).
 _SECRET_LENGTHS = {CLIENT_RANDOM: (48,), RSA: (48,), RSA_SESSION_ID: (48,)}
 _DEFAULT_LENGTHS = (32, 48)
 #: Pre-master secrets of (EC)DHE can have many lengths; RSA's has 48 bytes.
 _MAX_PRE_MASTER = 1024
-#: The first bytes of the encrypted pre-master secret an ``RSA`` line names.
-RSA_HANDLE_LENGTH = 8
-_TRAFFIC_SECRET_N = re.compile(r"(CLIENT|SERVER)_TRAFFIC_SECRET_([1-9][0-9]{0,9})")
 _SESSION_FORM = re.compile(r"Session-ID:([0-9A-Fa-f]*)")
 _MASTER_FORM = re.compile(r"Master-Key:([0-9A-Fa-f]*)")
-
-
-def traffic_secret_label(direction: str, epoch: int) -> str:
-    """``CLIENT_TRAFFIC_SECRET_<epoch>`` (``direction`` "CLIENT" or "SERVER")."""
-    return f"{direction}_TRAFFIC_SECRET_{epoch}"
-
-
-def traffic_secret_epoch(label: str) -> tuple[str, int] | None:
-    """("CLIENT"|"SERVER", N) for a ``*_TRAFFIC_SECRET_N`` label, else None."""
-    match = _TRAFFIC_SECRET_N.fullmatch(label)
-    return (match[1], int(match[2])) if match else None
-
-
-def is_known_label(label: str) -> bool:
-    """A label the decryptor uses (feed labels, the pre-master forms, later epochs)."""
-    return (
-        label in KNOWN_LABELS
-        or label in (PMS_CLIENT_RANDOM, RSA, RSA_SESSION_ID)
-        or traffic_secret_epoch(label) is not None
-    )
 
 
 @dataclass(frozen=True, slots=True, repr=False)

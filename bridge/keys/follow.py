@@ -1,6 +1,6 @@
 """Follow a key log file while an application writes it (``tail -f``), handing
 each batch of new entries to a callback (the key store, or the key feed
-publisher).  A thin driver around :func:`bridge.keylog.parse_lines`.
+publisher).  A thin driver around :func:`bridge.keys.keylog.parse_lines`.
 
 Handles a file that does not exist yet, partial last lines (kept until their
 newline arrives), truncation and replacement (rotation): the file is reopened
@@ -13,8 +13,8 @@ import os
 import threading
 from collections.abc import Callable
 
-from bridge.keylog import KeyLogEntry, KeyLogStats, parse_lines
-from bridge.keystore import KeyStore
+from bridge.keys.keylog import KeyLogEntry, KeyLogStats, parse_lines
+from bridge.keys.store import KeyStore
 
 EntriesSink = Callable[[list[KeyLogEntry]], None]
 

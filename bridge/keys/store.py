@@ -1,6 +1,5 @@
-"""The key store: TLS secrets by client random, filled by key log files or a live
-feed while packets flow, plus the session memory that lets resumed TLS 1.2
-connections find the master secret of the connection that created the session.
+"""The key store: each connection's :class:`~bridge.secrets.ConnectionSecrets` by
+client random, filled by key log files or a live feed while packets flow.
 
 Thread-safe: a feed thread may :meth:`KeyStore.add` while the packet loop reads.
 The packet loop learns about new arrivals with :meth:`KeyStore.take_arrivals`.
@@ -12,8 +11,8 @@ from key log files stay until their connection is done (:meth:`KeyStore.forget`)
 Secrets a key log gives by something other than the client random — ``RSA``
 lines (the encrypted pre-master secret's first 8 bytes) and ``RSA
 Session-ID:`` lines (the session ID) — are kept by a *handle*
-(:func:`rsa_handle`, :func:`session_handle`), bounded the same way; their
-arrivals are reported by handle too.
+(:func:`~bridge.secrets.rsa_handle`, :func:`~bridge.secrets.session_handle`),
+bounded the same way; their arrivals are reported by handle too.
 """
 
 from __future__ import annotations
@@ -23,33 +22,8 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from bridge.keylog import RSA, RSA_HANDLE_LENGTH, RSA_SESSION_ID, KeyLogEntry
-
-
-def rsa_handle(encrypted_pre_master: bytes) -> bytes:
-    """The handle of an ``RSA`` key log line: its encrypted pre-master secret's first 8 bytes."""
-    return b"rsa:" + encrypted_pre_master[:RSA_HANDLE_LENGTH]
-
-
-def session_handle(session_id: bytes) -> bytes:
-    """The handle of an ``RSA Session-ID:`` key log line (a TLS 1.2 session's master secret)."""
-    return b"sid:" + session_id
-
-
-@dataclass(slots=True, repr=False)
-class KeySet:
-    """Every secret known for one client random, by RFC 9850 label, and where
-    they came from (``origin``: harvester metadata, no secrets)."""
-
-    secrets: dict[str, bytes] = field(default_factory=dict)
-    arrived: float = 0.0
-    origin: dict[str, object] | None = None
-
-    def get(self, label: str) -> bytes | None:
-        return self.secrets.get(label)
-
-    def __repr__(self) -> str:
-        return f"KeySet(labels={sorted(self.secrets)})"
+from bridge.keys.keylog import KeyLogEntry
+from bridge.secrets import RSA, RSA_SESSION_ID, ConnectionSecrets, rsa_handle, session_handle
 
 
 @dataclass(slots=True)
@@ -62,7 +36,9 @@ class KeyStoreStats:
 
 class KeyStore:
     def __init__(self, *, max_entries: int = 1_000_000) -> None:
-        self._entries: OrderedDict[bytes, KeySet] = OrderedDict()
+        self._entries: OrderedDict[bytes, ConnectionSecrets] = OrderedDict()
+        #: client random → when its secrets (given with a ttl) last arrived
+        self._arrived: dict[bytes, float] = {}
         #: rsa_handle()/session_handle() → pre-master or master secret
         self._handles: OrderedDict[bytes, bytes] = OrderedDict()
         self._arrivals: list[bytes] = []
@@ -93,22 +69,24 @@ class KeyStore:
     ) -> None:
         """Several secrets of one connection at once (a key feed record)."""
         with self._lock:
-            keyset = self._entries.get(client_random)
-            if keyset is None:
-                keyset = self._entries[client_random] = KeySet(arrived=now)
+            known = self._entries.get(client_random)
+            if known is None:
+                known = self._entries[client_random] = ConnectionSecrets(client_random)
                 while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+                    evicted, _ = self._entries.popitem(last=False)
+                    self._arrived.pop(evicted, None)
                     self.stats.evicted += 1
-            keyset.secrets.update(secrets)
+            known.secrets.update(secrets)
             if origin:
-                keyset.origin = origin
+                known.origin = origin
             if ttl is not None:
-                keyset.arrived = now
+                self._arrived[client_random] = now
                 queue = self._expiries.setdefault(ttl, deque())
                 queue.append((now + ttl, client_random))
                 if len(queue) > 2 * self.max_entries:  # a publisher repeating itself
                     _, oldest = queue.popleft()
                     if self._entries.pop(oldest, None) is not None:
+                        self._arrived.pop(oldest, None)
                         self.stats.evicted += 1
             self.stats.added += len(secrets)
             self._arrivals.append(client_random)
@@ -132,7 +110,7 @@ class KeyStore:
             self.stats.added += 1
             self._arrivals.append(handle)
 
-    def lookup(self, client_random: bytes) -> KeySet | None:
+    def lookup(self, client_random: bytes) -> ConnectionSecrets | None:
         with self._lock:
             return self._entries.get(client_random)
 
@@ -144,6 +122,7 @@ class KeyStore:
         """Drop a connection's secrets once it is done (and those it found by ``handles``)."""
         with self._lock:
             if self._entries.pop(client_random, None) is not None:
+                self._arrived.pop(client_random, None)
                 self.stats.forgotten += 1
             for handle in handles:
                 if self._handles.pop(handle, None) is not None:
@@ -168,33 +147,10 @@ class KeyStore:
             for ttl, queue in self._expiries.items():
                 while queue and queue[0][0] <= now:
                     expiry, client_random = queue.popleft()
-                    keyset = self._entries.get(client_random)
-                    if keyset is not None and keyset.arrived + ttl <= expiry:
+                    arrived = self._arrived.get(client_random)
+                    if arrived is not None and arrived + ttl <= expiry:
                         del self._entries[client_random]
+                        del self._arrived[client_random]
                         gone += 1
             self.stats.expired += gone
         return gone
-
-
-class SessionCache:
-    """TLS 1.2 master secrets by session id and by session ticket (as Wireshark
-    keeps them), so a resumed connection is decrypted with the secret of the
-    connection that established the session.  Bounded, oldest first out."""
-
-    def __init__(self, max_entries: int = 100_000) -> None:
-        self._entries: OrderedDict[bytes, bytes] = OrderedDict()
-        self.max_entries = max_entries
-
-    def __repr__(self) -> str:
-        return f"SessionCache(entries={len(self._entries)})"
-
-    def remember(self, key: bytes, master_secret: bytes) -> None:
-        if not key:
-            return
-        self._entries[key] = master_secret
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def lookup(self, key: bytes) -> bytes | None:
-        return self._entries.get(key) if key else None

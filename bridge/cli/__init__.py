@@ -1,0 +1,89 @@
+"""The ``tls-bridge`` command: one module per command family parses its
+arguments and wires the product's parts (:mod:`bridge.cli.decrypt`, ...);
+nothing here is needed by the service or the tests."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from bridge import __version__
+from bridge.errors import BridgeError
+from bridge.harvest.commands import add_harvest_parser, add_profile_parser
+from bridge.cli.decrypt import add_decrypt_parser
+from bridge.keyfeed.commands import add_keys_parser
+from bridge.ips.commands import add_ips_parser
+from bridge.sensor.commands import add_sensor_parsers
+
+
+def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole sensor path on this machine and show what Suricata saw inside TLS",
+        description="In a private network namespace: nginx serves HTTPS; the process harvester reads each "
+        "connection's secrets out of nginx's memory (uprobes) and publishes them on the CurveZMQ key feed; "
+        "'tls-bridge decrypt -i lo --keys ...' decrypts live and injects the cleartext into tls0; Suricata 7 "
+        "inspects tls0 with suricata-rules/. curl fetches URLs over TLS 1.3 and 1.2; the demo prints what "
+        "Suricata saw inside the TLS. Needs root. With --vm, the same from a virtual machine: a Linux guest "
+        "boots under QEMU and serves HTTPS; 'tls-bridge harvest vm' reads its secrets out of the guest's memory "
+        "from the host (nothing in the guest) and the guest's traffic is decrypted on its tap.",
+    )
+    parser.add_argument("--workdir", default=str(Path(__file__).resolve().parents[2] / "build" / "demo"),
+                        help="where logs and captures go (default: build/demo in the checkout)")
+    parser.add_argument("--vm", action="store_true",
+                        help="harvest from a VM: boot the test guest (QEMU TCG; its image is built on the first run, "
+                             "then cached), serve HTTPS inside it, harvest from the host (about a minute)")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="with --vm: where the guest image is cached (default: $XDG_CACHE_HOME/tls-bridge or "
+                             "~/.cache/tls-bridge); rebuilt when what goes into it changes")
+    parser.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    if args.vm:
+        from bridge.demo_vm import run_demo_vm
+
+        return run_demo_vm(args)
+    from bridge.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tls-bridge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent(
+            """\
+            tls-ids-bridge: let Suricata and Zeek see inside TLS without a proxy.
+            Session secrets harvested from memory (or any SSLKEYLOGFILE) decrypt
+            mirrored traffic; the plaintext is re-injected as cleartext TCP.
+            """
+        ),
+        epilog="Run 'tls-bridge COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"tls-bridge {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_sensor_parsers(subparsers)
+    add_decrypt_parser(subparsers)
+    add_keys_parser(subparsers)
+    add_harvest_parser(subparsers)
+    add_ips_parser(subparsers)
+    add_profile_parser(subparsers)
+    _demo_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except BridgeError as exc:
+        print(f"tls-bridge: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+

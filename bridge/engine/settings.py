@@ -1,0 +1,40 @@
+"""The engine's settings, declared once: defaults, documentation, bounds.
+
+The same dataclass is the ``[decrypt]`` section of the sensor's TOML file
+(``tls-bridge run``) and the tuning flags of ``tls-bridge decrypt``
+(:func:`bridge.options.add_arguments`); both check values the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bridge.options import option
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class EngineSettings:
+    """The decryptor."""
+
+    key_wait: float = option(30.0, "how long records wait for their secrets, seconds of capture time", low=0,
+                             flag="--key-wait", metavar="SECONDS")
+    max_flows: int = option(200_000, "connections tracked at once; the least recently active is evicted",
+                            low=16, high=100_000_000, flag="--max-flows", metavar="N")
+    idle_timeout: float = option(300.0, "a connection with no packet for this long is finished, seconds", low=1,
+                                 flag="--idle-timeout", metavar="SECONDS")
+    max_out_of_order_bytes: int = option(4 * MiB, "out-of-order bytes buffered per direction before a hole is "
+                                         "declared a gap", low=0, high=1 << 32, flag="--max-out-of-order",
+                                         metavar="BYTES")
+    max_pending_per_direction: int = option(8 * MiB, "bytes of records waiting for secrets, per direction of a "
+                                            "connection", low=0, high=1 << 32, flag="--max-pending",
+                                            metavar="BYTES")
+    max_pending_total: int = option(256 * MiB, "bytes of records waiting for secrets, all connections together",
+                                    low=0, high=1 << 40, flag="--max-pending-total", metavar="BYTES")
+    recently_closed: int = option(65_536, "finished connections remembered, so their late packets start no new "
+                                  "connection", low=0, high=100_000_000, flag="--recently-closed", metavar="N")
+    rst_grace: float = option(1.0, "after a RST, how long data sent before it may still arrive (a mirror "
+                              "reorders), seconds of capture time", low=0, flag="--rst-grace", metavar="SECONDS")
+    forget_keys: bool = option(True, "drop a connection's secrets from the key store once it is logged",
+                               negate="--keep-keys")

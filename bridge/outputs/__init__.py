@@ -1,0 +1,56 @@
+"""Where the engine's events go: the flow log, plaintext files, key requests to the
+harvesters, synthetic cleartext frames (:mod:`bridge.reinject`).
+
+:class:`Outputs` is the one event sink the front ends give the engine.  Its order
+is fixed here, not by whoever wires it: key requests first (a harvester starts
+searching at once), then re-injection and plaintext files, and the flow log last,
+so that a finished connection's line names its synthetic connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from bridge.engine.events import Event, FlowFinished, KeysWanted
+from bridge.outputs.flowlog import FlowLog
+from bridge.outputs.plaintext import PlaintextDirWriter
+from bridge.outputs.requests import KeyRequester
+from bridge.reinject.sink import ReinjectSink
+
+__all__ = ["FlowLog", "KeyRequester", "Outputs", "PlaintextDirWriter"]
+
+
+class Outputs:
+    def __init__(self, *, flow_log: FlowLog | None = None, reinject: ReinjectSink | None = None,
+                 plaintext: PlaintextDirWriter | None = None, requests: KeyRequester | None = None,
+                 extra: Sequence[Callable[[Event], None]] = ()) -> None:
+        self.flow_log = flow_log
+        self.reinject = reinject
+        self.plaintext = plaintext
+        self.requests = requests
+        self.extra = tuple(extra)
+
+    def __call__(self, event: Event) -> None:
+        if self.requests is not None and event.__class__ is KeysWanted:
+            self.requests(event)  # type: ignore[arg-type]
+        if self.reinject is not None:
+            self.reinject(event)
+        if self.plaintext is not None:
+            self.plaintext(event)
+        if event.__class__ is FlowFinished:
+            if self.flow_log is not None:
+                annotations = {} if self.reinject is None else {"synthetic": self.reinject.describe(event.flow.flow_id)}
+                self.flow_log.write(event.summary.to_record(**annotations))  # type: ignore[union-attr]
+            elif self.reinject is not None:
+                self.reinject.describe(event.flow.flow_id)
+        for sink in self.extra:
+            sink(event)
+
+    def close(self) -> None:
+        """End of input: synthetic connections still open are closed, files flushed."""
+        if self.reinject is not None:
+            self.reinject.close()
+        if self.plaintext is not None:
+            self.plaintext.close()
+        if self.flow_log is not None:
+            self.flow_log.close()
