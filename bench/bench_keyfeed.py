@@ -32,7 +32,7 @@ from bridge.keyfeed import wire  # noqa: E402
 from bridge.keyfeed.publisher import Publisher, PublisherConfig  # noqa: E402
 from bridge.keyfeed.security import generate_certificate, load_client, load_server  # noqa: E402
 from bridge.keyfeed.subscriber import Subscriber, SubscriberConfig  # noqa: E402
-from bridge.keylog import CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0  # noqa: E402
+from bridge.secrets import CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0  # noqa: E402
 
 
 def _free_pair() -> int:

@@ -17,7 +17,7 @@ import time
 from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.capture.pcapfile import read_capture
 from bridge.capture.pcapwriter import PcapWriter
-from bridge.packets import decode_tcp
+from bridge.engine.packets import decode_tcp
 
 
 def build_frame(i: int, payload: bytes) -> bytes:
