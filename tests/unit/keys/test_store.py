@@ -9,7 +9,7 @@ from bridge.engine.packets import ACK, FIN, SYN, TcpSegment
 from bridge.tls.state import Direction
 from tests.support.decrypt import Collector
 from tests.support.rfc8448 import CLIENT_RANDOM, HANDSHAKE_SECRET as RFC_HANDSHAKE_SECRET
-from tests.test_rfc8448_connection import FLIGHTS
+from tests.unit.tls.test_connection import FLIGHTS
 
 C2S, S2C = Direction.C2S, Direction.S2C
 

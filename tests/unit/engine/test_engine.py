@@ -1,0 +1,124 @@
+"""The engine over the committed captures: every connection decrypted as tshark
+decrypted it, whatever the order in which secrets and packets arrive; the
+events each connection produces, in their order.  No root, no tools."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from bridge.engine import Engine, EngineSettings, FlowFinished, FlowStarted, KeysWanted, PlaintextData
+from bridge.keys.store import KeyStore
+from bridge.tls.state import Direction
+from tests.support.fixtures import FIXTURES, Fixture
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def __call__(self, event) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(event)
+
+    def finished(self) -> list[FlowFinished]:
+        return [e for e in self.events if isinstance(e, FlowFinished)]
+
+    def plaintext(self, flow_id: int, direction: Direction) -> bytes:
+        return b"".join(e.data for e in self.events
+                        if isinstance(e, PlaintextData) and e.flow.flow_id == flow_id and e.direction is direction)
+
+
+def _run(fixture: Fixture, store: KeyStore, **options) -> Recorder:  # type: ignore[no-untyped-def]
+    recorder = Recorder()
+    engine = Engine(store, EngineSettings(**options), output=recorder)
+    engine.run(fixture.frames())
+    engine.finish()
+    return recorder
+
+
+def _assert_as_tshark(fixture: Fixture, recorder: Recorder) -> None:
+    finished = recorder.finished()
+    assert len(finished) == len(fixture.expected)
+    by_endpoints = {(f.summary.client, f.summary.server): f for f in finished}
+    for expected in fixture.expected:
+        flow = by_endpoints[(expected["client"], expected["server"])]
+        assert flow.summary.status == "decrypted", flow.summary
+        for direction, name in ((Direction.C2S, "c2s"), (Direction.S2C, "s2c")):
+            data = recorder.plaintext(flow.flow.flow_id, direction)
+            assert hashlib.sha256(data).hexdigest() == expected[name]["sha256"]
+            summary = getattr(flow.summary, name)
+            assert summary.bytes == expected[name]["bytes"] and summary.sha256 == expected[name]["sha256"]
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda f: f.name)
+def test_every_connection_decrypts_as_tshark_decrypts_it(fixture):
+    _assert_as_tshark(fixture, _run(fixture, fixture.store()))
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda f: f.name)
+def test_secrets_that_come_after_the_packets(fixture):
+    """Secrets in the store only after the whole capture: the records wait, then decrypt."""
+    store, recorder = KeyStore(), Recorder()
+    engine = Engine(store, EngineSettings(key_wait=3600), output=recorder)
+    engine.run(fixture.frames())
+    assert not [e for e in recorder.events if isinstance(e, PlaintextData)]
+    for entry in fixture.entries():
+        store.add_entry(entry)
+    engine.keys_arrived()
+    engine.finish()
+    _assert_as_tshark(fixture, recorder)
+
+
+def test_the_events_of_a_connection_in_their_order():
+    fixture = FIXTURES[0]
+    recorder = Recorder()
+    engine = Engine(KeyStore(), EngineSettings(key_wait=3600), output=recorder, request_keys=True)
+    engine.run(fixture.frames())
+    engine.finish()
+    kinds = [type(e) for e in recorder.events]
+    assert kinds[0] is FlowStarted and kinds[1] is KeysWanted and kinds[-1] is FlowFinished
+    ended = [e for e in recorder.events if isinstance(e, KeysWanted) and e.ended]
+    assert len(ended) == 1 and recorder.finished()[0].summary.status == "no_keys"
+    assert engine.counters.frames == len(fixture.frames()) and engine.counters.tcp_segments > 0
+
+
+def test_no_key_request_when_the_secrets_are_there():
+    fixture = FIXTURES[0]
+    recorder = Recorder()
+    engine = Engine(fixture.store(), output=recorder, request_keys=True)
+    engine.run(fixture.frames())
+    engine.finish()
+    assert not [e for e in recorder.events if isinstance(e, KeysWanted)]
+    assert engine.decryptor.stats.key_lag.count == 1  # the secrets were there at the hello: lag 0
+
+
+def test_secrets_are_forgotten_once_logged_unless_kept():
+    fixture = FIXTURES[0]
+    store = fixture.store()
+    _run(fixture, store)
+    assert len(store) == 0
+    store = fixture.store()
+    _run(fixture, store, forget_keys=False)
+    assert len(store) == 1
+
+
+def test_a_resumed_tls12_connection_takes_the_master_secret_of_the_first():
+    """The key log names only the first connection (the second resumed its session)."""
+    fixture = next(f for f in FIXTURES if f.name == "tls12-cbc-resumed")
+    store, entries = KeyStore(), fixture.entries()
+    assert len({entry.client_random for entry in entries}) == 2
+    store.add_entry(entries[0])
+    finished = _run(fixture, store).finished()
+    assert [f.summary.status for f in finished] == ["decrypted", "decrypted"]
+    assert [f.summary.resumed for f in finished] == [False, True]
+
+
+def test_the_flow_table_is_bounded():
+    fixture = next(f for f in FIXTURES if f.name == "tls12-cbc-resumed")
+    recorder = Recorder()
+    engine = Engine(fixture.store(), EngineSettings(max_flows=16), output=recorder)
+    engine.run(fixture.frames())
+    assert engine.decryptor.active_flows <= 16
+    engine.finish()
+    assert len(recorder.finished()) == 2
