@@ -356,7 +356,7 @@ def _rfc8448_object(*, transcript: bool = True) -> bytes:
 
 def test_learning_derives_rfc8448s_traffic_secrets_from_an_objects_bytes_alone():
     from bridge.harvest.learn import tls13_secrets
-    from bridge.keylog import EXPORTER_SECRET
+    from bridge.secrets import EXPORTER_SECRET
     from tests.support import rfc8448
 
     assert tls13_secrets(_rfc8448_object()) == {

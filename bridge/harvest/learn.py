@@ -53,7 +53,7 @@ from bridge.harvest.calibrate_live import SnapshotReader
 from bridge.harvest.chain import TLS12, TLS13
 from bridge.harvest.confirm import _expand_label
 from bridge.harvest.profile import Profile
-from bridge.keylog import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, SERVER_TRAFFIC_SECRET_0
 from bridge.tls.ciphersuites import cipher_suite
 from bridge.tls.keyschedule import key_block12
 

@@ -1,5 +1,5 @@
 """A sensor's key feed intake: a :class:`~bridge.keyfeed.subscriber.Subscriber`
-in a background thread filling the decryptor's :class:`~bridge.keystore.KeyStore`.
+in a background thread filling the decryptor's :class:`~bridge.keys.store.KeyStore`.
 
 Secrets from the feed carry a TTL in the store (wall clock): a secret whose
 connection never shows up does not stay in memory; one whose connection ends

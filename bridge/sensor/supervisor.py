@@ -45,7 +45,7 @@ _COUNTERS = (
     ("key_requests", "counter",
      "Key requests sent to the feed's harvesters (new connections without secrets, their ends)."),
 )
-#: Histograms the workers report (bridge.decryptor.DecryptorStats), by metric name.
+#: Histograms the workers report (bridge.engine.decryptor.DecryptorStats), by metric name.
 _HISTOGRAMS = (
     ("key_lag_seconds",
      "Seconds from a connection's ClientHello seen to its first secret in the key store (0: there already)."),

@@ -18,7 +18,7 @@ from bridge.tls.connection import ApplicationData, Status, TlsConnection
 from bridge.tls.state import Direction
 
 # RFC 8448 §3 values shared with tests/test_keyschedule.py.  The secrets get RFC_*
-# names so they do not clash with the keylog labels imported from bridge.keylog.
+# names so they do not clash with the keylog labels imported from bridge.secrets.
 from tests.support.rfc8448 import (
     CLIENT_APPLICATION_TRAFFIC_SECRET_0 as RFC_CLIENT_AP_TRAFFIC,
     CLIENT_HANDSHAKE_TRAFFIC_SECRET as RFC_CLIENT_HS_TRAFFIC,
