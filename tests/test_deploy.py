@@ -480,7 +480,7 @@ def test_exec_start_parses_with_the_real_cli(unit_file, with_env_file, capsys):
     if unit_file == "tls-bridge-harvester-vm@.service":
         assert args.name == "web01" and args.memory_file == "/dev/shm/web01.ram" and args.wire == "tap-web01"
         assert args.comm == ["nginx"] and args.connect
-        from bridge.harvest.commands import parse_triggers
+        from bridge.cli.common import parse_triggers
 
         assert parse_triggers(args.trigger, ("wire", "hooks", "requests"), args) == {"wire", "requests"}
     if unit_file == "tls-bridge-broker.service":

@@ -165,7 +165,7 @@ def test_a_paused_guest_is_noticed_and_the_harvester_carries_on(guest, tmp_path)
     """jiffies standing still (a paused guest, or a kernel's remains after a reboot)
     makes the harvester look for another kernel; there is none: it stays, and
     harvests again when the guest runs."""
-    from bridge.harvest.commands import DEFAULT_PROFILE_DIR
+    from bridge.harvest.profile import DEFAULT_PROFILE_DIR
     from bridge.harvest.profile import ProfileStore
     from bridge.harvest.wire_search import WireHello
     from bridge.vmi.harvester import VmHarvester

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from bridge import __version__
 from bridge.errors import BridgeError
-from bridge.harvest.commands import add_harvest_parser, add_profile_parser
 from bridge.cli.decrypt import add_decrypt_parser
-from bridge.keyfeed.commands import add_keys_parser
-from bridge.ips.commands import add_ips_parser
-from bridge.sensor.commands import add_sensor_parsers
+from bridge.cli.harvest import add_harvest_parser, add_profile_parser
+from bridge.cli.ips import add_ips_parser
+from bridge.cli.keys import add_keys_parser
+from bridge.cli.run import add_sensor_parsers
 
 
 def _demo_parser(subparsers: argparse._SubParsersAction) -> None:

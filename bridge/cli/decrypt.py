@@ -20,7 +20,7 @@ from bridge.capture.frames import Frame
 from bridge.engine.engine import Engine
 from bridge.engine.settings import EngineSettings
 from bridge.errors import BridgeError
-from bridge.keyfeed.commands import add_client_security_options
+from bridge.cli.common import add_client_security_options
 from bridge.keyfeed.sources import KeySettings, KeySources
 from bridge.options import add_arguments, from_arguments
 from bridge.outputs import FlowLog, KeyRequester, Outputs, PlaintextDirWriter

@@ -52,6 +52,14 @@ FIELDS = (
 REQUIRED_FIELDS = frozenset({"version", "client_random", "session", "master_key", "master_key_length",
                              "handshake_secret", "client_app_traffic_secret", "server_app_traffic_secret"})
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "profiles"
+#: Where profiles calibrated, confirmed or learned on this host are kept.
+DEFAULT_PROFILE_DIR = "/var/lib/tls-bridge/profiles"
+#: The profile cache's default may be moved with this environment variable (tests, containers).
+PROFILE_CACHE_ENV = "TLS_BRIDGE_PROFILE_CACHE"
+
+
+def default_profile_cache() -> str:
+    return os.environ.get(PROFILE_CACHE_ENV) or DEFAULT_PROFILE_DIR
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ Drivers (pyzmq):
 
 * :mod:`bridge.keyfeed.security` — CurveZMQ certificates, allow-lists, endpoints;
 * :mod:`bridge.keyfeed.publisher`, :mod:`bridge.keyfeed.subscriber`,
-  :mod:`bridge.keyfeed.broker`; :mod:`bridge.keyfeed.commands` is the CLI.
+  :mod:`bridge.keyfeed.broker`; :mod:`bridge.cli.keys` is the CLI.
 
 Secrets never appear in a ``repr``, a log line or an exception message.
 """

@@ -22,6 +22,7 @@ that never contains field values — a malformed message may hold secrets.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -30,7 +31,7 @@ from typing import Any
 import msgpack
 
 from bridge.errors import FeedMessageError
-from bridge.secrets import CLIENT_RANDOM, KNOWN_LABELS
+from bridge.secrets import CLIENT_RANDOM, FEED_LABELS, KNOWN_LABELS
 from bridge.keys.keylog import KeyLogEntry
 
 SCHEMA_VERSION = 1
@@ -425,3 +426,25 @@ def decode(data: bytes, *, max_size: int = MAX_BATCH_MESSAGE) -> Message:
             )
         case _:  # "error"
             return ErrorReply(request_id, _text(body["reason"], "reason"))
+
+
+def records_from_entries(entries: list[KeyLogEntry], origin: Origin, now: float) -> list[KeyRecord]:
+    """Key log lines grouped into one record per client random (in first-seen order).
+    Only the feed's labels (RFC 9850's): pre-master (``PMS_CLIENT_RANDOM``, ``RSA``)
+    and later-epoch lines need the handshake to be used, so they stay in the file
+    (give it to the sensor with ``--keylog``)."""
+    grouped: OrderedDict[bytes, dict[str, bytes]] = OrderedDict()
+    for entry in entries:
+        if entry.label not in FEED_LABELS:
+            continue
+        grouped.setdefault(entry.client_random, {})[entry.label] = entry.secret
+    return [
+        KeyRecord(
+            client_random=client_random,
+            secrets=secrets,
+            captured_at=now,
+            tls_version=0x0303 if CLIENT_RANDOM in secrets else 0x0304,
+            origin=origin,
+        )
+        for client_random, secrets in grouped.items()
+    ]

@@ -175,3 +175,37 @@ def read_keylog(path: str | os.PathLike[str], stats: KeyLogStats | None = None) 
 
 def format_keylog(entries: Iterable[KeyLogEntry]) -> str:
     return "".join(entry.to_line() + "\n" for entry in entries)
+
+
+class KeyLogWriter:
+    """Entries as RFC 9850 lines to a file created readable by its owner only
+    (``-``: standard output), flushed after every batch; with ``once``, each line
+    is written once (a feed's repairs and snapshots repeat records)."""
+
+    def __init__(self, path: str, *, append: bool = True, once: bool = False) -> None:
+        import sys
+
+        if path == "-":
+            self.stream = sys.stdout
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+            self.stream = os.fdopen(os.open(path, flags, 0o600), "a" if append else "w", encoding="ascii")
+        self._written: set[str] | None = set() if once else None
+        self.lines = 0
+
+    def write(self, entries: Iterable[KeyLogEntry]) -> None:
+        for entry in entries:
+            line = entry.to_line()
+            if self._written is not None:
+                if line in self._written:
+                    continue
+                self._written.add(line)
+            self.stream.write(line + "\n")
+            self.lines += 1
+        self.stream.flush()
+
+    def close(self) -> None:
+        import sys
+
+        if self.stream is not sys.stdout:
+            self.stream.close()

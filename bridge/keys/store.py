@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bridge.keys.keylog import KeyLogEntry
 from bridge.secrets import RSA, RSA_SESSION_ID, ConnectionSecrets, rsa_handle, session_handle

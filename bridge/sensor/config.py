@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.engine.settings import EngineSettings
 from bridge.errors import BridgeError
-from bridge.options import check, default_of, describe_range, option
+from bridge.options import check, default_of, option
 
 
 class ConfigError(BridgeError):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from bridge.errors import KeyLogFormatError
 from bridge.keyfeed import wire
-from bridge.keyfeed.commands import records_from_entries
+from bridge.keyfeed.wire import records_from_entries
 from bridge.secrets import CLIENT_RANDOM, FEED_LABELS, PMS_CLIENT_RANDOM, RSA, RSA_SESSION_ID, is_known_label, traffic_secret_epoch
 from bridge.keys.keylog import KeyLogEntry, KeyLogStats, parse_line, parse_lines
 from bridge.keys.store import KeyStore

@@ -68,7 +68,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
     from bridge.capture.follow import follow_capture
     from dataclasses import asdict
 
-    from bridge.harvest.commands import StatusFile, _say, layout_resolver, layout_summary, open_sinks, parse_triggers, stop_on_signals
+    from bridge.cli.common import StatusFile, layout_resolver, layout_summary, open_sinks, parse_triggers, say, stop_on_signals
     from bridge.vmi.btf import btf_from_kernel_image, find_btf_in_memory
     from bridge.vmi.harvester import VmHarvester
 
@@ -88,7 +88,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
                else find_btf_in_memory(memory.read, memory.layout.ranges()))
         harvester = VmHarvester(memory, btf, sinks, vm_name=args.name, profiles=layout_resolver(args),
                                 comms=tuple(args.comm or ()), pids=tuple(args.pid or ()), everything=args.all,
-                                log=lambda text: _say(args, text))
+                                log=lambda text: say(args, text))
         harvester.attach()
         status = StatusFile(args.status, lambda: {"vm": args.name, "layouts": harvester.resolver.status(),
                                                   "stats": {k: v for k, v in asdict(harvester.stats).items()
@@ -96,7 +96,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
         if "requests" in triggers:
             publisher.take_key_requests(harvester.request)
         kernel = harvester.guest.kernel  # type: ignore[union-attr]
-        _say(args, f"{args.name}: guest kernel found in {time.monotonic() - started:.2f} s (BTF {len(btf)} types, "
+        say(args, f"{args.name}: guest kernel found in {time.monotonic() - started:.2f} s (BTF {len(btf)} types, "
                    f"direct map {kernel.direct_map:#x}, {kernel.levels}-level paging); harvesting "
                    f"{len(harvester.targets)} processes: "
                    + ", ".join(f"{t.process.comm}[{t.process.pid}] {t.library}" for t in harvester.targets))
@@ -122,7 +122,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
                 hooks_thread.join(30)
                 gdb_hooks.close()
                 stats = gdb_hooks.stats
-                _say(args, f"{args.name}: gdbstub hooks: {stats.stops} stops, {stats.hits} in targets "
+                say(args, f"{args.name}: gdbstub hooks: {stats.stops} stops, {stats.hits} in targets "
                            f"({stats.other_processes} other processes), {stats.emulated} first instructions "
                            f"emulated, {stats.stepped_over} stepped over; the guest paused "
                            f"{stats.stop_seconds / max(stats.stops, 1) * 1000:.2f} ms per stop in our hands")
@@ -146,9 +146,9 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
                          f"p99 {latency[min(len(latency) - 1, int(len(latency) * 0.99))] * 1000:.1f} ms")
             if stats.unconfirmed:
                 text += f"; {stats.unconfirmed} reads not confirmed (held back)"
-            _say(args, text)
+            say(args, text)
             for line in layout_summary(harvester.resolver):
-                _say(args, f"{args.name}: {line}")
+                say(args, f"{args.name}: {line}")
         if status is not None:
             status.close()
         memory.close()
@@ -160,7 +160,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
 
 
 def add_vm_parser(commands: argparse._SubParsersAction) -> None:
-    from bridge.harvest.commands import add_output_options
+    from bridge.cli.common import add_output_options
 
     vm = commands.add_parser(
         "vm", help="harvest the TLS secrets of processes in a running QEMU/KVM guest (agentless)",

@@ -1,4 +1,4 @@
-"""``tls-bridge ips``: Suricata's verdicts on the decrypted copy cut the original
+"""The reactive IPS (``tls-bridge ips``): Suricata's verdicts on the decrypted copy cut the original
 encrypted connection.
 
 Suricata inspects only the synthetic cleartext; the encrypted original passes
@@ -13,16 +13,18 @@ the cut is: a TCP RST to each end at the sequence number it expects, sent throug
 the gateway's stack, and the 4-tuple (both directions) in an nftables set that a
 forward-hook chain drops.  Each block is logged with the time from the alerting
 packet (Suricata's timestamp) to the cut.
+
+The command line is :mod:`bridge.cli.ips`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import IO
 
 from bridge.errors import BridgeError, PacketDecodeError
@@ -114,27 +116,46 @@ def _annotate_from_flows(path: str, blocker: Blocker, stop: threading.Event) -> 
             })
 
 
-def run_ips(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class IpsSettings:
+    eve: str | None = None
+    eve_socket: str | None = None
+    eve_socket_type: str = "stream"
+    interfaces: tuple[str, ...] = ()
+    flows: str | None = None
+    nft_table: str = "inet tls_bridge"
+    nft_set: str = "blocked"
+    nft_timeout: str = "1h"
+    nft: bool = True
+    resets: bool = True
+    rules: tuple[str, ...] = ()
+    port_map: tuple[str, ...] = ()
+    from_start: bool = False
+    log: str | None = None
+
+
+def serve(args: IpsSettings) -> int:
+    """Follow the eve output and cut what it asks to block, until SIGINT/SIGTERM or its end."""
     from bridge.privileges import missing
 
-    lacking = missing(*(["CAP_NET_RAW"] if not args.no_reset or args.interface else []),
-                      *(["CAP_NET_ADMIN"] if not args.no_nft else []))
+    lacking = missing(*(["CAP_NET_RAW"] if args.resets or args.interface else []),
+                      *(["CAP_NET_ADMIN"] if args.nft else []))
     if lacking:
         raise BridgeError(f"the IPS needs {', '.join(lacking)} (CAP_NET_RAW: resets and capture; CAP_NET_ADMIN: "
                           "nftables): run as root or grant them (deploy/systemd/tls-bridge-ips.service does)")
     port_map = {}
-    for item in args.port_map or []:
+    for item in args.port_map:
         synthetic, _, original = item.partition("=")
         if not (synthetic.isdigit() and original.isdigit()):
             raise BridgeError(f"--port-map {item!r}: expected SYNTHETIC=ORIGINAL, e.g. 80=443")
         port_map[int(synthetic)] = int(original)
     blocking: set[tuple[int, int]] = set()
-    for path in args.rules or []:
+    for path in args.rules:
         try:
             blocking |= blocking_rules(open(path, encoding="utf-8", errors="replace").read())
         except OSError as error:
             raise BridgeError(f"--rules {path}: {error.strerror}") from error
-    nft = None if args.no_nft else NftBlocklist(args.nft_table, args.nft_set, timeout=args.nft_timeout)
+    nft = None if not args.nft else NftBlocklist(args.nft_table, args.nft_set, timeout=args.nft_timeout)
     if nft is not None:
         nft.setup()
     table, lock, stop = ConnectionTable(), threading.Lock(), threading.Event()
@@ -142,10 +163,10 @@ def run_ips(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
-    for interface in args.interface or []:
+    for interface in args.interfaces:
         threading.Thread(target=_sniff, args=(interface, table, lock, stop), name=f"ips-{interface}", daemon=True).start()
     log = sys.stdout if args.log in (None, "-") else open(args.log, "a", encoding="utf-8")
-    blocker = Blocker(table, lock, nft, resets=not args.no_reset, log=log)
+    blocker = Blocker(table, lock, nft, resets=args.resets, log=log)
     if args.flows:
         threading.Thread(target=_annotate_from_flows, args=(args.flows, blocker, stop), daemon=True).start()
     if args.eve_socket:
@@ -153,7 +174,7 @@ def run_ips(args: argparse.Namespace) -> int:
             args.eve_socket, stop, kind=args.eve_socket_type)
     else:
         source, lines = args.eve, follow_file(args.eve, stop, from_start=args.from_start)
-    print(f"tls-bridge: ips: following {source}; watching {', '.join(args.interface or []) or 'no interface'}"
+    print(f"tls-bridge: ips: following {source}; watching {', '.join(args.interfaces) or 'no interface'}"
           + (f"; nftables {args.nft_table} @{args.nft_set}4/6" if nft else ""), file=sys.stderr, flush=True)
     alerts = 0
     for line in lines:
@@ -167,37 +188,3 @@ def run_ips(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "ips", help="cut the original encrypted connections Suricata's verdicts on the decrypted copy ask to block",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else "",
-        epilog="example (on the gateway the encrypted traffic crosses):\n"
-        "  tls-bridge ips --eve /var/log/suricata/eve-tls-bridge.json --interface eth0 --interface eth1 \\\n"
-        "      --nft-table 'inet tls_bridge' --nft-set blocked --log /var/log/tls-bridge/blocked.jsonl",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--eve", metavar="FILE", help="Suricata's eve.json for the injection interface (followed "
-                        "like tail -F: rotation and truncation are handled)")
-    source.add_argument("--eve-socket", metavar="PATH", help="create a unix socket at PATH for an eve-log output "
-                        "with filetype unix_stream (or unix_dgram, see --eve-socket-type) and filename PATH")
-    parser.add_argument("--eve-socket-type", choices=("stream", "dgram"), default="stream",
-                        help="unix_stream (default) or unix_dgram, as in Suricata's eve-log filetype")
-    parser.add_argument("--interface", action="append", metavar="IFACE",
-                        help="a gateway interface the encrypted connections cross (sequence numbers for the resets)")
-    parser.add_argument("--flows", metavar="FILE", help="the bridge's flow log: when a cut connection's line is "
-                        "written, its TLS facts (SNI, version, cipher, key origin) are logged beside the cut")
-    parser.add_argument("--nft-table", default="inet tls_bridge", metavar="'FAMILY NAME'")
-    parser.add_argument("--nft-set", default="blocked", metavar="NAME", help="sets NAME4 and NAME6 (default: blocked)")
-    parser.add_argument("--nft-timeout", default="1h", metavar="DURATION", help="how long a cut connection stays "
-                        "dropped (nftables syntax; default: 1h)")
-    parser.add_argument("--no-nft", action="store_true", help="resets only")
-    parser.add_argument("--no-reset", action="store_true", help="nftables only")
-    parser.add_argument("--rules", action="append", metavar="FILE",
-                        help="a rules file Suricata loads: its drop and reject rules block (needed unless the eve "
-                        "alerts carry the rule text, eve-log alert metadata: {rule: {raw: yes}})")
-    parser.add_argument("--port-map", action="append", metavar="SYNTHETIC=ORIGINAL",
-                        help="the bridge rewrote the server port (--server-port): map it back")
-    parser.add_argument("--from-start", action="store_true", help="act on the alerts already in the eve file too")
-    parser.add_argument("--log", metavar="FILE", help="one JSON line per cut connection (default: stdout)")
-    parser.set_defaults(handler=run_ips)

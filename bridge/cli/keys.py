@@ -12,34 +12,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO
 
+from bridge.cli.common import add_client_security_options, client_security, publisher_from_args, say, warn
 from bridge.errors import BridgeError, TransportError
 from bridge.keyfeed import wire
 from bridge.keyfeed.broker import Broker, BrokerConfig, BrokerKeys
-from bridge.keyfeed.publisher import Publisher, PublisherConfig
+from bridge.keyfeed.publisher import Publisher
 from bridge.keyfeed.receiver import describe_feed
-from bridge.keyfeed.security import (
-    INSECURE_WARNING,
-    CurveClient,
-    check_endpoint,
-    generate_certificate,
-    load_client,
-    load_server,
-)
+from bridge.keyfeed.security import INSECURE_WARNING, check_endpoint, generate_certificate, load_server
 from bridge.keyfeed.subscriber import Subscriber, SubscriberConfig
-from bridge.secrets import CLIENT_RANDOM, FEED_LABELS
-from bridge.keys.keylog import KeyLogEntry, KeyLogStats, read_keylog
+from bridge.secrets import FEED_LABELS
+from bridge.keys.keylog import KeyLogEntry, KeyLogStats, KeyLogWriter, read_keylog
 from bridge.keys.follow import KeyLogFollower
-
-
-def _say(args: argparse.Namespace, text: str) -> None:
-    if not getattr(args, "quiet", False):
-        print(f"tls-bridge: {text}", file=sys.stderr, flush=True)
-
-
-def _warn(text: str) -> None:
-    print(f"tls-bridge: warning: {text}", file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -53,19 +37,6 @@ def _until_signal() -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-def client_security(args: argparse.Namespace, *, insecure: bool) -> CurveClient | None:
-    """The connecting side's Curve keys from --server-key/--client-cert, or None with --insecure."""
-    if insecure:
-        print(INSECURE_WARNING, file=sys.stderr, flush=True)
-        return None
-    if not args.server_key or not args.client_cert:
-        raise TransportError(
-            "the key feed is encrypted and authenticated: give --server-key SERVER.key and "
-            "--client-cert CLIENT.key_secret (make them with 'tls-bridge keys gen-cert'), or --insecure for a lab"
-        )
-    return load_client(args.server_key, args.client_cert)
 
 
 # --- gen-cert ---------------------------------------------------------------------------
@@ -83,28 +54,6 @@ def run_gen_cert(args: argparse.Namespace) -> int:
 
 def _host() -> str:
     return socket.gethostname()[:255]
-
-
-def records_from_entries(entries: list[KeyLogEntry], origin: wire.Origin, now: float) -> list[wire.KeyRecord]:
-    """Key log lines grouped into one record per client random (in first-seen order).
-    Only the feed's labels (RFC 9850's): pre-master (``PMS_CLIENT_RANDOM``, ``RSA``)
-    and later-epoch lines need the handshake to be used, so they stay in the file
-    (give it to the sensor with ``--keylog``)."""
-    grouped: OrderedDict[bytes, dict[str, bytes]] = OrderedDict()
-    for entry in entries:
-        if entry.label not in FEED_LABELS:
-            continue
-        grouped.setdefault(entry.client_random, {})[entry.label] = entry.secret
-    return [
-        wire.KeyRecord(
-            client_random=client_random,
-            secrets=secrets,
-            captured_at=now,
-            tls_version=0x0303 if CLIENT_RANDOM in secrets else 0x0304,
-            origin=origin,
-        )
-        for client_random, secrets in grouped.items()
-    ]
 
 
 class _KeyLogPublisher:
@@ -133,31 +82,9 @@ class _KeyLogPublisher:
             if len(self._seen) > self.remember:
                 self._seen.popitem(last=False)
             fresh.append(entry)
-        for record in records_from_entries(fresh, self.origin, time.time()):
+        for record in wire.records_from_entries(fresh, self.origin, time.time()):
             self.publisher.publish(record)
             self.records += 1
-
-
-def publisher_from_args(args: argparse.Namespace) -> Publisher:
-    """A publisher (not started) from --bind/--connect, the certificates, --insecure and --ttl
-    (and --snapshot where the command has it): the key feed end of every harvester command."""
-    connect = args.connect is not None
-    endpoint = check_endpoint(args.connect if connect else args.bind)
-    if args.insecure:
-        print(INSECURE_WARNING, file=sys.stderr, flush=True)
-        server = client = None
-    elif connect:
-        server, client = None, client_security(args, insecure=False)
-    else:
-        if not args.server_cert or not args.allow:
-            raise TransportError(
-                "a publisher that binds is the Curve server: give --server-cert NAME.key_secret and "
-                "--allow DIR (the sensors' public keys), or --insecure for a lab"
-            )
-        server, client = load_server(args.server_cert, args.allow), None
-    config = PublisherConfig(endpoint=endpoint, connect=connect, snapshot=getattr(args, "snapshot", None),
-                             ttl=args.ttl)
-    return Publisher(config, server=server, client=client, on_failure=_warn)
 
 
 def run_publish(args: argparse.Namespace) -> int:
@@ -172,14 +99,14 @@ def run_publish(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise BridgeError(f"cannot read key log {args.keylog}: {exc.strerror}") from None
             for warning in stats.warnings:
-                _say(args, f"warning: {args.keylog}: {warning}")
+                say(args, f"warning: {args.keylog}: {warning}")
         endpoint = args.connect or args.bind
         where = (f"to broker {endpoint}" if args.connect else
                  f"on {endpoint} (snapshots on {publisher.snapshot_endpoint})")
-        _say(args, f"publishing {sink.records} records from {args.keylog} {where}"
+        say(args, f"publishing {sink.records} records from {args.keylog} {where}"
                    f"{', following it' if args.follow else ''}; Ctrl-C or SIGTERM to stop")
         if sink.not_published:
-            _say(args, f"warning: {sink.not_published} lines not published (RSA, PMS_CLIENT_RANDOM or later-epoch "
+            say(args, f"warning: {sink.not_published} lines not published (RSA, PMS_CLIENT_RANDOM or later-epoch "
                        "traffic secrets need the handshake: the feed carries RFC 9850 labels; give this key log "
                        "to the sensor with --keylog)")
         try:
@@ -189,7 +116,7 @@ def run_publish(args: argparse.Namespace) -> int:
         finally:
             if args.follow:
                 follower.stop()
-        _say(args, f"published {publisher.stats.published} records (publisher {publisher.publisher_id.hex()[:8]}, "
+        say(args, f"published {publisher.stats.published} records (publisher {publisher.publisher_id.hex()[:8]}, "
                    f"last sequence number {publisher.last_seq}); served "
                    f"{publisher.service.stats.records_served if publisher.service else 0} from snapshots")
     return 0
@@ -198,53 +125,25 @@ def run_publish(args: argparse.Namespace) -> int:
 # --- dump -----------------------------------------------------------------------------------
 
 
-class _KeyLogWriter:
-    """Records → RFC 9850 lines, each line once, flushed after every batch."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self._written: set[str] = set()
-        self.lines = 0
-
-    def __call__(self, record: wire.KeyRecord) -> None:
-        for entry in record.keylog_entries():
-            line = entry.to_line()
-            if line not in self._written:
-                self._written.add(line)
-                self.stream.write(line + "\n")
-                self.lines += 1
-
-
-def _open_keylog_output(path: str) -> IO[str]:
-    if path == "-":
-        return sys.stdout
-    # Secrets: create it readable by the owner only.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    return os.fdopen(fd, "w", encoding="ascii")
-
-
 def run_dump(args: argparse.Namespace) -> int:
     client = client_security(args, insecure=args.insecure)
     endpoints = [check_endpoint(e) for e in args.connect]
     config = SubscriberConfig(endpoints=endpoints, snapshots=args.snapshot or None, window=args.window)
     try:
-        output = _open_keylog_output(args.output)
+        writer = KeyLogWriter(args.output, append=False, once=True)
     except OSError as exc:
         raise BridgeError(f"cannot write {args.output}: {exc.strerror}") from None
-    writer = _KeyLogWriter(output)
     deadline = time.monotonic() + args.timeout if args.timeout is not None else None
     try:
-        with _until_signal() as stop, Subscriber(config, client=client, on_record=writer,
-                                                 on_failure=_warn) as subscriber:
-            _say(args, f"subscribed to {', '.join(endpoints)}; writing {args.output}")
+        with _until_signal() as stop, Subscriber(config, client=client,
+                                                 on_record=lambda record: writer.write(record.keylog_entries()),
+                                                 on_failure=warn) as subscriber:
+            say(args, f"subscribed to {', '.join(endpoints)}; writing {args.output}")
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                if subscriber.poll(0.1):
-                    output.flush()
-            output.flush()
-            _say(args, f"{writer.lines} key log lines written; {describe_feed(subscriber)}")
+                subscriber.poll(0.1)
+            say(args, f"{writer.lines} key log lines written; {describe_feed(subscriber)}")
     finally:
-        if output is not sys.stdout:
-            output.close()
+        writer.close()
     return 0
 
 
@@ -267,14 +166,14 @@ def run_broker(args: argparse.Namespace) -> int:
             subscribers=load_server(args.server_cert, args.allow_subscribers),
         )
     broker = Broker(BrokerConfig(frontend=frontend, backend=backend, snapshot=args.snapshot, ttl=args.ttl), keys,
-                    on_failure=_warn)
+                    on_failure=warn)
     try:
-        _say(args, f"broker: publishers connect to {frontend}, sensors to {backend} "
+        say(args, f"broker: publishers connect to {frontend}, sensors to {backend} "
                    f"(snapshots on {broker.snapshot_endpoint}); Ctrl-C or SIGTERM to stop")
         with _until_signal() as stop:
             broker.run(stop)
         stats = broker.stats
-        _say(args, f"broker: {stats.records} records and {stats.heartbeats} heartbeats forwarded, "
+        say(args, f"broker: {stats.records} records and {stats.heartbeats} heartbeats forwarded, "
                    f"{stats.duplicates} duplicates, {stats.malformed} malformed dropped, "
                    f"{broker.service.stats.records_served} served from snapshots")
     finally:
@@ -292,11 +191,6 @@ security:
   directory; the side that connects needs the server's public key and its own
   certificate. --insecure turns this off, for labs only, and says so loudly.
 """
-
-
-def add_client_security_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server-key", metavar="FILE", help="the publisher's or broker's public key (NAME.key)")
-    parser.add_argument("--client-cert", metavar="FILE", help="this side's certificate (NAME.key_secret)")
 
 
 def add_keys_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -3,83 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 import threading
 from pathlib import Path
-from typing import IO
 
-from bridge.errors import BridgeError, ProfileError
-from bridge.harvest.profile import SHIPPED_DIR, Profile, ProfileStore
-
-DEFAULT_PROFILE_DIR = "/var/lib/tls-bridge/profiles"
-#: The profile cache's default may be moved with this environment variable (tests, containers).
-PROFILE_CACHE_ENV = "TLS_BRIDGE_PROFILE_CACHE"
-
-
-def default_profile_cache() -> str:
-    return os.environ.get(PROFILE_CACHE_ENV) or DEFAULT_PROFILE_DIR
-
-
-def _say(args: argparse.Namespace, text: str) -> None:
-    if not getattr(args, "quiet", False):
-        print(f"tls-bridge: {text}", file=sys.stderr, flush=True)
-
-
-def profile_store(args: argparse.Namespace) -> ProfileStore:
-    cache = getattr(args, "profile_cache", None) or default_profile_cache()
-    directories = [cache, *(args.profiles or [])]
-    store = ProfileStore(directories, shipped=not getattr(args, "no_shipped_profiles", False))
-    for error in store.errors:
-        _say(args, f"warning: {error}")
-    return store
-
-
-def layout_resolver(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The harvesters' layout resolver: known profiles, calibration here, confirmed candidates, learning."""
-    from bridge.harvest.resolve import LayoutResolver
-
-    methods = tuple(m.strip() for m in args.resolve.split(",") if m.strip()) if args.resolve != "none" else ()
-    return LayoutResolver(profile_store(args), cache_dir=args.profile_cache or None, methods=methods,
-                          log=lambda text: _say(args, text))
-
-
-class StatusFile:
-    """``--status FILE``: the harvester's layouts and counters as JSON, rewritten every second."""
-
-    def __init__(self, path: str | None, snapshot) -> None:  # type: ignore[no-untyped-def]
-        self.path, self.snapshot = path, snapshot
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="status-file", daemon=True) if path else None
-        if self._thread is not None:
-            self._thread.start()
-
-    def write(self) -> None:
-        if not self.path:
-            return
-        import json
-
-        temporary = f"{self.path}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(self.snapshot(), handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(temporary, self.path)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                self.write()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._stop.set()
-        try:
-            self.write()
-        except OSError:
-            pass
-
+from bridge.cli.common import (
+    StatusFile,
+    add_output_options,
+    layout_resolver,
+    layout_summary,
+    open_sinks,
+    parse_triggers,
+    profile_store,
+    say,
+    stats_dict,
+    stop_on_signals,
+)
+from bridge.errors import BridgeError
+from bridge.harvest.profile import DEFAULT_PROFILE_DIR, SHIPPED_DIR, Profile
 
 # --- profile ------------------------------------------------------------------------------------
 
@@ -91,14 +32,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
         from bridge.harvest.calibrate_live import calibrate_process
 
         profile = calibrate_process(args.pid, args.keylog, binary=args.binary, duration=args.duration,
-                                    min_connections=args.connections, log=lambda text: _say(args, text))
+                                    min_connections=args.connections, log=lambda text: say(args, text))
     if args.source:
         profile.made["source"] = args.source
     if args.output == "-":
         sys.stdout.write(profile.to_json())
     else:
         path = profile.save(args.output)
-        _say(args, f"profile for {profile.library} ({profile.openssl_version}, build-id {profile.build_id}) "
+        say(args, f"profile for {profile.library} ({profile.openssl_version}, build-id {profile.build_id}) "
                    f"written to {path} in {profile.made.get('seconds', '?')} s")
     return 0
 
@@ -140,34 +81,6 @@ def run_list(args: argparse.Namespace) -> int:
 # --- harvest process ------------------------------------------------------------------------
 
 
-class KeyLogFileSink:
-    """Harvested records as RFC 9850 lines appended to a file (0600), flushed each time."""
-
-    def __init__(self, path: str) -> None:
-        if path == "-":
-            self.stream: IO[str] = sys.stdout
-        else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self.stream = os.fdopen(fd, "a", encoding="ascii")
-        self.lines = 0
-
-    def __call__(self, record) -> None:  # type: ignore[no-untyped-def]
-        for entry in record.keylog_entries():
-            self.stream.write(entry.to_line() + "\n")
-            self.lines += 1
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.stream is not sys.stdout:
-            self.stream.close()
-
-
-def _publisher(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from bridge.keyfeed.commands import publisher_from_args
-
-    return publisher_from_args(args).start()
-
-
 def _wire_frames(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not args.wire:
         return None
@@ -182,84 +95,6 @@ def _is_loopback(interface: str) -> bool:
         return Path(f"/sys/class/net/{interface}/type").read_text().strip() == "772"
     except OSError:
         return False
-
-
-def open_sinks(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """Where harvested records go: --keylog and/or the key feed (--bind/--connect)."""
-    if not args.keylog and not (args.bind or args.connect):
-        raise BridgeError("say where the secrets go: --keylog FILE and/or --bind/--connect (the key feed)")
-    sinks = []
-    keylog = KeyLogFileSink(args.keylog) if args.keylog else None
-    if keylog is not None:
-        sinks.append(keylog)
-    publisher = _publisher(args) if (args.bind or args.connect) else None
-    if publisher is not None:
-        sinks.append(publisher.publish)
-    return sinks, keylog, publisher
-
-
-def parse_triggers(text: str, allowed: tuple[str, ...], args: argparse.Namespace) -> set[str]:
-    """The --trigger list, checked against ``allowed``; ``requests`` needs a key feed."""
-    triggers = {name.strip() for name in text.split(",") if name.strip()}
-    if not triggers or not triggers <= set(allowed):
-        raise BridgeError(f"--trigger {text!r}: use one or more of {', '.join(allowed)}, separated by commas")
-    if "requests" in triggers and not (args.bind or args.connect):
-        raise BridgeError("--trigger requests needs the key feed (--bind or --connect): the sensors' requests "
-                          "arrive on it")
-    return triggers
-
-
-def stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop.set())
-    return stop
-
-
-def add_output_options(parser: argparse.ArgumentParser) -> None:
-    from bridge.keyfeed.commands import add_client_security_options
-
-    parser.add_argument("--keylog", metavar="FILE", help="append the secrets to this RFC 9850 key log (0600; '-': stdout)")
-    feed = parser.add_argument_group("key feed (see 'tls-bridge keys --help')")
-    place = feed.add_mutually_exclusive_group()
-    place.add_argument("--bind", metavar="ENDPOINT", help="publish the secrets here")
-    place.add_argument("--connect", metavar="ENDPOINT", help="publish to a broker's frontend")
-    feed.add_argument("--server-cert", metavar="FILE", help="with --bind: this harvester's certificate")
-    feed.add_argument("--allow", metavar="DIR", help="with --bind: the sensors' public keys")
-    add_client_security_options(feed)
-    feed.add_argument("--ttl", type=float, default=600.0, metavar="SECONDS", help="keep records for snapshots (default: 600)")
-    feed.add_argument("--insecure", action="store_true", help="no CurveZMQ (labs only)")
-    add_resolution_options(parser)
-    parser.add_argument("--status", metavar="FILE",
-                        help="write the harvester's state (each build's layout and where it came from, counters) "
-                             "as JSON to FILE every second")
-    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after SECONDS")
-    parser.add_argument("-q", "--quiet", action="store_true")
-
-
-def add_resolution_options(parser: argparse.ArgumentParser) -> None:
-    layouts = parser.add_argument_group(
-        "layouts of OpenSSL builds",
-        "A build with no profile is resolved automatically: a libssl this host can load is calibrated at first "
-        "sight in a confined child process (no network, no root, no capabilities, a time limit); otherwise the "
-        "known layouts (the same version series first) are candidates, and nothing read through one is published "
-        "before it is confirmed on a live connection (cryptographic relations between the secrets and what the "
-        "process holds); failing that, the layout is learned from live connections (each secret derived and "
-        "checked the same way before anything is published). Results are cached by build-id in the profile cache.")
-    layouts.add_argument("--profiles", action="append", metavar="DIR", help="more profile directories")
-    layouts.add_argument("--profile-cache", default=default_profile_cache(), metavar="DIR",
-                         help=f"where profiles calibrated or confirmed here are kept and read (default: "
-                              f"${PROFILE_CACHE_ENV} or {DEFAULT_PROFILE_DIR}; '' to keep none)")
-    layouts.add_argument("--resolve", default="calibrate,candidates,learn", metavar="METHODS",
-                         help="how builds without a profile are resolved, in this order: calibrate, candidates, "
-                              "learn (from live connections: needs hooks, and the wire or sensors' requests to "
-                              "name the connections), separated by commas (default: all three), or none")
-    layouts.add_argument("--no-shipped-profiles", action="store_true",
-                         help="ignore the profiles shipped with tls-bridge (every build resolved here)")
-
-
-def layout_summary(resolver) -> list[str]:  # type: ignore[no-untyped-def]
-    return [layout.describe() for layout in resolver.layouts.values()]
 
 
 def run_harvest_process(args: argparse.Namespace) -> int:
@@ -282,7 +117,7 @@ def run_harvest_process(args: argparse.Namespace) -> int:
         resolver = layout_resolver(args)
         harvester = ProcessHarvester(finder, resolver, sinks, hooks=hooks,
                                      wire=_wire_frames(args) if "wire" in triggers else None,
-                                     requests="requests" in triggers, log=lambda text: _say(args, text))
+                                     requests="requests" in triggers, log=lambda text: say(args, text))
         if publisher is not None and "requests" in triggers:
             publisher.take_key_requests(harvester.request)
         if args.duration:
@@ -290,8 +125,8 @@ def run_harvest_process(args: argparse.Namespace) -> int:
         harvester.refresh()
         resolver.wait(15.0)  # builds met at start: calibrated before the first connections if at all possible
         harvester.refresh()
-        status = StatusFile(args.status, lambda: {"layouts": resolver.status(), "stats": _stats_dict(harvester)})
-        _say(args, f"harvesting {harvester.stats.processes} processes ({', '.join(sorted(triggers))}); "
+        status = StatusFile(args.status, lambda: {"layouts": resolver.status(), "stats": stats_dict(harvester)})
+        say(args, f"harvesting {harvester.stats.processes} processes ({', '.join(sorted(triggers))}); "
                    "Ctrl-C or SIGTERM to stop")
         harvester.run(stop)
     finally:
@@ -318,23 +153,14 @@ def run_harvest_process(args: argparse.Namespace) -> int:
                 text += f"; trigger to published p50 {percentiles[0] * 1000:.2f} ms, p99 {percentiles[1] * 1000:.2f} ms"
             if stats.unconfirmed:
                 text += f"; {stats.unconfirmed} reads not confirmed (held back)"
-            _say(args, text)
+            say(args, text)
             for line in layout_summary(harvester.resolver):
-                _say(args, line)
+                say(args, line)
         if keylog is not None:
             keylog.close()
         if publisher is not None:
             publisher.close()
     return 0
-
-
-def _stats_dict(harvester) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    from dataclasses import asdict
-
-    body = {name: value for name, value in asdict(harvester.stats).items() if name != "latencies"}
-    if harvester.wire is not None:
-        body["search"] = {name: value for name, value in asdict(harvester.wire.stats).items()}
-    return body
 
 
 # --- parsers ---------------------------------------------------------------------------------
@@ -425,6 +251,6 @@ def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
     add_output_options(process)
     process.set_defaults(handler=run_harvest_process)
 
-    from bridge.vmi.commands import add_vm_parser
+    from bridge.cli.vm import add_vm_parser
 
     add_vm_parser(commands)
