@@ -62,6 +62,9 @@ class Verdict:
     ok: bool
     #: Why not (a short reason for the status and the log), or how it was confirmed.
     reason: str
+    #: A failure that proves the layout wrong (False: it may hold a moment later — the
+    #: connection's keys are not installed yet — so the connection is tried again).
+    conclusive: bool = True
 
 
 def _expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes, length: int) -> bytes:
@@ -118,7 +121,10 @@ def confirm_tls12(secrets: ConnectionSecrets, evidence: Evidence) -> Verdict:
     if set(wanted) <= found:
         return Verdict(True, "TLS 1.2: both write keys of the key block derived from the master secret are live "
                              "in the process (RFC 5246 §6.3)")
-    return Verdict(False, "the key block derived from the master secret is not in the process's memory")
+    # The master secret exists before the cipher contexts: right after the key exchange, the
+    # keys may not be installed yet.  Not proof of a wrong layout: tried again a moment later.
+    return Verdict(False, "the key block derived from the master secret is not (yet) in the process's memory",
+                   conclusive=False)
 
 
 def confirm(secrets: ConnectionSecrets, evidence: Evidence) -> Verdict:

@@ -277,12 +277,14 @@ class ProcessHarvester:
             return memory_evidence(reader, profile, ssl, lambda needles: present(reader, maps, needles))
 
         try:
-            if self.resolver.vouch(layout, profile, secrets, evidence):
-                return True
+            verdict = self.resolver.vouch(layout, profile, secrets, evidence)
         except (ProcessGoneError, GuestAccessError):
-            pass
-        self.stats.unconfirmed += 1
-        return False
+            verdict = False
+        if verdict:
+            return True
+        if verdict is False:
+            self.stats.unconfirmed += 1
+        return False  # undecided (None): the connection's next hooked call tries again
 
     # --- learning a layout --------------------------------------------------------------------------
 

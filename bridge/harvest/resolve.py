@@ -117,6 +117,8 @@ class BuildLayout:
     #: Connections whose secrets were held back until their version was confirmed.
     held: int = 0
     confirmations: int = 0
+    #: Confirmations that could not decide yet (keys not live), tried again.
+    retried: int = 0
     #: candidate build-id → (strikes, last reason)
     rejected: dict[str, tuple[int, str]] = field(default_factory=dict)
     reason: str = ""
@@ -283,14 +285,22 @@ class LayoutResolver:
     # --- confirming ------------------------------------------------------------------------------
 
     def vouch(self, layout: BuildLayout, profile: Profile, secrets: ConnectionSecrets,
-              evidence: Callable[[], Evidence]) -> bool:
+              evidence: Callable[[], Evidence]) -> bool | None:
         """May ``secrets``, read through ``profile`` (the build's profile or a candidate),
         be published?  Confirms them on this connection when the layout is not known
-        good for their version; a confirmed candidate becomes the build's profile."""
+        good for their version; a confirmed candidate becomes the build's profile.
+        True: publish; False: the layout does not hold here (a strike against a
+        candidate); None: not yet decidable (the connection's keys are not live
+        yet): try this connection again a moment later, nothing counted."""
         with self._lock:
             if _same_layout(profile, layout.profile) and secrets.version in layout.confirmed_versions:
                 return True
         verdict = confirm(secrets, evidence())
+        if not verdict.ok and not verdict.conclusive:
+            with self._lock:
+                layout.confirmations += 1
+                layout.retried += 1
+            return None
         with self._lock:
             layout.confirmations += 1
             if verdict.ok:

@@ -257,6 +257,9 @@ class _Pending(PendingSearch):
     layout: BuildLayout | None = None
     #: Candidate layouts that failed confirmation on this connection.
     excluded: set[str] = field(default_factory=set)
+    #: An undecided confirmation is tried again at ``confirm_at``, waiting twice as long each time.
+    confirm_at: float = 0.0
+    confirm_wait: float = 0.01
     #: Searches of the owner's memory that did not find the object yet.
     locate_misses: int = 0
 
@@ -279,7 +282,7 @@ class WireSearch:
     #: Connections published already by another trigger (a hook): not searched again.
     published: Callable[[bytes], bool] = lambda client_random: False
     #: May secrets read through a layout be published (:meth:`LayoutResolver.vouch`)?
-    vouch: Callable[[BuildLayout, Profile, ConnectionSecrets, Callable[[], Evidence]], bool] = (
+    vouch: Callable[[BuildLayout, Profile, ConnectionSecrets, Callable[[], Evidence]], bool | None] = (
         lambda layout, profile, secrets, evidence: True)
     #: A connection of a build was seen (:meth:`LayoutResolver.saw_connection`).
     saw: Callable[[BuildLayout], None] = lambda layout: None
@@ -373,9 +376,16 @@ class WireSearch:
         if not secrets.complete:
             return False
         pid, ssl, profile = item.pid, item.ssl, item.profile
+        now = time.monotonic()
+        if now < item.confirm_at:
+            return False
         maps = self._maps.get(pid) or read_maps(pid)
-        if not self.vouch(item.layout, profile, secrets,
-                          lambda: memory_evidence(reader, profile, ssl, lambda needles: present(reader, maps, needles))):
+        verdict = self.vouch(item.layout, profile, secrets,
+                             lambda: memory_evidence(reader, profile, ssl, lambda needles: present(reader, maps, needles)))
+        if verdict is None:  # not decidable yet: the same object, a little later (backing off)
+            item.confirm_at, item.confirm_wait = now + item.confirm_wait, min(item.confirm_wait * 2, 0.5)
+            return False
+        if not verdict:
             item.excluded.add(profile.build_id)
             item.ssl = None
             self.stats.unconfirmed += 1

@@ -93,6 +93,9 @@ class _Pending(PendingSearch):
     profile: Profile | None = None
     #: Candidate layouts that failed confirmation on this connection.
     excluded: set[str] = field(default_factory=set)
+    #: An undecided confirmation is tried again at ``confirm_at``, waiting twice as long each time.
+    confirm_at: float = 0.0
+    confirm_wait: float = 0.01
 
 
 def _selected(process: GuestProcess, comms: set[str], pids: set[int], everything: bool) -> bool:
@@ -266,7 +269,14 @@ class VmHarvester:
             return False
         if not secrets.complete:
             return False
-        if not self._vouch(target, profile, ssl, secrets):
+        now = time.monotonic()
+        if now < item.confirm_at:
+            return False
+        verdict = self._vouch(target, profile, ssl, secrets)
+        if verdict is None:  # not decidable yet: the same object, a little later (backing off)
+            item.confirm_at, item.confirm_wait = now + item.confirm_wait, min(item.confirm_wait * 2, 0.5)
+            return False
+        if not verdict:
             item.excluded.add(profile.build_id)
             item.ssl = None
             return False
@@ -274,18 +284,18 @@ class VmHarvester:
             self.stats.latencies.append(time.monotonic() - item.seen_at)
         return True
 
-    def _vouch(self, target: GuestTarget, profile: Profile, ssl: int, secrets: ConnectionSecrets) -> bool:
+    def _vouch(self, target: GuestTarget, profile: Profile, ssl: int, secrets: ConnectionSecrets) -> bool | None:
         """Secrets read through a layout not yet known good for their version are
         confirmed on this connection, from the guest's memory, before publishing."""
         def present(needles: list[bytes]) -> set[bytes]:
             pattern = re.compile(b"|".join(re.escape(needle) for needle in needles))
             return {match for _, match in self._search(target, pattern)}
 
-        if self.resolver.vouch(target.layout, profile, secrets,
-                               lambda: memory_evidence(target.space, profile, ssl, present)):
-            return True
-        self.stats.unconfirmed += 1
-        return False
+        verdict = self.resolver.vouch(target.layout, profile, secrets,
+                                      lambda: memory_evidence(target.space, profile, ssl, present))
+        if verdict is False:
+            self.stats.unconfirmed += 1
+        return verdict
 
     def _locate(self, randoms: list[bytes], excluded: dict[bytes, set[str]] | None = None
                 ) -> dict[bytes, tuple[GuestTarget, int, Profile]]:
