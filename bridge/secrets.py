@@ -107,12 +107,15 @@ class ConnectionSecrets:
         application traffic secrets (or both handshake traffic secrets too),
         TLS 1.2's master secret."""
         labels = self.secrets.keys()
-        if self.tls_version == TLS12 or (self.tls_version is None and CLIENT_RANDOM in labels):
-            return CLIENT_RANDOM in labels or PMS_CLIENT_RANDOM in labels
+        master = CLIENT_RANDOM in labels or PMS_CLIENT_RANDOM in labels
         application = {CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0} <= labels
         handshake = HANDSHAKE_SECRET in labels or {CLIENT_HANDSHAKE_TRAFFIC_SECRET,
                                                    SERVER_HANDSHAKE_TRAFFIC_SECRET} <= labels
-        return application and handshake
+        if self.tls_version == TLS13:
+            return application and handshake
+        if self.tls_version is not None:  # TLS 1.2 (or older): the master secret
+            return master
+        return master or (application and handshake)
 
     def __repr__(self) -> str:
         return (f"ConnectionSecrets({self.client_random.hex()[:16]}…, labels={sorted(self.secrets)}, "

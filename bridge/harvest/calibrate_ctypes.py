@@ -296,7 +296,7 @@ def verify(profile: Profile, reader, samples: list[Sample]) -> None:  # type: ig
     for sample in samples:
         secrets = read_secrets(MemoryFields(sample.reader or reader, profile, sample.ssl))
         if secrets is None or not secrets.complete or secrets.client_random != sample.client_random:
-            found = "nothing" if secrets is None else f"{sorted(secrets.secrets)} (version {secrets.version:#06x})"
+            found = "nothing" if secrets is None else f"{sorted(secrets.secrets)} (version {secrets.tls_version or 0:#06x})"
             raise ProfileError(f"calibration: the profile reads back {found} from a TLS {sample.version:#06x} "
                                "sample, not its secrets; refusing to write it")
         for label, value in secrets.secrets.items():

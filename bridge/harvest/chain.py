@@ -2,20 +2,28 @@
 
 Pure logic over a :class:`FieldSource`: where the bytes come from is the
 caller's business — ``/proc/PID/mem`` (:class:`MemoryFields`), a uprobe event
-whose fields the kernel fetched at hook time, or guest memory.  The result is
-in the RFC 9850 vocabulary.
+whose fields the kernel fetched at hook time, or guest memory.  The result is a
+:class:`~bridge.secrets.ConnectionSecrets` (``complete`` once it decrypts the
+whole connection).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.errors import GuestAccessError
 from bridge.harvest.profile import Profile
-from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
+from bridge.secrets import (
+    CLIENT_RANDOM,
+    CLIENT_TRAFFIC_SECRET_0,
+    EXPORTER_SECRET,
+    HANDSHAKE_SECRET,
+    SERVER_TRAFFIC_SECRET_0,
+    TLS12,
+    TLS13,
+    ConnectionSecrets,
+)
 
-TLS12, TLS13 = 0x0303, 0x0304
 _VERSIONS = frozenset({0x0301, 0x0302, TLS12, TLS13})
 #: TLS 1.3 suites by hash length; anything else falls back to the zero-tail test.
 _SHA384_SUITES = frozenset({0x1302})
@@ -45,20 +53,6 @@ class FieldSource(Protocol):
     def field(self, name: str) -> bytes | None:
         """The bytes of a profile field (``FIELD_SIZES[name]`` long), or None."""
         ...
-
-
-@dataclass(slots=True, repr=False)
-class ConnectionSecrets:
-    client_random: bytes
-    version: int
-    cipher_suite: int | None
-    secrets: dict[str, bytes] = field(default_factory=dict)
-    #: Everything needed to decrypt the connection is there.
-    complete: bool = False
-
-    def __repr__(self) -> str:
-        return (f"ConnectionSecrets({self.client_random.hex()[:16]}…, version={self.version:#06x}, "
-                f"labels={sorted(self.secrets)}, complete={self.complete})")
 
 
 class MemoryFields:
@@ -109,17 +103,15 @@ def read_secrets(source: FieldSource) -> ConnectionSecrets | None:
         return None
     cipher_id = _u(source.field("cipher_id"))
     suite = cipher_id & 0xFFFF if cipher_id and cipher_id >> 16 == 0x0300 else None
-    result = ConnectionSecrets(client_random, version, suite)
+    result = ConnectionSecrets(client_random, tls_version=version, cipher_suite=suite)
     if version == TLS13:
         for name, label in TLS13_LABELS.items():
             value = source.field(name)
             if value is not None and any(value):
                 result.secrets[label] = value[: _hash_length(suite, value)]
-        result.complete = {HANDSHAKE_SECRET, CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0} <= result.secrets.keys()
     else:
         length = _u(source.field("master_key_length"))
         master_key = source.field("master_key")
         if length == 48 and master_key is not None and any(master_key):
             result.secrets[CLIENT_RANDOM] = master_key
-            result.complete = True
     return result

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.errors import GuestAccessError
-from bridge.harvest.chain import TLS12, TLS13, ConnectionSecrets
+from bridge.secrets import TLS12, TLS13, ConnectionSecrets
 from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
 from bridge.tls.ciphersuites import cipher_suite
 from bridge.tls.keyschedule import derive_secret, empty_hash, hkdf_extract, key_block12
@@ -110,10 +110,12 @@ def confirm_tls12(secrets: ConnectionSecrets, evidence: Evidence) -> Verdict:
     if master is None:
         return Verdict(False, "TLS 1.2 master secret missing")
     suite = cipher_suite(secrets.cipher_suite) if secrets.cipher_suite is not None else None
+    # Fields that cannot be read now (a page the guest has not mapped yet, a pointer set a
+    # moment later) decide nothing: only a relation that fails is proof of a wrong layout.
     if suite is None or suite.code >> 8 == 0x13:
-        return Verdict(False, "TLS 1.2 cipher suite not read (the layout's cipher_id)")
+        return Verdict(False, "TLS 1.2 cipher suite not read (the layout's cipher_id)", conclusive=False)
     if evidence.server_random is None or not any(evidence.server_random):
-        return Verdict(False, "no server random beside the client random")
+        return Verdict(False, "no server random beside the client random", conclusive=False)
     client_keys, server_keys = key_block12(suite, master_secret=master, client_random=secrets.client_random,
                                            server_random=evidence.server_random)
     wanted = [client_keys.key, server_keys.key]
@@ -129,11 +131,11 @@ def confirm_tls12(secrets: ConnectionSecrets, evidence: Evidence) -> Verdict:
 
 def confirm(secrets: ConnectionSecrets, evidence: Evidence) -> Verdict:
     """Do the secrets read through a layout hold on this live connection?"""
-    if secrets.version == TLS13:
+    if secrets.tls_version == TLS13:
         return confirm_tls13(secrets, evidence)
-    if secrets.version == TLS12:
+    if secrets.tls_version == TLS12:
         return confirm_tls12(secrets, evidence)
-    return Verdict(False, f"version {secrets.version:#06x} is not harvested")
+    return Verdict(False, f"version {secrets.tls_version or 0:#06x} is not harvested")
 
 
 def memory_evidence(reader, profile, ssl: int, find: Callable[[list[bytes]], set[bytes]]) -> Evidence:  # type: ignore[no-untyped-def]

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 
 from bridge.capture.frames import Frame
 from bridge.errors import BridgeError, GuestAccessError
-from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
+from bridge.harvest.chain import MemoryFields, read_secrets
+from bridge.secrets import ConnectionSecrets
 from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.memory import ProcessGoneError, ProcessMemory, present, read_maps
 from bridge.harvest.profile import Profile
@@ -445,7 +446,7 @@ class ProcessHarvester:
             client_random=secrets.client_random,
             secrets=dict(secrets.secrets),
             captured_at=time.time(),
-            tls_version=secrets.version if secrets.version in (0x0303, 0x0304) else None,
+            tls_version=secrets.tls_version if secrets.tls_version in (0x0303, 0x0304) else None,
             cipher_suite=secrets.cipher_suite,
             origin=origin,
         )

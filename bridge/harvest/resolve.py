@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 
 from bridge.errors import ProfileError
 from bridge.harvest.calibrate import Sample
-from bridge.harvest.chain import TLS12, TLS13, ConnectionSecrets
+from bridge.secrets import TLS12, TLS13, ConnectionSecrets
 from bridge.harvest.confirm import Evidence, confirm
 from bridge.harvest.profile import SHIPPED_DIR, Profile, ProfileStore
 
@@ -293,7 +293,7 @@ class LayoutResolver:
         candidate); None: not yet decidable (the connection's keys are not live
         yet): try this connection again a moment later, nothing counted."""
         with self._lock:
-            if _same_layout(profile, layout.profile) and secrets.version in layout.confirmed_versions:
+            if _same_layout(profile, layout.profile) and secrets.tls_version in layout.confirmed_versions:
                 return True
         verdict = confirm(secrets, evidence())
         if not verdict.ok and not verdict.conclusive:
@@ -326,8 +326,8 @@ class LayoutResolver:
                     return False  # another candidate won meanwhile
                 else:
                     newly = False
-                first_of_version = secrets.version not in layout.confirmed_versions
-                layout.confirmed_versions.add(secrets.version)
+                first_of_version = secrets.tls_version not in layout.confirmed_versions
+                layout.confirmed_versions.add(secrets.tls_version)  # type: ignore[arg-type]
             else:
                 strikes, _ = layout.rejected.get(profile.build_id, (0, ""))
                 layout.rejected[profile.build_id] = (strikes + 1, verdict.reason)
@@ -346,7 +346,7 @@ class LayoutResolver:
             elif first_of_version:
                 self.log(f"{layout.library} (build-id {layout.build_id}): {verdict.reason}")
             return True
-        self.log(f"{layout.library} (build-id {layout.build_id}): layout {profile.openssl_version} "
+        self.log(f"{layout.library} (build-id {layout.build_id}): layout {profile.openssl_version or 'of this build'} "
                  f"({profile.build_id[:12]}) not confirmed: {verdict.reason}"
                  + ("; candidate dropped" if dropped else "")
                  + (f"; {layout.describe()}" if layout.state == FAILED or (dropped and layout.state == LEARNING) else ""))

@@ -22,7 +22,8 @@ from typing import Generic, TypeVar
 
 from bridge.capture.frames import Frame
 from bridge.errors import GuestAccessError, PacketDecodeError
-from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
+from bridge.harvest.chain import MemoryFields, read_secrets
+from bridge.secrets import ConnectionSecrets
 from bridge.harvest.confirm import Evidence, memory_evidence
 from bridge.harvest.memory import Mapping, ProcessGoneError, ProcessMemory, find_all, present, read_maps
 from bridge.harvest.profile import Profile

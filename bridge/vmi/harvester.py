@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 from bridge.capture.frames import Frame
 from bridge.errors import GuestAccessError
-from bridge.harvest.chain import ConnectionSecrets, MemoryFields, read_secrets
+from bridge.harvest.chain import MemoryFields, read_secrets
+from bridge.secrets import ConnectionSecrets
 from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.elf import build_id_in_memory
 from bridge.harvest.profile import Profile, ProfileStore
@@ -371,7 +372,7 @@ class VmHarvester:
             client_random=secrets.client_random,
             secrets=dict(secrets.secrets),
             captured_at=time.time(),
-            tls_version=secrets.version if secrets.version in (0x0303, 0x0304) else None,
+            tls_version=secrets.tls_version if secrets.tls_version in (0x0303, 0x0304) else None,
             cipher_suite=secrets.cipher_suite,
             origin=Origin(host=self.host, vm=self.vm_name[:255], pid=target.process.pid, comm=target.process.comm,
                           library=target.library[:256], build_id=target.layout.build_id, trigger=trigger),
