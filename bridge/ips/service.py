@@ -138,7 +138,7 @@ def serve(args: IpsSettings) -> int:
     """Follow the eve output and cut what it asks to block, until SIGINT/SIGTERM or its end."""
     from bridge.privileges import missing
 
-    lacking = missing(*(["CAP_NET_RAW"] if args.resets or args.interface else []),
+    lacking = missing(*(["CAP_NET_RAW"] if args.resets or args.interfaces else []),
                       *(["CAP_NET_ADMIN"] if args.nft else []))
     if lacking:
         raise BridgeError(f"the IPS needs {', '.join(lacking)} (CAP_NET_RAW: resets and capture; CAP_NET_ADMIN: "
