@@ -117,6 +117,8 @@ class BuildLayout:
     #: Connections whose secrets were held back until their version was confirmed.
     held: int = 0
     confirmations: int = 0
+    #: Learning attempts whose connections did not agree on one layout.
+    learn_failures: int = 0
     #: Confirmations that could not decide yet (keys not live), tried again.
     retried: int = 0
     #: candidate build-id → (strikes, last reason)
@@ -365,8 +367,11 @@ class LayoutResolver:
             if layout.state != LEARNING or any(s.ssl == sample.ssl and s.client_random == sample.client_random
                                                for _, s in layout.learning):
                 return None
-            if sum(1 for _, s in layout.learning if s.version == sample.version) >= learn.LEARN_MAX_SAMPLES // 2:
-                return None  # enough of this version (each holds a copy of its memory): waiting for the other
+            same = [entry for entry in layout.learning if entry[1].version == sample.version]
+            if len(same) >= learn.LEARN_MAX_SAMPLES // 2:
+                if not layout.learn_failures:
+                    return None  # enough of this version (each holds a copy of its memory): waiting for the other
+                layout.learning.remove(same[0])  # they did not agree: a rolling window of this version
             layout.learning.append((pid, sample))
             samples = [s for _, s in layout.learning]
             if not learn.ready(samples):
@@ -375,14 +380,34 @@ class LayoutResolver:
         try:
             profile = learn.learn_profile(layout.build_id, layout.version, layout.library, samples)
         except ProfileError as exc:
+            # One connection may contradict the others (its object reused by the next connection
+            # before it was copied, under load): without it, do the rest agree?
+            profile, outlier = None, None
+            for index in range(len(samples) - 1, -1, -1):
+                rest = samples[:index] + samples[index + 1:]
+                if not learn.ready(rest):
+                    continue
+                try:
+                    profile = learn.learn_profile(layout.build_id, layout.version, layout.library, rest)
+                except ProfileError:
+                    continue
+                outlier, samples = samples[index], rest
+                break
+            if profile is None:
+                with self._lock:
+                    layout.learn_failures += 1
+                    if layout.learn_failures >= 4 * learn.LEARN_MAX_SAMPLES:
+                        layout.state = FAILED
+                        layout.reason = f"learning failed after {layout.learn_failures} tries: {exc}"
+                    else:
+                        layout.reason = f"{learn.missing(samples)}; not yet unambiguous: {exc}"
+                self.log(f"{layout.library} (build-id {layout.build_id}): {layout.reason}"
+                         + (f"; {layout.describe()}" if layout.state == FAILED else ""))
+                return None
             with self._lock:
-                if len(layout.learning) >= learn.LEARN_MAX_SAMPLES:
-                    layout.state, layout.reason = FAILED, f"learning failed after {len(samples)} connections: {exc}"
-                else:
-                    layout.reason = f"{learn.missing(samples)}; not yet unambiguous: {exc}"
-            self.log(f"{layout.library} (build-id {layout.build_id}): {layout.reason}"
-                     + (f"; {layout.describe()}" if layout.state == FAILED else ""))
-            return None
+                layout.learning = [entry for entry in layout.learning if entry[1] is not outlier]
+            self.log(f"{layout.library} (build-id {layout.build_id}): one connection contradicted the others "
+                     "and was left out of learning")
         with self._lock:
             if layout.state != LEARNING:
                 return None
