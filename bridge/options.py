@@ -15,11 +15,12 @@ T = TypeVar("T")
 
 def option(default: Any, doc: str, *, choices: tuple[Any, ...] = (), low: float | None = None,
            high: float | None = None, flag: str | None = None, metavar: str | None = None,
-           negate: str | None = None) -> Any:
+           negate: str | None = None, negate_doc: str | None = None) -> Any:
     """A documented option.  ``flag``: its command-line flag (``--key-wait``);
-    ``negate``: for a boolean that defaults to true, the flag that turns it off."""
+    ``negate``: for a boolean that defaults to true, the flag that turns it off
+    (``negate_doc`` its help)."""
     metadata = {"doc": doc, "choices": choices, "low": low, "high": high, "flag": flag, "metavar": metavar,
-                "negate": negate}
+                "negate": negate, "negate_doc": negate_doc}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -90,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type) -> None:
         if isinstance(default, bool):
             if meta.get("negate"):
                 parser.add_argument(meta["negate"], dest=f"opt_{spec.name}", action="store_false", default=default,
-                                    help=meta["doc"])
+                                    help=meta.get("negate_doc") or f"the opposite of: {meta['doc']}")
             elif meta.get("flag"):
                 parser.add_argument(meta["flag"], dest=f"opt_{spec.name}", action="store_true", default=default,
                                     help=meta["doc"])

@@ -56,7 +56,7 @@ def add_decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
             examples:
               tls-bridge decrypt -r https.pcapng --keylog sslkeys.log --flows -
               tls-bridge decrypt -i eth1 --keylog /run/app/sslkeys.log --flows flows.jsonl
-              tls-bridge decrypt -i eth1 --keys tcp://harvester:5555 --server-key certs/harvester.key \
+              tls-bridge decrypt -i eth1 --keys tcp://harvester:5555 --server-key certs/harvester.key \\
                   --client-cert certs/sensor.key_secret --inject tls0 --flows flows.jsonl
 
             exit status:

@@ -37,4 +37,5 @@ class EngineSettings:
     rst_grace: float = option(1.0, "after a RST, how long data sent before it may still arrive (a mirror "
                               "reorders), seconds of capture time", low=0, flag="--rst-grace", metavar="SECONDS")
     forget_keys: bool = option(True, "drop a connection's secrets from the key store once it is logged",
-                               negate="--keep-keys")
+                               negate="--keep-keys", negate_doc="keep a connection's secrets in the key store after "
+                               "it is logged (by default they are dropped)")
