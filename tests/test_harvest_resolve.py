@@ -40,12 +40,31 @@ def _harvest_pair(library: Path, tmp_path: Path, *options: str) -> tuple[Path, P
             pair.stdin.write("go\n")
             pair.stdin.flush()
             assert pair.stdout.readline().strip() == "done"
-            time.sleep(1.0)
+            _settle(truth, harvested, status)
             assert harvester.stop() == 0, harvester.text()
     finally:
         pair.stdin.close()
         pair.wait(10)
     return truth, harvested, harvester.text(), json.loads(status.read_text())
+
+
+def _settle(truth: Path, harvested: Path, status: Path, *, timeout: float = 20.0) -> None:
+    """Give the harvester the time it needs (its hook events, confirmations and memory
+    scans are its own pace on a busy host): until every connection the library logged
+    is harvested, or a build's layout is decided as failed, or ``timeout``; at least 1 s."""
+    time.sleep(1.0)
+    deadline = time.monotonic() + timeout
+    wanted = {line[1] for line in keylog_lines(truth)}
+    while time.monotonic() < deadline:
+        if wanted and wanted <= {line[1] for line in keylog_lines(harvested)}:
+            return
+        try:
+            states = {entry["state"] for entry in json.loads(status.read_text())["layouts"]}
+        except (OSError, ValueError, KeyError):
+            states = set()
+        if "failed" in states:
+            return
+        time.sleep(0.2)
 
 
 def _layout(status: dict, build_id: str) -> dict:
