@@ -27,6 +27,15 @@ def warn(text: str) -> None:
     print(f"tls-bridge: warning: {text}", file=sys.stderr, flush=True)
 
 
+def is_loopback(interface: str) -> bool:
+    """A loopback device shows every packet leaving and arriving: captures keep one copy, as libpcap does."""
+    try:
+        with open(f"/sys/class/net/{interface}/type", encoding="ascii") as handle:
+            return handle.read().strip() == "772"  # ARPHRD_LOOPBACK
+    except OSError:
+        return False
+
+
 def stop_on_signals() -> threading.Event:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -20,7 +20,7 @@ from bridge.capture.frames import Frame
 from bridge.engine.engine import Engine
 from bridge.engine.settings import EngineSettings
 from bridge.errors import BridgeError
-from bridge.cli.common import add_client_security_options
+from bridge.cli.common import add_client_security_options, is_loopback
 from bridge.keyfeed.sources import KeySettings, KeySources
 from bridge.options import add_arguments, from_arguments
 from bridge.outputs import FlowLog, KeyRequester, Outputs, PlaintextDirWriter
@@ -178,16 +178,7 @@ def _frames(args: argparse.Namespace) -> Iterator[Frame | None]:
         return iter(read_capture(args.read))
     from bridge.capture.afpacket import AfPacketCapture
 
-    # On a loopback device every packet is seen leaving and arriving: keep one copy, as libpcap does.
-    return iter(AfPacketCapture(args.interface, ignore_outgoing=_is_loopback(args.interface), idle_marker=True))
-
-
-def _is_loopback(interface: str) -> bool:
-    try:
-        with open(f"/sys/class/net/{interface}/type", encoding="ascii") as handle:
-            return handle.read().strip() == "772"  # ARPHRD_LOOPBACK
-    except OSError:
-        return False
+    return iter(AfPacketCapture(args.interface, ignore_outgoing=is_loopback(args.interface), idle_marker=True))
 
 
 def _limit(frames: Iterator[Frame | None], count: int | None) -> Iterator[Frame | None]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-from pathlib import Path
 
 from bridge.cli.common import (
     StatusFile,
     add_output_options,
+    is_loopback,
     layout_resolver,
     layout_summary,
     open_sinks,
@@ -86,15 +86,9 @@ def _wire_frames(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         return None
     from bridge.capture.afpacket import AfPacketCapture
 
-    return iter(AfPacketCapture(args.wire, ignore_outgoing=_is_loopback(args.wire), idle_marker=True,
+    return iter(AfPacketCapture(args.wire, ignore_outgoing=is_loopback(args.wire), idle_marker=True,
                                 snaplen=4096, poll_interval=0.05))
 
-
-def _is_loopback(interface: str) -> bool:
-    try:
-        return Path(f"/sys/class/net/{interface}/type").read_text().strip() == "772"
-    except OSError:
-        return False
 
 
 def run_harvest_process(args: argparse.Namespace) -> int:

@@ -214,10 +214,6 @@ class TlsConnection:
         """A secret a key log names by one of :attr:`key_handles`."""
         self._handle_secrets[handle] = secret
 
-    @property
-    def has_secrets(self) -> bool:
-        return bool(self._secrets or self._handle_secrets)
-
     # --- input -----------------------------------------------------------------
 
     def receive(self, direction: Direction, data: bytes, timestamp_ns: int = 0) -> Sequence[ApplicationData]:
