@@ -41,6 +41,7 @@ step() {
 APT_PACKAGES=(
     python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux nftables qemu-system-x86 busybox-static cpio kmod xz-utils zstd
     zkg  # Zeek's package manager: the Zeek package's zkg install/test
+    golang-go gnutls-bin  # the Go and GnuTLS servers the harvester's tests hook (issue 20)
 )
 # node (a TLS server with OpenSSL linked in) may come from elsewhere (nodesource); Debian's otherwise.
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
