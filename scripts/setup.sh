@@ -39,7 +39,7 @@ step() {
 }
 
 APT_PACKAGES=(
-    python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux nftables qemu-system-x86 busybox-static cpio kmod xz-utils zstd
+    python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux nftables iptables qemu-system-x86 busybox-static cpio kmod xz-utils zstd
     zkg  # Zeek's package manager: the Zeek package's zkg install/test
     golang-go gnutls-bin  # the Go and GnuTLS servers the harvester's tests hook (issue 20)
 )
