@@ -42,6 +42,7 @@ APT_PACKAGES=(
     python3-venv openssl curl tcpdump tshark nginx-light iproute2 procps util-linux nftables iptables qemu-system-x86 busybox-static cpio kmod xz-utils zstd
     zkg  # Zeek's package manager: the Zeek package's zkg install/test
     golang-go gnutls-bin  # the Go and GnuTLS servers the harvester's tests hook (issue 20)
+    gcc libc6-dev python3-dev  # the package's C extensions (setup.py)
 )
 # node (a TLS server with OpenSSL linked in) may come from elsewhere (nodesource); Debian's otherwise.
 command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
@@ -94,7 +95,8 @@ if ((${#need_apt[@]} + ${#need_backports[@]})); then
 fi
 
 stamp=.venv/.tls-bridge-installed
-want=$(cat pyproject.toml | sha256sum | cut -c1-16)
+# the stamp covers what pip builds: the metadata and the C extensions' sources
+want=$(cat pyproject.toml setup.py $(find bridge -name '*.c' -o -name '*.h' | sort) | sha256sum | cut -c1-16)
 if [[ ! -x .venv/bin/python ]]; then
     step "creating the venv .venv" python3 -m venv .venv
 fi

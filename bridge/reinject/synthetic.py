@@ -12,8 +12,9 @@ Per synthetic connection:
 * on its first plaintext: the three-way handshake (SYN, SYN-ACK, ACK), ISNs
   derived deterministically from the flow (:meth:`SyntheticFlows.initial_sequence`);
 * per plaintext event: MSS-sized data segments (PSH|ACK on the last one, ACK
-  otherwise), each followed by a pure ACK from the peer, so an IDS stream engine
-  sees every byte acknowledged;
+  otherwise), then one pure ACK from the peer acknowledging them all, as a
+  receiver's delayed ACK does (``ack_each_segment``: one after every segment), so
+  an IDS stream engine sees every byte acknowledged;
 * at the end: RST|ACK from the client if the original connection was reset,
   otherwise FIN|ACK / ACK / FIN|ACK / ACK; :meth:`SyntheticFlows.describe` then
   names the synthetic connection for the flow log's ``synthetic`` field
@@ -23,11 +24,9 @@ Same addresses and ports as the original connection (the server port optionally
 rewritten), marker MACs and an optional 802.1Q tag.  Only a few integers are kept
 per open connection; no payload is buffered.
 
-Checksums are computed arithmetically: the one's-complement sum of 16-bit
-big-endian words equals the big-endian integer of the data modulo 0xFFFF (since
-2**16 ≡ 1), so a payload's contribution is one ``int.from_bytes(...) % 0xFFFF``
-(C speed, ~5x faster than summing a ``memoryview.cast("H")``), and the headers'
-words are added as integers without building the pseudo-header.
+The per-byte work (segmenting, headers, the Internet checksum) is compiled:
+:mod:`bridge.reinject._segments` (C, see its header), behind :meth:`SyntheticFlows._frame`
+and :meth:`SyntheticFlows._plaintext`; the connection state stays here.
 """
 
 from __future__ import annotations
@@ -35,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass
+
+from bridge.reinject import _segments
 
 from bridge.engine.events import FlowFinished, FlowInfo, PlaintextData
 from bridge.engine.packets import ACK, FIN, PSH, RST, SYN, format_endpoint
@@ -60,12 +61,6 @@ _ETHERTYPE_IPV4 = 0x0800
 _ETHERTYPE_IPV6 = 0x86DD
 _ETHERTYPE_VLAN = 0x8100
 
-_IP4 = struct.Struct("!BBHHHBBH4s4s")
-_IP6 = struct.Struct("!IHBB16s16s")
-_TCP = struct.Struct("!HHIIBBHHH")
-#: constant words of the IPv4 header: version/IHL/TOS, flags (DF), TTL/protocol
-_IP4_CONSTANT = 0x4500 + 0x4000 + ((_TTL << 8) | _PROTO_TCP)
-_DF = 0x4000
 
 
 def internet_checksum(data: bytes | bytearray | memoryview) -> int:
@@ -74,19 +69,7 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
     Odd lengths are padded with a zero byte.  Verifying: the checksum of data
     that includes a correct checksum field is 0.
     """
-    n = int.from_bytes(data, "big")
-    if len(data) & 1:
-        n <<= 8
-    s = n % 0xFFFF
-    if s == 0 and n:
-        s = 0xFFFF  # a non-zero one's-complement sum never folds to 0
-    return 0xFFFF - s
-
-
-def _fold(total: int) -> int:
-    """Checksum field from a non-zero sum of 16-bit words (any size)."""
-    s = total % 0xFFFF
-    return 0 if s == 0 else 0xFFFF - s
+    return _segments.checksum(data)
 
 
 def format_mac(mac: bytes) -> str:
@@ -107,6 +90,8 @@ class SyntheticOptions:
     vlan: int | None = None
     #: mixed into the ISN derivation (different seeds, different sequence spaces)
     isn_seed: int = 0
+    #: the peer acknowledges every data segment (else once per plaintext event, as a delayed ACK)
+    ack_each_segment: bool = False
 
     def __post_init__(self) -> None:
         if not 68 <= self.mtu <= 65535:
@@ -152,15 +137,13 @@ class _Flow:
     """State of one open synthetic connection: a few integers."""
 
     __slots__ = (
-        "info", "server_port", "addr_sum", "client_next", "server_next", "last_ns",
+        "info", "server_port", "client_next", "server_next", "last_ns",
         "segments", "bytes_c2s", "bytes_s2c",
     )
 
     def __init__(self, info: FlowInfo, server_port: int, client_isn: int, server_isn: int, ts: int) -> None:
         self.info = info
         self.server_port = server_port
-        #: word sum of both addresses (pseudo-header and IPv4 header, either direction)
-        self.addr_sum = int.from_bytes(info.client_ip, "big") + int.from_bytes(info.server_ip, "big")
         self.client_next = client_isn
         self.server_next = server_isn
         self.last_ns = ts
@@ -248,24 +231,18 @@ class SyntheticFlows:
         flow.last_ns = ts
         direction = event.direction
         mss = self._mss[info.ip_version == 6]
-        view = memoryview(data)
-        total = len(view)
-        frame = self._frame
-        append = out.append
-        pieces = 0
+        total = len(data)
+        eth = self._eth[info.ip_version == 6]
         if direction == Direction.C2S:
-            sender, receiver = Direction.C2S, Direction.S2C
-            seq, peer = flow.client_next, flow.server_next
+            frames, seq, self._ip_id = _segments.segments(
+                eth[0], eth[1], info.client_ip, info.server_ip, info.client_port, flow.server_port,
+                flow.client_next, flow.server_next, mss, data, self._ip_id, self.options.ack_each_segment)
         else:
-            sender, receiver = Direction.S2C, Direction.C2S
-            seq, peer = flow.server_next, flow.client_next
-        for start in range(0, total, mss):
-            piece = view[start:start + mss]
-            last = start + mss >= total
-            append(OutputFrame(ts, frame(flow, sender, seq, peer, (ACK | PSH) if last else ACK, piece)))
-            seq = (seq + len(piece)) & _MOD32
-            append(OutputFrame(ts, frame(flow, receiver, peer, seq, ACK, b"")))
-            pieces += 1
+            frames, seq, self._ip_id = _segments.segments(
+                eth[1], eth[0], info.server_ip, info.client_ip, flow.server_port, info.client_port,
+                flow.server_next, flow.client_next, mss, data, self._ip_id, self.options.ack_each_segment)
+        pieces = (total + mss - 1) // mss
+        out.extend([OutputFrame(ts, frame) for frame in frames])
         if direction == Direction.C2S:
             flow.client_next = seq
             flow.bytes_c2s += total
@@ -276,7 +253,7 @@ class SyntheticFlows:
         stats = self.stats
         stats.segments += pieces
         stats.bytes += total
-        stats.frames += 2 * pieces
+        stats.frames += len(frames)
         return out
 
     def _start(self, info: FlowInfo, ts: int, out: list[OutputFrame]) -> _Flow:
@@ -345,26 +322,8 @@ class SyntheticFlows:
         else:
             src_ip, dst_ip = info.server_ip, info.client_ip
             sport, dport = flow.server_port, info.client_port
-        length = len(payload)
-        tcp_length = _TCP_HEADER + length
-        # TCP checksum: pseudo-header + header words + payload (mod 0xFFFF)
-        total = (
-            flow.addr_sum + _PROTO_TCP + tcp_length
-            + sport + dport + (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF)
-            + ((5 << 12) | flags) + _WINDOW
-        )
-        if length:
-            n = int.from_bytes(payload, "big")
-            total += (n << 8) if length & 1 else n
-        tcp = _TCP.pack(sport, dport, seq, ack, 5 << 4, flags, _WINDOW, _fold(total), 0)
-        if info.ip_version == 6:
-            ip = _IP6.pack(0x60000000, tcp_length, _PROTO_TCP, _TTL, src_ip, dst_ip)
-            eth = self._eth[1][direction]
-        else:
-            ip_id = self._ip_id
-            self._ip_id = (ip_id + 1) & 0xFFFF
-            ip_length = _IP4_HEADER + tcp_length
-            checksum = _fold(flow.addr_sum + _IP4_CONSTANT + ip_length + ip_id)
-            ip = _IP4.pack(0x45, 0, ip_length, ip_id, _DF, _TTL, _PROTO_TCP, checksum, src_ip, dst_ip)
-            eth = self._eth[0][direction]
-        return b"".join((eth, ip, tcp, payload))
+        eth = self._eth[info.ip_version == 6][direction]
+        frame = _segments.frame(eth, src_ip, dst_ip, sport, dport, seq, ack, flags, payload, self._ip_id)
+        if info.ip_version == 4:
+            self._ip_id = (self._ip_id + 1) & 0xFFFF
+        return frame

@@ -16,6 +16,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
 from bridge.capture.pcapwriter import PcapWriter
+from bridge.reinject import _segments
 from bridge.engine.events import FlowFinished, FlowInfo, PlaintextData
 from tests.support.decrypt import summary_for
 from bridge.reinject.synthetic import (
@@ -161,9 +162,48 @@ def test_internet_checksum_edges(data: bytes) -> None:
     assert internet_checksum(data) == reference_checksum(data)
 
 
+@given(st.binary(max_size=3000), st.integers(0, 0xFFFF))
+def test_internet_checksum_continues_a_partial_sum(data: bytes, word: int) -> None:
+    # the compiled checksum's ``initial``: a sum carried over from words summed before
+    assert _segments.checksum(data, word) == reference_checksum(word.to_bytes(2, "big") + data)
+
+
 def test_internet_checksum_rfc1071_example() -> None:
     # RFC 1071 §3: words 0001 f203 f4f5 f6f7 sum to ddf2 → checksum 220d
     assert internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
+
+
+@pytest.mark.parametrize("make_flow", [flow4, flow6])
+def test_ack_each_segment(make_flow) -> None:
+    info = make_flow()
+    data = payload(10_000, 4)
+    events, _ = conversation(info, [(Direction.S2C, data)])
+    pkts = parse(run(events, SyntheticOptions(ack_each_segment=True)))
+    for i, p in enumerate(pkts):
+        if len(p[TCP].payload):
+            ack = pkts[i + 1][TCP]
+            assert not len(ack.payload) and int(ack.flags) == ACK and ack.sport == p[TCP].dport
+            assert ack.ack == (p[TCP].seq + len(p[TCP].payload)) % 2**32
+    assert walk(pkts, info.client_port)[Direction.S2C] == data
+
+
+@pytest.mark.parametrize("args", [
+    (b"\x00" * 65, b"\x00" * 4, b"\x00" * 4, 1, 2, 0, 0, 0x10, b"", 0),  # link header too long
+    (b"", b"\x00" * 4, b"\x00" * 16, 1, 2, 0, 0, 0x10, b"", 0),  # address families differ
+    (b"", b"\x00" * 5, b"\x00" * 5, 1, 2, 0, 0, 0x10, b"", 0),  # not an address
+    (b"", b"\x00" * 4, b"\x00" * 4, 70000, 2, 0, 0, 0x10, b"", 0),  # port
+    (b"", b"\x00" * 4, b"\x00" * 4, 1, 2, 0, 0, 0x100, b"", 0),  # flags
+    (b"", b"\x00" * 4, b"\x00" * 4, 1, 2, 0, 0, 0x10, b"x" * 65516, 0),  # longer than an IPv4 packet
+])
+def test_compiled_frame_rejects_bad_arguments(args) -> None:
+    with pytest.raises(ValueError):
+        _segments.frame(*args)
+
+
+@pytest.mark.parametrize("mss", [0, -1, 65516])
+def test_compiled_segments_rejects_bad_mss(mss: int) -> None:
+    with pytest.raises(ValueError):
+        _segments.segments(b"", b"", b"\x00" * 4, b"\x00" * 4, 1, 2, 0, 0, mss, b"data", 0, False)
 
 
 # --- options ------------------------------------------------------------------------------
@@ -209,12 +249,15 @@ def test_conversation_both_directions(make_flow, mtu: int) -> None:
     assert max(len(l3(p)) for p in pkts) == mtu  # full-sized segments
     expected_segments = sum(-(-len(x) // mss) for x in (c1, s1, c2))
     assert len(data_pkts) == expected_segments
-    # every data segment is immediately acknowledged by a pure ACK of the peer
+    # each event's segments are acknowledged by one pure ACK of the peer after the last (a delayed ACK)
     for i, p in enumerate(pkts):
-        if len(p[TCP].payload):
+        if len(p[TCP].payload) and int(p[TCP].flags) & PSH:
             ack = pkts[i + 1][TCP]
             assert not len(ack.payload) and int(ack.flags) == ACK and ack.sport == p[TCP].dport
             assert ack.ack == (p[TCP].seq + len(p[TCP].payload)) % 2**32
+        elif len(p[TCP].payload):
+            assert len(pkts[i + 1][TCP].payload)  # more of the same event follows, unacknowledged yet
+    assert len(pkts) == 3 + len(data_pkts) + 3 + 4
     # PSH only on the last piece of each event
     assert sum(1 for p in data_pkts if int(p[TCP].flags) & PSH) == 3
     assert all(int(p[TCP].flags) == PSH | ACK for p in data_pkts if int(p[TCP].flags) & PSH)

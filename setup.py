@@ -1,0 +1,17 @@
+"""Build of the compiled hot paths (the rest of the package is in pyproject.toml).
+
+C extensions written against the CPython API, as aioquic's ``_buffer`` and
+``_crypto`` are: a few hundred lines each, no build dependency beyond a C
+compiler and the Python headers (``scripts/setup.sh`` installs both), no
+generated code to review, and each sits behind one Python module's seam.
+"""
+
+from setuptools import Extension, setup
+
+CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"]
+
+setup(
+    ext_modules=[
+        Extension("bridge.reinject._segments", ["bridge/reinject/_segments.c"], extra_compile_args=CFLAGS),
+    ],
+)
