@@ -18,6 +18,7 @@ from bridge.errors import ProfileError
 _PT_LOAD, _PT_NOTE = 1, 4
 _SHT_SYMTAB, _SHT_DYNSYM = 2, 11
 _NT_GNU_BUILD_ID = 3
+_NT_GO_BUILD_ID = 4  # the Go linker's note (owner "Go"): Go binaries carry no GNU build-id
 _STT_FUNC = 2
 _VERSION = re.compile(rb"OpenSSL (\d+\.\d+\.\d+[a-z]{0,2}(?:-[A-Za-z0-9.+~]+)?)\s+\d{1,2} [A-Z][a-z]{2} \d{4}")
 
@@ -41,6 +42,8 @@ class ElfImage:
     #: Function symbols (dynamic first, then the full table if present): name → virtual address.
     functions: dict[str, int] = field(repr=False)
     openssl_version: str | None
+    #: Section headers by name: name → (address, file offset, size) (empty when stripped of them).
+    sections: dict[str, tuple[int, int, int]] = field(default_factory=dict, repr=False)
 
     def file_offset(self, vaddr: int) -> int:
         """The file offset of a virtual address (what ``uprobe_events`` takes)."""
@@ -58,7 +61,7 @@ class ElfImage:
         return "SSL_new" in self.functions and "SSL_free" in self.functions
 
 
-def _notes(data: bytes, start: int, size: int) -> dict[int, bytes]:
+def _notes(data: bytes, start: int, size: int, owner: bytes = b"GNU") -> dict[int, bytes]:
     notes: dict[int, bytes] = {}
     position, end = start, start + size
     while position + 12 <= end:
@@ -68,7 +71,7 @@ def _notes(data: bytes, start: int, size: int) -> dict[int, bytes]:
         position += (namesz + 3) & ~3
         desc = data[position : position + descsz]
         position += (descsz + 3) & ~3
-        if name.rstrip(b"\0") == b"GNU":
+        if name.rstrip(b"\0") == owner:
             notes[kind] = bytes(desc)
     return notes
 
@@ -122,9 +125,10 @@ def _parse(path: str, data: mmap.mmap, with_version: bool) -> ElfImage:
     if machine != 62:
         raise ProfileError(f"{path}: not an x86-64 binary (e_machine {machine})")
     e_phoff, e_shoff = struct.unpack_from("<QQ", data, 32)
-    e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<HHHH", data, 54)
+    e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx = struct.unpack_from("<HHHHH", data, 54)
     segments: list[Segment] = []
     notes: dict[int, bytes] = {}
+    go_notes: dict[int, bytes] = {}
     for index in range(e_phnum):
         p_type, p_flags, p_offset, p_vaddr, _paddr, p_filesz, p_memsz, _align = struct.unpack_from(
             "<IIQQQQQQ", data, e_phoff + index * e_phentsize
@@ -133,17 +137,36 @@ def _parse(path: str, data: mmap.mmap, with_version: bool) -> ElfImage:
             segments.append(Segment(p_vaddr, p_offset, p_filesz, p_memsz, p_flags))
         elif p_type == _PT_NOTE:
             notes.update(_notes(data, p_offset, p_filesz))
+            go_notes.update(_notes(data, p_offset, p_filesz, b"Go"))
     sections = []
+    headers = []
     for index in range(e_shnum if e_shoff else 0):
         fields = struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + index * e_shentsize)
         sections.append((fields[1], fields[4], fields[5], fields[6], fields[9]))
+        headers.append(fields)
     functions = _symbols(data, sections, _SHT_DYNSYM)
     for name, address in _symbols(data, sections, _SHT_SYMTAB).items():
         functions.setdefault(name, address)
-    build_id = notes.get(_NT_GNU_BUILD_ID)
-    if not build_id:
+    build_id_text = notes[_NT_GNU_BUILD_ID].hex() if notes.get(_NT_GNU_BUILD_ID) else None
+    if build_id_text is None and go_notes.get(_NT_GO_BUILD_ID):  # a Go binary: its own build ID, text
+        build_id_text = "go:" + go_notes[_NT_GO_BUILD_ID].decode("ascii", "replace")[:200]
+    if build_id_text is None:
         raise ProfileError(f"{path}: no GNU build-id note: profiles are keyed by it")
-    return ElfImage(path, build_id.hex(), segments, functions, _version_string(data) if with_version else None)
+    return ElfImage(path, build_id_text, segments, functions, _version_string(data) if with_version else None,
+                    _section_names(data, headers, e_shstrndx))
+
+
+def _section_names(data: bytes, headers: list[tuple], shstrndx: int) -> dict[str, tuple[int, int, int]]:
+    if not 0 < shstrndx < len(headers):
+        return {}
+    names_offset, names_size = headers[shstrndx][4], headers[shstrndx][5]
+    names = data[names_offset : names_offset + names_size]
+    named = {}
+    for fields in headers:
+        end = names.find(b"\0", fields[0])
+        if end > fields[0]:
+            named[names[fields[0] : end].decode("ascii", "replace")] = (fields[3], fields[4], fields[5])
+    return named
 
 
 def build_id_in_memory(read, base: int) -> str | None:  # type: ignore[no-untyped-def]

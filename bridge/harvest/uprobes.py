@@ -108,6 +108,46 @@ class HookEvent:
         return f"HookEvent({self.comm}[{self.tgid}] {self.function} ssl={self.ssl:#x})"
 
 
+@dataclass(slots=True, repr=False)
+class RawHookEvent:
+    """One hit of a probe with fetch-args of its own (a library's key-log function,
+    :mod:`bridge.harvest.keylog_hooks`): the arguments by name, arrays as bytes,
+    scalars as ints, None where the kernel could not fetch."""
+
+    tgid: int
+    tid: int
+    comm: str
+    tag: str  # what the caller attached it as
+    binary: str
+    args: dict[str, bytes | int | None]
+    timestamp: float = 0.0
+
+    def __repr__(self) -> str:
+        return f"RawHookEvent({self.comm}[{self.tgid}] {self.tag})"
+
+
+def _raw_value(text: str) -> bytes | int | None:
+    if text.startswith("(fault"):
+        return None
+    try:
+        if text.startswith("{"):
+            return b"".join(int(part, 16).to_bytes(8, "little") for part in text[1:-1].split(","))
+        return int(text, 0)
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_raw_event(line: str, probes: dict[str, tuple[str, str]]) -> RawHookEvent | None:
+    """One ``trace_pipe`` line of a raw probe (``probes``: event name → (tag, binary))."""
+    match = _LINE.match(line)
+    if match is None or match["event"] not in probes:
+        return None
+    tag, binary = probes[match["event"]]
+    args = {name: _raw_value(text) for name, text in _ARG.findall(match["args"])}
+    tgid = int(match["tgid"]) if match["tgid"].isdigit() else int(match["tid"])
+    return RawHookEvent(tgid, int(match["tid"]), match["comm"], tag, binary, args, float(match["ts"]))
+
+
 def fetch_expression(path: tuple[int, ...]) -> str:
     """``(0x918, 0x50)`` → ``+0x50(+0x918(%di))``."""
     expression = "%di"
@@ -283,6 +323,7 @@ class UprobeSession:
         self.group = self.instance = f"{_GROUP_PREFIX}{os.getpid()}"
         self.stats = UprobeStats()
         self._functions: dict[str, tuple[str, str]] = {}  # event name → (SSL function, binary)
+        self._raw: dict[str, tuple[str, str]] = {}  # event name → (tag, binary): probes of attach_raw
         self._attached: set[tuple[str, int]] = set()
         #: (function, binary) → probes copying memory at each hit; parts of a hit seen, per thread
         self._parts: dict[tuple[str, str], int] = {}
@@ -333,6 +374,20 @@ class UprobeSession:
             raise HookError(f"{binary}: none of {', '.join(functions)} is exported")
         return hooked
 
+    def attach_raw(self, binary: str, offset: int, tag: str, args: tuple[str, ...]) -> str:
+        """One probe at ``offset`` of ``binary`` with fetch-args of the caller's;
+        its hits are :class:`RawHookEvent` s named ``tag``.  Returns the event name."""
+        if (binary, offset) in self._attached:
+            raise HookError(f"{binary}:{offset:#x} is probed already")
+        event = f"k{len(self._raw)}_{self._attach_calls}"
+        self._attach_calls += 1
+        _write(self.root / "uprobe_events", f"p:{self.group}/{event} {binary}:{offset:#x} {' '.join(args)}")
+        self._raw[event] = (tag, binary)
+        _write(self.root / "instances" / self.instance / "events" / self.group / event / "enable", "1")
+        self._attached.add((binary, offset))
+        self.stats.probes += 1
+        return event
+
     def reattach(self, binary: str, image: ElfImage, profile: Profile,
                  functions: tuple[str, ...] = HOOK_FUNCTIONS) -> list[str]:
         """Probe a binary again, now fetching ``profile``'s fields at hook time (its
@@ -378,7 +433,7 @@ class UprobeSession:
         first.windows = None
         return first
 
-    def read(self, timeout: float) -> list[HookEvent]:
+    def read(self, timeout: float) -> list[HookEvent | RawHookEvent]:
         """Events that arrived within ``timeout`` seconds."""
         if self._pipe is None:
             self._pipe = os.open(self.root / "instances" / self.instance / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
@@ -394,6 +449,12 @@ class UprobeSession:
         events = []
         for raw in lines:
             self.stats.lines += 1
+            if self._raw:
+                hit = parse_raw_event(raw.decode("ascii", "replace"), self._raw)
+                if hit is not None:
+                    self.stats.events += 1
+                    events.append(hit)
+                    continue
             event = parse_event(raw.decode("ascii", "replace"), self._functions)
             if event is None:
                 self.stats.unparsed += 1

@@ -1,0 +1,3 @@
+module tlsbridge.test/go_https
+
+go 1.19
