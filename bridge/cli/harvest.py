@@ -147,6 +147,10 @@ def run_harvest_process(args: argparse.Namespace) -> int:
                 text += f"; trigger to published p50 {percentiles[0] * 1000:.2f} ms, p99 {percentiles[1] * 1000:.2f} ms"
             if stats.unconfirmed:
                 text += f"; {stats.unconfirmed} reads not confirmed (held back)"
+            if stats.keylog_binaries_hooked:
+                text += (f"; {stats.keylog_lines} key log lines from {stats.keylog_binaries_hooked} key-log functions "
+                         f"hooked ({stats.keylog_undecodable} hits undecodable, "
+                         f"{harvester.keylog.stats.evicted} connections evicted unfinished)")
             say(args, text)
             for line in layout_summary(harvester.resolver):
                 say(args, line)
@@ -214,10 +218,13 @@ def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
     process = commands.add_parser(
         "process", help="harvest the TLS secrets of processes on this host", formatter_class=formatter,
         description="Find the selected processes that map an OpenSSL (libssl, or linked into the executable), "
+        "GnuTLS (libgnutls), or are Go programs with crypto/tls (stripped or not), "
         "and read each connection's secrets with that build's profile, once per connection, into an RFC 9850 "
         "key log (--keylog) and/or the key feed (--bind/--connect). Triggers: 'hooks' — kernel uprobes on "
         "SSL_do_handshake, SSL_read(_ex), SSL_write(_ex), SSL_get_session, SSL_shutdown and SSL_free that fetch "
-        "the fields at hook time (the process never stops); 'wire' — no hook at all: each ClientHello seen on "
+        "the fields at hook time (the process never stops); Go's crypto/tls and GnuTLS are hooked at their own "
+        "key-log function instead (crypto/tls.(*Config).writeKeyLog found in the pclntab; GnuTLS's default "
+        "key-log function, found by loading the library in a sandbox), whose arguments are the secrets; 'wire' — no hook at all: each ClientHello seen on "
         "--wire IFACE names a connection, whose client random is searched in the owning process's memory; "
         "'requests' — the same search for each connection a sensor asks about on the key feed (a sensor "
         "asks when it sees a ClientHello it has no secrets for). "
@@ -233,7 +240,7 @@ def add_harvest_parser(subparsers: argparse._SubParsersAction) -> None:
     select = process.add_mutually_exclusive_group(required=True)
     select.add_argument("--pid", type=int, nargs="+", metavar="PID", help="these processes")
     select.add_argument("--comm", nargs="+", metavar="NAME", help="processes with this command name")
-    select.add_argument("--all", action="store_true", help="every process that maps OpenSSL")
+    select.add_argument("--all", action="store_true", help="every process that maps OpenSSL or GnuTLS, or runs Go's crypto/tls")
     process.add_argument("--trigger", default="hooks",
                          help="hooks, wire, requests, or several separated by commas (default: hooks)")
     process.add_argument("--hooks", default="early", metavar="SET",

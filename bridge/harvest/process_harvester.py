@@ -5,7 +5,9 @@ Triggers:
 * ``hooks``: uprobes on the OpenSSL entry points of every target's build
   (:mod:`bridge.harvest.uprobes`); the kernel fetches the fields at hook
   time; a field it could not fetch (a page not present) is read from
-  ``/proc/PID/mem`` at once;
+  ``/proc/PID/mem`` at once.  Go's crypto/tls and GnuTLS are hooked at their
+  own key-log function instead (:mod:`bridge.harvest.keylog_hooks`): the
+  secrets are its arguments, no layout is involved;
 * ``wire``: ClientHellos seen on an interface (:mod:`bridge.harvest.wire_search`);
 * ``requests``: sensors' key requests from the key feed (:meth:`ProcessHarvester.request`),
   searched for like a ClientHello seen on the wire.
@@ -33,11 +35,12 @@ from bridge.errors import BridgeError, GuestAccessError
 from bridge.harvest.chain import MemoryFields, read_secrets
 from bridge.secrets import ConnectionSecrets
 from bridge.harvest.confirm import memory_evidence
+from bridge.harvest.keylog_hooks import KeyLogAssembler, KeyLogBinary
 from bridge.harvest.memory import ProcessGoneError, ProcessMemory, present, read_maps
 from bridge.harvest.profile import Profile
 from bridge.harvest.resolve import LEARNING, READY, BuildLayout, LayoutResolver
 from bridge.harvest.targets import OpenSslBinary, TargetFinder, TargetProcess, is_shared_libssl
-from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, UprobeSession
+from bridge.harvest.uprobes import HOOK_FUNCTIONS, HookEvent, RawHookEvent, UprobeSession
 from bridge.harvest.wire_search import HelloInbox, WireHello, WireSearch, hellos, request_event
 from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
 
@@ -59,6 +62,9 @@ class HarvestStats:
     fallback_reads: int = 0  # fields read from /proc/PID/mem because the kernel could not fetch them
     incomplete_at_free: int = 0  # SSL_free with no complete secrets (failed or unfinished handshakes)
     unconfirmed: int = 0  # secrets read through a layout that did not confirm them: not published
+    keylog_binaries_hooked: int = 0  # binaries hooked at a library's key-log function (Go, GnuTLS)
+    keylog_lines: int = 0  # key log lines read at those hooks
+    keylog_undecodable: int = 0  # hits there whose arguments were no key log line
     #: Seconds from the trigger (the hook firing, the ClientHello captured) to the record published.
     latencies: list[float] = field(default_factory=list)
 
@@ -145,6 +151,11 @@ class ProcessHarvester:
         self._learning_objects: OrderedDict[tuple[int, int], tuple[BuildLayout, str]] = OrderedDict()
         self._named_since_sweep = False
         self._learning_warned: set[str] = set()
+        #: Key-log functions hooked: event tag → hook point; their lines, by connection
+        self._keylog_points: dict[str, KeyLogBinary] = {}
+        self._keylog_hooked: set[tuple[str, int]] = set()
+        self.keylog = KeyLogAssembler()
+        self._hook_errors_said: set[str] = set()
 
     # --- targets ---------------------------------------------------------------------------
 
@@ -170,6 +181,33 @@ class ProcessHarvester:
                                           loadable_path=binary.path if is_shared_libssl(binary.path) else None)
             pairs.append((binary, layout))
         self._profiles_by_pid[target.pid] = pairs
+        self._hook_keylog(target)
+
+    def _hook_keylog(self, target: TargetProcess) -> None:
+        """Probe the key-log functions of a target's Go or GnuTLS (once per binary)."""
+        for path, error in self.finder.hook_errors.items():
+            if path not in self._hook_errors_said:
+                self._hook_errors_said.add(path)
+                self.log(f"warning: {path} is not hooked: {error}")
+        for point in target.keylog:
+            if (point.path, point.offset) in self._keylog_hooked:
+                continue
+            if self.uprobes is None:
+                self._keylog_hooked.add((point.path, point.offset))
+                self.log(f"warning: {point.path} ({point.library}) is harvested only by hooks at its key-log "
+                         "function: add hooks to --trigger")
+                continue
+            tag = str(len(self._keylog_points))
+            try:
+                self.uprobes.attach_raw(point.path, point.offset, tag, point.probe_args)
+            except BridgeError as exc:
+                self.log(f"warning: {point.path} ({point.library}): {exc}")
+                continue
+            self._keylog_points[tag] = point
+            self._keylog_hooked.add((point.path, point.offset))
+            self.stats.keylog_binaries_hooked += 1
+            self.log(f"hooked {point.path} ({point.library}): {point.function}, its key-log function "
+                     "(secrets from its arguments, no layout needed)")
 
     def _hook(self, binary: OpenSslBinary, layout: BuildLayout) -> None:
         """Probe a build once its layout can be read: with the profile's fields fetched
@@ -226,7 +264,28 @@ class ProcessHarvester:
 
     # --- hook events -----------------------------------------------------------------------
 
-    def on_event(self, event: HookEvent) -> None:
+    def on_keylog_event(self, event: RawHookEvent) -> None:
+        """A hit of a library's key-log function: one key log line; the connection
+        published once its lines decrypt it, again when a later line adds a secret."""
+        self.stats.hook_events += 1
+        point = self._keylog_points.get(event.tag)
+        if point is None or event.tgid not in self._targets:
+            self.stats.events_other_processes += 1
+            return
+        line = point.decode(event.args)
+        if line is None:
+            self.stats.keylog_undecodable += 1
+        else:
+            self.stats.keylog_lines += 1
+        secrets = self.keylog.add(line)
+        if secrets is not None and self._published.new_labels(secrets):
+            self._emit(event.tgid, secrets, point.library, point.build_id, f"uprobe:{point.function}")
+            self._latency(time.monotonic() - event.timestamp)
+
+    def on_event(self, event: HookEvent | RawHookEvent) -> None:
+        if isinstance(event, RawHookEvent):
+            self.on_keylog_event(event)
+            return
         self.stats.hook_events += 1
         with self._lock:
             layout = self._layout_for(event.tgid, event.binary)
@@ -431,15 +490,18 @@ class ProcessHarvester:
             self.stats.latencies.append(seconds)
 
     def _publish(self, pid: int, secrets: ConnectionSecrets, layout: BuildLayout, trigger: str) -> None:
-        target = self._targets.get(pid)
         binary = next((b for b, candidate in self._profiles_by_pid.get(pid, []) if candidate is layout), None)
+        self._emit(pid, secrets, binary.path if binary else layout.library, layout.build_id, trigger)
+
+    def _emit(self, pid: int, secrets: ConnectionSecrets, library: str, build_id: str, trigger: str) -> None:
+        target = self._targets.get(pid)
         origin = Origin(
             host=self.host[:255],
             pid=pid,
             comm=(target.comm if target else None),
             exe=(target.exe[:1024] if target else None),
-            library=(binary.path[:256] if binary else layout.library[:256]),
-            build_id=layout.build_id,
+            library=library[:256],
+            build_id=build_id,
             trigger=trigger,
         )
         record = KeyRecord(
@@ -458,7 +520,7 @@ class ProcessHarvester:
 
     def _wire_reader(self, stop: threading.Event) -> None:
         assert self._wire_frames is not None
-        for event in hellos(self._wire_frames, ends=True):
+        for event in hellos(self._wire_frames, ends=True, first_records=self.resolver.first_records):
             if stop.is_set():
                 return
             if event is not None:

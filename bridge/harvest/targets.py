@@ -2,7 +2,9 @@
 
 A process is a target when it is selected (``--pid``, ``--comm``, or ``--all``)
 and maps an OpenSSL: a ``libssl`` shared library, or an executable with OpenSSL
-linked in (node).  Binaries are identified by their ELF build-id (cached per
+linked in (node); or a library hooked at its own key-log function
+(:mod:`bridge.harvest.keylog_targets`: a Go executable with crypto/tls, a
+``libgnutls``).  Binaries are identified by their ELF build-id (cached per
 inode); paths are given as seen from this host (``/proc/PID/root/...`` for a
 process in another mount namespace, e.g. a container).
 """
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 
 from bridge.errors import GuestAccessError, ProfileError
 from bridge.harvest.elf import ElfImage, read_elf
+from bridge.harvest.keylog_hooks import KeyLogBinary
+from bridge.harvest.keylog_targets import find_hook_points, may_hold_hook_point
 from bridge.harvest.memory import read_maps
 
 _LIBSSL = re.compile(r"/libssl[^/]*\.so[^/]*$")
@@ -43,6 +47,8 @@ class TargetProcess:
     comm: str
     exe: str
     binaries: list[OpenSslBinary]
+    #: Key-log functions hooked instead of read through a layout (Go, GnuTLS).
+    keylog: list[KeyLogBinary] = field(default_factory=list)
 
 
 def _read(path: str) -> str:
@@ -70,6 +76,9 @@ class TargetFinder:
         self.everything = everything
         self._images: dict[tuple[int, int], ElfImage | None] = {}
         self._versions: dict[tuple[int, int], str | None] = {}
+        self._hook_points: dict[tuple[int, int], list[KeyLogBinary]] = {}
+        #: Binaries of a library hooked at its key-log function that cannot be hooked: path → why.
+        self.hook_errors: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self._own = {os.getpid()}
 
@@ -105,10 +114,13 @@ class TargetFinder:
         except GuestAccessError:
             return None
         binaries: dict[str, OpenSslBinary] = {}
+        keylog: dict[str, list[KeyLogBinary]] = {}
         for mapping in mappings:
             path = mapping.path
             if "x" not in mapping.perms or not path.startswith("/") or path.endswith(" (deleted)"):
                 continue
+            if may_hold_hook_point(path, exe) and _host_path(pid, path) not in keylog:
+                keylog[_host_path(pid, path)] = self._keylog_points(_host_path(pid, path))
             if not (_LIBSSL.search(path) or path == exe):
                 continue
             host_path = _host_path(pid, path)
@@ -117,13 +129,28 @@ class TargetFinder:
             image = self._image(host_path)
             if image is not None:
                 binaries[host_path] = OpenSslBinary(host_path, image)
+        hook_points = [point for points in keylog.values() for point in points]
         if not binaries:
-            return None
+            return TargetProcess(pid, comm, exe, [], hook_points) if hook_points else None
         version = self._libcrypto_version(pid, mappings)
         for path, binary in binaries.items():
             if binary.image.openssl_version is None and version is not None:
                 binary.image.openssl_version = version  # libssl carries none; its libcrypto does
-        return TargetProcess(pid, comm, exe, list(binaries.values()))
+        return TargetProcess(pid, comm, exe, list(binaries.values()), hook_points)
+
+    def _keylog_points(self, path: str) -> list[KeyLogBinary]:
+        try:
+            status = os.stat(path)
+        except OSError:
+            return []
+        key = (status.st_dev, status.st_ino)
+        if key not in self._hook_points:
+            try:
+                self._hook_points[key] = find_hook_points(path, read_elf(path, with_version=False))
+            except (ProfileError, OSError) as exc:
+                self.hook_errors[path] = str(exc)
+                self._hook_points[key] = []
+        return self._hook_points[key]
 
     def _libcrypto_version(self, pid: int, mappings) -> str | None:  # type: ignore[no-untyped-def]
         for mapping in mappings:
