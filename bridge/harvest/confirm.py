@@ -18,9 +18,13 @@ TLS 1.3 (RFC 8446 §7.1)
 
 TLS 1.2 (RFC 5246 §6.3)
     the key block derived from the master secret, the client random and the
-    server random (OpenSSL keeps it 32 bytes before the client random) must
-    hold both write keys that are live in the process's cipher contexts: both
-    keys are searched for in its writable memory.
+    server random must decrypt and authenticate the client's first protected
+    record (its Finished, captured on the wire by the harvester itself:
+    :mod:`bridge.harvest.first_record`), so a connection that ended before it
+    was looked at confirms too; without that record (no wire, or not captured
+    yet), the key block's two write keys must be live in the process's cipher
+    contexts (the server random then is the 32 bytes OpenSSL keeps before the
+    client random): both keys are searched for in its writable memory.
 
 A relation that holds is a confirmation as strong as a record decrypted: the
 odds of a wrong secret satisfying an HMAC relation are 2^-256.  Pure over
@@ -33,11 +37,13 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bridge.errors import GuestAccessError
+from bridge.errors import DecryptionError, GuestAccessError, RecordDecodeError
+from bridge.harvest.first_record import FirstRecord
 from bridge.secrets import TLS12, TLS13, ConnectionSecrets
 from bridge.secrets import CLIENT_RANDOM, CLIENT_TRAFFIC_SECRET_0, EXPORTER_SECRET, HANDSHAKE_SECRET, SERVER_TRAFFIC_SECRET_0
 from bridge.tls.ciphersuites import cipher_suite
 from bridge.tls.keyschedule import derive_secret, empty_hash, hkdf_extract, key_block12
+from bridge.tls.protection import RecordDecryptor12
 
 #: Bytes of the connection object searched for the transcript hash.
 OBJECT_SPAN = 0x3000
@@ -55,6 +61,8 @@ class Evidence:
     server_random: bytes | None
     #: Which of these byte strings occur in the target's writable memory.
     find: Callable[[list[bytes]], set[bytes]]
+    #: TLS 1.2: the connection's ServerHello and first client record, captured on the wire.
+    captured: FirstRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +113,46 @@ def confirm_tls13(secrets: ConnectionSecrets, evidence: Evidence) -> Verdict:
                           "in the object (a layout from another build, or a KeyUpdate)")
 
 
+#: Finished (RFC 5246 §7.4.9): handshake type 20, 12 bytes of verify_data.
+_FINISHED = bytes([20, 0, 0, 12])
+
+
+def confirm_tls12_record(secrets: ConnectionSecrets, captured: FirstRecord) -> Verdict:
+    """Does the key block derived from the master secret decrypt and authenticate
+    the client's first protected record (its Finished)?  Decides whether the
+    connection is alive or not."""
+    master = secrets.secrets.get(CLIENT_RANDOM)
+    if master is None:
+        return Verdict(False, "TLS 1.2 master secret missing")
+    suite = cipher_suite(captured.cipher_suite)
+    if suite is None or suite.tls13:
+        return Verdict(False, f"cipher suite {captured.cipher_suite:#06x} of the ServerHello is not supported",
+                       conclusive=False)
+    if secrets.cipher_suite is None:
+        return Verdict(False, "TLS 1.2 cipher suite not read (the layout's cipher_id)", conclusive=False)
+    if secrets.cipher_suite != captured.cipher_suite:
+        return Verdict(False, f"the cipher suite read ({secrets.cipher_suite:#06x}) is not the one the ServerHello "
+                              f"chose ({captured.cipher_suite:#06x})")
+    client_keys, _ = key_block12(suite, master_secret=master, client_random=captured.client_random,
+                                 server_random=captured.server_random)
+    decryptor = RecordDecryptor12(suite, client_keys, encrypt_then_mac=captured.encrypt_then_mac)
+    try:
+        _, plaintext = decryptor.decrypt(captured.content_type, captured.version, captured.fragment)
+    except (DecryptionError, RecordDecodeError) as exc:
+        return Verdict(False, f"the client's Finished record does not decrypt with the key block derived from the "
+                              f"master secret ({exc})")
+    if plaintext[:4] != _FINISHED or len(plaintext) != 16:
+        return Verdict(False, "the client's first protected record decrypted, but is not a Finished message")
+    return Verdict(True, "TLS 1.2: the client's Finished record decrypted and authenticated with the key block "
+                         "derived from the master secret (RFC 5246 §6.3)")
+
+
 def confirm_tls12(secrets: ConnectionSecrets, evidence: Evidence) -> Verdict:
     master = secrets.secrets.get(CLIENT_RANDOM)
     if master is None:
         return Verdict(False, "TLS 1.2 master secret missing")
+    if evidence.captured is not None and evidence.captured.client_random == secrets.client_random:
+        return confirm_tls12_record(secrets, evidence.captured)
     suite = cipher_suite(secrets.cipher_suite) if secrets.cipher_suite is not None else None
     # Fields that cannot be read now (a page the guest has not mapped yet, a pointer set a
     # moment later) decide nothing: only a relation that fails is proof of a wrong layout.

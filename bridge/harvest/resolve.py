@@ -31,6 +31,11 @@ the methods: :data:`METHODS`):
    nothing is published (state :data:`LEARNING`); the connections learned from
    that are still open are published then.
 
+A TLS 1.2 connection is confirmed by decrypting its first client record, which
+the harvester captured on the wire (:attr:`LayoutResolver.first_records`, fed
+by the wire readers), so a connection that ended before it was looked at
+confirms too; without it, from the key block live in memory.
+
 TLS 1.2 and TLS 1.3 are confirmed separately for an inferred layout (their
 fields differ): each version's secrets are held back until one connection of
 that version confirmed them.  A learned layout is confirmed for both by the
@@ -54,6 +59,7 @@ from bridge.errors import ProfileError
 from bridge.harvest.calibrate import Sample
 from bridge.secrets import TLS12, TLS13, ConnectionSecrets
 from bridge.harvest.confirm import Evidence, confirm
+from bridge.harvest.first_record import FirstRecords
 from bridge.harvest.profile import SHIPPED_DIR, Profile, ProfileStore
 
 #: How a build's layout was resolved.
@@ -197,6 +203,10 @@ class LayoutResolver:
             calibrator = calibrate_sandboxed
         self.calibrator = calibrator
         self.log = log
+        #: TLS 1.2 connections' first client records, fed by the harvesters' wire readers.
+        self.first_records = FirstRecords()
+        #: Why learning cannot work in this harvester (no hooks, no client randoms), or None.
+        self.learning_needs: str | None = None
         self.layouts: dict[str, BuildLayout] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -265,7 +275,9 @@ class LayoutResolver:
             self._to_learning(layout, f"{why}; no known layout to try")
 
     def _to_learning(self, layout: BuildLayout, why: str) -> None:
-        if "learn" in self.methods:
+        if "learn" in self.methods and self.learning_needs:
+            layout.state, layout.reason = FAILED, f"{why}; learning its layout needs {self.learning_needs}"
+        elif "learn" in self.methods:
             layout.state, layout.reason = LEARNING, why
         else:
             layout.state, layout.reason = FAILED, f"{why}; learning not enabled (--resolve)"
@@ -297,7 +309,12 @@ class LayoutResolver:
         with self._lock:
             if _same_layout(profile, layout.profile) and secrets.tls_version in layout.confirmed_versions:
                 return True
-        verdict = confirm(secrets, evidence())
+        captured = self.first_records.get(secrets.client_random) if secrets.tls_version == TLS12 else None
+        if captured is not None:  # the record decides: the connection's memory is not needed (it may be gone)
+            shown = Evidence(b"", None, None, lambda needles: set(), captured)
+        else:
+            shown = evidence()
+        verdict = confirm(secrets, shown)
         if not verdict.ok and not verdict.conclusive:
             with self._lock:
                 layout.confirmations += 1

@@ -25,6 +25,7 @@ from bridge.errors import GuestAccessError, PacketDecodeError
 from bridge.harvest.chain import MemoryFields, read_secrets
 from bridge.secrets import ConnectionSecrets
 from bridge.harvest.confirm import Evidence, memory_evidence
+from bridge.harvest.first_record import FirstRecords
 from bridge.harvest.memory import Mapping, ProcessGoneError, ProcessMemory, find_all, present, read_maps
 from bridge.harvest.profile import Profile
 from bridge.harvest.resolve import BuildLayout
@@ -128,9 +129,12 @@ class WireEnd:
 _FIN_RST = 0x01 | 0x04
 
 
-def hellos(frames: Iterable[Frame | None], *, ends: bool = False) -> Iterator[WireHello | WireEnd | None]:
+def hellos(frames: Iterable[Frame | None], *, ends: bool = False,
+           first_records: FirstRecords | None = None) -> Iterator[WireHello | WireEnd | None]:
     """ClientHellos in a packet stream, and with ``ends`` the FINs and RSTs (None passes
-    through: time to do other work)."""
+    through: time to do other work).  ``first_records`` is fed every TCP segment: it
+    keeps each TLS 1.2 connection's first client record, which confirms a layout
+    by decryption (:mod:`bridge.harvest.first_record`)."""
     for frame in frames:
         if frame is None:
             yield None
@@ -141,6 +145,8 @@ def hellos(frames: Iterable[Frame | None], *, ends: bool = False) -> Iterator[Wi
             continue
         if isinstance(segment, TcpSegment):
             random = client_hello_random(segment.payload)
+            if first_records is not None:
+                first_records.feed(segment, random, truncated=frame.truncated)
             if random is not None:
                 yield WireHello(random, (segment.src, segment.sport), (segment.dst, segment.dport))
             elif ends and segment.flags & _FIN_RST:
