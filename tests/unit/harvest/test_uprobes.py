@@ -7,7 +7,7 @@ from bridge.harvest.uprobes import parse_raw_event
 
 def test_a_raw_probe_line_gives_arrays_as_bytes_and_scalars_as_ints():
     line = ("          gohttps-4711    (   4711) [001] d..1.  1234.567890: k0_3: (0x59bea0) "
-            "label={0x525f544e45494c43,0x4d4f444e4152,0x0,0x0} label_len=0x17 secret=(fault) secret_len=48")
+            "label={0x525f544e45494c43,0x4d4f444e41,0x0,0x0} label_len=0x17 secret=(fault) secret_len=48")
     event = parse_raw_event(line, {"k0_3": ("0", "/srv/gohttps")})
     assert event is not None and (event.tgid, event.tag, event.binary) == (4711, "0", "/srv/gohttps")
     assert event.args["label"] == b"CLIENT_RANDOM" + bytes(19)
