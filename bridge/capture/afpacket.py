@@ -1,14 +1,33 @@
 """Live capture from a Linux network interface with an AF_PACKET socket.
 
-A thin driver: one ``recvmsg_into`` per frame (into one reused buffer), with
+A thin driver.  By default the kernel writes frames into a TPACKET_V3 ring
+(``PACKET_RX_RING``) shared with us through ``mmap``: it fills one block of
+frames at a time and hands the block over whole (when it is full or after
+``block_timeout`` seconds); we copy the block's frames out, give the block
+back and ``poll`` only when the next block is not ready yet.  No system call
+per frame, which is what lets one worker follow a busy mirror port.  Everything
+is plain Python over ``mmap`` and ``struct`` (see bench/bench_capture.py for
+what that costs against the recv path).
 
-* the kernel receive timestamp from ``SO_TIMESTAMPNS`` ancillary data
-  (``time.time_ns()`` if absent);
-* ``PACKET_AUXDATA`` for the original frame length and for VLAN tags the NIC/
-  driver stripped (VLAN offload): the 802.1Q/802.1ad tag is re-inserted, as
-  libpcap does, so the frame looks like it did on the wire;
-* non-blocking reads plus ``poll`` with a timeout, so iteration ends promptly
-  once :meth:`AfPacketCapture.stop` is called or the ``stop_event`` is set.
+If the ring cannot be set up (no memory for it, a kernel without TPACKET_V3),
+the capture says so in the log (``bridge.capture`` logger) and falls back to one
+``recvmsg_into`` per frame (``ring=False`` asks for that path directly).
+
+Either way:
+
+* the kernel receive timestamp (ring header, or ``SO_TIMESTAMPNS`` ancillary
+  data; ``time.time_ns()`` if absent);
+* the original frame length, and VLAN tags the NIC/driver stripped (VLAN
+  offload: the ring header's ``tp_vlan_tci``/``tp_vlan_tpid`` with
+  ``TP_STATUS_VLAN_VALID``, or ``PACKET_AUXDATA`` on the recv path): the
+  802.1Q/802.1ad tag is re-inserted, as libpcap does, so the frame looks like it
+  did on the wire;
+* iteration ends within ``poll_interval`` once :meth:`AfPacketCapture.stop` is
+  called or the ``stop_event`` is set.
+
+Two ways to consume: iterating yields one :class:`Frame` at a time (``None``
+after each quiet ``poll_interval`` with ``idle_marker``); :meth:`batches`
+yields the frames of one ring block as a list (``None`` likewise).
 
 Direction: on a mirror (SPAN) port every frame arrives as PACKET_HOST/OTHERHOST,
 but frames this host *sends* on the interface are delivered too (PACKET_OUTGOING);
@@ -16,39 +35,50 @@ they are kept by default (``ignore_outgoing=True`` drops them in the kernel via
 PACKET_IGNORE_OUTGOING, Linux >= 4.20).  Frames sent through this very socket are
 never looped back to it by the kernel.
 
-Counters: ``frames`` (yielded) and ``drops`` (kernel drops, accumulated from
-PACKET_STATISTICS, which resets on every read).
+Counters: ``frames`` (yielded) and ``drops`` (kernel drops: ring or receive
+buffer full, accumulated from PACKET_STATISTICS, which resets on every read).
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import mmap
+import os
 import select
 import socket
 import struct
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from bridge.capture.frames import LINKTYPE_ETHERNET, Frame, make_frame
 from bridge.errors import BridgeError
 
-__all__ = ["AfPacketCapture", "CaptureDeviceError"]
+__all__ = ["AfPacketCapture", "CaptureDeviceError", "RingGeometry", "insert_vlan_tag", "ring_geometry"]
+
+log = logging.getLogger("bridge.capture")
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
+PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_AUXDATA = 8
+PACKET_VERSION = 10
 PACKET_FANOUT = 18
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
+TPACKET_V3 = 2
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 SO_RCVBUFFORCE = 33
 ETH_P_ALL = 0x0003
+TP_STATUS_KERNEL = 0
+TP_STATUS_USER = 0x1
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 
@@ -56,8 +86,28 @@ _TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
 # tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_vlan_tci, tp_vlan_tpid
 _AUXDATA = struct.Struct("@IIIHHHH")
 _MREQ = struct.Struct("@iHH8s")  # struct packet_mreq
-_STATS = struct.Struct("@II")  # struct tpacket_stats: tp_packets, tp_drops
+_STATS = struct.Struct("@II")  # struct tpacket_stats: tp_packets, tp_drops (the recv path)
+_STATS_V3 = struct.Struct("@III")  # struct tpacket_stats_v3: tp_packets, tp_drops, tp_freeze_q_cnt
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.size)
+
+# struct tpacket_req3: block size, block count, frame size, frame count, block retire
+# timeout (ms), private area size, feature request word
+_REQ3 = struct.Struct("@7I")
+# struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status,
+# num_pkts, offset_to_first_pkt (we read status at +8, then count and first at +12)
+_BLOCK_STATUS = struct.Struct("@I")
+_BLOCK_STATUS_OFFSET = 8
+_BLOCK_PACKETS = struct.Struct("@II")
+_BLOCK_PACKETS_OFFSET = 12
+# struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status,
+# tp_mac, tp_net, then hv1: tp_rxhash, tp_vlan_tci, tp_vlan_tpid
+_V3_HEADER = struct.Struct("@IIIIIIHHIIH")
+_TPACKET3_HDRLEN = 48 + 20  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr)) + sizeof(struct sockaddr_ll)
+_BLOCK_HEADER = 48  # BLK_HDR_LEN: ALIGN(sizeof(struct tpacket_block_desc), 8)
+_RING_FRAME = 2048  # tp_frame_size: the kernel only checks it (V3 packs frames by their size)
+_MIN_BLOCK = 1 << 16
+_MAX_BLOCK = 1 << 20
+_MIN_BLOCKS = 4
 
 
 class CaptureDeviceError(BridgeError):
@@ -79,6 +129,43 @@ def insert_vlan_tag(data: bytes, tci: int, tpid: int = 0x8100) -> bytes:
     return data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
 
 
+@dataclass(frozen=True, slots=True)
+class RingGeometry:
+    """The shape of a TPACKET_V3 receive ring."""
+
+    block_size: int
+    block_count: int
+    frame_size: int
+
+    @property
+    def frame_count(self) -> int:
+        return self.block_size // self.frame_size * self.block_count
+
+    @property
+    def size(self) -> int:
+        return self.block_size * self.block_count
+
+    @property
+    def max_frame(self) -> int:
+        """The longest frame a block holds whole (longer ones are truncated by the kernel)."""
+        return self.block_size - _BLOCK_HEADER - _TPACKET3_HDRLEN - 16
+
+
+def ring_geometry(snaplen: int, buffer_bytes: int, page_size: int = mmap.PAGESIZE) -> RingGeometry:
+    """Blocks of a power of two between 64 KiB and 1 MiB: at least ``_MIN_BLOCKS`` of
+    them in ``buffer_bytes``, and each large enough for a ``snaplen`` frame when the
+    buffer allows (a block is handed over whole, so more blocks mean less waiting
+    for the reader and less lost when the reader is late)."""
+    block = max(_MIN_BLOCK, page_size)
+    need = snaplen + _BLOCK_HEADER + _TPACKET3_HDRLEN + 16
+    while block < _MAX_BLOCK and block < need:
+        block *= 2
+    while block < _MAX_BLOCK and buffer_bytes // (block * 2) >= 16:
+        block *= 2
+    count = max(_MIN_BLOCKS, buffer_bytes // block)
+    return RingGeometry(block, count, _RING_FRAME)
+
+
 class AfPacketCapture:
     """Iterate Ethernet frames captured live on ``interface``."""
 
@@ -96,6 +183,8 @@ class AfPacketCapture:
         poll_interval: float = 0.2,
         idle_marker: bool = False,
         fanout_group: int | None = None,
+        ring: bool = True,
+        block_timeout: float = 0.01,
     ) -> None:
         self.interface = interface
         self.snaplen = snaplen
@@ -107,6 +196,13 @@ class AfPacketCapture:
         self.frames = 0
         self._drops = 0
         self._kernel_packets = 0
+        #: "ring" (TPACKET_V3 blocks) or "recv" (one system call per frame)
+        self.mode = "recv"
+        #: why the ring is not used (None when it is, or when ring=False asked for recv)
+        self.fallback_reason: str | None = None
+        self.geometry: RingGeometry | None = None
+        self._ring: mmap.mmap | None = None
+        self._block = 0
         try:
             self.ifindex = socket.if_nametoindex(interface)
         except OSError as exc:
@@ -118,6 +214,8 @@ class AfPacketCapture:
             raise _device_error(interface, "open an AF_PACKET socket", exc) from exc
         self._sock = sock
         try:
+            if ring:
+                self._setup_ring(sock, snaplen, buffer_bytes, max(1, int(block_timeout * 1000)))
             self._setup(sock, promiscuous, buffer_bytes, ignore_outgoing)
             if fanout_group is not None:
                 # Workers of one group share the interface's packets by flow hash
@@ -126,21 +224,54 @@ class AfPacketCapture:
                 value = (fanout_group & 0xFFFF) | mode << 16  # above INT_MAX with the DEFRAG flag: pack it
                 sock.setsockopt(SOL_PACKET, PACKET_FANOUT, value.to_bytes(4, "little"))
         except OSError as exc:
+            self._close_ring()
             sock.close()
             raise _device_error(interface, "start capturing", exc) from exc
         except BaseException:
+            self._close_ring()
             sock.close()
             raise
         self._poller = select.poll()
         self._poller.register(sock.fileno(), select.POLLIN)
 
-    def _setup(self, sock: socket.socket, promiscuous: bool, buffer_bytes: int, ignore_outgoing: bool) -> None:
+    def _setup_ring(self, sock: socket.socket, snaplen: int, buffer_bytes: int, timeout_ms: int) -> None:
+        geometry = ring_geometry(snaplen, buffer_bytes)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+            request = _REQ3.pack(geometry.block_size, geometry.block_count, geometry.frame_size,
+                                 geometry.frame_count, timeout_ms, 0, 0)
+            sock.setsockopt(SOL_PACKET, PACKET_RX_RING, request)
+            self._ring = mmap.mmap(sock.fileno(), geometry.size, mmap.MAP_SHARED,
+                                   mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise
+            self.fallback_reason = (f"no TPACKET_V3 ring of {geometry.block_count} x {geometry.block_size >> 10} KiB "
+                                    f"({exc.strerror or exc})")
+            log.warning("capture on %s: %s; receiving one frame per system call instead",
+                        self.interface, self.fallback_reason)
+            self._close_ring()
+            try:  # a ring without its mapping would take every frame from recv: remove it
+                sock.setsockopt(SOL_PACKET, PACKET_RX_RING, _REQ3.pack(0, 0, 0, 0, 0, 0, 0))
+            except OSError:
+                pass  # there was none
+            return
+        self.geometry = geometry
+        self.mode = "ring"
+
+    def _close_ring(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+
+    def _setup(self, sock: socket.socket, promiscuous: bool, buffer_bytes: int, ignore_outgoing: bool) -> None:
+        if self._ring is None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         if ignore_outgoing:
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         sock.bind((self.interface, ETH_P_ALL))
@@ -165,6 +296,7 @@ class AfPacketCapture:
                 self._refresh_stats()
             except OSError:
                 pass
+            self._close_ring()
             self._sock.close()
 
     def __enter__(self) -> AfPacketCapture:
@@ -175,20 +307,106 @@ class AfPacketCapture:
 
     # ---- counters
     def _refresh_stats(self) -> None:
-        raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
-        packets, drops = _STATS.unpack(raw)
+        if self._ring is not None:
+            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS_V3.size)
+            packets, drops, _freezes = _STATS_V3.unpack(raw)
+        else:
+            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+            packets, drops = _STATS.unpack(raw)
         self._kernel_packets += packets
         self._drops += drops
 
     @property
     def drops(self) -> int:
-        """Frames the kernel dropped (receive buffer full) since the socket opened."""
+        """Frames the kernel dropped (ring or receive buffer full) since the socket opened."""
         if self._sock.fileno() >= 0:
             self._refresh_stats()
         return self._drops
 
     # ---- capture
     def __iter__(self) -> Iterator[Frame | None]:
+        if self._ring is None:
+            yield from self._receive()
+            return
+        for batch in self._blocks():
+            if batch is None:
+                yield None
+            else:
+                yield from batch
+
+    def batches(self) -> Iterator[list[Frame] | None]:
+        """The frames as lists: one ring block each (one frame each on the recv
+        path); ``None`` after a quiet ``poll_interval`` with ``idle_marker``."""
+        if self._ring is None:
+            for frame in self._receive():
+                yield None if frame is None else [frame]
+            return
+        yield from self._blocks()
+
+    def _wait(self, timeout_ms: int) -> bool:
+        """poll() for the next block; False when it timed out.  A socket error (the
+        interface went away) is raised as CaptureDeviceError."""
+        try:
+            events = self._poller.poll(timeout_ms)
+        except InterruptedError:
+            return True
+        for _fd, mask in events:
+            if mask & (select.POLLERR | select.POLLNVAL):
+                if self._sock.fileno() < 0:
+                    self._stop.set()
+                    return True
+                code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise _device_error(self.interface, "receive", OSError(code, os.strerror(code)))
+        return bool(events)
+
+    def _blocks(self) -> Iterator[list[Frame] | None]:
+        ring = self._ring
+        geometry = self.geometry
+        assert ring is not None and geometry is not None
+        block_size = geometry.block_size
+        block_count = geometry.block_count
+        idle_marker = self.idle_marker
+        stop = self._stop
+        snaplen = self.snaplen
+        timeout_ms = max(1, int(self.poll_interval * 1000))
+        block_status = _BLOCK_STATUS.unpack_from
+        release = _BLOCK_STATUS.pack_into
+        block_packets = _BLOCK_PACKETS.unpack_from
+        header = _V3_HEADER.unpack_from
+        new = make_frame
+        ethernet = LINKTYPE_ETHERNET
+        vlan_valid = TP_STATUS_VLAN_VALID
+        wait = self._wait
+        index = self._block
+        while not stop.is_set():
+            base = index * block_size
+            if not block_status(ring, base + _BLOCK_STATUS_OFFSET)[0] & TP_STATUS_USER:
+                if not wait(timeout_ms) and idle_marker:
+                    yield None
+                continue
+            count, offset = block_packets(ring, base + _BLOCK_PACKETS_OFFSET)
+            batch = []
+            append = batch.append
+            position = base + offset
+            for _ in range(count):
+                next_offset, sec, nsec, captured, length, status, mac, _net, _hash, tci, tpid = header(ring, position)
+                start = position + mac
+                data = ring[start:start + min(captured, snaplen)]
+                if status & vlan_valid:
+                    if not status & TP_STATUS_VLAN_TPID_VALID:
+                        tpid = 0x8100
+                    data = insert_vlan_tag(data, tci, tpid)
+                    length += 4
+                append(new(sec * 1_000_000_000 + nsec or time.time_ns(), ethernet, data, length))
+                position += next_offset
+            release(ring, base + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
+            index = self._block = (index + 1) % block_count
+            if batch:
+                self.frames += len(batch)
+                yield batch
+
+    def _receive(self) -> Iterator[Frame | None]:
         sock = self._sock
         idle_marker = self.idle_marker
         recvmsg_into = sock.recvmsg_into

@@ -8,16 +8,18 @@ drained by its own thread, and what does not fit is dropped and counted.
 from __future__ import annotations
 
 import errno
-import queue
+import os
 import socket
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.capture.pcapwriter import PcapWriter, pcap_global_header, pcap_record
 from bridge.errors import BridgeError
+from bridge.reinject.batchsend import MAX_BATCH, FrameSender, open_sender
 
 
 class OutputError(BridgeError):
@@ -61,17 +63,21 @@ class PcapFileOutput:
         self._writer.close()
 
 
-_STOP = object()
-
-
 class InterfaceOutput:
     """``--inject IFACE``: frames sent on an interface with an AF_PACKET socket.
 
     The deployment default is a ``dummy`` interface (``ip link add tls0 type
     dummy``) that Suricata/Zeek capture on; any interface works (veth, tap).
+
+    :meth:`write` only appends to a bounded queue (``queue_frames``; what does
+    not fit is dropped and counted); a sender thread takes everything queued, up
+    to 1024 frames at a time, and hands it to the kernel in one ``sendmmsg``
+    (:mod:`bridge.reinject.batchsend`, which says why not a TX ring).  Send
+    errors are counted per frame (``stats.errors``, ``stats.last_error``).
     """
 
-    def __init__(self, interface: str, *, queue_frames: int = 65536) -> None:
+    def __init__(self, interface: str, *, queue_frames: int = 65536,
+                 sender: Callable[[socket.socket], FrameSender] = open_sender) -> None:
         self.interface = interface
         self.stats = OutputStats()
         try:
@@ -80,34 +86,60 @@ class InterfaceOutput:
         except OSError as exc:
             hint = " (needs root or CAP_NET_RAW)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
             raise OutputError(f"cannot inject on {interface}: {exc.strerror}{hint}") from None
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_frames)
+        try:
+            self._sender = sender(self._socket)
+        except OSError as exc:
+            self._socket.close()
+            raise OutputError(f"cannot inject on {interface}: {exc.strerror or exc}") from None
+        #: "sendmmsg" (batches) or "send" (one system call per frame)
+        self.method = self._sender.method
+        self._limit = queue_frames
+        self._pending: deque[bytes] = deque()
+        # The sender sleeps on _wake only after saying so in _idle, and looks at the
+        # queue once more after that; write() sets _wake only when _idle is set.
+        self._wake = threading.Event()
+        self._idle = False
+        self._closing = False
         self._thread = threading.Thread(target=self._send_loop, name=f"inject:{interface}", daemon=True)
         self._thread.start()
 
     def write(self, timestamp_ns: int, data: bytes) -> None:
-        try:
-            self._queue.put_nowait(data)
-        except queue.Full:
+        pending = self._pending
+        if len(pending) >= self._limit:
             self.stats.dropped += 1
+            return
+        pending.append(data)
+        if self._idle:
+            self._wake.set()
 
     def _send_loop(self) -> None:
-        sock = self._socket
+        pending = self._pending
+        popleft = pending.popleft
+        send = self._sender.send
+        stats = self.stats
+        wake = self._wake
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            data: bytes = item  # type: ignore[assignment]
-            try:
-                sock.send(data)
-            except OSError as exc:
-                self.stats.errors += 1
-                self.stats.last_error = exc.strerror
+            if not pending:
+                if self._closing:
+                    return
+                wake.clear()
+                self._idle = True
+                if not pending and not self._closing:
+                    wake.wait()
+                self._idle = False
                 continue
-            self.stats.frames += 1
-            self.stats.bytes += len(data)
+            batch = [popleft() for _ in range(min(len(pending), MAX_BATCH))]
+            result = send(batch)
+            stats.frames += result.frames
+            stats.bytes += result.bytes
+            if result.errors:
+                stats.errors += len(result.errors)
+                stats.last_error = os.strerror(result.errors[-1])
 
     def close(self) -> None:
-        self._queue.put(_STOP)
+        """Send what is queued, then close the socket."""
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout=30)
         self._socket.close()
 
