@@ -213,10 +213,10 @@ class PcapOverIpOutput:
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = _PcapClient(conn, self._limit, self.stats)
+            client.thread.start()  # before close() can see it (and join it)
             with self._lock:
                 self._clients = [c for c in self._clients if not c.closed] + [client]
                 self.stats.clients = len(self._clients)
-            client.thread.start()
 
     def write(self, timestamp_ns: int, data: bytes) -> None:
         record = pcap_record(timestamp_ns, data)
