@@ -18,7 +18,8 @@ ALLOWED = {
     "capture": {"capture", "errors"},
     "tls": {"tls", "errors", "secrets"},
     "keys": {"keys", "errors", "secrets"},
-    "engine": {"engine", "tls", "keys", "capture", "errors", "secrets", "options", "histogram"},
+    "quic": {"quic", "tls", "errors", "secrets"},
+    "engine": {"engine", "quic", "tls", "keys", "capture", "errors", "secrets", "options", "histogram"},
     "reinject": {"reinject", "engine", "tls", "capture", "errors"},
 }
 
