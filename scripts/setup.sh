@@ -51,7 +51,7 @@ command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
 command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 
 # Suricata 7 comes from bookworm-backports.
-BACKPORTS_PACKAGES=(suricata)
+BACKPORTS_PACKAGES=(suricata golang-1.23-go)  # a second Go release for the key-log hook tests (issue 20)
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 

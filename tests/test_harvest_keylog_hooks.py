@@ -1,6 +1,7 @@
 """Libraries hooked at their own key-log function, against real servers: a Go
-HTTPS server built here with Debian's Go toolchain (stripped and not, cgo and
-static) and GnuTLS's gnutls-serv, each with no key log configured.  The
+HTTPS server built here with Debian's Go toolchains (go1.19 stripped and not,
+cgo and static; go1.23 from bookworm-backports, stripped: a release whose
+pclntab format differs) and GnuTLS's gnutls-serv, each with no key log configured.  The
 harvested lines must equal what curl (the client) wrote to its SSLKEYLOGFILE;
 a capture decrypts with the key feed alone, and the flow log names the library
 and the hooked function as the key origin."""
@@ -28,17 +29,27 @@ TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA2
 TLS12_CIPHERS = ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305")
 
 
+GO_123 = "/usr/lib/go-1.23/bin/go"  # golang-1.23-go (bookworm-backports)
+
+
 @pytest.fixture(scope="module")
 def go_servers(tmp_path_factory) -> dict[str, Path]:
-    """The test server built twice: with cgo and symbols, and static with -ldflags='-s -w'."""
+    """The test server built three times: go1.19 with cgo and symbols, go1.19 static with
+    -ldflags='-s -w', go1.23 static and stripped.  Go 1.20+ compiles its standard library
+    at the first build (half a minute here): its build cache is kept in ~/.cache/tls-bridge
+    (a cache only: the binary is the same without it)."""
     go = tlslab.tool("go")
+    assert os.access(GO_123, os.X_OK), f"{GO_123} is missing: bash scripts/setup.sh installs golang-1.23-go"
     out = tmp_path_factory.mktemp("go-build")
-    env = dict(os.environ, HOME=str(out), GOPATH=str(out / "gopath"), GOCACHE=str(out / "cache"),
+    cache = Path.home() / ".cache" / "tls-bridge" / "go-build"
+    env = dict(os.environ, HOME=str(out), GOPATH=str(out / "gopath"), GOCACHE=str(cache),
                GOFLAGS="-mod=mod", GOTOOLCHAIN="local", GOPROXY="off")
-    builds = {"gohttps": ([], {}), "gohttps-s": (["-ldflags=-s -w"], {"CGO_ENABLED": "0"})}
+    static = {"CGO_ENABLED": "0"}
+    builds = {"gohttps": (go, [], {}), "gohttps-s": (go, ["-ldflags=-s -w"], static),
+              "gohttps-123": (GO_123, ["-ldflags=-s -w"], static)}
     binaries = {}
-    for name, (flags, extra) in builds.items():
-        result = subprocess.run([go, "build", *flags, "-o", str(out / name), "."], cwd=GO_SERVER,
+    for name, (compiler, flags, extra) in builds.items():
+        result = subprocess.run([compiler, "build", *flags, "-o", str(out / name), "."], cwd=GO_SERVER,
                                 env={**env, **extra}, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         binaries[name] = out / name
@@ -84,12 +95,13 @@ def _decrypt_with_feed(pcap: Path, endpoint: str, certs, flows: Path) -> list[di
 def test_go_crypto_tls_stripped_and_not_tls12_and_tls13(lab, go_servers, tmp_path):
     client, harvested, pcap = tmp_path / "client.keylog", tmp_path / "harvested.keylog", tmp_path / "go.pcap"
     endpoint, certs = f"ipc://{tmp_path}/feed", make_feed_certs(tmp_path / "certs")
-    for port, name in ((4443, "gohttps"), (4444, "gohttps-s")):
+    servers = {4443: "gohttps", 4444: "gohttps-s", 4446: "gohttps-123"}
+    for port, name in servers.items():
         lab._start([str(go_servers[name]), str(lab.certs.chain), str(lab.certs.key), f"127.0.0.1:{port}"], port)
     with tlslab.Capture(lab.ns, pcap):
-        harvester = lab.harvester("--comm", "gohttps", "gohttps-s", "--keylog", str(harvested), "--bind", endpoint,
+        harvester = lab.harvester("--comm", *servers.values(), "--keylog", str(harvested), "--bind", endpoint,
                                   *certs.publisher_args())
-        connections = _connections(lab, 4443, client) + _connections(lab, 4444, client)
+        connections = sum(_connections(lab, port, client) for port in servers)
         # Go logs every secret of the handshake but the exporter secret (it never calls writeKeyLog for it)
         theirs = {line for line in keylog_lines(client) if line[0] != "EXPORTER_SECRET"}
         _wait_for_lines(harvested, theirs)
@@ -98,14 +110,18 @@ def test_go_crypto_tls_stripped_and_not_tls12_and_tls13(lab, go_servers, tmp_pat
     summary = harvester.text()
     ours = keylog_lines(harvested)
     assert ours == theirs, f"missing {sorted(theirs - ours)[:3]}, extra {sorted(ours - theirs)[:3]}\n{summary}"
-    assert len({line[1] for line in theirs}) == connections == 12
-    assert [flow["status"] for flow in flows] == ["decrypted"] * 12, [(f["status"], f["reason"]) for f in flows]
-    assert sorted(flow["tls_version"] for flow in flows) == ["TLSv1.2"] * 6 + ["TLSv1.3"] * 6
-    origins = {(flow["key_origin"]["comm"], flow["key_origin"]["trigger"], flow["key_origin"]["library"][:16])
+    assert len({line[1] for line in theirs}) == connections == 18
+    assert [flow["status"] for flow in flows] == ["decrypted"] * 18, [(f["status"], f["reason"]) for f in flows]
+    assert sorted(flow["tls_version"] for flow in flows) == ["TLSv1.2"] * 9 + ["TLSv1.3"] * 9
+    origins = {(flow["key_origin"]["comm"], flow["key_origin"]["trigger"], flow["key_origin"]["library"][:17])
                for flow in flows}
-    assert origins == {(name, f"uprobe:{WRITE_KEY_LOG}", "go crypto/tls go") for name in ("gohttps", "gohttps-s")}
-    assert summary.count(f"{WRITE_KEY_LOG}, its key-log function") == 2, summary  # both binaries hooked
-    assert "go crypto/tls go1." in summary
+    assert origins == {("gohttps", f"uprobe:{WRITE_KEY_LOG}", "go crypto/tls go1"),
+                       ("gohttps-s", f"uprobe:{WRITE_KEY_LOG}", "go crypto/tls go1"),
+                       ("gohttps-123", f"uprobe:{WRITE_KEY_LOG}", "go crypto/tls go1")}, origins
+    libraries = {flow["key_origin"]["comm"]: flow["key_origin"]["library"] for flow in flows}
+    assert libraries["gohttps"].startswith("go crypto/tls go1.19.") and libraries["gohttps-123"].startswith(
+        "go crypto/tls go1.23."), libraries
+    assert summary.count(f"{WRITE_KEY_LOG}, its key-log function") == 3, summary  # every binary hooked
 
 
 def test_gnutls_serv_tls12_and_tls13(lab, tmp_path):

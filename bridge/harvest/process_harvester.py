@@ -269,6 +269,8 @@ class ProcessHarvester:
         published once its lines decrypt it, again when a later line adds a secret."""
         self.stats.hook_events += 1
         point = self._keylog_points.get(event.tag)
+        if event.tgid not in self._targets:  # the trace had no tgid for a thread new to it: its tid
+            event.tgid = _thread_group(event.tid) or event.tgid
         if point is None or event.tgid not in self._targets:
             self.stats.events_other_processes += 1
             return
@@ -569,6 +571,18 @@ class ProcessHarvester:
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
+
+
+def _thread_group(tid: int) -> int | None:
+    """The process (thread group) of a thread, from ``/proc/TID/status``."""
+    try:
+        with open(f"/proc/{tid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def check_privileges() -> None:
