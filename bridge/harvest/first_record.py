@@ -152,9 +152,26 @@ class FirstRecords:
         self._flows: OrderedDict[tuple[Endpoint, Endpoint], _Flow] = OrderedDict()
         self._captured: OrderedDict[bytes, FirstRecord] = OrderedDict()
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        #: A wire reader feeds this (False: nothing will ever be captured).
+        self.attached = False
+        self._waited: OrderedDict[bytes, None] = OrderedDict()
 
     def get(self, client_random: bytes) -> FirstRecord | None:
         with self._lock:
+            return self._captured.get(client_random)
+
+    def wait(self, client_random: bytes, timeout: float) -> FirstRecord | None:
+        """The connection's record, waiting up to ``timeout`` seconds for the wire
+        reader (a capture polls; a hook may come first) the first time it is asked
+        for; at once when there is no wire, or it was waited for before."""
+        with self._arrived:
+            if not self.attached or client_random in self._waited:
+                return self._captured.get(client_random)
+            self._waited[client_random] = None
+            while len(self._waited) > self.max_captured:
+                self._waited.popitem(last=False)
+            self._arrived.wait_for(lambda: client_random in self._captured, timeout)
             return self._captured.get(client_random)
 
     def __len__(self) -> int:
@@ -268,10 +285,11 @@ class FirstRecords:
                     self._flows.pop(key, None)
                     record = FirstRecord(flow.client_random, flow.server_random, flow.cipher_suite,
                                          flow.encrypt_then_mac, content_type, version, fragment)
-                    with self._lock:
+                    with self._arrived:
                         self._captured[flow.client_random] = record
                         while len(self._captured) > self.max_captured:
                             self._captured.popitem(last=False)
+                        self._arrived.notify_all()
                     self.counts.captured += 1
                     return
                 after_ccs = content_type == CONTENT_CHANGE_CIPHER_SPEC

@@ -71,6 +71,9 @@ READY, CALIBRATING, CONFIRMING, LEARNING, FAILED = "ready", "calibrating", "conf
 METHODS = ("calibrate", "candidates", "learn")
 #: A candidate that fails confirmation on this many connections is dropped.
 CANDIDATE_STRIKES = 2
+#: How long a TLS 1.2 confirmation waits for the connection's first record from the wire
+#: reader (only while a version is not confirmed yet: once per build and version).
+RECORD_WAIT = 0.3
 
 _SERIES = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
@@ -299,22 +302,31 @@ class LayoutResolver:
     # --- confirming ------------------------------------------------------------------------------
 
     def vouch(self, layout: BuildLayout, profile: Profile, secrets: ConnectionSecrets,
-              evidence: Callable[[], Evidence]) -> bool | None:
+              evidence: Callable[[], Evidence], *, wait: bool = True) -> bool | None:
         """May ``secrets``, read through ``profile`` (the build's profile or a candidate),
         be published?  Confirms them on this connection when the layout is not known
         good for their version; a confirmed candidate becomes the build's profile.
         True: publish; False: the layout does not hold here (a strike against a
         candidate); None: not yet decidable (the connection's keys are not live
-        yet): try this connection again a moment later, nothing counted."""
+        yet): try this connection again a moment later, nothing counted.
+
+        A TLS 1.2 connection is confirmed by its first client record when the wire
+        reader captured it (waiting up to :data:`RECORD_WAIT` for it unless ``wait``
+        is False: the caller is the thread that feeds the records), else from memory."""
         with self._lock:
             if _same_layout(profile, layout.profile) and secrets.tls_version in layout.confirmed_versions:
                 return True
-        captured = self.first_records.get(secrets.client_random) if secrets.tls_version == TLS12 else None
-        if captured is not None:  # the record decides: the connection's memory is not needed (it may be gone)
-            shown = Evidence(b"", None, None, lambda needles: set(), captured)
+        captured = None
+        if secrets.tls_version == TLS12:
+            # The record decides, whether the connection is alive or not, at the cost of one
+            # decryption (a memory search reads all the target's writable memory).  The wire
+            # reader may not have handed it over yet (a capture polls, a hook comes first).
+            captured = (self.first_records.wait(secrets.client_random, RECORD_WAIT) if wait
+                        else self.first_records.get(secrets.client_random))
+        if captured is not None:
+            verdict = confirm(secrets, Evidence(b"", None, None, lambda needles: set(), captured))
         else:
-            shown = evidence()
-        verdict = confirm(secrets, shown)
+            verdict = confirm(secrets, evidence())
         if not verdict.ok and not verdict.conclusive:
             with self._lock:
                 layout.confirmations += 1

@@ -135,6 +135,8 @@ def hellos(frames: Iterable[Frame | None], *, ends: bool = False,
     through: time to do other work).  ``first_records`` is fed every TCP segment: it
     keeps each TLS 1.2 connection's first client record, which confirms a layout
     by decryption (:mod:`bridge.harvest.first_record`)."""
+    if first_records is not None:
+        first_records.attached = True
     for frame in frames:
         if frame is None:
             yield None
