@@ -98,6 +98,11 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type) -> None:
             continue
         if not meta.get("flag"):
             continue
+        if isinstance(default, str):
+            parser.add_argument(meta["flag"], dest=f"opt_{spec.name}", default=default,
+                                choices=meta["choices"] or None, metavar=meta.get("metavar") or spec.name.upper(),
+                                help=f"{meta['doc']} (default: {default})")
+            continue
         parser.add_argument(meta["flag"], dest=f"opt_{spec.name}", type=_argument_type(spec), default=default,
                             metavar=meta.get("metavar") or spec.name.upper(),
                             help=f"{meta['doc']} (default: {default:g})" if isinstance(default, float)

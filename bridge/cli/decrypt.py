@@ -23,7 +23,7 @@ from bridge.errors import BridgeError
 from bridge.cli.common import add_client_security_options, is_loopback
 from bridge.keyfeed.sources import KeySettings, KeySources
 from bridge.options import add_arguments, from_arguments
-from bridge.outputs import FlowLog, KeyRequester, Outputs, PlaintextDirWriter
+from bridge.outputs import FlowLog, FlowLogSettings, KeyRequester, Outputs, PlaintextDirWriter
 from bridge.reinject.sink import ReinjectSettings, open_reinject
 
 
@@ -73,6 +73,14 @@ def add_decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keylog", metavar="KEYLOG", action="append", default=[],
                         help="RFC 9850 key log file (SSLKEYLOGFILE format); may be repeated")
     parser.add_argument("--flows", metavar="FILE", help="write the flow log (JSON lines) to FILE, '-' for stdout")
+    flow_log = parser.add_argument_group(
+        "flow log under a flood",
+        "Connections whose handshake never completed (the client sent a ClientHello, or nothing, and nothing "
+        "more; no secrets; nothing decrypted) are summarised: each minute of capture time a sample of them get "
+        "their line, and one line {\"summary\":\"never_completed\",...} counts them all per server, status and "
+        "end. Decrypted connections, and those that failed with their secrets at hand, always get their line.",
+    )
+    add_arguments(flow_log, FlowLogSettings)
     feed = parser.add_argument_group(
         "key feed",
         "Secrets from harvesters over ZeroMQ (see 'tls-bridge keys --help'), alongside or instead of --keylog. "
@@ -165,7 +173,12 @@ class Progress:
             f"{stats.plaintext_bytes:,} bytes plaintext in {elapsed:.2f} s"
         )
         if stats.flows_evicted:
-            text += f"; {stats.flows_evicted} connections evicted (--max-flows)"
+            reasons = ", ".join(f"{count} {reason.replace('_', '-')}" for reason, count in stats.evicted.items() if count)
+            text += (f"; {stats.flows_evicted} connections evicted ({reasons}; {stats.evicted_for_memory} for "
+                     f"--memory-limit, the rest for --max-flows)")
+        decryptor = self.engine.decryptor
+        text += (f"; memory: peak {(stats.memory_peak + decryptor.memory_reserved) / 2**20:,.1f} MiB of "
+                 f"{decryptor.config.memory_limit / 2**20:,.0f} MiB")
         return text
 
 
@@ -220,7 +233,9 @@ def run_decrypt(args: argparse.Namespace) -> int:
                                                   pcap_over_ip=args.pcap_over_ip, mtu=args.mtu,
                                                   server_port=args.server_port, mark_mac=args.mark_mac,
                                                   vlan=args.vlan))
-        outputs = Outputs(flow_log=FlowLog.to_file(args.flows) if args.flows else None, reinject=reinject,
+        flow_settings = from_arguments(FlowLogSettings, args)
+        outputs = Outputs(flow_log=FlowLog.to_file(args.flows, flow_settings) if args.flows else None,
+                          reinject=reinject,
                           plaintext=PlaintextDirWriter(args.plaintext_dir) if args.plaintext_dir else None,
                           requests=KeyRequester(keys.receiver) if keys.requests and keys.receiver else None)
         engine = Engine(keys.store, settings, output=outputs, request_keys=keys.requests)

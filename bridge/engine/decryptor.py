@@ -12,17 +12,34 @@ decryptor gives the connection's secrets from the key store: when its client
 random becomes known, when a key log names it by a handle, and when secrets
 arrive (:meth:`Decryptor.keys_arrived`).
 
-Bounded memory whatever an attacker sends: at most ``max_flows`` flows (the least
-recently active is evicted and logged), out-of-order bytes per direction, and the
-records waiting for keys (per direction and in total, see
-:class:`~bridge.tls.connection.PendingBudget`), each waiting at most ``key_wait``
-seconds of capture time.
+Bounded memory whatever an attacker sends: at most ``max_flows`` flows, out-of-order
+bytes per direction, and the records waiting for keys (per direction and in total,
+see :class:`~bridge.tls.connection.PendingBudget`), each waiting at most ``key_wait``
+seconds of capture time; and the whole decryptor within ``memory_limit`` bytes.
+
+Memory: each flow is charged what it holds (:data:`FLOW_BYTES` for its objects,
+its ClientHello, its record layers, the bytes buffered for reassembly, framing and
+records waiting for secrets; :meth:`Decryptor.memory_used`), plus a reserve for the
+``recently_closed`` set.  When a segment leaves the total above the limit (or a new
+flow exceeds ``max_flows``), flows are evicted — finished and logged with
+``ended_by: evicted`` — in this order until it fits:
+
+1. ``half_open``: flows whose server has sent no data (a SYN, a ClientHello that
+   was never answered: what a flood is made of), least recently active first;
+2. ``idle``: the least recently active flow, when it has been quiet for
+   ``evict_idle`` seconds;
+3. ``oldest``: else the least recently active flow.
+
+Every eviction is counted by reason (:attr:`DecryptorStats.evicted`).  A flow is
+sized for the common case: the second direction's reassembly, the record layers
+and the SHA-256 of the plaintext are made when first needed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from functools import partial
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +48,7 @@ from bridge.engine.events import Event, FlowFinished, FlowInfo, FlowStarted, Key
 from bridge.engine.packets import ACK, FIN, RST, SYN, TcpSegment
 from bridge.engine.settings import EngineSettings
 from bridge.engine.summary import DirectionSummary, FlowSummary
-from bridge.engine.tcp import Gap, StreamReassembler
+from bridge.engine.tcp import Gap, ReassemblyStats, StreamReassembler
 from bridge.histogram import Histogram
 from bridge.keys.store import KeyStore
 from bridge.tls import handshake as hs
@@ -43,8 +60,21 @@ from bridge.tls.state import Direction
 NS = 1_000_000_000
 _LRU_GRANULARITY_NS = NS // 10
 _CONTROL_FLAGS = SYN | FIN | RST
+_EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
-__all__ = ["NS", "Decryptor", "DecryptorStats"]
+#: A flow's objects (the flow, its identity, the lookup entries, one direction's
+#: reassembly, the TLS connection, the key-lag entry) without its ClientHello and
+#: buffers, in bytes: measured with tracemalloc over half-open flows on CPython 3.11
+#: (bench/bench_flood.py prints the measurement), rounded up.
+FLOW_BYTES = 1024
+#: A direction's reassembly made for the server's bytes (tracemalloc, rounded up).
+REASSEMBLER_BYTES = 400
+#: One remembered closed connection (two 4-tuples in an ordered dict).
+CLOSED_BYTES = 300
+#: Eviction reasons, in the order they are tried.
+EVICTION_REASONS = ("half_open", "idle", "oldest")
+
+__all__ = ["EVICTION_REASONS", "FLOW_BYTES", "NS", "Decryptor", "DecryptorStats"]
 
 
 @dataclass(slots=True)
@@ -53,6 +83,12 @@ class DecryptorStats:
     flows: int = 0
     flows_evicted: int = 0
     flows_idle: int = 0
+    #: Flows evicted (max_flows or memory_limit), by reason (EVICTION_REASONS).
+    evicted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))
+    #: Of those, evicted because the memory budget was reached.
+    evicted_for_memory: int = 0
+    #: Highest memory_used seen (bytes).
+    memory_peak: int = 0
     ignored_segments: int = 0
     plaintext_bytes: int = 0
     key_wait_expired: int = 0
@@ -69,7 +105,8 @@ class _DirectionStats:
     __slots__ = ("sha256", "bytes", "fin", "packets")
 
     def __init__(self) -> None:
-        self.sha256 = hashlib.sha256()
+        #: Of the plaintext, made with the first byte of it.
+        self.sha256: hashlib._Hash | None = None
         self.bytes = 0
         self.fin = False
         self.packets = 0
@@ -79,12 +116,15 @@ class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
         "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns", "keys_requested", "end_reported",
-        "hello_seen", "handles_given",
+        "hello_seen", "handles_given", "half_open", "charged",
     )
 
-    def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool) -> None:
+    def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool,
+                 first: Direction) -> None:
         self.info = info
-        self.reassembly = (StreamReassembler(max_buffered=max_out_of_order), StreamReassembler(max_buffered=max_out_of_order))
+        #: Each direction's reassembly, made with its first segment (:func:`_reassembler`).
+        self.reassembly: list[StreamReassembler | None] = [None, None]
+        self.reassembly[first] = StreamReassembler(max_buffered=max_out_of_order)
         self.tls = tls
         self.stats = (_DirectionStats(), _DirectionStats())
         self.last_ns = self.lru_ns = info.first_timestamp_ns
@@ -102,7 +142,17 @@ class _Flow:
         self.hello_seen = False
         #: Key handles already looked up in the store for this connection.
         self.handles_given: tuple[bytes, ...] = ()
+        #: The server has sent no data yet.
+        self.half_open = True
+        #: Bytes charged to the memory budget.
+        self.charged = 0
 
+
+def _reassembler(flow: _Flow, direction: Direction, max_out_of_order: int) -> StreamReassembler:
+    reassembler = flow.reassembly[direction]
+    if reassembler is None:
+        reassembler = flow.reassembly[direction] = StreamReassembler(max_buffered=max_out_of_order)
+    return reassembler
 
 class Decryptor:
     def __init__(
@@ -120,10 +170,12 @@ class Decryptor:
         self.sessions = SessionCache()
         self.budget = PendingBudget(limit=self.config.max_pending_total)
         self.stats = DecryptorStats()
-        #: (src, sport, dst, dport) → (flow, direction of a segment with that tuple)
-        self._by_tuple: dict[tuple[bytes, int, bytes, int], tuple[_Flow, Direction]] = {}
-        #: flow_id → flow, least recently active first
+        #: (src, sport, dst, dport) of each direction → its flow
+        self._by_tuple: dict[tuple[bytes, int, bytes, int], _Flow] = {}
+        #: flow_id → flow, least recently active first: flows whose server has sent
+        #: data, and those (half-open) whose server has not.
         self._flows: OrderedDict[int, _Flow] = OrderedDict()
+        self._half_open: OrderedDict[int, _Flow] = OrderedDict()
         self._closed: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
         self._waiting: dict[bytes, _Flow] = {}
         #: Waiting flows by the key handles their secrets may arrive under (RSA key log lines).
@@ -134,15 +186,30 @@ class Decryptor:
         self._resetting: dict[int, _Flow] = {}
         self._next_id = 1
         self._now_ns = 0
+        #: Bytes charged to the flows (see the module's docstring), and the reserve
+        #: for the recently-closed set.
+        self._charged = 0
+        self.memory_reserved = self.config.recently_closed * CLOSED_BYTES
+        self._on_held = self.stats.record_hold.observe  # one bound method for every connection
         keys.take_arrivals()  # what is in the store now is found by lookup anyway
 
     @property
     def active_flows(self) -> int:
-        return len(self._flows)
+        return len(self._flows) + len(self._half_open)
+
+    @property
+    def half_open_flows(self) -> int:
+        """Flows whose server has sent no data yet."""
+        return len(self._half_open)
 
     @property
     def waiting_flows(self) -> int:
         return len(self._waiting)
+
+    @property
+    def memory_used(self) -> int:
+        """Bytes charged against ``memory_limit``: the flows' and the reserve."""
+        return self._charged + self.memory_reserved
 
     # --- packets ---------------------------------------------------------------
 
@@ -152,33 +219,44 @@ class Decryptor:
         if timestamp_ns > self._now_ns:
             self._now_ns = timestamp_ns
         events: list[Event] = []
-        entry = self._by_tuple.get((segment.src, segment.sport, segment.dst, segment.dport))
-        if entry is None:
-            entry = self._new_flow(segment, (segment.src, segment.sport, segment.dst, segment.dport), events)
-            if entry is None:
+        key = (segment.src, segment.sport, segment.dst, segment.dport)
+        flow = self._by_tuple.get(key)
+        if flow is None:
+            flow = self._new_flow(segment, key, events)
+            if flow is None:
                 self.stats.ignored_segments += 1
                 return events
-        flow, direction = entry
+        info = flow.info
+        direction = Direction.C2S if segment.sport == info.client_port and segment.src == info.client_ip \
+            else Direction.S2C
         flow.last_ns = timestamp_ns
         if timestamp_ns - flow.lru_ns > _LRU_GRANULARITY_NS:
             # Activity order for idle expiry and eviction, kept to within 100 ms.
-            self._flows.move_to_end(flow.info.flow_id)
+            (self._half_open if flow.half_open else self._flows).move_to_end(info.flow_id)
             flow.lru_ns = timestamp_ns
         if segment.flags & _CONTROL_FLAGS or flow.closing is not None or flow.reset_at_ns is not None:
             self._segment(flow, direction, segment, events)
-            return events
-        # Fast path: a data (or bare ACK) segment of an open connection.
-        flow.stats[direction].packets += 1
-        payload = segment.payload
-        if payload:
-            chunks = flow.reassembly[direction].segment(segment.seq, payload)
-            if chunks and flow.tls_active:
-                self._deliver(flow, direction, chunks, timestamp_ns, events)
+        else:
+            # Fast path: a data (or bare ACK) segment of an open connection.
+            flow.stats[direction].packets += 1
+            payload = segment.payload
+            if payload:
+                if direction and flow.half_open:
+                    self._answered(flow)
+                reassembler = flow.reassembly[direction] or _reassembler(
+                    flow, direction, self.config.max_out_of_order_bytes)
+                chunks = reassembler.segment(segment.seq, payload)
+                if chunks and flow.tls_active:
+                    self._deliver(flow, direction, chunks, timestamp_ns, events)
+                if flow.ended_by is None:
+                    self._charge(flow)
+        if self._charged + self.memory_reserved > self.config.memory_limit:
+            self._make_room(events)
         return events
 
     def _new_flow(
         self, segment: TcpSegment, key: tuple[bytes, int, bytes, int], events: list[Event]
-    ) -> tuple[_Flow, Direction] | None:
+    ) -> _Flow | None:
         flags = segment.flags
         is_syn = bool(flags & SYN)
         if not is_syn and not segment.payload:
@@ -202,28 +280,90 @@ class Decryptor:
             budget=self.budget,
             max_pending_per_direction=self.config.max_pending_per_direction,
             clock=self.clock,
-            on_held=self.stats.record_hold.observe,
+            on_held=self._on_held,
         )
-        flow = _Flow(info, tls, self.config.max_out_of_order_bytes, is_syn)
+        flow = _Flow(info, tls, self.config.max_out_of_order_bytes, is_syn,
+                     Direction.C2S if sender_is_client else Direction.S2C)
         self.stats.flows += 1
-        c2s_key = (client[0], client[1], server[0], server[1])
-        s2c_key = (server[0], server[1], client[0], client[1])
-        self._by_tuple[c2s_key] = (flow, Direction.C2S)
-        self._by_tuple[s2c_key] = (flow, Direction.S2C)
-        self._flows[info.flow_id] = flow
+        self._by_tuple[(client[0], client[1], server[0], server[1])] = flow
+        self._by_tuple[(server[0], server[1], client[0], client[1])] = flow
+        self._half_open[info.flow_id] = flow
+        flow.charged = FLOW_BYTES
+        self._charged += FLOW_BYTES
         events.append(FlowStarted(info))
-        while len(self._flows) > self.config.max_flows:
-            _, oldest = next(iter(self._flows.items()))
-            self.stats.flows_evicted += 1
-            self._finish(oldest, "evicted", events)
-        return self._by_tuple[key]
+        while self.active_flows > self.config.max_flows:
+            self._evict(self._victim(flow), events)
+        return flow
+
+    def _answered(self, flow: _Flow) -> None:
+        """The server's first data: the flow is no longer half-open."""
+        flow.half_open = False
+        flow_id = flow.info.flow_id
+        del self._half_open[flow_id]
+        self._flows[flow_id] = flow
+
+    # --- memory -------------------------------------------------------------------
+
+    def _charge(self, flow: _Flow) -> None:
+        """Charge the flow what it holds now."""
+        charge = FLOW_BYTES + flow.tls.held_bytes
+        client, server = flow.reassembly
+        if client is not None:
+            charge += client.buffered
+        if server is not None:
+            charge += server.buffered
+            if client is not None:
+                charge += REASSEMBLER_BYTES
+        self._charged += charge - flow.charged
+        flow.charged = charge
+        if self._charged > self.stats.memory_peak:
+            self.stats.memory_peak = self._charged
+
+    def _victim(self, keep: _Flow | None = None) -> tuple[_Flow, str] | None:
+        """The next flow to evict and why (see the module's docstring); never ``keep``."""
+        for flow in self._half_open.values():
+            if flow is not keep:
+                return flow, "half_open"
+            break
+        else:
+            flow = None
+        for candidate in self._flows.values():
+            if candidate is keep:
+                continue
+            quiet_ns = self._now_ns - candidate.lru_ns
+            return candidate, "idle" if quiet_ns >= self.config.evict_idle * NS else "oldest"
+        if flow is not None:  # keep is the only half-open flow: the second one
+            iterator = iter(self._half_open.values())
+            next(iterator)
+            for candidate in iterator:
+                return candidate, "half_open"
+        return None
+
+    def _evict(self, victim: tuple[_Flow, str] | None, events: list[Event]) -> None:
+        if victim is None:
+            return
+        flow, reason = victim
+        self.stats.flows_evicted += 1
+        self.stats.evicted[reason] += 1
+        self._finish(flow, "evicted", events)
+
+    def _make_room(self, events: list[Event]) -> None:
+        """Evict until the charged memory fits the budget."""
+        limit = self.config.memory_limit - self.memory_reserved
+        while self._charged > limit and (self._half_open or self._flows):
+            self.stats.evicted_for_memory += 1
+            self._evict(self._victim(), events)
+
+    # --- segments ------------------------------------------------------------------
 
     def _segment(self, flow: _Flow, direction: Direction, segment: TcpSegment, events: list[Event]) -> None:
         flags = segment.flags
-        reassembler = flow.reassembly[direction]
         flow.stats[direction].packets += 1
         if flow.closing is not None:
             return  # over; only its secrets are awaited
+        if direction and flow.half_open and segment.payload:
+            self._answered(flow)
+        reassembler = flow.reassembly[direction] or _reassembler(flow, direction, self.config.max_out_of_order_bytes)
         if flags & SYN:
             reassembler.syn(segment.seq)
             return
@@ -231,8 +371,8 @@ class Decryptor:
             # What was sent before the RST: the sender's data up to its sequence
             # number, and the peer's data up to what the sender acknowledged.
             reassembler.note_sent_until(segment.seq)
-            if flags & ACK:
-                flow.reassembly[1 - direction].note_sent_until(segment.ack)
+            if flags & ACK and flow.reassembly[1 - direction] is not None:
+                flow.reassembly[1 - direction].note_sent_until(segment.ack)  # type: ignore[union-attr]
             if flow.reset_at_ns is None and self._data_missing(flow):
                 flow.reset_at_ns = segment.timestamp_ns  # reordered: let the rest arrive (rst_grace)
                 self._resetting[flow.info.flow_id] = flow
@@ -244,20 +384,23 @@ class Decryptor:
             chunks = reassembler.segment(segment.seq, segment.payload, fin=bool(fin))
             if chunks:
                 self._deliver(flow, direction, chunks, segment.timestamp_ns, events)
+            if flow.ended_by is None:
+                self._charge(flow)
         if fin:
             flow.stats[direction].fin = True
         if flow.reset_at_ns is not None:
             if not self._data_missing(flow):
                 self._finish(flow, "rst", events)
             return
-        if flow.reassembly[0].fin_offset is not None and flow.reassembly[1].fin_offset is not None:
-            if flow.reassembly[0].complete and flow.reassembly[1].complete:
-                self._finish(flow, "fin", events)
+        client, server = flow.reassembly
+        if client is not None and server is not None and client.fin_offset is not None \
+                and server.fin_offset is not None and client.complete and server.complete:
+            self._finish(flow, "fin", events)
 
     @staticmethod
     def _data_missing(flow: _Flow) -> bool:
         """Bytes known to have been sent (before a hole, a FIN or a RST) have not all arrived."""
-        return flow.reassembly[0].missing() or flow.reassembly[1].missing()
+        return any(reassembler is not None and reassembler.missing() for reassembler in flow.reassembly)
 
     def _deliver(
         self, flow: _Flow, direction: Direction, chunks: list[bytes | Gap], timestamp_ns: int, events: list[Event]
@@ -291,6 +434,8 @@ class Decryptor:
 
     def _emit(self, flow: _Flow, direction: Direction, data: bytes, timestamp_ns: int, events: list[Event]) -> None:
         stats = flow.stats[direction]
+        if stats.sha256 is None:
+            stats.sha256 = hashlib.sha256()
         stats.sha256.update(data)
         stats.bytes += len(data)
         self.stats.plaintext_bytes += len(data)
@@ -417,18 +562,20 @@ class Decryptor:
             if flow.reset_at_ns is not None and now_ns - flow.reset_at_ns > grace_ns:
                 self._finish(flow, "rst", events)
         idle_ns = int(self.config.idle_timeout * NS)
-        while self._flows:
-            _, oldest = next(iter(self._flows.items()))
-            if now_ns - oldest.lru_ns <= idle_ns:
-                break
-            self.stats.flows_idle += 1
-            self._finish(oldest, "idle", events)
+        for flows in (self._half_open, self._flows):
+            while flows:
+                oldest = next(iter(flows.values()))
+                if now_ns - oldest.lru_ns <= idle_ns:
+                    break
+                self.stats.flows_idle += 1
+                self._finish(oldest, "idle", events)
         return events
 
     def finish(self) -> list[Event]:
         """End of input: every flow still open is finished."""
         events = self.keys_arrived()
-        for flow in list(self._flows.values()):
+        flows = sorted([*self._half_open.values(), *self._flows.values()], key=lambda flow: flow.lru_ns)
+        for flow in flows:
             self._finish(flow, "rst" if flow.reset_at_ns is not None else "end_of_capture", events)
         return events
 
@@ -442,8 +589,9 @@ class Decryptor:
         self._resetting.pop(flow.info.flow_id, None)
         flow.reset_at_ns = None
         if flow.closing is None and ended_by != "evicted":
-            for direction in Direction:
-                chunks = flow.reassembly[direction].flush()
+            for direction in (Direction.C2S, Direction.S2C):
+                reassembler = flow.reassembly[direction]
+                chunks = reassembler.flush() if reassembler is not None else None
                 if chunks:
                     self._deliver(flow, direction, chunks, flow.last_ns, events)
         tls = flow.tls
@@ -459,6 +607,7 @@ class Decryptor:
         info = flow.info
         random = tls.client_random
         key_origin = None
+        has_keys = False
         self._drop_handles(flow)
         if random is not None:
             self._waiting.pop(random, None)
@@ -466,9 +615,12 @@ class Decryptor:
             keyset = self.keys.lookup(random)
             if keyset is not None:
                 key_origin = keyset.origin
+                has_keys = True
             if self.config.forget_keys and (keyset is not None or tls.connection_handles):
                 self.keys.forget(random, tls.connection_handles)
-        del self._flows[info.flow_id]
+        (self._half_open if flow.half_open else self._flows).pop(info.flow_id)
+        self._charged -= flow.charged
+        flow.charged = 0
         for key in (
             (info.client_ip, info.client_port, info.server_ip, info.server_port),
             (info.server_ip, info.server_port, info.client_ip, info.client_port),
@@ -477,9 +629,12 @@ class Decryptor:
             self._closed[key] = None
         while len(self._closed) > self.config.recently_closed:
             self._closed.popitem(last=False)
-        summary = flow_summary(flow, ended_by, key_origin)
-        self.stats.statuses[summary.status] = self.stats.statuses.get(summary.status, 0) + 1
-        events.append(FlowFinished(info, ended_by, summary))
+        outcome = flow_status(flow, ended_by)
+        status = outcome[0].value
+        self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
+        events.append(FlowFinished(info, ended_by, never_completed=not has_keys and tls.only_client_hello,
+                                   status=status, ts_end=_iso(flow.last_ns),
+                                   build=partial(flow_summary, flow, ended_by, key_origin, outcome)))
 
 
 def _payload_from_client(segment: TcpSegment) -> bool:
@@ -493,34 +648,49 @@ def _payload_from_client(segment: TcpSegment) -> bool:
     return segment.sport >= segment.dport
 
 
+_NO_REASSEMBLY = ReassemblyStats()
+
+
 def _iso(timestamp_ns: int) -> float:
     return round(timestamp_ns / NS, 6)
 
 
-def flow_summary(flow: _Flow, ended_by: str, key_origin: dict[str, object] | None = None) -> FlowSummary:
-    """What the flow log says of a finished flow."""
+def flow_status(flow: _Flow, ended_by: str) -> tuple[Status, str]:
+    """The flow log's status and reason of a finished flow."""
     tls = flow.tls
     status, reason = tls.status()
     if not flow.syn_seen and tls.client_hello is None:
         status, reason = Status.NO_HANDSHAKE, "connection picked up mid-stream: no handshake seen"
-    if status is Status.NOT_TLS and not any(r.stats.bytes_delivered for r in flow.reassembly):
+    reassembly = [r.stats if r is not None else _NO_REASSEMBLY for r in flow.reassembly]
+    if status is Status.NOT_TLS and not any(r.bytes_delivered for r in reassembly):
         reason = "evicted (max flows reached) before any payload" if ended_by == "evicted" else "no payload seen"
-    gaps = [flow.reassembly[d].stats.gap_bytes for d in Direction]
+    gaps = [r.gap_bytes for r in reassembly]
     if any(gaps) and status is Status.DECRYPTED:
         status, reason = Status.GAP, f"{sum(gaps)} bytes missing after the last decrypted record"
+    return status, reason
+
+
+def flow_summary(flow: _Flow, ended_by: str, key_origin: dict[str, object] | None = None,
+                 outcome: tuple[Status, str] | None = None) -> FlowSummary:
+    """What the flow log says of a finished flow (``outcome``: its :func:`flow_status`)."""
+    tls = flow.tls
+    status, reason = outcome if outcome is not None else flow_status(flow, ended_by)
+    reassembly = [r.stats if r is not None else _NO_REASSEMBLY for r in flow.reassembly]
     client_hello = tls.client_hello
     server_hello = tls.server_hello
     info = flow.info
     directions = []
-    for direction in Direction:
+    key_updates = 0
+    for direction in (Direction.C2S, Direction.S2C):
         stats = flow.stats[direction]
-        state = tls.directions[direction]
-        reassembly = flow.reassembly[direction].stats
+        records, decrypted, skipped, alerts, updates = tls.direction_counts(direction)
+        key_updates += updates
+        reassembled = reassembly[direction]
         directions.append(DirectionSummary(
-            bytes=stats.bytes, sha256=stats.sha256.hexdigest(), packets=stats.packets, records=state.records,
-            decrypted_records=state.decrypted_records, skipped_records=state.skipped_records, alerts=state.alerts,
-            key_updates=state.key_updates, gap_bytes=reassembly.gap_bytes,
-            retransmitted_bytes=reassembly.retransmitted_bytes))
+            bytes=stats.bytes, sha256=stats.sha256.hexdigest() if stats.sha256 is not None else _EMPTY_SHA256,
+            packets=stats.packets, records=records, decrypted_records=decrypted, skipped_records=skipped,
+            alerts=alerts, key_updates=updates, gap_bytes=reassembled.gap_bytes,
+            retransmitted_bytes=reassembled.retransmitted_bytes))
     return FlowSummary(
         flow_id=info.flow_id,
         ts_start=_iso(info.first_timestamp_ns),
@@ -547,8 +717,8 @@ def flow_summary(flow: _Flow, ended_by: str, key_origin: dict[str, object] | Non
         session_id=bool(server_hello and server_hello.session_id),
         session_ticket=bool(client_hello and client_hello.session_ticket) or tls.session_tickets > 0,
         session_tickets_issued=tls.session_tickets,
-        key_updates=sum(state.key_updates for state in tls.directions),
-        certificates=describe_chain(tls.certificates),
+        key_updates=key_updates,
+        certificates=describe_chain(tls.certificates) if tls.certificates else [],
         key_origin=key_origin,
         c2s=directions[0],
         s2c=directions[1],

@@ -9,6 +9,7 @@ becomes the flow log line), and possibly a :class:`KeysWanted` with ``ended``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.engine.packets import format_endpoint
@@ -54,18 +55,53 @@ class PlaintextData:
     timestamp_ns: int
 
 
-@dataclass(frozen=True, slots=True)
 class FlowFinished:
-    """A connection is over; ``summary`` is what the flow log says of it."""
+    """A connection is over; ``summary`` is what the flow log says of it.
 
-    flow: FlowInfo
-    ended_by: str  # "fin", "rst", "idle", "evicted", "end_of_capture"
-    summary: FlowSummary
+    The summary is built when first read (``build``): an output that logs the
+    connection in a summary line only (see ``never_completed``) never pays for it;
+    ``status`` and ``ts_end`` (the summary's) are at hand without it."""
+
+    __slots__ = ("flow", "ended_by", "never_completed", "status", "ts_end", "_summary", "_build")
+
+    def __init__(self, flow: FlowInfo, ended_by: str, summary: FlowSummary | None = None, *,
+                 never_completed: bool = False, build: Callable[[], FlowSummary] | None = None,
+                 status: str | None = None, ts_end: float | None = None) -> None:
+        if summary is None and build is None:
+            raise TypeError("FlowFinished needs a summary or a way to build it")
+        self.flow = flow
+        self.ended_by = ended_by  # "fin", "rst", "idle", "evicted", "end_of_capture"
+        #: The handshake never completed: the client sent its ClientHello and nothing
+        #: more (or nothing), no secrets were there and nothing was decrypted (a scan,
+        #: a flood, an unanswered client).  The flow log may summarise such connections.
+        self.never_completed = never_completed
+        self._summary = summary
+        self._build = build
+        self.status = status if status is not None else summary.status  # type: ignore[union-attr]
+        self.ts_end = ts_end if ts_end is not None else summary.ts_end  # type: ignore[union-attr]
+
+    @property
+    def summary(self) -> FlowSummary:
+        if self._summary is None:
+            self._summary = self._build()  # type: ignore[misc]
+            self._build = None
+        return self._summary
 
     @property
     def record(self) -> dict[str, object]:
         """The flow log line (a JSON-ready dict) without the outputs' annotations."""
         return self.summary.to_record()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not FlowFinished:
+            return NotImplemented
+        return (self.flow, self.ended_by, self.summary, self.never_completed) == (
+            other.flow, other.ended_by, other.summary, other.never_completed)  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FlowFinished(flow={self.flow!r}, ended_by={self.ended_by!r}, status={self.status!r})"
 
 
 @dataclass(frozen=True, slots=True)

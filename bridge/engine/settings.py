@@ -20,7 +20,7 @@ class EngineSettings:
 
     key_wait: float = option(30.0, "how long records wait for their secrets, seconds of capture time", low=0,
                              flag="--key-wait", metavar="SECONDS")
-    max_flows: int = option(200_000, "connections tracked at once; the least recently active is evicted",
+    max_flows: int = option(200_000, "connections tracked at once; beyond, one is evicted as under memory_limit",
                             low=16, high=100_000_000, flag="--max-flows", metavar="N")
     idle_timeout: float = option(300.0, "a connection with no packet for this long is finished, seconds", low=1,
                                  flag="--idle-timeout", metavar="SECONDS")
@@ -36,6 +36,18 @@ class EngineSettings:
                                   "connection", low=0, high=100_000_000, flag="--recently-closed", metavar="N")
     rst_grace: float = option(1.0, "after a RST, how long data sent before it may still arrive (a mirror "
                               "reorders), seconds of capture time", low=0, flag="--rst-grace", metavar="SECONDS")
+    memory_limit: int = option(1024 * MiB, "bytes the decryptor may hold: every connection's state, its buffers "
+                               "and its records waiting for secrets (and a reserve for the recently closed); "
+                               "beyond it connections are evicted: half-open first, then idle, then the least "
+                               "recently active", low=32 * MiB, high=1 << 44, flag="--memory-limit",
+                               metavar="BYTES")
+    evict_idle: float = option(10.0, "under memory pressure, a connection quiet this long is evicted as idle "
+                               "(before active ones), seconds of capture time", low=0, flag="--evict-idle",
+                               metavar="SECONDS")
     forget_keys: bool = option(True, "drop a connection's secrets from the key store once it is logged",
                                negate="--keep-keys", negate_doc="keep a connection's secrets in the key store after "
                                "it is logged (by default they are dropped)")
+    fast_path: bool = option(True, "established TLS streams handled per packet by the compiled path "
+                             "(bridge.engine.lanes)", negate="--no-fast-path",
+                             negate_doc="every packet through the Python path (the reference the compiled "
+                             "path is compared with; slower)")

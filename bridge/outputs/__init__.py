@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from bridge.engine.events import Event, FlowFinished, KeysWanted
-from bridge.outputs.flowlog import FlowLog
+from bridge.outputs.flowlog import FlowLog, FlowLogSettings
 from bridge.outputs.plaintext import PlaintextDirWriter
 from bridge.outputs.requests import KeyRequester
 from bridge.reinject.sink import ReinjectSink
 
-__all__ = ["FlowLog", "KeyRequester", "Outputs", "PlaintextDirWriter"]
+__all__ = ["FlowLog", "FlowLogSettings", "KeyRequester", "Outputs", "PlaintextDirWriter"]
 
 
 class Outputs:
@@ -38,11 +38,10 @@ class Outputs:
         if self.plaintext is not None:
             self.plaintext(event)
         if event.__class__ is FlowFinished:
+            synthetic = self.reinject.describe(event.flow.flow_id) if self.reinject is not None else None
             if self.flow_log is not None:
-                annotations = {} if self.reinject is None else {"synthetic": self.reinject.describe(event.flow.flow_id)}
-                self.flow_log.write(event.summary.to_record(**annotations))  # type: ignore[union-attr]
-            elif self.reinject is not None:
-                self.reinject.describe(event.flow.flow_id)
+                self.flow_log.finished(event, None if self.reinject is None  # type: ignore[arg-type]
+                                       else lambda: {"synthetic": synthetic})
         for sink in self.extra:
             sink(event)
 

@@ -19,6 +19,7 @@ from typing import Any
 from bridge.engine.settings import EngineSettings
 from bridge.errors import BridgeError
 from bridge.options import check, default_of, option
+from bridge.outputs.flowlog import FlowLogSettings
 
 
 class ConfigError(BridgeError):
@@ -71,7 +72,7 @@ class InjectConfig:
 
 
 @dataclass
-class OutputConfig:
+class OutputConfig(FlowLogSettings):
     """Logs."""
 
     flows: str = option("/var/log/tls-bridge/flows.jsonl", "the flow log: one JSON object per connection "

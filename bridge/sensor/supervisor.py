@@ -34,7 +34,13 @@ _COUNTERS = (
     ("active_flows", "gauge", "Connections tracked now."),
     ("waiting_for_keys", "gauge", "Connections whose records wait for their secrets."),
     ("key_wait_expired", "counter", "Connections whose secrets did not come in time."),
-    ("flows_evicted", "counter", "Connections evicted at the max_flows bound."),
+    ("flows_evicted", "counter", "Connections evicted (max_flows or memory_limit; by reason: flows_evicted_by)."),
+    ("half_open_flows", "gauge", "Connections tracked whose server has sent no data (a flood is made of them)."),
+    ("new_flows_per_second", "gauge", "New connections per second over the worker's last report interval."),
+    ("memory_used_bytes", "gauge", "Bytes the decryptor holds (charged against memory_limit_bytes)."),
+    ("memory_limit_bytes", "gauge", "The decryptor's memory budget ([decrypt] memory_limit)."),
+    ("flows_summarised", "counter",
+     "Never-completed connections counted only in the flow log's summary lines."),
     ("plaintext_bytes", "counter", "Bytes of decrypted application data."),
     ("capture_drops", "counter", "Packets the kernel dropped before the worker read them."),
     ("injected_frames", "counter", "Synthetic cleartext frames written."),
@@ -240,6 +246,12 @@ class _Collector:
             for status, count in sorted(worker.counters.get("statuses", {}).items()):
                 logged.add_metric([str(worker.index), status], int(count))
         yield logged
+        evicted = CounterMetricFamily("tls_bridge_flows_evicted_by", "Connections evicted, by reason (half_open, "
+                                      "idle, oldest: the order they are tried).", labels=["worker", "reason"])
+        for worker in workers:
+            for reason, count in sorted(worker.counters.get("evicted", {}).items()):
+                evicted.add_metric([str(worker.index), reason], int(count))
+        yield evicted
         restarts = CounterMetricFamily("tls_bridge_worker_restarts", "Worker processes restarted.", labels=["worker"])
         for worker in workers:
             restarts.add_metric([str(worker.index)], worker.restarts)

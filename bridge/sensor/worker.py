@@ -37,6 +37,15 @@ class WorkerCounters:
     waiting_for_keys: int = 0
     key_wait_expired: int = 0
     flows_evicted: int = 0
+    #: Evictions by reason (bridge.engine.decryptor.EVICTION_REASONS).
+    evicted: dict[str, int] = field(default_factory=dict)
+    half_open_flows: int = 0
+    #: New connections per second over the last report's interval.
+    new_flows_per_second: float = 0.0
+    memory_used_bytes: int = 0
+    memory_limit_bytes: int = 0
+    #: Never-completed connections counted in the flow log's summary lines only.
+    flows_summarised: int = 0
     plaintext_bytes: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     capture_drops: int = 0
@@ -100,7 +109,7 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
     keys = KeySources(key_settings(config)).open()
     receiver = keys.receiver
     reinject = open_reinject(reinject_settings(config, index))
-    flow_log = FlowLog.appending(config.output.flows)
+    flow_log = FlowLog.appending(config.output.flows, settings=config.output)
     outputs = Outputs(flow_log=flow_log, reinject=reinject,
                       requests=KeyRequester(receiver) if keys.requests and receiver is not None else None)
     engine = Engine(keys.store, config.decrypt, output=outputs, request_keys=keys.requests)
@@ -110,6 +119,7 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
                 for number, interface in enumerate(config.capture.interfaces)]
     counters = WorkerCounters(index, os.getpid())
     last_report = 0.0
+    rate = _Rate()
 
     def report() -> None:
         nonlocal last_report
@@ -118,6 +128,8 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
             return
         last_report = now
         _fill(counters, engine, captures, reinject, receiver)
+        counters.new_flows_per_second = rate(counters.flows, now)
+        counters.flows_summarised = flow_log.summarised
         try:
             connection.send(asdict(counters))
         except (BrokenPipeError, OSError):
@@ -142,6 +154,19 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
         flow_log.close()
 
 
+class _Rate:
+    """Per second, between two readings of a counter."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.at: float | None = None
+
+    def __call__(self, value: int, now: float) -> float:
+        rate = 0.0 if self.at is None or now <= self.at else (value - self.value) / (now - self.at)
+        self.value, self.at = value, now
+        return rate
+
+
 def _fill(counters: WorkerCounters, engine: Engine, captures: list[Any], reinject: Any, receiver: Any) -> None:
     packets, decryptor = engine.counters, engine.decryptor
     counters.packets = packets.frames
@@ -153,6 +178,10 @@ def _fill(counters: WorkerCounters, engine: Engine, captures: list[Any], reinjec
     counters.waiting_for_keys = decryptor.waiting_flows
     counters.key_wait_expired = stats.key_wait_expired
     counters.flows_evicted = stats.flows_evicted
+    counters.evicted = dict(stats.evicted)
+    counters.half_open_flows = decryptor.half_open_flows
+    counters.memory_used_bytes = decryptor.memory_used
+    counters.memory_limit_bytes = decryptor.config.memory_limit
     counters.plaintext_bytes = stats.plaintext_bytes
     counters.statuses = dict(stats.statuses)
     counters.histograms = {"key_lag_seconds": stats.key_lag.as_dict(), "record_hold_seconds": stats.record_hold.as_dict()}

@@ -65,11 +65,16 @@ from bridge.tls.records import (
     CONTENT_CHANGE_CIPHER_SPEC,
     CONTENT_HANDSHAKE,
     CONTENT_HEARTBEAT,
+    MAX_RECORD_LENGTH,
     Record,
 )
 from bridge.tls.sessions import SessionCache
 from bridge.tls.state import Direction, Move, Phase, entering_protection, must_wait, tls13_protected
 
+
+#: A direction's record layer with empty buffers, in bytes (tracemalloc, CPython 3.11;
+#: bench/bench_flood.py measures it again).
+RECORD_LAYER_BYTES = 1200
 
 #: What :meth:`TlsConnection.receive` returns when nothing changed.
 NOTHING: tuple = ()
@@ -106,7 +111,24 @@ _SIDE = {0: "CLIENT", 1: "SERVER"}
 
 
 class TlsConnection:
-    """Passive TLS 1.2/1.3 decryption of one connection."""
+    """Passive TLS 1.2/1.3 decryption of one connection.
+
+    Sized for the common case, a connection that never gets past its hellos (a
+    scan, a flood, a server that does not answer): a direction's record layer
+    (framing buffer, handshake reassembly, queue of records waiting for keys,
+    cipher) is made when that direction first needs one, and a ClientHello that
+    arrives as one whole record is parsed straight from the stream bytes without
+    one; the secrets' dictionaries exist once secrets are given.  Such a
+    connection holds its ClientHello's bytes (once: the transcript and the parsed
+    hello share them) and a few counters."""
+
+    __slots__ = (
+        "_secrets", "_handle_secrets", "_clock", "_on_held", "_sessions", "_budget", "_max_pending", "_layers",
+        "_hello_records", "client_hello", "server_hello", "hello_retry", "suite", "version", "resumed",
+        "_certificates", "session_tickets", "early_data_offered", "early_data_accepted", "failure", "_transcript",
+        "_hello_hash", "_server_finished_hash", "_master_secret", "_pending_ticket", "_arrivals",
+        "_client_key_exchange", "_session_hash",
+    )
 
     def __init__(
         self,
@@ -118,8 +140,8 @@ class TlsConnection:
         on_held: Callable[[float], None] | None = None,
     ) -> None:
         #: The connection's secrets by label, and those found by a handle (given by the owner).
-        self._secrets: dict[str, bytes] = {}
-        self._handle_secrets: dict[bytes, bytes] = {}
+        self._secrets: dict[str, bytes] | None = None
+        self._handle_secrets: dict[bytes, bytes] | None = None
         #: With both: each record that waited for secrets and was then decrypted
         #: reports how long it waited (``on_held(seconds)``).
         self._clock = clock
@@ -127,14 +149,17 @@ class TlsConnection:
         self._sessions = sessions if sessions is not None else SessionCache()
         self._budget = budget if budget is not None else PendingBudget()
         self._max_pending = max_pending_per_direction
-        self.directions = (RecordLayer(), RecordLayer())
+        #: Each direction's record layer, made when first needed (:meth:`_layer`).
+        self._layers: list[RecordLayer | None] = [None, None]
+        #: Client records taken before its record layer existed (a ClientHello in one record).
+        self._hello_records = 0
         self.client_hello: hs.ClientHello | None = None
         self.server_hello: hs.ServerHello | None = None
         self.hello_retry = False
         self.suite: CipherSuite | None = None
         self.version: int | None = None
         self.resumed = False
-        self.certificates: list[bytes] = []
+        self._certificates: list[bytes] | None = None
         self.session_tickets = 0
         self.early_data_offered = False
         self.early_data_accepted: bool | None = None
@@ -142,7 +167,6 @@ class TlsConnection:
         self._transcript: list[bytes] = []
         self._hello_hash: bytes | None = None
         self._server_finished_hash: bytes | None = None
-        self._client_random_used: bytes | None = None
         self._master_secret: bytes | None = None
         self._pending_ticket = b""
         self._arrivals = 0
@@ -157,6 +181,50 @@ class TlsConnection:
     # --- public facts ----------------------------------------------------------
 
     @property
+    def directions(self) -> tuple[RecordLayer, RecordLayer]:
+        """Both directions' record layers (made if they were not yet)."""
+        return self._layer(Direction.C2S), self._layer(Direction.S2C)
+
+    def _layer(self, direction: Direction | int) -> RecordLayer:
+        layer = self._layers[direction]
+        if layer is None:
+            layer = self._layers[direction] = RecordLayer()
+            if direction == Direction.C2S and self._hello_records:
+                layer.records = self._hello_records
+                layer.started = True
+        return layer
+
+    def direction_counts(self, direction: Direction) -> tuple[int, int, int, int, int]:
+        """(records, decrypted, skipped, alerts, key updates) of a direction, without
+        making its record layer."""
+        layer = self._layers[direction]
+        if layer is None:
+            return (self._hello_records if direction == Direction.C2S else 0), 0, 0, 0, 0
+        return layer.records, layer.decrypted_records, layer.skipped_records, layer.alerts, layer.key_updates
+
+    @property
+    def only_client_hello(self) -> bool:
+        """The client sent its ClientHello and nothing more (or nothing at all) and
+        nothing was decrypted: a handshake that never completed (a scan, a flood)."""
+        if self.hello_retry:
+            return False
+        server = self._layers[Direction.S2C]
+        if server is not None and server.decrypted_records:
+            return False
+        layer = self._layers[Direction.C2S]
+        if layer is None:
+            return True
+        if self.client_hello is None:
+            return not layer.started and not layer.prefix  # nothing sent
+        return layer.records <= 1 and not layer.decrypted_records and not layer.reader.buffered
+
+    @property
+    def certificates(self) -> list[bytes]:
+        """The server's certificate chain (DER, leaf first), as sent; decoded only
+        for the flow log (:func:`bridge.tls.certificates.describe_chain`)."""
+        return self._certificates if self._certificates is not None else []
+
+    @property
     def client_random(self) -> bytes | None:
         return self.client_hello.random if self.client_hello else None
 
@@ -169,16 +237,30 @@ class TlsConnection:
     @property
     def stopped(self) -> bool:
         """Nothing more can be decrypted in either direction."""
-        return self.directions[0].phase is Phase.STOPPED and self.directions[1].phase is Phase.STOPPED
+        client, server = self._layers
+        return (client is not None and client.phase is Phase.STOPPED
+                and server is not None and server.phase is Phase.STOPPED)
 
     @property
     def waiting_for_keys(self) -> bool:
         """Records wait for secrets (or for the other direction's hello)."""
-        return bool(self.directions[0].pending or self.directions[1].pending)
+        client, server = self._layers
+        return bool((client is not None and client.pending) or (server is not None and server.pending))
 
     @property
     def pending_bytes(self) -> int:
-        return self.directions[0].pending_bytes + self.directions[1].pending_bytes
+        return sum(layer.pending_bytes for layer in self._layers if layer is not None)
+
+    @property
+    def held_bytes(self) -> int:
+        """About how many bytes this connection holds beyond its fixed size: its
+        ClientHello, each record layer made (:data:`RECORD_LAYER_BYTES`), records
+        being framed or waiting for secrets."""
+        total = self.client_hello.size if self.client_hello is not None else 0
+        for layer in self._layers:
+            if layer is not None:
+                total += RECORD_LAYER_BYTES + layer.pending_bytes + layer.reader.buffered
+        return total
 
     @property
     def key_handles(self) -> tuple[bytes, ...]:
@@ -201,17 +283,21 @@ class TlsConnection:
 
     @property
     def decrypted_any(self) -> bool:
-        return any(state.decrypted_records for state in self.directions)
+        return any(layer.decrypted_records for layer in self._layers if layer is not None)
 
     # --- secrets ---------------------------------------------------------------
 
     def provide(self, secrets: Mapping[str, bytes]) -> None:
         """Secrets of this connection by RFC 9850 label (its client random's);
         call :meth:`retry` after, for the records that waited for them."""
+        if self._secrets is None:
+            self._secrets = {}
         self._secrets.update(secrets)
 
     def provide_handle(self, handle: bytes, secret: bytes) -> None:
         """A secret a key log names by one of :attr:`key_handles`."""
+        if self._handle_secrets is None:
+            self._handle_secrets = {}
         self._handle_secrets[handle] = secret
 
     # --- input -----------------------------------------------------------------
@@ -221,7 +307,13 @@ class TlsConnection:
 
         Returns :data:`NOTHING` (identity-comparable) when the bytes only extended
         a record still incomplete: nothing about the connection changed."""
-        state = self.directions[direction]
+        state = self._layers[direction]
+        if state is None:
+            if direction == Direction.C2S and self.client_hello is None:
+                events = self._whole_client_hello(data)
+                if events is not None:
+                    return events
+            state = self._layer(direction)
         if state.started:
             if state.in_middle_of_record(len(data)) and state.phase is not Phase.STOPPED:
                 state.buffer_more(data)  # the hot path: the middle of a record
@@ -253,14 +345,41 @@ class TlsConnection:
             self._accept(direction, record, events)
             if state.phase is Phase.STOPPED:
                 break
-        if self.directions[1 - direction].pending:
+        other = self._layers[1 - direction]
+        if other is not None and other.pending:
             # This direction's handshake may have unblocked the other one.
+            self._drain(events)
+        return events
+
+    def _whole_client_hello(self, data: bytes) -> list[ApplicationData] | None:
+        """The client's first bytes are one handshake record holding exactly one
+        ClientHello (the common case): parsed from them, no record layer made.
+        None when they are anything else (the record layer takes them)."""
+        size = len(data)
+        if size < 9 or data[0] != CONTENT_HANDSHAKE or data[1] != 3 or data[5] != hs.CLIENT_HELLO:
+            return None
+        length = (data[3] << 8) | data[4]
+        if length + 5 != size or length > MAX_RECORD_LENGTH or ((data[6] << 16) | (data[7] << 8) | data[8]) + 4 != length:
+            return None
+        raw = bytes(data[5:])
+        try:
+            hello = hs.parse_client_hello(raw, 4)
+        except RecordDecodeError:
+            return None  # the record layer reports it
+        self._arrivals += 1
+        self._hello_records = 1
+        self._transcript.append(raw)
+        self.client_hello = hello
+        self.early_data_offered = hello.offers_early_data
+        events: list[ApplicationData] = []
+        server = self._layers[Direction.S2C]
+        if server is not None and server.pending:
             self._drain(events)
         return events
 
     def gap(self, direction: Direction, size: int) -> None:
         """Bytes are missing from a direction: nothing after them can be framed."""
-        state = self.directions[direction]
+        state = self._layer(direction)
         if state.phase is not Phase.STOPPED:
             self._stop(direction, Status.GAP, f"{size} bytes missing in {direction.name.lower()}; later records skipped")
 
@@ -277,15 +396,16 @@ class TlsConnection:
             missing = "ClientHello" if self.client_hello is None else "ServerHello"
             status, reason = Status.PARTIAL, f"handshake incomplete: no {missing} seen"
         for direction in Direction:
-            state = self.directions[direction]
-            if state.pending:
+            state = self._layers[direction]
+            if state is not None and state.pending:
                 state.skipped_records += state.release(self._budget)
                 self._stop(direction, status, reason)
 
     def release(self) -> None:
         """Return buffered bytes to the shared budget (connection is done)."""
-        for state in self.directions:
-            state.release(self._budget)
+        for layer in self._layers:
+            if layer is not None:
+                layer.release(self._budget)
 
     # --- status ----------------------------------------------------------------
 
@@ -294,17 +414,19 @@ class TlsConnection:
             return self.failure
         if self.client_hello is None and self.server_hello is None:
             return Status.NOT_TLS, "no TLS handshake in the stream"
-        if any(state.pending for state in self.directions):
+        layers = [layer for layer in self._layers if layer is not None]
+        if any(state.pending for state in layers):
             return Status.NO_KEYS, "secrets not available for the client random"
         if self.suite is None:
             return Status.PARTIAL, "handshake incomplete"
         for direction in Direction:
-            leftover = self.directions[direction].reader.buffered
+            layer = self._layers[direction]
+            leftover = layer.reader.buffered if layer is not None else 0
             if leftover:
                 return Status.PARTIAL, f"stream ended inside a record: {leftover} bytes of {direction.name.lower()} not decrypted"
-        undecrypted = sum(state.skipped_records for state in self.directions)
+        undecrypted = sum(state.skipped_records for state in layers)
         if undecrypted:
-            reasons = sorted({state.skip_reason for state in self.directions if state.skip_reason})
+            reasons = sorted({state.skip_reason for state in layers if state.skip_reason})
             return Status.PARTIAL, f"{undecrypted} records not decrypted" + (f": {'; '.join(reasons)}" if reasons else "")
         return Status.DECRYPTED, ""
 
@@ -323,7 +445,7 @@ class TlsConnection:
         return False
 
     def _accept(self, direction: Direction, record: Record, events: list[ApplicationData]) -> None:
-        state = self.directions[direction]
+        state = self._layer(direction)
         if state.pending:
             self._enqueue(direction, record)
             return
@@ -343,7 +465,7 @@ class TlsConnection:
             self._stop(direction, Status.PARTIAL, f"{direction.name.lower()}: {exc}")
 
     def _enqueue(self, direction: Direction, record: Record) -> None:
-        state = self.directions[direction]
+        state = self._layer(direction)
         if self._clock is not None:
             record.held_at = self._clock()
         if not state.enqueue(record, self._budget, self._max_pending):
@@ -357,13 +479,15 @@ class TlsConnection:
         direction may unblock the other."""
         blocked = [False, False]
         while True:
+            layers = self._layers
             candidates = [
                 d for d in Direction
-                if not blocked[d] and self.directions[d].pending and self.directions[d].phase is not Phase.STOPPED
+                if not blocked[d] and layers[d] is not None and layers[d].pending  # type: ignore[union-attr]
+                and layers[d].phase is not Phase.STOPPED  # type: ignore[union-attr]
             ]
             if not candidates:
                 return
-            direction = min(candidates, key=lambda d: self.directions[d].pending[0].arrival)
+            direction = min(candidates, key=lambda d: layers[d].pending[0].arrival)  # type: ignore[union-attr]
             if self._drain_one(direction, events):
                 blocked[1 - direction] = False
             else:
@@ -371,7 +495,7 @@ class TlsConnection:
 
     def _drain_one(self, direction: Direction, events: list[ApplicationData]) -> bool:
         """Process the direction's oldest waiting record; False if it must wait on."""
-        state = self.directions[direction]
+        state = self._layer(direction)
         record = state.pending[0]
         decrypted = state.decrypted_records
         try:
@@ -397,7 +521,7 @@ class TlsConnection:
         return True
 
     def _stop(self, direction: Direction, status: Status, reason: str) -> None:
-        state = self.directions[direction]
+        state = self._layer(direction)
         state.move(Move.STOP)
         state.stop_reason = reason
         state.skipped_records += state.release(self._budget)
@@ -405,7 +529,7 @@ class TlsConnection:
             self.failure = (status, reason)
 
     def _process(self, direction: Direction, record: Record, events: list[ApplicationData]) -> None:
-        state = self.directions[direction]
+        state = self._layer(direction)
         content_type = record.content_type
         if self._out_of_order(direction, record):
             raise _WaitForKeys()
@@ -439,11 +563,11 @@ class TlsConnection:
         return must_wait(direction, record.content_type, client_hello=self.client_hello is not None,
                          server_hello=self.server_hello is not None, version=self.version,
                          server_finished=self._server_finished_hash is not None,
-                         client_phase=self.directions[Direction.C2S].phase,
+                         client_phase=self._layer(Direction.C2S).phase,
                          early_data_accepted=self.early_data_accepted)
 
     def _decrypt(self, direction: Direction, record: Record) -> tuple[int, bytes]:
-        state = self.directions[direction]
+        state = self._layer(direction)
         if state.phase is Phase.PLAINTEXT:
             move = entering_protection(direction, version=self.version, early_data_offered=self.early_data_offered,
                                        early_data_accepted=self.early_data_accepted)
@@ -461,7 +585,7 @@ class TlsConnection:
     def _decrypt_early(self, direction: Direction, record: Record) -> tuple[int, bytes]:
         """0-RTT: trial decryption as the server does it — the early traffic key
         first, then the handshake key (early data rejected or over)."""
-        state = self.directions[direction]
+        state = self._layer(direction)
         if state.decryptor is None:
             self._install(direction)
         if state.decryptor is not None:
@@ -487,7 +611,7 @@ class TlsConnection:
     # --- handshake ---------------------------------------------------------------
 
     def _handshake_fragment(self, direction: Direction, fragment: bytes) -> None:
-        state = self.directions[direction]
+        state = self._layer(direction)
         for message in state.handshake.feed(fragment):
             self._handshake_message(direction, message)
 
@@ -505,7 +629,7 @@ class TlsConnection:
         return self._server_finished_hash is None and self.version in (None, hs.TLS13)
 
     def _on_client_hello(self, direction: Direction, message: hs.HandshakeMessage) -> None:
-        hello = hs.parse_client_hello(message.body)
+        hello = hs.parse_client_hello(message.raw, 4)
         if self.client_hello is not None and self.version == hs.TLS12 and self.suite is not None:
             # TLS 1.2 renegotiation: the new hello's random keys the next epoch.
             self.client_hello = hello
@@ -520,7 +644,7 @@ class TlsConnection:
         self.early_data_offered = hello.offers_early_data
 
     def _on_server_hello(self, direction: Direction, message: hs.HandshakeMessage) -> None:
-        hello = hs.parse_server_hello(message.body)
+        hello = hs.parse_server_hello(message.raw, 4)
         if hello.is_hello_retry_request:
             self.hello_retry = True
             self.early_data_accepted = False
@@ -544,7 +668,7 @@ class TlsConnection:
             if not self.early_data_offered or not hello.accepts_psk:
                 self.early_data_accepted = False
             self._hello_hash = hashlib.new(suite.prf_hash, b"".join(self._transcript)).digest()
-            self.directions[Direction.S2C].move(Move.HANDSHAKE_KEYS)
+            self._layer(Direction.S2C).move(Move.HANDSHAKE_KEYS)
             self._install(Direction.S2C)
         else:
             if self.client_hello is not None:
@@ -560,8 +684,8 @@ class TlsConnection:
         self.early_data_accepted = hs.EXT_EARLY_DATA in extensions
 
     def _on_certificate(self, direction: Direction, message: hs.HandshakeMessage) -> None:
-        if direction is Direction.S2C and not self.certificates:
-            self.certificates = hs.parse_certificate(message.body, tls13=self.version == hs.TLS13)
+        if direction is Direction.S2C and not self._certificates:
+            self._certificates = hs.parse_certificate(message.body, tls13=self.version == hs.TLS13)
 
     def _on_new_session_ticket(self, direction: Direction, message: hs.HandshakeMessage) -> None:
         ticket = hs.parse_new_session_ticket(message.body, tls13=self.version == hs.TLS13)
@@ -587,13 +711,13 @@ class TlsConnection:
         self._switch_to_application(direction)
 
     def _on_end_of_early_data(self, direction: Direction, message: hs.HandshakeMessage) -> None:
-        state = self.directions[direction]
+        state = self._layer(direction)
         state.move(Move.HANDSHAKE_KEYS)
         state.clear_keys()
 
     def _on_key_update(self, direction: Direction, message: hs.HandshakeMessage) -> None:
         hs.parse_key_update(message.body)
-        state = self.directions[direction]
+        state = self._layer(direction)
         if self.suite is None or state.traffic_secret is None:
             raise RecordDecodeError("KeyUpdate before application traffic keys")
         secret = next_traffic_secret(self.suite, state.traffic_secret)
@@ -601,7 +725,7 @@ class TlsConnection:
         state.key_updates += 1
 
     def _switch_to_application(self, direction: Direction) -> None:
-        state = self.directions[direction]
+        state = self._layer(direction)
         state.move(Move.APPLICATION_KEYS)
         state.clear_keys()
         self._install(direction)
@@ -609,7 +733,7 @@ class TlsConnection:
     def _change_cipher_spec(self, direction: Direction) -> None:
         if self.version == hs.TLS13 or (self.version is None and direction is Direction.C2S):
             return  # TLS 1.3 middlebox compatibility record
-        state = self.directions[direction]
+        state = self._layer(direction)
         state.move(Move.APPLICATION_KEYS)
         state.clear_keys()
         self._install(direction)
@@ -617,7 +741,8 @@ class TlsConnection:
     # --- keys ----------------------------------------------------------------------
 
     def _keyset_label(self, label: str) -> bytes | None:
-        return self._secrets.get(label) if self.client_random is not None else None
+        secrets = self._secrets
+        return secrets.get(label) if secrets is not None and self.client_hello is not None else None
 
     def _handshake_secrets(self) -> tuple[bytes, bytes] | None:
         client = self._keyset_label(CLIENT_HANDSHAKE_TRAFFIC_SECRET)
@@ -649,7 +774,7 @@ class TlsConnection:
 
     def _install(self, direction: Direction) -> None:
         """Set the direction's decryptor for its phase, if the secrets are known."""
-        state = self.directions[direction]
+        state = self._layer(direction)
         if state.decryptor is not None:
             return
         if state.phase is Phase.EARLY:
@@ -680,14 +805,14 @@ class TlsConnection:
             return
         side = _SIDE[direction]
         epochs = []
-        for label, secret in list(self._secrets.items()):
+        for label, secret in list((self._secrets or {}).items()):
             epoch = traffic_secret_epoch(label)
             if epoch is not None and epoch[0] == side and epoch[1] > 0 and len(secret) == self.suite.hash_length:
                 epochs.append((epoch[1], secret))
         if not epochs:
             return
         epoch, secret = min(epochs)
-        state = self.directions[direction]
+        state = self._layer(direction)
         state.set_keys(RecordDecryptor13(self.suite, secret), traffic_secret=secret, catching_up=True)
         state.key_updates = epoch
 
@@ -714,7 +839,7 @@ class TlsConnection:
             server_random=self.server_hello.random,
         )
         keys = client_keys if direction is Direction.C2S else server_keys
-        self.directions[direction].set_keys(
+        self._layer(direction).set_keys(
             RecordDecryptor12(self.suite, keys, encrypt_then_mac=self.server_hello.encrypt_then_mac))
         self._master_secret = master
         self._sessions.remember(self.server_hello.session_id, master)
@@ -733,7 +858,7 @@ class TlsConnection:
             if master is not None:
                 return master
         if self.server_hello.session_id:
-            master = self._handle_secrets.get(session_handle(self.server_hello.session_id))
+            master = (self._handle_secrets or {}).get(session_handle(self.server_hello.session_id))
             if master is not None:
                 return master
         pre_master = self._pre_master_secret()
@@ -753,7 +878,7 @@ class TlsConnection:
         if pre_master is not None:
             return pre_master
         encrypted = self._encrypted_pre_master()
-        return self._handle_secrets.get(rsa_handle(encrypted)) if encrypted is not None else None
+        return (self._handle_secrets or {}).get(rsa_handle(encrypted)) if encrypted is not None else None
 
     def _encrypted_pre_master(self) -> bytes | None:
         """A static-RSA ClientKeyExchange's EncryptedPreMasterSecret (RFC 5246 §7.4.7.1)."""

@@ -3,7 +3,8 @@ the few fields a passive decryptor needs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import struct
+from dataclasses import dataclass
 
 from bridge.errors import RecordDecodeError
 
@@ -77,76 +78,220 @@ class _Reader:
 def _extensions(reader: _Reader) -> dict[int, bytes]:
     if not reader.remaining():
         return {}
-    block = _Reader(reader.vector(2), reader.what + " extensions")
+    block = reader.vector(2)
     extensions: dict[int, bytes] = {}
-    while block.remaining():
-        ext_type = block.uint(2)
-        extensions[ext_type] = block.vector(2)
+    for ext_type, at, end in _walk_extensions(block, 0, len(block), reader.what):
+        extensions[ext_type] = block[at:end]
     return extensions
 
 
-def _server_name(data: bytes) -> str | None:
-    reader = _Reader(data, "server_name extension")
-    names = _Reader(reader.vector(2), "server_name list")
-    while names.remaining():
-        name_type = names.uint(1)
-        name = names.vector(2)
+def _walk_extensions(data: bytes, position: int, end: int, what: str) -> list[tuple[int, int, int]]:
+    """(type, start, end) of each extension in ``data[position:end]``, bounds checked."""
+    spans = []
+    while position < end:
+        if position + 4 > end:
+            raise RecordDecodeError(f"truncated {what} extensions")
+        ext_type = (data[position] << 8) | data[position + 1]
+        at = position + 4
+        position = at + ((data[position + 2] << 8) | data[position + 3])
+        if position > end:
+            raise RecordDecodeError(f"truncated {what} extensions")
+        spans.append((ext_type, at, position))
+    return spans
+
+
+def _check_list(data: bytes, at: int, end: int, entry_length_size: int, entry_offset: int, what: str) -> None:
+    """A vector of vectors (2-byte outer length): every length inside its bounds,
+    without building anything (server_name: entries have a type byte first)."""
+    if at + 2 > end:
+        raise RecordDecodeError(f"truncated {what}")
+    stop = at + 2 + ((data[at] << 8) | data[at + 1])
+    if stop > end:
+        raise RecordDecodeError(f"truncated {what} list")
+    position = at + 2
+    while position < stop:
+        position += entry_offset
+        if position + entry_length_size > stop:
+            raise RecordDecodeError(f"truncated {what} list")
+        length = data[position] if entry_length_size == 1 else (data[position] << 8) | data[position + 1]
+        position += entry_length_size + length
+        if position > stop:
+            raise RecordDecodeError(f"truncated {what} list")
+
+
+def _server_name(data: bytes, at: int = 0, end: int | None = None) -> str | None:
+    end = len(data) if end is None else end
+    _check_list(data, at, end, 2, 1, "server_name extension")
+    stop = at + 2 + ((data[at] << 8) | data[at + 1])
+    position = at + 2
+    while position < stop:
+        name_type = data[position]
+        length = (data[position + 1] << 8) | data[position + 2]
+        position += 3
         if name_type == 0:
-            return name.decode("ascii", "replace")
+            return bytes(data[position : position + length]).decode("ascii", "replace")
+        position += length
     return None
 
 
-def _alpn(data: bytes) -> list[str]:
-    reader = _Reader(data, "ALPN extension")
-    names = _Reader(reader.vector(2), "ALPN list")
+def _alpn(data: bytes, at: int = 0, end: int | None = None) -> list[str]:
+    end = len(data) if end is None else end
+    _check_list(data, at, end, 1, 0, "ALPN extension")
+    stop = at + 2 + ((data[at] << 8) | data[at + 1])
+    position = at + 2
     protocols = []
-    while names.remaining():
-        protocols.append(names.vector(1).decode("ascii", "replace"))
+    while position < stop:
+        length = data[position]
+        protocols.append(bytes(data[position + 1 : position + 1 + length]).decode("ascii", "replace"))
+        position += 1 + length
     return protocols
 
 
-@dataclass(slots=True)
+def _uint16s(data: bytes, at: int, end: int) -> list[int]:
+    return [(data[i] << 8) | data[i + 1] for i in range(at, end - 1, 2)]
+
+
+_EARLY_DATA, _PSK = 1, 2
+#: ClientHello spans (start, end) in the message bytes: session_id, cipher_suites,
+#: extensions block, server_name, ALPN, supported_versions list, session_ticket.
+_SPANS = struct.Struct("<14I")
+_NO_SPAN = (0, 0)
+
+
 class ClientHello:
-    legacy_version: int
-    random: bytes
-    session_id: bytes
-    cipher_suites: list[int]
-    extensions: dict[int, bytes]
-    sni: str | None = None
-    alpn: list[str] = field(default_factory=list)
-    supported_versions: list[int] = field(default_factory=list)
+    """A parsed ClientHello that holds the message bytes once (they are in the
+    handshake transcript anyway) and where its fields are: the client random is
+    read at once (it keys the secrets); every other field is decoded when it is
+    first asked for.  :func:`parse_client_hello` checks every length, so the
+    fields' decoding never fails later."""
+
+    __slots__ = ("legacy_version", "random", "_data", "_spans", "_flags")
+
+    def __init__(self, legacy_version: int, random: bytes, data: bytes, spans: bytes, flags: int) -> None:
+        self.legacy_version = legacy_version
+        self.random = random
+        self._data = data
+        self._spans = spans
+        self._flags = flags
+
+    def __repr__(self) -> str:
+        return f"ClientHello(random={self.random.hex()}, sni={self.sni!r}, alpn={self.alpn!r})"
+
+    def _span(self, index: int) -> tuple[int, int]:
+        spans = _SPANS.unpack(self._spans)
+        return spans[2 * index], spans[2 * index + 1]
+
+    def _bytes(self, index: int) -> bytes:
+        at, end = self._span(index)
+        return bytes(self._data[at:end])
+
+    @property
+    def size(self) -> int:
+        """Bytes held: the message (its body and what precedes it in the buffer)."""
+        return len(self._data)
+
+    @property
+    def session_id(self) -> bytes:
+        return self._bytes(0)
+
+    @property
+    def cipher_suites(self) -> list[int]:
+        at, end = self._span(1)
+        return _uint16s(self._data, at, end)
+
+    @property
+    def extensions(self) -> dict[int, bytes]:
+        at, end = self._span(2)
+        return {ext_type: bytes(self._data[start:stop])
+                for ext_type, start, stop in _walk_extensions(self._data, at, end, "ClientHello")}
+
+    @property
+    def sni(self) -> str | None:
+        at, end = self._span(3)
+        return _server_name(self._data, at, end) if end else None
+
+    @property
+    def alpn(self) -> list[str]:
+        at, end = self._span(4)
+        return _alpn(self._data, at, end) if end else []
+
+    @property
+    def supported_versions(self) -> list[int]:
+        at, end = self._span(5)
+        return _uint16s(self._data, at, end)
 
     @property
     def offers_early_data(self) -> bool:
-        return EXT_EARLY_DATA in self.extensions
+        return bool(self._flags & _EARLY_DATA)
 
     @property
     def offers_psk(self) -> bool:
-        return EXT_PRE_SHARED_KEY in self.extensions
+        return bool(self._flags & _PSK)
 
     @property
     def session_ticket(self) -> bytes:
-        return self.extensions.get(EXT_SESSION_TICKET, b"")
+        return self._bytes(6)
 
 
-def parse_client_hello(body: bytes) -> ClientHello:
-    reader = _Reader(body, "ClientHello")
-    legacy_version = reader.uint(2)
-    random = reader.take(32)
-    session_id = reader.vector(1)
-    suites_raw = reader.vector(2)
-    cipher_suites = [int.from_bytes(suites_raw[i : i + 2], "big") for i in range(0, len(suites_raw) - 1, 2)]
-    reader.vector(1)  # compression methods
-    extensions = _extensions(reader)
-    hello = ClientHello(legacy_version, random, session_id, cipher_suites, extensions)
-    if EXT_SERVER_NAME in extensions:
-        hello.sni = _server_name(extensions[EXT_SERVER_NAME])
-    if EXT_ALPN in extensions:
-        hello.alpn = _alpn(extensions[EXT_ALPN])
-    if EXT_SUPPORTED_VERSIONS in extensions:
-        versions = _Reader(extensions[EXT_SUPPORTED_VERSIONS], "supported_versions").vector(1)
-        hello.supported_versions = [int.from_bytes(versions[i : i + 2], "big") for i in range(0, len(versions) - 1, 2)]
-    return hello
+def parse_client_hello(body: bytes | memoryview, offset: int = 0) -> ClientHello:
+    """The ClientHello whose body starts at ``offset`` of ``body`` (4 for a whole
+    handshake message): one pass over the bytes, every length checked, nothing
+    copied but the client random."""
+    data = body if body.__class__ is bytes else bytes(body)
+    end = len(data)
+    position = offset
+    if end - position < 35:
+        raise RecordDecodeError("truncated ClientHello")
+    legacy_version = (data[position] << 8) | data[position + 1]
+    random = data[position + 2 : position + 34]
+    sid_at = position + 35
+    sid_end = sid_at + data[position + 34]
+    if sid_end + 2 > end:
+        raise RecordDecodeError("truncated ClientHello")
+    suites_at = sid_end + 2
+    suites_end = suites_at + ((data[sid_end] << 8) | data[sid_end + 1])
+    if suites_end + 1 > end:
+        raise RecordDecodeError("truncated ClientHello")
+    position = suites_end + 1 + data[suites_end]  # compression methods
+    if position > end:
+        raise RecordDecodeError("truncated ClientHello")
+    ext_at = ext_end = 0
+    sni = alpn = versions = ticket = _NO_SPAN
+    flags = 0
+    if position < end:
+        if position + 2 > end:
+            raise RecordDecodeError("truncated ClientHello")
+        ext_at = position + 2
+        ext_end = ext_at + ((data[position] << 8) | data[position + 1])
+        if ext_end > end:
+            raise RecordDecodeError("truncated ClientHello")
+        position = ext_at
+        while position < ext_end:
+            if position + 4 > ext_end:
+                raise RecordDecodeError("truncated ClientHello extensions")
+            ext_type = (data[position] << 8) | data[position + 1]
+            at = position + 4
+            position = at + ((data[position + 2] << 8) | data[position + 3])
+            if position > ext_end:
+                raise RecordDecodeError("truncated ClientHello extensions")
+            if ext_type == EXT_SERVER_NAME:
+                _check_list(data, at, position, 2, 1, "server_name extension")
+                sni = (at, position)
+            elif ext_type == EXT_ALPN:
+                _check_list(data, at, position, 1, 0, "ALPN extension")
+                alpn = (at, position)
+            elif ext_type == EXT_SUPPORTED_VERSIONS:
+                if at >= position or at + 1 + data[at] > position:
+                    raise RecordDecodeError("truncated supported_versions")
+                versions = (at + 1, at + 1 + data[at])
+            elif ext_type == EXT_SESSION_TICKET:
+                ticket = (at, position)
+            elif ext_type == EXT_EARLY_DATA:
+                flags |= _EARLY_DATA
+            elif ext_type == EXT_PRE_SHARED_KEY:
+                flags |= _PSK
+    spans = _SPANS.pack(sid_at, sid_end, suites_at, suites_end, ext_at, ext_end, *sni, *alpn, *versions, *ticket)
+    return ClientHello(legacy_version, random, data, spans, flags)
 
 
 @dataclass(slots=True)
@@ -189,15 +334,37 @@ class ServerHello:
         return EXT_SESSION_TICKET in self.extensions
 
 
-def parse_server_hello(body: bytes) -> ServerHello:
-    reader = _Reader(body, "ServerHello")
-    legacy_version = reader.uint(2)
-    random = reader.take(32)
-    session_id = reader.vector(1)
-    cipher = reader.uint(2)
-    reader.uint(1)  # compression method
-    hello = ServerHello(legacy_version, random, session_id, cipher, _extensions(reader))
-    hello.alpn = selected_alpn(hello.extensions)
+def parse_server_hello(body: bytes | memoryview, offset: int = 0) -> ServerHello:
+    """The ServerHello whose body starts at ``offset`` of ``body``: one pass, every
+    length checked; its extensions (a few, small) are kept by type."""
+    data = body if body.__class__ is bytes else bytes(body)
+    end = len(data)
+    position = offset
+    if end - position < 35:
+        raise RecordDecodeError("truncated ServerHello")
+    legacy_version = (data[position] << 8) | data[position + 1]
+    random = data[position + 2 : position + 34]
+    sid_at = position + 35
+    sid_end = sid_at + data[position + 34]
+    if sid_end + 3 > end:
+        raise RecordDecodeError("truncated ServerHello")
+    cipher = (data[sid_end] << 8) | data[sid_end + 1]
+    position = sid_end + 3  # cipher suite, compression method
+    extensions: dict[int, bytes] = {}
+    if position < end:
+        if position + 2 > end:
+            raise RecordDecodeError("truncated ServerHello")
+        ext_at = position + 2
+        ext_end = ext_at + ((data[position] << 8) | data[position + 1])
+        if ext_end > end:
+            raise RecordDecodeError("truncated ServerHello")
+        for ext_type, at, stop in _walk_extensions(data, ext_at, ext_end, "ServerHello"):
+            extensions[ext_type] = data[at:stop]
+    hello = ServerHello(legacy_version, random, data[sid_at:sid_end], cipher, extensions)
+    alpn = extensions.get(EXT_ALPN)
+    if alpn is not None:
+        protocols = _alpn(alpn)
+        hello.alpn = protocols[0] if protocols else None
     return hello
 
 
@@ -244,12 +411,20 @@ def parse_key_update(body: bytes) -> bool:
     return body[0] == 1
 
 
-@dataclass(frozen=True, slots=True)
 class HandshakeMessage:
-    msg_type: int
-    body: bytes
-    #: header + body, as hashed into the transcript.
-    raw: bytes
+    """One handshake message: its type and its bytes (header + body, as hashed into
+    the transcript), held once; the body is sliced from them when asked for."""
+
+    __slots__ = ("msg_type", "raw")
+
+    def __init__(self, msg_type: int, raw: bytes) -> None:
+        self.msg_type = msg_type
+        #: header + body, as hashed into the transcript.
+        self.raw = raw
+
+    @property
+    def body(self) -> bytes:
+        return self.raw[4:]
 
 
 class HandshakeReader:
@@ -277,7 +452,7 @@ class HandshakeReader:
             if end > len(buffer):
                 break
             raw = bytes(buffer[position:end])
-            messages.append(HandshakeMessage(raw[0], raw[4:], raw))
+            messages.append(HandshakeMessage(raw[0], raw))
             position = end
         del buffer[:position]
         return messages
