@@ -536,6 +536,12 @@ class CaptureReader:
         return next(iter(self))
 
     def _frames(self) -> Iterator[Frame]:
+        for frames in self.batches():
+            yield from frames
+
+    def batches(self) -> Iterator[list[Frame]]:
+        """The frames a chunk at a time (a list per read of ``chunk_size`` bytes):
+        what :meth:`bridge.engine.Engine.run` takes in one call of the compiled path."""
         f = self._file
         read = getattr(f, "read1", None) or f.read
         size = self._chunk_size
@@ -550,7 +556,8 @@ class CaptureReader:
                     break
                 frames = parser.feed(chunk)
                 self.frames_read += len(frames)
-                yield from frames
+                if frames:
+                    yield frames
             leftover = parser.close()
             self.warnings.extend(parser.warnings)
             if leftover:

@@ -15,12 +15,20 @@ import errno
 import os
 import struct
 import time
-from typing import BinaryIO
+from collections.abc import Iterable
+from typing import BinaryIO, Protocol
 
 from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.errors import BridgeError
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_SNAPLEN", "PcapWriter", "pcap_global_header", "pcap_record"]
+
+
+
+class _TimedFrame(Protocol):
+    timestamp_ns: int
+    data: bytes
+
 
 DEFAULT_SNAPLEN = 262144
 DEFAULT_CHUNK = 1 << 20
@@ -108,6 +116,34 @@ class PcapWriter:
         self.records += 1
         if len(buffer) >= self.chunk_bytes or time.monotonic() - self._written_at >= self.flush_interval:
             self._write_out()
+
+    def write_many(self, frames: Iterable[_TimedFrame]) -> int:
+        """Records for ``frames`` (objects with ``timestamp_ns`` and ``data``), in
+        order, as :meth:`write` would write them; returns the bytes of frame data."""
+        buffer = self._buffer
+        pack = _RECORD.pack
+        snaplen = self.snaplen
+        nanosecond = self.nanosecond
+        total = 0
+        for frame in frames:
+            data = frame.data
+            timestamp_ns = frame.timestamp_ns
+            n = orig = len(data)
+            total += n
+            if n > snaplen:
+                data = data[:snaplen]
+                n = snaplen
+            if timestamp_ns < 0:
+                raise ValueError("timestamp_ns must not be negative")
+            sec, frac = divmod(timestamp_ns, _NS)
+            if not nanosecond:
+                frac //= 1000
+            buffer += pack(sec & 0xFFFFFFFF, frac, n, orig)
+            buffer += data
+            self.records += 1
+        if len(buffer) >= self.chunk_bytes or time.monotonic() - self._written_at >= self.flush_interval:
+            self._write_out()
+        return total
 
     def _write_out(self) -> None:
         buffer = self._buffer

@@ -182,29 +182,36 @@ class Progress:
         return text
 
 
-def _frames(args: argparse.Namespace) -> Iterator[Frame | None]:
+def _frames(args: argparse.Namespace) -> Iterator[Frame | list[Frame] | None]:
     if args.read is not None:
         from bridge.capture.pcapfile import read_capture, read_capture_stream
 
         if args.read == "-":
-            return iter(read_capture_stream(sys.stdin.buffer))
-        return iter(read_capture(args.read))
+            return read_capture_stream(sys.stdin.buffer).batches()
+        return read_capture(args.read).batches()
     from bridge.capture.afpacket import AfPacketCapture
 
     return iter(AfPacketCapture(args.interface, ignore_outgoing=is_loopback(args.interface), idle_marker=True))
 
 
-def _limit(frames: Iterator[Frame | None], count: int | None) -> Iterator[Frame | None]:
+def _limit(frames: Iterator[Frame | list[Frame] | None], count: int | None) -> Iterator[Frame | list[Frame] | None]:
+    """The first ``count`` frames (-c) of frames or lists of frames."""
     if count is None:
         yield from frames
         return
     seen = 0
-    for frame in frames:
-        if frame is not None:
-            if seen >= count:
-                return
+    for item in frames:
+        if item is None:
+            yield item
+            continue
+        if seen >= count:
+            return
+        if item.__class__ is list:
+            item = item[: count - seen]
+            seen += len(item)
+        else:
             seen += 1
-        yield frame
+        yield item
 
 
 class _Terminated(Exception):

@@ -82,6 +82,22 @@ class StreamReassembler:
         """True when everything up to the FIN has been delivered."""
         return self.fin_offset is not None and self._next >= self.fin_offset
 
+    def in_order_next_seq(self) -> int | None:
+        """The next sequence number when the direction is simply in order — started,
+        nothing buffered out of order, no FIN or RST seen — else None: then its
+        segments can be taken elsewhere (:mod:`bridge.engine.lanes`) until one is not
+        the next, and reported back with :meth:`delivered_elsewhere`."""
+        if self._base_seq is None or self._pending_starts or self.fin_offset is not None or self.sent_until is not None:
+            return None
+        return (self._base_seq + self._next) % _MOD
+
+    def delivered_elsewhere(self, size: int, segments: int) -> None:
+        """``size`` in-order bytes in ``segments`` segments from :meth:`in_order_next_seq`
+        on were delivered by another path: continue after them."""
+        self._next += size
+        self.stats.segments += segments
+        self.stats.bytes_delivered += size
+
     def note_sent_until(self, seq: int) -> None:
         """The sender has sent everything before ``seq`` (its RST carries it)."""
         if self._base_seq is not None:

@@ -280,8 +280,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "bridge.reinject._segments",
-    "Synthetic TCP frames and Internet checksums, in C (see the source's header).", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "bridge.reinject._segments",
+    .m_doc = "Synthetic TCP frames and Internet checksums, in C (see the source's header).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__segments(void)

@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,6 +20,7 @@ from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.capture.pcapwriter import PcapWriter, pcap_global_header, pcap_record
 from bridge.errors import BridgeError
 from bridge.reinject.batchsend import MAX_BATCH, FrameSender, open_sender
+from bridge.reinject.synthetic import OutputFrame
 
 
 class OutputError(BridgeError):
@@ -41,6 +42,9 @@ class FrameOutput(Protocol):
 
     def write(self, timestamp_ns: int, data: bytes) -> None: ...
 
+    def write_frames(self, frames: Sequence[OutputFrame]) -> None:
+        """Several frames in order (one call: the per-frame work in one loop)."""
+
     def close(self) -> None: ...
 
 
@@ -58,6 +62,10 @@ class PcapFileOutput:
         self._writer.write(timestamp_ns, data)
         self.stats.frames += 1
         self.stats.bytes += len(data)
+
+    def write_frames(self, frames: Sequence[OutputFrame]) -> None:
+        self.stats.bytes += self._writer.write_many(frames)
+        self.stats.frames += len(frames)
 
     def close(self) -> None:
         self._writer.close()
@@ -109,6 +117,16 @@ class InterfaceOutput:
             self.stats.dropped += 1
             return
         pending.append(data)
+        if self._idle:
+            self._wake.set()
+
+    def write_frames(self, frames: Sequence[OutputFrame]) -> None:
+        pending = self._pending
+        room = self._limit - len(pending)
+        if room < len(frames):
+            self.stats.dropped += len(frames) - max(room, 0)
+            frames = frames[: max(room, 0)]
+        pending.extend([frame.data for frame in frames])
         if self._idle:
             self._wake.set()
 
@@ -217,6 +235,10 @@ class PcapOverIpOutput:
             with self._lock:
                 self._clients = [c for c in self._clients if not c.closed] + [client]
                 self.stats.clients = len(self._clients)
+
+    def write_frames(self, frames: Sequence[OutputFrame]) -> None:
+        for frame in frames:
+            self.write(frame.timestamp_ns, frame.data)
 
     def write(self, timestamp_ns: int, data: bytes) -> None:
         record = pcap_record(timestamp_ns, data)

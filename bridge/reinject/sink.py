@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bridge.engine.events import Event
 from bridge.errors import BridgeError
 from bridge.reinject.outputs import FrameOutput, InterfaceOutput, PcapFileOutput, PcapOverIpOutput
-from bridge.reinject.synthetic import SyntheticFlows, SyntheticOptions
+from bridge.reinject.synthetic import OutputFrame, SyntheticFlows, SyntheticOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +84,12 @@ class ReinjectSink:
         """The flow log's ``synthetic`` field of a finished flow."""
         return self.synthetic.describe(flow_id)
 
-    def _send(self, frames) -> None:  # type: ignore[no-untyped-def]
-        for frame in frames:
-            self._last_ns = frame.timestamp_ns
-            for output in self.outputs:
-                output.write(frame.timestamp_ns, frame.data)
+    def _send(self, frames: list[OutputFrame]) -> None:
+        if not frames:
+            return
+        self._last_ns = frames[-1].timestamp_ns
+        for output in self.outputs:
+            output.write_frames(frames)
 
     def close(self) -> None:
         """End of input: close what is still open, then the outputs."""

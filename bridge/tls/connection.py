@@ -194,6 +194,15 @@ class TlsConnection:
                 layer.started = True
         return layer
 
+    def record_boundary(self, direction: Direction) -> tuple[bytes, int] | None:
+        """Where the direction's current record ends (:meth:`RecordReader.boundary`),
+        for a driver that delivers its bytes in chunks ending at record ends
+        (:mod:`bridge.engine.lanes`); None before its stream started or once stopped."""
+        layer = self._layers[direction]
+        if layer is None or not layer.started or layer.phase is Phase.STOPPED:
+            return None
+        return layer.reader.boundary()
+
     def direction_counts(self, direction: Direction) -> tuple[int, int, int, int, int]:
         """(records, decrypted, skipped, alerts, key updates) of a direction, without
         making its record layer."""

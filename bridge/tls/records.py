@@ -59,6 +59,15 @@ class RecordReader:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    def boundary(self) -> tuple[bytes, int]:
+        """Where the record being read ends: (its header's first bytes when fewer
+        than 5 are here, else b""; the bytes still to come until it is complete,
+        0 while its header is incomplete)."""
+        size = len(self._buffer)
+        if size < HEADER_LENGTH:
+            return bytes(self._buffer), 0
+        return b"", self._need - size
+
     def feed(self, data: bytes) -> list[Record]:
         """Add stream bytes; return every record now complete.  Raises
         :class:`RecordDecodeError` when the stream is not (or no longer) TLS."""

@@ -1,0 +1,445 @@
+/*
+ * bridge.engine._lanes: the compiled per-packet path of established TLS streams.
+ *
+ * A *lane* is one direction of one TCP connection that the decryptor
+ * (bridge/engine/decryptor.py, through bridge/engine/lanes.py) has handed over
+ * because nothing about it needs Python per packet: its reassembly is in order
+ * with nothing buffered, its TLS stream has started, no FIN or RST was seen.
+ * For frames of open lanes this module does the per-packet work: frame
+ * decoding (Ethernet with any number of 802.1Q/802.1ad tags, Linux cooked
+ * v1/v2, raw IPv4/IPv6), the lane lookup by addresses and ports, the in-order
+ * check against the next expected sequence number, TLS record boundaries
+ * (the length field of each record header), and the concatenation of
+ * consecutive in-order payloads of a lane into chunks that end where a record
+ * ends: Python receives stream bytes in chunks of many segments, each carrying
+ * the time of the segment that completed its last record (as the Python path
+ * times records), framed into records there a record at a time, never a packet
+ * at a time.
+ *
+ * Anything else stops the batch at that frame and Python's decryptor takes it
+ * (packets.classify, tcp.StreamReassembler): a frame of no lane, one that does
+ * not decode on the common path (IP fragments, IPv6 extension headers,
+ * malformed headers, other link types), and on a lane a SYN, FIN or RST or a
+ * sequence number that is not the next one (loss, reordering,
+ * retransmission).  In the last cases the lane is closed first and its
+ * counters given back, so Python continues exactly where the lane stopped.
+ * Semantics are those of the Python path; the tests compare both frame for
+ * frame.
+ *
+ * Bounded memory: at most ``capacity`` lanes (open() refuses more), a few
+ * dozen bytes each; a chunk is at most CHUNK_LIMIT bytes before it is handed
+ * over.
+ *
+ * Python API (the seam is bridge/engine/lanes.py):
+ *   Lanes(capacity)
+ *   .open(src, sport, dst, dport, handle, next_seq, header, remaining) -> bool
+ *       header, remaining: where the current TLS record ends (RecordReader.boundary)
+ *   .close(src, sport, dst, dport) -> state | None
+ *   .run(frames, start) -> (stop, chunks, handled, closed)
+ *   .touched() -> [(handle, last_timestamp_ns)]
+ *   len(lanes), .capacity
+ * state = (handle, next_seq, packets, segments, bytes, last_ns)
+ * chunk = (handle, timestamp_ns of its last segment, bytes)
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_lanes_core.h"
+
+/* ------------------------------------------------------------------------- */
+/* Python object                                                              */
+
+typedef struct {
+    PyObject_HEAD
+    LaneTable table;
+} LanesObject;
+
+static void lane_release_handle(Lane *lane)
+{
+    PyObject *handle = lane->handle;
+    lane->handle = NULL;
+    Py_XDECREF(handle);
+}
+
+static int Lanes_init(LanesObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"capacity", NULL};
+    Py_ssize_t capacity;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:Lanes", kwlist, &capacity))
+        return -1;
+    if (capacity < 1 || capacity > (1 << 26)) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be within 1..2^26");
+        return -1;
+    }
+    lanes_free(&self->table, lane_release_handle);
+    if (lanes_init(&self->table, (size_t)capacity) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void Lanes_dealloc(LanesObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    lanes_free(&self->table, lane_release_handle);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Lanes_traverse(LanesObject *self, visitproc visit, void *arg)
+{
+    LaneTable *t = &self->table;
+    for (size_t i = 0; i < t->nslots; i++)
+        if (t->slots[i])
+            Py_VISIT((PyObject *)t->slots[i]->handle);
+    return 0;
+}
+
+static int Lanes_clear(LanesObject *self)
+{
+    lanes_free(&self->table, lane_release_handle);
+    return 0;
+}
+
+static int make_key(LaneKey *key, Py_buffer *src, unsigned sport, Py_buffer *dst, unsigned dport)
+{
+    if (src->len != dst->len || (src->len != 4 && src->len != 16)) {
+        PyErr_SetString(PyExc_ValueError, "addresses must both be 4 (IPv4) or 16 (IPv6) bytes");
+        return -1;
+    }
+    if (sport > 0xFFFF || dport > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return -1;
+    }
+    lane_key(key, (const uint8_t *)src->buf, (const uint8_t *)dst->buf, (int)src->len, (uint16_t)sport,
+             (uint16_t)dport);
+    return 0;
+}
+
+static PyObject *Lanes_open(LanesObject *self, PyObject *args)
+{
+    Py_buffer src, dst, header;
+    unsigned sport, dport;
+    PyObject *handle;
+    unsigned long long next_seq;
+    unsigned long remaining;
+    if (!PyArg_ParseTuple(args, "y*Iy*IOKy*k:open", &src, &sport, &dst, &dport, &handle, &next_seq, &header,
+                          &remaining)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    LaneKey key;
+    if (make_key(&key, &src, sport, &dst, dport) < 0)
+        goto done;
+    if (header.len > 4 || remaining > 0xFFFF + 5 || (header.len && remaining)) {
+        PyErr_SetString(PyExc_ValueError, "record boundary: up to 4 header bytes, or the bytes remaining");
+        goto done;
+    }
+    Lane *lane = NULL;
+    int rc = lanes_insert(&self->table, &key, &lane);
+    if (rc == LANES_EXISTS) {
+        PyErr_SetString(PyExc_KeyError, "a lane with these addresses and ports is open");
+        goto done;
+    }
+    if (rc == LANES_FULL) {
+        result = Py_False;
+        Py_INCREF(result);
+        goto done;
+    }
+    if (rc < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_INCREF(handle);
+    lane->handle = handle;
+    lane->next_seq = (uint32_t)next_seq;
+    memcpy(lane->header, header.buf, (size_t)header.len);
+    lane->header_len = (uint8_t)header.len;
+    lane->remaining = (uint32_t)remaining;
+    result = Py_True;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&header);
+    return result;
+}
+
+/* The lane's state as a tuple; the lane is then removed. */
+static PyObject *state_of(LaneTable *t, Lane *lane)
+{
+    PyObject *state = Py_BuildValue("(OkKKKL)", (PyObject *)lane->handle, (unsigned long)lane->next_seq,
+                                    (unsigned long long)lane->packets, (unsigned long long)lane->segments,
+                                    (unsigned long long)lane->bytes, (long long)lane->last_ns);
+    if (state == NULL)
+        return NULL;
+    LaneKey key = lane->key;
+    lanes_remove(t, &key, lane_release_handle);
+    return state;
+}
+
+static PyObject *Lanes_close(LanesObject *self, PyObject *args)
+{
+    Py_buffer src, dst;
+    unsigned sport, dport;
+    if (!PyArg_ParseTuple(args, "y*Iy*I:close", &src, &sport, &dst, &dport))
+        return NULL;
+    PyObject *result = NULL;
+    LaneKey key;
+    if (make_key(&key, &src, sport, &dst, dport) == 0) {
+        Lane *lane = lanes_find(&self->table, &key);
+        if (lane == NULL) {
+            result = Py_None;
+            Py_INCREF(result);
+        } else {
+            result = state_of(&self->table, lane);
+        }
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return result;
+}
+
+static PyObject *str_timestamp_ns, *str_linktype, *str_data;
+
+/* The chunk being gathered: consecutive in-order payloads of one lane. */
+#define CHUNK_LIMIT (256 * 1024)
+
+typedef struct {
+    Lane *lane;
+    int64_t ts;
+    uint8_t *buf;
+    size_t len, cap;
+} Chunk;
+
+static int chunk_flush(Chunk *c, PyObject *chunks)
+{
+    if (c->lane == NULL || c->len == 0)
+        return 0;
+    PyObject *item = Py_BuildValue("(OLy#)", (PyObject *)c->lane->handle, (long long)c->ts, (const char *)c->buf,
+                                   (Py_ssize_t)c->len);
+    c->len = 0;
+    c->lane = NULL;
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(chunks, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static int chunk_add(Chunk *c, PyObject *chunks, Lane *lane, int64_t ts, const uint8_t *p, size_t n)
+{
+    if (c->lane != lane || c->len + n > CHUNK_LIMIT)
+        if (chunk_flush(c, chunks) < 0)
+            return -1;
+    if (c->len + n > c->cap) {
+        size_t cap = c->cap ? c->cap : 65536;
+        while (cap < c->len + n)
+            cap *= 2;
+        uint8_t *b = PyMem_Realloc(c->buf, cap);
+        if (b == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        c->buf = b;
+        c->cap = cap;
+    }
+    memcpy(c->buf + c->len, p, n);
+    c->len += n;
+    c->lane = lane;
+    c->ts = ts;
+    return 0;
+}
+
+static PyObject *Lanes_run(LanesObject *self, PyObject *args)
+{
+    PyObject *frames;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "On:run", &frames, &start))
+        return NULL;
+    PyObject *seq = PySequence_Fast(frames, "frames must be a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    PyObject *chunks = PyList_New(0);
+    PyObject *closed = Py_None;
+    Py_INCREF(closed);
+    Chunk chunk = {NULL, 0, NULL, 0, 0};
+    Py_ssize_t handled = 0, i = start < 0 ? 0 : start;
+    if (chunks == NULL)
+        goto fail;
+    for (; i < n; i++) {
+        PyObject *frame = items[i];
+        PyObject *ts_o = PyObject_GetAttr(frame, str_timestamp_ns);
+        PyObject *lt_o = ts_o ? PyObject_GetAttr(frame, str_linktype) : NULL;
+        PyObject *data_o = lt_o ? PyObject_GetAttr(frame, str_data) : NULL;
+        if (data_o == NULL) {
+            Py_XDECREF(ts_o);
+            Py_XDECREF(lt_o);
+            goto fail;
+        }
+        long long ts = PyLong_AsLongLong(ts_o);
+        long linktype = PyLong_AsLong(lt_o);
+        Py_DECREF(ts_o);
+        Py_DECREF(lt_o);
+        if ((ts == -1 || linktype == -1) && PyErr_Occurred()) {
+            Py_DECREF(data_o);
+            goto fail;
+        }
+        if (!PyBytes_Check(data_o)) {
+            Py_DECREF(data_o);
+            break; /* Python's path says what it is */
+        }
+        Segment s;
+        int decoded = decode_frame((int)linktype, (const uint8_t *)PyBytes_AS_STRING(data_o),
+                                   (size_t)PyBytes_GET_SIZE(data_o), &s);
+        Lane *lane = decoded == 0 ? lanes_find(&self->table, &s.key) : NULL;
+        if (lane == NULL) {
+            Py_DECREF(data_o);
+            break;
+        }
+        long boundary;
+        if (lane_segment(&self->table, lane, &s, ts, &boundary) == LANE_REFUSED) {
+            Py_DECREF(data_o);
+            /* what the lane gathered goes first, then its state */
+            if (chunk_flush(&chunk, chunks) < 0)
+                goto fail;
+            Py_DECREF(closed);
+            closed = state_of(&self->table, lane);
+            if (closed == NULL)
+                goto fail;
+            break;
+        }
+        handled++;
+        int rc = 0;
+        if (boundary >= 0) {
+            /* a chunk ends where a record ends, with the time of the segment that ended it
+               (the record's time on the Python path); the rest begins the next chunk */
+            size_t cut = (size_t)boundary;
+            rc = chunk_add(&chunk, chunks, lane, ts, s.payload, cut);
+            if (rc == 0)
+                rc = chunk_flush(&chunk, chunks);
+            if (rc == 0 && cut < s.payload_len)
+                rc = chunk_add(&chunk, chunks, lane, ts, s.payload + cut, s.payload_len - cut);
+        } else if (s.payload_len) {
+            rc = chunk_add(&chunk, chunks, lane, ts, s.payload, s.payload_len);
+        }
+        Py_DECREF(data_o);
+        if (rc < 0)
+            goto fail;
+    }
+    if (chunk_flush(&chunk, chunks) < 0)
+        goto fail;
+    PyMem_Free(chunk.buf);
+    Py_DECREF(seq);
+    return Py_BuildValue("(nNnN)", i, chunks, handled, closed);
+fail:
+    PyMem_Free(chunk.buf);
+    Py_DECREF(seq);
+    Py_XDECREF(chunks);
+    Py_XDECREF(closed);
+    return NULL;
+}
+
+static PyObject *Lanes_touched(LanesObject *self, PyObject *unused)
+{
+    LaneTable *t = &self->table;
+    PyObject *out = PyList_New((Py_ssize_t)t->ntouched);
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < t->ntouched; i++) {
+        Lane *lane = t->touched[i];
+        PyObject *item = Py_BuildValue("(OL)", (PyObject *)lane->handle, (long long)lane->last_ns);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, (Py_ssize_t)i, item);
+    }
+    for (size_t i = 0; i < t->ntouched; i++)
+        t->touched[i]->touched = 0;
+    t->ntouched = 0;
+    return out;
+}
+
+static Py_ssize_t Lanes_len(LanesObject *self)
+{
+    return (Py_ssize_t)self->table.count;
+}
+
+static PyObject *Lanes_get_capacity(LanesObject *self, void *closure)
+{
+    return PyLong_FromSize_t(self->table.capacity);
+}
+
+static PyMethodDef Lanes_methods[] = {
+    {"open", (PyCFunction)Lanes_open, METH_VARARGS,
+     "open(src, sport, dst, dport, handle, next_seq, header, remaining) -> bool: hand a direction over "
+     "(False: capacity reached)"},
+    {"close", (PyCFunction)Lanes_close, METH_VARARGS,
+     "close(src, sport, dst, dport) -> state | None: take a direction back"},
+    {"run", (PyCFunction)Lanes_run, METH_VARARGS,
+     "run(frames, start) -> (stop, chunks, handled, closed): the frames of open lanes from start on, "
+     "up to the first that Python must take"},
+    {"touched", (PyCFunction)Lanes_touched, METH_NOARGS,
+     "touched() -> [(handle, last_timestamp_ns)]: lanes that had frames since the last call"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Lanes_getset[] = {
+    {"capacity", (getter)Lanes_get_capacity, NULL, "the most lanes open at once", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods Lanes_as_sequence = {
+    .sq_length = (lenfunc)Lanes_len,
+};
+
+static PyTypeObject LanesType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "bridge.engine._lanes.Lanes",
+    .tp_basicsize = sizeof(LanesObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Established TLS stream directions handled per packet in C (see the module's source header).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Lanes_init,
+    .tp_dealloc = (destructor)Lanes_dealloc,
+    .tp_traverse = (traverseproc)Lanes_traverse,
+    .tp_clear = (inquiry)Lanes_clear,
+    .tp_methods = Lanes_methods,
+    .tp_getset = Lanes_getset,
+    .tp_as_sequence = &Lanes_as_sequence,
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "bridge.engine._lanes",
+    .m_doc = "The compiled per-packet path of established TLS streams (see bridge/engine/lanes.py).",
+    .m_size = -1,
+    .m_methods = NULL,
+};
+
+PyMODINIT_FUNC PyInit__lanes(void)
+{
+    str_timestamp_ns = PyUnicode_InternFromString("timestamp_ns");
+    str_linktype = PyUnicode_InternFromString("linktype");
+    str_data = PyUnicode_InternFromString("data");
+    if (!str_timestamp_ns || !str_linktype || !str_data)
+        return NULL;
+    if (PyType_Ready(&LanesType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&LanesType);
+    if (PyModule_AddObject(m, "Lanes", (PyObject *)&LanesType) < 0) {
+        Py_DECREF(&LanesType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyModule_AddIntConstant(m, "CHUNK_LIMIT", CHUNK_LIMIT);
+    return m;
+}

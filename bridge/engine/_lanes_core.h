@@ -1,0 +1,408 @@
+/*
+ * The pure C part of bridge.engine._lanes (no Python): frame decoding on the
+ * common path, the lane table, and one lane's in-order check.  Included by _lanes.c (the CPython binding) and by the fuzz
+ * harness (fuzz/fuzz_lanes.c), so the fuzzer and AddressSanitizer exercise
+ * exactly this code.
+ */
+#ifndef BRIDGE_LANES_CORE_H
+#define BRIDGE_LANES_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+/* version (4/6), source address, destination address (IPv4 zero-padded), ports */
+typedef struct {
+    uint8_t bytes[1 + 16 + 16 + 2 + 2];
+} LaneKey;
+
+typedef struct {
+    LaneKey key;
+    uint32_t seq;
+    uint8_t flags;
+    const uint8_t *payload;
+    size_t payload_len;
+} Segment;
+
+typedef struct {
+    LaneKey key;
+    void *handle; /* the binding's PyObject*, opaque here */
+    uint32_t next_seq;
+    /* position + 1 in the table's touched list; 0: not touched since the last take */
+    size_t touched;
+    uint64_t packets, segments, bytes;
+    int64_t last_ns;
+    /* TLS record boundaries: the current record's header bytes while fewer than
+       5 are known, else the bytes still to come until it ends */
+    uint8_t header[5];
+    uint8_t header_len;
+    uint32_t remaining;
+} Lane;
+
+/* Lanes are allocated one by one (stable addresses); the table holds pointers. */
+typedef struct {
+    Lane **slots;
+    size_t nslots; /* power of two, at least twice the capacity */
+    size_t capacity, count;
+    Lane **touched; /* lanes that had frames since the last take, at most capacity */
+    size_t ntouched;
+    uint64_t seed;
+} LaneTable;
+
+enum { LANES_OK = 0, LANES_EXISTS = 1, LANES_FULL = 2, LANES_NOMEM = -1 };
+/* lane_segment's verdicts */
+enum { LANE_TAKEN = 0, LANE_REFUSED = 1 };
+
+static inline uint16_t rd16(const uint8_t *p)
+{
+    return (uint16_t)((p[0] << 8) | p[1]);
+}
+
+static inline uint32_t rd32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void lane_key(LaneKey *key, const uint8_t *src, const uint8_t *dst, int addr_len, uint16_t sport,
+                            uint16_t dport)
+{
+    memset(key, 0, sizeof *key);
+    key->bytes[0] = addr_len == 4 ? 4 : 6;
+    memcpy(key->bytes + 1, src, (size_t)addr_len);
+    memcpy(key->bytes + 17, dst, (size_t)addr_len);
+    key->bytes[33] = (uint8_t)(sport >> 8);
+    key->bytes[34] = (uint8_t)sport;
+    key->bytes[35] = (uint8_t)(dport >> 8);
+    key->bytes[36] = (uint8_t)dport;
+}
+
+/* ------------------------------------------------------------------------- */
+/* Frame decoding, common path only: 0 = a TCP segment in s, -1 = Python's path */
+
+#define LT_ETHERNET 1
+#define LT_RAW 101
+#define LT_LINUX_SLL 113
+#define LT_IPV4 228
+#define LT_IPV6 229
+#define LT_LINUX_SLL2 276
+
+static inline int is_vlan_tpid(unsigned etype)
+{
+    return etype == 0x8100 || etype == 0x88A8 || etype == 0x9100;
+}
+
+static int decode_frame(int linktype, const uint8_t *d, size_t n, Segment *s)
+{
+    size_t off;
+    unsigned etype;
+    switch (linktype) {
+    case LT_ETHERNET:
+        if (n < 14)
+            return -1;
+        etype = rd16(d + 12);
+        off = 14;
+        break;
+    case LT_LINUX_SLL:
+        if (n < 16)
+            return -1;
+        etype = rd16(d + 14);
+        off = 16;
+        break;
+    case LT_LINUX_SLL2:
+        if (n < 20)
+            return -1;
+        etype = rd16(d);
+        off = 20;
+        break;
+    case LT_RAW:
+    case LT_IPV4:
+    case LT_IPV6:
+        if (n < 1)
+            return -1;
+        off = 0;
+        if (linktype == LT_IPV4 || (linktype == LT_RAW && d[0] >> 4 == 4))
+            etype = 0x0800;
+        else if (linktype == LT_IPV6 || d[0] >> 4 == 6)
+            etype = 0x86DD;
+        else
+            return -1;
+        break;
+    default:
+        return -1;
+    }
+    if (linktype != LT_RAW && linktype != LT_IPV4 && linktype != LT_IPV6) {
+        while (is_vlan_tpid(etype)) {
+            if (off + 4 > n)
+                return -1;
+            etype = rd16(d + off + 2);
+            off += 4;
+        }
+    }
+    size_t tcp, end;
+    if (etype == 0x0800) {
+        if (n - off < 20)
+            return -1;
+        const uint8_t *ip = d + off;
+        if (ip[0] >> 4 != 4)
+            return -1;
+        size_t ihl = (size_t)(ip[0] & 0x0F) << 2;
+        if (ihl < 20 || off + ihl > n)
+            return -1;
+        size_t total = rd16(ip + 2);
+        if (total == 0) {
+            end = n;
+        } else {
+            if (total < ihl)
+                return -1;
+            end = off + total > n ? n : off + total;
+        }
+        if (ip[9] != 6 || (rd16(ip + 6) & 0x3FFF))
+            return -1;
+        lane_key(&s->key, ip + 12, ip + 16, 4, 0, 0);
+        tcp = off + ihl;
+    } else if (etype == 0x86DD) {
+        if (n - off < 40)
+            return -1;
+        const uint8_t *ip = d + off;
+        if (ip[0] >> 4 != 6 || ip[6] != 6)
+            return -1; /* extension headers: Python's path */
+        size_t plen = rd16(ip + 4);
+        tcp = off + 40;
+        end = plen == 0 ? n : (tcp + plen > n ? n : tcp + plen);
+        lane_key(&s->key, ip + 8, ip + 24, 16, 0, 0);
+    } else {
+        return -1;
+    }
+    if (end < tcp || end - tcp < 20)
+        return -1;
+    const uint8_t *t = d + tcp;
+    size_t hlen = (size_t)(t[12] >> 4) << 2;
+    if (hlen < 20 || tcp + hlen > end)
+        return -1;
+    s->key.bytes[33] = t[0];
+    s->key.bytes[34] = t[1];
+    s->key.bytes[35] = t[2];
+    s->key.bytes[36] = t[3];
+    s->seq = rd32(t + 4);
+    s->flags = t[13];
+    s->payload = d + tcp + hlen;
+    s->payload_len = end - tcp - hlen;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The lane table: open addressing, linear probing, backward-shift deletion,
+   a random seed so that colliding keys cannot be chosen in advance. */
+
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static inline size_t lane_hash(const LaneTable *t, const LaneKey *key)
+{
+    uint64_t h = t->seed;
+    uint64_t w;
+    for (size_t i = 0; i + 8 <= sizeof key->bytes; i += 8) {
+        memcpy(&w, key->bytes + i, 8);
+        h = mix64(h ^ w);
+    }
+    w = 0;
+    memcpy(&w, key->bytes + 32, sizeof key->bytes - 32);
+    h = mix64(h ^ w);
+    return (size_t)h & (t->nslots - 1);
+}
+
+static int lanes_init(LaneTable *t, size_t capacity)
+{
+    size_t nslots = 16;
+    while (nslots < 2 * capacity)
+        nslots <<= 1;
+    memset(t, 0, sizeof *t);
+    t->slots = calloc(nslots, sizeof(Lane *));
+    t->touched = calloc(capacity, sizeof(Lane *));
+    if (t->slots == NULL || t->touched == NULL) {
+        free(t->slots);
+        free(t->touched);
+        t->slots = t->touched = NULL;
+        return -1;
+    }
+    t->nslots = nslots;
+    t->capacity = capacity;
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != (ssize_t)sizeof seed)
+        seed = (uint64_t)(uintptr_t)t ^ 0x9e3779b97f4a7c15ULL;
+    t->seed = seed;
+    return 0;
+}
+
+static void lanes_free(LaneTable *t, void (*release)(Lane *))
+{
+    if (t->slots == NULL)
+        return;
+    for (size_t i = 0; i < t->nslots; i++) {
+        Lane *lane = t->slots[i];
+        if (lane) {
+            if (release)
+                release(lane);
+            free(lane);
+        }
+    }
+    free(t->slots);
+    free(t->touched);
+    memset(t, 0, sizeof *t);
+}
+
+static size_t lanes_slot(const LaneTable *t, const LaneKey *key)
+{
+    size_t mask = t->nslots - 1;
+    size_t i = lane_hash(t, key);
+    while (t->slots[i] && memcmp(t->slots[i]->key.bytes, key->bytes, sizeof key->bytes) != 0)
+        i = (i + 1) & mask;
+    return i;
+}
+
+static Lane *lanes_find(const LaneTable *t, const LaneKey *key)
+{
+    return t->slots[lanes_slot(t, key)];
+}
+
+static int lanes_insert(LaneTable *t, const LaneKey *key, Lane **out)
+{
+    size_t i = lanes_slot(t, key);
+    if (t->slots[i])
+        return LANES_EXISTS;
+    if (t->count >= t->capacity)
+        return LANES_FULL;
+    Lane *lane = calloc(1, sizeof *lane);
+    if (lane == NULL)
+        return LANES_NOMEM;
+    lane->key = *key;
+    t->slots[i] = lane;
+    t->count++;
+    *out = lane;
+    return LANES_OK;
+}
+
+/* The lane had a frame: remember it for the next take (once). */
+static inline void lane_touch(LaneTable *t, Lane *lane)
+{
+    if (!lane->touched && t->ntouched < t->capacity) {
+        t->touched[t->ntouched++] = lane;
+        lane->touched = t->ntouched;
+    }
+}
+
+/* Remove the lane of key (release: called on it first); 0, or -1 if absent. */
+static int lanes_remove(LaneTable *t, const LaneKey *key, void (*release)(Lane *))
+{
+    size_t mask = t->nslots - 1;
+    size_t hole = lanes_slot(t, key);
+    Lane *lane = t->slots[hole];
+    if (lane == NULL)
+        return -1;
+    if (lane->touched) { /* swap-remove from the touched list */
+        size_t at = lane->touched - 1;
+        Lane *last = t->touched[--t->ntouched];
+        t->touched[at] = last;
+        last->touched = at + 1;
+        lane->touched = 0;
+    }
+    if (release)
+        release(lane);
+    free(lane);
+    t->slots[hole] = NULL;
+    t->count--;
+    /* backward shift: move later entries of the probe run into the hole */
+    for (size_t j = (hole + 1) & mask; t->slots[j]; j = (j + 1) & mask) {
+        size_t home = lane_hash(t, &t->slots[j]->key);
+        /* entry j may move to the hole unless its home is cyclically within (hole, j] */
+        int stays = hole < j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            t->slots[hole] = t->slots[j];
+            t->slots[j] = NULL;
+            hole = j;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* One lane */
+
+/*
+ * Follow the TLS record boundaries through n stream bytes: returns the offset
+ * just after the last record that ends within them, or -1 if none does.  Only
+ * the 5-byte headers' length fields are read (a record header that is not TLS
+ * makes the Python path stop the stream, which closes the lane).
+ */
+static long lane_boundaries(Lane *lane, const uint8_t *p, size_t n)
+{
+    long last = -1;
+    size_t pos = 0;
+    while (pos < n) {
+        if (lane->remaining == 0) {
+            size_t take = 5u - lane->header_len;
+            if (take > n - pos)
+                take = n - pos;
+            memcpy(lane->header + lane->header_len, p + pos, take);
+            lane->header_len = (uint8_t)(lane->header_len + take);
+            pos += take;
+            if (lane->header_len < 5)
+                break;
+            lane->header_len = 0;
+            lane->remaining = rd16(lane->header + 3);
+            if (lane->remaining == 0)
+                last = (long)pos;
+            continue;
+        }
+        size_t take = lane->remaining;
+        if (take > n - pos)
+            take = n - pos;
+        pos += take;
+        lane->remaining -= (uint32_t)take;
+        if (lane->remaining == 0)
+            last = (long)pos;
+    }
+    return last;
+}
+
+/*
+ * One decoded segment of the lane.  LANE_TAKEN: consumed (its payload, if any,
+ * is the next in-order bytes of the direction; *boundary is where the last
+ * record ending in it ends, -1 if none); LANE_REFUSED: not consumed, nothing
+ * changed: Python must take the frame (SYN, FIN, RST, or not the next sequence
+ * number).
+ */
+static int lane_segment(LaneTable *t, Lane *lane, const Segment *s, int64_t ts, long *boundary)
+{
+    *boundary = -1;
+    if (s->flags & (TCP_SYN | TCP_FIN | TCP_RST))
+        return LANE_REFUSED;
+    if (s->payload_len && s->seq != lane->next_seq)
+        return LANE_REFUSED;
+    lane->packets++;
+    lane_touch(t, lane);
+    if (ts > lane->last_ns)
+        lane->last_ns = ts;
+    if (s->payload_len) {
+        lane->segments++;
+        lane->bytes += s->payload_len;
+        lane->next_seq += (uint32_t)s->payload_len;
+        *boundary = lane_boundaries(lane, s->payload, s->payload_len);
+    }
+    return LANE_TAKEN;
+}
+
+#endif
