@@ -464,3 +464,84 @@ def test_guest_builds_no_profile_knows_are_harvested_through_confirmed_candidate
         assert layouts[build_id]["origin"] == "inferred and confirmed", layouts[build_id]
         assert layouts[build_id]["confirmed"] == ["TLS1.2", "TLS1.3"], layouts[build_id]
         assert (tmp_path / "cache" / f"{build_id}.json").exists()
+
+
+def _relearn_server(guest: Guest, tmp: Path) -> tuple[int, str]:
+    """The 4434 server restarted on a copy of the guest's libssl (the host's Debian build)
+    whose build-id is changed, as an apt upgrade inside the guest would leave it: the
+    guest's own shell patches the copy (printf | dd).  Returns (its pid, its build-id)."""
+    from bridge.harvest.elf import read_elf
+
+    library = Path("/usr/lib/x86_64-linux-gnu/libssl.so.3")
+    build_id = bytes.fromhex(read_elf(library).build_id)
+    position = library.read_bytes().index(build_id)
+    patched = bytes(b ^ 0x5A for b in build_id)
+    octal = "".join(f"\\{b:03o}" for b in patched)
+    status, output = guest.shell(
+        f"mkdir -p /tmp/relearn && cp {library} /tmp/relearn/ && printf '{octal}' | "
+        f"dd of=/tmp/relearn/libssl.so.3 bs=1 seek={position} conv=notrunc 2>/dev/null && "
+        "for p in $(pidof openssl); do grep -q 4434 /proc/$p/cmdline && kill -9 $p; done; "
+        "LD_LIBRARY_PATH=/tmp/relearn openssl s_server -accept 4434 -www -quiet -cert /etc/guest/cert.pem "
+        "-key /etc/guest/key.pem </dev/null >/dev/null 2>&1 & echo relearn-pid $!")
+    assert status == 0, output
+    pid = int(re.search(r"relearn-pid (\d+)", output).group(1))
+    deadline = time.monotonic() + 30
+    while guest.shell("grep -Eq ':1152 0+:0000 0A' /proc/net/tcp /proc/net/tcp6")[0] != 0:
+        assert time.monotonic() < deadline, "the relearn server is not listening"
+        time.sleep(0.2)
+    return pid, patched.hex()
+
+
+def _restore_alt_server(guest: Guest) -> None:
+    status, output = guest.shell("for p in $(pidof openssl); do grep -q 4434 /proc/$p/cmdline && kill -9 $p; done; "
+                                 "LD_LIBRARY_PATH=/opt/ossl35 openssl s_server -accept 4434 -www -quiet "
+                                 "-cert /etc/guest/cert.pem -key /etc/guest/key.pem </dev/null >/dev/null 2>&1 &")
+    assert status == 0, output
+
+
+def test_a_guest_build_no_known_layout_shares_is_learned_from_its_connections(guest, tmp_path):
+    """A guest server on a libssl whose build-id no profile knows, with no shipped
+    profile, an empty cache and candidate layouts off (``--resolve learn``): the
+    gdbstub hooks give each connection's ``SSL *`` (the guest stopped in SSL_free),
+    the tap names its client random, its secrets are derived from guest memory; the
+    layout is learned from TLS 1.3 and 1.2 connections, cached, and every line
+    published equals the clients' own, one-shot connections included."""
+    from bridge.harvest.profile import Profile
+    from bridge.harvest.sandbox import calibrate_sandboxed
+
+    pid, build_id = _relearn_server(guest, tmp_path)
+    try:
+        client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
+        status, cache = tmp_path / "status.json", tmp_path / "cache"
+        harvester = _harvester(guest, tmp_path, "--trigger", "hooks,wire", "--gdb", f"127.0.0.1:{guest.gdb_port}",
+                               "--qmp", str(guest.qmp_path), "--pid", str(pid), "--keylog", str(harvested),
+                               "--no-shipped-profiles", "--resolve", "learn", "--profile-cache", str(cache),
+                               "--status", str(status), name="learn")
+        assert "learning the layout from live connections" in harvester.text(), harvester.text()
+        time.sleep(1.0)  # the breakpoints are in
+        # while learning: connections of both versions (one-shot curls and held s_clients)
+        assert b"s_server" in curl_guest(guest, 4434, client, "--tlsv1.3")
+        assert b"s_server" in _s_client(guest, 4434, client, "-tls1_2")
+        assert b"s_server" in curl_guest(guest, 4434, client, "--tlsv1.2", "--tls-max", "1.2")
+        assert b"s_server" in _s_client(guest, 4434, client, "-tls1_3")
+        deadline = time.monotonic() + 60
+        while "layout learned" not in harvester.text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # learned: one-shot connections read through it
+        for suite in TLS13[1:]:
+            assert b"s_server" in curl_guest(guest, 4434, client, "--tlsv1.3", "--tls13-ciphers", suite)
+        assert b"s_server" in curl_guest(guest, 4434, client, "--tlsv1.2", "--tls-max", "1.2", "--ciphers", TLS12[1])
+        summary = _stop(harvester)
+    finally:
+        _restore_alt_server(guest)
+    missing, extra = compare_keylogs(client, harvested)
+    assert not extra, sorted(extra)[:3]  # nothing wrong was ever published
+    assert not missing, (sorted(missing)[:3], summary)
+    assert len(_randoms(client)) == 7
+    (layout,) = [entry for entry in json.loads(status.read_text())["layouts"] if entry["build_id"] == build_id]
+    assert layout["state"] == "ready" and layout["origin"] == "learned", layout
+    assert layout["confirmed"] == ["TLS1.2", "TLS1.3"], layout
+    learned = Profile.from_json((cache / f"{build_id}.json").read_text())
+    assert learned.made["resolution"] == "learned"
+    # the oracle: the layout calibration makes for the same code (the host's library, in the sandbox)
+    assert learned.fields == calibrate_sandboxed("/usr/lib/x86_64-linux-gnu/libssl.so.3").fields

@@ -14,6 +14,18 @@ as they are complete.  The guest never pauses: its cost is zero.  A sensor's key
 request (a ClientHello it saw and has no secrets for) starts the same
 search, for a harvester that does not see the VM's traffic itself.
 
+A guest build whose layout no known build shares is *learned*
+(:mod:`bridge.harvest.learn`) when the harvester has breakpoint hooks
+(:mod:`bridge.vmi.gdb_hooks`, ``hooks=True``) and connections are named (the
+wire, sensors' requests): a hook stops the guest in ``SSL_free(ssl)`` (or
+another hooked call) with the ``SSL *`` in ``%rdi``; an object holding a named
+client random is that connection's, its secrets are derived from the guest's
+memory while the guest is stopped, and the resolver learns the layout from
+such connections of both TLS versions; they are published then, read through
+the learned layout from the copies they were learned from.  TLS 1.2
+confirmations take the connection's first record captured on the VM's traffic
+(:mod:`bridge.harvest.first_record`), so a connection that ended first confirms too.
+
 Misses are counted with their reason: the random never found in any target
 (``not_found``: e.g. a connection to another process, or closed before the
 search), found but the secrets never completed (``incomplete``).  A guest that
@@ -38,6 +50,7 @@ from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.elf import build_id_in_memory
 from bridge.harvest.profile import Profile, ProfileStore
 from bridge.harvest.resolve import CALIBRATING, FAILED, LEARNING, BuildLayout, LayoutResolver
+from bridge.harvest.calibrate import Sample
 from bridge.harvest.wire_search import (
     HelloInbox,
     PendingSearch,
@@ -57,6 +70,13 @@ from bridge.vmi.physmem import GuestPhysicalMemory
 
 _LIBSSL = re.compile(r"/libssl[^/]*\.so[^/]*$")
 KeySink = Callable[[KeyRecord], None]
+#: Client randoms named lately, looked for in hooked objects while a build is learned.
+_NAMED_LIMIT = 4096
+#: Attempts to learn from one object and client random (its handshake may not be finished yet).
+_LEARN_TRIES = 3
+#: How long a hook on a build being learned waits (the guest stopped) for the wire to name
+#: the object's connection: its ClientHello may still be in the capture's buffer.
+_NAME_WAIT = 0.25
 
 
 @dataclass(slots=True)
@@ -75,6 +95,7 @@ class VmStats:
     search_seconds: float = 0.0
     bytes_searched: int = 0
     unconfirmed: int = 0  # secrets read through a layout that did not confirm them: not published
+    learned_from: int = 0  # connections whose secrets were derived to learn a build's layout
     latencies: list[float] = field(default_factory=list)
 
 
@@ -119,6 +140,8 @@ class VmHarvester:
         retry_interval: float = 0.002,
         max_pending: int = 10_000,
         clock_stall: float = 30.0,
+        hooks: bool = False,
+        named: bool = True,
         log: Callable[[str], None] = lambda text: None,
     ) -> None:
         self.memory = memory
@@ -128,9 +151,12 @@ class VmHarvester:
         #: Layouts of the guests' builds (a bare ProfileStore: known profiles, then confirmed candidates).
         self.resolver = (profiles if isinstance(profiles, LayoutResolver)
                          else LayoutResolver(profiles, methods=("candidates",), log=log))
-        # Learning a layout takes a hook's SSL * (bridge.harvest.learn); guests have no hooks yet:
-        # a build no candidate matches is an error state here, not one that waits to learn.
-        self.resolver.methods = tuple(method for method in self.resolver.methods if method != "learn")
+        # Learning a layout takes a hook's SSL * (bridge.harvest.learn) and client randoms named by
+        # the wire or sensors: without them, a build no candidate matches is an error state here.
+        if not hooks:
+            self.resolver.learning_needs = "breakpoint hooks (--trigger hooks,wire with --gdb)"
+        elif not named:
+            self.resolver.learning_needs = "the connections' client randoms: --trigger hooks,wire (or hooks,requests)"
         self.comms, self.pids, self.everything = set(comms), set(pids), everything
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -150,6 +176,13 @@ class VmHarvester:
         self.inbox = HelloInbox()
         self._published: OrderedDict[bytes, None] = OrderedDict()
         self._publish_lock = threading.Lock()  # the hook thread publishes too
+        #: Client randoms named by the wire or sensors lately, by their first 8 bytes (learning).
+        self._named: OrderedDict[bytes, bytes] = OrderedDict()
+        self._named_lock = threading.Lock()
+        #: Connections named while their build's layout was not ready (counted missed until published).
+        self._unready: OrderedDict[bytes, BuildLayout] = OrderedDict()
+        #: (pid, SSL *, client random) → attempts to learn from it (bounded)
+        self._learning_tries: OrderedDict[tuple[int, int, bytes], int] = OrderedDict()
 
     # --- the guest -------------------------------------------------------------------------
 
@@ -214,10 +247,26 @@ class VmHarvester:
     def add(self, event: WireHello | WireEnd, now: float) -> None:
         """A connection to search for (a ClientHello, a sensor's request), or its end."""
         if isinstance(event, WireHello):
+            learning = False
             for target in self.targets:
                 if target.layout.state in (CALIBRATING, LEARNING, FAILED):
                     self.resolver.saw_connection(target.layout)
+                    with self._publish_lock:  # published later after all (learned): not missed
+                        self._unready[event.client_random] = target.layout
+                        while len(self._unready) > _NAMED_LIMIT:
+                            self._unready.popitem(last=False)
+                learning = learning or target.layout.state == LEARNING
+            if learning:
+                self._name(event.client_random)
         self.searches.take(event, now)
+
+    def _name(self, client_random: bytes) -> None:
+        """A connection named while a build is learned: looked for in the hooked objects."""
+        with self._named_lock:
+            self._named[client_random[:8]] = client_random
+            self._named.move_to_end(client_random[:8])
+            while len(self._named) > _NAMED_LIMIT:
+                self._named.popitem(last=False)
 
     def _already_published(self, client_random: bytes) -> bool:
         with self._publish_lock:
@@ -246,6 +295,8 @@ class VmHarvester:
                 self.log(f"warning: {self.vm_name}: {exc}")
         still = []
         for item in self.searches.items:
+            if item.ssl is None and self._already_published(item.hello.client_random):
+                continue  # a hook published it meanwhile
             if now >= item.next_try:
                 try:
                     if item.ssl is not None and self._read(item):
@@ -273,7 +324,7 @@ class VmHarvester:
         now = time.monotonic()
         if now < item.confirm_at:
             return False
-        verdict = self._vouch(target, profile, ssl, secrets)
+        verdict = self._vouch(target, profile, ssl, secrets, wait=False)  # this thread feeds the records
         if verdict is None:  # not decidable yet: the same object, a little later (backing off)
             item.confirm_at, item.confirm_wait = now + item.confirm_wait, min(item.confirm_wait * 2, 0.5)
             return False
@@ -285,15 +336,14 @@ class VmHarvester:
             self.stats.latencies.append(time.monotonic() - item.seen_at)
         return True
 
-    def _vouch(self, target: GuestTarget, profile: Profile, ssl: int, secrets: ConnectionSecrets) -> bool | None:
+    def _vouch(self, target: GuestTarget, profile: Profile, ssl: int, secrets: ConnectionSecrets, *,
+               wait: bool = True) -> bool | None:
         """Secrets read through a layout not yet known good for their version are
-        confirmed on this connection, from the guest's memory, before publishing."""
-        def present(needles: list[bytes]) -> set[bytes]:
-            pattern = re.compile(b"|".join(re.escape(needle) for needle in needles))
-            return {match for _, match in self._search(target, pattern)}
-
+        confirmed on this connection (its first record from the wire, or the
+        guest's memory) before publishing."""
         verdict = self.resolver.vouch(target.layout, profile, secrets,
-                                      lambda: memory_evidence(target.space, profile, ssl, present))
+                                      lambda: memory_evidence(target.space, profile, ssl, self._finder(target)),
+                                      wait=wait)
         if verdict is False:
             self.stats.unconfirmed += 1
         return verdict
@@ -350,15 +400,89 @@ class VmHarvester:
                     yield base + match.start(), match.group()
                 tail, tail_end = data[-overlap:], virtual + size
 
+    def _finder(self, target: GuestTarget) -> Callable[[list[bytes]], set[bytes]]:
+        """Which of some byte strings occur in the target's writable memory (one scan)."""
+        def present(needles: list[bytes]) -> set[bytes]:
+            pattern = re.compile(b"|".join(re.escape(needle) for needle in needles))
+            return {match for _, match in self._search(target, pattern)}
+
+        return present
+
     def on_hook_hit(self, target: GuestTarget, ssl: int, function: str) -> None:
         """A breakpoint hook stopped the guest in ``function(ssl)`` of a target."""
         self.stats.hook_hits += 1
+        if target.layout.state == LEARNING:
+            self._learn_from(target, ssl, function)
+            return
         for profile in target.layout.profiles():
             secrets = read_secrets(MemoryFields(target.space, profile, ssl))
             if secrets is not None and secrets.complete:
                 if self._vouch(target, profile, ssl, secrets):
                     self._publish(target, secrets, trigger=f"gdb:{function}")
                 return
+
+    # --- learning a layout (hooks) ----------------------------------------------------------------
+
+    def _learn_from(self, target: GuestTarget, ssl: int, function: str) -> None:
+        """A hooked call on a build being learned, the guest stopped: if the object
+        holds a client random the wire or a sensor named (waiting up to
+        :data:`_NAME_WAIT` for its ClientHello to be read), derive that connection's
+        secrets from the guest's memory and hand them to the resolver; publish the
+        connections learned from once the layout is."""
+        from bridge.harvest.calibrate_live import SnapshotReader
+        from bridge.harvest.learn import _Reader, named_random, observe
+
+        layout = target.layout
+        try:
+            copy = SnapshotReader(_Reader(target.space.read_upto))  # type: ignore[arg-type]
+            copy.capture_object(ssl)  # the guest is stopped: the object does not change while named
+            deadline = time.monotonic() + _NAME_WAIT
+            while True:
+                with self._named_lock:
+                    named = dict(self._named)
+                random = named_random(copy.read_upto, ssl, named)
+                if random is not None or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.01)
+            if random is None:
+                return
+            key = (target.process.pid, ssl, random)
+            tries = self._learning_tries.get(key, 0)
+            if tries >= _LEARN_TRIES:
+                return
+            self._learning_tries[key] = tries + 1
+            while len(self._learning_tries) > 10_000:
+                self._learning_tries.popitem(last=False)
+            sample = observe(target.space.read_upto, ssl, random, self._finder(target))
+        except GuestAccessError as exc:
+            self.stats.target_errors += 1
+            self.log(f"warning: {self.vm_name}: learning from {target.process.comm}[{target.process.pid}]: {exc}")
+            return
+        if sample is None:
+            return  # no finished handshake in it yet: its next hooked call
+        self._learning_tries[key] = _LEARN_TRIES  # learned from: not again
+        self.stats.learned_from += 1
+        profile = self.resolver.learn(layout, target.process.pid, sample)
+        if profile is not None:
+            self._publish_learned(layout, profile, f"gdb:{function}")
+
+    def _publish_learned(self, layout: BuildLayout, profile: Profile, trigger: str) -> None:
+        """The connections a layout was learned from, read through it from the copies
+        of their objects it was verified on, published when they read what was
+        derived for them (the objects themselves may be freed by now)."""
+        by_pid = {t.process.pid: t for t in self.targets if t.layout is layout}
+        for pid, sample in list(layout.learning):
+            target = by_pid.get(pid)
+            if target is None or not isinstance(sample, Sample) or sample.reader is None:
+                continue
+            try:
+                secrets = read_secrets(MemoryFields(sample.reader, profile, sample.ssl))
+            except GuestAccessError:
+                continue
+            if (secrets is None or not secrets.complete or secrets.client_random != sample.client_random
+                    or any(secrets.secrets.get(label) != value for label, value in sample.secrets.items())):
+                continue
+            self._publish(target, secrets, trigger=trigger)
 
     def _publish(self, target: GuestTarget, secrets: ConnectionSecrets, *, trigger: str = "vm-wire") -> bool:
         """Publish once per connection; False when it was published already."""
@@ -368,6 +492,9 @@ class VmHarvester:
             self._published[secrets.client_random] = None
             if len(self._published) > 100_000:
                 self._published.popitem(last=False)
+            unready = self._unready.pop(secrets.client_random, None)
+        if unready is not None:  # counted missed while its layout was not ready: harvested after all
+            self.resolver.recovered(unready)
         record = KeyRecord(
             client_random=secrets.client_random,
             secrets=dict(secrets.secrets),
@@ -388,7 +515,7 @@ class VmHarvester:
         """Feed ClientHellos from ``frames`` (None: nothing new) and the sensors'
         requests until ``stop`` is set."""
         next_scan = time.monotonic() + rescan_interval
-        for event in hellos(frames, ends=True):
+        for event in hellos(frames, ends=True, first_records=self.resolver.first_records):
             if stop.is_set():
                 self.stats.unfinished += len(self.searches)
                 self.searches.keep([])
