@@ -20,7 +20,8 @@ from bridge.capture.frames import Frame
 from bridge.engine.decryptor import NS, Decryptor
 from bridge.engine.events import Event
 from bridge.engine.lanes import LaneDecryptor
-from bridge.engine.packets import TcpSegment, classify
+from bridge.engine.packets import SkipReason, TcpSegment, classify
+from bridge.engine.quic import QuicFlows
 from bridge.engine.settings import EngineSettings
 from bridge.errors import PacketDecodeError
 from bridge.keys.store import KeyStore
@@ -51,8 +52,17 @@ class Engine:
         decryptor = LaneDecryptor if self.settings.fast_path else Decryptor
         self.decryptor = decryptor(keys, self.settings, request_keys=request_keys, clock=clock)
         self.output = output
+        #: QUIC connections: UDP datagrams of frames that are not TCP (bridge.engine.quic)
+        self.quic = QuicFlows(keys, self.settings, self._allocate_id, request_keys=request_keys)
         self.counters = PacketCounters()
         self._next_tick_ns = 0
+
+    def _allocate_id(self) -> int:
+        """A flow id for a QUIC connection or a synthetic HTTP/3 request, from the TCP
+        decryptor's sequence (one flow id space in the flow log)."""
+        flow_id = self.decryptor._next_id
+        self.decryptor._next_id += 1
+        return flow_id
 
     # --- events out ---------------------------------------------------------------------
 
@@ -76,8 +86,10 @@ class Engine:
         """No packet for a while (live): decrypt what waited for keys that arrived
         since, and expire idle connections, on the capture clock (wall time)."""
         events = self.decryptor.keys_arrived()
+        events.extend(self.quic.keys_arrived())
         if now_ns >= self._next_tick_ns:
             events.extend(self.decryptor.tick(now_ns))
+            events.extend(self.quic.tick(now_ns))
             self._next_tick_ns = now_ns + NS
         if events:
             self._dispatch(events)
@@ -92,6 +104,7 @@ class Engine:
         tick = decryptor.tick
         run_lanes = decryptor.run_lanes if isinstance(decryptor, LaneDecryptor) else None
         dispatch = self._dispatch
+        quic = self.quic.frame
         keys = self.keys
         next_tick_ns = self._next_tick_ns
         frame_count = tcp_count = not_tcp = 0
@@ -133,6 +146,10 @@ class Engine:
                         continue
                     if segment.__class__ is not TcpSegment:
                         not_tcp += 1
+                        if segment is SkipReason.NOT_TCP:  # UDP: QUIC?
+                            events = quic(frame)
+                            if events:
+                                dispatch(events)
                         continue
                     tcp_count += 1
                     events = process(segment)  # type: ignore[arg-type]
@@ -147,6 +164,7 @@ class Engine:
                     next_check = seen + 256
                     if keys.has_arrivals:
                         dispatch(decryptor.keys_arrived())
+                        dispatch(self.quic.keys_arrived())
                     if progress is not None and seen >= next_progress:
                         next_progress = seen + 4096
                         counters.frames += frame_count
@@ -162,6 +180,7 @@ class Engine:
 
     def keys_arrived(self) -> None:
         self._dispatch(self.decryptor.keys_arrived())
+        self._dispatch(self.quic.keys_arrived())
 
     def await_late_keys(self, timeout: float) -> None:
         """End of a capture file read with a live feed: connections still waiting for
@@ -174,3 +193,4 @@ class Engine:
     def finish(self) -> None:
         """End of input: every connection still open is finished."""
         self._dispatch(self.decryptor.finish())
+        self._dispatch(self.quic.finish())

@@ -62,11 +62,11 @@ class FlowFinished:
     connection in a summary line only (see ``never_completed``) never pays for it;
     ``status`` and ``ts_end`` (the summary's) are at hand without it."""
 
-    __slots__ = ("flow", "ended_by", "never_completed", "status", "ts_end", "_summary", "_build")
+    __slots__ = ("flow", "ended_by", "never_completed", "status", "ts_end", "_summary", "_build", "parent")
 
     def __init__(self, flow: FlowInfo, ended_by: str, summary: FlowSummary | None = None, *,
                  never_completed: bool = False, build: Callable[[], FlowSummary] | None = None,
-                 status: str | None = None, ts_end: float | None = None) -> None:
+                 status: str | None = None, ts_end: float | None = None, parent: int | None = None) -> None:
         if summary is None and build is None:
             raise TypeError("FlowFinished needs a summary or a way to build it")
         self.flow = flow
@@ -75,6 +75,10 @@ class FlowFinished:
         #: more (or nothing), no secrets were there and nothing was decrypted (a scan,
         #: a flood, an unanswered client).  The flow log may summarise such connections.
         self.never_completed = never_completed
+        #: A synthetic connection made of part of another (an HTTP/3 request stream of a
+        #: QUIC connection, :mod:`bridge.engine.quic`): that connection's flow id.  It
+        #: has no flow log line of its own: the parent's ``synthetic`` field lists it.
+        self.parent = parent
         self._summary = summary
         self._build = build
         self.status = status if status is not None else summary.status  # type: ignore[union-attr]

@@ -29,6 +29,8 @@ class Outputs:
         self.plaintext = plaintext
         self.requests = requests
         self.extra = tuple(extra)
+        #: QUIC: flow id → its HTTP/3 requests' synthetic connections, until its own line
+        self._children: dict[int, list[object]] = {}
 
     def __call__(self, event: Event) -> None:
         if self.requests is not None and event.__class__ is KeysWanted:
@@ -39,6 +41,16 @@ class Outputs:
             self.plaintext(event)
         if event.__class__ is FlowFinished:
             synthetic = self.reinject.describe(event.flow.flow_id) if self.reinject is not None else None
+            parent = event.parent  # type: ignore[union-attr]
+            if parent is not None:  # an HTTP/3 request of a QUIC connection: listed in the parent's line
+                if synthetic is not None:
+                    self._children.setdefault(parent, []).append(synthetic)
+                for sink in self.extra:
+                    sink(event)
+                return
+            children = self._children.pop(event.flow.flow_id, None)
+            if children is not None:
+                synthetic = children if synthetic is None else [synthetic, *children]
             if self.flow_log is not None:
                 self.flow_log.finished(event, None if self.reinject is None  # type: ignore[arg-type]
                                        else lambda: {"synthetic": synthetic})
