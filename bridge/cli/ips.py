@@ -1,14 +1,65 @@
-"""``tls-bridge ips``: the reactive IPS (:mod:`bridge.ips.service`) from the command line."""
+"""``tls-bridge ips``: the reactive IPS (:mod:`bridge.ips.service`) and, with ``--inline``,
+the inline IPS (:mod:`bridge.ips.inline_service`) from the command line."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
+from bridge.cli.common import add_client_security_options
+from bridge.engine import EngineSettings
+from bridge.errors import BridgeError
 from bridge.ips import service
+from bridge.ips.inline import POLICIES, InlineSettings
 from bridge.ips.service import IpsSettings
+from bridge.options import add_arguments, from_arguments
+
+
+def _mac(text: str) -> bytes:
+    parts = text.split(":")
+    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
+        raise BridgeError(f"--mark-mac {text!r}: expected six hex octets, e.g. 02:00:00:00:00:01")
+    return bytes.fromhex("".join(parts))
+
+
+def run_inline(args: argparse.Namespace) -> int:
+    from bridge.ips import inline_service
+
+    missing = [flag for flag, value in (("-q/--queue-num", args.queue_num), ("--suricata-in", args.suricata_in),
+                                        ("--suricata-out", args.suricata_out)) if value is None]
+    if missing:
+        print(f"tls-bridge: error: ips --inline needs {', '.join(missing)}", file=sys.stderr)
+        return 2
+    if not args.keylog and not args.keys:
+        print("tls-bridge: error: ips --inline needs secrets: --keylog FILE or --keys ENDPOINT", file=sys.stderr)
+        return 2
+    try:
+        source = _mac(args.mark_mac)
+        inline = InlineSettings(
+            hold_budget=args.hold_budget, verdict_timeout=args.verdict_timeout,
+            keys_policy=args.missing_keys_policy or args.exception_policy,
+            verdict_policy=args.verdict_policy or args.exception_policy,
+            memcap_policy=args.memcap_policy or args.exception_policy,
+            flow_memcap=args.flow_memcap, memcap=args.memcap, resets=not args.no_reset)
+        return inline_service.serve(inline_service.InlineServiceSettings(
+            queue=args.queue_num, suricata_in=args.suricata_in, suricata_out=args.suricata_out,
+            keylogs=tuple(args.keylog), feeds=tuple(args.keys), server_key=args.server_key or "",
+            client_cert=args.client_cert or "", keys_insecure=args.keys_insecure, keys_window=args.keys_window,
+            keys_ttl=args.keys_ttl, keys_timeout=args.keys_timeout, key_requests=args.key_requests,
+            flows=args.flows, log=args.log, log_releases=args.log_releases, metrics=args.metrics,
+            queue_max_len=args.queue_maxlen, inline=inline, engine=from_arguments(EngineSettings, args),
+            source_mac=source, server_mac=source[:5] + bytes([(source[5] + 1) & 0xFF])))
+    except BridgeError as exc:
+        print(f"tls-bridge: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def run_ips(args: argparse.Namespace) -> int:
+    if args.inline:
+        return run_inline(args)
+    if not args.eve and not args.eve_socket:
+        print("tls-bridge: error: ips needs --eve FILE or --eve-socket PATH (or --inline)", file=sys.stderr)
+        return 2
     return service.serve(IpsSettings(
         eve=args.eve, eve_socket=args.eve_socket, eve_socket_type=args.eve_socket_type,
         interfaces=tuple(args.interface or ()), flows=args.flows, nft_table=args.nft_table, nft_set=args.nft_set,
@@ -17,15 +68,25 @@ def run_ips(args: argparse.Namespace) -> int:
 
 
 def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
+    from bridge.ips import inline as inline_module
+
+    inline_doc = "inline mode:\n" + "\n\n".join(
+        (inline_module.__doc__ or "").split("\n\n")[1:4])
     parser = subparsers.add_parser(
         "ips", help="cut the original encrypted connections Suricata's verdicts on the decrypted copy ask to block",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(service.__doc__ or "").split("\n\n", 1)[1].split("\n\nThe command line")[0],
-        epilog="example (on the gateway the encrypted traffic crosses):\n"
+        epilog="examples (on the gateway the encrypted traffic crosses):\n"
         "  tls-bridge ips --eve /var/log/suricata/eve-tls-bridge.json --interface eth0 --interface eth1 \\\n"
-        "      --nft-table 'inet tls_bridge' --nft-set blocked --log /var/log/tls-bridge/blocked.jsonl",
+        "      --nft-table 'inet tls_bridge' --nft-set blocked --log /var/log/tls-bridge/blocked.jsonl\n"
+        "  # inline: iptables -A FORWARD -p tcp -d 10.0.2.2 --dport 443 -j NFQUEUE --queue-num 13\n"
+        "  #         iptables -A FORWARD -p tcp -s 10.0.2.2 --sport 443 -j NFQUEUE --queue-num 13\n"
+        "  tls-bridge ips --inline -q 13 --suricata-in ipsa0 --suricata-out ipsb0 \\\n"
+        "      --keys tcp://harvester:5555 --server-key certs/harvester.key --client-cert certs/gw.key_secret \\\n"
+        "      --exception-policy drop-flow --flows /var/log/tls-bridge/flows.jsonl\n\n"
+        + (inline_doc or ""),
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--eve", metavar="FILE", help="Suricata's eve.json for the injection interface (followed "
                         "like tail -F: rotation and truncation are handled)")
     source.add_argument("--eve-socket", metavar="PATH", help="create a unix socket at PATH for an eve-log output "
@@ -48,5 +109,58 @@ def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--port-map", action="append", metavar="SYNTHETIC=ORIGINAL",
                         help="the bridge rewrote the server port (--server-port): map it back")
     parser.add_argument("--from-start", action="store_true", help="act on the alerts already in the eve file too")
-    parser.add_argument("--log", metavar="FILE", help="one JSON line per cut connection (default: stdout)")
+    parser.add_argument("--log", metavar="FILE", help="one JSON line per cut connection (default: stdout); inline: "
+                        "cuts and policies decided (default: none)")
+    inline = parser.add_argument_group(
+        "inline mode", "The encrypted packets of monitored connections wait in the kernel's queue (iptables NFQUEUE) "
+        "until Suricata, in IPS mode, has judged their plaintext.")
+    inline.add_argument("--inline", action="store_true", help="hold packets from the queue until Suricata's verdict "
+                        "(instead of following eve alerts)")
+    inline.add_argument("-q", "--queue-num", type=int, metavar="N", help="the NFQUEUE queue number, as in iptables' "
+                        "--queue-num and Suricata's -q")
+    inline.add_argument("--queue-maxlen", type=int, default=4096, metavar="N",
+                        help="packets the kernel keeps waiting for us (default: 4096; over it: dropped, or accepted "
+                        "with --memcap-policy pass-flow)")
+    inline.add_argument("--suricata-in", metavar="IFACE", help="where plaintext goes: the veth whose peer is Suricata's "
+                        "af-packet interface (copy-mode: ips)")
+    inline.add_argument("--suricata-out", metavar="IFACE", help="where what Suricata passed comes back: the veth whose "
+                        "peer is that interface's copy-iface")
+    inline.add_argument("--keylog", action="append", default=[], metavar="FILE",
+                        help="RFC 9850 key log, followed; may be repeated")
+    inline.add_argument("--keys", action="append", default=[], metavar="ENDPOINT",
+                        help="the key feed (a harvester or broker), as for decrypt; may be repeated")
+    add_client_security_options(inline)
+    inline.add_argument("--keys-window", type=float, default=600.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    inline.add_argument("--keys-ttl", type=float, default=600.0, metavar="SECONDS", help=argparse.SUPPRESS)
+    inline.add_argument("--keys-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="how long to wait for the feed's snapshot on start (default: 10)")
+    inline.add_argument("--keys-insecure", action="store_true", help="the key feed without CurveZMQ (labs only)")
+    inline.add_argument("--no-key-requests", dest="key_requests", action="store_false",
+                        help="do not ask the feed's harvesters for the secrets of new connections")
+    inline.add_argument("--exception-policy", choices=POLICIES, default="drop-flow",
+                        help="what a connection that cannot be judged in time gets, as Suricata's exception "
+                        "policies: pass-flow (released, not inspected any more: fail-open) or drop-flow (dropped "
+                        "and cut: fail-closed; the default)")
+    inline.add_argument("--missing-keys-policy", choices=POLICIES, help="its secrets did not come within "
+                        "--hold-budget (default: --exception-policy)")
+    inline.add_argument("--verdict-policy", choices=POLICIES, help="Suricata did not judge within --verdict-timeout "
+                        "(default: --exception-policy)")
+    inline.add_argument("--memcap-policy", choices=POLICIES, help="over --flow-memcap or --memcap, or the kernel's "
+                        "queue full (default: --exception-policy)")
+    inline.add_argument("--hold-budget", type=float, default=InlineSettings.hold_budget, metavar="SECONDS",
+                        help="how long held packets wait for their connection's secrets (default: %(default)s)")
+    inline.add_argument("--verdict-timeout", type=float, default=InlineSettings.verdict_timeout, metavar="SECONDS",
+                        help="how long Suricata has to judge (default: %(default)s)")
+    inline.add_argument("--flow-memcap", type=int, default=InlineSettings.flow_memcap, metavar="BYTES",
+                        help="bytes of packets held per connection (default: %(default)s)")
+    inline.add_argument("--memcap", type=int, default=InlineSettings.memcap, metavar="BYTES",
+                        help="bytes of packets held in all (default: %(default)s)")
+    inline.add_argument("--mark-mac", default="02:00:00:00:00:01", metavar="MAC",
+                        help="source MAC of client-side synthetic frames (server side: the next address)")
+    inline.add_argument("--log-releases", action="store_true",
+                        help="also log every release, with the verdicts that allowed it (audit; verbose)")
+    inline.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics (held, released, dropped, "
+                        "fail-open, hold time histogram)")
+    tuning = parser.add_argument_group("decryptor (inline)", "Bounds and timers of the engine, as for decrypt.")
+    add_arguments(tuning, EngineSettings)
     parser.set_defaults(handler=run_ips)

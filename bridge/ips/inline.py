@@ -69,7 +69,7 @@ from bridge.errors import BridgeError, PacketDecodeError
 from bridge.histogram import Histogram
 from bridge.ips.connections import Side, TrackedConnection
 from bridge.ips.nfqueue import NF_ACCEPT, NF_DROP
-from bridge.ips.records import APPLICATION_DATA, RecordBoundaries
+from bridge.ips.records import APPLICATION_DATA, TLS13, RecordBoundaries
 from bridge.ips.reset import reset_packets
 from bridge.keys.store import KeyStore
 from bridge.reinject.synthetic import SyntheticFlows, SyntheticOptions
@@ -174,7 +174,7 @@ class _Held:
 
 
 class _Side:
-    __slots__ = ("future", "isn", "keywait", "queue", "records", "released_next")
+    __slots__ = ("app_records", "future", "isn", "keywait", "queue", "records", "released_next")
 
     def __init__(self) -> None:
         self.isn: int | None = None
@@ -183,6 +183,7 @@ class _Side:
         self.future: list[_Held] = []  # after a hole: not framed yet (their bytes are kept in .data)
         self.released_next: int | None = None  # absolute sequence number after what passed
         self.keywait: _Group | None = None
+        self.app_records = 0  # records of content type application_data (23) that ended
 
 
 class _Conn:
@@ -435,7 +436,7 @@ class InlineIps:
             self.engine.keys_arrived()
             self._route()
         self._feed(frame)
-        app = any(kind == APPLICATION_DATA for _, kind in ends)
+        app = self._application_data(conn, direction, ends)
         created = self._step_groups.get((id(conn), direction))
         if created is not None:
             held.group = created
@@ -517,6 +518,27 @@ class InlineIps:
                 self._awaiting_probe.append(group)
                 group.probe = self._probe_next
                 self._probe_due = True
+
+    def _application_data(self, conn: _Conn, direction: Direction, ends: list[tuple[int, int]]) -> bool:
+        """Whether records that ended may carry application data.  TLS 1.3 protects its
+        handshake in records of type application_data too: the server's flight
+        (EncryptedExtensions .. Finished) ends before the client's first such record,
+        which is the client's Finished; they pass at once, so the handshake never waits
+        for secrets a harvester reads once it is done.  (Early data and client
+        certificates are not told apart: they wait like application data.)"""
+        count = sum(1 for _, kind in ends if kind == APPLICATION_DATA)
+        if not count:
+            return False
+        side, other = conn.sides[direction], conn.sides[1 - direction]
+        before = side.app_records
+        side.app_records += count
+        if conn.sides[Direction.S2C].records.server_version != TLS13:
+            return True
+        if direction == Direction.S2C:
+            return conn.sides[Direction.C2S].app_records > 0  # after the client's Finished
+        if before == 0 and other.app_records > 0:  # this one's first: the client's Finished
+            return count > 1
+        return True
 
     def _keys_known(self, conn: _Conn) -> bool:
         if conn.decrypted:

@@ -14,6 +14,8 @@ from __future__ import annotations
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA, HEARTBEAT = 20, 21, 22, 23, 24
 MAX_RECORD = (1 << 14) + 2048  # TLS 1.2's ciphertext bound (TLS 1.3's is 2^14 + 256)
 _HELLO_PREFIX = 43  # record header, handshake header, version: the client random is bytes 11..43
+PREFIX = 1024  # the first bytes kept: a ClientHello's random, a ServerHello's extensions
+TLS13 = 0x0304
 
 
 class RecordBoundaries:
@@ -36,8 +38,8 @@ class RecordBoundaries:
         start = self.offset
         size = len(data)
         self.offset += size
-        if len(self.prefix) < _HELLO_PREFIX:
-            self.prefix += data[:_HELLO_PREFIX - len(self.prefix)]
+        if len(self.prefix) < PREFIX:
+            self.prefix += data[:PREFIX - len(self.prefix)]
         if self.broken:
             return out
         position = 0
@@ -74,3 +76,36 @@ class RecordBoundaries:
     @property
     def looks_like_tls(self) -> bool:
         return not self.broken and (len(self.prefix) == 0 or self.prefix[0] == HANDSHAKE)
+
+    @property
+    def server_version(self) -> int | None:
+        """The version a ServerHello at the start of the stream chose (its
+        supported_versions extension, else its legacy version), or None while it is
+        not all here (or it is not one)."""
+        return server_hello_version(bytes(self.prefix))
+
+
+def server_hello_version(data: bytes) -> int | None:
+    """The negotiated version in a ServerHello record at the start of ``data`` (RFC 8446 4.1.3)."""
+    if len(data) < 9 or data[0] != HANDSHAKE or data[5] != 2:
+        return None
+    end = 5 + min((data[3] << 8) | data[4], 4 + ((data[6] << 16) | (data[7] << 8) | data[8]))
+    if len(data) < end:
+        return None
+    try:
+        legacy = (data[9] << 8) | data[10]
+        position = 11 + 32
+        position += 1 + data[position]  # legacy_session_id_echo
+        position += 3  # cipher suite, compression
+        if position + 2 > end:
+            return legacy
+        extensions_end = min(end, position + 2 + ((data[position] << 8) | data[position + 1]))
+        position += 2
+        while position + 4 <= extensions_end:
+            kind, length = (data[position] << 8) | data[position + 1], (data[position + 2] << 8) | data[position + 3]
+            if kind == 43 and length == 2:
+                return (data[position + 4] << 8) | data[position + 5]
+            position += 4 + length
+        return legacy
+    except IndexError:
+        return None
