@@ -297,11 +297,12 @@ def main() -> None:
         subprocess.run(["ip", "netns", "del", namespace], check=False)
 
     print(f"{args.frames} frames of {len(frames[0])} bytes ({megabytes:.0f} MB), {os.cpu_count()} CPUs, "
-          f"best of {args.repeat}; ratios against the old path of the same run")
+          f"best of {args.repeat} (capture: least CPU; injection, pcap: fastest); ratios against the old path "
+          f"of the same run")
     print()
     print(f"capture: tcpreplay --topspeed onto a veth, AfPacketCapture on its peer ({args.buffer_mb} MiB buffer)")
     header = (f"{'path':<16} {'captured':>9} {'drops':>7} {'frames/s':>10} {'MB/s':>7} {'CPU us/frame':>13} "
-              f"{'x frames/s':>10} {'x CPU':>6}")
+              f"{'x frames/s':>10} {'x CPU':>6}  drops of each run")
     print(header)
     print("-" * len(header))
     reference = None
@@ -312,7 +313,8 @@ def main() -> None:
         if reference is None:
             reference = (rate, cpu)
         print(f"{mode:<16} {row['frames']:>9} {row['drops']:>7} {rate:>10,.0f} {row['bytes'] / row['seconds'] / 1e6:>7.1f} "
-              f"{cpu:>13.2f} {rate / reference[0]:>10.2f} {reference[1] / cpu:>6.2f}")
+              f"{cpu:>13.2f} {rate / reference[0]:>10.2f} {reference[1] / cpu:>6.2f}  "
+              f"{' '.join(str(r['drops']) for r in rows)}")
     print()
     print("injection: InterfaceOutput.write() of every frame as fast as possible, then close() (all sent)")
     header = (f"{'output':<22} {'sent':>8} {'received':>9} {'frames/s':>10} {'MB/s':>7} {'writer us/fr':>13} "

@@ -100,12 +100,15 @@ _BLOCK_STATUS_OFFSET = 8
 _BLOCK_PACKETS = struct.Struct("@II")
 _BLOCK_PACKETS_OFFSET = 12
 # struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status,
-# tp_mac, tp_net, then hv1: tp_rxhash, tp_vlan_tci, tp_vlan_tpid
-_V3_HEADER = struct.Struct("@IIIIIIHHIIH")
+# tp_mac (then tp_net, and hv1: tp_rxhash, tp_vlan_tci at +32, tp_vlan_tpid at +36)
+_V3_HEADER = struct.Struct("@IIIIIIH")
+_V3_VLAN = struct.Struct("@IH")
+_V3_VLAN_OFFSET = 32
 _TPACKET3_HDRLEN = 48 + 20  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr)) + sizeof(struct sockaddr_ll)
 _BLOCK_HEADER = 48  # BLK_HDR_LEN: ALIGN(sizeof(struct tpacket_block_desc), 8)
 _RING_FRAME = 2048  # tp_frame_size: the kernel only checks it (V3 packs frames by their size)
 _MIN_BLOCK = 1 << 16
+_TARGET_BLOCK = 1 << 18
 _MAX_BLOCK = 1 << 20
 _MIN_BLOCKS = 4
 
@@ -152,15 +155,19 @@ class RingGeometry:
 
 
 def ring_geometry(snaplen: int, buffer_bytes: int, page_size: int = mmap.PAGESIZE) -> RingGeometry:
-    """Blocks of a power of two between 64 KiB and 1 MiB: at least ``_MIN_BLOCKS`` of
-    them in ``buffer_bytes``, and each large enough for a ``snaplen`` frame when the
-    buffer allows (a block is handed over whole, so more blocks mean less waiting
-    for the reader and less lost when the reader is late)."""
+    """Blocks of a power of two, large enough for one ``snaplen`` frame, and of 256 KiB
+    where ``buffer_bytes`` still holds 16 of them; at least ``_MIN_BLOCKS`` blocks.
+
+    Why not larger: the kernel hands over a block when it is full or after the block
+    timeout, so on a slow link every block holds only the frames of one timeout, and
+    how long the reader may stall before frames are lost is the number of blocks
+    times the timeout (256 KiB blocks: 128 of them, 1.3 s at 10 ms, in 32 MiB).
+    Why not smaller: one block is one batch and one poll() (~165 full-size frames)."""
     block = max(_MIN_BLOCK, page_size)
     need = snaplen + _BLOCK_HEADER + _TPACKET3_HDRLEN + 16
     while block < _MAX_BLOCK and block < need:
         block *= 2
-    while block < _MAX_BLOCK and buffer_bytes // (block * 2) >= 16:
+    while block < _TARGET_BLOCK and buffer_bytes // (block * 2) >= 16:
         block *= 2
     count = max(_MIN_BLOCKS, buffer_bytes // block)
     return RingGeometry(block, count, _RING_FRAME)
@@ -184,7 +191,7 @@ class AfPacketCapture:
         idle_marker: bool = False,
         fanout_group: int | None = None,
         ring: bool = True,
-        block_timeout: float = 0.01,
+        block_timeout: float | None = None,
     ) -> None:
         self.interface = interface
         self.snaplen = snaplen
@@ -215,7 +222,10 @@ class AfPacketCapture:
         self._sock = sock
         try:
             if ring:
-                self._setup_ring(sock, snaplen, buffer_bytes, max(1, int(block_timeout * 1000)))
+                # A block goes to the reader when full or after block_timeout (default: 10 ms,
+                # or poll_interval when shorter: the harvesters' wire triggers want frames soon).
+                timeout = min(0.01, poll_interval) if block_timeout is None else block_timeout
+                self._setup_ring(sock, snaplen, buffer_bytes, max(1, round(timeout * 1000)))
             self._setup(sock, promiscuous, buffer_bytes, ignore_outgoing)
             if fanout_group is not None:
                 # Workers of one group share the interface's packets by flow hash
@@ -374,6 +384,7 @@ class AfPacketCapture:
         release = _BLOCK_STATUS.pack_into
         block_packets = _BLOCK_PACKETS.unpack_from
         header = _V3_HEADER.unpack_from
+        vlan = _V3_VLAN.unpack_from
         new = make_frame
         ethernet = LINKTYPE_ETHERNET
         vlan_valid = TP_STATUS_VLAN_VALID
@@ -390,10 +401,13 @@ class AfPacketCapture:
             append = batch.append
             position = base + offset
             for _ in range(count):
-                next_offset, sec, nsec, captured, length, status, mac, _net, _hash, tci, tpid = header(ring, position)
+                next_offset, sec, nsec, captured, length, status, mac = header(ring, position)
+                if captured > snaplen:
+                    captured = snaplen
                 start = position + mac
-                data = ring[start:start + min(captured, snaplen)]
+                data = ring[start:start + captured]
                 if status & vlan_valid:
+                    tci, tpid = vlan(ring, position + _V3_VLAN_OFFSET)
                     if not status & TP_STATUS_VLAN_TPID_VALID:
                         tpid = 0x8100
                     data = insert_vlan_tag(data, tci, tpid)

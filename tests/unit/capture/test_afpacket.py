@@ -14,6 +14,7 @@ def test_ring_geometry_is_one_the_kernel_takes(snaplen: int, buffer_bytes: int) 
     geometry = ring_geometry(snaplen, buffer_bytes, page_size=4096)
     block = geometry.block_size
     assert block & (block - 1) == 0 and 1 << 16 <= block <= 1 << 20  # a power of two pages
+    assert block <= max(1 << 18, 2 * snaplen)  # no larger than needed: more blocks, less lost to a stall
     assert block % geometry.frame_size == 0 and geometry.frame_size % 16 == 0
     assert geometry.frame_count == block // geometry.frame_size * geometry.block_count
     assert geometry.block_count >= 4
@@ -21,9 +22,10 @@ def test_ring_geometry_is_one_the_kernel_takes(snaplen: int, buffer_bytes: int) 
     assert geometry.max_frame >= min(snaplen, (1 << 20) - 200)  # a snaplen frame fits one block
 
 
-def test_ring_geometry_prefers_large_blocks_when_the_buffer_is_large() -> None:
-    assert ring_geometry(2048, 64 << 20) == RingGeometry(1 << 20, 64, 2048)
-    assert ring_geometry(2048, 1 << 20).block_size == 1 << 16  # 16 blocks rather than 1
+def test_ring_geometry_prefers_256_kib_blocks_when_the_buffer_holds_16() -> None:
+    assert ring_geometry(2048, 64 << 20) == RingGeometry(1 << 18, 256, 2048)
+    assert ring_geometry(2048, 1 << 20).block_size == 1 << 16  # 16 blocks rather than 4
+    assert ring_geometry(262144, 32 << 20) == RingGeometry(1 << 19, 64, 2048)  # the default snaplen
 
 
 def test_insert_vlan_tag() -> None:
