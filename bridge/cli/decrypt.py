@@ -177,7 +177,7 @@ class Progress:
             text += (f"; {stats.flows_evicted} connections evicted ({reasons}; {stats.evicted_for_memory} for "
                      f"--memory-limit, the rest for --max-flows)")
         decryptor = self.engine.decryptor
-        text += (f"; memory: peak {(stats.memory_peak + decryptor.memory_reserved) / 2**20:,.1f} MiB of "
+        text += (f"; memory: peak {stats.memory_peak / 2**20:,.1f} MiB of "
                  f"{decryptor.config.memory_limit / 2**20:,.0f} MiB")
         return text
 

@@ -87,7 +87,7 @@ class DecryptorStats:
     evicted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))
     #: Of those, evicted because the memory budget was reached.
     evicted_for_memory: int = 0
-    #: Highest memory_used seen (bytes).
+    #: Highest memory_used after a segment (and the evictions it caused), bytes.
     memory_peak: int = 0
     ignored_segments: int = 0
     plaintext_bytes: int = 0
@@ -250,8 +250,12 @@ class Decryptor:
                     self._deliver(flow, direction, chunks, timestamp_ns, events)
                 if flow.ended_by is None:
                     self._charge(flow)
-        if self._charged + self.memory_reserved > self.config.memory_limit:
-            self._make_room(events)
+        used = self._charged + self.memory_reserved
+        if used > self.config.memory_limit:
+            self._make_room(events, flow)
+            used = self._charged + self.memory_reserved
+        if used > self.stats.memory_peak:
+            self.stats.memory_peak = used
         return events
 
     def _new_flow(
@@ -316,8 +320,6 @@ class Decryptor:
                 charge += REASSEMBLER_BYTES
         self._charged += charge - flow.charged
         flow.charged = charge
-        if self._charged > self.stats.memory_peak:
-            self.stats.memory_peak = self._charged
 
     def _victim(self, keep: _Flow | None = None) -> tuple[_Flow, str] | None:
         """The next flow to evict and why (see the module's docstring); never ``keep``."""
@@ -347,12 +349,16 @@ class Decryptor:
         self.stats.evicted[reason] += 1
         self._finish(flow, "evicted", events)
 
-    def _make_room(self, events: list[Event]) -> None:
-        """Evict until the charged memory fits the budget."""
+    def _make_room(self, events: list[Event], current: _Flow) -> None:
+        """Evict until the charged memory fits the budget; the flow whose segment
+        this is goes last."""
         limit = self.config.memory_limit - self.memory_reserved
         while self._charged > limit and (self._half_open or self._flows):
+            victim = self._victim(current)
+            if victim is None:
+                victim = (current, "half_open" if current.half_open else "oldest")
             self.stats.evicted_for_memory += 1
-            self._evict(self._victim(), events)
+            self._evict(victim, events)
 
     # --- segments ------------------------------------------------------------------
 

@@ -381,3 +381,41 @@ def test_rfc8448_no_keys() -> None:
     assert events == []
     assert conn.status()[0] is Status.NO_KEYS
     assert conn.suite is not None and conn.suite.code == 0x1301
+
+
+# --- state sized for the common case ----------------------------------------------------------------
+
+
+def test_a_whole_client_hello_makes_no_record_layer():
+    """RFC 8448's ClientHello in one piece: parsed straight from the stream bytes;
+    byte by byte it goes through the record layer; both give the same hello."""
+    whole = TlsConnection()
+    assert whole.receive(C2S, CLIENT_HELLO_RECORD) == []
+    assert whole._layers == [None, None] and whole.client_random == CLIENT_RANDOM
+    assert whole.only_client_hello and whole.direction_counts(C2S) == (1, 0, 0, 0, 0)
+    assert whole.held_bytes == whole.client_hello.size == len(CLIENT_HELLO_RECORD) - 5
+    pieces = TlsConnection()
+    for i in range(len(CLIENT_HELLO_RECORD)):
+        pieces.receive(C2S, CLIENT_HELLO_RECORD[i : i + 1])
+    assert pieces._layers[0] is not None and pieces.client_random == CLIENT_RANDOM
+    for hello in (whole.client_hello, pieces.client_hello):
+        assert hello.sni == "server" and hello.cipher_suites == [0x1301, 0x1303, 0x1302]
+        assert hello.supported_versions == [0x0304]
+    assert whole.directions[C2S].records == pieces.directions[C2S].records == 1  # made on demand, counted
+
+
+@pytest.mark.parametrize("make_store", GOOD_STORES.values(), ids=GOOD_STORES.keys())
+def test_the_fast_path_keeps_the_transcript(make_store) -> None:
+    """The RFC's flights begin with the whole ClientHello record (taken without a
+    record layer): the handshake and the application data decrypt as ever."""
+    assert FLIGHTS[0] == (C2S, CLIENT_HELLO_RECORD)
+    conn, events = _run(make_store(), FLIGHTS)
+    _assert_decrypted(conn, events)
+    assert not conn.only_client_hello
+
+
+def test_a_hello_not_alone_in_its_record_goes_through_the_record_layer():
+    conn = TlsConnection()
+    conn.receive(C2S, CLIENT_HELLO_RECORD + b"\x15\x03\x03\x00\x02\x01\x00")  # the hello, then an alert
+    assert conn._layers[0] is not None and conn.client_random == CLIENT_RANDOM
+    assert conn.direction_counts(C2S)[0] == 2 and not conn.only_client_hello
