@@ -372,16 +372,19 @@ class QuicConnection:
         stats.decrypted_packets += 1
         if number > self._largest[direction][space]:
             self._largest[direction][space] = number
-        if packet_type is PacketType.INITIAL and direction == C2S and packet.dcid not in self._initial_dcids[-1:]:
+        if packet_type is PacketType.INITIAL and direction == C2S and keys is candidates[0] \
+                and packet.dcid not in self._initial_dcids:
             self._initial_dcids.append(packet.dcid)
             del self._initial_dcids[:-16]
         self._frames(direction, space, payload, ts)
 
     def _initial_candidates(self, direction: Direction, packet: RawPacket) -> list[PacketKeys]:
-        if direction == C2S:
-            return [self._initial_keys(packet.dcid)[0]]
-        # server Initials: keyed on the DCID of the client's Initial they answer (the latest first)
-        return [self._initial_keys(dcid)[1] for dcid in reversed(self._initial_dcids)]
+        # keyed on the DCID of the client's first Initial (after a Retry: of the Initial
+        # that follows it); the client's later Initials address the server's chosen ID
+        known = [self._initial_keys(dcid)[direction] for dcid in reversed(self._initial_dcids)]
+        if direction == C2S and packet.dcid not in self._initial_dcids:
+            return [self._initial_keys(packet.dcid)[0], *known]
+        return known
 
     def _initial_keys(self, dcid: bytes) -> tuple[PacketKeys, PacketKeys]:
         keys = self._initial.get(dcid)
