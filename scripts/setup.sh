@@ -43,6 +43,7 @@ APT_PACKAGES=(
     zkg  # Zeek's package manager: the Zeek package's zkg install/test
     golang-go gnutls-bin  # the Go and GnuTLS servers the harvester's tests hook (issue 20)
     gcc libc6-dev python3-dev  # the package's C extensions (setup.py)
+    clang libclang-rt-14-dev  # libFuzzer and the sanitizers for the compiled code's tests (tests/test_native.py)
     tcpreplay  # bench/bench_capture.py and the capture tests replay pcaps onto a veth (issue 12)
 )
 # node (a TLS server with OpenSSL linked in) may come from elsewhere (nodesource); Debian's otherwise.

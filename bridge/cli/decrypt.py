@@ -191,7 +191,7 @@ def _frames(args: argparse.Namespace) -> Iterator[Frame | list[Frame] | None]:
         return read_capture(args.read).batches()
     from bridge.capture.afpacket import AfPacketCapture
 
-    return iter(AfPacketCapture(args.interface, ignore_outgoing=is_loopback(args.interface), idle_marker=True))
+    return AfPacketCapture(args.interface, ignore_outgoing=is_loopback(args.interface), idle_marker=True).batches()
 
 
 def _limit(frames: Iterator[Frame | list[Frame] | None], count: int | None) -> Iterator[Frame | list[Frame] | None]:

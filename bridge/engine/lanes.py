@@ -78,6 +78,10 @@ class LaneDecryptor(Decryptor):
         self._laned: dict[int, int] = {}
         #: the flow being finished (its lanes are closed and must stay so)
         self._finishing: object | None = None
+        #: frames taken by the compiled path, lanes opened, lanes closed by a frame it refused
+        self.lane_frames = 0
+        self.lanes_opened = 0
+        self.lanes_refused = 0
 
     # --- frames ---------------------------------------------------------------------------
 
@@ -88,12 +92,14 @@ class LaneDecryptor(Decryptor):
         events: list[Event] = []
         if handled:
             self.stats.segments += handled
+            self.lane_frames += handled
         for (flow, direction), timestamp_ns, data in chunks:
             if timestamp_ns > self._now_ns:
                 self._now_ns = timestamp_ns
             if flow.ended_by is None and flow.tls_active:
                 self._deliver(flow, direction, [data], timestamp_ns, events)
         if closed is not None:
+            self.lanes_refused += 1
             state = LaneState(*closed)
             self._restore(state)
             self._close_lanes(state.handle[0])  # the other direction too: see _segment
@@ -163,6 +169,7 @@ class LaneDecryptor(Decryptor):
             key = (info.server_ip, info.server_port, info.client_ip, info.client_port)
         if self.lanes.open(*key, (flow, direction), next_seq, *boundary):
             self._laned[info.flow_id] = mask | (1 << direction)
+            self.lanes_opened += 1
 
     def _close_lanes(self, flow) -> None:  # type: ignore[no-untyped-def]
         info = flow.info

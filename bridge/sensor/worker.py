@@ -59,22 +59,24 @@ class WorkerCounters:
     histograms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _merged(captures: list[Any], stop: threading.Event) -> Iterator[Frame | None]:
+def _merged(captures: list[Any], stop: threading.Event) -> Iterator[list[Frame] | None]:
+    """The captures' frames as lists (a ring block each: what the engine's compiled
+    path takes in one call), ``None`` on a quiet link."""
     if len(captures) == 1:
-        yield from captures[0]
+        yield from captures[0].batches()
         return
-    frames: queue.Queue[Frame | None] = queue.Queue(maxsize=65536)
+    batches: queue.Queue[list[Frame]] = queue.Queue(maxsize=1024)
 
     def pump(capture: Any) -> None:
-        for frame in capture:
-            if frame is not None:
-                frames.put(frame)
+        for batch in capture.batches():
+            if batch is not None:
+                batches.put(batch)
 
     for capture in captures:
         threading.Thread(target=pump, args=(capture,), daemon=True).start()
     while not stop.is_set():
         try:
-            yield frames.get(timeout=0.2)
+            yield batches.get(timeout=0.2)
         except queue.Empty:
             yield None
 
@@ -135,10 +137,10 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
         except (BrokenPipeError, OSError):
             stop.set()  # the supervisor is gone
 
-    def frames() -> Iterator[Frame | None]:
-        for frame in _merged(captures, stop):
-            yield frame
-            if frame is None:
+    def frames() -> Iterator[list[Frame] | None]:
+        for batch in _merged(captures, stop):
+            yield batch
+            if batch is None:
                 report()
 
     try:

@@ -1,0 +1,109 @@
+/*
+ * libFuzzer harness of the compiled per-packet path's pure C core
+ * (bridge/engine/_lanes_core.h): frame decoding, the lane table, the in-order
+ * check and TLS record boundaries, exactly the code the CPython binding runs.
+ *
+ * Input: a sequence of frames, each [linktype selector: 1 byte][length: 2 bytes
+ * big-endian][bytes].  Lanes are opened for the addresses and ports of the first
+ * frames that decode (with the record boundary state taken from the input), and
+ * every frame goes through decode_frame + lanes_find + lane_segment; lanes are
+ * closed and reopened as the binding does.  Invariants are checked with abort():
+ * a boundary within the payload, the table's count, lookups after removal.
+ *
+ * Build and run (tests/test_native.py does):
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+ *         -I bridge/engine fuzz/fuzz_lanes.c -o build/fuzz_lanes
+ *   build/fuzz_lanes -runs=200000 CORPUS_DIR
+ */
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_lanes_core.h"
+
+static const int LINKTYPES[] = {LT_ETHERNET, LT_RAW, LT_LINUX_SLL, LT_IPV4, LT_IPV6, LT_LINUX_SLL2, 0, 9999};
+
+#define CHECK(cond)                                                                                                   \
+    do {                                                                                                              \
+        if (!(cond)) {                                                                                                \
+            fprintf(stderr, "invariant failed: %s (line %d)\n", #cond, __LINE__);                                   \
+            abort();                                                                                                  \
+        }                                                                                                             \
+    } while (0)
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    LaneTable table;
+    if (lanes_init(&table, 4) < 0)
+        return 0;
+    size_t pos = 0;
+    int opened = 0;
+    while (pos + 3 <= size) {
+        int linktype = LINKTYPES[data[pos] % (sizeof LINKTYPES / sizeof LINKTYPES[0])];
+        uint8_t control = data[pos];
+        size_t length = ((size_t)data[pos + 1] << 8) | data[pos + 2];
+        pos += 3;
+        if (length > size - pos)
+            length = size - pos;
+        /* a copy of exactly the frame's bytes: any read beyond is an ASan error */
+        uint8_t *frame = malloc(length ? length : 1);
+        if (frame == NULL)
+            break;
+        memcpy(frame, data + pos, length);
+        pos += length;
+        Segment s;
+        if (decode_frame(linktype, frame, length, &s) == 0) {
+            CHECK(s.payload >= frame && s.payload + s.payload_len <= frame + length);
+            Lane *lane = lanes_find(&table, &s.key);
+            if (lane == NULL && opened < 16) {
+                Lane *fresh = NULL;
+                int rc = lanes_insert(&table, &s.key, &fresh);
+                if (rc == LANES_OK) {
+                    opened++;
+                    fresh->next_seq = s.seq;
+                    fresh->header_len = (uint8_t)(control % 5);
+                    memcpy(fresh->header, "\x17\x03\x03\x40\x00", fresh->header_len);
+                    fresh->remaining = fresh->header_len ? 0 : (uint32_t)(control * 97u) % 20000u;
+                    lane = fresh;
+                } else {
+                    CHECK(rc == LANES_FULL);
+                    CHECK(table.count == table.capacity);
+                }
+            }
+            if (lane != NULL) {
+                long boundary;
+                int verdict = lane_segment(&table, lane, &s, 1, &boundary);
+                CHECK(verdict == LANE_TAKEN || verdict == LANE_REFUSED);
+                CHECK(boundary >= -1 && boundary <= (long)s.payload_len);
+                if (verdict == LANE_REFUSED || (control & 0x80)) {
+                    LaneKey key = lane->key;
+                    CHECK(lanes_remove(&table, &key, NULL) == 0);
+                    CHECK(lanes_find(&table, &key) == NULL);
+                }
+            }
+        }
+        free(frame);
+    }
+    /* every lane still open is found, then removed */
+    size_t count = table.count;
+    for (size_t i = 0; i < table.nslots; i++) {
+        Lane *lane = table.slots[i];
+        if (lane != NULL)
+            CHECK(lanes_find(&table, &lane->key) == lane);
+    }
+    while (table.count) {
+        for (size_t i = 0; i < table.nslots; i++) {
+            if (table.slots[i] != NULL) {
+                LaneKey key = table.slots[i]->key;
+                CHECK(lanes_remove(&table, &key, NULL) == 0);
+                break;
+            }
+        }
+        CHECK(table.count < count--);
+    }
+    CHECK(table.ntouched == 0);
+    lanes_free(&table, NULL);
+    return 0;
+}

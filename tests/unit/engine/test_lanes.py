@@ -1,0 +1,289 @@
+"""The compiled per-packet path (bridge.engine.lanes and its C module _lanes):
+the same events, in the same order and with the same times, as the Python path
+(``fast_path=False``) on every committed capture, however its frames are
+batched, reordered, duplicated or lost; and the C module's own contract.  No root."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
+
+from bridge.capture.frames import Frame
+from bridge.engine import Engine, EngineSettings, FlowFinished, FlowStarted, KeysWanted, PlaintextData
+from bridge.engine._lanes import CHUNK_LIMIT, Lanes
+from bridge.engine.lanes import LaneDecryptor
+from tests.support.fixtures import FIXTURES, Fixture
+
+
+def _events(fixture: Fixture, frames, *, fast: bool, batches: list[int] | None = None):  # type: ignore[no-untyped-def]
+    out: list = []
+    engine = Engine(fixture.store(), EngineSettings(fast_path=fast), output=out.append)
+    if batches is None:
+        engine.run(frames)
+    else:
+        items, start = [], 0
+        for size in batches:
+            items.append(list(frames[start:start + size]))
+            start += size
+        items.append(list(frames[start:]))
+        engine.run([item for item in items if item])
+    engine.finish()
+    return engine, [_describe(event) for event in out]
+
+
+def _describe(event):  # type: ignore[no-untyped-def]
+    if isinstance(event, PlaintextData):
+        return ("data", event.flow.flow_id, int(event.direction), event.timestamp_ns, event.data)
+    if isinstance(event, FlowFinished):
+        return ("finished", event.flow.flow_id, event.ended_by, event.summary.to_record())
+    if isinstance(event, FlowStarted):
+        return ("started", event.flow.flow_id)
+    if isinstance(event, KeysWanted):
+        return ("keys", event.flow.flow_id, event.client_random)
+    raise AssertionError(event)
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda f: f.name)
+def test_same_events_as_the_python_path(fixture: Fixture) -> None:
+    frames = fixture.frames()
+    _, reference = _events(fixture, frames, fast=False)
+    engine, fast = _events(fixture, frames, fast=True)
+    assert fast == reference
+    assert isinstance(engine.decryptor, LaneDecryptor)
+    # the compiled path did take frames (the feature is on, not only harmless)
+    assert engine.decryptor.lanes_opened > 0 and engine.decryptor.lane_frames > 0
+    _, batched = _events(fixture, frames, fast=True, batches=[len(frames)])
+    assert batched == reference
+
+
+def test_most_frames_of_a_bulk_connection_are_taken_by_the_compiled_path() -> None:
+    fixture = next(f for f in FIXTURES if f.name == "tls13-keyupdate")
+    frames = fixture.frames()
+    engine, _ = _events(fixture, frames, fast=True, batches=[len(frames)])
+    decryptor = engine.decryptor
+    assert isinstance(decryptor, LaneDecryptor)
+    assert decryptor.lane_frames > len(frames) // 2, (decryptor.lane_frames, len(frames))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FIXTURES), st.randoms(use_true_random=False), st.data())
+def test_same_events_whatever_the_batching_and_damage(fixture: Fixture, rng: random.Random, data) -> None:
+    """Batches cut anywhere; frames swapped, duplicated and dropped: the compiled
+    path refuses what is not simply in order and the Python path decides."""
+    frames = fixture.frames()
+    damaged = list(frames)
+    for _ in range(data.draw(st.integers(0, 6), label="swaps")):
+        i = rng.randrange(len(damaged) - 1)
+        damaged[i], damaged[i + 1] = damaged[i + 1], damaged[i]
+    for _ in range(data.draw(st.integers(0, 4), label="duplicates")):
+        i = rng.randrange(len(damaged))
+        damaged.insert(i, damaged[i])
+    for _ in range(data.draw(st.integers(0, 2), label="drops")):
+        del damaged[rng.randrange(len(damaged))]
+    cuts = data.draw(st.lists(st.integers(1, 40), max_size=20), label="batches")
+    _, reference = _events(fixture, damaged, fast=False)
+    _, fast = _events(fixture, damaged, fast=True, batches=cuts)
+    assert fast == reference
+
+
+# --- the C module ---------------------------------------------------------------------------
+
+A, B = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+
+
+def _frame(packet, timestamp_ns: int = 1, linktype: int = 1) -> Frame:
+    return Frame(timestamp_ns, linktype, bytes(packet), len(bytes(packet)))
+
+
+def _tcp(seq: int, payload: bytes = b"", flags: str = "A", src=A, dst=B, sport=40000, dport=443):  # type: ignore[no-untyped-def]
+    ip = IP(src=".".join(map(str, src)), dst=".".join(map(str, dst))) if len(src) == 4 else \
+        IPv6(src="fd00::1", dst="fd00::2")
+    return ip / TCP(sport=sport, dport=dport, seq=seq, flags=flags) / payload
+
+
+def _record(body: bytes, content_type: int = 23) -> bytes:
+    return bytes([content_type, 3, 3]) + len(body).to_bytes(2, "big") + body
+
+
+def test_open_close_and_capacity() -> None:
+    lanes = Lanes(2)
+    assert lanes.capacity == 2 and len(lanes) == 0
+    assert lanes.open(A, 40000, B, 443, "h1", 1000, b"", 0)
+    with pytest.raises(KeyError):
+        lanes.open(A, 40000, B, 443, "again", 1000, b"", 0)
+    assert lanes.open(B, 443, A, 40000, "h2", 5, b"", 0)
+    assert not lanes.open(A, 40001, B, 443, "h3", 5, b"", 0)  # full: stays on the Python path
+    assert len(lanes) == 2
+    assert lanes.close(A, 40000, B, 443) == ("h1", 1000, 0, 0, 0, 0)
+    assert lanes.close(A, 40000, B, 443) is None
+    assert len(lanes) == 1
+
+
+@pytest.mark.parametrize("args", [
+    (A, 1, B + b"\x00", 2, None, 0, b"", 0),  # address families differ
+    (A, 70000, B, 2, None, 0, b"", 0),  # port
+    (A, 1, B, 2, None, 0, b"\x17\x03\x03\x00\x10", 0),  # five header bytes: not a partial header
+    (A, 1, B, 2, None, 0, b"\x17", 5),  # a partial header and bytes remaining
+])
+def test_open_rejects_bad_arguments(args) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError):
+        Lanes(4).open(*args)
+
+
+def test_in_order_segments_become_chunks_cut_at_record_ends() -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    r1, r2 = _record(b"x" * 3000), _record(b"y" * 10)
+    stream = r1 + r2 + r1[:7]
+    frames, seq = [], 100
+    for i in range(0, len(stream), 1000):
+        piece = stream[i:i + 1000]
+        frames.append(_frame(Ether() / _tcp(seq, piece), timestamp_ns=i + 1))
+        seq += len(piece)
+    frames.append(_frame(Ether() / _tcp(7, flags="A", src=B, dst=A, sport=443, dport=40000)))  # no lane: stop
+    stop, chunks, handled, closed = lanes.run(frames, 0)
+    assert stop == len(frames) - 1 and handled == len(frames) - 1 and closed is None
+    assert b"".join(c[2] for c in chunks) == stream
+    # the first chunk ends with r1 (completed in the 4th frame, at its time), the next with r2
+    assert chunks[0] == ("h", 3001, r1 + r2)  # both end in the 4th segment
+    assert chunks[-1][2] == r1[:7]
+    state = lanes.close(A, 40000, B, 443)
+    assert state == ("h", (100 + len(stream)) & 0xFFFFFFFF, len(frames) - 1, len(frames) - 1, len(stream), 3001)
+
+
+@pytest.mark.parametrize("flags", ["S", "F", "R", "FA", "RA"])
+def test_control_flags_close_the_lane_before_the_frame(flags: str) -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    frames = [_frame(Ether() / _tcp(100, _record(b"a"))), _frame(Ether() / _tcp(106, b"", flags))]
+    stop, chunks, handled, closed = lanes.run(frames, 0)
+    assert (stop, handled) == (1, 1)
+    assert chunks == [("h", 1, _record(b"a"))]
+    assert closed == ("h", 106, 1, 1, 6, 1)
+    assert len(lanes) == 0
+
+
+@pytest.mark.parametrize("seq", [99, 101, 100 + 2**31])
+def test_a_segment_not_next_is_refused(seq: int) -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    stop, chunks, handled, closed = lanes.run([_frame(Ether() / _tcp(seq, b"zz"))], 0)
+    assert (stop, chunks, handled) == (0, [], 0) and closed == ("h", 100, 0, 0, 0, 0)
+
+
+def test_pure_acks_are_taken_whatever_their_sequence_number() -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    stop, chunks, handled, closed = lanes.run([_frame(Ether() / _tcp(5, b"")) for _ in range(3)], 0)
+    assert (stop, chunks, handled, closed) == (3, [], 3, None)
+
+
+def test_a_partial_header_handed_over_is_completed_in_c() -> None:
+    lanes = Lanes(4)
+    record = _record(b"q" * 50)
+    lanes.open(A, 40000, B, 443, "h", 100, record[:3], 0)
+    stop, chunks, handled, closed = lanes.run([_frame(Ether() / _tcp(100, record[3:]), timestamp_ns=9)], 0)
+    assert chunks == [("h", 9, record[3:])]  # the record's end: a chunk of its own, with its time
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda p: Ether() / Dot1Q(vlan=7) / p,
+    lambda p: Ether() / Dot1AD(vlan=3) / Dot1Q(vlan=7) / p,
+])
+def test_vlan_tags(wrap) -> None:  # type: ignore[no-untyped-def]
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    stop, chunks, handled, closed = lanes.run([_frame(wrap(_tcp(100, b"abc")))], 0)
+    assert handled == 1 and chunks == [("h", 1, b"abc")]
+
+
+@pytest.mark.parametrize("linktype, build", [
+    (113, lambda p: CookedLinux(proto=0x0800) / p),
+    (101, lambda p: p),
+    (228, lambda p: p),
+])
+def test_link_types(linktype: int, build) -> None:  # type: ignore[no-untyped-def]
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    stop, chunks, handled, closed = lanes.run([_frame(build(_tcp(100, b"abc")), linktype=linktype)], 0)
+    assert handled == 1 and chunks == [("h", 1, b"abc")]
+
+
+def test_ipv6_and_ethernet_padding() -> None:
+    lanes = Lanes(4)
+    six_a, six_b = bytes.fromhex("fd00" + "00" * 13 + "01"), bytes.fromhex("fd00" + "00" * 13 + "02")
+    lanes.open(six_a, 40000, six_b, 443, "h6", 100, b"", 0)
+    lanes.open(A, 40000, B, 443, "h4", 100, b"", 0)
+    padded = bytes(Ether() / _tcp(100, b"")) + b"\x00" * 6  # a short frame padded to 60 bytes
+    stop, chunks, handled, closed = lanes.run([_frame(Ether() / _tcp(100, b"v6", src=six_a)), Frame(1, 1, padded, 60)], 0)
+    assert handled == 2 and chunks == [("h6", 1, b"v6")]
+
+
+@pytest.mark.parametrize("packet", [
+    IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP(sport=40000, dport=443, seq=100) / b"frag",  # fragment
+    IPv6(src="fd00::1", dst="fd00::2", nh=0) / (b"\x06\x00" + b"\x00" * 6) / TCP(sport=40000, dport=443, seq=100),  # hop-by-hop
+])
+def test_what_the_common_path_does_not_decode_goes_to_python(packet) -> None:  # type: ignore[no-untyped-def]
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    lanes.open(bytes.fromhex("fd00" + "00" * 13 + "01"), 40000, bytes.fromhex("fd00" + "00" * 13 + "02"), 443,
+               "h6", 100, b"", 0)
+    assert lanes.run([_frame(Ether() / packet)], 0)[:3] == (0, [], 0)
+
+
+def test_chunks_are_bounded() -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 0, b"", 2**16)  # inside a long record: no boundary for a while
+    frames, seq = [], 0
+    for _ in range(300):
+        frames.append(_frame(Ether() / _tcp(seq, b"z" * 1400)))
+        seq += 1400
+    stop, chunks, handled, closed = lanes.run(frames, 0)
+    assert handled == 300 and max(len(c[2]) for c in chunks) <= CHUNK_LIMIT
+    assert sum(len(c[2]) for c in chunks) == 300 * 1400
+
+
+def test_touched_reports_each_active_lane_once() -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "c", 100, b"", 0)
+    lanes.open(B, 443, A, 40000, "s", 7, b"", 0)
+    lanes.run([_frame(Ether() / _tcp(100, b"", "A"), 5), _frame(Ether() / _tcp(100, b"", "A"), 8)], 0)
+    assert lanes.touched() == [("c", 8)]
+    assert lanes.touched() == []
+    lanes.run([_frame(Ether() / _tcp(7, b"", "A", src=B, dst=A, sport=443, dport=40000), 9)], 0)
+    lanes.close(B, 443, A, 40000)  # a closed lane leaves the list
+    assert lanes.touched() == []
+
+
+def test_a_frame_that_is_not_bytes_goes_to_python() -> None:
+    lanes = Lanes(4)
+    assert lanes.run([Frame(1, 1, bytearray(b"\x00" * 60), 60)], 0)[:3] == (0, [], 0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 101, 113, 228, 229, 276, 0, 9999]), st.binary(max_size=120)),
+                max_size=30), st.binary(min_size=4, max_size=4), st.integers(0, 2**32 - 1))
+def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int) -> None:
+    """Arbitrary frames, some with a lane's addresses and ports so the lane path runs."""
+    lanes = Lanes(8)
+    lanes.open(A, 40000, B, 443, "h", seq, b"", 0)
+    header = bytes(Ether() / _tcp(seq, b""))
+    built = []
+    for linktype, data in frames:
+        built.append(Frame(1, linktype, data, len(data)))
+        built.append(_frame(header[:len(header) - 20 + 4] + noise + data))  # right addresses, damaged TCP
+        built.append(Frame(1, 1, header + data, len(header) + len(data)))
+    start = 0
+    while start < len(built):
+        stop, chunks, handled, closed = lanes.run(built, start)
+        assert start <= stop <= len(built)
+        for handle, _ts, chunk in chunks:
+            assert handle == "h" and isinstance(chunk, bytes)
+        start = stop + 1
+    assert len(lanes) <= 1
