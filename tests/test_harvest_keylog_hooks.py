@@ -1,7 +1,8 @@
 """Libraries hooked at their own key-log function, against real servers: a Go
 HTTPS server built here with Debian's Go toolchains (go1.19 stripped and not,
 cgo and static; go1.23 from bookworm-backports, stripped: a release whose
-pclntab format differs) and GnuTLS's gnutls-serv, each with no key log configured.  The
+pclntab format differs), GnuTLS's gnutls-serv, and a gRPC server in Python (BoringSSL
+statically linked into grpcio's cygrpc module, stripped), each with no key log configured.  The
 harvested lines must equal what curl (the client) wrote to its SSLKEYLOGFILE;
 a capture decrypts with the key feed alone, and the flow log names the library
 and the hooked function as the key origin."""
@@ -139,3 +140,37 @@ def test_gnutls_serv_tls12_and_tls13(lab, tmp_path):
     assert len({line[1] for line in theirs}) == connections
     assert {line[0] for line in theirs} >= {"EXPORTER_SECRET", "CLIENT_RANDOM", "SERVER_TRAFFIC_SECRET_0"}
     assert "_gnutls_nss_keylog_func, its key-log function" in summary and "(gnutls 3." in summary, summary
+
+
+GRPC_SERVER = Path(__file__).resolve().parent / "support" / "servers" / "grpc_tls_server.py"
+
+
+def _grpc_call(lab: Lab, port: int, keylog: Path, *args: str) -> None:
+    """One unary gRPC call by curl (HTTP/2 over TLS; the echo server answers the message back)."""
+    request = lab.tmp / "grpc-request.bin"
+    request.write_bytes(b"\0\0\0\0\x05hello")
+    argv = [tlslab.tool("curl"), "-sS", "-k", "--max-time", "20", "--http2", *args, "-X", "POST",
+            "-H", "content-type: application/grpc", "-H", "te: trailers", "--data-binary", f"@{request}",
+            f"https://127.0.0.1:{port}/tlsbridge.Echo/Call"]
+    proc = lab.ns.proc(argv, stdin_pipe=False, env=dict(os.environ, SSLKEYLOGFILE=str(keylog)))
+    if proc.wait(30) is None or proc.stop(timeout=1) != 0:
+        raise AssertionError(f"curl {' '.join(args)} failed: {proc.describe()}")
+    assert proc.out.data == b"\0\0\0\0\x05hello"
+
+
+def test_boringssl_in_grpc_python_tls13_and_tls12(lab, tmp_path):
+    client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
+    server = lab._start([sys.executable, str(GRPC_SERVER), str(lab.certs.chain), str(lab.certs.key), "4447"], 4447)
+    harvester = lab.harvester("--pid", str(server.pid), "--keylog", str(harvested))
+    for suite in TLS13_SUITES:
+        _grpc_call(lab, 4447, client, "--tlsv1.3", "--tls13-ciphers", suite)
+    for cipher in TLS12_CIPHERS[:2]:
+        _grpc_call(lab, 4447, client, "--tlsv1.2", "--tls-max", "1.2", "--ciphers", cipher)
+    theirs = keylog_lines(client)
+    _wait_for_lines(harvested, theirs)
+    assert harvester.stop() == 0, harvester.text()
+    summary = harvester.text()
+    ours = keylog_lines(harvested)
+    assert ours == theirs, f"missing {sorted(theirs - ours)[:3]}, extra {sorted(ours - theirs)[:3]}\n{summary}"
+    assert len({line[1] for line in theirs}) == 5
+    assert "cygrpc" in summary and "(boringssl): ssl_log_secret, its key-log function" in summary, summary
