@@ -158,9 +158,17 @@ def _grpc_call(lab: Lab, port: int, keylog: Path, *args: str) -> None:
     assert proc.out.data == b"\0\0\0\0\x05hello"
 
 
-def test_boringssl_in_grpc_python_tls13_and_tls12(lab, tmp_path):
+@pytest.mark.parametrize("grpcio", ["venv", "older"])
+def test_boringssl_in_grpc_python_tls13_and_tls12(lab, tmp_path, grpcio):
+    """The venv's grpcio and an older one from the registry (another BoringSSL build,
+    another place of ssl_log_secret): each found and hooked with nothing known in advance."""
+    from tests.support.grpc_builds import OLDER, fetch
+
     client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
-    server = lab._start([sys.executable, str(GRPC_SERVER), str(lab.certs.chain), str(lab.certs.key), "4447"], 4447)
+    argv = [sys.executable, str(GRPC_SERVER), str(lab.certs.chain), str(lab.certs.key), "4447"]
+    if grpcio == "older":
+        argv = ["env", f"PYTHONPATH={fetch(OLDER)}", *argv]
+    server = lab._start(argv, 4447)
     harvester = lab.harvester("--pid", str(server.pid), "--keylog", str(harvested))
     for suite in TLS13_SUITES:
         _grpc_call(lab, 4447, client, "--tlsv1.3", "--tls13-ciphers", suite)
@@ -174,3 +182,4 @@ def test_boringssl_in_grpc_python_tls13_and_tls12(lab, tmp_path):
     assert ours == theirs, f"missing {sorted(theirs - ours)[:3]}, extra {sorted(ours - theirs)[:3]}\n{summary}"
     assert len({line[1] for line in theirs}) == 5
     assert "cygrpc" in summary and "(boringssl): ssl_log_secret, its key-log function" in summary, summary
+    assert (f"grpcio-{OLDER}/grpc/_cython/cygrpc" in summary) == (grpcio == "older"), summary
