@@ -11,9 +11,10 @@ One run:
    tcpdump ``-s0``.  A capture with kernel drops is thrown away and redone
    with curl ``--limit-rate``.
 2. Runs ``tls-bridge decrypt -r CAP --keylog KEYLOG --flows OUT -q`` pinned to
-   one core (``taskset -c 0``); wall time, and peak RSS of exactly that
-   process (``os.wait4``); checks every flow is "decrypted" with the expected
-   byte counts.
+   one core (``taskset -c 0``), with and without ``-w out.pcap`` (re-injection),
+   on the compiled path and with ``--no-fast-path``; wall time, and peak RSS of
+   exactly that process (``os.wait4``); checks every flow is "decrypted" with the
+   expected byte counts and that both paths wrote byte-identical pcaps.
 3. Runs one tshark that decrypts and follows every TLS stream
    (``-z follow,tls,raw,N`` per stream), also pinned; wall time and peak RSS;
    checks it recovered the same number of plaintext bytes.
@@ -432,13 +433,30 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
     pin = not args.no_pin
     try:
-        # --- ours
-        flows = tmp / "flows.jsonl"
-        ours = measured("tls-bridge", bridge_argv(pcap, keylog, flows), pin=pin)
-        if ours.returncode != 0:
-            raise SystemExit(f"tls-bridge failed rc={ours.returncode}:\n{ours.stderr}")
-        plain, recs = check_flows(flows, meta)
+        # --- ours: the compiled path and the Python path, decrypting only and re-injecting to a pcap
+        variants = [("tls-bridge", []), ("  -w out", ["-w", "out.pcap"]),
+                    ("--no-fast-path", ["--no-fast-path"]), ("  -w out", ["--no-fast-path", "-w", "out.pcap"])]
+        runs: list[Run] = []
+        outputs = []
+        for name, extra in variants:
+            flows = tmp / f"flows-{len(runs)}.jsonl"
+            extra = [str(tmp / f"out-{len(runs)}.pcap") if a == "out.pcap" else a for a in extra]
+            run = measured(name, bridge_argv(pcap, keylog, flows, extra), pin=pin)
+            if run.returncode != 0:
+                raise SystemExit(f"tls-bridge {' '.join(extra)} failed rc={run.returncode}:\n{run.stderr}")
+            plain, recs = check_flows(flows, meta)
+            runs.append(run)
+            outputs.append(next((Path(a) for a in extra if a.endswith(".pcap")), None))
+        ours = runs[0]
         print(f"tls-bridge: {len(recs)}/{meta['connections']} flows decrypted, {plain:,} plaintext bytes", file=sys.stderr)
+        same = outputs[1].read_bytes() == outputs[3].read_bytes()
+        print(f"synthetic pcaps of the compiled and the Python path: {'byte-identical' if same else 'DIFFERENT'}",
+              file=sys.stderr)
+        if not same:
+            raise SystemExit("bench: the compiled path's output differs from the Python path's")
+        for path in outputs:
+            if path is not None:
+                path.unlink()
 
         # --- tshark
         th = None
@@ -466,15 +484,18 @@ def main() -> int:
         print(f"capture: {meta['connections']} TLS 1.3 {meta['suite']} connections, {pk:,} packets, "
               f"{meta['pcap_bytes'] / 1e6:.1f} MB pcap, {mb:.1f} MB plaintext (c2s+s2c from the flow log)")
         print(f"pinned to one core: {'yes (taskset -c 0)' if pin and shutil.which('taskset') else 'no'}")
-        hdr = f"{'tool':<12} {'wall s':>8} {'user s':>8} {'sys s':>7} {'MB/s':>8} {'packets/s':>10} {'peak RSS MB':>12}"
+        hdr = f"{'tool':<14} {'wall s':>8} {'user s':>8} {'sys s':>7} {'MB/s':>8} {'packets/s':>10} {'peak RSS MB':>12}"
         print(hdr)
         print("-" * len(hdr))
-        for r in [ours] + ([th] if th else []):
-            print(f"{r.tool:<12} {r.wall:8.2f} {r.user:8.2f} {r.sys:7.2f} {mb / r.wall:8.1f} {pk / r.wall:10,.0f} {r.maxrss_mb:12.1f}")
+        hdr += f" {'tshark/ours':>12}" if th else ""
+        for r in runs + ([th] if th else []):
+            ratio = f" {th.wall / r.wall:11.2f}x" if th else ""
+            print(f"{r.tool:<14} {r.wall:8.2f} {r.user:8.2f} {r.sys:7.2f} {mb / r.wall:8.1f} {pk / r.wall:10,.0f}"
+                  f" {r.maxrss_mb:12.1f}{ratio}")
         if th:
-            print(f"{'ours/tshark':<12} throughput x{th.wall / ours.wall:.2f}, memory x{ours.maxrss_mb / th.maxrss_mb:.2f}"
-                  f"  (tshark: follow,tls,raw on all {meta['connections']} streams"
-                  f"{', HTTP dissection on' if args.tshark_http else ', HTTP dissector disabled'})")
+            print(f"tshark/ours: how many times faster than tshark (follow,tls,raw on all {meta['connections']} "
+                  f"streams{', HTTP dissection on' if args.tshark_http else ', HTTP dissector disabled'}); "
+                  f"-w: the synthetic cleartext written to a pcap as well")
 
         if args.profile:
             profile_bridge(args.profile, pcap, keylog, tmp, args.top)

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from bridge.capture import _pcap
 from bridge.capture.frames import Frame, make_frame
 from bridge.errors import CaptureFormatError
 
@@ -201,24 +202,13 @@ class PcapParser(_BufferedParser):
                 return 0, 24
             self._parse_header(buf)
             pos = 24
-        unpack = self._rec.unpack_from
-        hlen = self._rec_len
-        mult = self._frac_mult
-        limit = self._limit
-        linktype = self.linktype
-        append = out.append
-        while True:
-            if n - pos < hlen:
-                return pos, hlen
-            sec, frac, incl, orig = unpack(buf, pos)
-            if incl > limit:
-                _check_caplen(incl, self.snaplen, f"pcap record at frame {self.frames_parsed + len(out)}")
-            start = pos + hlen
-            end = start + incl
-            if end > n:
-                return pos, hlen + incl
-            append(make_frame(sec * 1_000_000_000 + frac * mult, linktype, buf[start:end], orig))
-            pos = end
+        # The record loop is compiled (bridge/capture/_pcap.c): same frames, same bounds.
+        frames, pos, need, absurd = _pcap.records(Frame, buf, pos, self.byteorder == "<", self._rec_len,
+                                                  self._frac_mult, self._limit, self.linktype)
+        out.extend(frames)
+        if absurd >= 0:
+            _check_caplen(absurd, self.snaplen, f"pcap record at frame {self.frames_parsed + len(out)}")
+        return pos, need
 
 
 @dataclass(frozen=True, slots=True)
