@@ -37,7 +37,8 @@ class CaptureConfig:
     interfaces: list[str] = option([], "AF_PACKET capture interfaces (the SPAN/TAP ports); at least one")
     workers: int = option(1, "worker processes; packets are spread by flow (PACKET_FANOUT_HASH, both "
                           "directions of a connection to the same worker)", low=1, high=64)
-    buffer_mb: int = option(64, "kernel receive buffer per worker socket, MiB", low=1, high=4096)
+    buffer_mb: int = option(64, "capture ring per worker socket (TPACKET_V3, kernel memory taken when the "
+                            "worker starts; the receive buffer if no ring can be set up), MiB", low=1, high=4096)
     snaplen: int = option(262144, "bytes kept per packet", low=1514, high=262144)
 
 
