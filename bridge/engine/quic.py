@@ -50,6 +50,10 @@ NS = 1_000_000_000
 C2S, S2C = Direction.C2S, Direction.S2C
 #: after a CONNECTION_CLOSE, how long late packets may still come (capture time)
 CLOSE_DRAIN_NS = 2 * NS
+#: datagrams with QUIC's fixed bit of no flow yet (a mirror may deliver them
+#: before the connection's first Initial): kept this long, at most this many
+EARLY_WAIT_NS = 1 * NS
+EARLY_MAX = 256
 
 Endpoint = tuple[bytes, int]
 
@@ -76,6 +80,8 @@ class QuicStats:
     flows: int = 0
     flows_evicted: int = 0
     requests: int = 0
+    #: datagrams that came before their connection's first Initial and were used
+    early_datagrams: int = 0
 
 
 class _Flow:
@@ -112,6 +118,9 @@ class QuicFlows:
         self._quic_settings = QuicSettings(max_pending=settings.max_pending_per_direction,
                                            max_stream_buffer=settings.max_out_of_order_bytes)
         self._flows: OrderedDict[tuple[Endpoint, Endpoint], _Flow] = OrderedDict()
+        #: datagrams of no flow yet that may be QUIC, oldest first: (key, datagram)
+        self._early: OrderedDict[int, tuple[tuple[Endpoint, Endpoint], UdpDatagram]] = OrderedDict()
+        self._early_seq = 0
         self._next_tick_ns = 0
 
     @property
@@ -140,11 +149,41 @@ class QuicFlows:
         ts = datagram.timestamp_ns
         if flow is None:
             if not _opens_quic(datagram.payload):
-                self.stats.not_quic += 1
+                self._wait_early(key, datagram)
                 return self._tick(ts, events)
             flow = self._new_flow(key, datagram.ip_version, ts, events)
-        else:
-            self._flows.move_to_end(key)
+            self._feed(flow, key, datagram, events)
+            for seq, (early_key, early) in list(self._early.items()):
+                if early_key == key:
+                    del self._early[seq]
+                    self.stats.early_datagrams += 1
+                    self.stats.not_quic -= 1
+                    self._feed(flow, key, early, events)
+            return self._tick(ts, events)
+        self._flows.move_to_end(key)
+        self._feed(flow, key, datagram, events)
+        return self._tick(ts, events)
+
+    def _wait_early(self, key: tuple[Endpoint, Endpoint], datagram: UdpDatagram) -> None:
+        """UDP of no flow: counted as not QUIC, and one that may be QUIC kept a while
+        in case its connection's Initial comes next (a mirror reorders)."""
+        self.stats.not_quic += 1
+        payload = datagram.payload
+        if len(payload) < 21 or not payload[0] & 0x40:  # QUIC's fixed bit (RFC 9000 §17)
+            return
+        self._early[self._early_seq] = (key, datagram)
+        self._early_seq += 1
+        while len(self._early) > EARLY_MAX:
+            self._early.popitem(last=False)
+        while self._early:
+            _, (_, oldest) = next(iter(self._early.items()))
+            if datagram.timestamp_ns - oldest.timestamp_ns <= EARLY_WAIT_NS:
+                break
+            self._early.popitem(last=False)
+
+    def _feed(self, flow: _Flow, key: tuple[Endpoint, Endpoint], datagram: UdpDatagram, events: list[Event]) -> None:
+        source = (datagram.src, datagram.sport)
+        ts = datagram.timestamp_ns
         flow.last_ns = max(flow.last_ns, ts)
         side = 0 if source == key[0] else 1
         self._outputs(flow, flow.connection.feed(side, datagram.payload, ts), events)
@@ -152,7 +191,6 @@ class QuicFlows:
             self._give_keys(flow, events)
         if flow.connection.close is not None and flow.closed_ns is None:
             flow.closed_ns = ts
-        return self._tick(ts, events)
 
     def _new_flow(self, key: tuple[Endpoint, Endpoint], ip_version: int, ts: int, events: list[Event]) -> _Flow:
         flow = _Flow(self.allocate_id(), key, ip_version, self._quic_settings, self.settings.max_out_of_order_bytes,
@@ -276,7 +314,7 @@ class QuicFlows:
         events.append(FlowFinished(flow.info, ended_by, self._summary(flow, ended_by)))
         random = flow.client_random
         if random is not None:
-            if self.request_keys and flow.keys_requested and not flow.connection.decrypted_any \
+            if self.request_keys and flow.keys_requested and not flow.connection.application_decrypted \
                     and self.keys.lookup(random) is None:
                 events.append(KeysWanted(flow.info, random, ended=True))
             if self.settings.forget_keys:

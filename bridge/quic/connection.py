@@ -187,6 +187,11 @@ class QuicConnection:
         return any(s.decrypted_packets for s in self.stats)
 
     @property
+    def application_decrypted(self) -> bool:
+        """A 1-RTT packet was decrypted (the secrets of the client random work)."""
+        return self._one_rtt_ok
+
+    @property
     def waiting(self) -> int:
         """Packets waiting for keys."""
         return len(self._pending)

@@ -1,0 +1,135 @@
+"""QUIC through the engine, on the committed capture: the QUIC connections'
+flow log lines, one synthetic HTTP/1.1 connection per request (the clients'
+record as the oracle), the same result whatever the datagrams' order, keys
+that come later, key requests, and the flow log's ``synthetic`` list."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+from hypothesis import given, settings, strategies as st
+
+from bridge.capture.frames import make_frame
+from bridge.capture.pcapfile import read_capture
+from bridge.engine import Engine, EngineSettings, FlowFinished, FlowStarted, KeysWanted, PlaintextData
+from bridge.keys.keylog import read_keylog
+from bridge.keys.store import KeyStore
+from bridge.outputs import FlowLog, Outputs
+from bridge.reinject.sink import ReinjectSink
+from bridge.reinject.synthetic import SyntheticFlows
+from bridge.tls.state import Direction
+from tests.unit.quic.capture import EXPECTED, KEYLOG, PCAP
+
+FRAMES = list(read_capture(PCAP))
+
+
+def _store() -> KeyStore:
+    store = KeyStore()
+    for entry in read_keylog(KEYLOG):
+        store.add_entry(entry)
+    return store
+
+
+def _run(frames, store=None, **kwargs):  # type: ignore[no-untyped-def]
+    events: list = []
+    engine = Engine(_store() if store is None else store, EngineSettings(), output=events.append, **kwargs)
+    engine.run(frames)
+    engine.finish()
+    return engine, events
+
+
+def _requests(events) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
+    """Each synthetic connection's (request, response), sorted."""
+    data: dict[int, dict[Direction, bytes]] = {}
+    for event in events:
+        if isinstance(event, PlaintextData):
+            data.setdefault(event.flow.flow_id, {})[event.direction] = event.data
+    children = {e.flow.flow_id for e in events if isinstance(e, FlowFinished) and e.parent is not None}
+    return sorted((d.get(Direction.C2S, b""), d.get(Direction.S2C, b"")) for i, d in data.items() if i in children)
+
+
+def test_quic_connections_and_their_requests():
+    engine, events = _run(FRAMES)
+    parents = [e for e in events if isinstance(e, FlowFinished) and e.parent is None]
+    children = [e for e in events if isinstance(e, FlowFinished) and e.parent is not None]
+    assert len(parents) == 2 and len(children) == 6
+    for parent, client in zip(sorted(parents, key=lambda e: e.flow.flow_id), EXPECTED["clients"]):
+        record = parent.summary.to_record()
+        assert record["status"] == "decrypted" and record["sni"] == "quic.example.test" and record["alpn"] == "h3"
+        assert record["tls_version"] == "TLSv1.3" and record["cipher_suite"]
+        assert record["quic"]["version"] == ("QUICv2" if client["version"] == 2 else "QUICv1")
+        assert record["quic"]["requests"] == len(client["requests"])
+        assert record["key_updates"] == 2 * client["key_updates"]
+        mine = [c for c in children if c.parent == parent.flow.flow_id]
+        assert len(mine) == len(client["requests"])
+        for child in mine:  # the QUIC connection's addresses and ports
+            assert (child.flow.client, child.flow.server) == (parent.flow.client, parent.flow.server)
+    # every request as the clients recorded it
+    requests = _requests(events)
+    seen = {(r.split(b" ")[0].decode(), r.split(b" ")[1].decode(), hashlib.sha256(r.partition(b"\r\n\r\n")[2]).hexdigest(),
+             hashlib.sha256(s.partition(b"\r\n\r\n")[2]).hexdigest()) for r, s in requests}
+    expected = {(r["method"], r["path"], r["request_sha256"], r["response_sha256"])
+                for client in EXPECTED["clients"] for r in client["requests"]}
+    assert seen == expected
+    assert engine.quic.stats.requests == 6 and engine.quic.stats.not_quic == 0
+    # each synthetic connection starts before its data and ends after it
+    order = {e.flow.flow_id: i for i, e in enumerate(events) if isinstance(e, FlowStarted)}
+    for i, event in enumerate(events):
+        if isinstance(event, PlaintextData):
+            assert order[event.flow.flow_id] < i
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(0, 30))
+def test_reordered_and_duplicated_datagrams_give_the_same_requests(rnd, duplicates):
+    reference = _requests(_run(FRAMES)[1])
+    frames = FRAMES + [rnd.choice(FRAMES) for _ in range(duplicates)]
+    keyed = sorted(((i + rnd.uniform(-25, 25), f) for i, f in enumerate(frames)), key=lambda pair: pair[0])
+    assert _requests(_run([f for _, f in keyed])[1]) == reference
+
+
+def test_keys_that_come_later_and_key_requests():
+    store = KeyStore()
+    events: list = []
+    engine = Engine(store, EngineSettings(), output=events.append, request_keys=True)
+    engine.run(FRAMES)
+    wanted = [e for e in events if isinstance(e, KeysWanted)]
+    assert len(wanted) == 2 and not any(isinstance(e, PlaintextData) for e in events)
+    for entry in read_keylog(KEYLOG):
+        store.add_entry(entry)
+    engine.keys_arrived()
+    engine.finish()
+    assert _requests(events) == _requests(_run(FRAMES)[1])
+
+
+def test_no_keys_at_all():
+    engine, events = _run(FRAMES, store=KeyStore(), request_keys=True)
+    parents = [e for e in events if isinstance(e, FlowFinished)]
+    assert [p.summary.status for p in parents] == ["no_keys", "no_keys"]
+    assert sum(1 for e in events if isinstance(e, KeysWanted) and e.ended) == 2
+
+
+def test_the_flow_log_lists_the_synthetic_connections():
+    log = io.StringIO()
+    sink = ReinjectSink(SyntheticFlows(), [])
+    outputs = Outputs(flow_log=FlowLog(stream=log), reinject=sink)
+    engine = Engine(_store(), EngineSettings(), output=outputs)
+    engine.run(FRAMES)
+    engine.finish()
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    outputs.close()
+    assert len(lines) == 2  # the request streams have no line of their own
+    assert [len(line["synthetic"]) for line in lines] == [len(c["requests"]) for c in EXPECTED["clients"]]
+    for line in lines:
+        assert {s["client"] for s in line["synthetic"]} == {line["client"]}
+        assert {s["server"] for s in line["synthetic"]} == {line["server"]}
+
+
+def test_other_udp_is_counted_and_left_alone():
+    udp = (53000).to_bytes(2, "big") + (53).to_bytes(2, "big") + (20).to_bytes(2, "big") + bytes(2) + bytes(12)
+    dns = bytes.fromhex("4500002800010000401100007f0000017f000001") + udp
+    frames = [make_frame(FRAMES[0].timestamp_ns, 228, dns, len(dns))] + FRAMES
+    engine, _ = _run(frames)
+    assert engine.quic.stats.not_quic == 1 and engine.quic.stats.flows == 2
