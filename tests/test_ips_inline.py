@@ -202,13 +202,14 @@ def lab(tmp_path_factory, tls_certs):
 
 
 def _capture(ns: str, interface: str, path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([*_exec(ns), "tcpdump", "-i", interface, "-U", "-s", "0", "-w", str(path), "tcp port 443"],
+    proc = subprocess.Popen([*_exec(ns), "tcpdump", "-i", interface, "-B", "32768", "-U", "-s", "0", "-w", str(path), "tcp port 443"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)  # tcpdump is listening
     return proc
 
 
 def _stop_capture(proc: subprocess.Popen) -> None:
+    time.sleep(1.2)  # libpcap hands over a block of packets at the latest after 1 s
     proc.send_signal(signal.SIGINT)
     proc.wait(10)
 
@@ -240,7 +241,7 @@ def _assert_blocked(lab: Lab, result: subprocess.CompletedProcess, tag: str, res
     lines = result.stdout.splitlines()
     first = lines[0].split()
     assert first[1] == "200" and first[2] == str(len(b"harmless\n" * 2000)), (result.stdout, result.stderr)
-    assert result.returncode in (16, 56, 92), f"{tag}: not ended by a reset: {result.returncode} {result.stderr}"
+    assert result.returncode in (16, 55, 56, 92), f"{tag}: not ended by a reset: {result.returncode} {result.stderr}"
     # The blocked request went on the harmless one's connection (below: that connection's
     # records passed, then one was dropped); curl retries a request whose reused connection
     # died once on a fresh connection, which is cut the same way.
@@ -322,7 +323,7 @@ def test_without_secrets_the_policy_decides(lab, policy):
         assert [a["uri"] for a in served] == [f"/harmless?{tag}"]
         assert [f["ips"]["verdict"] for f in flows if "ips" in f] == ["uninspected"], flows
     else:
-        assert result.returncode in (16, 35, 56, 92), (result.returncode, result.stderr)
+        assert result.returncode in (16, 35, 55, 56, 92), (result.returncode, result.stderr)
         assert served == [], served
         assert [f["ips"]["verdict"] for f in flows if "ips" in f] == ["dropped"], flows
         assert any(r["event"] == "cut" and r["resets_sent"] == 2 for r in ips_log), ips_log

@@ -41,6 +41,7 @@ SYN — pass untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 from collections import OrderedDict, deque
@@ -207,6 +208,7 @@ class _Conn:
         "started",
         "state",
         "summary",
+        "synthetic_port",
     )
 
     def __init__(self, key: tuple, client: tuple[bytes, int], server: tuple[bytes, int], now: float) -> None:
@@ -222,6 +224,7 @@ class _Conn:
         self.policies: list[str] = []
         self.held = self.released = self.dropped = self.passed_groups = self.dropped_groups = 0
         self.max_hold = 0.0
+        self.synthetic_port: int | None = None  # the synthetic copy's client port, when not the original's
 
     def endpoint(self, which: tuple[bytes, int]) -> str:
         return format_endpoint(which[0], which[1])
@@ -306,6 +309,11 @@ class InlineIps:
         self._conns: OrderedDict[tuple, _Conn] = OrderedDict()
         self._by_flow: dict[int, _Conn] = {}
         self._closed: OrderedDict[tuple, str] = OrderedDict()  # key → "cut" or "closed"
+        #: 4-tuples whose synthetic copy Suricata dropped: it keeps such a flow (dropping
+        #: everything) until its flow timeout, so a new connection on the same 4-tuple
+        #: gets its synthetic copy another client port
+        self._cut_tuples: OrderedDict[tuple, None] = OrderedDict()
+        self._port_cursor = 0
         self._expected: dict[tuple, _Group] = {}  # a synthetic data segment (src, sport, dst, dport, seq) → group
         self._awaiting_probe: deque[_Group] = deque()
         self._pending: dict[int, _Group] = {}
@@ -358,6 +366,9 @@ class InlineIps:
 
     def _new(self, key: tuple, seg: TcpSegment, now: float) -> _Conn:
         conn = _Conn(key, (seg.src, seg.sport), (seg.dst, seg.dport), now)
+        if key in self._cut_tuples:
+            self._port_cursor = (self._port_cursor + 7919) % 64511  # a stride through 1024..65534
+            conn.synthetic_port = 1024 + self._port_cursor
         self._conns[key] = conn
         self._closed.pop(key, None)
         while len(self._conns) > self.settings.max_flows:
@@ -471,7 +482,7 @@ class InlineIps:
             cls = event.__class__
             if cls is PlaintextData:
                 conn = self._by_flow.get(event.flow.flow_id)  # type: ignore[attr-defined]
-                frames = self.synthetic.handle(event)
+                frames = self.synthetic.handle(self._synthetic_event(conn, event))
                 self.out.to_suricata.extend(f.data for f in frames)
                 if conn is None or conn.state != "monitoring":
                     continue
@@ -498,9 +509,9 @@ class InlineIps:
                     self._current.flow_id = event.flow.flow_id  # type: ignore[attr-defined]
                     self._by_flow[event.flow.flow_id] = self._current  # type: ignore[attr-defined]
             elif cls is FlowFinished:
-                self.out.to_suricata.extend(f.data for f in self.synthetic.handle(event))
                 flow_id = event.flow.flow_id  # type: ignore[attr-defined]
                 conn = self._by_flow.pop(flow_id, None)
+                self.out.to_suricata.extend(f.data for f in self.synthetic.handle(self._synthetic_event(conn, event)))
                 if conn is None:
                     annotations: dict[str, object] = {"synthetic": self.synthetic.describe(flow_id)}
                     if flow_id in self._orphans:
@@ -539,6 +550,14 @@ class InlineIps:
         if before == 0 and other.app_records > 0:  # this one's first: the client's Finished
             return count > 1
         return True
+
+    @staticmethod
+    def _synthetic_event(conn: _Conn | None, event):  # type: ignore[no-untyped-def]
+        """The event as the synthetic copy is built from it: another client port when the
+        connection reuses a 4-tuple whose copy Suricata dropped."""
+        if conn is None or conn.synthetic_port is None:
+            return event
+        return dataclasses.replace(event, flow=dataclasses.replace(event.flow, client_port=conn.synthetic_port))
 
     def _keys_known(self, conn: _Conn) -> bool:
         if conn.decrypted:
@@ -716,6 +735,10 @@ class InlineIps:
             return
         conn.state, conn.reason = "cut", why
         self.counters.cuts += 1
+        self._cut_tuples[conn.key] = None
+        self._cut_tuples.move_to_end(conn.key)
+        while len(self._cut_tuples) > self.settings.recently_closed:
+            self._cut_tuples.popitem(last=False)
         for side in conn.sides:
             for held in (*side.queue, *side.future):
                 if held.group is not None:

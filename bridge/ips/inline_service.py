@@ -118,8 +118,11 @@ def _packet_socket(interface: str, *, receive: bool) -> socket.socket:
         sock.bind((interface, 0))
     except OSError as exc:
         raise BridgeError(f"interface {interface}: {exc.strerror} (it must exist and be up; CAP_NET_RAW)") from exc
-    if receive:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    if receive:  # a frame lost here would read as Suricata's drop: a buffer beyond rmem_max (CAP_NET_ADMIN)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
         sock.setblocking(False)
     return sock
 
