@@ -62,15 +62,15 @@ _LRU_GRANULARITY_NS = NS // 10
 _CONTROL_FLAGS = SYN | FIN | RST
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
-#: A flow's objects (the flow, its identity, the lookup entries, one direction's
-#: reassembly, the TLS connection, the key-lag entry) without its ClientHello and
-#: buffers, in bytes: measured with tracemalloc over half-open flows on CPython 3.11
-#: (bench/bench_flood.py prints the measurement), rounded up.
-FLOW_BYTES = 1024
-#: A direction's reassembly made for the server's bytes (tracemalloc, rounded up).
+#: A flow's objects (the flow, its identity, its lookup and activity entries, one
+#: direction's reassembly, the TLS connection, the key-lag entry) without its
+#: ClientHello and buffers, in bytes: 1,870 by tracemalloc over half-open flows on
+#: CPython 3.11, about 2,000 by RSS (bench/bench_flood.py measures both), rounded up.
+FLOW_BYTES = 2048
+#: A direction's reassembly made for the server's bytes (315 by tracemalloc, rounded up).
 REASSEMBLER_BYTES = 400
-#: One remembered closed connection (two 4-tuples in an ordered dict).
-CLOSED_BYTES = 300
+#: One remembered closed connection (its 4-tuple in an ordered dict: 229 by tracemalloc).
+CLOSED_BYTES = 256
 #: Eviction reasons, in the order they are tried.
 EVICTION_REASONS = ("half_open", "idle", "oldest")
 
@@ -170,12 +170,14 @@ class Decryptor:
         self.sessions = SessionCache()
         self.budget = PendingBudget(limit=self.config.max_pending_total)
         self.stats = DecryptorStats()
-        #: (src, sport, dst, dport) of each direction → its flow
+        #: (src, sport, dst, dport) → its flow: the client's tuple, and the server's
+        #: once it sent data (a half-open flow's server segments are found reversed)
         self._by_tuple: dict[tuple[bytes, int, bytes, int], _Flow] = {}
         #: flow_id → flow, least recently active first: flows whose server has sent
         #: data, and those (half-open) whose server has not.
         self._flows: OrderedDict[int, _Flow] = OrderedDict()
         self._half_open: OrderedDict[int, _Flow] = OrderedDict()
+        #: The client's tuples of recently finished flows (either way round matches).
         self._closed: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
         self._waiting: dict[bytes, _Flow] = {}
         #: Waiting flows by the key handles their secrets may arrive under (RSA key log lines).
@@ -222,6 +224,8 @@ class Decryptor:
         key = (segment.src, segment.sport, segment.dst, segment.dport)
         flow = self._by_tuple.get(key)
         if flow is None:
+            flow = self._by_tuple.get((segment.dst, segment.dport, segment.src, segment.sport))
+        if flow is None:
             flow = self._new_flow(segment, key, events)
             if flow is None:
                 self.stats.ignored_segments += 1
@@ -265,7 +269,8 @@ class Decryptor:
         is_syn = bool(flags & SYN)
         if not is_syn and not segment.payload:
             return None  # a bare ACK/FIN/RST of a flow we do not know
-        if key in self._closed and not (is_syn and not flags & ACK):
+        if (key in self._closed or (segment.dst, segment.dport, segment.src, segment.sport) in self._closed) \
+                and not (is_syn and not flags & ACK):
             return None  # late packet of a finished connection
         if is_syn:
             sender_is_client = not flags & ACK
@@ -290,7 +295,6 @@ class Decryptor:
                      Direction.C2S if sender_is_client else Direction.S2C)
         self.stats.flows += 1
         self._by_tuple[(client[0], client[1], server[0], server[1])] = flow
-        self._by_tuple[(server[0], server[1], client[0], client[1])] = flow
         self._half_open[info.flow_id] = flow
         flow.charged = FLOW_BYTES
         self._charged += FLOW_BYTES
@@ -302,7 +306,9 @@ class Decryptor:
     def _answered(self, flow: _Flow) -> None:
         """The server's first data: the flow is no longer half-open."""
         flow.half_open = False
-        flow_id = flow.info.flow_id
+        info = flow.info
+        self._by_tuple[(info.server_ip, info.server_port, info.client_ip, info.client_port)] = flow
+        flow_id = info.flow_id
         del self._half_open[flow_id]
         self._flows[flow_id] = flow
 
@@ -627,12 +633,10 @@ class Decryptor:
         (self._half_open if flow.half_open else self._flows).pop(info.flow_id)
         self._charged -= flow.charged
         flow.charged = 0
-        for key in (
-            (info.client_ip, info.client_port, info.server_ip, info.server_port),
-            (info.server_ip, info.server_port, info.client_ip, info.client_port),
-        ):
-            self._by_tuple.pop(key, None)
-            self._closed[key] = None
+        client_key = (info.client_ip, info.client_port, info.server_ip, info.server_port)
+        self._by_tuple.pop(client_key, None)
+        self._by_tuple.pop((info.server_ip, info.server_port, info.client_ip, info.client_port), None)
+        self._closed[client_key] = None
         while len(self._closed) > self.config.recently_closed:
             self._closed.popitem(last=False)
         outcome = flow_status(flow, ended_by)

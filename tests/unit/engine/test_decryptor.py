@@ -135,6 +135,6 @@ def test_a_half_open_flow_costs_its_hello_and_no_record_layer() -> None:
     for segment in _flood(1, T0):
         decryptor.process(segment)
     (flow,) = decryptor._half_open.values()
-    assert flow.tls._layers == [None, None] and flow.reassembly[1] is None
+    assert tuple(flow.tls._layers) == (None, None) and flow.reassembly[1] is None
     assert flow.stats[0].sha256 is None and flow.tls.client_hello is not None
     assert decryptor.memory_used == decryptor.memory_reserved + FLOW_BYTES + flow.tls.client_hello.size

@@ -391,7 +391,7 @@ def test_a_whole_client_hello_makes_no_record_layer():
     byte by byte it goes through the record layer; both give the same hello."""
     whole = TlsConnection()
     assert whole.receive(C2S, CLIENT_HELLO_RECORD) == []
-    assert whole._layers == [None, None] and whole.client_random == CLIENT_RANDOM
+    assert tuple(whole._layers) == (None, None) and whole.client_random == CLIENT_RANDOM
     assert whole.only_client_hello and whole.direction_counts(C2S) == (1, 0, 0, 0, 0)
     assert whole.held_bytes == whole.client_hello.size == len(CLIENT_HELLO_RECORD) - 5
     pieces = TlsConnection()
