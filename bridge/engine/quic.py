@@ -50,6 +50,9 @@ NS = 1_000_000_000
 C2S, S2C = Direction.C2S, Direction.S2C
 #: after a CONNECTION_CLOSE, how long late packets may still come (capture time)
 CLOSE_DRAIN_NS = 2 * NS
+#: plaintext events of a synthetic connection carry at most this much (as TLS records
+#: do): the synthetic peer acknowledges each, so no segment is beyond its window
+PIECE = 16384
 #: datagrams with QUIC's fixed bit of no flow yet (a mirror may deliver them
 #: before the connection's first Initial): kept this long, at most this many
 EARLY_WAIT_NS = 1 * NS
@@ -86,7 +89,8 @@ class QuicStats:
 
 class _Flow:
     __slots__ = ("flow_id", "endpoints", "ip_version", "connection", "http3", "info", "first_ns", "last_ns",
-                 "keys_given", "keys_requested", "key_origin", "closed_ns", "exchanges", "synthetic", "client_random")
+                 "keys_given", "keys_requested", "key_origin", "closed_ns", "exchanges", "synthetic", "client_random",
+                 "synthetic_ns")
 
     def __init__(self, flow_id: int, endpoints: tuple[Endpoint, Endpoint], ip_version: int, settings: QuicSettings,
                  max_body: int, ts: int) -> None:
@@ -105,6 +109,8 @@ class _Flow:
         #: the synthetic connections (flow ids) made of its requests
         self.synthetic: list[int] = []
         self.client_random: bytes | None = None
+        #: when its last synthetic connection ended: the next starts no earlier (one 4-tuple)
+        self.synthetic_ns = 0
 
 
 class QuicFlows:
@@ -251,19 +257,24 @@ class QuicFlows:
             return
         self.stats.requests += 1
         flow.exchanges += 1
+        # requests on one QUIC connection overlap; their synthetic connections share its
+        # 4-tuple, so each starts after the previous ended (time never goes back)
+        start_ns = max(exchange.request_ns, flow.synthetic_ns)
+        end_ns = max(exchange.response_ns, start_ns)
+        flow.synthetic_ns = end_ns + 1000
         child = FlowInfo(self.allocate_id(), info.ip_version, info.client_ip, info.client_port, info.server_ip,
-                         info.server_port, exchange.request_ns)
+                         info.server_port, start_ns)
         flow.synthetic.append(child.flow_id)
         events.append(FlowStarted(child))
-        events.append(PlaintextData(child, C2S, exchange.request, exchange.request_ns))
-        if exchange.response:
-            events.append(PlaintextData(child, S2C, exchange.response, exchange.response_ns))
+        for direction, data, ts in ((C2S, exchange.request, start_ns), (S2C, exchange.response, end_ns)):
+            for at in range(0, len(data), PIECE):
+                events.append(PlaintextData(child, direction, data[at:at + PIECE], ts))
         ended_by = "fin" if exchange.complete else "rst"
         status, reason = ("decrypted", "") if exchange.complete else ("partial", "request stream reset or cut short")
         if exchange.truncated:
             status, reason = "partial", f"{exchange.truncated} body bytes beyond the per-message limit not carried"
         summary = FlowSummary(
-            flow_id=child.flow_id, ts_start=_seconds(exchange.request_ns), ts_end=_seconds(exchange.response_ns),
+            flow_id=child.flow_id, ts_start=_seconds(start_ns), ts_end=_seconds(end_ns),
             client=child.client, server=child.server, status=status, reason=reason, ended_by=ended_by,
             handshake_seen=True, client_random=None, tls_version=None, cipher_suite=None,
             sni=exchange.authority, alpn="http/1.1", alpn_offered=[], resumed=False, hello_retry_request=False,

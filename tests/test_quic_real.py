@@ -1,0 +1,85 @@
+"""QUIC and HTTP/3 end to end, with real peers and real oracles (issue 15).
+
+aioquic's HTTP/3 client and server (tests/support/quic_peers.py, from the
+package registry) talk in a private network namespace under tcpdump: QUIC v1
+with several requests, large bodies both ways and two key updates; four
+requests at once on another connection; QUIC v2.  ``tls-bridge decrypt`` reads
+the capture with the client's key log and writes the synthetic cleartext and
+the flow log.  Oracles: tshark's QUIC decryption of the same capture (every
+request stream's bytes), the client's own record of what it sent and received,
+the server's record of what it answered, and real Suricata 7 on the synthetic
+pcap: every request path seen as HTTP, each response's length, the marker rule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import quiclab
+from tests.support import suricata as S
+from tests.support.decrypt import decrypt_cli
+
+pytestmark = pytest.mark.real
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = REPO / "suricata-rules" / "tls-bridge.rules"
+SID_MARKER = 1915000
+
+CLIENTS = [
+    quiclab.H3Client(["GET /index.html", "GET /bytes/400000", "POST /upload 300000", "GET /tls-bridge-test-marker",
+                      "POST /form 2000", "GET /last.html"], key_update_after=[1, 3]),
+    quiclab.H3Client(["GET /p/one", "GET /p/two", "GET /bytes/60000", "POST /p/four 5000"], parallel=4),
+    quiclab.H3Client(["GET /v2/index.html", "GET /bytes/25000"], version=2),
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> quiclab.H3Run:  # type: ignore[no-untyped-def]
+    return quiclab.run_h3(tmp_path_factory.mktemp("quic-run"), CLIENTS)
+
+
+def test_the_peers_did_what_the_test_asked(run):
+    assert [len(c["requests"]) for c in run.clients] == [len(c.requests) for c in CLIENTS]
+    assert run.clients[0]["key_updates"] == 2 and run.clients[2]["version"] == 2
+    assert all(r["status"] == 200 for c in run.clients for r in c["requests"])
+    assert len(run.server) == sum(len(c.requests) for c in CLIENTS)
+
+
+def test_stream_data_as_tshark_decrypts_it(run):
+    tshark, _ = quiclab.tshark_quic_streams(run.pcap, run.keylog)
+    ours = quiclab.bridge_quic_streams(run.pcap, run.keylog)
+    requests = {key: data for key, data in tshark.items() if key[0] >= 0 and key[2] % 4 == 0}
+    # tshark has every request stream of the three connections, both directions
+    assert len(requests) == 2 * sum(len(c.requests) for c in CLIENTS)
+    for key, data in requests.items():
+        assert ours.get(key) == data, key
+
+
+def test_decrypt_flow_log_and_suricata_on_the_synthetic_cleartext(run, tmp_path):
+    synthetic = tmp_path / "synthetic.pcap"
+    flows = decrypt_cli(run.pcap, run.keylog, tmp_path, "-w", str(synthetic))
+    assert len(flows) == len(CLIENTS)
+    for line, client, spec in zip(flows, run.clients, CLIENTS):
+        assert line["status"] == "decrypted", line
+        assert line["sni"] == "quic.example.test" and line["alpn"] == "h3" and line["tls_version"] == "TLSv1.3"
+        assert line["quic"]["version"] == ("QUICv2" if spec.version == 2 else "QUICv1")
+        assert line["quic"]["requests"] == len(spec.requests)
+        assert line["key_updates"] == 2 * client["key_updates"]  # each direction updates
+        assert line["certificates"][0]["subject"] == "CN=quic.example.test"
+        assert len(line["synthetic"]) == len(spec.requests)
+        assert {(s["client"], s["server"]) for s in line["synthetic"]} == {(line["client"], line["server"])}
+    eve = S.run_offline(synthetic, rules=[RULES], workdir=tmp_path / "suricata")
+    requests = [r for r in eve.http_requests() if r.method]
+    expected = sorted((r["method"], r["path"]) for c in run.clients for r in c["requests"])
+    assert sorted((r.method, r.url) for r in requests) == expected, eve.summary()
+    assert {r.hostname for r in requests} == {"quic.example.test"}, eve.summary()
+    assert all(r.status == 200 for r in requests), eve.summary()
+    # each response as long as the client received it, on the QUIC connection's addresses and ports
+    lengths = sorted((e["http"]["url"], e["http"].get("length")) for e in eve.events("http"))
+    assert lengths == sorted((r["path"], r["response_bytes"]) for c in run.clients for r in c["requests"])
+    servers = {line["server"] for line in flows}
+    assert {f"{r.flow[2]}:{r.flow[3]}" for r in requests} == servers
+    assert len(eve.alerts(SID_MARKER)) == 1, eve.summary()
+    assert eve.events("tls") == [] and eve.stream_anomalies() == [], eve.summary()
