@@ -810,6 +810,7 @@ class InlineIps:
         settings = self.settings
         for group in list(self._pending.values()):
             if group.state != "pending" or group.conn.state != "monitoring":
+                self._pending.pop(group.number, None)  # its connection was released or cut meanwhile
                 continue
             if group.kind == "keys" and now - group.created > settings.hold_budget:
                 self._policy(group.conn, settings.keys_policy, "keys",

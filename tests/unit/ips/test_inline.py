@@ -1,0 +1,184 @@
+"""The inline IPS's decisions on the committed captures: each packet as the kernel
+queues it, a stand-in for Suricata in IPS mode that passes or drops synthetic
+segments and lets the probes through (the real one: tests/test_ips_inline.py)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from bridge.engine.packets import RST
+from bridge.ips.inline import InlineIps, InlineSettings, parse_output_frame, probe_frame
+from bridge.ips.nfqueue import NF_ACCEPT, NF_DROP
+from bridge.keys.store import KeyStore
+from bridge.reinject.synthetic import internet_checksum
+from tests.support.fixtures import Fixture
+
+T0 = 1_800_000_000.0
+
+
+class Suricata:
+    """Passes every synthetic frame but data segments ``drop`` matches; after a drop the
+    flow's later frames are dropped too, as Suricata's flow drop does."""
+
+    def __init__(self, drop: bytes | None = None) -> None:
+        self.drop, self.dropped_flows, self.seen = drop, set(), b""
+
+    def step(self, core: InlineIps, now: float) -> None:
+        frames, core.out.to_suricata = core.out.to_suricata, []
+        for frame in frames:
+            parsed = parse_output_frame(frame)
+            flow = frame[26:38]  # addresses and ports of an IPv4 frame
+            if parsed is not None and parsed[0] == "data":
+                self.seen += frame[54:]
+                if self.drop is not None and self.drop in frame:
+                    self.dropped_flows.add(flow)
+            if flow in self.dropped_flows:
+                continue
+            core.from_suricata(frame, now)
+        number = core.probe()
+        if number is not None:
+            core.from_suricata(probe_frame(number, b"\x02" * 6, b"\x04" * 6), now)
+
+
+def _packets(name: str) -> list[bytes]:
+    return [frame.data[14:] for frame in Fixture(name).frames()]  # Ethernet off: what the queue hands over
+
+
+def _run(core: InlineIps, packets: list[bytes], suricata: Suricata, *, step: float = 0.001):
+    """Queue each packet; return {packet id: verdict} and the ids each packet's verdict
+    was still missing right after it was queued (held)."""
+    verdicts: dict[int, int] = {}
+    held = []
+    now = T0
+    for packet_id, packet in enumerate(packets, 1):
+        now += step
+        core.packet(packet_id, packet, now)
+        verdicts.update(core.out.verdicts)
+        core.out.verdicts = []
+        if packet_id not in verdicts:
+            held.append(packet_id)
+        suricata.step(core, now)
+        core.tick(now)
+        suricata.step(core, now)
+        verdicts.update(core.out.verdicts)
+        core.out.verdicts = []
+    return verdicts, held
+
+
+@pytest.mark.parametrize("name", ["tls13-http1", "tls12-gcm-h2"])
+def test_every_packet_passes_once_suricata_passed_its_plaintext(name):
+    fixture = Fixture(name)
+    core = InlineIps(fixture.store(), InlineSettings())
+    suricata = Suricata()
+    verdicts, held = _run(core, _packets(name), suricata)
+    assert verdicts == {i: NF_ACCEPT for i in range(1, len(_packets(name)) + 1)}
+    assert held and core.counters.held == len(held) == core.counters.released
+    assert core.counters.verdicts_passed >= 2 and core.counters.dropped == 0
+    expected = fixture.expected[0]
+    assert len(suricata.seen) == expected["c2s"]["bytes"] + expected["s2c"]["bytes"]  # all plaintext was judged
+    core.close(T0 + 10)
+    (line,) = core.out.flows
+    assert line["status"] == "decrypted" and line["c2s"]["sha256"] == expected["c2s"]["sha256"]
+    assert line["ips"]["verdict"] == "passed" and line["ips"]["held_packets"] == len(held)
+
+
+def test_handshake_packets_are_never_held():
+    core = InlineIps(Fixture("tls13-http1").store(), InlineSettings())
+    packets = _packets("tls13-http1")
+    _verdicts, held = _run(core, packets, Suricata())
+    first_held = packets[held[0] - 1]
+    ihl = (first_held[0] & 15) * 4
+    payload = first_held[ihl + (first_held[ihl + 12] >> 4) * 4:]
+    assert payload[:1] == b"\x17"  # application data, after the whole handshake (TLS 1.3's encrypted one too)
+    assert all(packets[i - 1][ihl + 13] & 0x02 == 0 for i in held)  # no SYN
+
+
+def test_a_dropped_plaintext_drops_its_packet_and_resets_both_ends():
+    core = InlineIps(Fixture("tls13-http1").store(), InlineSettings())
+    packets = _packets("tls13-http1")
+    verdicts, held = _run(core, packets, Suricata(drop=b"GET /"))
+    dropped = [i for i, v in verdicts.items() if v == NF_DROP]
+    assert dropped and dropped[0] == held[0]  # the request's packet, and everything after it
+    assert all(v == NF_ACCEPT for i, v in verdicts.items() if i < held[0])
+    assert core.counters.cuts == 1 and len(core.out.resets) == 2
+    client, server = (packets[0][12:16], packets[0][16:20])
+    for destination, packet in core.out.resets:
+        assert packet[33] & RST and internet_checksum(packet[:20]) == 0
+        assert packet[16:20] in (client, server)
+    log = [r for r in core.out.log if r["event"] == "cut"]
+    assert log and log[0]["why"] == "suricata dropped the plaintext" and log[0]["resets_sent"] == 2
+    core.close(T0 + 10)
+    (line,) = core.out.flows
+    assert line["ips"]["verdict"] == "dropped" and line["ended_by"] == "rst"
+
+
+@pytest.mark.parametrize("policy", ["pass-flow", "drop-flow"])
+def test_without_secrets_the_hold_budget_ends_in_the_policy(policy):
+    core = InlineIps(KeyStore(), InlineSettings(hold_budget=2.0, keys_policy=policy))
+    packets = _packets("tls13-http1")
+    verdicts, held = _run(core, packets, Suricata())
+    assert held and not [i for i in held if i in verdicts]  # waiting for secrets
+    core.tick(T0 + 2.5)
+    decided = dict(core.out.verdicts)
+    assert {decided[i] for i in held} == {NF_ACCEPT if policy == "pass-flow" else NF_DROP}
+    assert core.counters.policy == {f"keys:{policy}": 1}
+    assert core.counters.fail_open == (policy == "pass-flow")
+
+
+def test_secrets_that_come_late_are_used_and_the_packets_then_judged():
+    fixture = Fixture("tls13-http1")
+    store = KeyStore()
+    core = InlineIps(store, InlineSettings(hold_budget=5.0))
+    packets = _packets("tls13-http1")
+    suricata = Suricata()
+    verdicts, held = _run(core, packets, suricata)
+    assert held and not [i for i in held if i in verdicts] and not suricata.seen
+    for entry in fixture.entries():
+        store.add_entry(entry)
+    core.tick(T0 + 1)
+    assert not dict(core.out.verdicts)  # decrypted now, not released before Suricata's verdict
+    suricata.step(core, T0 + 1)
+    assert {dict(core.out.verdicts)[i] for i in held} == {NF_ACCEPT} and suricata.seen
+
+
+def _tcp(src: str, sport: int, dst: str, dport: int, seq: int, flags: int, payload: bytes = b"") -> bytes:
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, 1, 5 << 4, flags, 65535, 0, 0) + payload
+    s, d = bytes(map(int, src.split("."))), bytes(map(int, dst.split(".")))
+    ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0, s, d))
+    struct.pack_into("!H", ip, 10, internet_checksum(ip))
+    return bytes(ip) + tcp
+
+
+def test_what_is_not_tls_passes_untouched():
+    core = InlineIps(KeyStore())
+    packets = [_tcp("10.0.0.1", 40000, "10.0.0.2", 443, 100, 0x02), _tcp("10.0.0.2", 443, "10.0.0.1", 40000, 500, 0x12),
+               _tcp("10.0.0.1", 40000, "10.0.0.2", 443, 101, 0x18, b"GET / HTTP/1.1\r\n\r\n"),
+               _tcp("10.0.0.2", 443, "10.0.0.1", 40000, 501, 0x18, b"HTTP/1.1 200 OK\r\n\r\n")]
+    for packet_id, packet in enumerate(packets, 1):
+        core.packet(packet_id, packet, T0 + packet_id)
+    assert core.out.verdicts == [(i, NF_ACCEPT) for i in range(1, 5)] and core.counters.held == 0
+    core.close(T0 + 10)
+    assert core.out.flows[0]["ips"]["verdict"] == "unmonitored" and core.out.flows[0]["ips"]["reason"] == "not TLS"
+
+
+def test_holding_memory_is_bounded_per_connection():
+    """Records that wait for secrets that never come: over the connection's memcap the
+    policy cuts it at once, not at the end of the hold budget."""
+    core = InlineIps(KeyStore(), InlineSettings(flow_memcap=65536, hold_budget=60))
+    client, server = ("10.0.0.1", 40001), ("10.0.0.2", 443)
+    body = b"\x03\x03" + bytes(32) + b"\x00"
+    body = b"\x01" + len(body).to_bytes(3, "big") + body
+    hello = b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body
+    core.packet(1, _tcp(*client, *server, 1000, 0x02), T0)
+    core.packet(2, _tcp(*server, *client, 5000, 0x12), T0)
+    core.packet(3, _tcp(*client, *server, 1001, 0x18, hello), T0)
+    seq, packet_id = 1001 + len(hello), 4
+    record = b"\x17\x03\x03\x05\x00" + bytes(1280)  # one record per segment: each completes application data
+    while core.counters.cuts == 0 and packet_id < 200:
+        core.packet(packet_id, _tcp(*client, *server, seq, 0x18, record), T0 + packet_id / 1000)
+        seq += len(record)
+        packet_id += 1
+    assert core.counters.cuts == 1 and core.counters.policy == {"memcap:drop-flow": 1}
+    assert 65536 // 1325 <= core.counters.held <= 65536 // 1325 + 2 and core.held_bytes == 0
