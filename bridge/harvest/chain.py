@@ -9,6 +9,7 @@ whole connection).
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 from bridge.errors import GuestAccessError
@@ -25,6 +26,15 @@ from bridge.secrets import (
 )
 
 _VERSIONS = frozenset({0x0301, 0x0302, TLS12, TLS13})
+#: OpenSSL 3.2 and later: an ``SSL *`` handed to the API may be a QUIC connection, stream
+#: (XSO), listener or domain object instead of an ``SSL_CONNECTION``; every kind starts with
+#: ``int type`` (``struct ssl_st``), 0 for ``SSL_TYPE_SSL_CONNECTION``, the TLS state whose
+#: fields a profile names; QUIC kinds are 1 and 2 in 3.2's sources, 0x80-0x83 in later ones
+#: (a DTLS listener has a kind too): anything but 0 is not read.  Before 3.2 the first field
+#: is the protocol version.
+OBJECT_TYPE = "object_type"
+SSL_TYPE_SSL_CONNECTION = 0
+_RELEASE = re.compile(r"(\d+)\.(\d+)\.")
 #: TLS 1.3 suites by hash length; anything else falls back to the zero-tail test.
 _SHA384_SUITES = frozenset({0x1302})
 _SHA256_SUITES = frozenset({0x1301, 0x1303, 0x1304, 0x1305})
@@ -40,6 +50,7 @@ FIELD_SIZES = {
     "client_app_traffic_secret": 48,
     "server_app_traffic_secret": 48,
     "exporter_master_secret": 48,
+    OBJECT_TYPE: 4,
 }
 TLS13_LABELS = {
     "handshake_secret": HANDSHAKE_SECRET,
@@ -47,6 +58,19 @@ TLS13_LABELS = {
     "server_app_traffic_secret": SERVER_TRAFFIC_SECRET_0,
     "exporter_master_secret": EXPORTER_SECRET,
 }
+
+
+def typed_objects(profile: Profile) -> bool:
+    """The build's ``SSL *`` may point at objects other than a TLS connection (OpenSSL 3.2+)."""
+    match = _RELEASE.search(profile.openssl_version or "")
+    return match is not None and (int(match[1]), int(match[2])) >= (3, 2)
+
+
+def field_path(profile: Profile, name: str) -> tuple[int, ...] | None:
+    """A profile field's path, and the object type's (at offset 0) where the build has typed objects."""
+    if name == OBJECT_TYPE:
+        return (0,) if typed_objects(profile) else None
+    return profile.path(name)
 
 
 class FieldSource(Protocol):
@@ -64,7 +88,7 @@ class MemoryFields:
         self.ssl = ssl
 
     def address(self, name: str) -> int | None:
-        path = self.profile.path(name)
+        path = field_path(self.profile, name)
         if path is None:
             return None
         address = self.ssl
@@ -96,7 +120,10 @@ def _hash_length(suite: int | None, secret: bytes) -> int:
 
 def read_secrets(source: FieldSource) -> ConnectionSecrets | None:
     """The secrets of the connection, or None when the object holds no connection
-    (yet): no plausible version, or an all-zero client random."""
+    (yet): no plausible version, or an all-zero client random; or it is no TLS
+    connection object at all (a QUIC object of OpenSSL 3.2+: :func:`is_other_object`)."""
+    if is_other_object(source):
+        return None
     version = _u(source.field("version"))
     client_random = source.field("client_random")
     if version not in _VERSIONS or client_random is None or not any(client_random):
@@ -115,3 +142,10 @@ def read_secrets(source: FieldSource) -> ConnectionSecrets | None:
         if length == 48 and master_key is not None and any(master_key):
             result.secrets[CLIENT_RANDOM] = master_key
     return result
+
+
+def is_other_object(source: FieldSource) -> bool:
+    """The ``SSL *`` is an object of OpenSSL 3.2+ other than a TLS connection (a QUIC
+    connection or stream): following the profile's paths from it would read garbage."""
+    kind = _u(source.field(OBJECT_TYPE))
+    return kind is not None and kind != SSL_TYPE_SSL_CONNECTION

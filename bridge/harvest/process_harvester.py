@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from bridge.capture.frames import Frame
 from bridge.errors import BridgeError, GuestAccessError
-from bridge.harvest.chain import MemoryFields, read_secrets
+from bridge.harvest.chain import MemoryFields, is_other_object, read_secrets
 from bridge.secrets import ConnectionSecrets
 from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.keylog_hooks import KeyLogAssembler, KeyLogBinary
@@ -65,6 +65,7 @@ class HarvestStats:
     keylog_binaries_hooked: int = 0  # binaries hooked at a library's key-log function (Go, GnuTLS)
     keylog_lines: int = 0  # key log lines read at those hooks
     keylog_undecodable: int = 0  # hits there whose arguments were no key log line
+    quic_objects: int = 0  # hooked calls on an OpenSSL 3.2+ QUIC object (no TLS connection's fields): skipped
     #: Seconds from the trigger (the hook firing, the ClientHello captured) to the record published.
     latencies: list[float] = field(default_factory=list)
 
@@ -301,6 +302,9 @@ class ProcessHarvester:
             return
         secrets, profile = None, layout.profile
         if profile is not None and self._hooked.get(event.binary) is profile:
+            if is_other_object(event):
+                self.stats.quic_objects += 1
+                return
             secrets = read_secrets(event)  # fetched by the kernel at hook time
         if secrets is None or not secrets.complete:
             secrets, profile = self._read_from_memory(event, layout)

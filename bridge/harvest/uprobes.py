@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.errors import HookError
+from bridge.harvest.chain import field_path
 from bridge.harvest.elf import ElfImage
 from bridge.harvest.profile import Profile
 
@@ -65,6 +66,7 @@ FETCHED = (
     ("client_app_traffic_secret", "x64[6]"),
     ("server_app_traffic_secret", "x64[6]"),
     ("exporter_master_secret", "x64[6]"),
+    ("object_type", "u32"),  # OpenSSL 3.2+: the SSL * may be a QUIC object (bridge.harvest.chain.OBJECT_TYPE)
 )
 _FIELD_BYTES = {"u32": 4, "u64": 8}
 #: A calibration probe (no profile yet) may copy memory at its first argument at hook
@@ -160,7 +162,7 @@ def probe_definition(group: str, event: str, binary: str, offset: int, profile: 
     """The probe; without a profile (calibration) it fetches only the ``SSL *``."""
     args = ["ssl=%di:x64"]
     for name, kind in FETCHED if profile is not None else ():
-        path = profile.path(name)
+        path = field_path(profile, name)
         if path is not None:
             args.append(f"{name}={fetch_expression(path)}:{kind}")
     return f"p:{group}/{event} {binary}:{offset:#x} {' '.join(args)}"
