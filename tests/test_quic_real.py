@@ -83,3 +83,16 @@ def test_decrypt_flow_log_and_suricata_on_the_synthetic_cleartext(run, tmp_path)
     assert {f"{r.flow[2]}:{r.flow[3]}" for r in requests} == servers
     assert len(eve.alerts(SID_MARKER)) == 1, eve.summary()
     assert eve.events("tls") == [] and eve.stream_anomalies() == [], eve.summary()
+
+
+def test_retry(tmp_path):
+    """A server that answers with a Retry: the client's next Initial has a new
+    Destination Connection ID, and Initial keys are derived from it (RFC 9001 §5.2)."""
+    retried = quiclab.run_h3(tmp_path / "retry", [quiclab.H3Client(["GET /after-retry", "GET /bytes/20000"])],
+                             retry=True)
+    flows = decrypt_cli(retried.pcap, retried.keylog, tmp_path)
+    (line,) = flows
+    assert line["status"] == "decrypted" and line["quic"]["retry"] is True, line
+    assert line["quic"]["retry_tag_valid"] is True
+    assert line["quic"]["requests"] == 2 and line["sni"] == "quic.example.test"
+    assert line["c2s"]["skipped_records"] == 0 and line["s2c"]["skipped_records"] == 0

@@ -353,6 +353,8 @@ class QuicFlows:
         quic = {
             "version": version.name if version else None,
             "retry": connection.retry,
+            #: the Retry Integrity Tag checked against the client's first DCID (RFC 9001 §5.8)
+            "retry_tag_valid": connection.retry_valid,
             "version_negotiation": list(connection.version_negotiation or ()) or None,
             "handshake_done": connection.handshake_done,
             "requests": flow.exchanges,

@@ -166,6 +166,10 @@ class QuicConnection:
         self._largest = [[-1, -1, -1], [-1, -1, -1]]
         self._crypto = [[StreamReassembly(1 << 20, 1024) for _ in range(3)] for _ in range(2)]
         self._readers = [[hs.HandshakeReader() for _ in range(3)] for _ in range(2)]
+        #: Initial CRYPTO streams per (direction, the DCID the Initial keys came from):
+        #: after a Retry the client starts its handshake over under new keys
+        self._initial_crypto: dict[tuple[int, bytes], tuple[StreamReassembly, hs.HandshakeReader]] = {}
+        self._hello_epoch = -1
         #: per direction: the lengths of the connection IDs it addresses in short headers
         self._dcid_lengths: list[set[int]] = [set(), set()]
         self._streams: dict[tuple[int, int], StreamReassembly] = {}
@@ -264,11 +268,14 @@ class QuicConnection:
             if missing:
                 self.stats[direction].gap_bytes += missing
         for direction in (C2S, S2C):
-            for space in range(3):
-                crypto = self._crypto[direction][space]
-                missing = crypto.finish()
+            for space in (HANDSHAKE, APPLICATION):
+                missing = self._crypto[direction][space].finish()
                 if missing:
                     self.stats[direction].gap_bytes += missing
+        for (direction, _), (crypto, _) in self._initial_crypto.items():
+            missing = crypto.finish()
+            if missing:
+                self.stats[direction].gap_bytes += missing
         return out
 
     def stream_digest(self, direction: Direction) -> str:
@@ -350,7 +357,7 @@ class QuicConnection:
             if keys is None:
                 self._wait(side, ts, data, packet.start, packet)
                 return
-            candidates = [keys]
+            candidates = [(b"", keys)]
         else:  # 0-RTT
             if self._early is None:
                 if CLIENT_EARLY_TRAFFIC_SECRET in self.secrets or self.client_hello is None:
@@ -359,10 +366,10 @@ class QuicConnection:
                     stats.packets += 1
                     stats.undecrypted_packets += 1
                 return
-            candidates = [self._early]
+            candidates = [(b"", self._early)]
         stats.packets += 1
         space = _SPACE[packet_type]
-        for keys in candidates:
+        for epoch, keys in candidates:
             try:
                 unprotected = remove_protection(data, packet, keys)
                 number = decode_packet_number(self._largest[direction][space], unprotected.truncated_pn,
@@ -377,18 +384,18 @@ class QuicConnection:
         stats.decrypted_packets += 1
         if number > self._largest[direction][space]:
             self._largest[direction][space] = number
-        if packet_type is PacketType.INITIAL and direction == C2S and keys is candidates[0] \
-                and packet.dcid not in self._initial_dcids:
-            self._initial_dcids.append(packet.dcid)
+        if packet_type is PacketType.INITIAL and direction == C2S and epoch not in self._initial_dcids:
+            self._initial_dcids.append(epoch)
             del self._initial_dcids[:-16]
-        self._frames(direction, space, payload, ts)
+        self._frames(direction, space, payload, ts, epoch)
 
-    def _initial_candidates(self, direction: Direction, packet: RawPacket) -> list[PacketKeys]:
-        # keyed on the DCID of the client's first Initial (after a Retry: of the Initial
-        # that follows it); the client's later Initials address the server's chosen ID
-        known = [self._initial_keys(dcid)[direction] for dcid in reversed(self._initial_dcids)]
+    def _initial_candidates(self, direction: Direction, packet: RawPacket) -> list[tuple[bytes, PacketKeys]]:
+        """(DCID, keys) to try: Initial keys come from the DCID of the client's first
+        Initial (after a Retry: of the Initial that follows it); its later Initials
+        address the server's chosen ID."""
+        known = [(dcid, self._initial_keys(dcid)[direction]) for dcid in reversed(self._initial_dcids)]
         if direction == C2S and packet.dcid not in self._initial_dcids:
-            return [self._initial_keys(packet.dcid)[0], *known]
+            return [(packet.dcid, self._initial_keys(packet.dcid)[0]), *known]
         return known
 
     def _initial_keys(self, dcid: bytes) -> tuple[PacketKeys, PacketKeys]:
@@ -464,13 +471,13 @@ class QuicConnection:
                 self._one_rtt_ok = True
                 if number > largest:
                     self._largest[direction][APPLICATION] = number
-                self._frames(direction, APPLICATION, payload, ts)
+                self._frames(direction, APPLICATION, payload, ts, b"")
                 return
         stats.failed_packets += 1
 
     # --- frames --------------------------------------------------------------------
 
-    def _frames(self, direction: Direction, space: int, payload: bytes, ts: int) -> None:
+    def _frames(self, direction: Direction, space: int, payload: bytes, ts: int, epoch: bytes) -> None:
         stats = self.stats[direction]
         try:
             frames = parse_frames(payload, stats.frames_skipped)
@@ -485,7 +492,7 @@ class QuicConnection:
                 else:
                     self._error("STREAM frame outside 0-RTT/1-RTT")
             elif kind is CryptoFrame:
-                self._crypto_frame(direction, space, frame)  # type: ignore[arg-type]
+                self._crypto_frame(direction, space, frame, epoch)  # type: ignore[arg-type]
             elif kind is NewConnectionId:
                 # IDs a side issues are what the other addresses
                 self._dcid_lengths[direction.peer].add(len(frame.connection_id))  # type: ignore[union-attr]
@@ -524,27 +531,44 @@ class QuicConnection:
             return
         self._out.append(StreamChunk(direction, frame.stream_id, b"", True, False, ts, reset=True))
 
-    def _crypto_frame(self, direction: Direction, space: int, frame: CryptoFrame) -> None:
-        crypto = self._crypto[direction][space]
+    def _crypto_frame(self, direction: Direction, space: int, frame: CryptoFrame, epoch: bytes) -> None:
+        if space == INITIAL:
+            pair = self._initial_crypto.get((direction, epoch))
+            if pair is None:
+                if len(self._initial_crypto) >= 32:
+                    self._error("too many Initial key epochs")
+                    return
+                pair = self._initial_crypto[(direction, epoch)] = (StreamReassembly(1 << 20, 1024),
+                                                                   hs.HandshakeReader())
+            crypto, reader = pair
+        else:
+            crypto, reader = self._crypto[direction][space], self._readers[direction][space]
         data = crypto.add(frame.offset, frame.data)
         if not data:
             return
         try:
-            messages = self._readers[direction][space].feed(data)
+            messages = reader.feed(data)
         except RecordDecodeError as exc:
             self._error(f"handshake: {str(exc)[:60]}")
             return
         for message in messages:
             try:
-                self._handshake_message(direction, space, message)
+                self._handshake_message(direction, space, message, epoch)
             except (RecordDecodeError, BridgeError) as exc:
                 self._error(f"handshake message {message.msg_type}: {str(exc)[:60]}")
 
-    def _handshake_message(self, direction: Direction, space: int, message: hs.HandshakeMessage) -> None:
+    def _handshake_message(self, direction: Direction, space: int, message: hs.HandshakeMessage,
+                           epoch: bytes) -> None:
         kind = message.msg_type
-        if kind == 1 and direction == C2S and self.client_hello is None:  # ClientHello
-            self.client_hello = hs.parse_client_hello(message.body)
-            self._out.append(HelloSeen(self.client_hello.random))
+        if kind == 1 and direction == C2S:  # ClientHello: the one of the latest Initial keys (after a Retry)
+            index = self._initial_dcids.index(epoch) if epoch in self._initial_dcids else -1
+            if self.client_hello is not None and index <= self._hello_epoch:
+                return
+            hello = hs.parse_client_hello(message.body)
+            self._hello_epoch = index
+            if self.client_hello is None or hello.random != self.client_hello.random:
+                self.client_hello = hello
+                self._out.append(HelloSeen(hello.random))
         elif kind == 2 and direction == S2C and self.server_hello is None:  # ServerHello
             self.server_hello = hs.parse_server_hello(message.body)
             suite = cipher_suite(self.server_hello.cipher_suite)

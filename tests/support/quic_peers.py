@@ -90,7 +90,7 @@ async def run_server(args: argparse.Namespace) -> None:
     config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, secrets_log_file=open(args.keylog, "a"))
     config.load_cert_chain(args.cert, args.key)
     _Server.log_path = Path(args.record)
-    await serve(args.host, args.port, configuration=config, create_protocol=_Server)
+    await serve(args.host, args.port, configuration=config, create_protocol=_Server, retry=args.retry)
     print("listening", flush=True)
     await asyncio.Future()
 
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     server = sub.add_parser("server")
     server.add_argument("--cert", required=True)
     server.add_argument("--key", required=True)
+    server.add_argument("--retry", action="store_true", help="answer each first Initial with a Retry")
     client = sub.add_parser("client")
     client.add_argument("--sni", default="quic.example.test")
     client.add_argument("--request", action="append", default=[], help='"METHOD PATH [BODY_SIZE]"')

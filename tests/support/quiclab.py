@@ -60,9 +60,10 @@ def _peer(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "tests.support.quic_peers", role, *args]
 
 
-def run_h3(workdir: Path, clients: list[H3Client], *, timeout: float = 90) -> H3Run:
-    """An aioquic HTTP/3 server and the given clients (one connection each, in
-    turn) in a fresh namespace, captured by tcpdump on its ``lo``."""
+def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, timeout: float = 90) -> H3Run:
+    """An aioquic HTTP/3 server (``retry``: it answers each first Initial with a
+    Retry) and the given clients (one connection each, in turn) in a fresh
+    namespace, captured by tcpdump on its ``lo``."""
     tlslab.require_root()
     tlslab.require_tools("tcpdump", "ip")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +77,8 @@ def run_h3(workdir: Path, clients: list[H3Client], *, timeout: float = 90) -> H3
         with tlslab.Capture(ns, pcap, filter="udp"):
             server = ns.proc(_peer("server", "--host", "127.0.0.1", "--port", str(PORT), "--cert", str(certs.cert),
                                    "--key", str(certs.key), "--keylog", str(server_keylog),
-                                   "--record", str(server_record)), stdin_pipe=False, env=env, cwd=str(ROOT))
+                                   "--record", str(server_record), *(["--retry"] if retry else [])),
+                             stdin_pipe=False, env=env, cwd=str(ROOT))
             if server.out.wait_for([b"listening"], timeout=30) is None:
                 raise tlslab.TlsLabError(f"the HTTP/3 server did not start:\n{server.describe()}")
             for index, client in enumerate(clients):
