@@ -8,6 +8,8 @@ In a network namespace of its own (a veth pair va/vb):
   once from the ring block by block (``batches()``).  Printed: frames and MB
   captured per second of the replay, the kernel's drops, and the reader thread's
   CPU per frame (what the capture takes from a worker);
+* capture, drain: a backlog of frames replayed while nobody reads, then read as
+  fast as the reader can: its own rate, without tcpreplay competing for the CPUs;
 * injection: the same frames written to an :class:`InterfaceOutput` on va as fast
   as the caller can, then closed (everything sent): the old output (a
   ``queue.Queue`` and one ``send()`` per frame, kept here as it was), the new one
@@ -129,6 +131,39 @@ def capture_run(mode: str, pcap: Path, count: int, buffer_mb: int) -> dict:
     result["seconds"] = max(result["last"] - started, result["replay"])
     result["sent"] = count
     return result
+
+
+def drain_run(mode: str, pcap: Path, count: int, buffer_mb: int) -> dict:
+    """``count`` frames replayed while nobody reads, then read as fast as possible:
+    the reader's own rate, with no sender competing for the CPUs."""
+    cap = AfPacketCapture("vb", ring=mode != "recv", buffer_bytes=buffer_mb << 20, idle_marker=True,
+                          poll_interval=0.05)
+    subprocess.run(["tcpreplay", "-q", "--topspeed", "-i", "va", str(pcap)], check=True, capture_output=True)
+    time.sleep(0.1)  # the last ring block is handed over after its timeout
+    frames = size = 0
+    cpu = time.thread_time()
+    started = time.perf_counter()
+    if mode == "ring, batches":
+        for batch in cap.batches():
+            if batch is None:
+                break
+            frames += len(batch)
+            size += sum(len(frame.data) for frame in batch)
+            if frames >= count:
+                break
+    else:
+        for frame in cap:
+            if frame is None:
+                break
+            frames += 1
+            size += len(frame.data)
+            if frames >= count:
+                break
+    seconds = time.perf_counter() - started
+    cpu = time.thread_time() - cpu
+    drops = cap.drops
+    cap.close()
+    return {"mode": mode, "frames": frames, "bytes": size, "seconds": seconds, "cpu": cpu, "drops": drops}
 
 
 # ---- injection ----------------------------------------------------------------------
@@ -271,6 +306,8 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=1460, help="TCP payload bytes per frame (1460: 1514-byte frames)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the best is printed")
     parser.add_argument("--buffer-mb", type=int, default=64, help="ring / receive buffer of the capture")
+    parser.add_argument("--backlog", type=int, default=25_000, help="frames waiting in the buffer for the drain runs")
+    parser.add_argument("--backlog-mb", type=int, default=160, help="ring / receive buffer of the drain runs")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_capture: needs root (network namespaces, AF_PACKET)")
@@ -286,6 +323,10 @@ def main() -> None:
             new_pcap_write(pcap, frames)
             capture = {mode: [capture_run(mode, pcap, len(frames), args.buffer_mb) for _ in range(args.repeat)]
                        for mode in ("recv", "ring", "ring, batches")}
+            backlog = Path(tmp) / "backlog.pcap"
+            new_pcap_write(backlog, frames[: args.backlog])
+            drain = {mode: [drain_run(mode, backlog, args.backlog, args.backlog_mb) for _ in range(args.repeat)]
+                     for mode in ("recv", "ring", "ring, batches")}
             inject = {name: [inject_run(name, factory, frames) for _ in range(args.repeat)]
                       for name, factory in (("send per frame (old)", OldInterfaceOutput),
                                             ("sendmmsg (new)", InterfaceOutput),
@@ -315,6 +356,19 @@ def main() -> None:
         print(f"{mode:<16} {row['frames']:>9} {row['drops']:>7} {rate:>10,.0f} {row['bytes'] / row['seconds'] / 1e6:>7.1f} "
               f"{cpu:>13.2f} {rate / reference[0]:>10.2f} {reference[1] / cpu:>6.2f}  "
               f"{' '.join(str(r['drops']) for r in rows)}")
+    print()
+    print(f"capture, drain: {args.backlog} frames waiting in the buffer ({args.backlog_mb} MiB), read as fast as "
+          "the reader can (no sender running)")
+    header = f"{'path':<16} {'read':>9} {'drops':>7} {'frames/s':>10} {'MB/s':>7} {'CPU us/frame':>13} {'x frames/s':>10}"
+    print(header)
+    print("-" * len(header))
+    reference = None
+    for mode, rows in drain.items():
+        row = best(rows, "seconds")
+        rate = row["frames"] / row["seconds"]
+        reference = reference or rate
+        print(f"{mode:<16} {row['frames']:>9} {row['drops']:>7} {rate:>10,.0f} {row['bytes'] / row['seconds'] / 1e6:>7.1f} "
+              f"{row['cpu'] / max(row['frames'], 1) * 1e6:>13.2f} {rate / reference:>10.2f}")
     print()
     print("injection: InterfaceOutput.write() of every frame as fast as possible, then close() (all sent)")
     header = (f"{'output':<22} {'sent':>8} {'received':>9} {'frames/s':>10} {'MB/s':>7} {'writer us/fr':>13} "

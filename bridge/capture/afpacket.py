@@ -7,7 +7,11 @@ frames at a time and hands the block over whole (when it is full or after
 back and ``poll`` only when the next block is not ready yet.  No system call
 per frame, which is what lets one worker follow a busy mirror port.  Everything
 is plain Python over ``mmap`` and ``struct`` (see bench/bench_capture.py for
-what that costs against the recv path).
+what that costs against the recv path).  The ring is ``buffer_bytes`` of kernel
+memory taken when the capture opens (a receive buffer is only a limit); its
+shape is :func:`ring_geometry`'s.  Reading a block's status and then its frames
+relies on the CPU not reordering those loads (x86-64's ordering; Python issues no
+barrier).
 
 If the ring cannot be set up (no memory for it, a kernel without TPACKET_V3),
 the capture says so in the log (``bridge.capture`` logger) and falls back to one
