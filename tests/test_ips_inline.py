@@ -22,187 +22,24 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from tests.support import suricata as S
-from tests.support import tlslab
-from tests.support.keyfeed import BridgeProcess
-
-ROOT = Path(__file__).resolve().parents[1]
-OVERLAY = ROOT / "deploy" / "suricata" / "tls-bridge-inline.yaml"
-INLINE_RULES = ROOT / "suricata-rules" / "tls-bridge-inline.rules"
-SERVER, CLIENT = "10.113.2.2", "10.113.1.2"
-QUEUE = "13"
-BLOCK = "/tls-bridge-block-marker"
-TEST_RULES = 'alert http any any -> any any (msg:"inline test: request seen"; flow:to_server; http.uri; ' \
-    'content:"/files/"; sid:9913002; rev:1;)\n'
+from tests.support.inline_lab import BLOCK, SERVER, Lab, exec_in, inline_lab, jsonl
 
 pytestmark = pytest.mark.real
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True)
-
-
-def _exec(ns: str) -> list[str]:
-    return ["ip", "netns", "exec", ns]
-
-
-@dataclass
-class Lab:
-    tmp: Path
-    client: str
-    gateway: str
-    server: str
-    feed: str
-    harvested_keylog: Path
-    client_keylog: Path
-    access_log: Path
-    html: Path
-    eve: Path
-    suricata: subprocess.Popen
-
-    def ips(self, name: str, *extra: str, keys: tuple[str, ...] | None = None) -> BridgeProcess:
-        keys = keys if keys is not None else ("--keys", self.feed, "--keys-insecure")
-        work = self.tmp / name
-        work.mkdir()
-        return BridgeProcess(["ips", "--inline", "-q", QUEUE, "--suricata-in", "ipsin0", "--suricata-out", "ipsout0",
-                              *keys, "--flows", str(work / "flows.jsonl"), "--log", str(work / "ips.jsonl"), *extra],
-                             work / "ips.err", prefix=_exec(self.gateway))
-
-    def curl(self, *args: str, timeout: float = 40) -> subprocess.CompletedProcess:
-        return subprocess.run([*_exec(self.client), "curl", "-sk", "--max-time", str(timeout), *args],
-                              capture_output=True, text=True, check=False,
-                              env=dict(os.environ, SSLKEYLOGFILE=str(self.client_keylog)))
-
-    def access(self) -> list[dict[str, str]]:
-        lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
-        return [dict(zip(("msec", "connection", "uri", "status", "protocol"), line.split())) for line in lines]
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _topology(tag: str) -> tuple[str, str, str]:
-    client, gateway, server = (f"tlsb-ipsi-{n}-{tag}" for n in "cgv")
-    for ns in (client, gateway, server):
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
-    _ip("-n", client, "link", "add", "c0", "type", "veth", "peer", "name", "g0", "netns", gateway)
-    _ip("-n", server, "link", "add", "s0", "type", "veth", "peer", "name", "g1", "netns", gateway)
-    _ip("-n", gateway, "link", "add", "ipsin0", "type", "veth", "peer", "name", "ipsin1")
-    _ip("-n", gateway, "link", "add", "ipsout0", "type", "veth", "peer", "name", "ipsout1")
-    for ns, link, address in ((client, "c0", f"{CLIENT}/24"), (gateway, "g0", "10.113.1.1/24"),
-                              (gateway, "g1", "10.113.2.1/24"), (server, "s0", f"{SERVER}/24")):
-        _ip("-n", ns, "addr", "add", address, "dev", link)
-    for ns, link in ((client, "c0"), (gateway, "g0"), (gateway, "g1"), (server, "s0"), (gateway, "ipsin0"),
-                     (gateway, "ipsin1"), (gateway, "ipsout0"), (gateway, "ipsout1")):
-        _ip("-n", ns, "link", "set", link, "up")
-    _ip("-n", client, "route", "add", "default", "via", "10.113.1.1")
-    _ip("-n", server, "route", "add", "default", "via", "10.113.2.1")
-    subprocess.run([*_exec(gateway), "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
-    for rule in (["-d", SERVER, "--dport", "443"], ["-s", SERVER, "--sport", "443"]):
-        subprocess.run([*_exec(gateway), "iptables", "-A", "FORWARD", "-p", "tcp", *rule, "-j", "NFQUEUE",
-                        "--queue-num", QUEUE], check=True)
-    return client, gateway, server
-
-
-def _nginx(server: str, tmp: Path, certs: tlslab.CertChain) -> tuple[subprocess.Popen, Path, Path]:
-    prefix = tmp / "nginx"
-    for directory in ("logs", "html/files", "tmp"):
-        (prefix / directory).mkdir(parents=True, exist_ok=True)
-    html = prefix / "html"
-    (html / "harmless").write_bytes(b"harmless\n" * 2000)
-    (html / BLOCK.lstrip("/")).write_bytes(b"must never be served\n")
-    access = prefix / "logs" / "access.log"
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""daemon off; master_process off; user root; pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log; events {{ worker_connections 1024; }}
-http {{ log_format ipsi '$msec $connection $request_uri $status $server_protocol';
-access_log {access} ipsi; client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
-fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
-keepalive_requests 1000;
-server {{ listen {SERVER}:443 ssl http2; ssl_certificate {certs.chain}; ssl_certificate_key {certs.key};
-ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets off; ssl_session_cache off; root {html}; }} }}
-""")
-    proc = subprocess.Popen([*_exec(server), "nginx", "-p", str(prefix), "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return proc, access, html
-
-
-def _suricata(gateway: str, tmp: Path) -> tuple[subprocess.Popen, Path]:
-    work = tmp / "suricata"
-    work.mkdir()
-    config = S.minimal_config(work)
-    config.write_text(config.read_text() + f"include:\n  - {OVERLAY}\n")
-    (work / "test.rules").write_text(TEST_RULES)
-    rules = S.combine_rules([INLINE_RULES, work / "test.rules"], (), work / "combined.rules")
-    with open(work / "suricata.out", "wb") as out:
-        proc = subprocess.Popen([*_exec(gateway), S.require_suricata(), "-c", str(config), "--af-packet", "-v",
-                                 "--init-errors-fatal", "-l", str(work), "-S", str(rules), "--runmode", "workers"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    _wait(lambda: "Engine started" in (work / "suricata.out").read_text(errors="replace") or proc.poll() is not None,
-          60, "Suricata")
-    assert proc.poll() is None, (work / "suricata.out").read_text()
-    return proc, work / "eve-tls-bridge-inline.json"
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, tls_certs):
-    tlslab.require_root()
-    tlslab.require_tools("nginx", "curl", "iptables", "suricata", "tcpdump", "tshark")
-    tmp = tmp_path_factory.mktemp("ips-inline")
-    tag = str(os.getpid() % 100000)
-    client, gateway, server = _topology(tag)
-    procs: list[subprocess.Popen] = []
-    try:
-        nginx, access, html = _nginx(server, tmp, tls_certs)
-        procs.append(nginx)
-        _wait(lambda: (tmp / "nginx" / "nginx.pid").exists(), 20, "nginx")
-        pid = (tmp / "nginx" / "nginx.pid").read_text().strip()
-        feed, harvested = f"ipc://{tmp}/feed", tmp / "harvested.keylog"
-        harvester_log = tmp / "harvester.log"
-        with open(harvester_log, "wb") as hlog:
-            harvester = subprocess.Popen([*_exec(server), str(ROOT / ".venv" / "bin" / "python"), "-m", "bridge.cli",
-                                          "harvest", "process", "--pid", pid, "--keylog", str(harvested), "--bind",
-                                          feed, "--insecure"], stdout=hlog, stderr=hlog, cwd=ROOT)
-        procs.append(harvester)
-        _wait(lambda: "harvesting" in harvester_log.read_text(errors="replace") or harvester.poll() is not None, 60,
-              "the harvester")
-        assert harvester.poll() is None, harvester_log.read_text()
-        suricata, eve = _suricata(gateway, tmp)
-        procs.append(suricata)
-        yield Lab(tmp, client, gateway, server, feed, harvested, tmp / "client.keylog", access, html, eve, suricata)
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        for ns in (client, gateway, server):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False).stdout
-            for pid in pids.split():
-                subprocess.run(["kill", "-9", pid], capture_output=True, check=False)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+    with inline_lab(tmp_path_factory.mktemp("ips-inline"), tls_certs) as built:
+        yield built
 
 
 def _capture(ns: str, interface: str, path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([*_exec(ns), "tcpdump", "-i", interface, "-B", "32768", "-U", "-s", "0", "-w", str(path), "tcp port 443"],
+    proc = subprocess.Popen([*exec_in(ns), "tcpdump", "-i", interface, "-B", "32768", "-U", "-s", "0", "-w", str(path), "tcp port 443"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(0.5)  # tcpdump is listening
     return proc
@@ -274,12 +111,12 @@ def test_a_request_a_drop_rule_matches_never_reaches_the_server(lab):
     resets = _resets_to_client(pcap)
     work = lab.tmp / "drop-feed"
     for tag, result in results.items():
-        _assert_blocked(lab, result, tag, resets, _jsonl(work / "ips.jsonl"), _jsonl(work / "flows.jsonl"))
+        _assert_blocked(lab, result, tag, resets, jsonl(work / "ips.jsonl"), jsonl(work / "flows.jsonl"))
     eve = [json.loads(line) for line in lab.eve.read_text().splitlines()]
     drops = [e for e in eve if e.get("event_type") == "drop" or (e.get("event_type") == "alert" and
                                                                  e["alert"]["signature_id"] == 1915901)]
     assert drops, "Suricata logged no drop"
-    flows = _jsonl(work / "flows.jsonl")
+    flows = jsonl(work / "flows.jsonl")
     assert {f["tls_version"] for f in flows if f.get("status") == "decrypted"} >= {"TLSv1.2", "TLSv1.3"}, flows
 
 
@@ -294,8 +131,8 @@ def test_the_key_log_the_harvester_writes_serves_as_well(lab):
         assert ips.stop() == 0, ips.text()
     _stop_capture(capture)
     work = lab.tmp / "drop-keylog"
-    _assert_blocked(lab, result, "keylog", _resets_to_client(pcap), _jsonl(work / "ips.jsonl"),
-                    _jsonl(work / "flows.jsonl"))
+    _assert_blocked(lab, result, "keylog", _resets_to_client(pcap), jsonl(work / "ips.jsonl"),
+                    jsonl(work / "flows.jsonl"))
 
 
 # --- no secrets: fail-open and fail-closed ---------------------------------------------------------
@@ -316,7 +153,7 @@ def test_without_secrets_the_policy_decides(lab, policy):
         assert ips.stop() == 0, ips.text()
     work = lab.tmp / tag
     served = [a for a in lab.access() if a["uri"].endswith(tag)]
-    ips_log, flows = _jsonl(work / "ips.jsonl"), _jsonl(work / "flows.jsonl")
+    ips_log, flows = jsonl(work / "ips.jsonl"), jsonl(work / "flows.jsonl")
     assert any(r["event"] == "policy" and r["policy"] == f"keys:{policy}" for r in ips_log), ips_log
     if policy == "pass-flow":
         assert result.returncode == 0 and result.stdout.split()[:2] == ["200", str(len(b"harmless\n" * 2000))]
@@ -369,7 +206,7 @@ def test_concurrent_connections_lose_nothing_and_wait_for_their_verdicts(lab):
     got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in downloads.iterdir()}
     assert got == files  # every byte, in order
     work = lab.tmp / "concurrent"
-    log, flows = _jsonl(work / "ips.jsonl"), _jsonl(work / "flows.jsonl")
+    log, flows = jsonl(work / "ips.jsonl"), jsonl(work / "flows.jsonl")
     releases = [r for r in log if r["event"] == "release"]
     assert not [r for r in log if r["event"] in ("cut", "policy")], [r for r in log if r["event"] != "release"][:5]
     judged = [r for r in releases if any(v["kind"] == "verdict" for v in r["verdicts"])]

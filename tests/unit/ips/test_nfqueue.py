@@ -66,7 +66,7 @@ def test_verdicts_are_one_message_each_in_one_datagram():
     offset = 0
     while offset < len(data):
         length, kind, flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
-        family, version, queue = struct.unpack_from("!BBH", data, offset + 16)
+        _family, _version, queue = struct.unpack_from("!BBH", data, offset + 16)
         attr_length, attr_type = struct.unpack_from("=HH", data, offset + 20)
         verdict, packet_id = struct.unpack_from("!II", data, offset + 24)
         messages.append((kind, flags, queue, attr_type, attr_length, verdict, packet_id))
