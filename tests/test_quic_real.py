@@ -13,6 +13,7 @@ pcap: every request path seen as HTTP, each response's length, the marker rule.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,59 @@ def test_retry(tmp_path):
     assert line["quic"]["retry_tag_valid"] is True
     assert line["quic"]["requests"] == 2 and line["sni"] == "quic.example.test"
     assert line["c2s"]["skipped_records"] == 0 and line["s2c"]["skipped_records"] == 0
+
+
+def test_key_requests_and_the_key_feed(run, tmp_path):
+    """``decrypt --keys``: each QUIC ClientHello's client random is asked for on the
+    key feed (a key request naming the UDP endpoints); a harvester stand-in answers
+    each request with that connection's secrets from the client's key log, and
+    every QUIC connection is decrypted with them."""
+    import queue
+    import threading
+    import time
+
+    from bridge.keyfeed import wire
+    from bridge.keyfeed.publisher import Publisher, PublisherConfig
+    from bridge.keyfeed.security import load_server
+    from bridge.keys.keylog import read_keylog
+    from tests.support.keyfeed import BridgeProcess, free_tcp_pair, make_feed_certs
+
+    by_random: dict[bytes, dict[str, bytes]] = {}
+    for entry in read_keylog(run.keylog):
+        by_random.setdefault(entry.client_random, {})[entry.label] = entry.secret
+    certs = make_feed_certs(tmp_path / "certs")
+    endpoint = f"tcp://127.0.0.1:{free_tcp_pair()}"
+    asked: queue.Queue = queue.Queue()
+    requests: list = []
+    flows = tmp_path / "flows.jsonl"
+    with Publisher(PublisherConfig(endpoint), server=load_server(certs.publisher_secret, certs.allow_dir)) as publisher:
+        publisher.take_key_requests(asked.put)
+        stop = threading.Event()
+
+        def answer() -> None:
+            while not stop.is_set():
+                try:
+                    request = asked.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                requests.append(request)
+                if not request.ended and request.client_random in by_random:
+                    publisher.publish(wire.KeyRecord(request.client_random, by_random[request.client_random],
+                                                     captured_at=time.time()))
+
+        answering = threading.Thread(target=answer)
+        answering.start()
+        try:
+            with BridgeProcess(["decrypt", "-r", str(run.pcap), "--keys", endpoint, *certs.sensor_args(),
+                                "--keys-timeout", "30", "--flows", str(flows)], tmp_path / "decrypt.err") as decrypt:
+                assert decrypt.wait(90) == 0, decrypt.text()
+        finally:
+            stop.set()
+            answering.join()
+    lines = [json.loads(line) for line in flows.read_text().splitlines()]
+    assert [line["status"] for line in lines] == ["decrypted"] * len(CLIENTS), lines
+    assert [line["quic"]["requests"] for line in lines] == [len(c.requests) for c in CLIENTS]
+    wanted = {(r.client_random.hex(), f"127.0.0.1:{r.client[1]}", f"127.0.0.1:{r.server[1]}")
+              for r in requests if not r.ended}
+    assert wanted == {(line["client_random"], line["client"], line["server"]) for line in lines}
+    assert all(len(line["key_origin"]["publisher"]) == 32 for line in lines), lines[0]["key_origin"]

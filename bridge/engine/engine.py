@@ -186,7 +186,7 @@ class Engine:
         """End of a capture file read with a live feed: connections still waiting for
         their secrets get ``timeout`` more seconds (wall clock) before they are logged."""
         deadline = time.monotonic() + timeout
-        while self.decryptor.waiting_flows and time.monotonic() < deadline:
+        while (self.decryptor.waiting_flows or self.quic.waiting_flows) and time.monotonic() < deadline:
             time.sleep(0.05)
             self.keys_arrived()
 

@@ -133,6 +133,11 @@ class QuicFlows:
     def active_flows(self) -> int:
         return len(self._flows)
 
+    @property
+    def waiting_flows(self) -> int:
+        """Flows whose ClientHello names secrets the store does not have yet."""
+        return sum(1 for flow in self._flows.values() if flow.client_random is not None and not flow.keys_given)
+
     # --- input -----------------------------------------------------------------------
 
     def frame(self, frame: Frame) -> list[Event]:
