@@ -1,0 +1,148 @@
+"""What the inline IPS costs: added latency per request and throughput, inline against
+plain forwarding through the same gateway, in one run.
+
+The lab of tests/test_ips_inline.py (tests/support/inline_lab.py): client — gateway —
+server namespaces, nginx with TLS 1.3 on the server, the process harvester publishing
+its secrets, Suricata 7 in af-packet IPS mode beside the gateway.  A Python client in
+the client namespace measures, over HTTPS:
+
+* requests on an open keep-alive connection (GET of a 1 KiB file): each request's
+  time, p50 and p99;
+* new connections (TCP + TLS handshake + the first request): p50 and p99 (inline,
+  the first request also waits for the harvester's secrets);
+* one download of a large file: MB/s.
+
+First with the gateway forwarding plainly (no NFQUEUE rule), then with the rules in
+and ``tls-bridge ips --inline`` judging every record (its hold-time histogram from
+its Prometheus metrics is printed too).
+
+    .venv/bin/python bench/bench_ips_inline.py [--requests 300] [--connections 30] [--size-mb 32]
+
+Needs root and what the test needs (nginx, curl, iptables, Suricata 7, tshark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support import tlslab  # noqa: E402
+from tests.support.inline_lab import SERVER, exec_in, forwarding_queued, inline_lab  # noqa: E402
+
+CLIENT = r"""
+import http.client, json, ssl, sys, time
+server, requests, connections = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+context = ssl.create_default_context()
+context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+context.minimum_version = ssl.TLSVersion.TLSv1_3
+def get(connection, path):
+    connection.request("GET", path)
+    response = connection.getresponse()
+    size = 0
+    while True:
+        chunk = response.read(1 << 20)
+        if not chunk:
+            return size
+        size += len(chunk)
+kept = http.client.HTTPSConnection(server, 443, context=context, timeout=60)
+get(kept, "/small?warm")
+open_connection = []
+for i in range(requests):
+    started = time.perf_counter()
+    assert get(kept, f"/small?{i}") == 1024
+    open_connection.append(time.perf_counter() - started)
+new = []
+for i in range(connections):
+    started = time.perf_counter()
+    fresh = http.client.HTTPSConnection(server, 443, context=context, timeout=60)
+    assert get(fresh, f"/small?new{i}") == 1024
+    new.append(time.perf_counter() - started)
+    fresh.close()
+started = time.perf_counter()
+size = get(kept, "/big")
+print(json.dumps({"open": open_connection, "new": new, "bytes": size, "seconds": time.perf_counter() - started}))
+"""
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _measure(lab, requests: int, connections: int) -> dict:  # type: ignore[no-untyped-def]
+    out = subprocess.run([*exec_in(lab.client), sys.executable, "-c", CLIENT, SERVER, str(requests),
+                          str(connections)], capture_output=True, text=True, timeout=900, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"client failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def _row(name: str, result: dict) -> dict[str, float]:
+    return {"mode": name, "open_p50": _percentile(result["open"], 0.5) * 1000,
+            "open_p99": _percentile(result["open"], 0.99) * 1000, "new_p50": _percentile(result["new"], 0.5) * 1000,
+            "new_p99": _percentile(result["new"], 0.99) * 1000,
+            "mbps": result["bytes"] / result["seconds"] / 1e6}
+
+
+def _hold_histogram(gateway: str) -> str:
+    text = subprocess.run([*exec_in(gateway), "curl", "-s", "http://127.0.0.1:9813/metrics"], capture_output=True,
+                          text=True, check=False).stdout
+    buckets = re.findall(r'tls_bridge_ips_inline_hold_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)', text)
+    counters = {name: float(value) for name, value in re.findall(
+        r"^tls_bridge_ips_inline_(held|released|dropped|accepted|verdicts_passed)_total ([0-9.e+]+)$", text, re.M)}
+    total = float(buckets[-1][1]) if buckets else 0.0
+    shown = [f"<= {float(le) * 1000:g} ms: {int(float(n))}" for le, n in buckets if le != "+Inf" and
+             float(le) <= 0.1]
+    return (f"  packets accepted at once {int(counters.get('accepted', 0))}, held {int(counters.get('held', 0))}, "
+            f"released {int(counters.get('released', 0))}, dropped {int(counters.get('dropped', 0))}; "
+            f"{int(counters.get('verdicts_passed', 0))} verdicts passed\n"
+            f"  hold time (cumulative, {int(total)} held packets): " + ", ".join(shown))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--connections", type=int, default=30)
+    parser.add_argument("--size-mb", type=int, default=32)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-ips-inline-") as directory:
+        tmp = Path(directory)
+        certs = tlslab.make_cert(tmp / "certs", key_type="ec")
+        with inline_lab(tmp, certs) as lab:
+            (lab.html / "small").write_bytes(b"x" * 1024)
+            with open(lab.html / "big", "wb") as handle:
+                for _ in range(args.size_mb):
+                    handle.write(b"\x00" * (1 << 20))  # the content does not matter to TLS
+            forwarding_queued(lab.gateway, False)
+            plain = _row("plain forwarding", _measure(lab, args.requests, args.connections))
+            forwarding_queued(lab.gateway, True)
+            with lab.ips("bench", "--hold-budget", "10", "--verdict-timeout", "5", "--metrics",
+                         "127.0.0.1:9813") as ips:
+                ips.wait_for("ips --inline: queue", 30)
+                inline = _row("inline IPS", _measure(lab, args.requests, args.connections))
+                histogram = _hold_histogram(lab.gateway)
+                ips.stop()
+    print(f"\ninline IPS vs plain forwarding ({args.requests} requests on one TLS 1.3 connection, "
+          f"{args.connections} new connections, a {args.size_mb} MB download; same lab, same run)\n")
+    print(f"{'mode':<18} {'req p50 ms':>11} {'req p99 ms':>11} {'new p50 ms':>11} {'new p99 ms':>11} {'MB/s':>8}")
+    for row in (plain, inline):
+        print(f"{row['mode']:<18} {row['open_p50']:>11.2f} {row['open_p99']:>11.2f} {row['new_p50']:>11.2f} "
+              f"{row['new_p99']:>11.2f} {row['mbps']:>8.1f}")
+    print(f"{'added / ratio':<18} {inline['open_p50'] - plain['open_p50']:>+11.2f} "
+          f"{inline['open_p99'] - plain['open_p99']:>+11.2f} {inline['new_p50'] - plain['new_p50']:>+11.2f} "
+          f"{inline['new_p99'] - plain['new_p99']:>+11.2f} {inline['mbps'] / plain['mbps']:>7.2f}x")
+    print(histogram)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
