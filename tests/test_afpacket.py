@@ -391,3 +391,28 @@ def test_ring_batches_mark_a_quiet_link_and_a_vanished_interface(veth_ns: str) -
     cap.close()
     assert not reader.is_alive()
     assert errors and "cannot receive on interface 'vb'" in str(errors[0])
+
+
+def test_close_from_another_thread_ends_iteration_quietly(veth_ns: str, mode: str) -> None:
+    """Only this capture's iteration ends: the stop event it shares (a worker's, with its
+    other captures) stays clear."""
+    shared = threading.Event()
+    cap = _open(veth_ns, mode, idle_marker=True, poll_interval=0.05, stop_event=shared)
+    outcome: list[object] = []
+
+    def read() -> None:
+        try:
+            for _ in cap.batches():
+                pass
+            outcome.append("ended")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.2)
+    cap.close()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert outcome == ["ended"]
+    assert not shared.is_set()

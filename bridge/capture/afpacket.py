@@ -117,6 +117,10 @@ _MAX_BLOCK = 1 << 20
 _MIN_BLOCKS = 4
 
 
+class _Closed(Exception):
+    """The socket was closed under a running iteration (which then ends)."""
+
+
 class CaptureDeviceError(BridgeError):
     """A live capture device cannot be opened or read (missing interface, no permission)."""
 
@@ -367,14 +371,23 @@ class AfPacketCapture:
         for _fd, mask in events:
             if mask & (select.POLLERR | select.POLLNVAL):
                 if self._sock.fileno() < 0:
-                    self._stop.set()
-                    return True
+                    raise _Closed
                 code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
                     raise _device_error(self.interface, "receive", OSError(code, os.strerror(code)))
         return bool(events)
 
     def _blocks(self) -> Iterator[list[Frame] | None]:
+        ring = self._ring
+        try:
+            yield from self._walk_blocks()
+        except _Closed:  # close() from another thread
+            return
+        except ValueError:  # the same, seen as the ring unmapped
+            if ring is None or not ring.closed:
+                raise
+
+    def _walk_blocks(self) -> Iterator[list[Frame] | None]:
         ring = self._ring
         geometry = self.geometry
         assert ring is not None and geometry is not None
