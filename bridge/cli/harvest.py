@@ -99,7 +99,8 @@ def run_harvest_process(args: argparse.Namespace) -> int:
     triggers = parse_triggers(args.trigger, ("hooks", "wire", "requests"), args)
     if "wire" in triggers and not args.wire:
         raise BridgeError("--trigger wire needs --wire IFACE (where the ClientHellos are seen)")
-    finder = TargetFinder(pids=tuple(args.pid or ()), comms=tuple(args.comm or ()), everything=args.all)
+    finder = TargetFinder(pids=tuple(args.pid or ()), comms=tuple(args.comm or ()), everything=args.all,
+                          cache_dir=args.profile_cache or None)
     sinks, keylog, publisher = open_sinks(args)
     stop = stop_on_signals()
     harvester = None

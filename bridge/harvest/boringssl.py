@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from bridge.errors import ProfileError
 from bridge.harvest.elf import ElfImage
-from bridge.harvest.keylog_hooks import KeyLogBinary, KeyLogLine, label_from, secret_from
+from bridge.harvest.keylog_hooks import KeyLogBinary, decode_c_label
 
 LIBRARY = "boringssl"
 FUNCTION = "ssl_log_secret"
@@ -153,10 +153,5 @@ def hook_point(path: str, image: ElfImage) -> KeyLogBinary | None:
     return KeyLogBinary(path, image.build_id, LIBRARY, FUNCTION, hook.offset, args, decode)
 
 
-def decode(args: dict[str, bytes | int | None]) -> KeyLogLine | None:
-    label = label_from(args.get("label"), None)
-    secret = secret_from(args.get("secret"), args.get("secret_len"))
-    random = args.get("random")
-    if label is None or secret is None or not isinstance(random, bytes) or len(random) != 32:
-        return None
-    return KeyLogLine(label, random, secret)
+decode = decode_c_label
+

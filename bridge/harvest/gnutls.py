@@ -20,7 +20,7 @@ calling those two on a session gives both facts for that exact build:
 The probe then copies, at each call, the label (``%si``), the secret behind the
 ``gnutls_datum_t`` (``%dx``: data pointer, then size) and the client random at
 its offset from ``%di``.  No other layout is needed.  What is learned is kept
-per build-id for the harvester's life.
+per build-id, in memory and in the profile cache (``gnutls-BUILDID.json``).
 
 An application that installs its own key-log function
 (``gnutls_session_set_keylog_function``) replaces the default one: its
@@ -36,13 +36,12 @@ import ctypes
 import json
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 
 from bridge.errors import BridgeError, ProfileError
 from bridge.harvest.elf import ElfImage
-from bridge.harvest.keylog_hooks import KeyLogBinary, KeyLogLine, label_from, secret_from
+from bridge.harvest.keylog_hooks import KeyLogBinary, decode_c_label
 
 LIBRARY = "gnutls"
 FUNCTION = "_gnutls_nss_keylog_func"
@@ -82,42 +81,59 @@ def probe_args(facts: GnuTlsFacts) -> tuple[str, ...]:
             f"random=+{facts.client_random:#x}(%di):x64[4]")
 
 
-def decode(args: dict[str, bytes | int | None]) -> KeyLogLine | None:
-    label = label_from(args.get("label"), None)
-    secret = secret_from(args.get("secret"), args.get("secret_len"))
-    random = args.get("random")
-    if label is None or secret is None or not isinstance(random, bytes) or len(random) != 32:
-        return None
-    return KeyLogLine(label, random, secret)
+decode = decode_c_label
+
 
 
 _facts: dict[str, GnuTlsFacts] = {}
 
 
-def hook_point(path: str, image: ElfImage) -> KeyLogBinary | None:
-    """The build's hook point (its facts learned in the sandbox once per build-id).
-    Raises ProfileError when the library cannot be probed."""
+def _cached(cache_dir: str | None, build_id: str) -> GnuTlsFacts | None:
+    if cache_dir is None:
+        return None
+    try:
+        with open(os.path.join(cache_dir, f"gnutls-{build_id}.json"), encoding="ascii") as handle:
+            return GnuTlsFacts.from_json(handle.read())
+    except (OSError, UnicodeDecodeError, ProfileError):
+        return None
+
+
+def _cache(cache_dir: str | None, build_id: str, facts: GnuTlsFacts) -> None:
+    if cache_dir is None:
+        return
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        partial = os.path.join(cache_dir, f".gnutls-{build_id}.json.{os.getpid()}")
+        with open(partial, "w", encoding="ascii") as handle:
+            json.dump({"version": facts.version, "keylog_function": facts.keylog_function,
+                       "client_random": facts.client_random}, handle)
+        os.replace(partial, os.path.join(cache_dir, f"gnutls-{build_id}.json"))
+    except OSError:
+        pass  # a cache only: probed again next time
+
+
+def hook_point(path: str, image: ElfImage, cache_dir: str | None = None) -> KeyLogBinary | None:
+    """The build's hook point (its facts learned in the sandbox once per build-id, kept
+    in ``cache_dir``).  Raises ProfileError when the library cannot be probed."""
     if "gnutls_session_get_keylog_function" not in image.functions:
         raise ProfileError(f"{path}: GnuTLS older than 3.6.13 (no gnutls_session_get_keylog_function): not hooked")
-    facts = _facts.get(image.build_id)
+    if not re.fullmatch(r"[0-9a-f]{8,80}", image.build_id):
+        raise ProfileError(f"{path}: build-id {image.build_id[:80]!r} is not hexadecimal")
+    facts = _facts.get(image.build_id) or _cached(cache_dir, image.build_id)
     if facts is None:
-        facts = _facts[image.build_id] = probe_sandboxed(path)
+        facts = probe_sandboxed(path)
+        _cache(cache_dir, image.build_id, facts)
+    _facts[image.build_id] = facts
     return KeyLogBinary(path, image.build_id, f"{LIBRARY} {facts.version}", FUNCTION,
                         image.file_offset(facts.keylog_function), probe_args(facts), decode)
 
 
 def probe_sandboxed(library: str, *, timeout: float = TIME_LIMIT) -> GnuTlsFacts:
     """Load ``library`` in a confined child and ask it; raises ProfileError with the reason."""
-    try:
-        result = subprocess.run([sys.executable, "-m", "bridge.harvest.gnutls", library], capture_output=True,
-                                text=True, timeout=timeout, cwd="/", stdin=subprocess.DEVNULL,
-                                env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-    except subprocess.TimeoutExpired:
-        raise ProfileError(f"probing {library}: no answer within {timeout:.0f} s (killed)") from None
-    if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        raise ProfileError(f"probing {library}: {lines[-1] if lines else f'exit status {result.returncode}'}")
-    return GnuTlsFacts.from_json(result.stdout)
+    from bridge.harvest.sandbox import run_child
+
+    return GnuTlsFacts.from_json(run_child("bridge.harvest.gnutls", library, what=f"probing {library}",
+                                           timeout=timeout))
 
 
 class _Datum(ctypes.Structure):

@@ -140,3 +140,14 @@ class KeyLogAssembler:
 
 def _ready(secrets: dict[str, bytes]) -> bool:
     return CLIENT_RANDOM in secrets or _TLS13_LABELS <= secrets.keys()
+
+
+def decode_c_label(args: dict[str, bytes | int | None]) -> KeyLogLine | None:
+    """The line of a C library's probe: ``label`` a copy of a NUL-terminated string,
+    ``secret`` with ``secret_len``, ``random`` the 32-byte client random."""
+    label = label_from(args.get("label"), None)
+    secret = secret_from(args.get("secret"), args.get("secret_len"))
+    random = args.get("random")
+    if label is None or secret is None or not isinstance(random, bytes) or len(random) != 32:
+        return None
+    return KeyLogLine(label, random, secret)

@@ -44,22 +44,30 @@ def calibrate_sandboxed(library: str, *, timeout: float = TIME_LIMIT) -> Profile
     """Calibrate ``library`` in a confined child; raises ProfileError with the reason."""
     if not os.path.isfile(library):
         raise ProfileError(f"{library}: no such file")
+    output = run_child("bridge.harvest.sandbox", library, what=f"calibrating {library}", timeout=timeout)
+    profile = Profile.from_json(output, source=f"calibration of {library}")
+    profile.made["sandbox"] = "own network namespace, uid nobody, no capabilities, no_new_privs, rlimits"
+    profile.made["library_path"] = library
+    return profile
+
+
+def run_child(module: str, library: str, *, what: str, timeout: float) -> str:
+    """Run ``python -m module library`` (a child that confines itself before it opens
+    the library: :func:`_confine`) and return its standard output; raises
+    ProfileError with the child's last word when it fails or outlives ``timeout``."""
     try:
-        result = subprocess.run([sys.executable, "-m", "bridge.harvest.sandbox", library], capture_output=True,
-                                text=True, timeout=timeout, cwd="/", stdin=subprocess.DEVNULL,
+        result = subprocess.run([sys.executable, "-m", module, library], check=False, capture_output=True, text=True,
+                                timeout=timeout, cwd="/", stdin=subprocess.DEVNULL,
                                 env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
     except subprocess.TimeoutExpired:
-        raise ProfileError(f"calibrating {library}: no result within {timeout:.0f} s (killed)") from None
+        raise ProfileError(f"{what}: no result within {timeout:.0f} s (killed)") from None
     if result.returncode != 0:
         lines = result.stderr.strip().splitlines()
         detail = lines[-1] if lines else f"exit status {result.returncode}"
         if result.returncode < 0:
             detail = f"killed by signal {-result.returncode} ({detail})"
-        raise ProfileError(f"calibrating {library}: {detail}")
-    profile = Profile.from_json(result.stdout, source=f"calibration of {library}")
-    profile.made["sandbox"] = "own network namespace, uid nobody, no capabilities, no_new_privs, rlimits"
-    profile.made["library_path"] = library
-    return profile
+        raise ProfileError(f"{what}: {detail}")
+    return result.stdout
 
 
 def _confine() -> None:

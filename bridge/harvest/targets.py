@@ -68,7 +68,8 @@ def _host_path(pid: int, path: str) -> str:
 
 
 class TargetFinder:
-    def __init__(self, *, pids: tuple[int, ...] = (), comms: tuple[str, ...] = (), everything: bool = False) -> None:
+    def __init__(self, *, pids: tuple[int, ...] = (), comms: tuple[str, ...] = (), everything: bool = False,
+                 cache_dir: str | None = None) -> None:
         if not (pids or comms or everything):
             raise ValueError("select processes by pid, by command name, or all")
         self.pids = set(pids)
@@ -77,6 +78,7 @@ class TargetFinder:
         self._images: dict[tuple[int, int], ElfImage | None] = {}
         self._versions: dict[tuple[int, int], str | None] = {}
         self._hook_points: dict[tuple[int, int], list[KeyLogBinary]] = {}
+        self.cache_dir = cache_dir  # what loading a library taught, by build-id (GnuTLS)
         #: Binaries of a library hooked at its key-log function that cannot be hooked: path → why.
         self.hook_errors: dict[str, str] = {}
         self.errors: dict[str, str] = {}
@@ -146,7 +148,7 @@ class TargetFinder:
         key = (status.st_dev, status.st_ino)
         if key not in self._hook_points:
             try:
-                self._hook_points[key] = find_hook_points(path, read_elf(path, with_version=False))
+                self._hook_points[key] = find_hook_points(path, read_elf(path, with_version=False), self.cache_dir)
             except (ProfileError, OSError) as exc:
                 self.hook_errors[path] = str(exc)
                 self._hook_points[key] = []

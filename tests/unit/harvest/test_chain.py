@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import struct
 
-from bridge.harvest.chain import MemoryFields, field_path, is_other_object, read_secrets, typed_objects
+from bridge.harvest.chain import (
+    MemoryFields,
+    field_path,
+    is_other_object,
+    read_secrets,
+    typed_objects,
+)
 from bridge.harvest.profile import Profile
 from bridge.harvest.uprobes import probe_definition
 

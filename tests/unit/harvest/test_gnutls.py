@@ -29,3 +29,14 @@ def test_decode_label_secret_and_client_random():
 def test_library_names():
     assert is_libgnutls("/usr/lib/x86_64-linux-gnu/libgnutls.so.30")
     assert not is_libgnutls("/usr/lib/x86_64-linux-gnu/libgnutls-dane.so.0")
+
+
+def test_what_loading_taught_is_cached_by_build_id(tmp_path):
+    from bridge.harvest.gnutls import _cache, _cached
+
+    facts = GnuTlsFacts("3.7.9", 340544, 80)
+    assert _cached(str(tmp_path), "ab" * 20) is None
+    _cache(str(tmp_path), "ab" * 20, facts)
+    assert _cached(str(tmp_path), "ab" * 20) == facts and (tmp_path / f"gnutls-{'ab' * 20}.json").is_file()
+    (tmp_path / f"gnutls-{'cd' * 20}.json").write_text('{"version": "3", "keylog_function": 0}')
+    assert _cached(str(tmp_path), "cd" * 20) is None  # a damaged entry: probed again

@@ -8,7 +8,13 @@ import pytest
 
 from bridge.errors import ProfileError
 from bridge.harvest.elf import ElfImage, Segment
-from bridge.harvest.golang import WRITE_KEY_LOG, build_version, decode, find_function, register_abi
+from bridge.harvest.golang import (
+    WRITE_KEY_LOG,
+    build_version,
+    decode,
+    find_function,
+    register_abi,
+)
 
 TEXT = 0x401000
 
