@@ -90,13 +90,12 @@ def _topology(tag: str) -> tuple[str, str, str]:
         ip("-n", ns, "link", "set", "lo", "up")
     ip("-n", client, "link", "add", "c0", "type", "veth", "peer", "name", "g0", "netns", gateway)
     ip("-n", server, "link", "add", "s0", "type", "veth", "peer", "name", "g1", "netns", gateway)
-    ip("-n", gateway, "link", "add", "ipsin0", "type", "veth", "peer", "name", "ipsin1")
-    ip("-n", gateway, "link", "add", "ipsout0", "type", "veth", "peer", "name", "ipsout1")
+    # the veth pairs to and from Suricata, as deployed
+    subprocess.run([*exec_in(gateway), str(ROOT / "deploy" / "create-inline-interfaces.sh")], check=True)
     for ns, link, address in ((client, "c0", f"{CLIENT}/24"), (gateway, "g0", "10.113.1.1/24"),
                               (gateway, "g1", "10.113.2.1/24"), (server, "s0", f"{SERVER}/24")):
         ip("-n", ns, "addr", "add", address, "dev", link)
-    for ns, link in ((client, "c0"), (gateway, "g0"), (gateway, "g1"), (server, "s0"), (gateway, "ipsin0"),
-                     (gateway, "ipsin1"), (gateway, "ipsout0"), (gateway, "ipsout1")):
+    for ns, link in ((client, "c0"), (gateway, "g0"), (gateway, "g1"), (server, "s0")):
         ip("-n", ns, "link", "set", link, "up")
     ip("-n", client, "route", "add", "default", "via", "10.113.1.1")
     ip("-n", server, "route", "add", "default", "via", "10.113.2.1")
