@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -194,12 +195,20 @@ def test_concurrent_connections_lose_nothing_and_wait_for_their_verdicts(lab):
             args += ["-o", str(downloads / name), f"https://{SERVER}/files/{name}"]
         return lab.curl(*args, timeout=120)
 
-    with lab.ips("concurrent", "--hold-budget", "10", "--verdict-timeout", "5", "--log-releases") as ips:
+    with lab.ips("concurrent", "--hold-budget", "10", "--verdict-timeout", "5", "--log-releases", "--metrics",
+                 "127.0.0.1:9813") as ips:
         ips.wait_for("ips --inline: queue", 30)
         with ThreadPoolExecutor(connections) as pool:
             results = list(pool.map(fetch, range(connections)))
         time.sleep(1.0)
+        metrics = subprocess.run([*exec_in(lab.gateway), "curl", "-s", "http://127.0.0.1:9813/metrics"],
+                                 capture_output=True, text=True, check=False).stdout
         assert ips.stop() == 0, ips.text()
+    values = {name: float(value) for name, value in
+              re.findall(r"^(tls_bridge_ips_inline_[a-z_]+(?:_total|_count)) ([0-9.e+]+)$", metrics, re.MULTILINE)}
+    assert values["tls_bridge_ips_inline_held_total"] == values["tls_bridge_ips_inline_released_total"] > 0, values
+    assert values["tls_bridge_ips_inline_hold_seconds_count"] == values["tls_bridge_ips_inline_held_total"]
+    assert values["tls_bridge_ips_inline_dropped_total"] == values["tls_bridge_ips_inline_fail_open_total"] == 0
     _stop_capture(capture)
     failed = [r for r in results if r.returncode != 0]
     assert not failed, [(r.returncode, r.stderr) for r in failed[:3]]
