@@ -65,7 +65,8 @@ class PacketKeys:
         else:
             self._aead = ChaCha20Poly1305(self.key)
         self._hp_chacha = cipher is BulkCipher.CHACHA20_POLY1305
-        self._hp = None if self._hp_chacha else Cipher(algorithms.AES(self.hp), modes.ECB())
+        # one ECB encryptor for every sample: 16-byte blocks in, nothing carried between them
+        self._hp = None if self._hp_chacha else Cipher(algorithms.AES(self.hp), modes.ECB()).encryptor()
 
     def __repr__(self) -> str:
         return f"PacketKeys({self.version.name}, {self.suite.name}, <secret>)"
@@ -80,8 +81,7 @@ class PacketKeys:
             # counter = sample[0:4] (little-endian), nonce = sample[4:16]: cryptography's 16-byte nonce
             encryptor = Cipher(algorithms.ChaCha20(self.hp, sample), mode=None).encryptor()
             return encryptor.update(_ZERO5)
-        encryptor = self._hp.encryptor()  # type: ignore[union-attr]
-        return encryptor.update(sample)[:5]
+        return self._hp.update(sample)[:5]  # type: ignore[union-attr]
 
     def nonce(self, packet_number: int) -> bytes:
         return (int.from_bytes(self.iv, "big") ^ packet_number).to_bytes(12, "big")
