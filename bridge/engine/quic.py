@@ -85,12 +85,14 @@ class QuicStats:
     requests: int = 0
     #: datagrams that came before their connection's first Initial and were used
     early_datagrams: int = 0
+    #: a connection seen on another pair of endpoints (found by its connection ID)
+    migrations: int = 0
 
 
 class _Flow:
     __slots__ = ("flow_id", "endpoints", "ip_version", "connection", "http3", "info", "first_ns", "last_ns",
                  "keys_given", "keys_requested", "key_origin", "closed_ns", "exchanges", "synthetic", "client_random",
-                 "synthetic_ns")
+                 "synthetic_ns", "paths", "ids_indexed")
 
     def __init__(self, flow_id: int, endpoints: tuple[Endpoint, Endpoint], ip_version: int, settings: QuicSettings,
                  max_body: int, ts: int) -> None:
@@ -111,6 +113,10 @@ class _Flow:
         self.client_random: bytes | None = None
         #: when its last synthetic connection ended: the next starts no earlier (one 4-tuple)
         self.synthetic_ns = 0
+        #: other endpoint pairs it moved to (connection migration, NAT rebinding)
+        self.paths: list[tuple[Endpoint, Endpoint]] = []
+        #: how many of its connection's issued IDs are in the table's index
+        self.ids_indexed = 0
 
 
 class QuicFlows:
@@ -127,6 +133,10 @@ class QuicFlows:
         #: datagrams of no flow yet that may be QUIC, oldest first: (key, datagram)
         self._early: OrderedDict[int, tuple[tuple[Endpoint, Endpoint], UdpDatagram]] = OrderedDict()
         self._early_seq = 0
+        #: connection ID → the flow that issued it; endpoint pairs a flow migrated to
+        self._by_id: OrderedDict[bytes, tuple[Endpoint, Endpoint]] = OrderedDict()
+        self._id_lengths: set[int] = set()
+        self._aliases: dict[tuple[Endpoint, Endpoint], tuple[Endpoint, Endpoint]] = {}
         self._next_tick_ns = 0
 
     @property
@@ -159,6 +169,8 @@ class QuicFlows:
         flow = self._flows.get(key)
         ts = datagram.timestamp_ns
         if flow is None:
+            flow = self._migrated(key, datagram.payload)
+        if flow is None:
             if not _opens_quic(datagram.payload):
                 self._wait_early(key, datagram)
                 return self._tick(ts, events)
@@ -171,9 +183,48 @@ class QuicFlows:
                     self.stats.not_quic -= 1
                     self._feed(flow, key, early, events)
             return self._tick(ts, events)
-        self._flows.move_to_end(key)
+        self._flows.move_to_end(flow.endpoints)
         self._feed(flow, key, datagram, events)
         return self._tick(ts, events)
+
+    def _migrated(self, key: tuple[Endpoint, Endpoint], payload: bytes) -> _Flow | None:
+        """The flow of a datagram on endpoints it moved to: by an alias, or a short
+        header addressed to a connection ID it issued (RFC 9000 §9)."""
+        home = self._aliases.get(key)
+        if home is None:
+            if len(payload) < 2 or payload[0] & 0xC0 != 0x40:
+                return None
+            for length in self._id_lengths:
+                home = self._by_id.get(payload[1:1 + length])
+                if home is not None:
+                    break
+            else:
+                return None
+            flow = self._flows.get(home)
+            if flow is None or flow.info is None or len(flow.paths) >= 16:
+                return None
+            self._aliases[key] = home
+            flow.paths.append(key)
+            self.stats.migrations += 1
+        return self._flows.get(home)
+
+    def _index_ids(self, flow: _Flow) -> None:
+        issued = flow.connection.issued
+        if len(issued) <= flow.ids_indexed:
+            return
+        for connection_id in list(issued)[flow.ids_indexed:]:
+            self._by_id[connection_id] = flow.endpoints
+            self._id_lengths.add(len(connection_id))
+        flow.ids_indexed = len(issued)
+        while len(self._by_id) > 8 * self.settings.max_flows:
+            self._by_id.popitem(last=False)
+
+    def _forget(self, flow: _Flow) -> None:
+        for connection_id in flow.connection.issued:
+            if self._by_id.get(connection_id) == flow.endpoints:
+                del self._by_id[connection_id]
+        for path in flow.paths:
+            self._aliases.pop(path, None)
 
     def _wait_early(self, key: tuple[Endpoint, Endpoint], datagram: UdpDatagram) -> None:
         """UDP of no flow: counted as not QUIC, and one that may be QUIC kept a while
@@ -196,8 +247,18 @@ class QuicFlows:
         source = (datagram.src, datagram.sport)
         ts = datagram.timestamp_ns
         flow.last_ns = max(flow.last_ns, ts)
-        side = 0 if source == key[0] else 1
+        if key == flow.endpoints:
+            side = 0 if source == key[0] else 1
+        else:  # a path it migrated to: who sent it, by the connection ID, else by the server's endpoint
+            connection = flow.connection
+            sender = connection.sender_of(datagram.payload)
+            info = flow.info
+            assert info is not None and connection.client_side is not None
+            if sender is None:
+                sender = S2C if source == (info.server_ip, info.server_port) else C2S
+            side = connection.client_side if sender == C2S else 1 - connection.client_side
         self._outputs(flow, flow.connection.feed(side, datagram.payload, ts), events)
+        self._index_ids(flow)
         if flow.client_random is not None and not flow.keys_given:
             self._give_keys(flow, events)
         if flow.connection.close is not None and flow.closed_ns is None:
@@ -318,6 +379,7 @@ class QuicFlows:
         return events
 
     def _finish(self, flow: _Flow, ended_by: str, events: list[Event]) -> None:
+        self._forget(flow)
         if flow.client_random is not None and not flow.keys_given:
             self._give_keys(flow, events)
         self._outputs(flow, flow.connection.finish(), events)
@@ -363,6 +425,8 @@ class QuicFlows:
             "version_negotiation": list(connection.version_negotiation or ()) or None,
             "handshake_done": connection.handshake_done,
             "requests": flow.exchanges,
+            #: pairs of endpoints it was seen on (more than one: migration, NAT rebinding)
+            "paths": 1 + len(flow.paths),
             "close": None if connection.close is None else {
                 "error_code": connection.close.error_code, "application": connection.close.application,
                 "reason": connection.close.reason[:200]},

@@ -62,6 +62,8 @@ _SPACE = {PacketType.INITIAL: INITIAL, PacketType.HANDSHAKE: HANDSHAKE, PacketTy
 _HANDSHAKE_LABELS = (CLIENT_HANDSHAKE_TRAFFIC_SECRET, SERVER_HANDSHAKE_TRAFFIC_SECRET)
 _APPLICATION_LABELS = (CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0)
 _MAX_KEY_PHASES = 1 << 16
+#: connection IDs remembered per connection (RFC 9000's active_connection_id_limit is 2..8 a side)
+MAX_IDS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +174,9 @@ class QuicConnection:
         self._hello_epoch = -1
         #: per direction: the lengths of the connection IDs it addresses in short headers
         self._dcid_lengths: list[set[int]] = [set(), set()]
+        #: connection IDs each side issued (long header SCIDs, NEW_CONNECTION_ID), at
+        #: most MAX_IDS: the engine finds a connection by them when its path changes
+        self.issued: dict[bytes, Direction] = {}
         self._streams: dict[tuple[int, int], StreamReassembly] = {}
         self._stream_hashes: dict[tuple[int, int], hashlib._Hash] = {}
         #: (side, timestamp, datagram, packet start, packet or None for a short header)
@@ -350,6 +355,7 @@ class QuicConnection:
         stats = self.stats[direction]
         if packet.scid:
             self._dcid_lengths[direction.peer].add(len(packet.scid))
+            self._issue(packet.scid, direction)
         if packet_type is PacketType.INITIAL:
             candidates = self._initial_candidates(direction, packet)
         elif packet_type is PacketType.HANDSHAKE:
@@ -475,6 +481,21 @@ class QuicConnection:
                 return
         stats.failed_packets += 1
 
+    def _issue(self, connection_id: bytes, direction: Direction) -> None:
+        if connection_id not in self.issued and len(self.issued) < MAX_IDS:
+            self.issued[connection_id] = direction
+
+    def sender_of(self, datagram: bytes) -> Direction | None:
+        """Who sent a short header datagram, by the connection ID it is addressed to
+        (the other side issued it); None if no issued ID matches."""
+        if len(datagram) < 2:
+            return None
+        for length in sorted(self._dcid_lengths[C2S] | self._dcid_lengths[S2C]):
+            issuer = self.issued.get(datagram[1:1 + length])
+            if issuer is not None:
+                return issuer.peer
+        return None
+
     # --- frames --------------------------------------------------------------------
 
     def _frames(self, direction: Direction, space: int, payload: bytes, ts: int, epoch: bytes) -> None:
@@ -496,6 +517,7 @@ class QuicConnection:
             elif kind is NewConnectionId:
                 # IDs a side issues are what the other addresses
                 self._dcid_lengths[direction.peer].add(len(frame.connection_id))  # type: ignore[union-attr]
+                self._issue(frame.connection_id, direction)  # type: ignore[union-attr]
             elif kind is ResetStream:
                 self._reset(direction, frame, ts)  # type: ignore[arg-type]
             elif kind is ConnectionClose:

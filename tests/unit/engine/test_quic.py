@@ -139,3 +139,25 @@ def test_other_udp_is_counted_and_left_alone():
     frames = [make_frame(FRAMES[0].timestamp_ns, 228, dns, len(dns))] + FRAMES
     engine, _ = _run(frames)
     assert engine.quic.stats.not_quic == 1 and engine.quic.stats.flows == 2
+
+
+def test_a_connection_that_moves_to_another_client_port():
+    """NAT rebinding / migration (RFC 9000 §9): after the handshake, the client's
+    datagrams come from another port (the capture rewritten: UDP checksums are not
+    checked); the connection is found by its connection IDs, nothing is lost."""
+    client_port = 0
+    moved = []
+    for index, frame in enumerate(FRAMES):
+        data = bytearray(frame.data)
+        sport, dport = int.from_bytes(data[34:36], "big"), int.from_bytes(data[36:38], "big")
+        if index == 0:
+            client_port = sport
+        if index > 30 and client_port in (sport, dport):
+            at = 34 if sport == client_port else 36
+            data[at:at + 2] = (client_port + 1).to_bytes(2, "big")
+        moved.append(make_frame(frame.timestamp_ns, frame.linktype, bytes(data), frame.orig_len))
+    engine, events = _run(moved)
+    assert _requests(events) == _requests(_run(FRAMES)[1])
+    first = min((e for e in events if isinstance(e, FlowFinished) and e.parent is None), key=lambda e: e.flow.flow_id)
+    assert first.summary.to_record()["quic"]["paths"] == 2 and first.summary.status == "decrypted"
+    assert engine.quic.stats.migrations == 1 and engine.quic.stats.flows == 2
