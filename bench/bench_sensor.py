@@ -7,7 +7,7 @@ with the client's key log and injects the cleartext into a second veth.  For eac
 run: how much of the plaintext came out (all connections decrypted, with their full
 byte counts, or not), the kernel drops, and the CPU the workers used per MB.
 
-    .venv/bin/python bench/bench_sensor.py [--rate-mbps 200] [--connections 20] [--size-mb 4]
+    .venv/bin/python bench/bench_sensor.py [--rate-mbps 0 (topspeed)] [--connections 20] [--size-mb 4]
 
 Needs root, tcpreplay (Debian package), and what bench_decrypt.py needs.
 """
@@ -45,10 +45,33 @@ def _namespace() -> str:
     return name
 
 
-def _metric(ns: str, name: str) -> int:
-    text = subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", "http://127.0.0.1:9815/metrics"],
+def _metric_text(ns: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", "http://127.0.0.1:9815/metrics"],
                           capture_output=True, text=True).stdout
+
+
+def _metric(ns: str, name: str) -> int:
+    text = _metric_text(ns)
     return sum(int(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\d+)$", text, re.MULTILINE))
+
+
+def _write_probe(path: Path) -> None:
+    """64 UDP frames to as many ports: what shows each worker capturing."""
+    from bridge.capture.pcapwriter import PcapWriter
+
+    with PcapWriter(path) as writer:
+        for port in range(40000, 40064):
+            ip = bytes.fromhex("45000020000040004011") + b"\x00\x00" + bytes([192, 0, 2, 1, 192, 0, 2, 2])
+            udp = port.to_bytes(2, "big") + (9).to_bytes(2, "big") + (12).to_bytes(2, "big") + b"\x00\x00probe"[:6]
+            frame = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00" + ip + udp
+            writer.write(1_000_000_000, frame)
+
+
+def _softnet_drops() -> int:
+    """Packets the kernel dropped before any socket saw them (per-CPU backlog full:
+    /proc/net/softnet_stat's second column), all CPUs, all namespaces."""
+    with open("/proc/net/softnet_stat") as stat:
+        return sum(int(line.split()[1], 16) for line in stat if line.strip())
 
 
 def _cpu(pid: int) -> float:
@@ -66,11 +89,13 @@ def _cpu(pid: int) -> float:
     return total
 
 
-def run(workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path) -> dict:
+def run(workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool = True) -> dict:
     ns = _namespace()
-    flows = tmp / f"flows-{workers}.jsonl"
-    config = tmp / f"sensor-{workers}.toml"
-    config.write_text(f"""[capture]
+    flows = tmp / f"flows-{workers}-{fast}.jsonl"
+    config = tmp / f"sensor-{workers}-{fast}.toml"
+    config.write_text(f"""[decrypt]
+fast_path = {str(fast).lower()}
+[capture]
 interfaces = ["vb"]
 workers = {workers}
 buffer_mb = 256
@@ -88,10 +113,25 @@ log_interval = 0
     sensor = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bridge.cli", "run", "--config",
                                str(config)], stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
-        time.sleep(3.0)
+        # Every worker captures before the replay (a busy host starts slowly): probe frames (UDP, to many
+        # ports, so the fanout spreads them) until each worker has counted some.
+        probe = tmp / "probe.pcap"
+        _write_probe(probe)
+        ready = time.monotonic() + 90
+        while time.monotonic() < ready:
+            subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", "va", str(probe)],
+                           check=True, capture_output=True)
+            time.sleep(0.5)
+            seen = re.findall(r'^tls_bridge_packets_total\{worker="\d+"\} (\d+)', _metric_text(ns), re.MULTILINE)
+            if sum(1 for count in seen if int(count) > 0) >= workers:
+                break
+        else:
+            raise SystemExit(f"bench_sensor: the {workers} workers did not capture within 90 s")
         cpu_before = _cpu(sensor.pid)
+        backlog_before = _softnet_drops()
         started = time.monotonic()
-        subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", "va", f"--mbps={rate}", str(pcap)],
+        speed = ["--topspeed"] if rate <= 0 else [f"--mbps={rate}"]
+        subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", "va", *speed, str(pcap)],
                        check=True, capture_output=True)
         replayed = time.monotonic() - started
         deadline = time.monotonic() + 120
@@ -102,6 +142,7 @@ log_interval = 0
             time.sleep(0.2)
         drained = time.monotonic() - started
         drops = _metric(ns, "tls_bridge_capture_drops_total")
+        backlog = _softnet_drops() - backlog_before
         cpu = _cpu(sensor.pid) - cpu_before
     finally:
         sensor.send_signal(signal.SIGTERM)
@@ -110,34 +151,46 @@ log_interval = 0
     records = [json.loads(line) for line in flows.read_text().splitlines()] if flows.exists() else []
     complete = [r for r in records if r["status"] == "decrypted" and r["s2c"]["bytes"] >= meta["size_bytes"]]
     plaintext = sum(r["s2c"]["bytes"] + r["c2s"]["bytes"] for r in records if r["status"] == "decrypted")
-    return {"workers": workers, "replay_s": replayed, "drain_s": drained, "complete": len(complete),
-            "connections": meta["connections"], "plaintext_mb": plaintext / 1e6, "drops": drops,
+    return {"workers": workers, "path": "compiled" if fast else "Python", "replay_s": replayed, "drain_s": drained, "complete": len(complete),
+            "connections": meta["connections"], "plaintext_mb": plaintext / 1e6, "drops": drops, "backlog_drops": backlog,
             "cpu_s": cpu, "statuses": sorted({r["status"] for r in records})}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate-mbps", type=float, default=200.0)
+    parser.add_argument("--rate-mbps", type=float, default=0.0,
+                        help="tcpreplay's rate in Mbit/s (default 0: --topspeed, as fast as the veth takes it)")
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--size-mb", type=float, default=4.0)
     parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the reference run (one worker on the Python path, [decrypt] fast_path = false)")
     args = parser.parse_args()
     if shutil.which("tcpreplay") is None:
         sys.exit("bench_sensor: needs tcpreplay (apt-get install tcpreplay)")
     args.regen = False
     pcap, keylog, meta = bench_decrypt.get_capture(args)
     meta = {"connections": args.connections, "size_bytes": int(args.size_mb * 1e6 * 0.99)}
+    plan = [] if args.no_reference else [(1, False)]
+    plan += [(int(w), True) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-sensor-") as tmp:
-        rows = [run(int(w), pcap, keylog, meta, args.rate_mbps, Path(tmp)) for w in args.workers.split(",")]
-    print(f"tcpreplay at {args.rate_mbps:g} Mbit/s of {pcap.stat().st_size / 1e6:.0f} MB "
-          f"({args.connections} TLS 1.3 connections), {os.cpu_count()} CPUs")
-    header = f"{'workers':>7} {'complete':>9} {'plaintext MB':>13} {'MB/s':>7} {'drops':>7} {'worker CPU s':>13} {'CPU s/100MB':>12}"
+        rows = [run(w, pcap, keylog, meta, args.rate_mbps, Path(tmp), fast) for w, fast in plan]
+    rate = "--topspeed" if args.rate_mbps <= 0 else f"{args.rate_mbps:g} Mbit/s"
+    print(f"tcpreplay {rate} of {pcap.stat().st_size / 1e6:.0f} MB ({args.connections} TLS 1.3 connections), "
+          f"{os.cpu_count()} CPUs")
+    header = (f"{'workers':>7} {'path':>9} {'complete':>9} {'plaintext MB':>13} {'MB/s':>7} {'drops':>7} {'backlog':>8} "
+              f"{'worker CPU s':>13} {'MB per CPU s':>13}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['workers']:>7} {row['complete']:>4}/{row['connections']:<4} {row['plaintext_mb']:>13.1f} "
-              f"{row['plaintext_mb'] / row['drain_s']:>7.1f} {row['drops']:>7} {row['cpu_s']:>13.2f} "
-              f"{row['cpu_s'] / max(row['plaintext_mb'], 1e-9) * 100:>12.2f}")
+        print(f"{row['workers']:>7} {row['path']:>9} {row['complete']:>4}/{row['connections']:<4} "
+              f"{row['plaintext_mb']:>13.1f} {row['plaintext_mb'] / row['drain_s']:>7.1f} {row['drops']:>7} "
+              f"{row['backlog_drops']:>8} "
+              f"{row['cpu_s']:>13.2f} {row['plaintext_mb'] / max(row['cpu_s'], 1e-9):>13.1f}")
+    print("drops: the capture ring's (tls_bridge_capture_drops_total); backlog: the kernel's before any socket "
+          "(softnet_stat, the whole host: raise net.core.netdev_max_backlog when it grows)")
+    print("MB/s: plaintext out over the time from the replay's start to the last connection logged (bounded by "
+          "how fast tcpreplay fills the veth); MB per CPU s: what one core of the workers decrypts and injects")
 
 
 if __name__ == "__main__":

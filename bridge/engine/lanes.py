@@ -109,17 +109,18 @@ class LaneDecryptor(Decryptor):
 
     def _deliver(self, flow, direction, chunks, timestamp_ns, events) -> None:  # type: ignore[no-untyped-def]
         super()._deliver(flow, direction, chunks, timestamp_ns, events)
-        charge = getattr(self, "_charge", None)  # the memory budget, where the decryptor keeps one
-        if charge is not None and flow.ended_by is None and self._laned.get(flow.info.flow_id):
-            charge(flow)
         if flow is self._finishing or flow.ended_by is not None:
             return
+        mask = self._laned.get(flow.info.flow_id, 0)
+        if mask:
+            self._charge(flow)  # what the chunk left buffered counts against the memory budget
         if not flow.tls_active:
-            if self._laned.get(flow.info.flow_id):
+            if mask:
                 self._close_lanes(flow)
             return
-        self._offer(flow, direction)
-        self._offer(flow, Direction(1 - direction))  # the peer's ACKs (its lane may have been closed with this one)
+        if mask != 3:
+            self._offer(flow, direction)
+            self._offer(flow, Direction(1 - direction))  # the peer's ACKs (its lane may have closed with this one)
 
     def _segment(self, flow, direction, segment, events) -> None:  # type: ignore[no-untyped-def]
         # A SYN, FIN or RST (or a connection closing): the Python path reads both
