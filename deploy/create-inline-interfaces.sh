@@ -14,7 +14,9 @@
 #
 #   IN, OUT  the bridge's ends (default ipsin0 and ipsout0); Suricata's ends are the
 #            same names with the last character 1 (ipsin1, ipsout1)
-#   --mtu N  the links' MTU (default 1500; at least the bridge's synthetic MTU)
+#   --mtu N  the links' MTU (default 65535: the bridge sends each record's plaintext,
+#            at most 16 KiB, as one synthetic segment of the links' MTU, so Suricata
+#            and the bridge handle one frame per record instead of one per 1460 bytes)
 #
 # Idempotent: existing veth pairs are reconfigured, never recreated; an interface of
 # another kind with one of the names is refused.  Needs CAP_NET_ADMIN.  Run it before
@@ -26,7 +28,7 @@
 set -euo pipefail
 
 prog=${0##*/}
-mtu=1500
+mtu=65535
 delete=0
 names=()
 while (($#)); do

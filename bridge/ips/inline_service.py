@@ -112,6 +112,16 @@ class _Metrics:
         yield histogram
 
 
+def _mtu(interface: str) -> int:
+    """The link's MTU: synthetic segments as large as it carries (a record's plaintext in one
+    frame on the 65535-byte veths of deploy/create-inline-interfaces.sh)."""
+    try:
+        with open(f"/sys/class/net/{interface}/mtu", encoding="ascii") as handle:
+            return max(1280, min(65535, int(handle.read())))
+    except (OSError, ValueError):
+        return 1500
+
+
 def _packet_socket(interface: str, *, receive: bool) -> socket.socket:
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL) if receive else 0)
@@ -152,8 +162,10 @@ def serve(settings: InlineServiceSettings, stop: threading.Event | None = None) 
     sockets: list[socket.socket] = []
     try:
         keys.open()
+        mtu = _mtu(settings.suricata_in)
         core = InlineIps(keys.store, settings.inline, engine_settings=settings.engine,
-                         synthetic=SyntheticOptions(source_mac=settings.source_mac, server_mac=settings.server_mac),
+                         synthetic=SyntheticOptions(mtu=mtu, source_mac=settings.source_mac,
+                                                    server_mac=settings.server_mac),
                          on_keys_wanted=KeyRequester(keys.receiver) if keys.requests and keys.receiver else None,
                          release_log=settings.log_releases)
         tx = _packet_socket(settings.suricata_in, receive=False)
@@ -174,7 +186,8 @@ def serve(settings: InlineServiceSettings, stop: threading.Event | None = None) 
             host, _, port = settings.metrics.rpartition(":")
             start_http_server(int(port), host.strip("[]") or "127.0.0.1", registry)
         policies = settings.inline
-        err.write(f"tls-bridge: ips --inline: queue {settings.queue}; plaintext to Suricata on {settings.suricata_in}, "
+        err.write(f"tls-bridge: ips --inline: queue {settings.queue}; plaintext to Suricata on {settings.suricata_in} "
+                  f"(MTU {mtu}), "
                   f"back on {settings.suricata_out}; policies: keys {policies.keys_policy} after "
                   f"{policies.hold_budget:g} s, verdict {policies.verdict_policy} after {policies.verdict_timeout:g} s, "
                   f"memcap {policies.memcap_policy}\n")
