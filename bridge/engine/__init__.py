@@ -23,7 +23,10 @@ Layers, each depending only on those below it::
       tls.connection           the handshake: hellos, key schedules, resumption; secrets given to it
     engine.decryptor         segments → flows (orientation, LRU, bounds) → TLS connections → events;
                              gives each connection its secrets from the key store
-    engine.engine            frames → decryptor, its clock, key arrivals → one output callable
+    bridge.quic              QUIC and HTTP/3, sans-I/O: packet protection, streams, handshake, HTTP/3 → HTTP/1.1
+    engine.udp/quic          frames that are not TCP → UDP datagrams → QUIC flows → the same events (each
+                             HTTP/3 request a synthetic connection whose FlowFinished names its parent)
+    engine.engine            frames → decryptor (and QUIC flows), its clock, key arrivals → one output callable
     engine.events/summary    what comes out: FlowStarted, KeysWanted, PlaintextData, FlowFinished
                              (whose typed FlowSummary is the flow log line)
     bridge.outputs           the flow log, plaintext files, key requests, re-injection, in a fixed order
