@@ -54,7 +54,10 @@ def test_vm_demo_harvests_a_guest_from_the_host_and_shows_what_suricata_saw(tmp_
     # what tls-bridge decrypted: every connection, its keys from the VM's memory
     decrypted = [line for line in out.splitlines() if "10.0.2.15:4433  decrypted TLSv1." in line]
     assert len(decrypted) == 3, out
-    assert all("keys from vm demo-guest: openssl[" in line and " by vm-" in line for line in decrypted), out
+    # read out of the guest's memory: by the search the wire triggers, or (a connection that ended
+    # before the search found it: s_server's one-request connections last ~25 ms under TCG) at SSL_free
+    assert all("keys from vm demo-guest: openssl[" in line and (" by vm-" in line or " by gdb:SSL_free" in line)
+               for line in decrypted), out
     assert {"TLSv1.3", "TLSv1.2"} <= {re.search(r"decrypted (TLSv1\.\d)", line).group(1) for line in decrypted}
     assert "3 connections published of 3 searched" in out
     records = [json.loads(line) for line in (work / "flows.jsonl").read_text().splitlines()]
