@@ -21,6 +21,7 @@ import pytest
 
 from tests.support import quiclab, tlslab
 from tests.support import suricata as S
+from tests.support import zeek as Z
 from tests.support.decrypt import decrypt_cli
 
 pytestmark = pytest.mark.real
@@ -83,8 +84,8 @@ def test_decrypt_flow_log_and_suricata_on_the_synthetic_cleartext(run, tmp_path)
         assert line["quic"]["requests"] == len(spec.requests)
         assert line["key_updates"] == 2 * client["key_updates"]  # each direction updates
         assert line["certificates"][0]["subject"] == "CN=quic.example.test"
-        assert len(line["synthetic"]) == len(spec.requests)
-        assert {(s["client"], s["server"]) for s in line["synthetic"]} == {(line["client"], line["server"])}
+        assert line["synthetic"]["connections"] == len(spec.requests)
+        assert (line["synthetic"]["client"], line["synthetic"]["server"]) == (line["client"], line["server"])
     eve = S.run_offline(synthetic, rules=[RULES], workdir=tmp_path / "suricata")
     requests = [r for r in eve.http_requests() if r.method]
     expected = sorted((r["method"], r["path"]) for c in run.clients for r in c["requests"])
@@ -98,6 +99,17 @@ def test_decrypt_flow_log_and_suricata_on_the_synthetic_cleartext(run, tmp_path)
     assert {f"{r.flow[2]}:{r.flow[3]}" for r in requests} == servers
     assert len(eve.alerts(SID_MARKER)) == 1, eve.summary()
     assert eve.events("tls") == [] and eve.stream_anomalies() == [], eve.summary()
+    # Zeek (the whole default Zeek and the project's package, reading the flow log)
+    zeek = Z.require("tests/test_quic_real.py::test_decrypt_flow_log_and_suricata_on_the_synthetic_cleartext")
+    work = tmp_path / "zeek"
+    work.mkdir()
+    result = Z.run(zeek, ["-r", str(synthetic), str(Z.PACKAGE), f"TLSBridge::flow_log={tmp_path / 'flows.jsonl'}"],
+                   cwd=work)
+    http = Z.read_log(work / "http.log")
+    assert sorted((r["method"], r["uri"]) for r in http) == expected, http
+    assert {r["host"] for r in http} == {"quic.example.test"} and {r["status_code"] for r in http} == {"200"}
+    assert sorted((r["uri"], int(r["response_body_len"])) for r in http) == lengths
+    assert "error" not in result.stderr.lower(), result.stderr
 
 
 def test_retry(tmp_path):
@@ -208,7 +220,7 @@ def test_live_capture_and_injection(run, tmp_path):
     lines = [json.loads(line) for line in flows.read_text().splitlines()]
     assert [line["status"] for line in lines] == ["decrypted"] * len(CLIENTS), lines
     assert {line["ended_by"] for line in lines} == {"close"}
-    assert [len(line["synthetic"]) for line in lines] == [len(c.requests) for c in CLIENTS]
+    assert [line["synthetic"]["connections"] for line in lines] == [len(c.requests) for c in CLIENTS]
     paths = subprocess.run(["tshark", "-r", str(injected), "-Y", "http.request", "-T", "fields",
                             "-e", "http.request.uri"], capture_output=True, text=True, timeout=120).stdout.split()
     assert sorted(paths) == sorted(r["path"] for c in run.clients for r in c["requests"])

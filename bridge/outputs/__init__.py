@@ -30,7 +30,7 @@ class Outputs:
         self.requests = requests
         self.extra = tuple(extra)
         #: QUIC: flow id → its HTTP/3 requests' synthetic connections, until its own line
-        self._children: dict[int, list[object]] = {}
+        self._children: dict[int, list[dict[str, object]]] = {}
 
     def __call__(self, event: Event) -> None:
         if self.requests is not None and event.__class__ is KeysWanted:
@@ -49,8 +49,8 @@ class Outputs:
                     sink(event)
                 return
             children = self._children.pop(event.flow.flow_id, None)
-            if children is not None:
-                synthetic = children if synthetic is None else [synthetic, *children]
+            if children is not None and synthetic is None:
+                synthetic = _combined(children)
             if self.flow_log is not None:
                 self.flow_log.finished(event, None if self.reinject is None  # type: ignore[arg-type]
                                        else lambda: {"synthetic": synthetic})
@@ -65,3 +65,14 @@ class Outputs:
             self.plaintext.close()
         if self.flow_log is not None:
             self.flow_log.close()
+
+
+def _combined(children: list[dict[str, object]]) -> dict[str, object]:
+    """A QUIC connection's ``synthetic`` field: its requests' synthetic connections
+    (one after the other on its 4-tuple) as one record of the same form, with how
+    many there were (``connections``)."""
+    combined = dict(children[0])
+    for key in ("segments", "bytes_c2s", "bytes_s2c"):
+        combined[key] = sum(int(child.get(key) or 0) for child in children)  # type: ignore[call-overload]
+    combined["connections"] = len(children)
+    return combined
