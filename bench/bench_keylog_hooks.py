@@ -1,12 +1,18 @@
 """What hooking a library's key-log function costs a TLS server, per library.
 
 In one run, for a Go HTTPS server (tests/support/servers/go_https built with
-Debian's go) and ``gnutls-serv --http``: new TLS 1.3 connections per second
-(``openssl s_time -new``: a full handshake and one GET, sequential) without a
-harvester, then with ``tls-bridge harvest process --pid SERVER`` hooking the
-library's key-log function (4 hits per TLS 1.3 handshake), then without again
-(the load on this shared host drifts: the two unhooked runs bracket the hooked
-one).  Also: connections the harvester published (it must be every one).  Needs root.
+Debian's go), ``gnutls-serv --http`` and a gRPC server in Python (BoringSSL in
+grpcio; s_time's HTTP/1 request is refused after the handshake): new TLS 1.3 connections (``openssl
+s_time -new``: a full handshake and one GET, sequential) without a harvester,
+then with ``tls-bridge harvest process --pid SERVER`` hooking the library's
+key-log function (4 hits per TLS 1.3 handshake for Go, 5 for GnuTLS and BoringSSL), then
+without again.  Per run: connections per second, and the server's CPU time per
+connection (user + system from /proc/PID/stat, which includes the uprobe traps
+and the kernel's argument copies; a figure the other load of a shared host
+disturbs far less than the rate); for the hooked run also the harvester's own
+CPU time per connection, and the records it published per connection made
+(each connection at least once; twice where the exporter secret is logged after
+the traffic secrets: GnuTLS, BoringSSL).  Needs root.
 
     .venv/bin/python bench/bench_keylog_hooks.py [--seconds 4]
 """
@@ -44,6 +50,13 @@ def _go_server(directory: Path) -> Path:
     return binary
 
 
+def _cpu(pid: int) -> float:
+    """User + system seconds of a process (all its threads)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rate(seconds: float) -> tuple[float, int]:
     """(connections per wall-clock second, connections)."""
     started = time.monotonic()
@@ -73,24 +86,35 @@ def _harvester(pid: int, keylog: Path) -> subprocess.Popen:
     raise SystemExit(f"the harvester did not start: {process.communicate()[1][-500:]}")
 
 
-def _measure(name: str, argv: list[str], seconds: float,
-             directory: Path) -> tuple[str, float, float, float, int, int]:
+def _run(server: int, seconds: float) -> tuple[float, int, float]:
+    """(connections/s, connections, server CPU µs per connection)."""
+    cpu = _cpu(server)
+    rate, made = _rate(seconds)
+    return rate, made, (_cpu(server) - cpu) / max(made, 1) * 1e6
+
+
+def _measure(name: str, argv: list[str], seconds: float, directory: Path) -> dict[str, object]:
     server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)
-        before, _ = _rate(seconds)
+        before = _run(server.pid, seconds)
         keylog = directory / f"{name.replace('/', '-').replace(' ', '-')}.keylog"
         harvester = _harvester(server.pid, keylog)
         try:
-            hooked, made = _rate(seconds)
+            harvester_cpu = _cpu(harvester.pid)
+            hooked = _run(server.pid, seconds)
+            time.sleep(0.5)  # the last events read
+            harvester_cpu = _cpu(harvester.pid) - harvester_cpu
         finally:
             harvester.send_signal(signal.SIGTERM)
             tail = harvester.communicate(timeout=60)[1]
             if os.environ.get("BENCH_VERBOSE"):
                 print(tail, file=sys.stderr)
-        after, _ = _rate(seconds)
+        after = _run(server.pid, seconds)
         match = re.search(r"(\d+) connections published", tail)
-        return name, before, hooked, after, made, int(match[1]) if match else -1
+        return {"name": name, "before": before, "hooked": hooked, "after": after,
+                "harvester_us": harvester_cpu / max(hooked[1], 1) * 1e6,
+                "published": int(match[1]) if match else -1}
     finally:
         server.terminate()
         server.wait(10)
@@ -108,13 +132,19 @@ def main() -> int:
                      args.seconds, directory),
             _measure("gnutls", ["gnutls-serv", "--http", "--x509certfile", str(cert), "--x509keyfile", str(key),
                                 "-p", str(PORT)], args.seconds, directory),
+            _measure("boringssl (grpc)", [sys.executable, str(ROOT / "tests" / "support" / "servers" / "grpc_tls_server.py"),
+                                          str(cert), str(key), str(PORT)], args.seconds, directory),
         ]
-    print(f"{'library (TLS 1.3, s_time -new)':34} {'unhooked conn/s':>16} {'hooked conn/s':>14} {'unhooked again':>15} "
-          f"{'hooked/unhooked':>16} {'published/hooked connections':>29}")
-    for name, before, hooked, after, made, published in rows:
-        reference = (before + after) / 2
-        print(f"{name:34} {before:16.1f} {hooked:14.1f} {after:15.1f} {hooked / reference:16.2f} "
-              f"{f'{published}/{made}':>29}")
+    print("TLS 1.3, openssl s_time -new; server CPU µs per connection (conn/s); unhooked runs bracket the hooked one")
+    print(f"{'library':16} {'unhooked':>18} {'hooked':>18} {'unhooked again':>18} {'server CPU hooked/unhooked':>27} "
+          f"{'harvester CPU µs/conn':>22} {'records/conns':>14}")
+    for row in rows:
+        before, hooked, after = row["before"], row["hooked"], row["after"]
+        reference = (before[2] + after[2]) / 2
+        cell = "{:8.0f} ({:6.0f}/s)".format
+        print(f"{row['name']:16} {cell(before[2], before[0]):>18} {cell(hooked[2], hooked[0]):>18} "
+              f"{cell(after[2], after[0]):>18} {hooked[2] / reference:27.2f} {row['harvester_us']:22.0f} "
+              f"{str(row['published']) + '/' + str(hooked[1]):>14}")
     return 0
 
 
