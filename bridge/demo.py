@@ -276,6 +276,20 @@ def _wait_for_eve(eve: Path, timeout: float = 20.0) -> None:
         time.sleep(0.25)
 
 
+def _stop_chain(bridge: subprocess.Popen, harvester: subprocess.Popen, suricata: subprocess.Popen, eve: Path,
+                bridge_log: Path) -> None:
+    """The end of a demo run, in order: the decryptor (a second after the last request:
+    its last flows written), Suricata's eve records of the requests, the harvester, Suricata."""
+    time.sleep(1.0)
+    bridge.send_signal(signal.SIGTERM)
+    if bridge.wait(timeout=30) != 0:
+        raise DemoError(f"tls-bridge failed: {bridge_log.read_text()[-2000:]}")
+    _wait_for_eve(eve)
+    for process in (harvester, suricata):
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
 def _header(http: dict, name: str) -> str:
     return next((h.get("value", "") for h in http.get("request_headers", []) if h.get("name") == name), "?")
 
@@ -358,15 +372,7 @@ def run_demo(args: argparse.Namespace) -> int:
             _wait_for_text(logs["bridge"], "capturing on lo", 30, "tls-bridge decrypt")
             _say("tls-bridge decrypts lo live with the harvested keys; clients fetch over TLS 1.3 and TLS 1.2 ...")
             requests = _client_requests(ns, tools["curl"])
-            time.sleep(1.0)
-            bridge.send_signal(signal.SIGTERM)
-            if bridge.wait(timeout=30) != 0:
-                raise DemoError(f"tls-bridge failed: {logs['bridge'].read_text()[-2000:]}")
-            _wait_for_eve(eve)
-            harvester.send_signal(signal.SIGTERM)
-            harvester.wait(timeout=30)
-            suricata.send_signal(signal.SIGTERM)
-            suricata.wait(timeout=30)
+            _stop_chain(bridge, harvester, suricata, eve, logs["bridge"])
         _say(_summary_line(logs["harvester"], "connections published"))
         _say(logs["bridge"].read_text().strip().splitlines()[-3])
         status = _report(flows, eve, requests)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -38,8 +37,8 @@ from bridge.demo import (
     _Namespace,
     _report,
     _start_suricata,
+    _stop_chain,
     _summary_line,
-    _wait_for_eve,
     _wait_for_text,
 )
 from bridge.errors import BridgeError
@@ -172,15 +171,7 @@ def run_demo_vm(args: argparse.Namespace) -> int:
                     step(f"tls-bridge decrypts {TAP} live with the harvested keys; curl fetches from the guest over "
                          "TLS 1.3 and TLS 1.2 ...")
                     requests = _client_requests(ns, tools["curl"])
-                    time.sleep(1.0)
-                    bridge.send_signal(signal.SIGTERM)
-                    if bridge.wait(timeout=30) != 0:
-                        raise DemoError(f"tls-bridge failed: {logs['bridge'].read_text()[-2000:]}")
-                    _wait_for_eve(eve)
-                    harvester.send_signal(signal.SIGTERM)
-                    harvester.wait(timeout=30)
-                    suricata.send_signal(signal.SIGTERM)
-                    suricata.wait(timeout=30)
+                    _stop_chain(bridge, harvester, suricata, eve, logs["bridge"])
             finally:
                 suricata_thread.join(130)  # before the namespace goes
             step("guest shut down")
