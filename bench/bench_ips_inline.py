@@ -14,7 +14,11 @@ the client namespace measures, over HTTPS:
 
 First with the gateway forwarding plainly (no NFQUEUE rule), then with the rules in
 and ``tls-bridge ips --inline`` judging every record (its hold-time histogram from
-its Prometheus metrics is printed too).
+its Prometheus metrics is printed too), and a few requests a drop rule matches: how
+long their record waited for Suricata's drop (``held_ms`` of the cut).  Beside it the
+reactive mode (``tls-bridge ips`` on eve alerts, the lab of tests/test_ips.py: mirror
+→ sensor → Suricata IDS): its alert-to-cut time, after which the request has already
+reached the server.
 
     .venv/bin/python bench/bench_ips_inline.py [--requests 300] [--connections 30] [--size-mb 32]
 
@@ -35,8 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import tlslab  # noqa: E402
-from tests.support.inline_lab import SERVER, exec_in, forwarding_queued, inline_lab  # noqa: E402
+from tests.support import tlslab
+from tests.support.inline_lab import (
+    SERVER,
+    exec_in,
+    forwarding_queued,
+    inline_lab,
+    jsonl,
+)
 
 CLIENT = r"""
 import http.client, json, ssl, sys, time
@@ -75,7 +85,7 @@ print(json.dumps({"open": open_connection, "new": new, "bytes": size, "seconds":
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _measure(lab, requests: int, connections: int) -> dict:  # type: ignore[no-untyped-def]
@@ -98,7 +108,7 @@ def _hold_histogram(gateway: str) -> str:
                           text=True, check=False).stdout
     buckets = re.findall(r'tls_bridge_ips_inline_hold_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)', text)
     counters = {name: float(value) for name, value in re.findall(
-        r"^tls_bridge_ips_inline_(held|released|dropped|accepted|verdicts_passed)_total ([0-9.e+]+)$", text, re.M)}
+        r"^tls_bridge_ips_inline_(held|released|dropped|accepted|verdicts_passed)_total ([0-9.e+]+)$", text, re.MULTILINE)}
     total = float(buckets[-1][1]) if buckets else 0.0
     shown = [f"<= {float(le) * 1000:g} ms: {int(float(n))}" for le, n in buckets if le != "+Inf" and
              float(le) <= 0.1]
@@ -113,6 +123,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--connections", type=int, default=30)
     parser.add_argument("--size-mb", type=int, default=32)
+    parser.add_argument("--blocked", type=int, default=5, help="requests a drop rule matches, per mode (0: none, "
+                        "and the reactive lab is not built)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ips-inline-") as directory:
         tmp = Path(directory)
@@ -120,8 +132,7 @@ def main() -> int:
         with inline_lab(tmp, certs) as lab:
             (lab.html / "small").write_bytes(b"x" * 1024)
             with open(lab.html / "big", "wb") as handle:
-                for _ in range(args.size_mb):
-                    handle.write(b"\x00" * (1 << 20))  # the content does not matter to TLS
+                handle.writelines(b"\x00" * (1 << 20) for _ in range(args.size_mb))  # the content does not matter to TLS
             forwarding_queued(lab.gateway, False)
             plain = _row("plain forwarding", _measure(lab, args.requests, args.connections))
             forwarding_queued(lab.gateway, True)
@@ -130,7 +141,13 @@ def main() -> int:
                 ips.wait_for("ips --inline: queue", 30)
                 inline = _row("inline IPS", _measure(lab, args.requests, args.connections))
                 histogram = _hold_histogram(lab.gateway)
+                for i in range(args.blocked):
+                    lab.curl("--http1.1", "-o", "/dev/null", f"https://{SERVER}/tls-bridge-block-marker?bench{i}")
+                time.sleep(0.5)
                 ips.stop()
+            cuts = [r for r in jsonl(lab.tmp / "bench" / "ips.jsonl") if r["event"] == "cut"]
+            blocked_served = [a for a in lab.access() if "tls-bridge-block-marker?bench" in a["uri"]]
+    reactive = _reactive(args.blocked) if args.blocked else []
     print(f"\ninline IPS vs plain forwarding ({args.requests} requests on one TLS 1.3 connection, "
           f"{args.connections} new connections, a {args.size_mb} MB download; same lab, same run)\n")
     print(f"{'mode':<18} {'req p50 ms':>11} {'req p99 ms':>11} {'new p50 ms':>11} {'new p99 ms':>11} {'MB/s':>8}")
@@ -141,7 +158,51 @@ def main() -> int:
           f"{inline['open_p99'] - plain['open_p99']:>+11.2f} {inline['new_p50'] - plain['new_p50']:>+11.2f} "
           f"{inline['new_p99'] - plain['new_p99']:>+11.2f} {inline['mbps'] / plain['mbps']:>7.2f}x")
     print(histogram)
+    if cuts:
+        held = [c["held_ms"] for c in cuts]
+        print(f"\nblocked requests, inline: {len(cuts)} connections cut, the record waited for the drop "
+              f"p50 {_percentile(held, 0.5):.2f} ms, max {max(held):.2f} ms; requests that reached nginx: "
+              f"{len(blocked_served)}")
+    if reactive:
+        print(f"blocked requests, reactive (eve alert -> RST + nftables): alert to cut p50 "
+              f"{_percentile(reactive, 0.5):.2f} ms, max {max(reactive):.2f} ms, after the request reached the server")
     return 0
+
+
+def _reactive(count: int) -> list[float]:
+    """The reactive mode's alert-to-cut times, in the lab of tests/test_ips.py."""
+    import threading
+
+    from tests.support.keyfeed import BridgeProcess
+    from tests.support.suricata import LiveSuricata
+    from tests.test_ips import RULES, Topology, _curl, _nginx
+
+    times: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ips-reactive-") as directory:
+        tmp = Path(directory)
+        certs = tlslab.make_cert(tmp / "certs", key_type="ec")
+        keylog, flows, log = tmp / "client.keylog", tmp / "flows.jsonl", tmp / "blocked.jsonl"
+        with Topology() as topology:
+            server = _nginx(topology, tmp, certs)
+            with LiveSuricata("tls0peer", netns=topology.sensor, rules=[RULES], workdir=tmp / "suricata") as suricata, \
+                    BridgeProcess(["decrypt", "-i", "m1", "--keylog", str(keylog), "--inject", "tls0", "--flows",
+                                   str(flows)], tmp / "decrypt.err", prefix=topology.exec(topology.sensor)) as decrypt, \
+                    BridgeProcess(["ips", "--eve", str(suricata.eve_path), "--interface", "g0", "--log", str(log)],
+                                  tmp / "ips.err", prefix=topology.exec(topology.gateway)) as ips:
+                decrypt.wait_for("capturing on m1")
+                ips.wait_for("ips: following")
+                for _ in range(count):
+                    results: dict = {}
+                    thread = threading.Thread(target=_curl, args=(topology, "/tls-bridge-block-marker", keylog,
+                                                                   results, "blocked"))
+                    thread.start()
+                    thread.join(60)
+                time.sleep(1.0)
+                ips.stop()
+                decrypt.stop()
+            server.kill()
+        times = [r["alert_to_cut_ms"] for r in jsonl(log) if r.get("event") == "cut" and r.get("alert_to_cut_ms")]
+    return times
 
 
 if __name__ == "__main__":

@@ -739,11 +739,13 @@ class InlineIps:
         self._cut_tuples.move_to_end(conn.key)
         while len(self._cut_tuples) > self.settings.recently_closed:
             self._cut_tuples.popitem(last=False)
+        longest = 0.0
         for side in conn.sides:
             for held in (*side.queue, *side.future):
                 if held.group is not None:
                     self._forget_expected(held.group)
                     self._settle(held.group, "dropped", now, why)
+                longest = max(longest, now - held.arrived)
                 self.out.verdicts.append((held.packet_id, NF_DROP))
                 self._unheld(conn, held, now)
                 conn.dropped += 1
@@ -765,7 +767,7 @@ class InlineIps:
             self._current = previous
         self.out.log.append({"event": "cut", "time": round(now, 6), "client": conn.endpoint(conn.client),
                              "server": conn.endpoint(conn.server), "why": why, "resets_sent": sent,
-                             "dropped_packets": conn.dropped})
+                             "dropped_packets": conn.dropped, "held_ms": round(longest * 1000, 3)})
         if conn in self._finishing:
             self._finish(conn, now)
 
