@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -54,8 +56,22 @@ def veth_namespace(prefix: str = "tlsb-veth") -> Iterator[str]:
             ["link", "set", "vb", "up"],
         ):
             subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        _wait_up(ns, ("va", "vb"))
         yield ns
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
 
+def _wait_up(ns: str, names: tuple[str, ...], timeout: float = 10.0) -> None:
+    """Until the links are operationally up: the kernel's link watch activates their
+    queueing discipline asynchronously (later on a busy host), and a frame sent before
+    that is dropped without an error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["ip", "-n", ns, "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+        state = {link["ifname"]: (link.get("operstate"), link.get("qdisc")) for link in json.loads(out)}
+        if all(state.get(name, ("", ""))[0] == "UP" and state[name][1] != "noop" for name in names):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"links of {ns} not up after {timeout:g} s: {state}")
+        time.sleep(0.02)
