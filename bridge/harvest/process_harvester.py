@@ -292,6 +292,9 @@ class ProcessHarvester:
         self.stats.hook_events += 1
         with self._lock:
             layout = self._layout_for(event.tgid, event.binary)
+            if layout is None and event.tgid not in self._targets:  # a thread the trace had no tgid for yet
+                event.tgid = _thread_group(event.tid) or event.tgid
+                layout = self._layout_for(event.tgid, event.binary)
         if layout is None:
             self.stats.events_other_processes += 1
             return
