@@ -1,12 +1,13 @@
-"""The compiled code (bridge/engine/_lanes*.{c,h}, bridge/reinject/_segments.c)
-under the tools that find what tests miss:
+"""The compiled code (bridge/engine/_lanes*.{c,h}, bridge/reinject/_segments.c,
+bridge/capture/_records.c) under the tools that find what tests miss:
 
 * the lanes' pure C core fuzzed by libFuzzer (coverage-guided, with
   AddressSanitizer and UndefinedBehaviorSanitizer, fuzz/fuzz_lanes.c), seeded with
   the committed captures' frames: zero crashes, zero sanitizer reports;
-* both extensions built with AddressSanitizer and UndefinedBehaviorSanitizer and
+* the extensions built with AddressSanitizer and UndefinedBehaviorSanitizer and
   loaded by a Python that runs the tests of the compiled code (the committed
-  captures through both paths, hypothesis over the C APIs): zero reports.
+  captures through both paths, hypothesis over the C APIs, pcap files, frames from
+  a real TPACKET_V3 ring on a veth): zero reports.
 
 clang (with libFuzzer) and gcc's sanitizer runtimes come from scripts/setup.sh;
 a missing one fails the test."""
@@ -80,17 +81,17 @@ def test_the_compiled_code_under_address_and_undefined_behaviour_sanitizers(tmp_
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=build, env=env, check=True,
                    capture_output=True, text=True)
     built = sorted(str(p.relative_to(build)) for p in (build / "bridge").rglob("*.so"))
-    assert len(built) == 2, built
+    assert len(built) == 3, built
     runner = (
         "import sys\n"
         f"sys.path.insert(0, {str(build)!r})\n"
-        "import bridge.engine._lanes, bridge.reinject._segments\n"
-        f"assert bridge.engine._lanes.__file__.startswith({str(build)!r}), bridge.engine._lanes.__file__\n"
-        f"assert bridge.reinject._segments.__file__.startswith({str(build)!r})\n"
+        "import bridge.engine._lanes, bridge.reinject._segments, bridge.capture._records\n"
+        "for module in (bridge.engine._lanes, bridge.reinject._segments, bridge.capture._records):\n"
+        f"    assert module.__file__.startswith({str(build)!r}), module.__file__\n"
         "import pytest\n"
         "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--basetemp', sys.argv[1],"
         " 'tests/unit/engine/test_lanes.py', 'tests/unit/reinject/test_synthetic.py',"
-        " 'tests/unit/engine/test_engine.py']))\n"
+        " 'tests/unit/engine/test_engine.py', 'tests/test_pcapfile.py', 'tests/test_afpacket.py']))\n"
     )
     env = dict(os.environ, LD_PRELOAD=" ".join(runtimes),
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")

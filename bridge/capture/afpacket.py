@@ -57,6 +57,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from bridge.capture import _records
 from bridge.capture.frames import LINKTYPE_ETHERNET, Frame, make_frame
 from bridge.errors import BridgeError
 
@@ -97,17 +98,11 @@ _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_AUXDATA.siz
 # struct tpacket_req3: block size, block count, frame size, frame count, block retire
 # timeout (ms), private area size, feature request word
 _REQ3 = struct.Struct("@7I")
-# struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status,
-# num_pkts, offset_to_first_pkt (we read status at +8, then count and first at +12)
+# struct tpacket_block_desc: version, offset_to_priv, then tpacket_hdr_v1: block_status
+# (+8), num_pkts, offset_to_first_pkt; a block's frames (struct tpacket3_hdr) are read by
+# bridge/capture/_records.c
 _BLOCK_STATUS = struct.Struct("@I")
 _BLOCK_STATUS_OFFSET = 8
-_BLOCK_PACKETS = struct.Struct("@II")
-_BLOCK_PACKETS_OFFSET = 12
-# struct tpacket3_hdr: tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status,
-# tp_mac (then tp_net, and hv1: tp_rxhash, tp_vlan_tci at +32, tp_vlan_tpid at +36)
-_V3_HEADER = struct.Struct("@IIIIIIH")
-_V3_VLAN = struct.Struct("@IH")
-_V3_VLAN_OFFSET = 32
 _TPACKET3_HDRLEN = 48 + 20  # TPACKET_ALIGN(sizeof(struct tpacket3_hdr)) + sizeof(struct sockaddr_ll)
 _BLOCK_HEADER = 48  # BLK_HDR_LEN: ALIGN(sizeof(struct tpacket_block_desc), 8)
 _RING_FRAME = 2048  # tp_frame_size: the kernel only checks it (V3 packs frames by their size)
@@ -399,12 +394,7 @@ class AfPacketCapture:
         timeout_ms = max(1, int(self.poll_interval * 1000))
         block_status = _BLOCK_STATUS.unpack_from
         release = _BLOCK_STATUS.pack_into
-        block_packets = _BLOCK_PACKETS.unpack_from
-        header = _V3_HEADER.unpack_from
-        vlan = _V3_VLAN.unpack_from
-        new = make_frame
-        ethernet = LINKTYPE_ETHERNET
-        vlan_valid = TP_STATUS_VLAN_VALID
+        block_frames = _records.tpacket_v3
         wait = self._wait
         index = self._block
         while not stop.is_set():
@@ -413,24 +403,7 @@ class AfPacketCapture:
                 if not wait(timeout_ms) and idle_marker:
                     yield None
                 continue
-            count, offset = block_packets(ring, base + _BLOCK_PACKETS_OFFSET)
-            batch = []
-            append = batch.append
-            position = base + offset
-            for _ in range(count):
-                next_offset, sec, nsec, captured, length, status, mac = header(ring, position)
-                if captured > snaplen:
-                    captured = snaplen
-                start = position + mac
-                data = ring[start:start + captured]
-                if status & vlan_valid:
-                    tci, tpid = vlan(ring, position + _V3_VLAN_OFFSET)
-                    if not status & TP_STATUS_VLAN_TPID_VALID:
-                        tpid = 0x8100
-                    data = insert_vlan_tag(data, tci, tpid)
-                    length += 4
-                append(new(sec * 1_000_000_000 + nsec or time.time_ns(), ethernet, data, length))
-                position += next_offset
+            batch = block_frames(Frame, ring, base, snaplen)  # the per-frame loop, compiled
             release(ring, base + _BLOCK_STATUS_OFFSET, TP_STATUS_KERNEL)
             index = self._block = (index + 1) % block_count
             if batch:

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from bridge.capture import _pcap
+from bridge.capture import _records
 from bridge.capture.frames import Frame, make_frame
 from bridge.errors import CaptureFormatError
 
@@ -202,8 +202,8 @@ class PcapParser(_BufferedParser):
                 return 0, 24
             self._parse_header(buf)
             pos = 24
-        # The record loop is compiled (bridge/capture/_pcap.c): same frames, same bounds.
-        frames, pos, need, absurd = _pcap.records(Frame, buf, pos, self.byteorder == "<", self._rec_len,
+        # The record loop is compiled (bridge/capture/_records.c): same frames, same bounds.
+        frames, pos, need, absurd = _records.pcap(Frame, buf, pos, self.byteorder == "<", self._rec_len,
                                                   self._frac_mult, self._limit, self.linktype)
         out.extend(frames)
         if absurd >= 0:
