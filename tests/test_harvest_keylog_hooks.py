@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.support import tlslab
-from tests.support.harvest import Lab, keylog_lines
+from bridge.harvest.elf import read_elf
+from tests.support.harvest import Lab, keylog_lines, rebuilt_library
 from tests.support.keyfeed import make_feed_certs
 
 pytestmark = pytest.mark.real
 
+LIBGNUTLS = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30"
 GO_SERVER = Path(__file__).resolve().parent / "support" / "servers" / "go_https"
 WRITE_KEY_LOG = "crypto/tls.(*Config).writeKeyLog"
 TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
@@ -125,10 +127,18 @@ def test_go_crypto_tls_stripped_and_not_tls12_and_tls13(lab, go_servers, tmp_pat
     assert summary.count(f"{WRITE_KEY_LOG}, its key-log function") == 3, summary  # every binary hooked
 
 
-def test_gnutls_serv_tls12_and_tls13(lab, tmp_path):
+@pytest.mark.parametrize("build", ["debian", "rebuilt"])
+def test_gnutls_serv_tls12_and_tls13(lab, tmp_path, build):
+    """Debian's libgnutls, and a copy with another build-id (a security update, as the
+    harvester sees one: a build it never met), each probed in the sandbox at first sight."""
     client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
-    lab._start([tlslab.tool("gnutls-serv"), "--http", "--x509certfile", str(lab.certs.chain), "--x509keyfile",
-                str(lab.certs.key), "-p", "4445"], 4445)
+    argv = [tlslab.tool("gnutls-serv"), "--http", "--x509certfile", str(lab.certs.chain), "--x509keyfile",
+            str(lab.certs.key), "-p", "4445"]
+    build_id = read_elf(LIBGNUTLS).build_id
+    if build == "rebuilt":
+        copy, build_id = rebuilt_library(LIBGNUTLS, tmp_path / "lib")
+        argv = ["env", f"LD_LIBRARY_PATH={copy.parent}", *argv]
+    lab._start(argv, 4445)
     harvester = lab.harvester("--comm", "gnutls-serv", "--keylog", str(harvested))
     connections = _connections(lab, 4445, client)
     theirs = keylog_lines(client)
@@ -140,6 +150,8 @@ def test_gnutls_serv_tls12_and_tls13(lab, tmp_path):
     assert len({line[1] for line in theirs}) == connections
     assert {line[0] for line in theirs} >= {"EXPORTER_SECRET", "CLIENT_RANDOM", "SERVER_TRAFFIC_SECRET_0"}
     assert "_gnutls_nss_keylog_func, its key-log function" in summary and "(gnutls 3." in summary, summary
+    assert (tmp_path / "harvest-profiles" / f"gnutls-{build_id}.json").is_file()  # learned once, kept by build-id
+    assert (str(tmp_path / "lib") in summary) == (build == "rebuilt"), summary
 
 
 GRPC_SERVER = Path(__file__).resolve().parent / "support" / "servers" / "grpc_tls_server.py"
