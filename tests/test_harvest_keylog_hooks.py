@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import tlslab
 from bridge.harvest.elf import read_elf
+from tests.support import tlslab
 from tests.support.harvest import Lab, keylog_lines, rebuilt_library
 from tests.support.keyfeed import make_feed_certs
 
