@@ -224,3 +224,21 @@ def test_live_capture_and_injection(run, tmp_path):
     paths = subprocess.run(["tshark", "-r", str(injected), "-Y", "http.request", "-T", "fields",
                             "-e", "http.request.uri"], capture_output=True, text=True, timeout=120).stdout.split()
     assert sorted(paths) == sorted(r["path"] for c in run.clients for r in c["requests"])
+
+
+def test_zero_rtt(tmp_path):
+    """A resumed connection whose requests go as 0-RTT data (RFC 9001 §4.6), under
+    the CLIENT_EARLY_TRAFFIC_SECRET, in the same datagram as the ClientHello."""
+    resumed = quiclab.run_h3(tmp_path / "0rtt", [quiclab.H3Client(["GET /early/one", "POST /early/two 3000"],
+                                                                   zero_rtt=True)])
+    assert "CLIENT_EARLY_TRAFFIC_SECRET" in resumed.keylog.read_text()
+    synthetic = tmp_path / "synthetic.pcap"
+    first, second = decrypt_cli(resumed.pcap, resumed.keylog, tmp_path, "-w", str(synthetic))
+    assert first["status"] == "decrypted" and first["quic"]["requests"] == 1 and not first["resumed"]
+    assert second["status"] == "decrypted", second
+    assert second["resumed"] and second["early_data"] == {"offered": True, "accepted": True}
+    assert second["quic"]["requests"] == 2 and second["c2s"]["skipped_records"] == 0
+    assert second["quic"]["zero_rtt_packets"] > 0 and first["quic"]["zero_rtt_packets"] == 0
+    paths = subprocess.run(["tshark", "-r", str(synthetic), "-Y", "http.request", "-T", "fields",
+                            "-e", "http.request.uri"], capture_output=True, text=True, timeout=120).stdout.split()
+    assert sorted(paths) == sorted(["/ticket", "/early/one", "/early/two"])

@@ -424,6 +424,7 @@ class QuicFlows:
             "retry_tag_valid": connection.retry_valid,
             "version_negotiation": list(connection.version_negotiation or ()) or None,
             "handshake_done": connection.handshake_done,
+            "zero_rtt_packets": connection.zero_rtt_packets,
             "requests": flow.exchanges,
             #: pairs of endpoints it was seen on (more than one: migration, NAT rebinding)
             "paths": 1 + len(flow.paths),
@@ -440,7 +441,8 @@ class QuicFlows:
             cipher_suite=connection.suite.name if connection.suite else None,
             sni=hello.sni if hello else None, alpn=connection.alpn, alpn_offered=list(hello.alpn) if hello else [],
             resumed=bool(server_hello and server_hello.accepts_psk), hello_retry_request=False,
-            early_data_offered=bool(hello and hello.offers_early_data), early_data_accepted=False,
+            early_data_offered=bool(hello and hello.offers_early_data),
+            early_data_accepted=connection.early_data_accepted,
             encrypt_then_mac=False, extended_master_secret=False,
             server_random=server_hello.random.hex() if server_hello else None, session_id=False,
             session_ticket=connection.session_tickets > 0, session_tickets_issued=connection.session_tickets,

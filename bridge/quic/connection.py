@@ -62,6 +62,7 @@ _SPACE = {PacketType.INITIAL: INITIAL, PacketType.HANDSHAKE: HANDSHAKE, PacketTy
 _HANDSHAKE_LABELS = (CLIENT_HANDSHAKE_TRAFFIC_SECRET, SERVER_HANDSHAKE_TRAFFIC_SECRET)
 _APPLICATION_LABELS = (CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0)
 _MAX_KEY_PHASES = 1 << 16
+_EXT_EARLY_DATA = 42
 #: connection IDs remembered per connection (RFC 9000's active_connection_id_limit is 2..8 a side)
 MAX_IDS = 64
 
@@ -153,6 +154,9 @@ class QuicConnection:
         self.retry_valid: bool | None = None
         self.version_negotiation: tuple[int, ...] | None = None
         self.handshake_done = False
+        self.early_data_accepted = False
+        #: 0-RTT packets decrypted
+        self.zero_rtt_packets = 0
         self.close: ConnectionClose | None = None
         self.suite: CipherSuite | None = None
         self.secrets: dict[str, bytes] = {}
@@ -365,12 +369,8 @@ class QuicConnection:
                 return
             candidates = [(b"", keys)]
         else:  # 0-RTT
-            if self._early is None:
-                if CLIENT_EARLY_TRAFFIC_SECRET in self.secrets or self.client_hello is None:
-                    self._wait(side, ts, data, packet.start, packet)
-                else:
-                    stats.packets += 1
-                    stats.undecrypted_packets += 1
+            if self._early is None:  # its secret (and the suite, from the ServerHello) may come later
+                self._wait(side, ts, data, packet.start, packet)
                 return
             candidates = [(b"", self._early)]
         stats.packets += 1
@@ -388,6 +388,8 @@ class QuicConnection:
             stats.failed_packets += 1
             return
         stats.decrypted_packets += 1
+        if packet_type is PacketType.ZERO_RTT:
+            self.zero_rtt_packets += 1
         if number > self._largest[direction][space]:
             self._largest[direction][space] = number
         if packet_type is PacketType.INITIAL and direction == C2S and epoch not in self._initial_dcids:
@@ -444,13 +446,8 @@ class QuicConnection:
         direction = self.direction(side)
         stats = self.stats[direction]
         one_rtt = self._one_rtt[direction]
-        if one_rtt is None:
-            if self.client_hello is None or not all(label in self.secrets for label in _APPLICATION_LABELS) \
-                    or self.suite is None:
-                self._wait(side, ts, data, start, None)
-            else:
-                stats.packets += 1
-                stats.undecrypted_packets += 1
+        if one_rtt is None:  # secrets, or the suite, not here yet: it waits (bounded), counted at the end
+            self._wait(side, ts, data, start, None)
             return
         stats.packets += 1
         lengths = self._dcid_lengths[direction] or {0, 8, 16, 20}
@@ -600,7 +597,9 @@ class QuicConnection:
                 self.suite = suite
                 self._install_keys()
         elif kind == 8 and direction == S2C:  # EncryptedExtensions
-            self.alpn = hs.selected_alpn(hs.parse_encrypted_extensions(message.body))
+            extensions = hs.parse_encrypted_extensions(message.body)
+            self.alpn = hs.selected_alpn(extensions)
+            self.early_data_accepted = _EXT_EARLY_DATA in extensions
         elif kind == 11 and direction == S2C and not self.certificates:
             self.certificates = hs.parse_certificate(message.body, tls13=True)
         elif kind == 4 and direction == S2C:  # NewSessionTicket

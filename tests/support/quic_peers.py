@@ -90,7 +90,9 @@ async def run_server(args: argparse.Namespace) -> None:
     config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, secrets_log_file=open(args.keylog, "a"))
     config.load_cert_chain(args.cert, args.key)
     _Server.log_path = Path(args.record)
-    await serve(args.host, args.port, configuration=config, create_protocol=_Server, retry=args.retry)
+    tickets: dict[bytes, object] = {}
+    await serve(args.host, args.port, configuration=config, create_protocol=_Server, retry=args.retry,
+                session_ticket_fetcher=tickets.pop, session_ticket_handler=lambda t: tickets.__setitem__(t.ticket, t))
     print("listening", flush=True)
     await asyncio.Future()
 
@@ -125,7 +127,7 @@ class _Client(QuicConnectionProtocol):
         self.responses[stream_id] = {"body": b""}
         waiter = self.waiters[stream_id] = asyncio.get_running_loop().create_future()
         self.transmit()
-        await asyncio.wait_for(waiter, 60)
+        await asyncio.wait_for(waiter, 300)
         response = self.responses.pop(stream_id)
         return {"stream_id": stream_id, "method": method, "path": path, "request_bytes": len(body),
                 "request_sha256": sha(body), "status": int(response["headers"][":status"]),
@@ -140,8 +142,23 @@ async def run_client(args: argparse.Namespace) -> None:
         config.supported_versions = [QuicProtocolVersion.VERSION_2, QuicProtocolVersion.VERSION_1]
     record: list[dict] = []
     key_updates = 0
-    async with connect(args.host, args.port, configuration=config, create_protocol=_Client) as client:
-        await client.wait_connected()
+    early: list[dict] = []
+    if args.zero_rtt:  # a first connection for a session ticket, then 0-RTT requests on the next
+        tickets: list = []
+        async with connect(args.host, args.port, configuration=config, create_protocol=_Client,
+                           session_ticket_handler=tickets.append) as client:
+            await client.wait_connected()
+            early.append(await client.request("GET", args.sni, "/ticket", b""))
+            for _ in range(100):
+                if tickets:
+                    break
+                await asyncio.sleep(0.05)
+            client.close()
+            await client.wait_closed()
+        assert tickets, "no session ticket"
+        config.session_ticket = tickets[-1]
+    async with connect(args.host, args.port, configuration=config, create_protocol=_Client,
+                       wait_connected=not args.zero_rtt) as client:
         batch: list = []
         for index, spec in enumerate(args.request):
             method, _, rest = spec.partition(" ")
@@ -157,7 +174,7 @@ async def run_client(args: argparse.Namespace) -> None:
         client.close()
         await client.wait_closed()
     Path(args.record).write_text(json.dumps({"requests": record, "key_updates": key_updates,
-                                             "version": args.version}))
+                                             "version": args.version, "ticket_connection": early}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--parallel", type=int, default=1)
     client.add_argument("--key-update-after", type=int, action="append", default=[])
     client.add_argument("--version", type=int, default=1, choices=(1, 2))
+    client.add_argument("--zero-rtt", action="store_true",
+                        help="a first connection for a session ticket, then the requests as 0-RTT data")
     for p in (server, client):
         p.add_argument("--host", required=True)
         p.add_argument("--port", type=int, required=True)

@@ -45,6 +45,8 @@ class H3Client:
     key_update_after: list[int] = field(default_factory=list)
     version: int = 1
     sni: str = "quic.example.test"
+    #: first a connection for a session ticket (one request, /ticket), then the requests as 0-RTT
+    zero_rtt: bool = False
 
 
 @dataclass
@@ -89,12 +91,14 @@ def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, timeo
                     argv += ["--request", request]
                 for after in client.key_update_after:
                     argv += ["--key-update-after", str(after)]
+                if client.zero_rtt:
+                    argv.append("--zero-rtt")
                 result = ns.run(_peer("client", *argv), check=False, timeout=timeout, env=env, cwd=str(ROOT))
                 if result.returncode != 0:
                     raise tlslab.TlsLabError(f"HTTP/3 client {index} failed: {result.stderr.decode()[-3000:]}")
                 records.append(json.loads(record.read_text()))
             deadline = time.monotonic() + 10  # the server writes its record after each answer
-            expected = sum(len(c.requests) for c in clients)
+            expected = sum(len(c.requests) + c.zero_rtt for c in clients)
             while time.monotonic() < deadline and (not server_record.exists()
                                                    or len(json.loads(server_record.read_text())) < expected):
                 time.sleep(0.05)
