@@ -98,6 +98,12 @@ class LaneDecryptor(Decryptor):
                 self._now_ns = timestamp_ns
             if flow.ended_by is None and flow.tls_active:
                 self._deliver(flow, direction, [data], timestamp_ns, events)
+                used = self._charged + self.memory_reserved  # the memory budget, as after a segment
+                if used > self.config.memory_limit:
+                    self._make_room(events, flow)
+                    used = self._charged + self.memory_reserved
+                if used > self.stats.memory_peak:
+                    self.stats.memory_peak = used
         if closed is not None:
             self.lanes_refused += 1
             state = LaneState(*closed)
