@@ -5,6 +5,7 @@ All traffic stays inside the namespace the fixture creates (and deletes).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -416,3 +417,38 @@ def test_close_from_another_thread_ends_iteration_quietly(veth_ns: str, mode: st
     assert not reader.is_alive()
     assert outcome == ["ended"]
     assert not shared.is_set()
+
+
+def test_ignore_outgoing_keeps_only_what_arrives(veth_ns: str, mode: str) -> None:
+    """Capturing on va: frames va sends are dropped in the kernel with ignore_outgoing,
+    frames that arrive from vb are kept."""
+    cap = in_netns(veth_ns, lambda: AfPacketCapture("va", ring=mode == "ring", ignore_outgoing=True,
+                                                    poll_interval=0.05))
+    assert cap.mode == mode
+    out_of_va = _tx_socket(veth_ns, "va")
+    into_va = _tx_socket(veth_ns, "vb")
+    with cap, out_of_va, into_va:
+        for i in range(3):
+            out_of_va.send(_test_frame(100 + i))
+            into_va.send(_test_frame(200 + i))
+        got = _collect(cap, lambda fr: fr.data[12:14] == struct.pack("!H", ETHERTYPE_TEST), 3)
+        time.sleep(0.2)
+        late = _collect(cap, lambda fr: fr.data[12:14] == struct.pack("!H", ETHERTYPE_TEST), 1, timeout=0.5)
+    assert [frame.data for frame in got] == [_test_frame(200 + i) for i in range(3)]
+    assert late == []
+
+
+def _promiscuity(ns: str, name: str) -> int:
+    out = subprocess.run(["ip", "-n", ns, "-d", "-j", "link", "show", name], capture_output=True, text=True,
+                         check=True).stdout
+    return int(json.loads(out)[0]["promiscuity"])
+
+
+def test_promiscuous_membership_lasts_as_long_as_the_capture(veth_ns: str, mode: str) -> None:
+    assert _promiscuity(veth_ns, "vb") == 0
+    cap = _open(veth_ns, mode, promiscuous=True)
+    assert _promiscuity(veth_ns, "vb") == 1
+    cap.close()
+    assert _promiscuity(veth_ns, "vb") == 0
+    with _open(veth_ns, mode, promiscuous=False):
+        assert _promiscuity(veth_ns, "vb") == 0
