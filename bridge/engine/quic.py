@@ -50,6 +50,8 @@ NS = 1_000_000_000
 C2S, S2C = Direction.C2S, Direction.S2C
 #: after a CONNECTION_CLOSE, how long late packets may still come (capture time)
 CLOSE_DRAIN_NS = 2 * NS
+#: what a QUIC connection costs besides its buffers (its objects, keys, tables), charged to the budget
+FLOW_BYTES = 16384
 #: plaintext events of a synthetic connection carry at most this much (as TLS records
 #: do): the synthetic peer acknowledges each, so no segment is beyond its window
 PIECE = 16384
@@ -87,12 +89,16 @@ class QuicStats:
     early_datagrams: int = 0
     #: a connection seen on another pair of endpoints (found by its connection ID)
     migrations: int = 0
+    #: connections evicted because the QUIC connections together held more than memory_limit
+    evicted_for_memory: int = 0
+    #: the most the QUIC connections held at once (bytes, as charged)
+    memory_peak: int = 0
 
 
 class _Flow:
     __slots__ = ("flow_id", "endpoints", "ip_version", "connection", "http3", "info", "first_ns", "last_ns",
                  "keys_given", "keys_requested", "key_origin", "closed_ns", "exchanges", "synthetic", "client_random",
-                 "synthetic_ns", "paths", "ids_indexed")
+                 "synthetic_ns", "paths", "ids_indexed", "charged")
 
     def __init__(self, flow_id: int, endpoints: tuple[Endpoint, Endpoint], ip_version: int, settings: QuicSettings,
                  max_body: int, ts: int) -> None:
@@ -117,6 +123,8 @@ class _Flow:
         self.paths: list[tuple[Endpoint, Endpoint]] = []
         #: how many of its connection's issued IDs are in the table's index
         self.ids_indexed = 0
+        #: bytes charged to the QUIC memory budget
+        self.charged = FLOW_BYTES
 
 
 class QuicFlows:
@@ -137,6 +145,9 @@ class QuicFlows:
         self._by_id: OrderedDict[bytes, tuple[Endpoint, Endpoint]] = OrderedDict()
         self._id_lengths: set[int] = set()
         self._aliases: dict[tuple[Endpoint, Endpoint], tuple[Endpoint, Endpoint]] = {}
+        #: bytes the QUIC connections hold (FLOW_BYTES each, packets waiting for keys, stream
+        #: data ahead of holes, HTTP/3 bodies until their exchange is emitted)
+        self.charged = 0
         self._next_tick_ns = 0
 
     @property
@@ -263,11 +274,31 @@ class QuicFlows:
             self._give_keys(flow, events)
         if flow.connection.close is not None and flow.closed_ns is None:
             flow.closed_ns = ts
+        self._charge(flow, events)
+
+    def _charge(self, flow: _Flow, events: list[Event]) -> None:
+        """Charge the flow what it holds now; past ``memory_limit``, the least recently
+        active other flows are evicted (finished, ``evicted``) until it fits."""
+        charge = FLOW_BYTES + flow.connection.held_bytes + flow.http3.held
+        self.charged += charge - flow.charged
+        flow.charged = charge
+        limit = self.settings.memory_limit
+        while self.charged > limit and len(self._flows) > 1:
+            key, oldest = next(iter(self._flows.items()))
+            if oldest is flow:
+                self._flows.move_to_end(key)
+                continue
+            del self._flows[key]
+            self.stats.evicted_for_memory += 1
+            self._finish(oldest, "evicted", events)
+        if self.charged > self.stats.memory_peak:  # one connection alone is bounded by its own limits
+            self.stats.memory_peak = self.charged
 
     def _new_flow(self, key: tuple[Endpoint, Endpoint], ip_version: int, ts: int, events: list[Event]) -> _Flow:
         flow = _Flow(self.allocate_id(), key, ip_version, self._quic_settings, self.settings.max_out_of_order_bytes,
                      ts)
         self._flows[key] = flow
+        self.charged += flow.charged
         self.stats.flows += 1
         while len(self._flows) > self.settings.max_flows:
             _, oldest = self._flows.popitem(last=False)
@@ -380,6 +411,8 @@ class QuicFlows:
 
     def _finish(self, flow: _Flow, ended_by: str, events: list[Event]) -> None:
         self._forget(flow)
+        self.charged -= flow.charged
+        flow.charged = 0
         if flow.client_random is not None and not flow.keys_given:
             self._give_keys(flow, events)
         self._outputs(flow, flow.connection.finish(), events)

@@ -186,6 +186,8 @@ class QuicConnection:
         #: (side, timestamp, datagram, packet start, packet or None for a short header)
         self._pending: deque[tuple[int, int, bytes, int, RawPacket | None]] = deque()
         self._pending_bytes = 0
+        #: bytes the streams' reassembly holds ahead of holes
+        self._stream_buffered = 0
         self.pending_dropped = 0
         self._out: list[Output] = []
 
@@ -198,6 +200,13 @@ class QuicConnection:
     @property
     def decrypted_any(self) -> bool:
         return any(s.decrypted_packets for s in self.stats)
+
+    @property
+    def held_bytes(self) -> int:
+        """What it holds: packets waiting for keys, stream and CRYPTO data ahead of holes."""
+        crypto = sum(c.buffered for row in self._crypto for c in row)
+        crypto += sum(pair[0].buffered for pair in self._initial_crypto.values())
+        return self._pending_bytes + self._stream_buffered + crypto
 
     @property
     def application_decrypted(self) -> bool:
@@ -272,6 +281,7 @@ class QuicConnection:
         for side, _, _, _, _ in self._pending:
             self.stats[self.direction(side) if self.client_side is not None else 0].undecrypted_packets += 1
         self._pending.clear()
+        self._stream_buffered = 0
         for (direction, stream_id), stream in self._streams.items():
             missing = stream.finish()
             if missing:
@@ -533,7 +543,9 @@ class QuicConnection:
             stream = self._streams[key] = StreamReassembly(self.settings.max_stream_buffer)
             self._stream_hashes[key] = hashlib.sha256()
         gaps, gap_bytes, retransmitted, done = stream.gaps, stream.gap_bytes, stream.retransmitted_bytes, stream.complete
+        buffered = stream.buffered
         data = stream.add(frame.offset, frame.data, frame.fin)
+        self._stream_buffered += stream.buffered - buffered
         stats = self.stats[direction]
         stats.retransmitted_bytes += stream.retransmitted_bytes - retransmitted
         stats.gap_bytes += stream.gap_bytes - gap_bytes

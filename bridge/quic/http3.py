@@ -100,6 +100,8 @@ class Http3Session:
         self._blocked: list[set[int]] = [set(), set()]
         self.errors: dict[str, int] = {}
         self.sanitized = 0
+        #: bytes held for request streams: bodies until their exchange is emitted, frames not yet whole
+        self.held = 0
 
     def _error(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
@@ -123,6 +125,7 @@ class Http3Session:
             message.first_ns = chunk.timestamp_ns
         message.last_ns = chunk.timestamp_ns
         parser = self._parsers.setdefault((direction, stream_id), _Parser())
+        before = len(parser.buffer) + len(message.body)
         if chunk.gap:
             message.gap = parser.broken = True
         if chunk.reset:
@@ -137,6 +140,8 @@ class Http3Session:
         if chunk.fin:
             message.complete = not message.reset and not message.gap
             self._parsers.pop((direction, stream_id), None)
+            self.held -= len(parser.buffer)
+        self.held += len(parser.buffer) + len(message.body) - before
         self._ready(stream_id, out)
         return out
 
@@ -323,9 +328,15 @@ class Http3Session:
             if final:
                 self._error("request stream without decodable headers")
                 del self._messages[stream_id]
+                self.held -= len(request.body) + len(response.body)
             return
         del self._messages[stream_id]
         self._emitted.add(stream_id)
+        self.held -= len(request.body) + len(response.body)
+        for direction in (C2S, S2C):
+            parser = self._parsers.pop((direction, stream_id), None)
+            if parser is not None:
+                self.held -= len(parser.buffer)
         out.append(self._exchange(stream_id, request, response))
 
     def _exchange(self, stream_id: int, request: Message, response: Message) -> Exchange:

@@ -163,3 +163,23 @@ def test_a_connection_that_moves_to_another_client_port():
     first = min((e for e in events if isinstance(e, FlowFinished) and e.parent is None), key=lambda e: e.flow.flow_id)
     assert first.summary.to_record()["quic"]["paths"] == 2 and first.summary.status == "decrypted"
     assert engine.quic.stats.migrations == 1 and engine.quic.stats.flows == 2
+
+
+def test_the_quic_connections_hold_at_most_memory_limit():
+    """Without keys every packet waits: with a small budget the older connection is
+    evicted (finished, counted) when the newer one needs room; nothing stays charged."""
+    settings = EngineSettings()
+    settings.memory_limit = 60_000
+    settings.max_pending_per_direction = 40_000  # one connection's own bound (packets waiting for keys)
+    events: list = []
+    engine = Engine(KeyStore(), settings, output=events.append)
+    engine.run(FRAMES)
+    assert engine.quic.stats.evicted_for_memory >= 1
+    assert engine.quic.stats.memory_peak <= settings.memory_limit
+    engine.finish()
+    finished = [e for e in events if isinstance(e, FlowFinished)]
+    assert "evicted" in {e.ended_by for e in finished}
+    assert engine.quic.charged == 0
+    # with the keys and the default budget, what is held goes back to nothing as exchanges complete
+    engine, _ = _run(FRAMES)
+    assert engine.quic.charged == 0 and 0 < engine.quic.stats.memory_peak < 1 << 20
