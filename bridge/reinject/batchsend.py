@@ -7,12 +7,14 @@ releases the GIL).  The kernel returns how many went out; a frame it refused
 is counted with its ``errno`` and the rest of the batch is sent after it, so
 every frame is accounted for exactly as with one ``send()`` per frame.
 
-Why not a ``PACKET_TX_RING``: measured on a veth (bench/bench_capture.py) the
-two are as fast as each other (the kernel's per-frame work dominates either
-way), but a TX ring has fixed slots (a 65000-byte frame of ``--mtu 65000``
-needs a slot that large), and a frame the kernel refuses either stalls the ring
-or, with ``PACKET_LOSS``, is skipped without a word; ``sendmmsg`` keeps the
-per-frame count and error.
+Why not a ``PACKET_TX_RING``: measured beside it on a veth
+(bench/bench_capture.py keeps the candidate), the ring sent 0.4-1.2 times as
+many frames per second in five runs (1.0 with 66-byte frames; the kernel's
+per-frame work dominates either way), with the same CPU in the writing thread:
+no clear gain.  And a TX ring has fixed slots (a 65000-byte frame of ``--mtu
+65000`` needs a slot that large), and a frame the kernel refuses either stalls
+the ring or, with ``PACKET_LOSS``, is skipped without a word; ``sendmmsg``
+keeps the per-frame count and error.
 
 :class:`SingleSender` is the same interface over one ``send()`` per frame, for
 a libc without ``sendmmsg``.
@@ -37,8 +39,7 @@ STAGE_BYTES = 2 << 20
 
 _IOVEC = struct.Struct("@QQ")  # struct iovec: iov_base, iov_len
 _MMSGHDR_SIZE = 64  # struct mmsghdr on 64-bit Linux: struct msghdr (56) + msg_len + padding
-_MSG_IOV_OFFSET = 16  # msghdr: msg_name (8), msg_namelen (4 + 4 padding), then msg_iov
-_MSG_IOVLEN_OFFSET = 24
+_MSG_IOV_OFFSET = 16  # msghdr: msg_name (8), msg_namelen (4 + 4 padding), then msg_iov and msg_iovlen
 
 
 @dataclass(slots=True)
