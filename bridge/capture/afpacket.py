@@ -5,9 +5,11 @@ A thin driver.  By default the kernel writes frames into a TPACKET_V3 ring
 frames at a time and hands the block over whole (when it is full or after
 ``block_timeout`` seconds); we copy the block's frames out, give the block
 back and ``poll`` only when the next block is not ready yet.  No system call
-per frame, which is what lets one worker follow a busy mirror port.  Everything
-is plain Python over ``mmap`` and ``struct`` (see bench/bench_capture.py for
-what that costs against the recv path).  The ring is ``buffer_bytes`` of kernel
+per frame, which is what lets one worker follow a busy mirror port.  The walk
+over a block's frames (a header, a copy, a :class:`Frame` each) is C,
+:func:`bridge.capture._records.tpacket_v3`; the rest is plain Python over
+``mmap`` and ``struct`` (bench/bench_capture.py measures both paths against
+each other).  The ring is ``buffer_bytes`` of kernel
 memory taken when the capture opens (a receive buffer is only a limit); its
 shape is :func:`ring_geometry`'s.  Reading a block's status and then its frames
 relies on the CPU not reordering those loads (x86-64's ordering; Python issues no
