@@ -15,9 +15,10 @@ import errno
 import os
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import BinaryIO, Protocol
 
+from bridge.capture import _records
 from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.errors import BridgeError
 
@@ -117,30 +118,14 @@ class PcapWriter:
         if len(buffer) >= self.chunk_bytes or time.monotonic() - self._written_at >= self.flush_interval:
             self._write_out()
 
-    def write_many(self, frames: Iterable[_TimedFrame]) -> int:
-        """Records for ``frames`` (objects with ``timestamp_ns`` and ``data``), in
-        order, as :meth:`write` would write them; returns the bytes of frame data."""
+    def write_many(self, frames: Sequence[_TimedFrame]) -> int:
+        """Records for ``frames`` (objects with ``timestamp_ns`` and ``data``, bytes), in
+        order, as :meth:`write` would write them (packed in C,
+        :mod:`bridge.capture._records`); returns the bytes of frame data."""
+        records, total = _records.pack_pcap(frames, self.nanosecond, self.snaplen)
         buffer = self._buffer
-        pack = _RECORD.pack
-        snaplen = self.snaplen
-        nanosecond = self.nanosecond
-        total = 0
-        for frame in frames:
-            data = frame.data
-            timestamp_ns = frame.timestamp_ns
-            n = orig = len(data)
-            total += n
-            if n > snaplen:
-                data = data[:snaplen]
-                n = snaplen
-            if timestamp_ns < 0:
-                raise ValueError("timestamp_ns must not be negative")
-            sec, frac = divmod(timestamp_ns, _NS)
-            if not nanosecond:
-                frac //= 1000
-            buffer += pack(sec & 0xFFFFFFFF, frac, n, orig)
-            buffer += data
-            self.records += 1
+        buffer += records
+        self.records += len(frames)
         if len(buffer) >= self.chunk_bytes or time.monotonic() - self._written_at >= self.flush_interval:
             self._write_out()
         return total

@@ -81,3 +81,33 @@ def test_negative_timestamp_is_refused_and_nothing_half_written(tmp_path):
         with pytest.raises(ValueError):
             writer.write(-1, b"bad")
     assert path.read_bytes() == pcap_global_header(LINKTYPE_ETHERNET) + pcap_record(T0, b"good")
+
+
+class _Timed:
+    __slots__ = ("timestamp_ns", "data")
+
+    def __init__(self, timestamp_ns: int, data: bytes) -> None:
+        self.timestamp_ns, self.data = timestamp_ns, data
+
+
+@pytest.mark.parametrize("nanosecond", [True, False])
+@pytest.mark.parametrize("snaplen", [262144, 100])
+def test_write_many_writes_what_write_does(tmp_path, nanosecond, snaplen):
+    """The compiled packing (bridge.capture._records.pack_pcap) against the records built one by one."""
+    path = tmp_path / "many.pcap"
+    with PcapWriter(path, nanosecond=nanosecond, snaplen=snaplen) as writer:
+        total = 0
+        for start in range(0, len(RECORDS), 77):
+            total += writer.write_many([_Timed(t, d) for t, d in RECORDS[start:start + 77]])
+        assert writer.records == len(RECORDS)
+    assert path.read_bytes() == _reference(nanosecond, snaplen)
+    assert total == sum(len(d) for _, d in RECORDS)
+
+
+def test_write_many_refuses_what_write_refuses(tmp_path):
+    with PcapWriter(tmp_path / "bad.pcap") as writer:
+        with pytest.raises(ValueError):
+            writer.write_many([_Timed(T0, b"ok"), _Timed(-1, b"x")])
+        with pytest.raises(TypeError):
+            writer.write_many([_Timed(T0, "not bytes")])  # type: ignore[arg-type]
+        assert writer.records == 0
