@@ -324,12 +324,14 @@ class InlineIps:
         self.held_bytes = 0
         self._current: _Conn | None = None
         self._next_idle_scan = 0.0
+        self._now = 0.0  # the time of the latest call (groups made while routing start then)
         self._step_groups: dict[tuple[int, int], _Group] = {}
         self._orphans: dict[int, dict[str, object]] = {}  # flow id → the IPS facts of a connection dropped early
 
     # --- packets from the queue -----------------------------------------------------------
 
     def packet(self, packet_id: int, data: bytes, now: float) -> None:
+        self._now = now
         counters = self.counters
         counters.packets += 1
         try:
@@ -477,7 +479,6 @@ class InlineIps:
         self._step_groups = {}
         if not events:
             return
-        now = None
         for event in events:
             cls = event.__class__
             if cls is PlaintextData:
@@ -490,14 +491,13 @@ class InlineIps:
                 group_key = (id(conn), event.direction)  # type: ignore[attr-defined]
                 group = self._step_groups.get(group_key)
                 if group is None:
-                    now = conn.last_seen
-                    group = self._step_groups[group_key] = self._new_group(conn, "verdict", now)
+                    group = self._step_groups[group_key] = self._new_group(conn, "verdict", self._now)
                     side = conn.sides[event.direction]  # type: ignore[attr-defined]
                     if side.keywait is not None and side.keywait.state == "pending":  # their records decrypted now
                         for held in side.queue:
                             if held.group is side.keywait:
                                 held.group = group
-                        self._settle(side.keywait, "passed", conn.last_seen, "secrets arrived")
+                        self._settle(side.keywait, "passed", self._now, "secrets arrived")
                         side.keywait = None
                 for out_frame in frames:
                     parsed = parse_output_frame(out_frame.data)
@@ -657,6 +657,7 @@ class InlineIps:
     # --- Suricata's output ---------------------------------------------------------------------
 
     def from_suricata(self, frame: bytes, now: float) -> None:
+        self._now = now
         parsed = parse_output_frame(frame)
         if parsed is None:
             return
@@ -783,6 +784,7 @@ class InlineIps:
 
     def keys_arrived(self, now: float) -> None:
         """Secrets came into the key store: what waited for them is decrypted and judged."""
+        self._now = now
         ready = self._keys_ready()
         self.engine.keys_arrived()
         self._route()
@@ -805,6 +807,7 @@ class InlineIps:
 
     def tick(self, now: float) -> None:
         """Budgets and timeouts; call it often (every few milliseconds)."""
+        self._now = now
         ready = self._keys_ready()
         self.engine.idle(int(now * 1e9))
         self._route()

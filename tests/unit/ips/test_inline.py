@@ -137,9 +137,11 @@ def test_secrets_that_come_late_are_used_and_the_packets_then_judged():
     assert held and not [i for i in held if i in verdicts] and not suricata.seen
     for entry in fixture.entries():
         store.add_entry(entry)
-    core.tick(T0 + 1)
+    core.tick(T0 + 3)  # three seconds after the last packet: Suricata's time starts now, not then
+    core.tick(T0 + 3.002)
     assert not dict(core.out.verdicts)  # decrypted now, not released before Suricata's verdict
-    suricata.step(core, T0 + 1)
+    assert core.counters.cuts == 0 and not core.counters.policy
+    suricata.step(core, T0 + 3.003)
     assert {dict(core.out.verdicts)[i] for i in held} == {NF_ACCEPT} and suricata.seen
 
 
