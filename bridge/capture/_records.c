@@ -80,6 +80,26 @@ static inline void set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
     *(PyObject **)((char *)obj + offset) = value; /* steals value; the slot was empty */
 }
 
+/* One frame object with its four slots (linktype shared). */
+static PyObject *make(PyTypeObject *type, long long ts, PyObject *linktype, PyObject *data, unsigned long orig)
+{
+    PyObject *frame = type->tp_alloc(type, 0);
+    PyObject *ts_o = PyLong_FromLongLong(ts), *orig_o = PyLong_FromUnsignedLong(orig);
+    if (frame == NULL || ts_o == NULL || orig_o == NULL) {
+        Py_XDECREF(frame);
+        Py_XDECREF(ts_o);
+        Py_XDECREF(orig_o);
+        Py_DECREF(data);
+        return NULL;
+    }
+    Py_INCREF(linktype);
+    set_slot(frame, slot_ts, ts_o);
+    set_slot(frame, slot_linktype, linktype);
+    set_slot(frame, slot_data, data);
+    set_slot(frame, slot_orig, orig_o);
+    return frame;
+}
+
 static PyObject *pcap(PyObject *self, PyObject *args)
 {
     PyTypeObject *type;
@@ -123,24 +143,12 @@ static PyObject *pcap(PyObject *self, PyObject *args)
             need = record_header + (Py_ssize_t)incl;
             break;
         }
-        PyObject *frame = type->tp_alloc(type, 0);
+        PyObject *data = PyBytes_FromStringAndSize((const char *)p + start, (Py_ssize_t)incl);
+        if (data == NULL)
+            goto done;
+        PyObject *frame = make(type, (long long)sec * 1000000000LL + (long long)frac * frac_mult, lt, data, orig);
         if (frame == NULL)
             goto done;
-        PyObject *ts = PyLong_FromLongLong((long long)sec * 1000000000LL + (long long)frac * frac_mult);
-        PyObject *data = PyBytes_FromStringAndSize((const char *)p + start, (Py_ssize_t)incl);
-        PyObject *orig_o = PyLong_FromUnsignedLong(orig);
-        if (ts == NULL || data == NULL || orig_o == NULL) {
-            Py_XDECREF(ts);
-            Py_XDECREF(data);
-            Py_XDECREF(orig_o);
-            Py_DECREF(frame);
-            goto done;
-        }
-        Py_INCREF(lt);
-        set_slot(frame, slot_ts, ts);
-        set_slot(frame, slot_linktype, lt);
-        set_slot(frame, slot_data, data);
-        set_slot(frame, slot_orig, orig_o);
         int rc = PyList_Append(frames, frame);
         Py_DECREF(frame);
         if (rc < 0)
@@ -153,26 +161,6 @@ done:
     Py_XDECREF(lt);
     PyBuffer_Release(&buf);
     return result;
-}
-
-/* One frame object with its four slots (linktype shared). */
-static PyObject *make(PyTypeObject *type, long long ts, PyObject *linktype, PyObject *data, unsigned long orig)
-{
-    PyObject *frame = type->tp_alloc(type, 0);
-    PyObject *ts_o = PyLong_FromLongLong(ts), *orig_o = PyLong_FromUnsignedLong(orig);
-    if (frame == NULL || ts_o == NULL || orig_o == NULL) {
-        Py_XDECREF(frame);
-        Py_XDECREF(ts_o);
-        Py_XDECREF(orig_o);
-        Py_DECREF(data);
-        return NULL;
-    }
-    Py_INCREF(linktype);
-    set_slot(frame, slot_ts, ts_o);
-    set_slot(frame, slot_linktype, linktype);
-    set_slot(frame, slot_data, data);
-    set_slot(frame, slot_orig, orig_o);
-    return frame;
 }
 
 static inline uint32_t rd32n(const uint8_t *p)
