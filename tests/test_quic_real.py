@@ -242,3 +242,60 @@ def test_zero_rtt(tmp_path):
     paths = subprocess.run(["tshark", "-r", str(synthetic), "-Y", "http.request", "-T", "fields",
                             "-e", "http.request.uri"], capture_output=True, text=True, timeout=120).stdout.split()
     assert sorted(paths) == sorted(["/ticket", "/early/one", "/early/two"])
+
+
+def test_the_sensor_with_two_workers(run, tmp_path):
+    """``tls-bridge run`` with two workers sharing an interface by flow (AF_PACKET
+    fanout hash: both directions of a UDP 4-tuple to one worker): every QUIC
+    connection logged once, decrypted, its requests injected."""
+    import time
+
+    from bridge.capture.pcapfile import read_capture
+    from bridge.reinject.outputs import InterfaceOutput
+    from tests.support.keyfeed import BridgeProcess
+    from tests.support.netns import in_netns, veth_namespace
+
+    flows, injected, config = tmp_path / "flows.jsonl", tmp_path / "injected.pcap", tmp_path / "sensor.toml"
+    config.write_text(f"""
+[capture]
+interfaces = ["vb"]
+workers = 2
+[keys]
+keylogs = ["{run.keylog}"]
+[inject]
+interface = "tls0"
+[output]
+flows = "{flows}"
+[metrics]
+listen = "127.0.0.1:9815"
+""")
+    with veth_namespace("quic15-run") as ns:
+        subprocess.run(["ip", "-n", ns, "link", "add", "tls0", "type", "veth", "peer", "name", "ids0"], check=True)
+        for name in ("tls0", "ids0"):
+            subprocess.run(["ip", "-n", ns, "link", "set", name, "up"], check=True)
+        with tlslab.Capture(_NsName(ns), injected, filter="tcp", iface="ids0"):
+            with BridgeProcess(["run", "--config", str(config)], tmp_path / "run.err",
+                               prefix=["ip", "netns", "exec", ns]) as sensor:
+                sensor.wait_for("running 2 workers")
+                deadline = time.monotonic() + 30  # both workers capturing (in the fanout group)
+                while time.monotonic() < deadline and "tls_bridge_workers_up 2" not in subprocess.run(
+                        ["ip", "netns", "exec", ns, "curl", "-sS", "http://127.0.0.1:9815/metrics"],
+                        capture_output=True, text=True).stdout:
+                    time.sleep(0.3)
+                output = in_netns(ns, lambda: InterfaceOutput("va"))
+                for index, frame in enumerate(read_capture(run.pcap)):
+                    output.write(frame.timestamp_ns, frame.data)
+                    if index % 50 == 49:
+                        time.sleep(0.01)
+                output.close()
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and (
+                        not flows.exists() or len(flows.read_text().splitlines()) < len(CLIENTS)):
+                    time.sleep(0.2)
+                assert sensor.stop() == 0, sensor.text()
+    lines = [json.loads(line) for line in flows.read_text().splitlines()]
+    assert sorted(line["client"] for line in lines) == sorted({line["client"] for line in lines})  # once each
+    assert [line["status"] for line in lines] == ["decrypted"] * len(CLIENTS), lines
+    paths = subprocess.run(["tshark", "-r", str(injected), "-Y", "http.request", "-T", "fields",
+                            "-e", "http.request.uri"], capture_output=True, text=True, timeout=120).stdout.split()
+    assert sorted(paths) == sorted(r["path"] for c in run.clients for r in c["requests"])

@@ -93,6 +93,10 @@ class QuicStats:
     evicted_for_memory: int = 0
     #: the most the QUIC connections held at once (bytes, as charged)
     memory_peak: int = 0
+    #: finished QUIC connections by flow log status
+    statuses: dict[str, int] = field(default_factory=dict)
+    #: stream bytes of finished QUIC connections, both directions
+    plaintext_bytes: int = 0
 
 
 class _Flow:
@@ -422,7 +426,10 @@ class QuicFlows:
         for exchange in flow.http3.finish():
             self._exchange(flow, exchange, events)
         assert flow.info is not None
-        events.append(FlowFinished(flow.info, ended_by, self._summary(flow, ended_by)))
+        summary = self._summary(flow, ended_by)
+        self.stats.statuses[summary.status] = self.stats.statuses.get(summary.status, 0) + 1
+        self.stats.plaintext_bytes += summary.c2s.bytes + summary.s2c.bytes
+        events.append(FlowFinished(flow.info, ended_by, summary))
         random = flow.client_random
         if random is not None:
             if self.request_keys and flow.keys_requested and not flow.connection.application_decrypted \
