@@ -28,7 +28,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.inline_lab import BLOCK, SERVER, Lab, exec_in, inline_lab, jsonl
+from tests.support.inline_lab import (
+    BLOCK,
+    SERVER,
+    SERVER6,
+    Lab,
+    exec_in,
+    inline_lab,
+    jsonl,
+)
 
 pytestmark = pytest.mark.real
 
@@ -53,8 +61,9 @@ def _stop_capture(proc: subprocess.Popen) -> None:
 
 
 def _resets_to_client(pcap: Path) -> dict[int, int]:
-    """Client port → RSTs it received from the server's address."""
-    out = subprocess.run(["tshark", "-r", str(pcap), "-Y", f"tcp.flags.reset == 1 && ip.src == {SERVER}", "-T",
+    """Client port → RSTs it received from the server's address (IPv4 or IPv6)."""
+    server = f"(ip.src == {SERVER} || ipv6.src == {SERVER6})"
+    out = subprocess.run(["tshark", "-r", str(pcap), "-Y", f"tcp.flags.reset == 1 && {server}", "-T",
                           "fields", "-e", "tcp.dstport"], capture_output=True, text=True, check=True).stdout
     counts: dict[int, int] = {}
     for port in out.split():
@@ -64,14 +73,17 @@ def _resets_to_client(pcap: Path) -> dict[int, int]:
 
 # --- a drop rule: the request never reaches the server, the connection ends with a reset ----------
 
-CASES = [("http1.1", "1.3"), ("http2", "1.2"), ("http1.1", "1.2"), ("http2", "1.3")]
+CASES = [("http1.1", "1.3", SERVER), ("http2", "1.2", SERVER), ("http1.1", "1.2", SERVER), ("http2", "1.3", SERVER),
+         ("http1.1", "1.3", SERVER6)]
 
 
-def _harmless_then_blocked(lab: Lab, http: str, tls: str, tag: str) -> subprocess.CompletedProcess:
+def _harmless_then_blocked(lab: Lab, http: str, tls: str, tag: str, *, server: str = SERVER
+                           ) -> subprocess.CompletedProcess:
     versions = ["--tlsv1.3"] if tls == "1.3" else ["--tlsv1.2", "--tls-max", "1.2"]
-    return lab.curl(f"--{http}", *versions, "-w", "%{url_effective} %{http_code} %{size_download} %{num_connects}"
-                    " %{local_port}\\n", "-o", "/dev/null", f"https://{SERVER}/harmless?{tag}", "-o", "/dev/null",
-                    f"https://{SERVER}{BLOCK}?{tag}")
+    host = f"[{server}]" if ":" in server else server
+    return lab.curl("-g", f"--{http}", *versions, "-w", "%{url_effective} %{http_code} %{size_download} "
+                    "%{num_connects} %{local_port}\\n", "-o", "/dev/null", f"https://{host}/harmless?{tag}", "-o",
+                    "/dev/null", f"https://{host}{BLOCK}?{tag}")
 
 
 def _assert_blocked(lab: Lab, result: subprocess.CompletedProcess, tag: str, resets: dict[int, int],
@@ -95,17 +107,18 @@ def _assert_blocked(lab: Lab, result: subprocess.CompletedProcess, tag: str, res
 
 
 def test_a_request_a_drop_rule_matches_never_reaches_the_server(lab):
-    """HTTP/1.1 and HTTP/2 over TLS 1.3 and 1.2, one connection each: the harmless request
-    is answered, the blocked one on the same connection is dropped before nginx and the
-    client gets a reset.  Secrets from the key feed (the harvester on the server)."""
+    """HTTP/1.1 and HTTP/2 over TLS 1.3 and 1.2 (and HTTP/1.1 over TLS 1.3 on IPv6), one
+    connection each: the harmless request is answered, the blocked one on the same
+    connection is dropped before nginx and the client gets a reset.  Secrets from the key
+    feed (the harvester on the server)."""
     pcap = lab.tmp / "client-drop.pcap"
     capture = _capture(lab.client, "c0", pcap)
     results = {}
     with lab.ips("drop-feed", "--hold-budget", "10") as ips:
         ips.wait_for("ips --inline: queue", 30)
-        for http, tls in CASES:
-            tag = f"{http}-tls{tls}"
-            results[tag] = _harmless_then_blocked(lab, http, tls, tag)
+        for http, tls, server in CASES:
+            tag = f"{http}-tls{tls}-ipv{6 if ':' in server else 4}"
+            results[tag] = _harmless_then_blocked(lab, http, tls, tag, server=server)
         time.sleep(0.5)
         assert ips.stop() == 0, ips.text()
     _stop_capture(capture)

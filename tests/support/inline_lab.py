@@ -1,6 +1,6 @@
 """The inline IPS's lab (tests/test_ips_inline.py, bench/bench_ips_inline.py): network
-namespaces client — gateway — server; the gateway forwards and iptables' NFQUEUE target
-hands the server's port-443 traffic to queue 13; Suricata 7 runs in af-packet IPS mode
+namespaces client — gateway — server (IPv4 and IPv6); the gateway forwards and iptables'
+(and ip6tables') NFQUEUE target hands the server's port-443 traffic to queue 13; Suricata 7 runs in af-packet IPS mode
 with the deploy overlay between the veth pairs ipsin0/ipsin1 and ipsout1/ipsout0; on the
 server nginx (HTTP/1.1 and HTTP/2, TLS 1.2 and 1.3, an access log) and the process
 harvester (secrets on a key feed and in a key log)."""
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERLAY = ROOT / "deploy" / "suricata" / "tls-bridge-inline.yaml"
 INLINE_RULES = ROOT / "suricata-rules" / "tls-bridge-inline.rules"
 SERVER, CLIENT = "10.113.2.2", "10.113.1.2"
+SERVER6, CLIENT6 = "fd13:2::2", "fd13:1::2"
 QUEUE = "13"
 BLOCK = "/tls-bridge-block-marker"
 TEST_RULES = 'alert http any any -> any any (msg:"inline test: request seen"; flow:to_server; http.uri; ' \
@@ -95,11 +96,17 @@ def _topology(tag: str) -> tuple[str, str, str]:
     for ns, link, address in ((client, "c0", f"{CLIENT}/24"), (gateway, "g0", "10.113.1.1/24"),
                               (gateway, "g1", "10.113.2.1/24"), (server, "s0", f"{SERVER}/24")):
         ip("-n", ns, "addr", "add", address, "dev", link)
+    for ns, link, address in ((client, "c0", f"{CLIENT6}/64"), (gateway, "g0", "fd13:1::1/64"),
+                              (gateway, "g1", "fd13:2::1/64"), (server, "s0", f"{SERVER6}/64")):
+        ip("-n", ns, "-6", "addr", "add", address, "dev", link, "nodad")
     for ns, link in ((client, "c0"), (gateway, "g0"), (gateway, "g1"), (server, "s0")):
         ip("-n", ns, "link", "set", link, "up")
     ip("-n", client, "route", "add", "default", "via", "10.113.1.1")
     ip("-n", server, "route", "add", "default", "via", "10.113.2.1")
-    subprocess.run([*exec_in(gateway), "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+    ip("-n", client, "-6", "route", "add", "default", "via", "fd13:1::1")
+    ip("-n", server, "-6", "route", "add", "default", "via", "fd13:2::1")
+    subprocess.run([*exec_in(gateway), "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+                   check=True)
     forwarding_queued(gateway, True)
     return client, gateway, server
 
@@ -119,7 +126,7 @@ http {{ log_format ipsi '$msec $connection $request_uri $status $server_protocol
 access_log {access} ipsi; client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
 fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
 keepalive_requests 1000;
-server {{ listen {SERVER}:443 ssl http2; ssl_certificate {certs.chain}; ssl_certificate_key {certs.key};
+server {{ listen {SERVER}:443 ssl http2; listen [{SERVER6}]:443 ssl http2; ssl_certificate {certs.chain}; ssl_certificate_key {certs.key};
 ssl_protocols TLSv1.2 TLSv1.3; ssl_session_tickets off; ssl_session_cache off; root {html}; }} }}
 """)
     proc = subprocess.Popen([*exec_in(server), "nginx", "-p", str(prefix), "-c", str(conf)],
@@ -190,6 +197,7 @@ def inline_lab(tmp: Path, certs: tlslab.CertChain) -> Iterator[Lab]:
 
 def forwarding_queued(gateway: str, on: bool) -> None:
     """The NFQUEUE rules in (the inline IPS judges) or out (plain forwarding)."""
-    for rule in (["-d", SERVER, "--dport", "443"], ["-s", SERVER, "--sport", "443"]):
-        subprocess.run([*exec_in(gateway), "iptables", "-A" if on else "-D", "FORWARD", "-p", "tcp", *rule, "-j",
-                        "NFQUEUE", "--queue-num", QUEUE], check=True)
+    for tool, server in (("iptables", SERVER), ("ip6tables", SERVER6)):
+        for rule in (["-d", server, "--dport", "443"], ["-s", server, "--sport", "443"]):
+            subprocess.run([*exec_in(gateway), tool, "-A" if on else "-D", "FORWARD", "-p", "tcp", *rule, "-j",
+                            "NFQUEUE", "--queue-num", QUEUE], check=True)
