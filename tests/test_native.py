@@ -92,7 +92,7 @@ def test_the_compiled_code_under_address_and_undefined_behaviour_sanitizers(tmp_
         "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--basetemp', sys.argv[1],"
         " 'tests/unit/engine/test_lanes.py', 'tests/unit/reinject/test_synthetic.py',"
         " 'tests/unit/engine/test_engine.py', 'tests/test_pcapfile.py', 'tests/test_afpacket.py',"
-        " 'tests/unit/capture/test_pcapwriter.py']))\n"
+        " 'tests/unit/capture/test_pcapwriter.py', 'tests/unit/capture/test_records.py']))\n"
     )
     env = dict(os.environ, LD_PRELOAD=" ".join(runtimes),
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
