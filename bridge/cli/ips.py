@@ -52,6 +52,9 @@ def run_inline(args: argparse.Namespace) -> int:
     except BridgeError as exc:
         print(f"tls-bridge: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"tls-bridge: error: {exc.filename or 'ips --inline'}: {exc.strerror}", file=sys.stderr)
+        return 1
 
 
 def run_ips(args: argparse.Namespace) -> int:
@@ -67,11 +70,36 @@ def run_ips(args: argparse.Namespace) -> int:
         port_map=tuple(args.port_map or ()), from_start=args.from_start, log=args.log))
 
 
-def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
-    from bridge.ips import inline as inline_module
+INLINE_HELP = """\
+inline mode (--inline):
+  The gateway forwards; iptables' NFQUEUE target queues the monitored servers'
+  traffic to this process.  Per TLS record, the segment carrying its last byte is
+  held (the segments before it, and handshake records, pass at once; later
+  segments of the same direction wait behind it); the record is decrypted with the
+  secrets of --keys/--keylog and its plaintext sent, as synthetic cleartext TCP, on
+  --suricata-in to a Suricata 7 in af-packet IPS mode (copy-mode: ips; the overlay
+  deploy/suricata/tls-bridge-inline.yaml, the veths made by
+  deploy/create-inline-interfaces.sh).  What Suricata passes comes back on
+  --suricata-out and the held packets are released; what a drop or reject rule
+  matches does not, and the held packets are dropped, both ends get a RST and the
+  connection's later packets are dropped.  Secrets missing after --hold-budget,
+  no verdict within --verdict-timeout, or held bytes over --flow-memcap/--memcap
+  follow their policy: pass-flow (released; the connection is not inspected any
+  more, "uninspected" in the flow log) or drop-flow (cut).  Connections that are
+  not TLS, or started before this process, pass untouched.
 
-    inline_doc = "inline mode:\n" + "\n\n".join(
-        (inline_module.__doc__ or "").split("\n\n")[1:4])
+  Flow log (--flows): the engine's line plus "ips": verdict (passed, dropped,
+  uninspected, unmonitored), reason, policies, held/released/dropped packets,
+  records passed/dropped, max_hold_ms.  --log: cuts and policies (and with
+  --log-releases every release with its verdicts).
+
+exit status:
+  0  stopped by SIGINT/SIGTERM;  1  the queue, an interface or the key sources
+  could not be opened;  2  bad command line
+"""
+
+
+def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ips", help="cut the original encrypted connections Suricata's verdicts on the decrypted copy ask to block",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -81,10 +109,10 @@ def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
         "      --nft-table 'inet tls_bridge' --nft-set blocked --log /var/log/tls-bridge/blocked.jsonl\n"
         "  # inline: iptables -A FORWARD -p tcp -d 10.0.2.2 --dport 443 -j NFQUEUE --queue-num 13\n"
         "  #         iptables -A FORWARD -p tcp -s 10.0.2.2 --sport 443 -j NFQUEUE --queue-num 13\n"
-        "  tls-bridge ips --inline -q 13 --suricata-in ipsa0 --suricata-out ipsb0 \\\n"
+        "  tls-bridge ips --inline -q 13 --suricata-in ipsin0 --suricata-out ipsout0 \\\n"
         "      --keys tcp://harvester:5555 --server-key certs/harvester.key --client-cert certs/gw.key_secret \\\n"
         "      --exception-policy drop-flow --flows /var/log/tls-bridge/flows.jsonl\n\n"
-        + (inline_doc or ""),
+        + INLINE_HELP,
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--eve", metavar="FILE", help="Suricata's eve.json for the injection interface (followed "

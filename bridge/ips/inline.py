@@ -112,9 +112,10 @@ class InlineSettings:
                                           f"{' or '.join(POLICIES)}")
         for name in ("hold_budget", "verdict_timeout", "idle_timeout"):
             if not getattr(self, name) > 0:
-                raise InlineSettingsError(f"{name.replace('_', '-')} must be positive")
+                raise InlineSettingsError(f"--{name.replace('_', '-')} must be positive")
         if self.flow_memcap < 65536 or self.memcap < self.flow_memcap:
-            raise InlineSettingsError("flow memcap must be at least 64 KiB and the total memcap at least that")
+            raise InlineSettingsError("--flow-memcap must be at least 65536 bytes, and --memcap at least "
+                                      "--flow-memcap")
 
 
 @dataclass(slots=True)
