@@ -260,3 +260,20 @@ def test_concurrent_connections_lose_nothing_and_wait_for_their_verdicts(lab):
     assert set(arrived) <= set(judged_at), sorted(set(arrived) - set(judged_at))[:3]
     early = [(key, judged_at[key] - at) for key, at in arrived.items() if at < judged_at[key]]
     assert not early, f"requests that reached the server before Suricata judged them: {early[:3]}"
+
+
+def test_what_is_not_tls_passes_untouched(lab):
+    """Plain HTTP to the queued port (nginx answers it with a 400): nothing is held, the
+    flow log says unmonitored, not TLS."""
+    with lab.ips("not-tls") as ips:
+        ips.wait_for("ips --inline: queue", 30)
+        result = lab.curl("-o", "/dev/null", "-w", "%{http_code} %{local_port}", f"http://{SERVER}:443/plain",
+                          timeout=20)
+        time.sleep(0.5)
+        assert ips.stop() == 0, ips.text()
+    assert result.returncode == 0 and result.stdout.split()[0] == "400", (result.stdout, result.stderr)
+    work = lab.tmp / "not-tls"
+    flows = [f for f in jsonl(work / "flows.jsonl") if f["client"].endswith(":" + result.stdout.split()[1])]
+    assert [(f["ips"]["verdict"], f["ips"]["reason"], f["ips"]["held_packets"]) for f in flows] == [
+        ("unmonitored", "not TLS", 0)], flows
+    assert "0 held" in ips.text(), ips.text()
