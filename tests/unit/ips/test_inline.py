@@ -165,6 +165,37 @@ def test_what_is_not_tls_passes_untouched():
     assert core.out.flows[0]["ips"]["verdict"] == "unmonitored" and core.out.flows[0]["ips"]["reason"] == "not TLS"
 
 
+def _waiting_connection(core: InlineIps, port: int, records: int, first_id: int) -> int:
+    """A connection whose records wait for secrets that never come: returns the next packet id."""
+    client, server = ("10.0.0.1", port), ("10.0.0.2", 443)
+    body = b"\x03\x03" + bytes(32) + b"\x00"
+    body = b"\x01" + len(body).to_bytes(3, "big") + body
+    hello = b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body
+    core.packet(first_id, _tcp(*client, *server, 1000, 0x02), T0)
+    core.packet(first_id + 1, _tcp(*server, *client, 5000, 0x12), T0)
+    core.packet(first_id + 2, _tcp(*client, *server, 1001, 0x18, hello), T0)
+    seq, packet_id = 1001 + len(hello), first_id + 3
+    record = b"\x17\x03\x03\x05\x00" + bytes(1280)
+    for _ in range(records):
+        core.packet(packet_id, _tcp(*client, *server, seq, 0x18, record), T0 + packet_id / 1000)
+        seq += len(record)
+        packet_id += 1
+    return packet_id
+
+
+def test_holding_memory_is_bounded_in_all_and_the_connection_over_it_pays():
+    core = InlineIps(KeyStore(), InlineSettings(flow_memcap=65536, memcap=100_000, hold_budget=60,
+                                                memcap_policy="pass-flow"))
+    next_id = _waiting_connection(core, 40010, 40, 1)  # ~53 KB held: under both bounds
+    assert core.counters.policy == {} and core.held_bytes > 50_000
+    _waiting_connection(core, 40011, 40, next_id)  # pushes the total over: this one is released
+    assert core.counters.policy == {"memcap:pass-flow": 1} and core.counters.fail_open == 1
+    assert 50_000 < core.held_bytes <= 100_000  # the first still waits, untouched
+    core.close(T0 + 10)
+    verdicts = {f["client"]: f["ips"]["verdict"] for f in core.out.flows}
+    assert verdicts == {"10.0.0.1:40011": "uninspected", "10.0.0.1:40010": "dropped"}  # the latter: at close
+
+
 def test_holding_memory_is_bounded_per_connection():
     """Records that wait for secrets that never come: over the connection's memcap the
     policy cuts it at once, not at the end of the hold budget."""
