@@ -188,6 +188,103 @@ def big_run(connections: int, budget: int, verify: bool, rate: float) -> None:
     flows.unlink()
 
 
+def _worker_pid(parent: int) -> int | None:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                return int(entry)
+    return None
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _metrics(ns: str, port: int) -> dict[str, float]:
+    result = subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", f"http://127.0.0.1:{port}/metrics"],
+                            capture_output=True, text=True)
+    values: dict[str, float] = {}
+    for line in result.stdout.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def veth_run(connections: int, budget: int, pps: int, rate: float) -> None:
+    """``tls-bridge run`` (one worker) on a veth fed by tcpreplay at ``pps``: the
+    worker's RSS sampled every 0.2 s against the budget, /metrics, the flow log."""
+    pcap, keylog = make_flood(connections, real=True, rate=rate)
+    ns, port = f"flood-bench-{os.getpid()}", 9871
+    work = BUILD / "flood-veth"
+    work.mkdir(parents=True, exist_ok=True)
+    flows = work / "flows.jsonl"
+    flows.unlink(missing_ok=True)
+    config = work / "sensor.toml"
+    config.write_text(f"""[capture]\ninterfaces = ["vb"]\nworkers = 1\nbuffer_mb = 256\n[keys]\nkeylogs = ["{keylog}"]
+[decrypt]\nmemory_limit = {budget}\n[inject]\ninterface = ""\n[output]\nflows = "{flows}"
+[metrics]\nlisten = "127.0.0.1:{port}"\nlog_interval = 0\n""")
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for command in (["link", "add", "va", "type", "veth", "peer", "name", "vb"], ["link", "set", "va", "up"],
+                        ["link", "set", "vb", "up"], ["link", "set", "lo", "up"]):
+            subprocess.run(["ip", "-n", ns, *command], check=True)
+        sensor = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "bridge.cli", "run", "--config",
+                                   str(config)], cwd=ROOT, env=tree_env(ROOT), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        worker = None
+        while time.monotonic() < deadline and _metrics(ns, port).get("tls_bridge_workers_up") != 1.0:
+            time.sleep(0.5)
+        supervisor = _worker_pid(sensor.pid)  # ip netns exec execs: the supervisor is the child or itself
+        for candidate in (sensor.pid, supervisor):
+            if candidate is not None:
+                worker = _worker_pid(candidate) or worker
+        assert worker is not None, "no worker process found"
+        replay = subprocess.Popen(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", "va", f"--pps={pps}",
+                                   str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peak = 0
+        started = time.monotonic()
+        while replay.poll() is None:
+            peak = max(peak, _rss(worker))
+            time.sleep(0.2)
+        replayed = time.monotonic() - started
+        total = connections + sum(len(f.expected) for f in FIXTURES)
+        deadline = time.monotonic() + 120
+        metrics = _metrics(ns, port)
+        while metrics.get('tls_bridge_flows_total{worker="0"}', 0) < total and time.monotonic() < deadline:
+            peak = max(peak, _rss(worker))
+            time.sleep(0.5)
+            metrics = _metrics(ns, port)
+        sensor.terminate()
+        sensor.wait(timeout=120)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    lines = [json.loads(line) for line in flows.read_text().splitlines()] if flows.exists() else []
+    real = [r for r in lines if str(r.get("client", "")).startswith("127.0.0.1:")]
+    print(f"\n{connections:,} connections through tls-bridge run (1 worker) on a veth, tcpreplay --pps {pps} "
+          f"({replayed:.0f} s), [decrypt] memory_limit {budget >> 20} MiB:")
+    def metric(name: str) -> float:
+        return metrics.get(f'tls_bridge_{name}{{worker="0"}}', 0)
+
+    print(f"  worker peak RSS {peak / 2**20:,.1f} MiB (sampled every 0.2 s; {'under' if peak <= budget else 'OVER'} "
+          f"the budget); flows seen {metric('flows_total'):,.0f}, capture drops {metric('capture_drops_total'):,.0f}")
+    evicted = {re.search(r'reason="(\w+)"', key).group(1): int(value) for key, value in metrics.items()  # type: ignore[union-attr]
+               if key.startswith("tls_bridge_flows_evicted_by_total")}
+    print(f"  evicted by reason {evicted}; never-completed connections only in summary lines "
+          f"{metric('flows_summarised_total'):,.0f}")
+    print(f"  real connections: {', '.join(sorted(r['status'] for r in real))}; flow log {len(lines)} lines")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=100_000, help="flood for the rate (default: 100000)")
@@ -198,8 +295,18 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=1_000_000, help="connections of the budget run (0: none)")
     parser.add_argument("--budget", type=int, default=256 << 20, help="--memory-limit of the budget run, bytes")
     parser.add_argument("--verify", action="store_true", help="tshark decrypts the real connections of the big run")
+    parser.add_argument("--veth", action="store_true", help="also the big flood through tls-bridge run on a veth "
+                        "(root: a network namespace, tcpreplay)")
+    parser.add_argument("--pps", type=int, default=30_000, help="tcpreplay's packets per second for --veth")
+    parser.add_argument("--skip-compare", action="store_true", help="no reference comparison (only the big runs)")
     args = parser.parse_args()
 
+    if args.skip_compare:
+        if args.big:
+            big_run(args.big, args.budget, args.verify, args.rate)
+        if args.veth:
+            veth_run(args.big or args.connections, args.budget, args.pps, args.rate)
+        return
     reference = ensure_reference(args.reference)
     pcap, _ = make_flood(args.connections, real=False, rate=args.rate)
     hello = Flood().hello_bytes
@@ -222,6 +329,8 @@ def main() -> None:
           f"{new['rss_per'] / ref['rss_per']:>11.2f}x")
     if args.big:
         big_run(args.big, args.budget, args.verify, args.rate)
+    if args.veth:
+        veth_run(args.big or args.connections, args.budget, args.pps, args.rate)
 
 
 if __name__ == "__main__":

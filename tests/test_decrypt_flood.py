@@ -24,7 +24,7 @@ from tests.support.fixtures import FIXTURES
 from tests.support.flood import Flood, SERVERS, SERVER_PORT, mixed, write_pcap
 
 FLOOD = 30_000
-BUDGET = 32 * 1024 * 1024
+BUDGET = 96 * 1024 * 1024
 
 
 def _mixed_capture(tmp: Path) -> tuple[Path, Path]:

@@ -62,15 +62,24 @@ _LRU_GRANULARITY_NS = NS // 10
 _CONTROL_FLAGS = SYN | FIN | RST
 _EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
+#: What the budget charges is what the process's RSS grows by, not what the objects
+#: hold: flows that come and go leave the allocator's pools partly used, about half as
+#: much again (measured under a flood at steady state: RSS / charged bytes).  Every
+#: variable charge is multiplied by it; the constants below include it.
+CHURN = 1.5
 #: A flow's objects (the flow, its identity, its lookup and activity entries, one
 #: direction's reassembly, the TLS connection, the key-lag entry) without its
-#: ClientHello and buffers, in bytes: 1,870 by tracemalloc over half-open flows on
-#: CPython 3.11, about 2,000 by RSS (bench/bench_flood.py measures both), rounded up.
-FLOW_BYTES = 2048
-#: A direction's reassembly made for the server's bytes (315 by tracemalloc, rounded up).
-REASSEMBLER_BYTES = 400
-#: One remembered closed connection (its 4-tuple in an ordered dict: 229 by tracemalloc).
-CLOSED_BYTES = 256
+#: ClientHello and buffers: 1,870 bytes by tracemalloc over half-open flows on
+#: CPython 3.11, about 2,000 by RSS (bench/bench_flood.py measures both), × CHURN.
+FLOW_BYTES = 3072
+#: A direction's reassembly made for the server's bytes (315 by tracemalloc) × CHURN.
+REASSEMBLER_BYTES = 512
+#: One remembered closed connection (its 4-tuple in an ordered dict: 229 by tracemalloc) × CHURN.
+CLOSED_BYTES = 360
+#: The process before any flow (interpreter, the bridge's modules, capture and output
+#: buffers: 43 MB peak RSS for ``decrypt -r`` of a one-connection capture), reserved
+#: from the budget so that the process's RSS, not only the flows', stays within it.
+PROCESS_BYTES = 48 * 1024 * 1024
 #: Eviction reasons, in the order they are tried.
 EVICTION_REASONS = ("half_open", "idle", "oldest")
 
@@ -116,7 +125,7 @@ class _Flow:
     __slots__ = (
         "info", "keys", "reassembly", "tls", "stats", "last_ns", "ended_by", "syn_seen", "oriented",
         "waiting_since_ns", "tls_active", "closing", "lru_ns", "reset_at_ns", "keys_requested", "end_reported",
-        "hello_seen", "handles_given", "half_open", "charged",
+        "hello_seen", "handles_given", "half_open", "charged", "evicted_for",
     )
 
     def __init__(self, info: FlowInfo, tls: TlsConnection, max_out_of_order: int, syn_seen: bool,
@@ -146,6 +155,8 @@ class _Flow:
         self.half_open = True
         #: Bytes charged to the memory budget.
         self.charged = 0
+        #: Which bound evicted it ("max flows", "memory limit").
+        self.evicted_for = "max flows"
 
 
 def _reassembler(flow: _Flow, direction: Direction, max_out_of_order: int) -> StreamReassembler:
@@ -157,12 +168,13 @@ def _reassembler(flow: _Flow, direction: Direction, max_out_of_order: int) -> St
 class Decryptor:
     def __init__(
         self, keys: KeyStore, config: EngineSettings | None = None, *, request_keys: bool = False,
-        clock: Callable[[], float] = time.monotonic
+        clock: Callable[[], float] = time.monotonic, process_bytes: int = PROCESS_BYTES
     ) -> None:
         """``request_keys``: emit :class:`KeysWanted` for connections whose secrets
         are not in the store (a key feed carries the requests).  ``clock``
         (seconds) times the key lag and the records' waits, on the machine's
-        clock: secrets arrive in real time, whatever the capture's."""
+        clock: secrets arrive in real time, whatever the capture's.
+        ``process_bytes``: the part of ``memory_limit`` the process itself takes."""
         self.config = config or EngineSettings()
         self.request_keys = request_keys
         self.clock = clock
@@ -191,7 +203,8 @@ class Decryptor:
         #: Bytes charged to the flows (see the module's docstring), and the reserve
         #: for the recently-closed set.
         self._charged = 0
-        self.memory_reserved = self.config.recently_closed * CLOSED_BYTES
+        #: The process before any flow, reserved from the budget (see PROCESS_BYTES).
+        self.process_bytes = process_bytes
         self._on_held = self.stats.record_hold.observe  # one bound method for every connection
         keys.take_arrivals()  # what is in the store now is found by lookup anyway
 
@@ -207,6 +220,11 @@ class Decryptor:
     @property
     def waiting_flows(self) -> int:
         return len(self._waiting)
+
+    @property
+    def memory_reserved(self) -> int:
+        """The part of the budget no flow gets: the process itself and the recently-closed set."""
+        return self.process_bytes + self.config.recently_closed * CLOSED_BYTES
 
     @property
     def memory_used(self) -> int:
@@ -251,8 +269,8 @@ class Decryptor:
                     flow, direction, self.config.max_out_of_order_bytes)
                 chunks = reassembler.segment(segment.seq, payload)
                 if chunks and flow.tls_active:
-                    self._deliver(flow, direction, chunks, timestamp_ns, events)
-                if flow.ended_by is None:
+                    self._deliver(flow, direction, chunks, timestamp_ns, events)  # charges the flow
+                elif flow.ended_by is None:
                     self._charge(flow)
         used = self._charged + self.memory_reserved
         if used > self.config.memory_limit:
@@ -316,14 +334,15 @@ class Decryptor:
 
     def _charge(self, flow: _Flow) -> None:
         """Charge the flow what it holds now."""
-        charge = FLOW_BYTES + flow.tls.held_bytes
+        held = flow.tls.held_bytes
         client, server = flow.reassembly
         if client is not None:
-            charge += client.buffered
+            held += client.buffered
         if server is not None:
-            charge += server.buffered
-            if client is not None:
-                charge += REASSEMBLER_BYTES
+            held += server.buffered
+        charge = FLOW_BYTES + int(held * CHURN)
+        if client is not None and server is not None:
+            charge += REASSEMBLER_BYTES
         self._charged += charge - flow.charged
         flow.charged = charge
 
@@ -347,10 +366,11 @@ class Decryptor:
                 return candidate, "half_open"
         return None
 
-    def _evict(self, victim: tuple[_Flow, str] | None, events: list[Event]) -> None:
+    def _evict(self, victim: tuple[_Flow, str] | None, events: list[Event], bound: str = "max flows") -> None:
         if victim is None:
             return
         flow, reason = victim
+        flow.evicted_for = bound
         self.stats.flows_evicted += 1
         self.stats.evicted[reason] += 1
         self._finish(flow, "evicted", events)
@@ -364,7 +384,7 @@ class Decryptor:
             if victim is None:
                 victim = (current, "half_open" if current.half_open else "oldest")
             self.stats.evicted_for_memory += 1
-            self._evict(victim, events)
+            self._evict(victim, events, "memory limit")
 
     # --- segments ------------------------------------------------------------------
 
@@ -394,9 +414,9 @@ class Decryptor:
         fin = flags & FIN
         if segment.payload or fin:
             chunks = reassembler.segment(segment.seq, segment.payload, fin=bool(fin))
-            if chunks:
-                self._deliver(flow, direction, chunks, segment.timestamp_ns, events)
-            if flow.ended_by is None:
+            if chunks and flow.tls_active:
+                self._deliver(flow, direction, chunks, segment.timestamp_ns, events)  # charges the flow
+            elif flow.ended_by is None:
                 self._charge(flow)
         if fin:
             flow.stats[direction].fin = True
@@ -443,6 +463,8 @@ class Decryptor:
             if flow.waiting_since_ns is not None or tls.waiting_for_keys:
                 self._track_waiting(flow)
             flow.tls_active = not tls.stopped
+        if flow.ended_by is None:
+            self._charge(flow)
 
     def _emit(self, flow: _Flow, direction: Direction, data: bytes, timestamp_ns: int, events: list[Event]) -> None:
         stats = flow.stats[direction]
@@ -598,8 +620,9 @@ class Decryptor:
             return
         if flow.keys_requested and not flow.end_reported:
             self._report_end(flow, events)
-        self._resetting.pop(flow.info.flow_id, None)
-        flow.reset_at_ns = None
+        if flow.reset_at_ns is not None:
+            self._resetting.pop(flow.info.flow_id, None)
+            flow.reset_at_ns = None
         if flow.closing is None and ended_by != "evicted":
             for direction in (Direction.C2S, Direction.S2C):
                 reassembler = flow.reassembly[direction]
@@ -607,20 +630,22 @@ class Decryptor:
                 if chunks:
                     self._deliver(flow, direction, chunks, flow.last_ns, events)
         tls = flow.tls
-        if tls.waiting_for_keys and ended_by in ("fin", "rst") and flow.closing is None:
+        waiting = tls.waiting_for_keys
+        if waiting and ended_by in ("fin", "rst") and flow.closing is None:
             # Closed before its secrets arrived: the records wait (bounded by the
             # pending budget, at most key_wait) and the flow is logged after.
             flow.closing = ended_by
             return
         flow.ended_by = ended_by
-        if tls.waiting_for_keys:
+        if waiting:
             tls.expire_pending("connection ended before its secrets arrived")
         tls.release()
         info = flow.info
         random = tls.client_random
         key_origin = None
         has_keys = False
-        self._drop_handles(flow)
+        if self._waiting_handles:
+            self._drop_handles(flow)
         if random is not None:
             self._waiting.pop(random, None)
             self._lagging.pop(random, None)
@@ -647,6 +672,16 @@ class Decryptor:
                                    build=partial(flow_summary, flow, ended_by, key_origin, outcome)))
 
 
+def budget_problem(settings: EngineSettings) -> str | None:
+    """Why ``memory_limit`` leaves too little for connections (at least 16 MiB), if it does."""
+    reserved = PROCESS_BYTES + settings.recently_closed * CLOSED_BYTES
+    if settings.memory_limit - reserved >= 16 * 1024 * 1024:
+        return None
+    return (f"memory_limit {settings.memory_limit:,} bytes leaves less than 16 MiB for connections: the process "
+            f"takes {PROCESS_BYTES:,} and {settings.recently_closed:,} recently closed connections "
+            f"{settings.recently_closed * CLOSED_BYTES:,} (lower recently_closed or raise memory_limit)")
+
+
 def _payload_from_client(segment: TcpSegment) -> bool:
     """Orientation without a SYN: a ClientHello comes from the client, a
     ServerHello from the server; otherwise the higher port is the client's."""
@@ -671,12 +706,13 @@ def flow_status(flow: _Flow, ended_by: str) -> tuple[Status, str]:
     status, reason = tls.status()
     if not flow.syn_seen and tls.client_hello is None:
         status, reason = Status.NO_HANDSHAKE, "connection picked up mid-stream: no handshake seen"
-    reassembly = [r.stats if r is not None else _NO_REASSEMBLY for r in flow.reassembly]
-    if status is Status.NOT_TLS and not any(r.bytes_delivered for r in reassembly):
-        reason = "evicted (max flows reached) before any payload" if ended_by == "evicted" else "no payload seen"
-    gaps = [r.gap_bytes for r in reassembly]
-    if any(gaps) and status is Status.DECRYPTED:
-        status, reason = Status.GAP, f"{sum(gaps)} bytes missing after the last decrypted record"
+    client, server = (r.stats if r is not None else _NO_REASSEMBLY for r in flow.reassembly)
+    if status is Status.NOT_TLS and not client.bytes_delivered and not server.bytes_delivered:
+        reason = f"evicted ({flow.evicted_for} reached) before any payload" if ended_by == "evicted" \
+            else "no payload seen"
+    gaps = client.gap_bytes + server.gap_bytes
+    if gaps and status is Status.DECRYPTED:
+        status, reason = Status.GAP, f"{gaps} bytes missing after the last decrypted record"
     return status, reason
 
 

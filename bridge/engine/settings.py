@@ -39,7 +39,8 @@ class EngineSettings:
     memory_limit: int = option(1024 * MiB, "bytes the decryptor may hold: every connection's state, its buffers "
                                "and its records waiting for secrets (and a reserve for the recently closed); "
                                "beyond it connections are evicted: half-open first, then idle, then the least "
-                               "recently active", low=32 * MiB, high=1 << 44, flag="--memory-limit",
+                               "recently active; the process's own 48 MiB included", low=96 * MiB, high=1 << 44,
+                               flag="--memory-limit",
                                metavar="BYTES")
     evict_idle: float = option(10.0, "under memory pressure, a connection quiet this long is evicted as idle "
                                "(before active ones), seconds of capture time", low=0, flag="--evict-idle",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from bridge.engine.decryptor import budget_problem
 from bridge.engine.settings import EngineSettings
 from bridge.errors import BridgeError
 from bridge.options import check, default_of, option
@@ -243,4 +244,7 @@ def _semantic(config: Config, where) -> list[str]:  # type: ignore[no-untyped-de
         problems.append(f"{where('metrics', 'listen')}: [metrics] listen: expected HOST:PORT")
     if not config.output.flows:
         problems.append(f"{where('output', 'flows')}: [output] flows: a path is needed")
+    budget = budget_problem(config.decrypt)
+    if budget is not None:
+        problems.append(f"{where('decrypt', 'memory_limit')}: [decrypt] {budget}")
     return problems

@@ -6,7 +6,7 @@ flood of :mod:`tests.support.flood` (curl's real ClientHello, never answered).""
 
 from __future__ import annotations
 
-from bridge.engine.decryptor import FLOW_BYTES, NS, Decryptor
+from bridge.engine.decryptor import CHURN, FLOW_BYTES, NS, Decryptor
 from bridge.engine.events import FlowFinished, PlaintextData
 from bridge.engine.packets import TcpSegment, classify
 from bridge.engine.settings import EngineSettings
@@ -48,7 +48,7 @@ def _run(decryptor: Decryptor, segments: list[TcpSegment], events: list, *, limi
 def test_a_flood_is_evicted_half_open_first_and_the_budget_is_never_exceeded() -> None:
     fixture = FIXTURES[1]  # tls12-gcm-h2: one connection
     limit = 300 * 1024
-    decryptor = Decryptor(_store(fixture), EngineSettings(memory_limit=limit, recently_closed=0))
+    decryptor = Decryptor(_store(fixture), EngineSettings(memory_limit=limit, recently_closed=0), process_bytes=0)
     real = _segments(fixture.frames(), at_ns=T0)
     events: list = []
     _run(decryptor, real[:8], events, limit=limit)  # its handshake: answered, no longer half-open
@@ -75,7 +75,7 @@ def test_a_flood_is_evicted_half_open_first_and_the_budget_is_never_exceeded() -
 def test_without_half_open_flows_the_idle_go_before_the_active() -> None:
     first, second, third = FIXTURES[1], FIXTURES[0], FIXTURES[3]
     store = _store(first, second, third)
-    decryptor = Decryptor(store, EngineSettings(memory_limit=10**9, recently_closed=0, evict_idle=10.0))
+    decryptor = Decryptor(store, EngineSettings(memory_limit=10**9, recently_closed=0, evict_idle=10.0), process_bytes=0)
     events: list = []
     a = _segments(first.frames(), at_ns=T0)
     b = _segments(second.frames(), at_ns=T0 + 20 * NS)
@@ -96,7 +96,7 @@ def test_without_half_open_flows_the_idle_go_before_the_active() -> None:
 
 def test_max_flows_evicts_half_open_first_and_never_the_new_flow() -> None:
     fixture = FIXTURES[1]
-    decryptor = Decryptor(_store(fixture), EngineSettings(max_flows=16, recently_closed=0))
+    decryptor = Decryptor(_store(fixture), EngineSettings(max_flows=16, recently_closed=0), process_bytes=0)
     events: list = []
     _run(decryptor, _segments(fixture.frames(), at_ns=T0)[:8], events)
     _run(decryptor, _flood(40, T0 + NS), events)
@@ -137,4 +137,6 @@ def test_a_half_open_flow_costs_its_hello_and_no_record_layer() -> None:
     (flow,) = decryptor._half_open.values()
     assert tuple(flow.tls._layers) == (None, None) and flow.reassembly[1] is None
     assert flow.stats[0].sha256 is None and flow.tls.client_hello is not None
-    assert decryptor.memory_used == decryptor.memory_reserved + FLOW_BYTES + flow.tls.client_hello.size
+    assert decryptor.memory_used == decryptor.memory_reserved + FLOW_BYTES + int(flow.tls.client_hello.size * CHURN)
+
+

@@ -63,16 +63,16 @@ def test_out_of_bounds_is_refused_by_both(capsys):
 def test_the_memory_budget_and_the_flood_summary_from_flags_and_toml(capsys):
     from bridge.outputs.flowlog import FlowLogSettings
 
-    args = _decrypt("--memory-limit", "67108864", "--evict-idle", "5", "--never-completed", "each",
+    args = _decrypt("--memory-limit", "134217728", "--evict-idle", "5", "--never-completed", "each",
                     "--never-completed-sample", "3", "--never-completed-servers", "7")
-    config = _config(["decrypt.memory_limit=67108864", "decrypt.evict_idle=5", "output.never_completed='each'",
+    config = _config(["decrypt.memory_limit=134217728", "decrypt.evict_idle=5", "output.never_completed='each'",
                       "output.never_completed_sample=3", "output.never_completed_servers=7"])
     assert from_arguments(EngineSettings, args) == config.decrypt
     assert from_arguments(FlowLogSettings, args) == FlowLogSettings(**{
         spec.name: getattr(config.output, spec.name) for spec in fields(FlowLogSettings)})
     with pytest.raises(SystemExit):
         _decrypt("--memory-limit", "1000")
-    assert "--memory-limit: expected a value from 3.35544e+07" in capsys.readouterr().err
+    assert "--memory-limit: expected a value from 1.00663e+08" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"\[decrypt\] memory_limit: expected a value from"):
         _config(["decrypt.memory_limit=1000"])
     with pytest.raises(SystemExit):
@@ -80,3 +80,12 @@ def test_the_memory_budget_and_the_flood_summary_from_flags_and_toml(capsys):
     assert "invalid choice: 'drop'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"\[output\] never_completed: expected one of summary, each"):
         _config(["output.never_completed='drop'"])
+
+
+def test_a_budget_that_leaves_too_little_for_connections_is_refused_by_both(capsys):
+    from bridge.cli import main
+
+    assert main(["decrypt", "-r", "x.pcap", "--memory-limit", "100663296", "--recently-closed", "200000"]) == 2
+    assert "leaves less than 16 MiB for connections" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"\[decrypt\] memory_limit 100,663,296 bytes leaves less than 16 MiB"):
+        _config(["decrypt.memory_limit=100663296", "decrypt.recently_closed=200000"])
