@@ -299,3 +299,33 @@ listen = "127.0.0.1:9815"
     paths = subprocess.run(["tshark", "-r", str(injected), "-Y", "http.request", "-T", "fields",
                             "-e", "http.request.uri"], capture_output=True, text=True, timeout=120).stdout.split()
     assert sorted(paths) == sorted(r["path"] for c in run.clients for r in c["requests"])
+
+
+def test_http2_as_the_synthetic_protocol(run, tmp_path):
+    """``--http3-as http2``: each request an HTTP/2 connection (prior knowledge, one
+    stream); Suricata parses every one as HTTP/2 and alerts on the marker, and
+    tshark's HTTP/2 dissector reads every path and response length."""
+    synthetic = tmp_path / "synthetic-h2.pcap"
+    flows = decrypt_cli(run.pcap, run.keylog, tmp_path, "-w", str(synthetic), "--http3-as", "http2")
+    assert [line["status"] for line in flows] == ["decrypted"] * len(CLIENTS)
+    eve = S.run_offline(synthetic, rules=[RULES], workdir=tmp_path / "suricata")
+    requests = [r for r in eve.http_requests() if r.method]
+    expected = sorted((r["method"], r["path"]) for c in run.clients for r in c["requests"])
+    assert sorted((r.method, r.url) for r in requests) == expected, eve.summary()
+    assert {r.hostname for r in requests} == {"quic.example.test"}, eve.summary()
+    assert set(eve.app_protos().values()) == {"http2"}, eve.summary()
+    assert len(eve.alerts(SID_MARKER)) == 1, eve.summary()
+    assert eve.stream_anomalies() == [], eve.summary()
+    fields = subprocess.run(["tshark", "-r", str(synthetic), "-d", "tcp.port==4433,http2", "-Y",
+                             "http2.type == 1", "-T", "fields", "-e", "http2.header.name", "-e", "http2.header.value"],
+                            capture_output=True, text=True, timeout=120).stdout.splitlines()
+    paths, lengths = [], []
+    for line in fields:
+        names, values = line.split("\t")
+        pairs = dict(zip(names.split(","), values.split(",")))
+        if ":path" in pairs:
+            paths.append(pairs[":path"])
+        else:
+            lengths.append(int(pairs["content-length"]))
+    assert sorted(paths) == sorted(r["path"] for c in run.clients for r in c["requests"])
+    assert sorted(lengths) == sorted(r["response_bytes"] for c in run.clients for r in c["requests"])

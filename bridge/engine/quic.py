@@ -41,6 +41,7 @@ from bridge.engine.udp import UdpDatagram, decode_udp
 from bridge.errors import PacketDecodeError
 from bridge.keys.store import KeyStore
 from bridge.quic.connection import HelloSeen, Oriented, QuicConnection, QuicSettings, StreamChunk
+from bridge.quic import synthetic
 from bridge.quic.http3 import Exchange, Http3Session
 from bridge.quic.versions import PacketType, version as find_version
 from bridge.tls.certificates import describe_chain
@@ -367,7 +368,11 @@ class QuicFlows:
                          info.server_port, start_ns)
         flow.synthetic.append(child.flow_id)
         events.append(FlowStarted(child))
-        for direction, data, ts in ((C2S, exchange.request, start_ns), (S2C, exchange.response, end_ns)):
+        sent: list[list[bytes]] = [[], []]
+        pieces = synthetic.pieces(exchange, self.settings.http3_as)
+        for index, (direction, data) in enumerate(pieces):
+            sent[direction].append(data)
+            ts = end_ns if direction == S2C and index == len(pieces) - 1 else start_ns  # the response: at its end
             for at in range(0, len(data), PIECE):
                 events.append(PlaintextData(child, direction, data[at:at + PIECE], ts))
         ended_by = "fin" if exchange.complete else "rst"
@@ -378,11 +383,12 @@ class QuicFlows:
             flow_id=child.flow_id, ts_start=_seconds(start_ns), ts_end=_seconds(end_ns),
             client=child.client, server=child.server, status=status, reason=reason, ended_by=ended_by,
             handshake_seen=True, client_random=None, tls_version=None, cipher_suite=None,
-            sni=exchange.authority, alpn="http/1.1", alpn_offered=[], resumed=False, hello_retry_request=False,
+            sni=exchange.authority, alpn="h2c" if self.settings.http3_as == "http2" else "http/1.1", alpn_offered=[],
+            resumed=False, hello_retry_request=False,
             early_data_offered=False, early_data_accepted=False, encrypt_then_mac=False,
             extended_master_secret=False, server_random=None, session_id=False, session_ticket=False,
             session_tickets_issued=0, key_updates=0, certificates=[], key_origin=flow.key_origin,
-            c2s=_direction(exchange.request), s2c=_direction(exchange.response))
+            c2s=_direction(b"".join(sent[C2S])), s2c=_direction(b"".join(sent[S2C])))
         events.append(FlowFinished(child, ended_by, summary, parent=flow.flow_id))
 
     # --- time and the end --------------------------------------------------------------

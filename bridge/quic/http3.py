@@ -11,15 +11,11 @@ before those SETTINGS, or before the encoder instructions they refer to, wait
 
 Bodies are kept until the exchange is complete, at most ``max_body`` bytes per
 message (the rest is counted in :attr:`Exchange.truncated`, never guessed).
-HTTP/1.1 rendering: the pseudo-headers become the request line / status line
-and ``Host``; framing headers (Content-Length, Transfer-Encoding, Connection)
-are replaced by a Content-Length of the body as carried; CR and LF in names or
-values (not valid HTTP/3 either) are dropped and counted.
+What the IDS is shown (HTTP/1.1 or HTTP/2) is :mod:`bridge.quic.synthetic`'s.
 """
 
 from __future__ import annotations
 
-import http
 from dataclasses import dataclass, field
 
 import pylsqpack
@@ -33,7 +29,6 @@ C2S, S2C = Direction.C2S, Direction.S2C
 FRAME_DATA, FRAME_HEADERS, FRAME_SETTINGS = 0x00, 0x01, 0x04
 STREAM_CONTROL, STREAM_PUSH, STREAM_ENCODER, STREAM_DECODER = 0x00, 0x01, 0x02, 0x03
 SETTINGS_QPACK_MAX_TABLE_CAPACITY, SETTINGS_QPACK_BLOCKED_STREAMS = 0x01, 0x07
-_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"host", b"keep-alive"})
 _MAX_FRAME = 1 << 20  # a non-DATA frame held whole
 _MAX_WAITING_BLOCKS = 256
 
@@ -54,13 +49,18 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Exchange:
-    """One request stream: its request and response as HTTP/1.1 bytes."""
+    """One request stream: its header fields (pseudo-headers first, as decoded) and
+    bodies; rendered for the IDS by :mod:`bridge.quic.synthetic` (``request`` and
+    ``response``: as HTTP/1.1)."""
 
     stream_id: int
-    request: bytes = field(repr=False)
-    response: bytes = field(repr=False)
-    method: str | None
-    path: str | None
+    request_headers: tuple[tuple[bytes, bytes], ...] = field(repr=False)
+    request_body: bytes = field(repr=False)
+    #: None: no response headers (the stream was reset, or the connection ended first)
+    response_headers: tuple[tuple[bytes, bytes], ...] | None = field(repr=False)
+    response_body: bytes = field(repr=False)
+    method: str
+    path: str
     authority: str | None
     status: int | None
     request_ns: int
@@ -68,7 +68,16 @@ class Exchange:
     #: request and response both complete (else: reset, a gap, or the connection ended first)
     complete: bool
     truncated: int
-    sanitized: int
+
+    @property
+    def request(self) -> bytes:
+        from bridge.quic.synthetic import http1
+        return http1(self)[0]
+
+    @property
+    def response(self) -> bytes:
+        from bridge.quic.synthetic import http1
+        return http1(self)[1]
 
 
 class _Parser:
@@ -99,7 +108,6 @@ class Http3Session:
         #: per direction: streams whose header block is blocked on encoder instructions
         self._blocked: list[set[int]] = [set(), set()]
         self.errors: dict[str, int] = {}
-        self.sanitized = 0
         #: bytes held for request streams: bodies until their exchange is emitted, frames not yet whole
         self.held = 0
 
@@ -344,43 +352,18 @@ class Http3Session:
         method = pseudo.get(b":method", b"GET")
         authority = pseudo.get(b":authority")
         path = pseudo.get(b":path") or (authority if method == b"CONNECT" else b"/")
-        head = [method + b" " + self._clean(path or b"/") + b" HTTP/1.1"]
-        if authority:
-            head.append(b"Host: " + self._clean(authority))
-        head += self._fields(request.headers or [])
-        if request.body or method in (b"POST", b"PUT", b"PATCH"):
-            head.append(b"Content-Length: " + str(len(request.body)).encode())
-        request_bytes = b"\r\n".join(head) + b"\r\n\r\n" + bytes(request.body)
         status = None
-        response_bytes = b""
         if response.headers is not None:
             raw_status = dict(response.headers).get(b":status", b"")
             status = int(raw_status) if raw_status.isdigit() and len(raw_status) == 3 else None
-            try:
-                reason = http.HTTPStatus(status).phrase.encode() if status else b"Unknown"
-            except ValueError:
-                reason = b"Unknown"
-            head = [b"HTTP/1.1 " + (raw_status if status else b"500") + b" " + reason]
-            head += self._fields(response.headers)
-            head.append(b"Content-Length: " + str(len(response.body)).encode())
-            response_bytes = b"\r\n".join(head) + b"\r\n\r\n" + bytes(response.body)
         return Exchange(
-            stream_id=stream_id, request=request_bytes, response=response_bytes,
-            method=method.decode("latin-1"), path=(path or b"").decode("latin-1"),
-            authority=authority.decode("latin-1") if authority else None, status=status,
-            request_ns=request.first_ns, response_ns=max(response.last_ns, request.last_ns),
+            stream_id=stream_id, request_headers=tuple(request.headers or ()), request_body=bytes(request.body),
+            response_headers=None if response.headers is None else tuple(response.headers),
+            response_body=bytes(response.body), method=method.decode("latin-1"),
+            path=(path or b"").decode("latin-1"), authority=authority.decode("latin-1") if authority else None,
+            status=status, request_ns=request.first_ns, response_ns=max(response.last_ns, request.last_ns),
             complete=request.complete and response.complete and response.headers is not None,
-            truncated=request.truncated + response.truncated, sanitized=self.sanitized)
-
-    def _clean(self, value: bytes) -> bytes:
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            self.sanitized += 1
-            return value.replace(b"\r", b"").replace(b"\n", b"").replace(b"\x00", b"")
-        return value
-
-    def _fields(self, headers: list[tuple[bytes, bytes]]) -> list[bytes]:
-        return [self._clean(name) + b": " + self._clean(value) for name, value in headers
-                if not name.startswith(b":") and name.lower() not in _FRAMING]
+            truncated=request.truncated + response.truncated)
 
 
 def _settings(payload: bytes) -> dict[int, int]:
