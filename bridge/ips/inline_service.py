@@ -147,9 +147,11 @@ def serve(settings: InlineServiceSettings, stop: threading.Event | None = None) 
                           "Suricata's interfaces and the resets): run as root or grant them "
                           "(deploy/systemd/tls-bridge-ips-inline.service does)")
     if stop is None:
-        from bridge.cli.common import stop_on_signals
+        import signal
 
-        stop = stop_on_signals()
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stop.set())  # type: ignore[union-attr]
     err = sys.stderr
     keys = KeySources(KeySettings(keylogs=list(settings.keylogs), follow=True, feeds=list(settings.feeds),
                                   server_key=settings.server_key, client_cert=settings.client_cert,
