@@ -545,3 +545,38 @@ def test_a_guest_build_no_known_layout_shares_is_learned_from_its_connections(gu
     assert learned.made["resolution"] == "learned"
     # the oracle: the layout calibration makes for the same code (the host's library, in the sandbox)
     assert learned.fields == calibrate_sandboxed("/usr/lib/x86_64-linux-gnu/libssl.so.3").fields
+
+
+def test_with_no_hook_the_objects_found_by_the_wire_trigger_teach_the_layout(guest, tmp_path):
+    """The same unknown guest build, no hook at all (the wire trigger alone, no gdbstub):
+    each named client random is searched in guest memory and the heap block around it
+    taken as its object (malloc's chunk headers, the SSL_METHOD pointer); the layout is
+    learned from held TLS 1.3 and 1.2 connections, equal to the sandbox's calibration of
+    the same code, and every line published equals the clients'."""
+    from bridge.harvest.profile import Profile
+    from bridge.harvest.sandbox import calibrate_sandboxed
+
+    pid, build_id = _relearn_server(guest, tmp_path)
+    try:
+        client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
+        status, cache = tmp_path / "status.json", tmp_path / "cache"
+        harvester = _harvester(guest, tmp_path, "--pid", str(pid), "--keylog", str(harvested), "--no-shipped-profiles",
+                               "--resolve", "learn", "--profile-cache", str(cache), "--status", str(status))
+        for args in (("-tls1_3",), ("-tls1_2",), ("-tls1_3",), ("-tls1_2", "-cipher", TLS12[1])):
+            assert b"s_server" in _s_client(guest, 4434, client, *args, hold=1.0)
+        deadline = time.monotonic() + 30
+        while "layout learned" not in harvester.text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for args in (("-tls1_3", "-ciphersuites", TLS13[2]), ("-tls1_2", "-cipher", TLS12[0])):
+            assert b"s_server" in _s_client(guest, 4434, client, *args)
+        summary = _stop(harvester)
+    finally:
+        _restore_alt_server(guest)
+    missing, extra = compare_keylogs(client, harvested)
+    assert not extra, sorted(extra)[:3]
+    assert not missing, (sorted(missing)[:3], summary)
+    assert len(_randoms(client)) == 6
+    (layout,) = [entry for entry in json.loads(status.read_text())["layouts"] if entry["build_id"] == build_id]
+    assert layout["state"] == "ready" and layout["origin"] == "learned", layout
+    learned = Profile.from_json((cache / f"{build_id}.json").read_text())
+    assert learned.fields == calibrate_sandboxed("/usr/lib/x86_64-linux-gnu/libssl.so.3").fields

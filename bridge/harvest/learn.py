@@ -7,8 +7,13 @@ layout is then learned from the build's own connections.
 *Which object is whose.*  A connection is named by its client random (a
 ClientHello on the wire, a sensor's request) and a hook gives the ``SSL *`` of
 each call; the object at that ``SSL *`` holding a named client random is that
-connection's.  (A hook is needed: a client random found in memory says where
-the random is, not where its object starts.)
+connection's.  Without a hook, a client random found in memory says where the
+random is, not where its object starts: :func:`object_starts` proposes the
+starts of the heap block around it (glibc malloc's chunk header before it, the
+next chunk's header where the size says, the library's ``SSL_METHOD`` pointer
+among the first words); a wrong proposal gives offsets the other connections do
+not share, and the layout is only written where they agree.  (OpenSSL 3.x keeps
+the random in the object; 1.1.1 behind its ``s3`` pointer, which needs a hook.)
 
 *Its secrets, derived rather than read*, each by a relation no wrong value
 satisfies by chance, from the process's own memory:
@@ -181,6 +186,45 @@ def named_random(read_upto: Callable[[int, int], bytes], ssl: int, named: dict[b
             if random is not None and span[offset : offset + 32] == random:
                 return random
     return None
+
+
+#: How far before a client random its object may start (OpenSSL 3.x: 0x140–0x188).
+OBJECT_START_SPAN = 0x1000
+#: The largest heap block taken for a connection object (OpenSSL 3.x: 6–8 KiB).
+_MAX_OBJECT = 0x10000
+
+
+def object_starts(read_upto: Callable[[int, int], bytes], hit: int, in_library: Callable[[int], bool]) -> list[int]:
+    """Where the object holding a client random found at ``hit`` may start, the
+    farthest first: a 16-aligned address whose preceding word is a glibc malloc
+    chunk size (not mmapped) covering the random, whose next chunk's header has
+    PREV_INUSE set, and whose first four words hold a pointer ``in_library`` (the
+    object's ``SSL_METHOD``)."""
+    low = max(_MIN_POINTER, (hit - OBJECT_START_SPAN) & ~0xF)
+    window = read_upto(low - 8, hit - low + 8 + 32)
+    while len(window) < hit - low + 8:  # a page before the hit not there (never touched): from the next one
+        low = ((low - 8) & ~0xFFF) + 0x1000 + 8
+        if low > hit:
+            return []
+        window = read_upto(low - 8, hit - low + 8 + 32)
+    starts = []
+    for start in range(hit & ~0xF, low - 1, -16):
+        at = start - low  # the size word sits at window[at : at + 8]
+        size_word = int.from_bytes(window[at : at + 8], "little")
+        size = size_word & ~7
+        if size_word & 2 or size % 16 or not hit + 32 <= start + size - 8 or size > _MAX_OBJECT:
+            continue
+        head = read_upto(start, 32)
+        if len(head) < 32 or not any(in_library(int.from_bytes(head[i : i + 8], "little")) for i in range(0, 32, 8)):
+            continue
+        following = read_upto(start - 8 + size, 8)
+        if len(following) < 8:
+            continue
+        next_word = int.from_bytes(following, "little")
+        if not next_word & 1 or (next_word & ~7) < 32 or (next_word & ~7) % 16:
+            continue
+        starts.append(start)
+    return list(reversed(starts))
 
 
 def _randoms(read_upto: Callable[[int, int], bytes], data: bytes, client_random: bytes) -> bytes | None:

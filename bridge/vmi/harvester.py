@@ -74,6 +74,8 @@ KeySink = Callable[[KeyRecord], None]
 _NAMED_LIMIT = 4096
 #: Attempts to learn from one object and client random (its handshake may not be finished yet).
 _LEARN_TRIES = 3
+#: Searches of a learning build's memory for the named connections' objects: at most one per this long.
+_LEARN_SEARCH_INTERVAL = 0.02
 #: How long a hook on a build being learned waits (the guest stopped) for the wire to name
 #: the object's connection: its ClientHello may still be in the capture's buffer.
 _NAME_WAIT = 0.25
@@ -153,10 +155,9 @@ class VmHarvester:
                          else LayoutResolver(profiles, methods=("candidates",), log=log))
         # Learning a layout takes a hook's SSL * (bridge.harvest.learn) and client randoms named by
         # the wire or sensors: without them, a build no candidate matches is an error state here.
-        if not hooks:
-            self.resolver.learning_needs = "breakpoint hooks (--trigger hooks,wire with --gdb)"
-        elif not named:
-            self.resolver.learning_needs = "the connections' client randoms: --trigger hooks,wire (or hooks,requests)"
+        if not named:
+            self.resolver.learning_needs = "the connections' client randoms: --trigger wire (or requests)"
+        self.hooks = hooks
         self.comms, self.pids, self.everything = set(comms), set(pids), everything
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -183,6 +184,7 @@ class VmHarvester:
         self._unready: OrderedDict[bytes, BuildLayout] = OrderedDict()
         #: (pid, SSL *, client random) → attempts to learn from it (bounded)
         self._learning_tries: OrderedDict[tuple[int, int, bytes], int] = OrderedDict()
+        self._learn_search_at = 0.0
 
     # --- the guest -------------------------------------------------------------------------
 
@@ -293,6 +295,9 @@ class VmHarvester:
                     unlocated[random].profile = profile
             except GuestAccessError as exc:
                 self.log(f"warning: {self.vm_name}: {exc}")
+            if now >= self._learn_search_at and any(t.layout.state == LEARNING for t in self.targets):
+                self._learn_search_at = now + _LEARN_SEARCH_INTERVAL
+                self._learn_by_search([random for random, item in unlocated.items() if item.ssl is None])
         still = []
         for item in self.searches.items:
             if item.ssl is None and self._already_published(item.hello.client_random):
@@ -465,6 +470,45 @@ class VmHarvester:
         profile = self.resolver.learn(layout, target.process.pid, sample)
         if profile is not None:
             self._publish_learned(layout, profile, f"gdb:{function}")
+
+    def _learn_by_search(self, randoms: list[bytes]) -> None:
+        """No hook needed: the named connections' client randoms searched in the memory
+        of the targets whose build is learned; around each hit, the starts of the heap
+        block holding it (:func:`bridge.harvest.learn.object_starts`) are tried as the
+        connection's object."""
+        from bridge.harvest.learn import object_starts, observe
+
+        if not randoms:
+            return
+        pattern = re.compile(b"|".join(re.escape(random) for random in randoms))
+        for target in self.targets:
+            layout = target.layout
+            if layout.state != LEARNING:
+                continue
+            assert self.guest is not None
+            try:
+                library = [(v.start, v.end) for v in self.guest.vmas(target.process) if v.path == target.library]
+                in_library = lambda address: any(low <= address < high for low, high in library)  # noqa: E731
+                for hit, random in list(self._search(target, pattern)):
+                    for start in object_starts(target.space.read_upto, hit, in_library):
+                        key = (target.process.pid, start, random)
+                        tries = self._learning_tries.get(key, 0)
+                        if tries >= _LEARN_TRIES * 10:  # (its handshake may take a while to finish)
+                            continue
+                        self._learning_tries[key] = tries + 1
+                        while len(self._learning_tries) > 10_000:
+                            self._learning_tries.popitem(last=False)
+                        sample = observe(target.space.read_upto, start, random, self._finder(target))
+                        if sample is None:
+                            continue
+                        self._learning_tries[key] = _LEARN_TRIES * 10  # learned from: not again
+                        self.stats.learned_from += 1
+                        profile = self.resolver.learn(layout, target.process.pid, sample)
+                        if profile is not None:
+                            self._publish_learned(layout, profile, "vm-wire")
+                        break
+            except GuestAccessError:
+                self.stats.target_errors += 1
 
     def _publish_learned(self, layout: BuildLayout, profile: Profile, trigger: str) -> None:
         """The connections a layout was learned from, read through it from the copies
