@@ -183,3 +183,24 @@ def test_the_quic_connections_hold_at_most_memory_limit():
     # with the keys and the default budget, what is held goes back to nothing as exchanges complete
     engine, _ = _run(FRAMES)
     assert engine.quic.charged == 0 and 0 < engine.quic.stats.memory_peak < 1 << 20
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.randoms(use_true_random=False))
+def test_damaged_datagrams_never_crash_the_engine(rnd):
+    """Bit flips and truncation in UDP payloads (an attacker's datagrams on a QUIC
+    4-tuple): counted, reported in the flow log, never an exception."""
+    frames = []
+    for frame in FRAMES:
+        data = bytearray(frame.data)
+        if rnd.random() < 0.3 and len(data) > 43:
+            for _ in range(rnd.randint(1, 4)):
+                data[rnd.randrange(42, len(data))] ^= 1 << rnd.randrange(8)
+            if rnd.random() < 0.3:
+                del data[rnd.randrange(43, len(data)):]
+        frames.append(make_frame(frame.timestamp_ns, frame.linktype, bytes(data), len(data)))
+    engine, events = _run(frames)
+    for event in events:
+        if isinstance(event, FlowFinished):
+            assert event.summary.to_record()["status"] in {
+                "decrypted", "partial", "gap", "no_keys", "wrong_key", "no_handshake", "unsupported"}
