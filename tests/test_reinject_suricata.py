@@ -169,3 +169,31 @@ def test_bad_connections_keep_the_output_valid(tmp_path, nginx_curl_tools, tls_c
     assert len(emitted) == 3
     seen_clients = {f"{f['src_ip']}:{f['src_port']}" for f in eve.flows()}
     assert seen_clients == emitted
+
+
+@pytest.mark.parametrize("tls", ["1.3", "1.2"])
+def test_large_bodies_acknowledged_once_per_record(tmp_path, nginx_curl_tools, tls_certs, zeek, tls):
+    """The synthetic peer acknowledges each plaintext event once (a delayed ACK over up to
+    16 KiB of segments), not every segment: Suricata and Zeek still reassemble the whole
+    body (eve http length, Zeek's response_body_len), with no stream event or weird."""
+    from tests.support import zeek as Z
+
+    body = bytes(range(256)) * 1600  # 409,600 bytes: 25 records, about 280 segments
+    run = tlslab.run_curl_nginx(tmp_path, certs=tls_certs, tls=tls, urls=("/big.bin",), files={"/big.bin": body})
+    out = tmp_path / "synthetic.pcap"
+    records = _decrypt(run.pcap, run.keylog, tmp_path, "-w", str(out))
+    assert [r["status"] for r in records] == ["decrypted"]
+    frames = [decode_tcp(f.linktype, f.data, 0) for f in read_capture(out)]
+    data = [s for s in frames if s and s.payload]
+    acks = [s for s in frames if s and not s.payload and s.flags == 0x10]
+    assert len(data) > 250 and len(acks) < len(data) / 4, (len(acks), len(data))  # far fewer ACKs than segments
+    eve = S.run_offline(out, rules=[RULES], workdir=tmp_path / "suricata")
+    [request] = eve.events("http")
+    assert request["http"]["url"] == "/big.bin" and request["http"]["status"] == 200, eve.summary()
+    assert request["http"]["length"] == len(body), request
+    assert eve.stream_anomalies() == [] and eve.counter("tcp.reassembly_gap") == 0, eve.summary()
+    Z.run(zeek, ["-C", "-r", str(out)], cwd=tmp_path)
+    [http] = Z.read_log(tmp_path / "http.log")
+    assert (http["uri"], http["status_code"], int(http["response_body_len"])) == ("/big.bin", "200", len(body)), http
+    weird = tmp_path / "weird.log"
+    assert not weird.exists() or "TCP" not in weird.read_text(), weird.read_text()
