@@ -824,6 +824,9 @@ class InlineIps:
             elif group.kind == "verdict" and now - group.created > settings.verdict_timeout:
                 self._policy(group.conn, settings.verdict_policy, "verdict",
                              f"no verdict within {settings.verdict_timeout:g} s", now)
+        awaiting = self._awaiting_probe
+        while awaiting and awaiting[0].state != "pending":  # decided by a policy meanwhile (Suricata silent)
+            awaiting.popleft()
         if now >= self._next_idle_scan:
             self._next_idle_scan = now + 1.0
             for conn in list(self._conns.values()):
