@@ -169,6 +169,8 @@ class QuicConnection:
         self._handshake_keys: list[PacketKeys | None] = [None, None]
         self._one_rtt: list[_OneRtt | None] = [None, None]
         self._early: PacketKeys | None = None
+        #: a 1-RTT packet authenticated (the secrets are this connection's)
+        self._one_rtt_ok = False
         self._largest = [[-1, -1, -1], [-1, -1, -1]]
         self._crypto = [[StreamReassembly(1 << 20, 1024) for _ in range(3)] for _ in range(2)]
         self._readers = [[hs.HandshakeReader() for _ in range(3)] for _ in range(2)]
@@ -228,6 +230,7 @@ class QuicConnection:
                 return "unsupported", "version negotiation only"
             if self.client_side is None:
                 return "no_handshake", "no client Initial with a ClientHello seen"
+            return "no_handshake", "the client's Initial was seen, its ClientHello not (lost or incomplete)"
         application = self._one_rtt[0] is not None or self._one_rtt[1] is not None
         c, s = self.stats
         one_rtt_failed = c.failed_packets + s.failed_packets
@@ -249,10 +252,9 @@ class QuicConnection:
         return "decrypted", ""
 
     def _applied_without_success(self) -> bool:
+        """1-RTT keys were made from the secrets given and no packet authenticated under them."""
         return (self._one_rtt[0] is not None or self._one_rtt[1] is not None) and not self._one_rtt_ok and \
             any(s.failed_packets for s in self.stats)
-
-    _one_rtt_ok = False
 
     # --- input ------------------------------------------------------------------
 
