@@ -16,7 +16,8 @@ Modules, each depending only on those above it::
                        handshake inside CRYPTO frames (bridge.tls.handshake), secrets
                        by the TLS 1.3 key log labels, streams
     quic.http3         HTTP/3 (RFC 9114) frames and QPACK (RFC 9204, via pylsqpack):
-                       each request stream as an HTTP/1.1 request and response
+                       each request stream as an exchange (header fields, bodies)
+    quic.synthetic     what the IDS is shown of an exchange: HTTP/1.1 (default) or HTTP/2
 
 The engine (:mod:`bridge.engine.quic`) keeps a table of these connections and
 turns their output into the same events as TCP's.
