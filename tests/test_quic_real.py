@@ -329,3 +329,15 @@ def test_http2_as_the_synthetic_protocol(run, tmp_path):
             lengths.append(int(pairs["content-length"]))
     assert sorted(paths) == sorted(r["path"] for c in run.clients for r in c["requests"])
     assert sorted(lengths) == sorted(r["response_bytes"] for c in run.clients for r in c["requests"])
+
+
+def test_ipv6(tmp_path):
+    """QUIC over IPv6 (::1): decrypted, and the synthetic connections are IPv6 too."""
+    six = quiclab.run_h3(tmp_path / "v6", [quiclab.H3Client(["GET /six/index.html", "POST /six/form 4000"])],
+                         host="::1")
+    synthetic = tmp_path / "synthetic.pcap"
+    (line,) = decrypt_cli(six.pcap, six.keylog, tmp_path, "-w", str(synthetic))
+    assert line["status"] == "decrypted" and line["client"].startswith("[::1]:") and line["quic"]["requests"] == 2
+    fields = subprocess.run(["tshark", "-r", str(synthetic), "-Y", "http.request", "-T", "fields", "-e", "ipv6.src",
+                             "-e", "http.request.uri"], capture_output=True, text=True, timeout=120).stdout.split("\n")
+    assert sorted(f for f in fields if f) == ["::1\t/six/form", "::1\t/six/index.html"]

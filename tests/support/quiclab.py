@@ -62,7 +62,8 @@ def _peer(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "tests.support.quic_peers", role, *args]
 
 
-def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, timeout: float = 90) -> H3Run:
+def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, host: str = "127.0.0.1",
+           timeout: float = 90) -> H3Run:
     """An aioquic HTTP/3 server (``retry``: it answers each first Initial with a
     Retry) and the given clients (one connection each, in turn) in a fresh
     namespace, captured by tcpdump on its ``lo``."""
@@ -77,7 +78,7 @@ def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, timeo
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     with tlslab.Netns(f"quic15-{os.getpid()}-{next(_counter)}") as ns:
         with tlslab.Capture(ns, pcap, filter="udp"):
-            server = ns.proc(_peer("server", "--host", "127.0.0.1", "--port", str(PORT), "--cert", str(certs.cert),
+            server = ns.proc(_peer("server", "--host", host, "--port", str(PORT), "--cert", str(certs.cert),
                                    "--key", str(certs.key), "--keylog", str(server_keylog),
                                    "--record", str(server_record), *(["--retry"] if retry else [])),
                              stdin_pipe=False, env=env, cwd=str(ROOT))
@@ -85,7 +86,7 @@ def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, timeo
                 raise tlslab.TlsLabError(f"the HTTP/3 server did not start:\n{server.describe()}")
             for index, client in enumerate(clients):
                 record = workdir / f"client{index}.json"
-                argv = ["--host", "127.0.0.1", "--port", str(PORT), "--keylog", str(keylog), "--record", str(record),
+                argv = ["--host", host, "--port", str(PORT), "--keylog", str(keylog), "--record", str(record),
                         "--sni", client.sni, "--parallel", str(client.parallel), "--version", str(client.version)]
                 for request in client.requests:
                     argv += ["--request", request]
