@@ -45,6 +45,11 @@ def add_decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
             Records whose secrets have not arrived yet wait (bounded, at most
             --key-wait seconds of capture time).
 
+            QUIC (v1, v2) is decrypted from the same key logs and feed: each
+            connection gets a flow log line (with a "quic" object), and each of its
+            HTTP/3 requests becomes a synthetic HTTP/1.1 connection (--http3-as
+            http2: HTTP/2) on the QUIC connection's addresses and ports.
+
             Flow log fields: flow_id, client, server ("ip:port", "[v6]:port"),
             status (decrypted, no_keys, wrong_key, gap, not_tls, unsupported,
             partial, no_handshake), reason, tls_version, cipher_suite, sni, alpn,

@@ -52,7 +52,7 @@ class EngineSettings:
                              "(bridge.engine.lanes)", negate="--no-fast-path",
                              negate_doc="every packet through the Python path (the reference the compiled "
                              "path is compared with; slower)")
-    http3_as: str = option("http1", "what each HTTP/3 request of a QUIC connection becomes for the IDS: a synthetic "
-                           "HTTP/1.1 connection (Suricata and Zeek parse it) or HTTP/2 with prior knowledge "
-                           "(Suricata; Zeek has no HTTP/2 analyzer)", choices=("http1", "http2"),
+    http3_as: str = option("http1", "what each HTTP/3 request of a QUIC connection becomes for the IDS: http1, a "
+                           "synthetic HTTP/1.1 connection (Suricata and Zeek parse it), or http2, HTTP/2 with prior "
+                           "knowledge (Suricata; Zeek has no HTTP/2 analyzer)", choices=("http1", "http2"),
                            flag="--http3-as", metavar="PROTOCOL")
