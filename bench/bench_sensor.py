@@ -32,17 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_decrypt  # noqa: E402
 
-
-def _namespace() -> str:
-    name = f"tlsb-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    for command in (["link", "add", "va", "type", "veth", "peer", "name", "vb"],
-                    ["link", "add", "tls0", "type", "veth", "peer", "name", "tls0peer"],
-                    ["link", "set", "va", "mtu", "9000"], ["link", "set", "vb", "mtu", "9000"],
-                    ["link", "set", "va", "up"], ["link", "set", "vb", "up"], ["link", "set", "tls0", "up"],
-                    ["link", "set", "tls0peer", "up"], ["link", "set", "lo", "up"]):
-        subprocess.run(["ip", "-n", name, *command], check=True)
-    return name
+from tests.support.netns import veth_namespace  # noqa: E402
 
 
 def _metric_text(ns: str) -> str:
@@ -90,7 +80,11 @@ def _cpu(pid: int) -> float:
 
 
 def run(workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool = True) -> dict:
-    ns = _namespace()
+    with veth_namespace("tlsb-bench", injection=True, mtu=9000) as ns:
+        return _run(ns, workers, pcap, keylog, meta, rate, tmp, fast)
+
+
+def _run(ns: str, workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool) -> dict:
     flows = tmp / f"flows-{workers}-{fast}.jsonl"
     config = tmp / f"sensor-{workers}-{fast}.toml"
     config.write_text(f"""[decrypt]
@@ -144,15 +138,15 @@ log_interval = 0
         drops = _metric(ns, "tls_bridge_capture_drops_total")
         backlog = _softnet_drops() - backlog_before
         cpu = _cpu(sensor.pid) - cpu_before
+        inject_dropped = _metric(ns, "tls_bridge_inject_dropped_total")
     finally:
         sensor.send_signal(signal.SIGTERM)
         sensor.wait(60)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
     records = [json.loads(line) for line in flows.read_text().splitlines()] if flows.exists() else []
     complete = [r for r in records if r["status"] == "decrypted" and r["s2c"]["bytes"] >= meta["size_bytes"]]
     plaintext = sum(r["s2c"]["bytes"] + r["c2s"]["bytes"] for r in records if r["status"] == "decrypted")
     return {"workers": workers, "path": "compiled" if fast else "Python", "replay_s": replayed, "drain_s": drained, "complete": len(complete),
-            "connections": meta["connections"], "plaintext_mb": plaintext / 1e6, "drops": drops, "backlog_drops": backlog,
+            "connections": meta["connections"], "plaintext_mb": plaintext / 1e6, "drops": drops, "backlog_drops": backlog, "inject_dropped": inject_dropped,
             "cpu_s": cpu, "statuses": sorted({r["status"] for r in records})}
 
 
@@ -179,13 +173,13 @@ def main() -> None:
     print(f"tcpreplay {rate} of {pcap.stat().st_size / 1e6:.0f} MB ({args.connections} TLS 1.3 connections), "
           f"{os.cpu_count()} CPUs")
     header = (f"{'workers':>7} {'path':>9} {'complete':>9} {'plaintext MB':>13} {'MB/s':>7} {'drops':>7} {'backlog':>8} "
-              f"{'worker CPU s':>13} {'MB per CPU s':>13}")
+              f"{'inject drops':>13} {'worker CPU s':>13} {'MB per CPU s':>13}")
     print(header)
     print("-" * len(header))
     for row in rows:
         print(f"{row['workers']:>7} {row['path']:>9} {row['complete']:>4}/{row['connections']:<4} "
               f"{row['plaintext_mb']:>13.1f} {row['plaintext_mb'] / row['drain_s']:>7.1f} {row['drops']:>7} "
-              f"{row['backlog_drops']:>8} "
+              f"{row['backlog_drops']:>8} {row['inject_dropped']:>13} "
               f"{row['cpu_s']:>13.2f} {row['plaintext_mb'] / max(row['cpu_s'], 1e-9):>13.1f}")
     print("drops: the capture ring's (tls_bridge_capture_drops_total); backlog: the kernel's before any socket "
           "(softnet_stat, the whole host: raise net.core.netdev_max_backlog when it grows)")

@@ -6,7 +6,6 @@ was decrypted), whose counts must match what happened on a real replay."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -14,11 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.capture.pcapfile import read_capture
-from bridge.reinject.outputs import InterfaceOutput
 from tests.support import tlslab
 from tests.support.keyfeed import BridgeProcess
-from tests.support.netns import in_netns
+from tests.support.netns import replay, veth_namespace
 from tests.support.tlslab import ClientSpec
 
 pytestmark = pytest.mark.real
@@ -33,26 +30,6 @@ def sessions(tmp_path_factory, tls_certs):
     tlslab.require_root()
     return [tlslab.run_openssl_sessions(tmp_path_factory.mktemp("metrics-sessions"), certs=tls_certs, clients=CLIENTS)
             for _ in range(2)]
-
-
-def _namespace() -> str:
-    name = f"kp-metrics-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    for command in (["link", "add", "va", "type", "veth", "peer", "name", "vb"],
-                    ["link", "add", "tls0", "type", "veth", "peer", "name", "tls0peer"],
-                    ["link", "set", "va", "up"], ["link", "set", "vb", "up"], ["link", "set", "tls0", "up"],
-                    ["link", "set", "tls0peer", "up"], ["link", "set", "lo", "up"]):
-        subprocess.run(["ip", "-n", name, *command], check=True)
-    return name
-
-
-def _replay(ns: str, pcap: Path) -> None:
-    output = in_netns(ns, lambda: InterfaceOutput("va"))
-    for index, frame in enumerate(read_capture(pcap)):
-        output.write(frame.timestamp_ns, frame.data)
-        if index % 20 == 19:
-            time.sleep(0.01)
-    output.close()
 
 
 def _scrape(ns: str) -> tuple[str, str]:
@@ -89,7 +66,6 @@ def _hist(body: str, name: str, le: str) -> float:
 
 
 def test_histograms_of_key_lag_and_record_hold_count_what_happened(tmp_path, sessions):
-    ns = _namespace()
     keylog = tmp_path / "keys.log"
     keylog.write_text("")  # the secrets come later
     flows = tmp_path / "flows.jsonl"
@@ -110,7 +86,7 @@ flows = "{flows}"
 listen = "127.0.0.1:{PORT}"
 """)
     count = len(CLIENTS)
-    try:
+    with veth_namespace("kp-metrics", injection=True) as ns:
         with BridgeProcess(["run", "--config", str(config)], tmp_path / "run.err",
                            prefix=["ip", "netns", "exec", ns]) as sensor:
             sensor.wait_for("running 1 workers")
@@ -120,7 +96,7 @@ listen = "127.0.0.1:{PORT}"
             assert _value(body, 'tls_bridge_key_lag_seconds_count{worker="0"}') == 0
 
             # 1. Traffic first, secrets WAIT seconds later: every connection lags, every decrypted record was held.
-            _replay(ns, sessions[0].pcap)
+            replay(ns, sessions[0].pcap)
             held = _wait(ns, lambda body: _value(body, 'tls_bridge_waiting_for_keys{worker="0"}') == count)
             assert _value(held, 'tls_bridge_waiting_for_keys{worker="0"}') == count, held
             time.sleep(WAIT)
@@ -136,14 +112,12 @@ listen = "127.0.0.1:{PORT}"
             with open(keylog, "a") as handle:
                 handle.write(sessions[1].keylog.read_text())
             time.sleep(1.0)  # the follower polls every 0.1 s
-            _replay(ns, sessions[1].pcap)
+            replay(ns, sessions[1].pcap)
             deadline = time.monotonic() + 30
             while len(_flows(flows)) < 2 * count and time.monotonic() < deadline:
                 time.sleep(0.2)
             second = _wait(ns, lambda body: _value(body, 'tls_bridge_key_lag_seconds_count{worker="0"}') == 2 * count)
             assert sensor.stop() == 0, sensor.text()
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
 
     assert [r["status"] for r in logged] == ["decrypted"] * count, logged
     records = sum(r[d]["decrypted_records"] for r in logged for d in ("c2s", "s2c"))

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from bridge.capture.pcapfile import read_capture
-from bridge.reinject.outputs import InterfaceOutput
 from bridge.sensor.config import ConfigError, load_config, render_defaults
 from tests.support import tlslab
 from tests.support.keyfeed import BridgeProcess
-from tests.support.netns import in_netns
+from tests.support.netns import replay, veth_namespace
 from tests.support.tlslab import ClientSpec
 
 # --- configuration ------------------------------------------------------------------------------
@@ -78,27 +77,6 @@ def sessions(tmp_path_factory, tls_certs):
             for _ in range(2)]
 
 
-def _namespace() -> str:
-    name = f"tlsb-run-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    for command in (["link", "add", "va", "type", "veth", "peer", "name", "vb"],
-                    ["link", "add", "tls0", "type", "veth", "peer", "name", "tls0peer"],
-                    ["link", "set", "va", "up"], ["link", "set", "vb", "up"], ["link", "set", "tls0", "up"],
-                    ["link", "set", "tls0peer", "up"], ["link", "set", "lo", "up"]):
-        subprocess.run(["ip", "-n", name, *command], check=True)
-    return name
-
-
-def _replay(ns: str, pcap: Path) -> None:
-    output = in_netns(ns, lambda: InterfaceOutput("va"))
-    for index, frame in enumerate(read_capture(pcap)):
-        output.write(frame.timestamp_ns, frame.data)
-        if index % 20 == 19:
-            time.sleep(0.01)
-    output.close()
-    assert output.stats.dropped == 0 and output.stats.errors == 0
-
-
 def _metrics(ns: str, port: int) -> str:
     return subprocess.run(["ip", "netns", "exec", ns, "curl", "-sS", f"http://127.0.0.1:{port}/metrics"],
                           capture_output=True, text=True, check=True).stdout
@@ -135,7 +113,6 @@ def _wait_flows(path: Path, count: int, timeout: float = 30) -> list[dict]:
 
 @pytest.mark.real
 def test_two_workers_share_the_traffic_by_flow_and_a_dead_worker_is_restarted(tmp_path, sessions):
-    ns = _namespace()
     keylog = tmp_path / "keys.log"  # followed by the workers as it grows
     keylog.write_text(sessions[0].keylog.read_text())
     flows = tmp_path / "flows.jsonl"
@@ -157,7 +134,7 @@ flows = "{flows}"
 listen = "127.0.0.1:9814"
 log_interval = 1
 """)
-    try:
+    with veth_namespace("tlsb-run", injection=True) as ns:
         tcpdump = subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "tls0peer", "-U", "-w", str(injected),
                                     "-s", "65535"], stderr=subprocess.PIPE)
         time.sleep(1.0)
@@ -165,7 +142,7 @@ log_interval = 1
                            prefix=["ip", "netns", "exec", ns]) as sensor:
             sensor.wait_for("running 2 workers")
             _wait_metrics(ns, 9814, lambda text: "tls_bridge_workers_up 2" in text)  # both are capturing
-            _replay(ns, sessions[0].pcap)
+            replay(ns, sessions[0].pcap)
             first = _wait_flows(flows, len(CLIENTS))
             metrics = _wait_metrics(ns, 9814, lambda text: _total(text, "tls_bridge_flows_total") >= len(CLIENTS))
             pids = _worker_pids(sensor)
@@ -176,7 +153,7 @@ log_interval = 1
                                   and "tls_bridge_workers_up 2" in text)
             with open(keylog, "a") as handle:
                 handle.write(sessions[1].keylog.read_text())
-            _replay(ns, sessions[1].pcap)
+            replay(ns, sessions[1].pcap)
             second = _wait_flows(flows, 2 * len(CLIENTS), timeout=40)
             # worker 1 never restarted: its count covers both replays
             final = _wait_metrics(ns, 9814, lambda text: _worker_flows(text, 0) + _worker_flows(text, 1)
@@ -184,8 +161,6 @@ log_interval = 1
             assert sensor.stop() == 0, sensor.text()
         tcpdump.send_signal(signal.SIGINT)
         tcpdump.wait(10)
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
     assert [r["status"] for r in first] == ["decrypted"] * len(CLIENTS), first
     assert [r["status"] for r in second] == ["decrypted"] * 2 * len(CLIENTS), [
         (r["client"], r["status"], r.get("reason")) for r in second]

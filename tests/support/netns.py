@@ -45,21 +45,42 @@ def in_netns(ns: str, fn: Callable[[], T]) -> T:
 
 
 @contextlib.contextmanager
-def veth_namespace(prefix: str = "tlsb-veth") -> Iterator[str]:
-    """A fresh namespace holding a veth pair ``va``/``vb`` (both up); deleted on exit."""
+def veth_namespace(prefix: str = "tlsb-veth", *, injection: bool = False, mtu: int | None = None) -> Iterator[str]:
+    """A fresh namespace holding a veth pair ``va``/``vb`` (both up); deleted on exit.
+
+    ``injection``: also the sensor's injection pair ``tls0``/``tls0peer`` and ``lo``
+    up (a sensor captures ``vb``, what is replayed on ``va``, and injects into ``tls0``).
+    ``mtu``: of every veth."""
     ns = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        for cmd in (
-            ["link", "add", "va", "type", "veth", "peer", "name", "vb"],
-            ["link", "set", "va", "up"],
-            ["link", "set", "vb", "up"],
-        ):
+        links = ("va", "vb", "tls0", "tls0peer") if injection else ("va", "vb")
+        commands = [["link", "add", "va", "type", "veth", "peer", "name", "vb"]]
+        if injection:
+            commands += [["link", "add", "tls0", "type", "veth", "peer", "name", "tls0peer"], ["link", "set", "lo", "up"]]
+        if mtu is not None:
+            commands += [["link", "set", name, "mtu", str(mtu)] for name in links]
+        for cmd in commands + [["link", "set", name, "up"] for name in links]:
             subprocess.run(["ip", "-n", ns, *cmd], check=True)
-        _wait_up(ns, ("va", "vb"))
+        _wait_up(ns, links)
         yield ns
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def replay(ns: str, pcap: os.PathLike[str] | str) -> None:
+    """The frames of ``pcap`` sent on ``va`` of ``ns`` in order, paced (20 frames, then
+    10 ms): none may be dropped or refused."""
+    from bridge.capture.pcapfile import read_capture
+    from bridge.reinject.outputs import InterfaceOutput
+
+    output = in_netns(ns, lambda: InterfaceOutput("va"))
+    for index, frame in enumerate(read_capture(pcap)):
+        output.write(frame.timestamp_ns, frame.data)
+        if index % 20 == 19:
+            time.sleep(0.01)
+    output.close()
+    assert output.stats.dropped == 0 and output.stats.errors == 0, output.stats
 
 
 def _wait_up(ns: str, names: tuple[str, ...], timeout: float = 10.0) -> None:
