@@ -45,7 +45,7 @@ class _NsName:
 
 CLIENTS = [
     quiclab.H3Client(["GET /index.html", "GET /bytes/400000", "POST /upload 300000", "GET /tls-bridge-test-marker",
-                      "POST /form 2000", "GET /last.html"], key_update_after=[1, 3]),
+                      "POST /form 2000", "GET /last.html"], key_update_after=[1, 3], change_cid_after=[2]),
     quiclab.H3Client(["GET /p/one", "GET /p/two", "GET /bytes/60000", "POST /p/four 5000"], parallel=4),
     quiclab.H3Client(["GET /v2/index.html", "GET /bytes/25000"], version=2),
 ]
@@ -85,6 +85,7 @@ def test_decrypt_flow_log_and_suricata_on_the_synthetic_cleartext(run, tmp_path)
         assert line["key_updates"] == 2 * client["key_updates"]  # each direction updates
         assert line["certificates"][0]["subject"] == "CN=quic.example.test"
         assert line["synthetic"]["connections"] == len(spec.requests)
+        assert line["quic"]["connection_ids"]["c2s"] == 1 + len(spec.change_cid_after)  # the client moved
         assert (line["synthetic"]["client"], line["synthetic"]["server"]) == (line["client"], line["server"])
     eve = S.run_offline(synthetic, rules=[RULES], workdir=tmp_path / "suricata")
     requests = [r for r in eve.http_requests() if r.method]

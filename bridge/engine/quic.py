@@ -474,6 +474,9 @@ class QuicFlows:
             "requests": flow.exchanges,
             #: pairs of endpoints it was seen on (more than one: migration, NAT rebinding)
             "paths": 1 + len(flow.paths),
+            #: connection IDs its 1-RTT packets were addressed to, per direction (a client moves to new ones)
+            "connection_ids": {"c2s": len(connection.short_header_ids[C2S]),
+                               "s2c": len(connection.short_header_ids[S2C])},
             "close": None if connection.close is None else {
                 "error_code": connection.close.error_code, "application": connection.close.application,
                 "reason": connection.close.reason[:200]},

@@ -183,6 +183,8 @@ class QuicConnection:
         #: connection IDs each side issued (long header SCIDs, NEW_CONNECTION_ID), at
         #: most MAX_IDS: the engine finds a connection by them when its path changes
         self.issued: dict[bytes, Direction] = {}
+        #: per direction: the connection IDs its 1-RTT packets were addressed to (at most MAX_IDS)
+        self.short_header_ids: tuple[set[bytes], set[bytes]] = (set(), set())
         self._streams: dict[tuple[int, int], StreamReassembly] = {}
         self._stream_hashes: dict[tuple[int, int], hashlib._Hash] = {}
         #: (side, timestamp, datagram, packet start, packet or None for a short header)
@@ -484,6 +486,9 @@ class QuicConnection:
                     stats.key_updates += 1
                 stats.decrypted_packets += 1
                 self._one_rtt_ok = True
+                used = self.short_header_ids[direction]
+                if len(used) < MAX_IDS:
+                    used.add(packet.dcid)
                 if number > largest:
                     self._largest[direction][APPLICATION] = number
                 self._frames(direction, APPLICATION, payload, ts, b"")

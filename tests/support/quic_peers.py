@@ -171,6 +171,8 @@ async def run_client(args: argparse.Namespace) -> None:
             if index in args.key_update_after:
                 client._quic.request_key_update()
                 key_updates += 1
+            if index in args.change_cid_after:  # to another of the server's connection IDs (RFC 9000 §5.1.1)
+                client._quic.change_connection_id()
         client.close()
         await client.wait_closed()
     Path(args.record).write_text(json.dumps({"requests": record, "key_updates": key_updates,
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--request", action="append", default=[], help='"METHOD PATH [BODY_SIZE]"')
     client.add_argument("--parallel", type=int, default=1)
     client.add_argument("--key-update-after", type=int, action="append", default=[])
+    client.add_argument("--change-cid-after", type=int, action="append", default=[])
     client.add_argument("--version", type=int, default=1, choices=(1, 2))
     client.add_argument("--zero-rtt", action="store_true",
                         help="a first connection for a session ticket, then the requests as 0-RTT data")

@@ -43,6 +43,8 @@ class H3Client:
     requests: list[str]
     parallel: int = 1
     key_update_after: list[int] = field(default_factory=list)
+    #: after these requests the client moves to another of the server's connection IDs
+    change_cid_after: list[int] = field(default_factory=list)
     version: int = 1
     sni: str = "quic.example.test"
     #: first a connection for a session ticket (one request, /ticket), then the requests as 0-RTT
@@ -92,6 +94,8 @@ def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, host:
                     argv += ["--request", request]
                 for after in client.key_update_after:
                     argv += ["--key-update-after", str(after)]
+                for after in client.change_cid_after:
+                    argv += ["--change-cid-after", str(after)]
                 if client.zero_rtt:
                     argv.append("--zero-rtt")
                 result = ns.run(_peer("client", *argv), check=False, timeout=timeout, env=env, cwd=str(ROOT))
