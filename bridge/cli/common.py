@@ -222,8 +222,9 @@ def add_resolution_options(parser: argparse.ArgumentParser) -> None:
                               f"${PROFILE_CACHE_ENV} or {DEFAULT_PROFILE_DIR}; '' to keep none)")
     layouts.add_argument("--resolve", default="calibrate,candidates,learn", metavar="METHODS",
                          help="how builds without a profile are resolved, in this order: calibrate, candidates, "
-                              "learn (from live connections: needs hooks, and the wire or sensors' requests to "
-                              "name the connections), separated by commas (default: all three), or none")
+                              "learn (from live connections: needs the wire or sensors' requests to name the "
+                              "connections, and hooks for processes; a VM guest's objects are also found by the "
+                              "search), separated by commas (default: all three), or none")
     layouts.add_argument("--no-shipped-profiles", action="store_true",
                          help="ignore the profiles shipped with tls-bridge (every build resolved here)")
 
