@@ -50,8 +50,7 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One request stream: its header fields (pseudo-headers first, as decoded) and
-    bodies; rendered for the IDS by :mod:`bridge.quic.synthetic` (``request`` and
-    ``response``: as HTTP/1.1)."""
+    bodies; rendered for the IDS by :mod:`bridge.quic.synthetic`."""
 
     stream_id: int
     request_headers: tuple[tuple[bytes, bytes], ...] = field(repr=False)
@@ -68,16 +67,6 @@ class Exchange:
     #: request and response both complete (else: reset, a gap, or the connection ended first)
     complete: bool
     truncated: int
-
-    @property
-    def request(self) -> bytes:
-        from bridge.quic.synthetic import http1
-        return http1(self)[0]
-
-    @property
-    def response(self) -> bytes:
-        from bridge.quic.synthetic import http1
-        return http1(self)[1]
 
 
 class _Parser:
