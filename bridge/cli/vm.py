@@ -88,7 +88,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
                else find_btf_in_memory(memory.read, memory.layout.ranges()))
         harvester = VmHarvester(memory, btf, sinks, vm_name=args.name, profiles=layout_resolver(args),
                                 comms=tuple(args.comm or ()), pids=tuple(args.pid or ()), everything=args.all,
-                                hooks="hooks" in triggers, named=bool({"wire", "requests"} & set(triggers)),
+                                named=bool({"wire", "requests"} & set(triggers)),
                                 log=lambda text: say(args, text))
         harvester.attach()
         status = StatusFile(args.status, lambda: {"vm": args.name, "layouts": harvester.resolver.status(),

@@ -15,14 +15,15 @@ request (a ClientHello it saw and has no secrets for) starts the same
 search, for a harvester that does not see the VM's traffic itself.
 
 A guest build whose layout no known build shares is *learned*
-(:mod:`bridge.harvest.learn`) when the harvester has breakpoint hooks
-(:mod:`bridge.vmi.gdb_hooks`, ``hooks=True``) and connections are named (the
-wire, sensors' requests): a hook stops the guest in ``SSL_free(ssl)`` (or
-another hooked call) with the ``SSL *`` in ``%rdi``; an object holding a named
-client random is that connection's, its secrets are derived from the guest's
-memory while the guest is stopped, and the resolver learns the layout from
-such connections of both TLS versions; they are published then, read through
-the learned layout from the copies they were learned from.  TLS 1.2
+(:mod:`bridge.harvest.learn`) from connections the wire or sensors name.  With
+breakpoint hooks (:mod:`bridge.vmi.gdb_hooks`) the guest stops in
+``SSL_free(ssl)`` (or another hooked call) with the ``SSL *`` in ``%rdi``: an
+object holding a named client random is that connection's, its secrets derived
+from the guest's memory while the guest is stopped.  Without them, the named
+random is searched in the memory of the build's processes and the heap block
+around it taken as its object (:func:`bridge.harvest.learn.object_starts`).
+Once connections of both TLS versions agree on a layout, they are published,
+read through it from the copies of their objects it was verified on.  TLS 1.2
 confirmations take the connection's first record captured on the VM's traffic
 (:mod:`bridge.harvest.first_record`), so a connection that ended first confirms too.
 
@@ -142,7 +143,6 @@ class VmHarvester:
         retry_interval: float = 0.002,
         max_pending: int = 10_000,
         clock_stall: float = 30.0,
-        hooks: bool = False,
         named: bool = True,
         log: Callable[[str], None] = lambda text: None,
     ) -> None:
@@ -153,11 +153,10 @@ class VmHarvester:
         #: Layouts of the guests' builds (a bare ProfileStore: known profiles, then confirmed candidates).
         self.resolver = (profiles if isinstance(profiles, LayoutResolver)
                          else LayoutResolver(profiles, methods=("candidates",), log=log))
-        # Learning a layout takes a hook's SSL * (bridge.harvest.learn) and client randoms named by
-        # the wire or sensors: without them, a build no candidate matches is an error state here.
+        # Learning a layout takes client randoms named by the wire or sensors (``named``): without
+        # them, a build no candidate matches is an error state here, not one that waits to learn.
         if not named:
             self.resolver.learning_needs = "the connections' client randoms: --trigger wire (or requests)"
-        self.hooks = hooks
         self.comms, self.pids, self.everything = set(comms), set(pids), everything
         self.timeout = timeout
         self.retry_interval = retry_interval
@@ -263,7 +262,8 @@ class VmHarvester:
         self.searches.take(event, now)
 
     def _name(self, client_random: bytes) -> None:
-        """A connection named while a build is learned: looked for in the hooked objects."""
+        """A connection named while a build is learned: looked for in the hooked objects
+        (the search looks for the pending ones itself)."""
         with self._named_lock:
             self._named[client_random[:8]] = client_random
             self._named.move_to_end(client_random[:8])
