@@ -426,7 +426,7 @@ class VmHarvester:
                     self._publish(target, secrets, trigger=f"gdb:{function}")
                 return
 
-    # --- learning a layout (hooks) ----------------------------------------------------------------
+    # --- learning a layout (hooks, or the search) --------------------------------------------------
 
     def _learn_from(self, target: GuestTarget, ssl: int, function: str) -> None:
         """A hooked call on a build being learned, the guest stopped: if the object
