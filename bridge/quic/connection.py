@@ -208,9 +208,11 @@ class QuicConnection:
     @property
     def held_bytes(self) -> int:
         """What it holds: packets waiting for keys, stream and CRYPTO data ahead of holes."""
-        crypto = sum(c.buffered for row in self._crypto for c in row)
-        crypto += sum(pair[0].buffered for pair in self._initial_crypto.values())
-        return self._pending_bytes + self._stream_buffered + crypto
+        held = self._pending_bytes + self._stream_buffered
+        if not self.handshake_done:  # CRYPTO data ahead of holes: during the handshake (bounded, small after)
+            held += sum(c.buffered for row in self._crypto for c in row)
+            held += sum(pair[0].buffered for pair in self._initial_crypto.values())
+        return held
 
     @property
     def application_decrypted(self) -> bool:
