@@ -14,7 +14,12 @@ CPU time per connection, and the records it published per connection made
 (each connection at least once; twice where the exporter secret is logged after
 the traffic secrets: GnuTLS, BoringSSL).  Needs root.
 
-    .venv/bin/python bench/bench_keylog_hooks.py [--seconds 4]
+Then, free of the network and of s_time: bench/go_handshakes, Go's client and server
+handshaking in one process over net.Pipe (8 writeKeyLog calls per handshake), rounds
+of N handshakes alternately unhooked and hooked (three each, medians): the time per
+handshake, and the cost of one hooked call.
+
+    .venv/bin/python bench/bench_keylog_hooks.py [--seconds 4] [--handshakes 1000]
 """
 
 from __future__ import annotations
@@ -41,13 +46,58 @@ def _certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _go_server(directory: Path) -> Path:
-    binary = directory / "gohttps"
+def _go_build(directory: Path, source: Path, name: str) -> Path:
+    binary = directory / name
     env = dict(os.environ, GOCACHE=str(Path.home() / ".cache" / "tls-bridge" / "go-build"), GOFLAGS="-mod=mod",
                GOTOOLCHAIN="local", GOPROXY="off", GOPATH=str(directory / "gopath"))
-    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=ROOT / "tests" / "support" / "servers" / "go_https",
-                   env=env, check=True, capture_output=True)
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=source, env=env, check=True, capture_output=True)
     return binary
+
+
+def _go_server(directory: Path) -> Path:
+    return _go_build(directory, ROOT / "tests" / "support" / "servers" / "go_https", "gohttps")
+
+
+def _in_process(directory: Path, cert: Path, key: Path, handshakes: int) -> dict[str, float]:
+    """Median µs per in-process Go handshake, unhooked and hooked, and the records published."""
+    binary = _go_build(directory, ROOT / "bench" / "go_handshakes", "gohs")
+    process = subprocess.Popen([str(binary), str(cert), str(key), str(handshakes)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdin is not None and process.stdout is not None
+
+    def round_us() -> float:
+        process.stdin.write("\n")
+        process.stdin.flush()
+        count, seconds = process.stdout.readline().split()
+        return float(seconds) / int(count) * 1e6
+
+    from bridge.harvest.elf import read_elf
+    from bridge.harvest.keylog_targets import find_hook_points
+    from bridge.harvest.uprobes import UprobeSession
+
+    (point,) = find_hook_points(str(binary), read_elf(str(binary)))
+    unhooked, probed, hooked, published = [], [], [], 0
+    try:
+        round_us()  # warm up
+        for index in range(3):
+            unhooked.append(round_us())
+            with UprobeSession(watchdog=False) as probes:  # the probe alone: its events never read
+                probes.attach_raw(point.path, point.offset, "bench", point.probe_args)
+                probed.append(round_us())
+            harvester = _harvester(process.pid, directory / f"gohs-{index}.keylog")
+            try:
+                hooked.append(round_us())
+                time.sleep(0.5)
+            finally:
+                harvester.send_signal(signal.SIGTERM)
+                tail = harvester.communicate(timeout=60)[1]
+            match = re.search(r"(\d+) connections published", tail)
+            published += int(match[1]) if match else 0
+    finally:
+        process.stdin.close()
+        process.wait(10)
+    return {"unhooked": sorted(unhooked)[1], "probed": sorted(probed)[1], "hooked": sorted(hooked)[1],
+            "published": published, "handshakes": 3 * handshakes}
 
 
 def _cpu(pid: int) -> float:
@@ -123,6 +173,7 @@ def _measure(name: str, argv: list[str], seconds: float, directory: Path) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--handshakes", type=int, default=1000, help="in-process Go handshakes per round")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-keylog-") as tmp:
         directory = Path(tmp)
@@ -135,6 +186,7 @@ def main() -> int:
             _measure("boringssl (grpc)", [sys.executable, str(ROOT / "tests" / "support" / "servers" / "grpc_tls_server.py"),
                                           str(cert), str(key), str(PORT)], args.seconds, directory),
         ]
+        inproc = _in_process(directory, cert, key, args.handshakes)
     print("TLS 1.3, openssl s_time -new; server CPU µs per connection (conn/s); unhooked runs bracket the hooked one")
     print(f"{'library':16} {'unhooked':>18} {'hooked':>18} {'unhooked again':>18} {'server CPU hooked/unhooked':>27} "
           f"{'harvester CPU µs/conn':>22} {'records/conns':>14}")
@@ -145,6 +197,15 @@ def main() -> int:
         print(f"{row['name']:16} {cell(before[2], before[0]):>18} {cell(hooked[2], hooked[0]):>18} "
               f"{cell(after[2], after[0]):>18} {hooked[2] / reference:27.2f} {row['harvester_us']:22.0f} "
               f"{str(row['published']) + '/' + str(hooked[1]):>14}")
+    print()
+    print(f"Go client and server in one process (net.Pipe), 8 writeKeyLog calls per handshake, "
+          f"{args.handshakes} handshakes a round, medians of 3 rounds each")
+    base = inproc["unhooked"]
+    print(f"{'':34} {'µs/handshake':>13} {'/unhooked':>10} {'µs per call':>12}")
+    print(f"{'unhooked':34} {base:13.0f} {1:10.2f} {'':>12}")
+    for label, key in (("probe only (events not read)", "probed"), ("the harvester (probe, read, publish)", "hooked")):
+        print(f"{label:34} {inproc[key]:13.0f} {inproc[key] / base:10.2f} {(inproc[key] - base) / 8:12.1f}")
+    print(f"records published / handshakes hooked by the harvester: {inproc['published']}/{inproc['handshakes']}")
     return 0
 
 

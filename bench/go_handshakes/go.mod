@@ -1,0 +1,3 @@
+module tlsbridge.bench/go_handshakes
+
+go 1.19
