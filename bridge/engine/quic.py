@@ -40,7 +40,7 @@ from bridge.engine.summary import DirectionSummary, FlowSummary
 from bridge.engine.udp import UdpDatagram, decode_udp
 from bridge.errors import PacketDecodeError
 from bridge.keys.store import KeyStore
-from bridge.quic.connection import HelloSeen, Oriented, QuicConnection, QuicSettings, StreamChunk
+from bridge.quic.connection import HelloSeen, Oriented, QuicConnection, QuicSettings, StreamChunk, opens_connection
 from bridge.quic import synthetic
 from bridge.quic.http3 import Exchange, Http3Session
 from bridge.quic.versions import PacketType, version as find_version
@@ -501,11 +501,14 @@ class QuicFlows:
 
 
 def _opens_quic(payload: bytes) -> bool:
-    """A long header Initial of a version the bridge decrypts (a client's first packet)."""
+    """A client's first Initial, of a version the bridge decrypts, that authenticates
+    under the keys of its DCID (cheap checks first)."""
     if len(payload) < 7 or payload[0] & 0xC0 != 0xC0:
         return False
     version = find_version(int.from_bytes(payload[1:5], "big"))
-    return version is not None and version.long_types[(payload[0] >> 4) & 3] is PacketType.INITIAL
+    if version is None or version.long_types[(payload[0] >> 4) & 3] is not PacketType.INITIAL:
+        return False
+    return opens_connection(payload)
 
 
 def _direction(data: bytes) -> DirectionSummary:

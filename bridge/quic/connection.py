@@ -140,6 +140,32 @@ class QuicSettings:
     max_streams: int = 10_000
 
 
+def _client_initial(data: bytes, packet: RawPacket) -> bool:
+    """``packet`` is a client Initial: it authenticates under the keys of its own DCID."""
+    if packet.packet_type is not PacketType.INITIAL or packet.version is None:
+        return False
+    keys = initial_keys(packet.version, packet.dcid)[0]
+    try:
+        unprotected = remove_protection(data, packet, keys)
+        number = decode_packet_number(-1, unprotected.truncated_pn, unprotected.pn_length)
+        keys.open(number, unprotected.header, unprotected.ciphertext)
+    except (DecryptionError, PacketDecodeError):
+        return False
+    return True
+
+
+def opens_connection(datagram: bytes) -> bool:
+    """A datagram whose first packet is a client Initial that authenticates (RFC 9001
+    §5.2): what starts a QUIC connection for an observer.  Anyone can make one, but
+    it costs them what it costs us (a key derivation and an AEAD), and random bytes
+    never pass."""
+    try:
+        packets, _ = parse_datagram(datagram)
+    except PacketDecodeError:
+        return False
+    return bool(packets) and _client_initial(datagram, packets[0])
+
+
 class QuicConnection:
     def __init__(self, settings: QuicSettings | None = None) -> None:
         self.settings = settings or QuicSettings()
@@ -434,13 +460,7 @@ class QuicConnection:
 
     def _orient(self, side: int, data: bytes, packet: RawPacket, ts: int) -> bool:
         """A client Initial authenticates under the keys of its own DCID: its sender is the client."""
-        assert packet.version is not None
-        keys = initial_keys(packet.version, packet.dcid)[0]
-        try:
-            unprotected = remove_protection(data, packet, keys)
-            number = decode_packet_number(-1, unprotected.truncated_pn, unprotected.pn_length)
-            keys.open(number, unprotected.header, unprotected.ciphertext)
-        except (DecryptionError, PacketDecodeError):
+        if not _client_initial(data, packet):
             return False
         self.client_side = side
         self.version = packet.version

@@ -204,3 +204,28 @@ def test_damaged_datagrams_never_crash_the_engine(rnd):
         if isinstance(event, FlowFinished):
             assert event.summary.to_record()["status"] in {
                 "decrypted", "partial", "gap", "no_keys", "wrong_key", "no_handshake", "unsupported"}
+
+
+def test_forged_initials_start_nothing():
+    """Datagrams that look like v1 Initials but do not authenticate under the keys of
+    their DCID (random bytes, a server's Initial on its own) start no connection."""
+    import os
+
+    from bridge.quic.connection import opens_connection
+    from tests.unit.quic import rfc9001 as A
+
+    assert opens_connection(A.CLIENT_INITIAL) and not opens_connection(A.SERVER_INITIAL)
+    forged = bytearray(A.CLIENT_INITIAL)
+    forged[-1] ^= 1
+    assert not opens_connection(bytes(forged))
+    header = bytes.fromhex("c000000001088394c8f03e5157080000449e")
+    frames = []
+    for i in range(50):
+        payload = header + os.urandom(1182)
+        udp = (40000 + i).to_bytes(2, "big") + (443).to_bytes(2, "big") + (8 + len(payload)).to_bytes(2, "big") \
+            + bytes(2) + payload
+        ip = bytes.fromhex("45000000000100004011" + "0000" + "c0000201" + "c6336402")
+        ip = ip[:2] + (20 + len(udp)).to_bytes(2, "big") + ip[4:]
+        frames.append(make_frame(FRAMES[0].timestamp_ns + i, 228, ip + udp, 20 + len(udp)))
+    engine, events = _run(frames)
+    assert engine.quic.stats.flows == 0 and engine.quic.stats.not_quic == 50 and not events
