@@ -195,3 +195,32 @@ def test_boringssl_in_grpc_python_tls13_and_tls12(lab, tmp_path, grpcio):
     assert len({line[1] for line in theirs}) == 5
     assert "cygrpc" in summary and "(boringssl): ssl_log_secret, its key-log function" in summary, summary
     assert (f"grpcio-{OLDER}/grpc/_cython/cygrpc" in summary) == (grpcio == "older"), summary
+
+
+def test_a_go_binary_redeployed_at_the_same_path_is_hooked_again(lab, go_servers, tmp_path):
+    """A service restarted from a new file at the same path (a redeploy: another inode,
+    the same build) is probed anew: the old probe stays on the old file."""
+    import shutil
+    import signal
+
+    client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
+    app = tmp_path / "app" / "gosrv"
+    app.parent.mkdir()
+    shutil.copy(go_servers["gohttps-s"], app)
+    argv = [str(app), str(lab.certs.chain), str(lab.certs.key), "127.0.0.1:4448"]
+    first = lab._start(argv, 4448)
+    harvester = lab.harvester("--comm", "gosrv", "--keylog", str(harvested))
+    lab.curl(4448, client, "--tlsv1.3", path="/hello")
+    first.stop(signal.SIGTERM)
+    app.unlink()
+    shutil.copy(go_servers["gohttps-s"], app)  # the same build: the same offset, another inode
+    lab._start(argv, 4448)
+    time.sleep(1.5)  # the rescan period
+    lab.curl(4448, client, "--tlsv1.3", path="/hello")
+    lab.curl(4448, client, "--tlsv1.2", "--tls-max", "1.2", path="/hello")
+    theirs = {line for line in keylog_lines(client) if line[0] != "EXPORTER_SECRET"}
+    _wait_for_lines(harvested, theirs)
+    assert harvester.stop() == 0, harvester.text()
+    summary = harvester.text()
+    assert keylog_lines(harvested) == theirs, summary
+    assert summary.count(f"hooked {app} (go crypto/tls go1.19.") == 2, summary

@@ -23,6 +23,7 @@ connection before anything read through it is published.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -154,7 +155,8 @@ class ProcessHarvester:
         self._learning_warned: set[str] = set()
         #: Key-log functions hooked: event tag → hook point; their lines, by connection
         self._keylog_points: dict[str, KeyLogBinary] = {}
-        self._keylog_hooked: set[tuple[str, int]] = set()
+        #: (device, inode, offset) probed: a binary replaced at the same path (a redeploy) is probed anew
+        self._keylog_hooked: set[tuple[int, int, int]] = set()
         self.keylog = KeyLogAssembler()
         self._hook_errors_said: set[str] = set()
 
@@ -191,10 +193,15 @@ class ProcessHarvester:
                 self._hook_errors_said.add(path)
                 self.log(f"warning: {path} is not hooked: {error}")
         for point in target.keylog:
-            if (point.path, point.offset) in self._keylog_hooked:
+            try:
+                status = os.stat(point.path)
+            except OSError:
+                continue  # gone since it was inspected
+            key = (status.st_dev, status.st_ino, point.offset)
+            if key in self._keylog_hooked:
                 continue
             if self.uprobes is None:
-                self._keylog_hooked.add((point.path, point.offset))
+                self._keylog_hooked.add(key)
                 self.log(f"warning: {point.path} ({point.library}) is harvested only by hooks at its key-log "
                          "function: add hooks to --trigger")
                 continue
@@ -205,7 +212,7 @@ class ProcessHarvester:
                 self.log(f"warning: {point.path} ({point.library}): {exc}")
                 continue
             self._keylog_points[tag] = point
-            self._keylog_hooked.add((point.path, point.offset))
+            self._keylog_hooked.add(key)
             self.stats.keylog_binaries_hooked += 1
             self.log(f"hooked {point.path} ({point.library}): {point.function}, its key-log function "
                      "(secrets from its arguments, no layout needed)")

@@ -378,9 +378,9 @@ class UprobeSession:
 
     def attach_raw(self, binary: str, offset: int, tag: str, args: tuple[str, ...]) -> str:
         """One probe at ``offset`` of ``binary`` with fetch-args of the caller's;
-        its hits are :class:`RawHookEvent` s named ``tag``.  Returns the event name."""
-        if (binary, offset) in self._attached:
-            raise HookError(f"{binary}:{offset:#x} is probed already")
+        its hits are :class:`RawHookEvent` s named ``tag``.  Returns the event name.
+        The caller probes each file once (the kernel resolves ``binary`` to the file
+        there now: a file replaced at the same path is another probe)."""
         event = f"k{len(self._raw)}_{self._attach_calls}"
         self._attach_calls += 1
         _write(self.root / "uprobe_events", f"p:{self.group}/{event} {binary}:{offset:#x} {' '.join(args)}")
