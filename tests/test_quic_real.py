@@ -342,3 +342,16 @@ def test_ipv6(tmp_path):
     fields = subprocess.run(["tshark", "-r", str(synthetic), "-Y", "http.request", "-T", "fields", "-e", "ipv6.src",
                              "-e", "http.request.uri"], capture_output=True, text=True, timeout=120).stdout.split("\n")
     assert sorted(f for f in fields if f) == ["::1\t/six/form", "::1\t/six/index.html"]
+
+
+def test_version_negotiation(tmp_path):
+    """A QUIC v2 client and a v1-only server: a Version Negotiation packet, then the
+    client starts over in v1 (a new ClientHello, a new client random)."""
+    negotiated = quiclab.run_h3(tmp_path / "vn", [quiclab.H3Client(["GET /vn/index.html"], version=2)], only_v1=True)
+    synthetic = tmp_path / "synthetic.pcap"
+    (line,) = decrypt_cli(negotiated.pcap, negotiated.keylog, tmp_path, "-w", str(synthetic))
+    assert line["status"] == "decrypted", line
+    assert line["quic"]["version"] == "QUICv1" and line["quic"]["version_negotiation"] == [1]
+    assert line["quic"]["requests"] == 1
+    randoms = {l.split()[1] for l in negotiated.keylog.read_text().splitlines()}
+    assert randoms == {line["client_random"]}  # the ClientHello of the v1 attempt

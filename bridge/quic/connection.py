@@ -191,7 +191,10 @@ class QuicConnection:
         self.streams_dropped = 0
         #: client Initial DCIDs in order (the last one is what server Initials are keyed on)
         self._initial_dcids: list[bytes] = []
-        self._initial: dict[bytes, tuple[PacketKeys, PacketKeys]] = {}
+        #: the client's Initial attempts in order, (version, DCID): after a Retry or a
+        #: Version Negotiation it starts its handshake over (a new ClientHello)
+        self._epochs: list[tuple[int, bytes]] = []
+        self._initial: dict[tuple[int, bytes], tuple[PacketKeys, PacketKeys]] = {}
         self._handshake_keys: list[PacketKeys | None] = [None, None]
         self._one_rtt: list[_OneRtt | None] = [None, None]
         self._early: PacketKeys | None = None
@@ -202,7 +205,7 @@ class QuicConnection:
         self._readers = [[hs.HandshakeReader() for _ in range(3)] for _ in range(2)]
         #: Initial CRYPTO streams per (direction, the DCID the Initial keys came from):
         #: after a Retry the client starts its handshake over under new keys
-        self._initial_crypto: dict[tuple[int, bytes], tuple[StreamReassembly, hs.HandshakeReader]] = {}
+        self._initial_crypto: dict[tuple[int, tuple[int, bytes]], tuple[StreamReassembly, hs.HandshakeReader]] = {}
         self._hello_epoch = -1
         #: per direction: the lengths of the connection IDs it addresses in short headers
         self._dcid_lengths: list[set[int]] = [set(), set()]
@@ -388,8 +391,8 @@ class QuicConnection:
         if packet_type is PacketType.UNKNOWN_VERSION:
             self._error(f"unknown QUIC version 0x{packet.version_number:08x}")
             return
-        if self.version is None or packet_type is PacketType.INITIAL:
-            self.version = packet.version if self.version is None else self.version
+        if self.version is None:
+            self.version = packet.version
         if packet_type is PacketType.RETRY:
             self._retry_packet(side, data, packet)
             return
@@ -434,25 +437,38 @@ class QuicConnection:
             self.zero_rtt_packets += 1
         if number > self._largest[direction][space]:
             self._largest[direction][space] = number
-        if packet_type is PacketType.INITIAL and direction == C2S and epoch not in self._initial_dcids:
-            self._initial_dcids.append(epoch)
-            del self._initial_dcids[:-16]
-        self._frames(direction, space, payload, ts, epoch)
+        attempt = (0, b"")
+        if packet_type is PacketType.INITIAL:
+            assert packet.version is not None
+            attempt = (packet.version.number, epoch)
+            if direction == C2S and epoch not in self._initial_dcids:
+                self._initial_dcids.append(epoch)
+                del self._initial_dcids[:-16]
+            if direction == C2S and attempt not in self._epochs:
+                self._epochs.append(attempt)
+                del self._epochs[:-16]
+            if direction == S2C or self.server_hello is None:
+                # the version in use: the client's latest attempt (after a Version Negotiation),
+                # then the server's (RFC 9368: the server may answer in another compatible version)
+                self.version = packet.version
+        self._frames(direction, space, payload, ts, attempt)
 
     def _initial_candidates(self, direction: Direction, packet: RawPacket) -> list[tuple[bytes, PacketKeys]]:
         """(DCID, keys) to try: Initial keys come from the DCID of the client's first
         Initial (after a Retry: of the Initial that follows it); its later Initials
         address the server's chosen ID."""
-        known = [(dcid, self._initial_keys(dcid)[direction]) for dcid in reversed(self._initial_dcids)]
+        version = packet.version
+        assert version is not None
+        known = [(dcid, self._initial_keys(version, dcid)[direction]) for dcid in reversed(self._initial_dcids)]
         if direction == C2S and packet.dcid not in self._initial_dcids:
-            return [(packet.dcid, self._initial_keys(packet.dcid)[0]), *known]
+            return [(packet.dcid, self._initial_keys(version, packet.dcid)[0]), *known]
         return known
 
-    def _initial_keys(self, dcid: bytes) -> tuple[PacketKeys, PacketKeys]:
-        keys = self._initial.get(dcid)
+    def _initial_keys(self, version: Version, dcid: bytes) -> tuple[PacketKeys, PacketKeys]:
+        """Initial keys of a DCID in the packet's version (its salt and labels)."""
+        keys = self._initial.get((version.number, dcid))
         if keys is None:
-            assert self.version is not None
-            keys = self._initial[dcid] = initial_keys(self.version, dcid)
+            keys = self._initial[(version.number, dcid)] = initial_keys(version, dcid)
             if len(self._initial) > 16:  # a client retrying Initials with ever new DCIDs
                 oldest = next(iter(self._initial))
                 del self._initial[oldest]
@@ -513,7 +529,7 @@ class QuicConnection:
                     used.add(packet.dcid)
                 if number > largest:
                     self._largest[direction][APPLICATION] = number
-                self._frames(direction, APPLICATION, payload, ts, b"")
+                self._frames(direction, APPLICATION, payload, ts, (0, b""))
                 return
         stats.failed_packets += 1
 
@@ -534,7 +550,7 @@ class QuicConnection:
 
     # --- frames --------------------------------------------------------------------
 
-    def _frames(self, direction: Direction, space: int, payload: bytes, ts: int, epoch: bytes) -> None:
+    def _frames(self, direction: Direction, space: int, payload: bytes, ts: int, epoch: tuple[int, bytes]) -> None:
         stats = self.stats[direction]
         try:
             frames = parse_frames(payload, stats.frames_skipped)
@@ -591,7 +607,7 @@ class QuicConnection:
             return
         self._out.append(StreamChunk(direction, frame.stream_id, b"", True, False, ts, reset=True))
 
-    def _crypto_frame(self, direction: Direction, space: int, frame: CryptoFrame, epoch: bytes) -> None:
+    def _crypto_frame(self, direction: Direction, space: int, frame: CryptoFrame, epoch: tuple[int, bytes]) -> None:
         if space == INITIAL:
             pair = self._initial_crypto.get((direction, epoch))
             if pair is None:
@@ -618,10 +634,10 @@ class QuicConnection:
                 self._error(f"handshake message {message.msg_type}: {str(exc)[:60]}")
 
     def _handshake_message(self, direction: Direction, space: int, message: hs.HandshakeMessage,
-                           epoch: bytes) -> None:
+                           epoch: tuple[int, bytes]) -> None:
         kind = message.msg_type
         if kind == 1 and direction == C2S:  # ClientHello: the one of the latest Initial keys (after a Retry)
-            index = self._initial_dcids.index(epoch) if epoch in self._initial_dcids else -1
+            index = self._epochs.index(epoch) if epoch in self._epochs else -1
             if self.client_hello is not None and index <= self._hello_epoch:
                 return
             hello = hs.parse_client_hello(message.body)

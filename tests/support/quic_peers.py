@@ -89,6 +89,8 @@ class _Server(QuicConnectionProtocol):
 async def run_server(args: argparse.Namespace) -> None:
     config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN, secrets_log_file=open(args.keylog, "a"))
     config.load_cert_chain(args.cert, args.key)
+    if args.only_v1:  # a v2 client is sent a Version Negotiation packet
+        config.supported_versions = [QuicProtocolVersion.VERSION_1]
     _Server.log_path = Path(args.record)
     tickets: dict[bytes, object] = {}
     await serve(args.host, args.port, configuration=config, create_protocol=_Server, retry=args.retry,
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--cert", required=True)
     server.add_argument("--key", required=True)
     server.add_argument("--retry", action="store_true", help="answer each first Initial with a Retry")
+    server.add_argument("--only-v1", action="store_true", help="speak QUIC v1 only")
     client = sub.add_parser("client")
     client.add_argument("--sni", default="quic.example.test")
     client.add_argument("--request", action="append", default=[], help='"METHOD PATH [BODY_SIZE]"')

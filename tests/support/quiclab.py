@@ -64,8 +64,8 @@ def _peer(role: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "tests.support.quic_peers", role, *args]
 
 
-def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, host: str = "127.0.0.1",
-           timeout: float = 90) -> H3Run:
+def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, only_v1: bool = False,
+           host: str = "127.0.0.1", timeout: float = 90) -> H3Run:
     """An aioquic HTTP/3 server (``retry``: it answers each first Initial with a
     Retry) and the given clients (one connection each, in turn) in a fresh
     namespace, captured by tcpdump on its ``lo``."""
@@ -82,7 +82,8 @@ def run_h3(workdir: Path, clients: list[H3Client], *, retry: bool = False, host:
         with tlslab.Capture(ns, pcap, filter="udp"):
             server = ns.proc(_peer("server", "--host", host, "--port", str(PORT), "--cert", str(certs.cert),
                                    "--key", str(certs.key), "--keylog", str(server_keylog),
-                                   "--record", str(server_record), *(["--retry"] if retry else [])),
+                                   "--record", str(server_record), *(["--retry"] if retry else []),
+                                   *(["--only-v1"] if only_v1 else [])),
                              stdin_pipe=False, env=env, cwd=str(ROOT))
             if server.out.wait_for([b"listening"], timeout=30) is None:
                 raise tlslab.TlsLabError(f"the HTTP/3 server did not start:\n{server.describe()}")
