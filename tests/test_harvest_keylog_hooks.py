@@ -87,6 +87,18 @@ def _wait_for_lines(harvested: Path, wanted: set, timeout: float = 20.0) -> None
         time.sleep(0.1)
 
 
+def _stop_and_compare(harvester, client: Path, harvested: Path, *, without: tuple[str, ...] = ()) -> tuple[set, str]:  # type: ignore[no-untyped-def]
+    """Wait for every line the client logged (but labels ``without``), stop the harvester,
+    assert the harvested key log equals them; (the client's lines, the harvester's output)."""
+    theirs = {line for line in keylog_lines(client) if line[0] not in without}
+    _wait_for_lines(harvested, theirs)
+    assert harvester.stop() == 0, harvester.text()
+    summary = harvester.text()
+    ours = keylog_lines(harvested)
+    assert ours == theirs, f"missing {sorted(theirs - ours)[:3]}, extra {sorted(ours - theirs)[:3]}\n{summary}"
+    return theirs, summary
+
+
 def _decrypt_with_feed(pcap: Path, endpoint: str, certs, flows: Path) -> list[dict]:  # type: ignore[no-untyped-def]
     result = subprocess.run([sys.executable, "-m", "bridge.cli", "decrypt", "-r", str(pcap), "--keys", endpoint,
                              *certs.sensor_args(), "--flows", str(flows), "-q"], capture_output=True, text=True,
@@ -141,12 +153,7 @@ def test_gnutls_serv_tls12_and_tls13(lab, tmp_path, build):
     lab._start(argv, 4445)
     harvester = lab.harvester("--comm", "gnutls-serv", "--keylog", str(harvested))
     connections = _connections(lab, 4445, client)
-    theirs = keylog_lines(client)
-    _wait_for_lines(harvested, theirs)
-    assert harvester.stop() == 0, harvester.text()
-    summary = harvester.text()
-    ours = keylog_lines(harvested)
-    assert ours == theirs, f"missing {sorted(theirs - ours)[:3]}, extra {sorted(ours - theirs)[:3]}\n{summary}"
+    theirs, summary = _stop_and_compare(harvester, client, harvested)
     assert len({line[1] for line in theirs}) == connections
     assert {line[0] for line in theirs} >= {"EXPORTER_SECRET", "CLIENT_RANDOM", "SERVER_TRAFFIC_SECRET_0"}
     assert "_gnutls_nss_keylog_func, its key-log function" in summary and "(gnutls 3." in summary, summary
@@ -186,12 +193,7 @@ def test_boringssl_in_grpc_python_tls13_and_tls12(lab, tmp_path, grpcio):
         _grpc_call(lab, 4447, client, "--tlsv1.3", "--tls13-ciphers", suite)
     for cipher in TLS12_CIPHERS[:2]:
         _grpc_call(lab, 4447, client, "--tlsv1.2", "--tls-max", "1.2", "--ciphers", cipher)
-    theirs = keylog_lines(client)
-    _wait_for_lines(harvested, theirs)
-    assert harvester.stop() == 0, harvester.text()
-    summary = harvester.text()
-    ours = keylog_lines(harvested)
-    assert ours == theirs, f"missing {sorted(theirs - ours)[:3]}, extra {sorted(ours - theirs)[:3]}\n{summary}"
+    theirs, summary = _stop_and_compare(harvester, client, harvested)
     assert len({line[1] for line in theirs}) == 5
     assert "cygrpc" in summary and "(boringssl): ssl_log_secret, its key-log function" in summary, summary
     assert (f"grpcio-{OLDER}/grpc/_cython/cygrpc" in summary) == (grpcio == "older"), summary
@@ -218,9 +220,5 @@ def test_a_go_binary_redeployed_at_the_same_path_is_hooked_again(lab, go_servers
     time.sleep(1.5)  # the rescan period
     lab.curl(4448, client, "--tlsv1.3", path="/hello")
     lab.curl(4448, client, "--tlsv1.2", "--tls-max", "1.2", path="/hello")
-    theirs = {line for line in keylog_lines(client) if line[0] != "EXPORTER_SECRET"}
-    _wait_for_lines(harvested, theirs)
-    assert harvester.stop() == 0, harvester.text()
-    summary = harvester.text()
-    assert keylog_lines(harvested) == theirs, summary
+    _, summary = _stop_and_compare(harvester, client, harvested, without=("EXPORTER_SECRET",))
     assert summary.count(f"hooked {app} (go crypto/tls go1.19.") == 2, summary
