@@ -188,7 +188,8 @@ def big_run(connections: int, budget: int, verify: bool, rate: float) -> None:
     flows.unlink()
 
 
-def _worker_pid(parent: int) -> int | None:
+def _children(parent: int) -> list[int]:
+    children = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -197,7 +198,21 @@ def _worker_pid(parent: int) -> int | None:
             except OSError:
                 continue
             if int(fields[1]) == parent:
-                return int(entry)
+                children.append(int(entry))
+    return children
+
+
+def _worker_pid(supervisor: int) -> int | None:
+    """The worker: the supervisor's child named tls-bridge-worker-0 (multiprocessing sets the name
+    in its command line only on some systems: the child that runs bridge's worker, by its cmdline)."""
+    for pid in _children(supervisor):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline and b"semaphore_tracker" not in cmdline:
+            return pid
     return None
 
 
@@ -230,7 +245,7 @@ def veth_run(connections: int, budget: int, pps: int, rate: float) -> None:
     flows = work / "flows.jsonl"
     flows.unlink(missing_ok=True)
     config = work / "sensor.toml"
-    config.write_text(f"""[capture]\ninterfaces = ["vb"]\nworkers = 1\nbuffer_mb = 256\n[keys]\nkeylogs = ["{keylog}"]
+    config.write_text(f"""[capture]\ninterfaces = ["vb"]\nworkers = 1\nbuffer_mb = 64\n[keys]\nkeylogs = ["{keylog}"]
 [decrypt]\nmemory_limit = {budget}\n[inject]\ninterface = ""\n[output]\nflows = "{flows}"
 [metrics]\nlisten = "127.0.0.1:{port}"\nlog_interval = 0\n""")
     subprocess.run(["ip", "netns", "add", ns], check=True)
@@ -245,11 +260,9 @@ def veth_run(connections: int, budget: int, pps: int, rate: float) -> None:
         worker = None
         while time.monotonic() < deadline and _metrics(ns, port).get("tls_bridge_workers_up") != 1.0:
             time.sleep(0.5)
-        supervisor = _worker_pid(sensor.pid)  # ip netns exec execs: the supervisor is the child or itself
-        for candidate in (sensor.pid, supervisor):
-            if candidate is not None:
-                worker = _worker_pid(candidate) or worker
+        worker = _worker_pid(sensor.pid)  # ip netns exec execs: the Popen's pid is the supervisor
         assert worker is not None, "no worker process found"
+        print(f"  (worker pid {worker}: {open(f'/proc/{worker}/cmdline', 'rb').read()[:120]!r})")
         replay = subprocess.Popen(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", "va", f"--pps={pps}",
                                    str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         peak = 0
@@ -272,7 +285,7 @@ def veth_run(connections: int, budget: int, pps: int, rate: float) -> None:
     lines = [json.loads(line) for line in flows.read_text().splitlines()] if flows.exists() else []
     real = [r for r in lines if str(r.get("client", "")).startswith("127.0.0.1:")]
     print(f"\n{connections:,} connections through tls-bridge run (1 worker) on a veth, tcpreplay --pps {pps} "
-          f"({replayed:.0f} s), [decrypt] memory_limit {budget >> 20} MiB:")
+          f"({replayed:.0f} s), [decrypt] memory_limit {budget >> 20} MiB (its 64 MiB capture ring included):")
     def metric(name: str) -> float:
         return metrics.get(f'tls_bridge_{name}{{worker="0"}}', 0)
 
@@ -299,10 +312,11 @@ def main() -> None:
                         "(root: a network namespace, tcpreplay)")
     parser.add_argument("--pps", type=int, default=30_000, help="tcpreplay's packets per second for --veth")
     parser.add_argument("--skip-compare", action="store_true", help="no reference comparison (only the big runs)")
+    parser.add_argument("--only-veth", action="store_true", help="of the big runs, only the one through run")
     args = parser.parse_args()
 
     if args.skip_compare:
-        if args.big:
+        if args.big and not args.only_veth:
             big_run(args.big, args.budget, args.verify, args.rate)
         if args.veth:
             veth_run(args.big or args.connections, args.budget, args.pps, args.rate)

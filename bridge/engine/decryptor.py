@@ -672,14 +672,16 @@ class Decryptor:
                                    build=partial(flow_summary, flow, ended_by, key_origin, outcome)))
 
 
-def budget_problem(settings: EngineSettings) -> str | None:
-    """Why ``memory_limit`` leaves too little for connections (at least 16 MiB), if it does."""
-    reserved = PROCESS_BYTES + settings.recently_closed * CLOSED_BYTES
+def budget_problem(settings: EngineSettings, *, rings: int = 0) -> str | None:
+    """Why ``memory_limit`` leaves too little for connections (at least 16 MiB), if it
+    does; ``rings``: the bytes of the capture rings the process maps (the sensor's)."""
+    reserved = PROCESS_BYTES + settings.recently_closed * CLOSED_BYTES + rings
     if settings.memory_limit - reserved >= 16 * 1024 * 1024:
         return None
     return (f"memory_limit {settings.memory_limit:,} bytes leaves less than 16 MiB for connections: the process "
-            f"takes {PROCESS_BYTES:,} and {settings.recently_closed:,} recently closed connections "
-            f"{settings.recently_closed * CLOSED_BYTES:,} (lower recently_closed or raise memory_limit)")
+            f"takes {PROCESS_BYTES:,}, {settings.recently_closed:,} recently closed connections "
+            f"{settings.recently_closed * CLOSED_BYTES:,}" + (f", the capture rings {rings:,}" if rings else "")
+            + " (lower recently_closed or buffer_mb, or raise memory_limit)")
 
 
 def _payload_from_client(segment: TcpSegment) -> bool:

@@ -244,7 +244,7 @@ def _semantic(config: Config, where) -> list[str]:  # type: ignore[no-untyped-de
         problems.append(f"{where('metrics', 'listen')}: [metrics] listen: expected HOST:PORT")
     if not config.output.flows:
         problems.append(f"{where('output', 'flows')}: [output] flows: a path is needed")
-    budget = budget_problem(config.decrypt)
+    budget = budget_problem(config.decrypt, rings=len(config.capture.interfaces) * (config.capture.buffer_mb << 20))
     if budget is not None:
         problems.append(f"{where('decrypt', 'memory_limit')}: [decrypt] {budget}")
     return problems

@@ -115,6 +115,8 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
     outputs = Outputs(flow_log=flow_log, reinject=reinject,
                       requests=KeyRequester(receiver) if keys.requests and receiver is not None else None)
     engine = Engine(keys.store, config.decrypt, output=outputs, request_keys=keys.requests)
+    # The capture rings are the worker's memory too: the budget ([decrypt] memory_limit) covers them.
+    engine.decryptor.process_bytes += capture_ring_bytes(config)
     captures = [AfPacketCapture(interface, snaplen=config.capture.snaplen,
                                 buffer_bytes=config.capture.buffer_mb << 20, stop_event=stop, idle_marker=True,
                                 fanout_group=FANOUT_BASE + number if config.capture.workers > 1 else None)
@@ -167,6 +169,11 @@ class _Rate:
         rate = 0.0 if self.at is None or now <= self.at else (value - self.value) / (now - self.at)
         self.value, self.at = value, now
         return rate
+
+
+def capture_ring_bytes(config: Config) -> int:
+    """The AF_PACKET rings of a worker's captures (mapped into it: its RSS once used)."""
+    return len(config.capture.interfaces) * (config.capture.buffer_mb << 20)
 
 
 def _fill(counters: WorkerCounters, engine: Engine, captures: list[Any], reinject: Any, receiver: Any) -> None:

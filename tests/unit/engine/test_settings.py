@@ -63,9 +63,9 @@ def test_out_of_bounds_is_refused_by_both(capsys):
 def test_the_memory_budget_and_the_flood_summary_from_flags_and_toml(capsys):
     from bridge.outputs.flowlog import FlowLogSettings
 
-    args = _decrypt("--memory-limit", "134217728", "--evict-idle", "5", "--never-completed", "each",
+    args = _decrypt("--memory-limit", "268435456", "--evict-idle", "5", "--never-completed", "each",
                     "--never-completed-sample", "3", "--never-completed-servers", "7")
-    config = _config(["decrypt.memory_limit=134217728", "decrypt.evict_idle=5", "output.never_completed='each'",
+    config = _config(["decrypt.memory_limit=268435456", "decrypt.evict_idle=5", "output.never_completed='each'",
                       "output.never_completed_sample=3", "output.never_completed_servers=7"])
     assert from_arguments(EngineSettings, args) == config.decrypt
     assert from_arguments(FlowLogSettings, args) == FlowLogSettings(**{

@@ -34,3 +34,16 @@ def test_flood_counters_are_exported_per_worker():
     for reason, count in (("half_open", 69_990), ("idle", 7), ("oldest", 3)):
         assert samples[("tls_bridge_flows_evicted_by_total", (("reason", reason), ("worker", "0")))] == count
     assert samples[("tls_bridge_half_open_flows", worker1)] == 0
+
+
+def test_the_budget_covers_the_capture_rings():
+    import pytest
+
+    from bridge.sensor.config import ConfigError
+    from bridge.sensor.worker import capture_ring_bytes
+
+    sources = ["capture.interfaces=['eth1', 'eth2']", "keys.keylogs=['/run/keys.log']"]
+    config = load_config(None, [*sources, "capture.buffer_mb=64", "decrypt.memory_limit=268435456"])
+    assert capture_ring_bytes(config) == 128 << 20
+    with pytest.raises(ConfigError, match=r"\[decrypt\] memory_limit .* the capture rings 268,435,456"):
+        load_config(None, [*sources, "capture.buffer_mb=128", "decrypt.memory_limit=268435456"])
