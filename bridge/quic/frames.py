@@ -13,13 +13,13 @@ from bridge.errors import PacketDecodeError
 from bridge.quic.packets import read_varint
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CryptoFrame:
     offset: int
     data: bytes = field(repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamFrame:
     stream_id: int
     offset: int

@@ -53,7 +53,7 @@ def encode_varint(value: int) -> bytes:
     raise ValueError("varint out of range")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RawPacket:
     """One packet of a datagram, its protection not yet removed: ``data[start:end]``."""
 
@@ -145,7 +145,7 @@ def short_header(data: bytes, start: int, dcid_length: int) -> RawPacket:
     return RawPacket(PacketType.ONE_RTT, None, 0, start, end, pn_offset, data[start + 1:pn_offset])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Unprotected:
     """What header protection removal gives: the header as authenticated and the ciphertext."""
 
