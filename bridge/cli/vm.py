@@ -115,7 +115,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
         else:
             frames = _idle(stop)
         try:
-            harvester.run(frames, stop)
+            harvester.run(frames, stop, wire="wire" in triggers)
         finally:
             if hooks is not None:
                 stop.set()

@@ -555,11 +555,13 @@ class VmHarvester:
 
     # --- driving -----------------------------------------------------------------------------------
 
-    def run(self, frames: Iterator[Frame | None], stop, *, rescan_interval: float = 2.0) -> None:  # type: ignore[no-untyped-def]
-        """Feed ClientHellos from ``frames`` (None: nothing new) and the sensors'
-        requests until ``stop`` is set."""
+    def run(self, frames: Iterator[Frame | None], stop, *, rescan_interval: float = 2.0,  # type: ignore[no-untyped-def]
+            wire: bool = True) -> None:
+        """Feed ClientHellos from ``frames`` (None: nothing new; ``wire`` False: only
+        that, the VM's traffic is not seen) and the sensors' requests until ``stop``
+        is set."""
         next_scan = time.monotonic() + rescan_interval
-        for event in hellos(frames, ends=True, first_records=self.resolver.first_records):
+        for event in hellos(frames, ends=True, first_records=self.resolver.first_records if wire else None):
             if stop.is_set():
                 self.stats.unfinished += len(self.searches)
                 self.searches.keep([])
