@@ -183,6 +183,24 @@ class PendingSearch:
     next_try: float = 0.0
     #: When its end was seen (FIN/RST on the wire, or a sensor's word).
     closed_at: float | None = None
+    #: Candidate layouts that failed confirmation on this connection.
+    excluded: set[str] = field(default_factory=set)
+    #: An undecided confirmation is tried again at ``confirm_at``, waiting twice as long each time.
+    confirm_at: float = 0.0
+    confirm_wait: float = 0.01
+
+    def vouched(self, verdict: bool | None, build_id: str, now: float) -> bool:
+        """A confirmation's verdict on the secrets read through layout ``build_id``:
+        True to publish; undecided (None) backs off on this object; refused
+        (False) excludes that layout on this connection and searches again."""
+        if verdict is None:
+            self.confirm_at, self.confirm_wait = now + self.confirm_wait, min(self.confirm_wait * 2, 0.5)
+            return False
+        if not verdict:
+            self.excluded.add(build_id)
+            self.ssl = None
+            return False
+        return True
 
     def miss(self, now: float) -> str | None:
         """Why the search stops here without a result (the name of its counter), or
@@ -251,6 +269,42 @@ class PendingSearches(Generic[P]):
         self.items = still
         self._by_connection = {(item.hello.client, item.hello.server): item for item in still}
 
+    def carry_on(self, unfinished: list[P], now: float, stats: object) -> None:
+        """The end of a round: of the searches not finished, those that stop here
+        are counted by their reason (:meth:`PendingSearch.miss`), the others go on."""
+        still = []
+        for item in unfinished:
+            miss = item.miss(now)
+            if miss is not None:
+                count_miss(stats, miss)
+            else:
+                still.append(item)
+        self.keep(still)
+
+
+def other_candidate(reader, layout: BuildLayout, item: PendingSearch) -> tuple[int, Profile] | None:  # type: ignore[no-untyped-def]
+    """A connection located through one candidate layout whose secrets stay
+    incomplete (every candidate reads the client random it was found by: its own
+    offset put the object there): the (``SSL *``, candidate) of another candidate,
+    not excluded on it, that reads it whole from the same random, if any."""
+    profile = getattr(item, "profile", None)
+    path = profile.path("client_random") if profile is not None else None
+    if item.ssl is None or path is None or len(path) != 1:
+        return None
+    hit = item.ssl + path[0]
+    for other in layout.profiles():
+        other_path = other.path("client_random") or ()
+        if other is profile or other.build_id in item.excluded or len(other_path) != 1:
+            continue
+        ssl = hit - other_path[0]
+        try:
+            secrets = read_secrets(MemoryFields(reader, other, ssl))
+        except GuestAccessError:
+            continue
+        if secrets is not None and secrets.client_random == item.hello.client_random and secrets.complete:
+            return ssl, other
+    return None
+
 
 def request_event(request: KeyRequest) -> WireHello | WireEnd:
     """A sensor's key request: a connection to search for, or (``ended``) its end."""
@@ -264,11 +318,6 @@ class _Pending(PendingSearch):
     pid: int | None = None
     profile: Profile | None = None
     layout: BuildLayout | None = None
-    #: Candidate layouts that failed confirmation on this connection.
-    excluded: set[str] = field(default_factory=set)
-    #: An undecided confirmation is tried again at ``confirm_at``, waiting twice as long each time.
-    confirm_at: float = 0.0
-    confirm_wait: float = 0.01
     #: Searches of the owner's memory that did not find the object yet.
     locate_misses: int = 0
 
@@ -317,7 +366,7 @@ class WireSearch:
         return len(self.searches)
 
     def step(self, now: float) -> None:
-        still: list[_Pending] = []
+        unfinished: list[_Pending] = []
         for item in self.searches.items:
             if now >= item.next_try:
                 try:
@@ -338,12 +387,8 @@ class WireSearch:
                     item.next_try = now + min(LOCATE_BACKOFF_MAX, self.retry_interval * 2 ** min(item.locate_misses, 16))
                 else:
                     item.next_try = now + self.retry_interval
-            miss = item.miss(now)
-            if miss is not None:
-                count_miss(self.stats, miss)
-                continue
-            still.append(item)
-        self.searches.keep(still)
+            unfinished.append(item)
+        self.searches.carry_on(unfinished, now, self.stats)
 
     def _reader(self, pid: int) -> ProcessMemory:
         reader = self._readers.get(pid)
@@ -383,6 +428,10 @@ class WireSearch:
             item.ssl = None  # the object was freed or reused: search again
             return False
         if not secrets.complete:
+            if item.layout.profile is None:  # candidates: another may read this connection whole
+                switched = other_candidate(reader, item.layout, item)
+                if switched is not None:
+                    item.ssl, item.profile = switched
             return False
         pid, ssl, profile = item.pid, item.ssl, item.profile
         now = time.monotonic()
@@ -391,13 +440,8 @@ class WireSearch:
         maps = self._maps.get(pid) or read_maps(pid)
         verdict = self.vouch(item.layout, profile, secrets,
                              lambda: memory_evidence(reader, profile, ssl, lambda needles: present(reader, maps, needles)))
-        if verdict is None:  # not decidable yet: the same object, a little later (backing off)
-            item.confirm_at, item.confirm_wait = now + item.confirm_wait, min(item.confirm_wait * 2, 0.5)
-            return False
-        if not verdict:
-            item.excluded.add(profile.build_id)
-            item.ssl = None
-            self.stats.unconfirmed += 1
+        if not item.vouched(verdict, profile.build_id, now):
+            self.stats.unconfirmed += verdict is False
             return False
         self.publish(item.pid, secrets, item.layout, item.hello, item.seen_at)
         self.stats.published += 1

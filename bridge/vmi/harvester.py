@@ -59,8 +59,8 @@ from bridge.harvest.wire_search import (
     SearchIntake,
     WireEnd,
     WireHello,
-    count_miss,
     hellos,
+    other_candidate,
     request_event,
 )
 from bridge.keyfeed.wire import KeyRecord, KeyRequest, Origin
@@ -116,11 +116,6 @@ class GuestTarget:
 class _Pending(PendingSearch):
     target: GuestTarget | None = None
     profile: Profile | None = None
-    #: Candidate layouts that failed confirmation on this connection.
-    excluded: set[str] = field(default_factory=set)
-    #: An undecided confirmation is tried again at ``confirm_at``, waiting twice as long each time.
-    confirm_at: float = 0.0
-    confirm_wait: float = 0.01
 
 
 def _selected(process: GuestProcess, comms: set[str], pids: set[int], everything: bool) -> bool:
@@ -298,7 +293,7 @@ class VmHarvester:
             if now >= self._learn_search_at and any(t.layout.state == LEARNING for t in self.targets):
                 self._learn_search_at = now + _LEARN_SEARCH_INTERVAL
                 self._learn_by_search([random for random, item in unlocated.items() if item.ssl is None])
-        still = []
+        unfinished = []
         for item in self.searches.items:
             if item.ssl is None and self._already_published(item.hello.client_random):
                 continue  # a hook published it meanwhile
@@ -309,12 +304,8 @@ class VmHarvester:
                 except GuestAccessError:
                     item.ssl = None  # the process exited, the guest rebooted: search again
                 item.next_try = now + self.retry_interval
-            miss = item.miss(now)
-            if miss is not None:
-                count_miss(self.stats, miss)
-                continue
-            still.append(item)
-        self.searches.keep(still)
+            unfinished.append(item)
+        self.searches.carry_on(unfinished, now, self.stats)
 
     def _read(self, item: _Pending) -> bool:
         """Read a located connection's secrets; True once published."""
@@ -325,17 +316,16 @@ class VmHarvester:
             item.ssl = None  # freed or reused: search again
             return False
         if not secrets.complete:
+            if target.layout.profile is None:  # candidates: another may read this connection whole
+                switched = other_candidate(target.space, target.layout, item)
+                if switched is not None:
+                    item.ssl, item.profile = switched
             return False
         now = time.monotonic()
         if now < item.confirm_at:
             return False
         verdict = self._vouch(target, profile, ssl, secrets, wait=False)  # this thread feeds the records
-        if verdict is None:  # not decidable yet: the same object, a little later (backing off)
-            item.confirm_at, item.confirm_wait = now + item.confirm_wait, min(item.confirm_wait * 2, 0.5)
-            return False
-        if not verdict:
-            item.excluded.add(profile.build_id)
-            item.ssl = None
+        if not item.vouched(verdict, profile.build_id, now):
             return False
         if self._publish(target, secrets, trigger=f"vm-{item.hello.trigger}"):
             self.stats.latencies.append(time.monotonic() - item.seen_at)
