@@ -442,12 +442,8 @@ class VmHarvester:
             if random is None:
                 return
             key = (target.process.pid, ssl, random)
-            tries = self._learning_tries.get(key, 0)
-            if tries >= _LEARN_TRIES:
+            if not self._learning_try(key, _LEARN_TRIES):
                 return
-            self._learning_tries[key] = tries + 1
-            while len(self._learning_tries) > 10_000:
-                self._learning_tries.popitem(last=False)
             sample = observe(target.space.read_upto, ssl, random, self._finder(target))
         except GuestAccessError as exc:
             self.stats.target_errors += 1
@@ -455,11 +451,24 @@ class VmHarvester:
             return
         if sample is None:
             return  # no finished handshake in it yet: its next hooked call
-        self._learning_tries[key] = _LEARN_TRIES  # learned from: not again
+        self._learning_try(key, _LEARN_TRIES, done=True)  # learned from: not again
         self.stats.learned_from += 1
         profile = self.resolver.learn(layout, target.process.pid, sample)
         if profile is not None:
             self._publish_learned(layout, profile, f"gdb:{function}")
+
+    def _learning_try(self, key: tuple[int, int, bytes], limit: int, *, done: bool = False) -> bool:
+        """May this (pid, object, client random) be learned from once more (at most
+        ``limit`` times; ``done``: never again)?  Shared by the hook and search threads."""
+        with self._named_lock:
+            tries = self._learning_tries.get(key, 0)
+            if done or tries >= limit:
+                self._learning_tries[key] = limit
+                return False
+            self._learning_tries[key] = tries + 1
+            while len(self._learning_tries) > 10_000:
+                self._learning_tries.popitem(last=False)
+            return True
 
     def _learn_by_search(self, randoms: list[bytes]) -> None:
         """No hook needed: the named connections' client randoms searched in the memory
@@ -482,16 +491,12 @@ class VmHarvester:
                 for hit, random in list(self._search(target, pattern)):
                     for start in object_starts(target.space.read_upto, hit, in_library):
                         key = (target.process.pid, start, random)
-                        tries = self._learning_tries.get(key, 0)
-                        if tries >= _LEARN_TRIES * 10:  # (its handshake may take a while to finish)
+                        if not self._learning_try(key, _LEARN_TRIES * 10):  # (its handshake may take a while)
                             continue
-                        self._learning_tries[key] = tries + 1
-                        while len(self._learning_tries) > 10_000:
-                            self._learning_tries.popitem(last=False)
                         sample = observe(target.space.read_upto, start, random, self._finder(target))
                         if sample is None:
                             continue
-                        self._learning_tries[key] = _LEARN_TRIES * 10  # learned from: not again
+                        self._learning_try(key, _LEARN_TRIES * 10, done=True)  # learned from: not again
                         self.stats.learned_from += 1
                         profile = self.resolver.learn(layout, target.process.pid, sample)
                         if profile is not None:
