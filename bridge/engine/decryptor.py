@@ -209,6 +209,13 @@ class Decryptor:
         self._on_held = self.stats.record_hold.observe  # one bound method for every connection
         keys.take_arrivals()  # what is in the store now is found by lookup anyway
 
+    def allocate_flow_id(self) -> int:
+        """The next flow id: one sequence for every connection the engine logs (TCP,
+        QUIC, a QUIC connection's synthetic requests)."""
+        flow_id = self._next_id
+        self._next_id += 1
+        return flow_id
+
     @property
     def active_flows(self) -> int:
         return len(self._flows) + len(self._half_open)
@@ -300,9 +307,9 @@ class Decryptor:
         else:
             client, server = (segment.dst, segment.dport), (segment.src, segment.sport)
         info = FlowInfo(
-            self._next_id, segment.ip_version, client[0], client[1], server[0], server[1], segment.timestamp_ns
+            self.allocate_flow_id(), segment.ip_version, client[0], client[1], server[0], server[1],
+            segment.timestamp_ns
         )
-        self._next_id += 1
         tls = TlsConnection(
             sessions=self.sessions,
             budget=self.budget,

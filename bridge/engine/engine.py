@@ -53,16 +53,9 @@ class Engine:
         self.decryptor = decryptor(keys, self.settings, request_keys=request_keys, clock=clock)
         self.output = output
         #: QUIC connections: UDP datagrams of frames that are not TCP (bridge.engine.quic)
-        self.quic = QuicFlows(keys, self.settings, self._allocate_id, request_keys=request_keys)
+        self.quic = QuicFlows(keys, self.settings, self.decryptor.allocate_flow_id, request_keys=request_keys)
         self.counters = PacketCounters()
         self._next_tick_ns = 0
-
-    def _allocate_id(self) -> int:
-        """A flow id for a QUIC connection or a synthetic HTTP/3 request, from the TCP
-        decryptor's sequence (one flow id space in the flow log)."""
-        flow_id = self.decryptor._next_id
-        self.decryptor._next_id += 1
-        return flow_id
 
     # --- events out ---------------------------------------------------------------------
 
