@@ -17,10 +17,12 @@ bytes per direction, and the records waiting for keys (per direction and in tota
 see :class:`~bridge.tls.connection.PendingBudget`), each waiting at most ``key_wait``
 seconds of capture time; and the whole decryptor within ``memory_limit`` bytes.
 
-Memory: each flow is charged what it holds (:data:`FLOW_BYTES` for its objects,
-its ClientHello, its record layers, the bytes buffered for reassembly, framing and
-records waiting for secrets; :meth:`Decryptor.memory_used`), plus a reserve for the
-``recently_closed`` set.  When a segment leaves the total above the limit (or a new
+Memory: each flow is charged what it makes the process grow by (:data:`FLOW_BYTES`
+for its objects, its ClientHello, its record layers, the bytes buffered for
+reassembly, framing and records waiting for secrets, × :data:`CHURN`;
+:meth:`Decryptor.memory_used`), plus a reserve for the process itself
+(:data:`PROCESS_BYTES`, and what a front end adds to ``process_bytes``: the
+sensor's capture rings) and the ``recently_closed`` set.  When a segment leaves the total above the limit (or a new
 flow exceeds ``max_flows``), flows are evicted — finished and logged with
 ``ended_by: evicted`` — in this order until it fits:
 
@@ -40,10 +42,10 @@ from __future__ import annotations
 import gc
 import hashlib
 import time
-from functools import partial
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from bridge.engine.events import Event, FlowFinished, FlowInfo, FlowStarted, KeysWanted, PlaintextData
 from bridge.engine.packets import ACK, FIN, RST, SYN, TcpSegment

@@ -233,19 +233,23 @@ class ClientHello:
         return self._bytes(6)
 
 
+def _hello_start(body: bytes | memoryview, offset: int, what: str) -> tuple[bytes, int, int, bytes, int, int]:
+    """What both hellos begin with (RFC 8446 §4.1.2, §4.1.3): (the bytes, their end,
+    legacy_version, random, where the session ID starts and ends)."""
+    data = body if body.__class__ is bytes else bytes(body)
+    end = len(data)
+    if end - offset < 35:
+        raise RecordDecodeError(f"truncated {what}")
+    sid_at = offset + 35
+    return (data, end, (data[offset] << 8) | data[offset + 1], data[offset + 2 : offset + 34], sid_at,
+            sid_at + data[offset + 34])
+
+
 def parse_client_hello(body: bytes | memoryview, offset: int = 0) -> ClientHello:
     """The ClientHello whose body starts at ``offset`` of ``body`` (4 for a whole
     handshake message): one pass over the bytes, every length checked, nothing
     copied but the client random."""
-    data = body if body.__class__ is bytes else bytes(body)
-    end = len(data)
-    position = offset
-    if end - position < 35:
-        raise RecordDecodeError("truncated ClientHello")
-    legacy_version = (data[position] << 8) | data[position + 1]
-    random = data[position + 2 : position + 34]
-    sid_at = position + 35
-    sid_end = sid_at + data[position + 34]
+    data, end, legacy_version, random, sid_at, sid_end = _hello_start(body, offset, "ClientHello")
     if sid_end + 2 > end:
         raise RecordDecodeError("truncated ClientHello")
     suites_at = sid_end + 2
@@ -337,15 +341,7 @@ class ServerHello:
 def parse_server_hello(body: bytes | memoryview, offset: int = 0) -> ServerHello:
     """The ServerHello whose body starts at ``offset`` of ``body``: one pass, every
     length checked; its extensions (a few, small) are kept by type."""
-    data = body if body.__class__ is bytes else bytes(body)
-    end = len(data)
-    position = offset
-    if end - position < 35:
-        raise RecordDecodeError("truncated ServerHello")
-    legacy_version = (data[position] << 8) | data[position + 1]
-    random = data[position + 2 : position + 34]
-    sid_at = position + 35
-    sid_end = sid_at + data[position + 34]
+    data, end, legacy_version, random, sid_at, sid_end = _hello_start(body, offset, "ServerHello")
     if sid_end + 3 > end:
         raise RecordDecodeError("truncated ServerHello")
     cipher = (data[sid_end] << 8) | data[sid_end + 1]
