@@ -263,9 +263,7 @@ class Decryptor:
             else Direction.S2C
         flow.last_ns = timestamp_ns
         if timestamp_ns - flow.lru_ns > _LRU_GRANULARITY_NS:
-            # Activity order for idle expiry and eviction, kept to within 100 ms.
-            (self._half_open if flow.half_open else self._flows).move_to_end(info.flow_id)
-            flow.lru_ns = timestamp_ns
+            self._touch(flow, timestamp_ns)
         if segment.flags & _CONTROL_FLAGS or flow.closing is not None or flow.reset_at_ns is not None:
             self._segment(flow, direction, segment, events)
         else:
@@ -282,13 +280,22 @@ class Decryptor:
                     self._deliver(flow, direction, chunks, timestamp_ns, events)  # charges the flow
                 elif flow.ended_by is None:
                     self._charge(flow)
+        self._within_budget(flow, events)
+        return events
+
+    def _touch(self, flow: _Flow, timestamp_ns: int) -> None:
+        """Activity order for idle expiry and eviction (kept to within 100 ms)."""
+        (self._half_open if flow.half_open else self._flows).move_to_end(flow.info.flow_id)
+        flow.lru_ns = timestamp_ns
+
+    def _within_budget(self, flow: _Flow, events: list[Event]) -> None:
+        """After ``flow`` took bytes: evict until the memory budget holds; the peak."""
         used = self._charged + self.memory_reserved
         if used > self.config.memory_limit:
             self._make_room(events, flow)
             used = self._charged + self.memory_reserved
         if used > self.stats.memory_peak:
             self.stats.memory_peak = used
-        return events
 
     def _new_flow(
         self, segment: TcpSegment, key: tuple[bytes, int, bytes, int], events: list[Event]

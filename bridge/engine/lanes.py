@@ -35,6 +35,7 @@ a few dozen bytes each.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -68,11 +69,8 @@ class LaneDecryptor(Decryptor):
     """The decryptor with established TLS streams on the compiled path."""
 
     def __init__(self, keys: KeyStore, config: EngineSettings | None = None, *, request_keys: bool = False,
-                 clock: Callable[[], float] | None = None, capacity: int | None = None) -> None:
-        if clock is None:
-            super().__init__(keys, config, request_keys=request_keys)
-        else:
-            super().__init__(keys, config, request_keys=request_keys, clock=clock)
+                 clock: Callable[[], float] = time.monotonic, capacity: int | None = None) -> None:
+        super().__init__(keys, config, request_keys=request_keys, clock=clock)
         self.lanes = _lanes.Lanes(capacity or min(MAX_LANES, 2 * self.config.max_flows))
         #: flow_id → bit mask of its directions that are lanes
         self._laned: dict[int, int] = {}
@@ -98,12 +96,7 @@ class LaneDecryptor(Decryptor):
                 self._now_ns = timestamp_ns
             if flow.ended_by is None and flow.tls_active:
                 self._deliver(flow, direction, [data], timestamp_ns, events)
-                used = self._charged + self.memory_reserved  # the memory budget, as after a segment
-                if used > self.config.memory_limit:
-                    self._make_room(events, flow)
-                    used = self._charged + self.memory_reserved
-                if used > self.stats.memory_peak:
-                    self.stats.memory_peak = used
+                self._within_budget(flow, events)  # as after a segment
         if closed is not None:
             self.lanes_refused += 1
             state = LaneState(*closed)
@@ -118,8 +111,6 @@ class LaneDecryptor(Decryptor):
         if flow is self._finishing or flow.ended_by is not None:
             return
         mask = self._laned.get(flow.info.flow_id, 0)
-        if mask:
-            self._charge(flow)  # what the chunk left buffered counts against the memory budget
         if not flow.tls_active:
             if mask:
                 self._close_lanes(flow)
@@ -212,7 +203,4 @@ class LaneDecryptor(Decryptor):
         if last_ns > flow.last_ns:
             flow.last_ns = last_ns
         if flow.ended_by is None and last_ns - flow.lru_ns > _LRU_GRANULARITY_NS:
-            table = self._half_open if getattr(flow, "half_open", False) else self._flows  # type: ignore[attr-defined]
-            if flow.info.flow_id in table:
-                table.move_to_end(flow.info.flow_id)
-            flow.lru_ns = last_ns
+            self._touch(flow, last_ns)
