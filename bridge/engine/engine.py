@@ -156,8 +156,7 @@ class Engine:
                 if seen >= next_check:  # about every 256 frames: secrets that arrived, progress
                     next_check = seen + 256
                     if keys.has_arrivals:
-                        dispatch(decryptor.keys_arrived())
-                        dispatch(self.quic.keys_arrived())
+                        self.keys_arrived()
                     if progress is not None and seen >= next_progress:
                         next_progress = seen + 4096
                         counters.frames += frame_count
