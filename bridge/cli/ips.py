@@ -40,6 +40,7 @@ def run_inline(args: argparse.Namespace) -> int:
             keys_policy=args.missing_keys_policy or args.exception_policy,
             verdict_policy=args.verdict_policy or args.exception_policy,
             memcap_policy=args.memcap_policy or args.exception_policy,
+            decrypt_policy=args.decrypt_error_policy or args.exception_policy,
             flow_memcap=args.flow_memcap, memcap=args.memcap, resets=not args.no_reset)
         return inline_service.serve(inline_service.InlineServiceSettings(
             queue=args.queue_num, suricata_in=args.suricata_in, suricata_out=args.suricata_out,
@@ -175,6 +176,9 @@ def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(default: --exception-policy)")
     inline.add_argument("--memcap-policy", choices=POLICIES, help="over --flow-memcap or --memcap, or the kernel's "
                         "queue full (default: --exception-policy)")
+    inline.add_argument("--decrypt-error-policy", choices=POLICIES, help="its secrets came but a record failed to "
+                        "decrypt (wrong_key, a record the engine cannot read, an unsupported cipher): it cannot be "
+                        "judged (default: --exception-policy)")
     inline.add_argument("--hold-budget", type=float, default=InlineSettings.hold_budget, metavar="SECONDS",
                         help="how long held packets wait for their connection's secrets (default: %(default)s)")
     inline.add_argument("--verdict-timeout", type=float, default=InlineSettings.verdict_timeout, metavar="SECONDS",

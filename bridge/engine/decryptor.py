@@ -218,6 +218,16 @@ class Decryptor:
         self._next_id += 1
         return flow_id
 
+    def failure(self, flow_id: int) -> tuple[str, str] | None:
+        """Why an open connection's decryption stopped — (flow log status, reason), e.g.
+        ("wrong_key", "c2s record failed to authenticate") — or None while it goes on
+        (the inline IPS must not let a record it could not read pass as judged)."""
+        flow = self._flows.get(flow_id) or self._half_open.get(flow_id)
+        if flow is None or flow.tls.failure is None:
+            return None
+        status, reason = flow.tls.failure
+        return status.value, reason
+
     @property
     def active_flows(self) -> int:
         return len(self._flows) + len(self._half_open)

@@ -98,6 +98,7 @@ class InlineSettings:
     keys_policy: str = "drop-flow"
     verdict_policy: str = "drop-flow"
     memcap_policy: str = "drop-flow"
+    decrypt_policy: str = "drop-flow"  # secrets present, but a record failed to decrypt (wrong_key, ...)
     flow_memcap: int = 4 << 20  # bytes of packets held per connection
     memcap: int = 256 << 20  # bytes of packets held in all
     max_flows: int = 100_000
@@ -106,7 +107,7 @@ class InlineSettings:
     resets: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("keys_policy", "verdict_policy", "memcap_policy"):
+        for name in ("keys_policy", "verdict_policy", "memcap_policy", "decrypt_policy"):
             if getattr(self, name) not in POLICIES:
                 raise InlineSettingsError(f"{name.replace('_', '-')}: {getattr(self, name)!r}, expected "
                                           f"{' or '.join(POLICIES)}")
@@ -130,6 +131,7 @@ class InlineCounters:
     fail_closed: int = 0  # connections cut by a drop-flow policy
     verdicts_passed: int = 0
     verdicts_dropped: int = 0
+    decrypt_failures: int = 0  # connections whose records could not be decrypted although secrets were there
     cuts: int = 0
     probes: int = 0
     policy: dict[str, int] = field(default_factory=dict)  # "keys:pass-flow" → connections
@@ -198,6 +200,7 @@ class _Conn:
         "held",
         "held_bytes",
         "key",
+        "keys_seen",
         "last_seen",
         "max_hold",
         "passed_groups",
@@ -222,6 +225,7 @@ class _Conn:
         self.last_seen = self.started = now
         self.summary: FlowFinished | None = None
         self.decrypted = False
+        self.keys_seen = False  # its secrets were in the store (the engine forgets them when it ends the flow)
         self.policies: list[str] = []
         self.held = self.released = self.dropped = self.passed_groups = self.dropped_groups = 0
         self.max_hold = 0.0
@@ -451,6 +455,8 @@ class InlineIps:
             self._route()
         self._feed(frame)
         app = self._application_data(conn, direction, ends)
+        if app and known and self._decrypt_failed(conn, now, side, held, counted):
+            return
         created = self._step_groups.get((id(conn), direction))
         if created is not None:
             held.group = created
@@ -560,11 +566,37 @@ class InlineIps:
             return event
         return dataclasses.replace(event, flow=dataclasses.replace(event.flow, client_port=conn.synthetic_port))
 
+    def _decrypt_failed(self, conn: _Conn, now: float, side: _Side | None = None, held: _Held | None = None,
+                        counted: bool = False) -> bool:
+        """Secrets were there but the engine could not decrypt (``wrong_key``, a record it
+        cannot parse, an unsupported cipher): the records cannot be judged, so the decrypt
+        policy decides — never a pass as if Suricata had seen them.  ``held``: the packet
+        that brought the record, held first so that the policy decides it too."""
+        if conn.flow_id is None or not self._keys_known(conn):  # without secrets: the missing-keys policy's case
+            return False
+        failure = self.engine.decryptor.failure(conn.flow_id)
+        if failure is None and conn.summary is not None and conn.summary.status not in ("decrypted", None):
+            failure = conn.summary.status, conn.summary.summary.reason  # the engine ended it meanwhile
+        if failure is None:
+            return False
+        status, reason = failure
+        if status == "no_keys":  # the engine gave up waiting: the missing-keys policy's case
+            return False
+        if held is not None and side is not None:
+            if counted:  # counted as held when it came after a hole
+                side.queue.append(held)
+            else:
+                self._hold(conn, side, held)
+        self.counters.decrypt_failures += 1
+        self._policy(conn, self.settings.decrypt_policy, "decrypt", f"decryption failed: {status} ({reason})", now)
+        return True
+
     def _keys_known(self, conn: _Conn) -> bool:
-        if conn.decrypted:
+        if conn.decrypted or conn.keys_seen:
             return True
         random = conn.sides[Direction.C2S].records.client_random
-        return random is not None and self.keys.lookup(random) is not None
+        conn.keys_seen = random is not None and self.keys.lookup(random) is not None
+        return conn.keys_seen
 
     # --- holding and releasing --------------------------------------------------------------------
 
@@ -617,6 +649,9 @@ class InlineIps:
 
     def _pump(self, conn: _Conn, now: float) -> None:
         """Release each direction's queue from its head while nothing ahead waits."""
+        if conn.state == "monitoring" and (conn.sides[0].queue or conn.sides[1].queue) and self._decrypt_failed(
+                conn, now):
+            return  # a record failed to decrypt: what is held cannot all have been judged
         for direction, side in enumerate(conn.sides):
             queue = side.queue
             released: list[_Held] = []
@@ -799,6 +834,8 @@ class InlineIps:
     def _after_keys(self, ready: list[_Group], now: float) -> None:
         for group in ready:
             conn = group.conn
+            if conn.state == "monitoring" and group.state == "pending" and self._decrypt_failed(conn, now):
+                continue  # the policy decided its packets
             if conn.state == "monitoring" and group.state == "pending":
                 self._settle(group, "passed", now, "secrets arrived; no application data in the records held")
                 for side in conn.sides:

@@ -92,12 +92,14 @@ class _Metrics:
             ("fail_closed", "Connections cut by a drop-flow policy.", counters.fail_closed),
             ("verdicts_passed", "Plaintext Suricata passed.", counters.verdicts_passed),
             ("verdicts_dropped", "Plaintext Suricata dropped.", counters.verdicts_dropped),
+            ("decrypt_failures", "Connections whose records failed to decrypt although secrets came (wrong_key...).",
+             counters.decrypt_failures),
             ("cuts", "Connections cut (RST to both ends).", counters.cuts),
             ("queue_overruns", "Times the queue socket's buffer overflowed (ENOBUFS).", self.queue.overruns),
         ):
             yield CounterMetricFamily(f"tls_bridge_ips_inline_{name}", help_text, value=value)
         policies = CounterMetricFamily("tls_bridge_ips_inline_policy", "Connections a policy decided, by "
-                                       "what (keys, verdict, memcap) and policy.", labels=["what", "policy"])
+                                       "what (keys, verdict, memcap, decrypt) and policy.", labels=["what", "policy"])
         for name, count in sorted(counters.policy.items()):
             what, _, policy = name.partition(":")
             policies.add_metric([what, policy], count)
@@ -192,7 +194,7 @@ def serve(settings: InlineServiceSettings, stop: threading.Event | None = None) 
                   f"(MTU {mtu}), "
                   f"back on {settings.suricata_out}; policies: keys {policies.keys_policy} after "
                   f"{policies.hold_budget:g} s, verdict {policies.verdict_policy} after {policies.verdict_timeout:g} s, "
-                  f"memcap {policies.memcap_policy}\n")
+                  f"memcap {policies.memcap_policy}, decrypt errors {policies.decrypt_policy}\n")
         err.flush()
         _loop(core, queue, tx, rx, raw4, raw6, log, flow_log, stop, settings.source_mac, settings.server_mac)
         core.close(time.time())
@@ -201,7 +203,7 @@ def serve(settings: InlineServiceSettings, stop: threading.Event | None = None) 
         err.write(f"tls-bridge: ips --inline: {c.packets} packets: {c.accepted} accepted at once, {c.held} held, "
                   f"{c.released} released, {c.dropped} dropped, {c.unmonitored} not monitored; {c.verdicts_passed} "
                   f"verdicts passed, {c.verdicts_dropped} dropped; {c.cuts} connections cut, {c.fail_open} failed "
-                  f"open\n")
+                  f"open, {c.decrypt_failures} failed to decrypt\n")
     finally:
         if queue is not None:
             queue.close()

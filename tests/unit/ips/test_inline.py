@@ -237,3 +237,72 @@ def test_holding_memory_is_bounded_per_connection():
         packet_id += 1
     assert core.counters.cuts == 1 and core.counters.policy == {"memcap:drop-flow": 1}
     assert 65536 // 1325 <= core.counters.held <= 65536 // 1325 + 2 and core.held_bytes == 0
+
+
+
+def _wrong_entries(name: str, labels: tuple[str, ...]) -> list:
+    """The fixture's secrets with those of ``labels`` corrupted (one bit of each flipped)."""
+    import dataclasses
+
+    return [dataclasses.replace(e, secret=e.secret[:-1] + bytes([e.secret[-1] ^ 1])) if e.label in labels else e
+            for e in Fixture(name).entries()]
+
+
+def _wrong_store(name: str, labels: tuple[str, ...]) -> KeyStore:
+    store = KeyStore()
+    for entry in _wrong_entries(name, labels):
+        store.add_entry(entry)
+    return store
+
+
+WRONG = [("tls13-http1", ("CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0")),  # the handshake decrypts
+         ("tls12-gcm-h2", ("CLIENT_RANDOM",))]  # the Finished already fails
+
+
+@pytest.mark.parametrize("name,labels", WRONG, ids=[w[0] for w in WRONG])
+@pytest.mark.parametrize("policy", ["pass-flow", "drop-flow"])
+def test_a_record_that_fails_to_decrypt_follows_the_decrypt_policy(name, labels, policy):
+    """Secrets present but wrong: no record passes as judged; pass-flow releases the
+    connection uninspected, drop-flow drops and resets; logged and counted."""
+    core = InlineIps(_wrong_store(name, labels), InlineSettings(decrypt_policy=policy))
+    suricata = Suricata()
+    packets = _packets(name)
+    verdicts, held = _run(core, packets, suricata)
+    assert core.counters.held >= 1 and not suricata.seen  # nothing was decrypted, so nothing was judged
+    assert core.counters.decrypt_failures == 1 and core.counters.verdicts_passed == 0
+    assert core.counters.policy == {f"decrypt:{policy}": 1}
+    if policy == "pass-flow":  # held, then released by the policy in the same step
+        assert verdicts == {i: NF_ACCEPT for i in range(1, len(packets) + 1)}
+        assert core.counters.fail_open == 1 and core.counters.cuts == 0
+        assert core.counters.released == core.counters.held
+    else:
+        first = min(i for i, v in verdicts.items() if v == NF_DROP)  # the first application data record's end
+        assert all(verdicts[i] == NF_ACCEPT for i in range(1, first))
+        assert verdicts[first] == NF_DROP and all(verdicts[i] == NF_DROP for i in range(first, len(packets) + 1))
+        assert core.counters.fail_closed == 1 and core.counters.cuts == 1 and len(core.out.resets) == 2
+    (policy_line,) = [r for r in core.out.log if r["event"] == "policy"]
+    assert policy_line["policy"] == f"decrypt:{policy}" and "wrong_key" in policy_line["why"], policy_line
+    core.close(T0 + 10)
+    (line,) = core.out.flows
+    assert line["status"] == "wrong_key"
+    assert line["ips"]["verdict"] == ("uninspected" if policy == "pass-flow" else "dropped")
+    assert "wrong_key" in line["ips"]["reason"] and line["ips"]["policies"][0].startswith(f"decrypt:{policy}")
+
+
+def test_secrets_that_come_late_and_are_wrong_follow_the_decrypt_policy():
+    """The records waited for secrets; the secrets that came do not decrypt them: dropped
+    (the default), not passed as if judged."""
+    name, labels = WRONG[0]
+    store = KeyStore()
+    core = InlineIps(store, InlineSettings(hold_budget=5.0))
+    suricata = Suricata()
+    verdicts, held = _run(core, _packets(name), suricata)
+    assert held and not [i for i in held if i in verdicts]
+    for entry in _wrong_entries(name, labels):
+        store.add_entry(entry)
+    core.tick(T0 + 3)
+    suricata.step(core, T0 + 3.001)
+    core.tick(T0 + 3.002)
+    decided = dict(core.out.verdicts)
+    assert {decided[i] for i in held} == {NF_DROP} and not suricata.seen
+    assert core.counters.policy == {"decrypt:drop-flow": 1} and core.counters.cuts == 1
