@@ -22,7 +22,6 @@ import re
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
@@ -187,76 +186,101 @@ def _eve_time(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
 
 
+def _tshark_fields(pcap: Path, keylog: Path, display: str, *fields: str) -> list[list[str]]:
+    # (Pure ACKs pass while a segment before them is held: tshark's sequence analysis would
+    # call the held segment a retransmission and not dissect it, hence off.)
+    out = subprocess.run(["tshark", "-r", str(pcap), "-o", f"tls.keylog_file:{keylog}", "-o",
+                          "tcp.analyze_sequence_numbers:FALSE", "-Y", display, "-T", "fields",
+                          *[x for f in fields for x in ("-e", f)]], capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in out.splitlines()]
+
+
+CONNECTIONS, PER_CONNECTION = 200, 2
+
+
 def test_concurrent_connections_lose_nothing_and_wait_for_their_verdicts(lab):
-    connections, per_connection = 60, 2
+    """200 connections open at once (TLS 1.3 and 1.2, every handshake done before the
+    first request; two requests each, in lockstep rounds, so all 200 are in flight
+    together): every byte of every file arrives in order, nothing is cut or fails open,
+    and no request reaches the server before Suricata judged it.
+
+    Oracles independent of the bridge: the files on the server (SHA-256), nginx's access
+    log (each request once, with the number of connections open when it was served), a
+    capture on the server decrypted by tshark with the client's key log (every connection
+    opened before the first request arrived, each request's arrival time), Suricata's
+    eve (when it judged each request).  And the bridge's own release log: each release
+    after the verdicts it depended on."""
     rng = __import__("random").Random(13)
     files = {}
-    for i in range(connections * per_connection):
-        data = os.urandom(rng.randrange(2_000, 120_000))
-        (lab.html / "files" / f"f{i}").write_bytes(data)
-        files[f"f{i}"] = hashlib.sha256(data).hexdigest()
+    for i in range(CONNECTIONS * PER_CONNECTION):
+        data = os.urandom(rng.randrange(1_000, 64_000))
+        (lab.html / "files" / f"c{i}").write_bytes(data)
+        files[f"c{i}"] = hashlib.sha256(data).hexdigest()
     downloads = lab.tmp / "downloads"
     downloads.mkdir()
+    keylog = lab.tmp / "concurrent-client.keylog"
     server_pcap = lab.tmp / "server-concurrent.pcap"
     capture = _capture(lab.server, "s0", server_pcap)
     marks = len(lab.eve.read_text().splitlines())
-
-    def fetch(n: int) -> subprocess.CompletedProcess:
-        args = ["--http1.1"]
-        for k in range(per_connection):
-            name = f"f{n * per_connection + k}"
-            args += ["-o", str(downloads / name), f"https://{SERVER}/files/{name}"]
-        return lab.curl(*args, timeout=120)
-
+    served_before = len(lab.access())
     with lab.ips("concurrent", "--hold-budget", "10", "--verdict-timeout", "5", "--log-releases", "--metrics",
                  "127.0.0.1:9813") as ips:
         ips.wait_for("ips --inline: queue", 30)
-        with ThreadPoolExecutor(connections) as pool:
-            results = list(pool.map(fetch, range(connections)))
+        status, clients = lab.concurrent_client(downloads, keylog, connections=CONNECTIONS,
+                                                 per_connection=PER_CONNECTION, prefix="c")
         time.sleep(1.0)
         metrics = subprocess.run([*exec_in(lab.gateway), "curl", "-s", "http://127.0.0.1:9813/metrics"],
                                  capture_output=True, text=True, check=False).stdout
         assert ips.stop() == 0, ips.text()
+    _stop_capture(capture)
+    failed = [c for c in clients if c["error"]]
+    assert status == 0 and len(clients) == CONNECTIONS and not failed, (status, failed[:3])
+    assert {c["negotiated"] for c in clients} == {"TLSv1.3", "TLSv1.2"}
+    # nothing lost, nothing reordered: the client's bytes are the server's files
+    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in downloads.iterdir()}
+    assert got == files
+    # the server saw each request once, while all the connections were open
+    served = lab.access()[served_before:]
+    assert sorted(a["uri"] for a in served) == sorted(f"/files/{name}" for name in files)
+    assert min(int(a["active"]) for a in served) >= CONNECTIONS, sorted(int(a["active"]) for a in served)[:5]
+    # the bridge: nothing cut, nothing failed open, counters that agree
     values = {name: float(value) for name, value in
               re.findall(r"^(tls_bridge_ips_inline_[a-z_]+(?:_total|_count)) ([0-9.e+]+)$", metrics, re.MULTILINE)}
     assert values["tls_bridge_ips_inline_held_total"] == values["tls_bridge_ips_inline_released_total"] > 0, values
     assert values["tls_bridge_ips_inline_hold_seconds_count"] == values["tls_bridge_ips_inline_held_total"]
     assert values["tls_bridge_ips_inline_dropped_total"] == values["tls_bridge_ips_inline_fail_open_total"] == 0
-    _stop_capture(capture)
-    failed = [r for r in results if r.returncode != 0]
-    assert not failed, [(r.returncode, r.stderr) for r in failed[:3]]
-    got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in downloads.iterdir()}
-    assert got == files  # every byte, in order
+    assert values["tls_bridge_ips_inline_decrypt_failures_total"] == 0
     work = lab.tmp / "concurrent"
     log, flows = jsonl(work / "ips.jsonl"), jsonl(work / "flows.jsonl")
-    releases = [r for r in log if r["event"] == "release"]
     assert not [r for r in log if r["event"] in ("cut", "policy")], [r for r in log if r["event"] != "release"][:5]
+    releases = [r for r in log if r["event"] == "release"]
     judged = [r for r in releases if any(v["kind"] == "verdict" for v in r["verdicts"])]
-    assert len({r["client"] for r in judged}) == connections, "a connection's records were not judged"
-    for release in releases:
+    ports = {int(c["port"]) for c in clients}
+    assert {int(r["client"].rsplit(":", 1)[1]) for r in judged} == ports, "a connection's records were not judged"
+    for release in releases:  # each release after the verdicts that allowed it
         for verdict in release["verdicts"]:
             assert verdict["verdict"] == "passed" and verdict["at"] <= release["time"], release
-    inline = [f for f in flows if "ips" in f]
-    assert len(inline) == connections and all(f["ips"]["verdict"] == "passed" for f in inline), inline[:3]
+    inline = [f for f in flows if "ips" in f and int(f["client"].rsplit(":", 1)[1]) in ports]
+    assert len(inline) == CONNECTIONS and all(f["ips"]["verdict"] == "passed" for f in inline), inline[:3]
+    assert all(f["status"] == "decrypted" for f in inline), [f for f in inline if f["status"] != "decrypted"][:3]
     assert sum(f["ips"]["held_packets"] for f in inline) == sum(f["ips"]["released_packets"] for f in inline)
-    # Independent of the bridge's own log: each request reached the server (its capture,
-    # decrypted by tshark with curl's key log) after Suricata judged its plaintext (eve).
+    # the server's capture: all 200 opened before the first request arrived, each request
+    # arrived after Suricata judged it (eve)
+    syns = _tshark_fields(server_pcap, keylog, "tcp.flags.syn == 1 && tcp.flags.ack == 0", "frame.time_epoch",
+                          "tcp.srcport")
+    opened = {int(port): float(stamp) for stamp, port in syns if int(port) in ports}
+    requests = _tshark_fields(server_pcap, keylog, "http.request", "frame.time_epoch", "tcp.srcport",
+                              "http.request.uri")
+    arrived: dict[tuple[int, str], float] = {}
+    for stamp, port, uri in requests:
+        arrived.setdefault((int(port), uri), float(stamp))
+    assert len(opened) == CONNECTIONS and len(arrived) == CONNECTIONS * PER_CONNECTION, (len(opened), len(arrived))
+    assert max(opened.values()) < min(arrived.values())  # truly concurrent
     judged_at = {}
     for line in lab.eve.read_text().splitlines()[marks:]:
         event = json.loads(line)
         if event.get("event_type") == "alert" and event["alert"]["signature_id"] == 9913002:
             judged_at[(event["src_port"], event["http"]["url"])] = _eve_time(event["timestamp"])
-    # (Pure ACKs pass while a segment before them is held: tshark's sequence analysis would
-    # call the held segment a retransmission and not dissect it, hence off.)
-    out = subprocess.run(["tshark", "-r", str(server_pcap), "-o", f"tls.keylog_file:{lab.client_keylog}", "-o",
-                          "tcp.analyze_sequence_numbers:FALSE", "-Y",
-                          "http.request", "-T", "fields", "-e", "frame.time_epoch", "-e", "tcp.srcport", "-e",
-                          "http.request.uri"], capture_output=True, text=True, check=True).stdout
-    arrived = {}
-    for line in out.splitlines():
-        stamp, port, uri = line.split("\t")
-        arrived.setdefault((int(port), uri), float(stamp))
-    assert len(arrived) == connections * per_connection, len(arrived)
     assert set(arrived) <= set(judged_at), sorted(set(arrived) - set(judged_at))[:3]
     early = [(key, judged_at[key] - at) for key, at in arrived.items() if at < judged_at[key]]
     assert not early, f"requests that reached the server before Suricata judged them: {early[:3]}"

@@ -62,6 +62,19 @@ class Lab:
                               *keys, "--flows", str(work / "flows.jsonl"), "--log", str(work / "ips.jsonl"), *extra],
                              work / "ips.err", prefix=exec_in(self.gateway))
 
+    def concurrent_client(self, downloads: Path, keylog: Path, *, connections: int, per_connection: int,
+                          prefix: str = "f", timeout: float = 60) -> tuple[int, list[dict]]:
+        """tests/support/inline_client.py in the client's namespace: ``connections`` connections
+        open at once, ``per_connection`` requests each in lockstep rounds."""
+        result = subprocess.run([*exec_in(self.client), str(ROOT / ".venv" / "bin" / "python"), "-m",
+                                 "tests.support.inline_client", "--host", SERVER, "--connections", str(connections),
+                                 "--per-connection", str(per_connection), "--prefix", prefix, "--downloads",
+                                 str(downloads), "--keylog", str(keylog), "--timeout", str(timeout)],
+                                capture_output=True, text=True, check=False, cwd=ROOT, timeout=timeout * 4)
+        lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert lines or result.returncode == 0, result.stderr
+        return result.returncode, lines
+
     def curl(self, *args: str, timeout: float = 40) -> subprocess.CompletedProcess:
         return subprocess.run([*exec_in(self.client), "curl", "-sk", "--max-time", str(timeout), *args],
                               capture_output=True, text=True, check=False,
@@ -69,7 +82,7 @@ class Lab:
 
     def access(self) -> list[dict[str, str]]:
         lines = self.access_log.read_text().splitlines() if self.access_log.exists() else []
-        return [dict(zip(("msec", "connection", "uri", "status", "protocol"), line.split())) for line in lines]
+        return [dict(zip(("msec", "connection", "uri", "status", "protocol", "active"), line.split())) for line in lines]
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -122,7 +135,7 @@ def _nginx(server: str, tmp: Path, certs: tlslab.CertChain) -> tuple[subprocess.
     conf = prefix / "nginx.conf"
     conf.write_text(f"""daemon off; master_process off; user root; pid {prefix}/nginx.pid;
 error_log {prefix}/logs/error.log; events {{ worker_connections 1024; }}
-http {{ log_format ipsi '$msec $connection $request_uri $status $server_protocol';
+http {{ log_format ipsi '$msec $connection $request_uri $status $server_protocol $connections_active';
 access_log {access} ipsi; client_body_temp_path {prefix}/tmp; proxy_temp_path {prefix}/tmp;
 fastcgi_temp_path {prefix}/tmp; uwsgi_temp_path {prefix}/tmp; scgi_temp_path {prefix}/tmp;
 keepalive_requests 1000;
