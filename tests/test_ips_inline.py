@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -176,6 +177,92 @@ def test_without_secrets_the_policy_decides(lab, policy):
         assert result.returncode in (16, 35, 55, 56, 92), (result.returncode, result.stderr)
         assert served == [], served
         assert [f["ips"]["verdict"] for f in flows if "ips" in f] == ["dropped"], flows
+        assert any(r["event"] == "cut" and r["resets_sent"] == 2 for r in ips_log), ips_log
+
+
+# --- secrets present but wrong: the decrypt-error policy ----------------------------------------------
+
+
+class _CorruptedKeyLog(threading.Thread):
+    """Copies what the harvester appends to its key log into another key log, with the
+    application traffic secrets corrupted (one bit flipped): the handshake decrypts, the
+    application data does not (wrong_key)."""
+
+    LABELS = ("CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0")
+
+    def __init__(self, source: Path, target: Path) -> None:
+        super().__init__(daemon=True)
+        self.source, self.target, self.stop = source, target, threading.Event()
+        self.offset = source.stat().st_size if source.exists() else 0
+        self.corrupted = 0
+        target.write_text("")
+
+    def run(self) -> None:
+        pending = b""
+        while not self.stop.is_set():
+            if self.source.exists():
+                with open(self.source, "rb") as handle:
+                    handle.seek(self.offset)
+                    data = handle.read()
+                self.offset += len(data)
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                out = []
+                for line in lines:
+                    parts = line.decode().split()
+                    if len(parts) == 3 and parts[0] in self.LABELS:
+                        parts[2] = parts[2][:-1] + format(int(parts[2][-1], 16) ^ 1, "x")
+                        self.corrupted += 1
+                    out.append(" ".join(parts) + "\n")
+                if out:
+                    with open(self.target, "a") as handle:
+                        handle.write("".join(out))
+            time.sleep(0.02)
+
+
+@pytest.mark.parametrize("policy", ["pass-flow", "drop-flow"])
+def test_secrets_that_do_not_decrypt_follow_the_decrypt_error_policy(lab, policy):
+    """A key log whose application secrets are wrong (the harvester's, one bit flipped):
+    the records cannot be judged; pass-flow serves the request and marks the connection
+    uninspected (wrong_key), drop-flow keeps it from nginx and resets; both logged and
+    counted in Prometheus."""
+    tag = f"wrongkey-{policy}"
+    keylog = lab.tmp / f"{tag}.keylog"
+    copier = _CorruptedKeyLog(lab.harvested_keylog, keylog)
+    copier.start()
+    port = 9814 if policy == "pass-flow" else 9815
+    try:
+        with lab.ips(tag, "--hold-budget", "10", "--decrypt-error-policy", policy, "--metrics", f"127.0.0.1:{port}",
+                     keys=("--keylog", str(keylog))) as ips:
+            ips.wait_for("ips --inline: queue", 30)
+            result = lab.curl("--http1.1", "--tlsv1.3", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+                              f"https://{SERVER}/harmless?{tag}", timeout=20)
+            time.sleep(0.5)
+            metrics = subprocess.run([*exec_in(lab.gateway), "curl", "-s", f"http://127.0.0.1:{port}/metrics"],
+                                     capture_output=True, text=True, check=False).stdout
+            assert ips.stop() == 0, ips.text()
+    finally:
+        copier.stop.set()
+        copier.join(5)
+    assert copier.corrupted >= 2, copier.corrupted
+    work = lab.tmp / tag
+    served = [a for a in lab.access() if a["uri"].endswith(tag)]
+    ips_log, flows = jsonl(work / "ips.jsonl"), jsonl(work / "flows.jsonl")
+    (line,) = [r for r in ips_log if r["event"] == "policy"]
+    assert line["policy"] == f"decrypt:{policy}" and "wrong_key" in line["why"], line
+    (flow,) = [f for f in flows if "ips" in f]
+    assert flow["status"] == "wrong_key" and "wrong_key" in flow["ips"]["reason"], flow
+    assert flow["ips"]["policies"][0].startswith(f"decrypt:{policy}"), flow
+    assert f'tls_bridge_ips_inline_decrypt_failures_total 1.0' in metrics, metrics
+    assert f'tls_bridge_ips_inline_policy_total{{policy="{policy}",what="decrypt"}} 1.0' in metrics, metrics
+    if policy == "pass-flow":
+        assert result.returncode == 0 and result.stdout.split() == ["200", str(len(b"harmless\n" * 2000))]
+        assert [a["uri"] for a in served] == [f"/harmless?{tag}"]
+        assert flow["ips"]["verdict"] == "uninspected" and "tls_bridge_ips_inline_fail_open_total 1.0" in metrics
+    else:
+        assert result.returncode in (16, 35, 55, 56, 92), (result.returncode, result.stderr)
+        assert served == [], served
+        assert flow["ips"]["verdict"] == "dropped" and "tls_bridge_ips_inline_fail_closed_total 1.0" in metrics
         assert any(r["event"] == "cut" and r["resets_sent"] == 2 for r in ips_log), ips_log
 
 
