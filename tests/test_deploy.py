@@ -44,6 +44,8 @@ VENV_TLS_BRIDGE = Path(sys.executable).parent / "tls-bridge"
 #: Where the units expect the installed software (deploy/README.md, "Install").
 INSTALLED_TLS_BRIDGE = "/opt/tls-bridge/bin/tls-bridge"
 INSTALLED_SCRIPT = "/usr/lib/tls-bridge/create-injection-interface.sh"
+INSTALLED_INLINE_SCRIPT = "/usr/lib/tls-bridge/create-inline-interfaces.sh"
+INLINE_SCRIPT = DEPLOY / "create-inline-interfaces.sh"
 DOC = "file:/usr/share/doc/tls-bridge/deploy/README.md"
 #: Debian's interpreter: what /opt/tls-bridge is made from, runnable by any user.
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -64,10 +66,13 @@ UNITS = {
     "tls-bridge-broker.service": ("tls-bridge-broker.service", "tls-bridge", set(), set(), None, ""),
     "tls-bridge-ips.service": ("tls-bridge-ips.service", "tls-bridge", {NET_RAW, NET_ADMIN}, {NET_RAW, NET_ADMIN},
                                "ips.env", ""),
+    "tls-bridge-ips-inline.service": ("tls-bridge-ips-inline.service", "tls-bridge", {NET_RAW, NET_ADMIN},
+                                      {NET_RAW, NET_ADMIN}, "ips-inline.env", ""),
 }
 ENV_FILES = {"harvester.env": {"HARVEST_ARGS", "FEED_ARGS"},
              "vm-web01.env": {"MEMORY_ARGS", "WIRE_ARGS", "SELECT_ARGS", "FEED_ARGS"},
              "ips.env": {"IPS_ARGS"},
+             "ips-inline.env": {"INLINE_ARGS"},
              "injection.env": {"INJECTION_ARGS"}}
 
 
@@ -356,6 +361,7 @@ def verify_dir(tmp_path_factory) -> Path:
         text = path.read_text()
         assert INSTALLED_TLS_BRIDGE in text or INSTALLED_SCRIPT in text, path.name
         text = text.replace(INSTALLED_TLS_BRIDGE, str(VENV_TLS_BRIDGE)).replace(INSTALLED_SCRIPT, str(SCRIPT))
+        text = text.replace(INSTALLED_INLINE_SCRIPT, str(INLINE_SCRIPT))
         (directory / path.name).write_text(text)
     return directory
 
@@ -390,7 +396,8 @@ def test_only_the_install_paths_need_substituting(tmp_path):
         complaints = _our_complaints(result, tmp_path)
         assert complaints, f"{instance}: expected the missing install path to be reported"
         for line in complaints:
-            assert re.search(rf"Command ({re.escape(INSTALLED_TLS_BRIDGE)}|{re.escape(INSTALLED_SCRIPT)}) "
+            assert re.search(rf"Command ({re.escape(INSTALLED_TLS_BRIDGE)}|{re.escape(INSTALLED_SCRIPT)}|"
+                             rf"{re.escape(INSTALLED_INLINE_SCRIPT)}) "
                              r"is not executable", line), f"{instance}: {line}"
 
 
@@ -489,6 +496,22 @@ def test_exec_start_parses_with_the_real_cli(unit_file, with_env_file, capsys):
         assert args.allow_subscribers == "/etc/tls-bridge/certs/sensors/"
     if unit_file == "tls-bridge-ips.service":
         assert args.interface == ["eth0", "eth1"] and args.nft_table == "inet tls_bridge" and args.nft_set == "blocked"
+    if unit_file == "tls-bridge-ips-inline.service":
+        assert args.inline and args.queue_num == 13 and (args.suricata_in, args.suricata_out) == ("ipsin0", "ipsout0")
+        assert args.keys == ["tcp://broker:5558"] and args.exception_policy == "drop-flow"
+        assert args.flows == "/var/log/tls-bridge/flows-inline.jsonl"
+
+
+def test_inline_unit_creates_the_interfaces_the_overlay_names():
+    """ExecStartPre runs create-inline-interfaces.sh with its defaults: the bridge's ends
+    the env file names, Suricata's the overlay's af-packet interfaces."""
+    unit = parse_unit(UNIT_DIR / "tls-bridge-ips-inline.service")
+    assert unit_values(unit, "Service", "ExecStartPre") == [f"+{INSTALLED_INLINE_SCRIPT}"]
+    args = unit_argv("tls-bridge-ips-inline.service")
+    assert args[args.index("--suricata-in") + 1] == "ipsin0" and args[args.index("--suricata-out") + 1] == "ipsout0"
+    overlay = (DEPLOY / "suricata" / "tls-bridge-inline.yaml").read_text()
+    assert re.findall(r"^\s+- interface:\s*(\S+)", overlay, re.M) == ["ipsin1", "ipsout1"]
+    assert re.findall(r"^\s+copy-iface:\s*(\S+)", overlay, re.M) == ["ipsout1", "ipsin1"]
 
 
 def test_env_files_are_key_value_and_match_their_units():
@@ -812,6 +835,94 @@ def test_sensor_runs_as_an_unprivileged_user_with_only_cap_net_raw(ns):
         log = stderr.read_text()
         assert code == 0 and "tls-bridge: stopped:" in log, log
         assert "exited (code" not in log and "Traceback" not in log, log
+
+
+def _without_options(argv: list[str], *names: str) -> list[str]:
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in names:
+            skip = True
+        else:
+            out.append(word)
+    return out
+
+
+def test_inline_ips_runs_as_its_unit_runs_it(ns):
+    """tls-bridge ips --inline as tls-bridge-ips-inline.service runs it: its ExecStartPre
+    (the veths) as root, as its "+" does, then the unit's command line and env file as a
+    non-root user (nobody here) with CAP_NET_ADMIN and CAP_NET_RAW ambient only,
+    no_new_privs, the unit's MemoryDenyWriteExecute, system call filter and address
+    families.  It binds the queue, opens the veths and serves its metrics; a TCP
+    exchange on loopback whose packets an NFQUEUE rule hands it completes (each packet
+    got its verdict; not TLS: passed untouched); SIGTERM stops it cleanly."""
+    _tool("curl")
+    _tool("setpriv")
+    iptables = _tool("iptables")
+    nobody = pwd.getpwnam("nobody")
+    unit = parse_unit(UNIT_DIR / "tls-bridge-ips-inline.service")
+    pre = unit_value(unit, "Service", "ExecStartPre")
+    assert pre == f"+{INSTALLED_INLINE_SCRIPT}"
+    assert ns.run([str(INLINE_SCRIPT)], check=False).returncode == 0
+    for name in ("ipsin0", "ipsin1", "ipsout0", "ipsout1"):
+        info = link_info(ns, name)
+        assert info["mtu"] == 65535 and info["addr_info"] == [] and "UP" in info["flags"], info
+    with world_readable_tmpdir() as work:
+        python = system_python_venv(work)
+        logs = work / "log"
+        logs.mkdir()
+        os.chown(logs, nobody.pw_uid, nobody.pw_gid)
+        keylog = work / "keys.keylog"
+        keylog.write_text("")
+        keylog.chmod(0o644)
+        argv = unit_argv("tls-bridge-ips-inline.service")
+        assert argv[1:3] == ["ips", "--inline"]
+        # the lab's secrets: a key log instead of the feed's broker; metrics where _metrics reads
+        argv = _without_options(argv[1:], "--keys", "--server-key", "--client-cert", "--metrics")
+        argv = [str(python), "-m", "bridge.cli", *[a.replace("/var/log/tls-bridge", str(logs)) for a in argv],
+                "--keylog", str(keylog), "--metrics", "127.0.0.1:9814"]
+        for chain, port in (("OUTPUT", "--dport"), ("OUTPUT", "--sport")):
+            ns.run([iptables, "-A", chain, "-p", "tcp", port, "4433", "-j", "NFQUEUE", "--queue-num", "13"])
+        stderr = work / "stderr"
+        with open(stderr, "wb") as err:
+            proc = ns.popen(sandboxed("tls-bridge-ips-inline.service", argv, user="nobody"),
+                            stdout=subprocess.DEVNULL, stderr=err)
+        server = None
+        try:
+            wait_for(lambda: "ips --inline: queue 13" in stderr.read_text(), 60, "the queue bound", proc, stderr)
+            wait_for(lambda: "tls_bridge_ips_inline_packets_total" in _metrics(ns), 30, "the metrics", proc, stderr)
+            server = ns.popen([sys.executable, "-c",
+                               "import socket; s = socket.create_server(('127.0.0.1', 4433)); c, _ = s.accept(); "
+                               "c.sendall(c.recv(100).upper()); c.close()"])
+            exchange = ("import socket, time\n"
+                        "for _ in range(100):\n"
+                        "    try:\n"
+                        "        c = socket.create_connection(('127.0.0.1', 4433), 5); break\n"
+                        "    except ConnectionRefusedError:\n"
+                        "        time.sleep(0.1)\n"
+                        "c.settimeout(10); c.sendall(b'hello inline'); print(c.recv(100).decode())\n")
+            out = ns.run([sys.executable, "-c", exchange], check=False, timeout=60)
+            assert out.stdout.decode().strip() == "HELLO INLINE", (out.stdout, out.stderr, stderr.read_text())
+            metrics = wait_for(lambda: (m := _metrics(ns)).get("tls_bridge_ips_inline_packets_total", 0) >= 4 and m,
+                               30, "the packets counted", proc, stderr)
+            assert metrics["tls_bridge_ips_inline_dropped_total"] == 0 and metrics["tls_bridge_ips_inline_held_total"] == 0
+            statuses = [Path(f"/proc/{pid}/status").read_text() for pid in ns.pids()
+                        if "bridge.cli" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+            assert statuses, "the bridge's process"
+            for status in statuses:
+                fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+                assert fields["Uid"].split()[0] == str(nobody.pw_uid)
+                assert int(fields["CapEff"], 16) == int(fields["CapBnd"], 16) == (1 << 12) | (1 << 13)  # ADMIN, RAW
+                assert fields["NoNewPrivs"].strip() == "1"
+        finally:
+            if server is not None:
+                stop(server)
+            code = stop(proc)
+        log = stderr.read_text()
+        assert code == 0 and "Traceback" not in log, log
+        flows = [json.loads(line) for line in (logs / "flows-inline.jsonl").read_text().splitlines()]
+        assert [(f["server"], f["ips"]["verdict"]) for f in flows] == [("127.0.0.1:4433", "unmonitored")], flows
 
 
 def test_broker_runs_without_any_capability(ns, tmp_path):
