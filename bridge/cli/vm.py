@@ -54,7 +54,8 @@ def _start_hooks(args: argparse.Namespace, harvester, stop: threading.Event):  #
 
     def loop() -> None:
         try:
-            run_hooks(hooks, lambda: hook_points(harvester.targets, functions, symbols), stop)
+            run_hooks(hooks, lambda: hook_points(harvester.targets, functions, symbols)
+                      + harvester.keylog_hook_points(), stop)
         except BaseException as exc:  # reported; the watchdog and close() clean up
             errors.append(exc)
             stop.set()
@@ -89,6 +90,7 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
         harvester = VmHarvester(memory, btf, sinks, vm_name=args.name, profiles=layout_resolver(args),
                                 comms=tuple(args.comm or ()), pids=tuple(args.pid or ()), everything=args.all,
                                 named=bool({"wire", "requests"} & set(triggers)),
+                                keylog_hooks="hooks" in triggers,
                                 log=lambda text: say(args, text))
         harvester.attach()
         status = StatusFile(args.status, lambda: {"vm": args.name, "layouts": harvester.resolver.status(),
@@ -99,8 +101,9 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
         kernel = harvester.guest.kernel  # type: ignore[union-attr]
         say(args, f"{args.name}: guest kernel found in {time.monotonic() - started:.2f} s (BTF {len(btf)} types, "
                    f"direct map {kernel.direct_map:#x}, {kernel.levels}-level paging); harvesting "
-                   f"{len(harvester.targets)} processes: "
-                   + ", ".join(f"{t.process.comm}[{t.process.pid}] {t.library}" for t in harvester.targets))
+                   f"{harvester.stats.processes} processes: "
+                   + ", ".join([f"{t.process.comm}[{t.process.pid}] {t.library}" for t in harvester.targets]
+                               + [f"{t.process.comm}[{t.process.pid}] {t.library}" for t in harvester.keylog_targets]))
         if args.duration:
             threading.Timer(args.duration, stop.set).start()
         hooks = _start_hooks(args, harvester, stop) if "hooks" in triggers else None
@@ -147,7 +150,11 @@ def run_harvest_vm(args: argparse.Namespace) -> int:
                          f"p99 {latency[min(len(latency) - 1, int(len(latency) * 0.99))] * 1000:.1f} ms")
             if stats.unconfirmed:
                 text += f"; {stats.unconfirmed} reads not confirmed (held back)"
+            if stats.keylog_hits:
+                text += (f"; {stats.keylog_hits} stops at key-log functions ({stats.keylog_undecodable} "
+                         "not a key log line)")
             say(args, text)
+            harvester.close()
             for line in layout_summary(harvester.resolver):
                 say(args, f"{args.name}: {line}")
         if status is not None:

@@ -143,6 +143,8 @@ class ProfileStore:
         if not directory.is_dir():
             return
         for path in sorted(directory.glob("*.json")):
+            if path.name.startswith("gnutls-"):
+                continue  # what loading a GnuTLS build taught (bridge.harvest.gnutls), not an OpenSSL profile
             try:
                 profile = Profile.from_json(path.read_text(), source=str(path))
             except (ProfileError, OSError) as exc:

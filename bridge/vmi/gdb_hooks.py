@@ -6,7 +6,8 @@ guest's own copy of the library).  Hardware breakpoints (``Z1``) where the stub
 takes them, software (``Z0``) otherwise; under TCG neither writes into guest
 memory.  A breakpoint matches a virtual address in every address space, so each
 hit is filtered on CR3.  On a hit the ``SSL *`` (``%rdi``) is handed to the
-harvester, then the function's first instruction is emulated
+harvester (a key-log function's hook point gets every register: the ``g``
+packet holds them all), then the function's first instruction is emulated
 (:mod:`bridge.vmi.first_instruction`) and the guest resumes after it; an
 instruction we cannot emulate is stepped over (remove, step, re-insert).
 
@@ -127,6 +128,9 @@ class HookPoint:
     page_table: int  # the target's CR3 (physical address of its PGD)
     target: object  # the harvester's GuestTarget
     hardware: bool = True
+    #: Called with every register instead of ``on_hit`` (a key-log function's arguments: Go's
+    #: register ABI uses RAX, RBX, RCX, RDI, RSI, R8-R11; see bridge.vmi.keylog)
+    on_registers: Callable[[dict[str, int], str], None] | None = None
 
 
 @dataclass(slots=True)
@@ -196,8 +200,11 @@ class GdbHooks:
         if point is not None:
             self.stats.hits += 1
             try:
-                self.on_hit(point.target, values["rdi"], point.function)
-            except GuestAccessError:
+                if point.on_registers is not None:
+                    point.on_registers(values, point.function)
+                else:
+                    self.on_hit(point.target, values["rdi"], point.function)
+            except (GuestAccessError, HookError):
                 pass  # counted by the harvester; the guest must resume regardless
         else:
             self.stats.other_processes += 1

@@ -27,6 +27,13 @@ read through it from the copies of their objects it was verified on.  TLS 1.2
 confirmations take the connection's first record captured on the VM's traffic
 (:mod:`bridge.harvest.first_record`), so a connection that ended first confirms too.
 
+Go's ``crypto/tls``, GnuTLS and BoringSSL need no layout: with breakpoint hooks
+(``keylog_hooks``), each selected process's files are searched for their
+key-log function (:mod:`bridge.vmi.keylog`: read from the guest's page cache,
+the process harvester's own finders run on the copy), a breakpoint set there,
+and the label, client random and secret read from the stopped vCPU's registers
+and the process's memory at each call (:meth:`VmHarvester.on_keylog_hit`).
+
 Misses are counted with their reason: the random never found in any target
 (``not_found``: e.g. a connection to another process, or closed before the
 search), found but the secrets never completed (``incomplete``).  A guest that
@@ -46,6 +53,7 @@ from dataclasses import dataclass, field
 from bridge.capture.frames import Frame
 from bridge.errors import GuestAccessError
 from bridge.harvest.chain import MemoryFields, read_secrets
+from bridge.harvest.keylog_hooks import KeyLogAssembler
 from bridge.secrets import ConnectionSecrets
 from bridge.harvest.confirm import memory_evidence
 from bridge.harvest.elf import build_id_in_memory
@@ -99,6 +107,8 @@ class VmStats:
     bytes_searched: int = 0
     unconfirmed: int = 0  # secrets read through a layout that did not confirm them: not published
     learned_from: int = 0  # connections whose secrets were derived to learn a build's layout
+    keylog_hits: int = 0  # stops at a library's key-log function (Go, GnuTLS, BoringSSL)
+    keylog_undecodable: int = 0  # of those, arguments that were not a key log line
     latencies: list[float] = field(default_factory=list)
 
 
@@ -139,6 +149,7 @@ class VmHarvester:
         max_pending: int = 10_000,
         clock_stall: float = 30.0,
         named: bool = True,
+        keylog_hooks: bool = False,
         log: Callable[[str], None] = lambda text: None,
     ) -> None:
         self.memory = memory
@@ -169,7 +180,7 @@ class VmHarvester:
             _Pending, timeout=timeout, max_pending=max_pending, published=self._already_published)
         #: Sensors' key requests, from the key feed's thread.
         self.inbox = HelloInbox()
-        self._published: OrderedDict[bytes, None] = OrderedDict()
+        self._published: OrderedDict[bytes, frozenset[str] | None] = OrderedDict()
         self._publish_lock = threading.Lock()  # the hook thread publishes too
         #: Client randoms named by the wire or sensors lately, by their first 8 bytes (learning).
         self._named: OrderedDict[bytes, bytes] = OrderedDict()
@@ -179,6 +190,13 @@ class VmHarvester:
         #: (pid, SSL *, client random) → attempts to learn from it (bounded)
         self._learning_tries: OrderedDict[tuple[int, int, bytes], int] = OrderedDict()
         self._learn_search_at = 0.0
+        #: Go, GnuTLS and BoringSSL processes, hooked at their key-log function (gdbstub hooks only).
+        self.keylog_hooks = keylog_hooks
+        self.keylog_targets: list = []
+        self._keylog_files = None
+        self._keylog_assembler = KeyLogAssembler()
+        self._keylog_lock = threading.Lock()
+        self._keylog_told: set[tuple[int, str]] = set()
 
     # --- the guest -------------------------------------------------------------------------
 
@@ -188,6 +206,7 @@ class VmHarvester:
         self.guest = LinuxGuest(self.memory, self.btf, self.memory.layout.ranges(), avoid=failed)
         self._jiffies = None
         self.stats.attaches += 1
+        self._keylog_setup()
         if self.guest.kernel == failed:
             self.log(f"{self.vm_name}: no other kernel in guest memory: staying with this one (looking again later)")
         elif self.stats.attaches > 1:
@@ -211,7 +230,81 @@ class VmHarvester:
             self.log(f"{self.vm_name}: harvesting " + (", ".join(
                 f"{t.process.comm}[{t.process.pid}] {t.library}" for t in targets) or "no process"))
         self.targets = targets
-        self.stats.processes = len(targets)
+        self._keylog_refresh()
+        self.stats.processes = len(targets) + len({t.process.task for t in self.keylog_targets})
+
+    # --- Go, GnuTLS, BoringSSL: hooks at their key-log function ---------------------------------
+
+    def _keylog_setup(self) -> None:
+        from bridge.vmi.keylog import GuestKeyLogFiles
+        from bridge.vmi.pagecache import PageCache
+
+        if self._keylog_files is not None:
+            self._keylog_files.close()
+            self._keylog_files = None
+        try:
+            page_cache = PageCache(self.guest, self.btf)  # type: ignore[arg-type]
+        except GuestAccessError as exc:
+            self.log(f"warning: {self.vm_name}: Go, GnuTLS and BoringSSL processes are not looked for: {exc}")
+            return
+        self._keylog_files = GuestKeyLogFiles(self.guest, page_cache, cache_dir=self.resolver.cache_dir,  # type: ignore[arg-type]
+                                              log=lambda text: self.log(f"{self.vm_name}: {text}"))
+
+    def _keylog_refresh(self) -> None:
+        assert self.guest is not None
+        if self._keylog_files is None:
+            self.keylog_targets = []
+            return
+        found = []
+        for process in self.guest.processes():
+            if not _selected(process, self.comms, self.pids, self.everything):
+                continue
+            try:
+                found += self._keylog_files.targets(process, self.guest.vmas(process))
+            except GuestAccessError as exc:
+                self.log(f"warning: {self.vm_name}: process {process.pid} ({process.comm}): {exc}")
+        for target in found:
+            key = (target.process.task, target.guest_path)
+            if key not in self._keylog_told:
+                self._keylog_told.add(key)
+                how = ("hooked at its key-log function through the gdbstub" if self.keylog_hooks else
+                       "NOT harvested: this library is harvested by hooks only (--trigger hooks --gdb)")
+                self.log(f"{self.vm_name}: {target.process.comm}[{target.process.pid}] runs {target.library} "
+                         f"({target.guest_path}): {target.binary.function} at {target.address:#x}: {how}")
+        self.keylog_targets = found
+
+    def close(self) -> None:
+        """Remove the host copies of guest files (:mod:`bridge.vmi.keylog`)."""
+        if self._keylog_files is not None:
+            self._keylog_files.close()
+
+    def keylog_hook_points(self) -> list:
+        """The breakpoints at the key-log functions of the current Go, GnuTLS and BoringSSL targets."""
+        from functools import partial
+
+        from bridge.vmi.gdb_hooks import HookPoint
+
+        if not self.keylog_hooks:
+            return []
+        return [HookPoint(t.address, t.binary.function, t.process.page_table, t,
+                          on_registers=partial(self.on_keylog_hit, t)) for t in self.keylog_targets]
+
+    def on_keylog_hit(self, target, registers: dict[str, int], function: str) -> None:  # type: ignore[no-untyped-def]
+        """The guest stopped at a library's key-log function in a target: the line
+        from its arguments (the probe's fetch-args on the vCPU's registers and the
+        process's memory), published when the connection's lines decrypt it."""
+        from bridge.vmi.fetchargs import evaluate
+
+        self.stats.hook_hits += 1
+        self.stats.keylog_hits += 1
+        line = target.binary.decode(evaluate(target.binary.probe_args, registers, target.space.read))
+        with self._keylog_lock:
+            secrets = self._keylog_assembler.add(line)
+        if line is None:
+            self.stats.keylog_undecodable += 1
+        if secrets is not None:
+            self._publish(target, secrets, trigger=f"gdb:{function}", library=target.library,
+                          build_id=target.build_id, update=True)
 
     def _target(self, process: GuestProcess) -> GuestTarget | None:
         assert self.guest is not None
@@ -523,12 +616,18 @@ class VmHarvester:
                 continue
             self._publish(target, secrets, trigger=trigger)
 
-    def _publish(self, target: GuestTarget, secrets: ConnectionSecrets, *, trigger: str = "vm-wire") -> bool:
-        """Publish once per connection; False when it was published already."""
+    def _publish(self, target: GuestTarget, secrets: ConnectionSecrets, *, trigger: str = "vm-wire",
+                 library: str | None = None, build_id: str | None = None, update: bool = False) -> bool:
+        """Publish once per connection; False when it was published already (with
+        ``update``: unless these secrets add a label, as GnuTLS's exporter secret,
+        logged after the traffic secrets)."""
+        labels = frozenset(secrets.secrets)
         with self._publish_lock:
-            if secrets.client_random in self._published:
+            before = self._published.get(secrets.client_random)
+            if secrets.client_random in self._published and not (update and before is not None
+                                                                   and labels > before):
                 return False
-            self._published[secrets.client_random] = None
+            self._published[secrets.client_random] = labels
             if len(self._published) > 100_000:
                 self._published.popitem(last=False)
             unready = self._unready.pop(secrets.client_random, None)
@@ -541,7 +640,8 @@ class VmHarvester:
             tls_version=secrets.tls_version if secrets.tls_version in (0x0303, 0x0304) else None,
             cipher_suite=secrets.cipher_suite,
             origin=Origin(host=self.host, vm=self.vm_name[:255], pid=target.process.pid, comm=target.process.comm,
-                          library=target.library[:256], build_id=target.layout.build_id, trigger=trigger),
+                          library=(library or target.library)[:256], build_id=build_id or target.layout.build_id,
+                          trigger=trigger),
         )
         self.stats.published += 1
         for sink in self.sinks:

@@ -114,6 +114,7 @@ class Vma:
     flags: int
     pgoff: int
     path: str  # "" for anonymous memory
+    file: int = 0  # its struct file * (0: anonymous), for the page cache (bridge.vmi.pagecache)
 
     @property
     def writable_anonymous(self) -> bool:
@@ -314,6 +315,7 @@ class LinuxGuest:
             flags=self.pointer(address + layout.vma_flags),
             pgoff=self.pointer(address + layout.vma_pgoff),
             path=self.file_path(file) if file else "",
+            file=file,
         )
 
     def _vma_list(self, first: int) -> list[int]:
