@@ -75,6 +75,11 @@ FLAVORS = {
 }
 
 ALT_OPENSSL_DIR = "/opt/ossl35"
+GO_SERVER_PORT = 4435  # a Go HTTPS server (crypto/tls), when the image has one
+GNUTLS_SERVER_PORT = 4436  # gnutls-serv --http, when the image has it
+GO_SERVER_PATH = "/usr/bin/gohttps"
+ALT_GO_SERVER_PORT = 4437  # a second Go build (another release), when the image has one
+ALT_GO_SERVER_PATH = "/usr/bin/gohttps-alt"
 
 GUEST_IP = "10.0.2.15"
 GATEWAY_IP = "10.0.2.2"
@@ -112,6 +117,19 @@ class AltOpenSSL:
     directory: Path
     version: str
     name: str
+
+
+@dataclass(frozen=True)
+class KeyLogServers:
+    """Servers of TLS libraries hooked at their key-log function, for the guest: a
+    static Go HTTPS server (``go_https CERT KEY ADDR``, built by the caller) on
+    :data:`GO_SERVER_PORT` (and another build, e.g. of another Go release, on
+    :data:`ALT_GO_SERVER_PORT`), and the host's ``gnutls-serv --http`` with its
+    libraries on :data:`GNUTLS_SERVER_PORT`."""
+
+    go_binary: Path | None = None
+    gnutls: bool = False
+    alt_go_binary: Path | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -204,11 +222,14 @@ class GuestImage:
     openssl_version: str = ""  # `openssl version` of the host binary/library (port 4433)
     alt_openssl_version: str = ""  # `openssl version` with LD_LIBRARY_PATH=/opt/ossl35 (port 4434)
     alt_openssl_build: str = ""  # build/openssl-builds/<this>/ it came from
+    extra_ports: tuple[int, ...] = ()  # the key-log servers' (Go, gnutls-serv), when the image has them
+    gnutls_version: str = ""  # gnutls-serv's library, when the image has it
 
     @property
     def ports(self) -> tuple[int, ...]:
-        """The guest's HTTPS servers (s_server -www)."""
-        return (SERVER_PORT, ALT_SERVER_PORT) if self.alt_openssl_version else (SERVER_PORT,)
+        """The guest's HTTPS servers (s_server -www, then the key-log servers)."""
+        base = (SERVER_PORT, ALT_SERVER_PORT) if self.alt_openssl_version else (SERVER_PORT,)
+        return base + tuple(self.extra_ports)
 
     @property
     def system_map(self) -> Path:
@@ -389,12 +410,26 @@ _SERVER = ('echo "guest-init: openssl-{port} $({env}openssl version)"\n'
            'echo "guest-init: s_server {port} pid $!"')
 
 
-def _init_script(modules: list[str], alt: bool) -> str:
+_KEYLOG_SERVERS = {
+    GO_SERVER_PORT: (f'{GO_SERVER_PATH} /etc/guest/cert.pem /etc/guest/key.pem :{GO_SERVER_PORT} '
+                     f'</dev/null >/tmp/gohttps.log 2>&1 &\necho "guest-init: gohttps {GO_SERVER_PORT} pid $!"'),
+    ALT_GO_SERVER_PORT: (f'{ALT_GO_SERVER_PATH} /etc/guest/cert.pem /etc/guest/key.pem :{ALT_GO_SERVER_PORT} '
+                         f'</dev/null >/tmp/gohttps-alt.log 2>&1 &\n'
+                         f'echo "guest-init: gohttps-alt {ALT_GO_SERVER_PORT} pid $!"'),
+    GNUTLS_SERVER_PORT: (f'gnutls-serv --http --x509certfile /etc/guest/cert.pem --x509keyfile /etc/guest/key.pem '
+                         f'-p {GNUTLS_SERVER_PORT} </dev/null >/tmp/gnutls-serv.log 2>&1 &\n'
+                         f'echo "guest-init: gnutls-serv {GNUTLS_SERVER_PORT} pid $!"'),
+}
+
+
+def _init_script(modules: list[str], alt: bool, extra_ports: tuple[int, ...] = ()) -> str:
     servers = [(SERVER_PORT, "")] + ([(ALT_SERVER_PORT, f"LD_LIBRARY_PATH={ALT_OPENSSL_DIR} ")] if alt else [])
+    lines = [_SERVER.format(port=port, env=env) for port, env in servers] + [_KEYLOG_SERVERS[p] for p in extra_ports]
     return (_INIT.replace("@MODULES@", " ".join(modules)).replace("@IP@", GUEST_IP)
             .replace("@GATEWAY@", GATEWAY_IP)
-            .replace("@SERVERS@", "\n".join(_SERVER.format(port=port, env=env) for port, env in servers))
-            .replace("@LISTENING@", " && ".join(f"listening {port:04X}" for port, _ in servers))
+            .replace("@SERVERS@", "\n".join(lines))
+            .replace("@LISTENING@", " && ".join(f"listening {port:04X}"
+                                                for port in [p for p, _ in servers] + list(extra_ports)))
             .replace("@READY@", READY_MARKER).replace("@FAILED@", FAILED_MARKER).replace("@SHELL_END@", SHELL_END))
 
 
@@ -402,7 +437,11 @@ def _host_openssl() -> Path:
     return Path("/usr/bin/openssl") if Path("/usr/bin/openssl").is_file() else Path(require_tool("openssl"))
 
 
-def image_key(flavor: str, alt_openssl: AltOpenSSL | None = None) -> dict:
+def _gnutls_serv() -> Path:
+    return Path(require_tool("gnutls-serv"))
+
+
+def image_key(flavor: str, alt_openssl: AltOpenSSL | None = None, keylog: KeyLogServers | None = None) -> dict:
     """What goes into an image: a cached image whose key differs is stale."""
     package, version = resolve_kernel_package(flavor)
     openssl = _host_openssl()
@@ -417,6 +456,14 @@ def image_key(flavor: str, alt_openssl: AltOpenSSL | None = None) -> dict:
     if alt_openssl is not None:
         key["alt_libssl_sha256"] = _sha256(_one(alt_openssl.directory, "libssl*.so*"))
         key["alt_libcrypto_sha256"] = _sha256(_one(alt_openssl.directory, "libcrypto*.so*"))
+    if keylog is not None and keylog.go_binary is not None:
+        key["go_server_sha256"] = _sha256(Path(keylog.go_binary))
+    if keylog is not None and keylog.alt_go_binary is not None:
+        key["alt_go_server_sha256"] = _sha256(Path(keylog.alt_go_binary))
+    if keylog is not None and keylog.gnutls:
+        serv = _gnutls_serv()
+        key["gnutls_serv_sha256"] = _sha256(serv.resolve())
+        key["gnutls_libraries_sha256"] = {str(lib): _sha256(lib.resolve()) for lib in _ldd(serv)}
     return key
 
 
@@ -426,7 +473,7 @@ UNUSED_IMAGE_SECONDS = 6 * 3600
 
 def build_guest_image(flavor: str = "6.1", *, directory: Path, alt_openssl: AltOpenSSL | None = None,
                       keep_modules: bool = True, progress: Progress | None = None,
-                      force: bool = False) -> GuestImage:
+                      force: bool = False, keylog_servers: KeyLogServers | None = None) -> GuestImage:
     """The test guest for `flavor` ("6.1" or "6.12"): the image in
     ``directory/<key digest>/`` when there is one for today's key
     (:func:`image_key`), else built there.  An image for another key stays
@@ -441,7 +488,7 @@ def build_guest_image(flavor: str = "6.1", *, directory: Path, alt_openssl: AltO
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        key = {**image_key(flavor, alt_openssl), "modules_kept": keep_modules}
+        key = {**image_key(flavor, alt_openssl, keylog_servers), "modules_kept": keep_modules}
         out = directory / _digest(key)
         image = None if force else _cached(out, key)
         if image is not None:
@@ -451,7 +498,7 @@ def build_guest_image(flavor: str = "6.1", *, directory: Path, alt_openssl: AltO
         say(f"building the guest image in {out} ({'rebuild asked for' if force else _why_build(directory, key)})")
         if out.exists():
             shutil.rmtree(out)
-        image = _build(flavor, out, alt_openssl, key, keep_modules, say)
+        image = _build(flavor, out, alt_openssl, key, keep_modules, say, keylog_servers)
         _prune(directory, keep=out)
         return image
 
@@ -507,11 +554,12 @@ def _image_from_manifest(out: Path, data: dict) -> GuestImage:
     fields = dict(data["image"])
     for name in ("kernel", "initrd", "vmlinuz_package_dir", "cert"):
         fields[name] = out / fields[name]
+    fields["extra_ports"] = tuple(fields.get("extra_ports", ()))
     return GuestImage(**fields)
 
 
 def _build(flavor: str, out: Path, alt: AltOpenSSL | None, key: dict, keep_modules: bool,
-           say: Progress) -> GuestImage:
+           say: Progress, keylog: KeyLogServers | None = None) -> GuestImage:
     package, version = key["kernel_package"].split("=", 1)
     kernel_version = package.removeprefix("linux-image-")
     for tool in ("apt-get", "dpkg-deb", "cpio", "modinfo", "ldd", "openssl"):
@@ -601,6 +649,28 @@ def _build(flavor: str, out: Path, alt: AltOpenSSL | None, key: dict, keep_modul
             raise GuestError(f"host openssl with LD_LIBRARY_PATH={alt.directory} reports {alt_version!r}, "
                              f"expected library {alt.version}")
 
+    # --- servers of libraries hooked at their key-log function: a static Go binary, gnutls-serv
+    extra_ports: tuple[int, ...] = ()
+    gnutls_version = ""
+    for binary, inside, port in ((keylog.go_binary, GO_SERVER_PATH, GO_SERVER_PORT),
+                                 (keylog.alt_go_binary, ALT_GO_SERVER_PATH, ALT_GO_SERVER_PORT)) if keylog else ():
+        if binary is None:
+            continue
+        if "statically linked" not in _file_kind(str(binary)):
+            raise GuestError(f"{binary}: the guest's Go server must be static (CGO_ENABLED=0)")
+        shutil.copyfile(binary, staging / inside.lstrip("/"))
+        os.chmod(staging / inside.lstrip("/"), 0o755)
+        extra_ports += (port,)
+    if keylog is not None and keylog.gnutls:
+        serv = _gnutls_serv()
+        (staging / "usr/bin/gnutls-serv").unlink(missing_ok=True)
+        shutil.copyfile(serv.resolve(), staging / "usr/bin/gnutls-serv")
+        os.chmod(staging / "usr/bin/gnutls-serv", 0o755)
+        for lib in _ldd(serv):
+            copy_host_file(lib)
+        gnutls_version = _run([str(serv), "--version"]).stdout.strip().splitlines()[0]
+        extra_ports += (GNUTLS_SERVER_PORT,)
+
     # --- modules
     order = _module_load_order(pkg_dir / "lib" / "modules" / kernel_version, ["e1000"], work / "ko")
     for name, ko in order:
@@ -616,7 +686,7 @@ def _build(flavor: str, out: Path, alt: AltOpenSSL | None, key: dict, keep_modul
     shutil.copyfile(keyfile, staging / "etc/guest/key.pem")
 
     # --- /init
-    (staging / "init").write_text(_init_script([name for name, _ in order], alt is not None))
+    (staging / "init").write_text(_init_script([name for name, _ in order], alt is not None, extra_ports))
     os.chmod(staging / "init", 0o755)
     (staging / "etc/hostname").write_text("guest\n")
     (staging / "etc/hosts").write_text(f"127.0.0.1 localhost\n{GUEST_IP} guest.test guest\n")
@@ -636,6 +706,7 @@ def _build(flavor: str, out: Path, alt: AltOpenSSL | None, key: dict, keep_modul
         vmlinuz_package_dir=pkg_dir, cert=cert, kernel_package=f"{package}={version}",
         openssl_version=host_version, alt_openssl_version=alt_version,
         alt_openssl_build=alt.name if alt else "",
+        extra_ports=extra_ports, gnutls_version=gnutls_version,
     )
     record = {k: (str(v.relative_to(out)) if isinstance(v, Path) else v) for k, v in asdict(image).items()}
     tmp_manifest = out / "guest.json.tmp"

@@ -30,6 +30,7 @@ from bridge.vmi.testguest import (  # noqa: F401 - the tests' names for the prod
     Guest,
     GuestError,
     GuestImage,
+    KeyLogServers,
     free_port,
     require_tool,
     resolve_kernel_package,
@@ -61,6 +62,15 @@ def _alt_openssl() -> AltOpenSSL:
 def build_guest_image(flavor: str = "6.1", *, force: bool = False) -> GuestImage:
     """Build (or reuse) the test guest for `flavor` ("6.1" or "6.12"), both OpenSSL builds inside."""
     return _build_guest_image(flavor, directory=GUEST_BUILD_DIR / flavor, alt_openssl=_alt_openssl(), force=force)
+
+
+def build_keylog_guest_image(go_binary: Path, alt_go_binary: Path | None = None, flavor: str = "6.1") -> GuestImage:
+    """The test guest with a static Go HTTPS server (built by the caller) on 4435, another
+    Go build on 4437, and gnutls-serv on 4436 beside the host's s_server on 4433 (no
+    second OpenSSL)."""
+    return _build_guest_image(flavor, directory=GUEST_BUILD_DIR / flavor,
+                              keylog_servers=KeyLogServers(go_binary=go_binary, gnutls=True,
+                                                           alt_go_binary=alt_go_binary))
 
 
 def curl_guest(guest: Guest, guest_port: int, keylog: Path, *curl_args: str, timeout: float = 60) -> bytes:

@@ -1,0 +1,170 @@
+"""Go's crypto/tls and GnuTLS in a real guest under QEMU (TCG), harvested from the
+host with nothing in the guest: a static Go HTTPS server built here by two Go
+releases (go1.19, and go1.23 whose pclntab format differs), both stripped, and
+``gnutls-serv``, each with no key log configured.  ``harvest vm --trigger hooks``
+reads each server's files out of the guest kernel's page cache, finds the
+library's key-log function in them (Go's pclntab; GnuTLS's library loaded in the
+sandbox from that copy: no profile, an empty cache), sets a gdbstub breakpoint
+there and reads each key log line from the stopped vCPU's registers and memory.
+The harvested lines must equal curl's SSLKEYLOGFILE (TLS 1.3 and 1.2), and the
+guest NIC's mirror must decrypt with the key feed alone, the library and the
+hooked function in each flow's ``key_origin``.  One guest boot serves every case."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.vmi.testguest import ALT_GO_SERVER_PORT, GNUTLS_SERVER_PORT, GO_SERVER_PORT
+from tests.support.go_builds import build_go_server
+from tests.support.guest import Guest, build_keylog_guest_image, curl_guest
+from tests.support.harvest import keylog_lines
+from tests.support.keyfeed import BridgeProcess, make_feed_certs
+
+pytestmark = pytest.mark.real
+
+WRITE_KEY_LOG = "crypto/tls.(*Config).writeKeyLog"
+GNUTLS_KEY_LOG = "_gnutls_nss_keylog_func"
+TLS13 = ("TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256")
+TLS12 = ("ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384")
+
+
+class _GuestThread:
+    """QEMU dies with the thread that started it: one thread keeps the module's guest."""
+
+    def __init__(self, image, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+        self.image, self.tmp = image, tmp
+        self.guest: Guest | None = None
+        self.error: BaseException | None = None
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with Guest(self.image, pcap=self.tmp / "guest.pcap", workdir=self.tmp, gdb_port=0,
+                       name="lib-keylog-guest") as guest:
+                self.guest = guest
+                self._ready.set()
+                self._stop.wait()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            self.error = exc
+            self._ready.set()
+
+    def __enter__(self) -> Guest:
+        self._thread.start()
+        self._ready.wait(300)
+        if self.error is not None or self.guest is None:
+            raise RuntimeError(f"the test guest did not boot: {self.error!r}")
+        return self.guest
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory):
+    out = tmp_path_factory.mktemp("go-build")
+    go119 = build_go_server(out, "gohttps", release="1.19")
+    go123 = build_go_server(out, "gohttps-123", release="1.23")
+    image = build_keylog_guest_image(go119, go123)
+    with _GuestThread(image, tmp_path_factory.mktemp("keylog-guest")) as booted:
+        yield booted
+
+
+def _clients(guest: Guest, keylog: Path) -> dict[int, int]:
+    """TLS 1.3 and 1.2 from curl to each server; connections per port."""
+    counts = {}
+    for port, answer in ((GO_SERVER_PORT, b"hello from go"), (ALT_GO_SERVER_PORT, b"hello from go"),
+                         (GNUTLS_SERVER_PORT, b"GnuTLS")):
+        for suite in TLS13:
+            assert answer in curl_guest(guest, port, keylog, "--http1.1", "--tlsv1.3", "--tls13-ciphers", suite)
+        for cipher in TLS12:
+            assert answer in curl_guest(guest, port, keylog, "--http1.1", "--tlsv1.2", "--tls-max", "1.2",
+                                        "--ciphers", cipher)
+        counts[port] = len(TLS13) + len(TLS12)
+    return counts
+
+
+def _wait_for_lines(harvested: Path, wanted: set, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not wanted <= keylog_lines(harvested) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def test_go_and_gnutls_servers_in_the_guest_hooked_at_their_key_log_function(guest, tmp_path):
+    client, harvested, flows = tmp_path / "client.keylog", tmp_path / "harvested.keylog", tmp_path / "flows.jsonl"
+    endpoint, certs = f"ipc://{tmp_path}/feed", make_feed_certs(tmp_path / "certs")
+    # No --kernel (the BTF found in guest memory), an empty profile cache: nothing known in advance.
+    harvester = BridgeProcess(["harvest", "vm", "--memory-file", str(guest.memory_path), "--name", "lib-guest",
+                               "--comm", "gohttps", "gohttps-alt", "gnutls-serv", "--trigger", "hooks",
+                               "--gdb", f"127.0.0.1:{guest.gdb_port}", "--qmp", str(guest.qmp_path),
+                               "--profile-cache", str(tmp_path / "cache"), "--keylog", str(harvested),
+                               "--bind", endpoint, *certs.publisher_args()], tmp_path / "harvest.err")
+    try:
+        harvester.wait_for("harvesting", timeout=90)
+        started = harvester.text()
+        for comm, library, function in (("gohttps", "go crypto/tls go1.19.", WRITE_KEY_LOG),
+                                        ("gohttps-alt", "go crypto/tls go1.23.", WRITE_KEY_LOG),
+                                        ("gnutls-serv", "gnutls 3.", GNUTLS_KEY_LOG)):
+            assert re.search(rf"{re.escape(comm)}\[\d+\] runs {re.escape(library)}.*: {re.escape(function)} at 0x"
+                             r"[0-9a-f]+: hooked at its key-log function through the gdbstub", started), started
+        # every file read whole out of the guest's page cache (an initramfs: all of it is there)
+        pages = re.findall(r"guest file (\S+) \((\d+)/(\d+) pages from the guest's page cache\)", started)
+        assert {path for path, _, _ in pages} == {"/usr/bin/gohttps", "/usr/bin/gohttps-alt",
+                                                  "/usr/lib/x86_64-linux-gnu/libgnutls.so.30"}, started
+        assert all(resident == total for _, resident, total in pages), pages
+        connections = _clients(guest, client)
+        # Go never logs the exporter secret (it never calls writeKeyLog for it); GnuTLS logs all curl logs.
+        go_randoms = _go_randoms(client, guest)
+        theirs = {line for line in keylog_lines(client) if not (line[0] == "EXPORTER_SECRET" and line[1] in go_randoms)}
+        _wait_for_lines(harvested, theirs)
+        # the guest NIC's mirror, decrypted by the sensor with the live harvester's key feed alone
+        result = subprocess.run([sys.executable, "-m", "bridge.cli", "decrypt", "-r", str(guest.pcap), "--keys",
+                                 endpoint, *certs.sensor_args(), "--flows", str(flows), "-q"],
+                                capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr
+    finally:
+        code = harvester.stop()
+    summary = harvester.text()
+    assert code == 0, summary
+    ours = keylog_lines(harvested)
+    assert ours == theirs, f"missing {sorted(theirs - ours)[:3]}, extra {sorted(ours - theirs)[:3]}\n{summary}"
+    randoms = {line[1] for line in theirs}
+    assert len(randoms) == sum(connections.values()) == 12
+    records = [json.loads(line) for line in flows.read_text().splitlines()]
+    records = [r for r in records if r.get("client_random") in randoms]
+    assert len(records) == 12 and {r["status"] for r in records} == {"decrypted"}, records
+    assert sorted(r["tls_version"] for r in records) == ["TLSv1.2"] * 6 + ["TLSv1.3"] * 6
+    origins = {(r["server"].rsplit(":", 1)[1], r["key_origin"]["comm"], r["key_origin"]["trigger"],
+                r["key_origin"]["library"][:16], r["key_origin"]["vm"]) for r in records}
+    assert origins == {
+        ("4435", "gohttps", f"gdb:{WRITE_KEY_LOG}", "go crypto/tls go", "lib-guest"),
+        ("4437", "gohttps-alt", f"gdb:{WRITE_KEY_LOG}", "go crypto/tls go", "lib-guest"),
+        ("4436", "gnutls-serv", f"gdb:{GNUTLS_KEY_LOG}", "gnutls 3.7.9", "lib-guest"),
+    }, origins
+    # every stop resumed by emulating the function's first instruction (Go's lea and cmp, GnuTLS's cmpb)
+    stops = re.search(r"(\d+) stops, (\d+) in targets .* (\d+) first instructions emulated, (\d+) stepped over", summary)
+    assert stops and int(stops.group(2)) == int(stops.group(3)) >= 4 * 4 + 2 * 5 + 6 and stops.group(4) == "0", summary
+    assert re.search(r"(\d+) stops at key-log functions \(0 not a key log line\)", summary), summary
+    assert "VM status: running" in guest.monitor("info status")  # no breakpoint left behind
+
+
+def _go_randoms(client: Path, guest: Guest) -> set[str]:
+    """The client randoms of the connections to the Go servers: curl's key log does not
+    say the port, the guest's mirror does (its ClientHellos)."""
+    result = subprocess.run(["tshark", "-r", str(guest.pcap), "-Y", "tls.handshake.type == 1", "-T", "fields",
+                             "-e", "tcp.dstport", "-e", "tls.handshake.random"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    go_ports = {str(GO_SERVER_PORT), str(ALT_GO_SERVER_PORT)}
+    randoms = {fields[1].replace(":", "").lower() for fields in (line.split("\t") for line in result.stdout.splitlines())
+               if len(fields) == 2 and fields[0] in go_ports}
+    return randoms & {line[1] for line in keylog_lines(client)}
