@@ -13,7 +13,10 @@ the client namespace measures, over HTTPS:
 * one download of a large file: MB/s.
 
 First with the gateway forwarding plainly (no NFQUEUE rule), then with the rules in
-and ``tls-bridge ips --inline`` judging every record (its hold-time histogram from
+and ``tls-bridge ips --inline`` judging every record — once with ``--no-queue-gso``
+(the kernel cuts offload super-packets into MTU-sized packets before queueing them:
+how the bridge ran before NFQA_CFG_F_GSO), once as it runs by default — with the CPU
+time the bridge and the judging Suricata used meanwhile (its hold-time histogram from
 its Prometheus metrics is printed too), and a few requests a drop rule matches: how
 long their record waited for Suricata's drop (``held_ms`` of the cut).  Beside it the
 reactive mode (``tls-bridge ips`` on eve alerts, the lab of tests/test_ips.py: mirror
@@ -96,6 +99,29 @@ def _measure(lab, requests: int, connections: int) -> dict:  # type: ignore[no-u
     return json.loads(out.stdout)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (/proc/PID/stat)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _inline(lab, name: str, extra: tuple[str, ...], args: argparse.Namespace) -> tuple[dict, str]:  # type: ignore[no-untyped-def]
+    with lab.ips(name, "--hold-budget", "10", "--verdict-timeout", "5", "--metrics", "127.0.0.1:9813", *extra) as ips:
+        ips.wait_for("ips --inline: queue", 30)
+        bridge0, suricata0, wall0 = _cpu_seconds(ips.proc.pid), _cpu_seconds(lab.suricata.pid), time.monotonic()
+        row = _row(f"inline{' ' + ' '.join(extra) if extra else ''}", _measure(lab, args.requests, args.connections))
+        row.update(bridge_cpu=_cpu_seconds(ips.proc.pid) - bridge0,
+                   suricata_cpu=_cpu_seconds(lab.suricata.pid) - suricata0, wall=time.monotonic() - wall0)
+        histogram = _hold_histogram(lab.gateway)
+        for i in range(args.blocked if not extra else 0):
+            lab.curl("--http1.1", "-o", "/dev/null", f"https://{SERVER}/tls-bridge-block-marker?bench{i}")
+        time.sleep(0.5)
+        ips.stop()
+    return row, histogram
+
+
 def _row(name: str, result: dict) -> dict[str, float]:
     return {"mode": name, "open_p50": _percentile(result["open"], 0.5) * 1000,
             "open_p99": _percentile(result["open"], 0.99) * 1000, "new_p50": _percentile(result["new"], 0.5) * 1000,
@@ -136,27 +162,23 @@ def main() -> int:
             forwarding_queued(lab.gateway, False)
             plain = _row("plain forwarding", _measure(lab, args.requests, args.connections))
             forwarding_queued(lab.gateway, True)
-            with lab.ips("bench", "--hold-budget", "10", "--verdict-timeout", "5", "--metrics",
-                         "127.0.0.1:9813") as ips:
-                ips.wait_for("ips --inline: queue", 30)
-                inline = _row("inline IPS", _measure(lab, args.requests, args.connections))
-                histogram = _hold_histogram(lab.gateway)
-                for i in range(args.blocked):
-                    lab.curl("--http1.1", "-o", "/dev/null", f"https://{SERVER}/tls-bridge-block-marker?bench{i}")
-                time.sleep(0.5)
-                ips.stop()
+            before, _ = _inline(lab, "bench-no-gso", ("--no-queue-gso",), args)
+            inline, histogram = _inline(lab, "bench", (), args)
             cuts = [r for r in jsonl(lab.tmp / "bench" / "ips.jsonl") if r["event"] == "cut"]
             blocked_served = [a for a in lab.access() if "tls-bridge-block-marker?bench" in a["uri"]]
     reactive = _reactive(args.blocked) if args.blocked else []
     print(f"\ninline IPS vs plain forwarding ({args.requests} requests on one TLS 1.3 connection, "
           f"{args.connections} new connections, a {args.size_mb} MB download; same lab, same run)\n")
-    print(f"{'mode':<18} {'req p50 ms':>11} {'req p99 ms':>11} {'new p50 ms':>11} {'new p99 ms':>11} {'MB/s':>8}")
-    for row in (plain, inline):
-        print(f"{row['mode']:<18} {row['open_p50']:>11.2f} {row['open_p99']:>11.2f} {row['new_p50']:>11.2f} "
-              f"{row['new_p99']:>11.2f} {row['mbps']:>8.1f}")
-    print(f"{'added / ratio':<18} {inline['open_p50'] - plain['open_p50']:>+11.2f} "
-          f"{inline['open_p99'] - plain['open_p99']:>+11.2f} {inline['new_p50'] - plain['new_p50']:>+11.2f} "
-          f"{inline['new_p99'] - plain['new_p99']:>+11.2f} {inline['mbps'] / plain['mbps']:>7.2f}x")
+    print(f"{'mode':<26} {'req p50 ms':>11} {'req p99 ms':>11} {'new p50 ms':>11} {'new p99 ms':>11} {'MB/s':>8} "
+          f"{'x plain':>8} {'bridge CPU s':>13} {'Suricata CPU s':>15} {'wall s':>7}")
+    for row in (plain, before, inline):
+        cpu = (f"{row['bridge_cpu']:>13.2f} {row['suricata_cpu']:>15.2f} {row['wall']:>7.2f}" if "wall" in row else "")
+        print(f"{row['mode']:<26} {row['open_p50']:>11.2f} {row['open_p99']:>11.2f} {row['new_p50']:>11.2f} "
+              f"{row['new_p99']:>11.2f} {row['mbps']:>8.1f} {row['mbps'] / plain['mbps']:>7.2f}x {cpu}")
+    for row in (before, inline):
+        print(f"{'added, ' + row['mode']:<26} {row['open_p50'] - plain['open_p50']:>+11.2f} "
+              f"{row['open_p99'] - plain['open_p99']:>+11.2f} {row['new_p50'] - plain['new_p50']:>+11.2f} "
+              f"{row['new_p99'] - plain['new_p99']:>+11.2f}")
     print(histogram)
     if cuts:
         held = [c["held_ms"] for c in cuts]

@@ -60,6 +60,7 @@ class InlineServiceSettings:
     log_releases: bool = False
     metrics: str | None = None
     queue_max_len: int = 4096
+    queue_gso: bool = True  # offload super-packets queued whole (NFQA_CFG_F_GSO)
     inline: InlineSettings = field(default_factory=InlineSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     source_mac: bytes = b"\x02\x00\x00\x00\x00\x01"
@@ -177,7 +178,7 @@ def serve(settings: InlineServiceSettings, stop: threading.Event | None = None) 
         raw4 = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         raw6 = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
         sockets = [tx, rx, raw4, raw6]
-        queue = NfQueue(settings.queue, max_len=settings.queue_max_len,
+        queue = NfQueue(settings.queue, max_len=settings.queue_max_len, gso=settings.queue_gso,
                         fail_open=settings.inline.memcap_policy == "pass-flow")
         flow_log = FlowLog.appending(settings.flows) if settings.flows else None
         log = None if settings.log is None else sys.stdout if settings.log == "-" else open(  # noqa: SIM115

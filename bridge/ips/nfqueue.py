@@ -58,6 +58,7 @@ NFQNL_CFG_CMD_BIND = 1
 NFQNL_CFG_CMD_UNBIND = 2
 NFQNL_COPY_PACKET = 2
 NFQA_CFG_F_FAIL_OPEN = 0x1
+NFQA_CFG_F_GSO = 0x4
 
 # packet attributes
 NFQA_PACKET_HDR = 1
@@ -114,15 +115,21 @@ def unbind_message(queue: int, *, seq: int = 0) -> bytes:
 
 
 def config_messages(queue: int, *, copy_range: int = 0xFFFF, max_len: int = 4096, fail_open: bool = False,
-                    seq: int = 2) -> list[bytes]:
+                    gso: bool = True, seq: int = 2) -> list[bytes]:
     """Copy whole packets (up to ``copy_range`` bytes), at most ``max_len`` waiting in
     the kernel, and with ``fail_open`` a full queue accepts packets instead of dropping
-    them.  Each is acknowledged."""
+    them.  With ``gso`` (``NFQA_CFG_F_GSO``) the kernel queues a TCP super-packet of
+    segmentation offload (GRO on the way in, TSO of the sender on a veth) as it is, up
+    to 64 KiB, instead of cutting it into MTU-sized packets first: one packet, one
+    verdict, one pass through the bridge for up to ~45 segments of a bulk transfer (its
+    checksum may be partial: the bridge does not check it; the kernel completes it when
+    the packet leaves).  Each is acknowledged."""
     flags = NLM_F_REQUEST | NLM_F_ACK
     params = _attribute(NFQA_CFG_PARAMS, struct.pack("!IB", copy_range, NFQNL_COPY_PACKET))
     maxlen = _attribute(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", max_len))
-    fail = _attribute(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)) + _attribute(
-        NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN if fail_open else 0))
+    flags_value = (NFQA_CFG_F_FAIL_OPEN if fail_open else 0) | (NFQA_CFG_F_GSO if gso else 0)
+    fail = _attribute(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO)) + _attribute(
+        NFQA_CFG_FLAGS, struct.pack("!I", flags_value))
     return [_message(NFQNL_MSG_CONFIG, queue, params, flags=flags, seq=seq),
             _message(NFQNL_MSG_CONFIG, queue, maxlen, flags=flags, seq=seq + 1),
             _message(NFQNL_MSG_CONFIG, queue, fail, flags=flags, seq=seq + 2)]
@@ -233,7 +240,7 @@ class NfQueue:
     decides what happens while no process is bound at all.
     """
 
-    def __init__(self, queue: int, *, max_len: int = 4096, fail_open: bool = False,
+    def __init__(self, queue: int, *, max_len: int = 4096, fail_open: bool = False, gso: bool = True,
                  receive_buffer: int = 8 << 20) -> None:
         self.queue = queue
         self.overruns = 0  # ENOBUFS: the socket's buffer overflowed, packets lost to the kernel's policy
@@ -247,7 +254,8 @@ class NfQueue:
                 except OSError:
                     pass  # without CAP_NET_ADMIN the binding below fails with a clearer message
             self._request(bind_message(queue), 1, f"bind queue {queue}")
-            for seq, message in enumerate(config_messages(queue, max_len=max_len, fail_open=fail_open), 2):
+            for seq, message in enumerate(config_messages(queue, max_len=max_len, fail_open=fail_open,
+                                                                   gso=gso), 2):
                 self._request(message, seq, f"configure queue {queue}")
             self._socket.setblocking(False)
         except BaseException:

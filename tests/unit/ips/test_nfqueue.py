@@ -84,4 +84,7 @@ def test_binding_and_configuration_ask_for_acknowledgements():
     params, maxlen, flags = Q.config_messages(13, copy_range=0xFFFF, max_len=1000, fail_open=True)
     assert params[20:29] == struct.pack("=HH", 9, Q.NFQA_CFG_PARAMS) + struct.pack("!IB", 0xFFFF, 2)
     assert maxlen[24:28] == struct.pack("!I", 1000)
-    assert flags[24:28] == flags[32:36] == struct.pack("!I", Q.NFQA_CFG_F_FAIL_OPEN)  # mask, then flags
+    assert flags[24:28] == struct.pack("!I", Q.NFQA_CFG_F_FAIL_OPEN | Q.NFQA_CFG_F_GSO)  # the mask
+    assert flags[32:36] == struct.pack("!I", Q.NFQA_CFG_F_FAIL_OPEN | Q.NFQA_CFG_F_GSO)  # the flags
+    *_, flags = Q.config_messages(13, fail_open=False, gso=False)
+    assert flags[32:36] == struct.pack("!I", 0)
