@@ -306,3 +306,42 @@ def test_secrets_that_come_late_and_are_wrong_follow_the_decrypt_policy():
     decided = dict(core.out.verdicts)
     assert {decided[i] for i in held} == {NF_DROP} and not suricata.seen
     assert core.counters.policy == {"decrypt:drop-flow": 1} and core.counters.cuts == 1
+
+
+class SilentSuricata(Suricata):
+    """A Suricata that takes the frames and never lets anything out (hung, or gone)."""
+
+    def step(self, core: InlineIps, now: float) -> None:
+        core.out.to_suricata = []
+        core.probe()
+
+
+@pytest.mark.parametrize("policy", ["pass-flow", "drop-flow"])
+def test_a_suricata_that_does_not_answer_ends_in_the_verdict_policy(policy):
+    core = InlineIps(Fixture("tls13-http1").store(), InlineSettings(verdict_timeout=1.0, verdict_policy=policy))
+    packets = _packets("tls13-http1")
+    verdicts, held = _run(core, packets, SilentSuricata())
+    assert held and not [i for i in held if i in verdicts]  # waiting for Suricata
+    core.tick(T0 + 0.5)
+    assert not core.out.verdicts and not core.counters.policy  # within the timeout: still waiting
+    core.tick(T0 + 1.5)
+    decided = dict(core.out.verdicts)
+    assert {decided[i] for i in held} == {NF_ACCEPT if policy == "pass-flow" else NF_DROP}
+    assert core.counters.policy == {f"verdict:{policy}": 1}
+    (line,) = [r for r in core.out.log if r["event"] == "policy"]
+    assert line["why"] == "no verdict within 1 s"
+    core.close(T0 + 10)
+    (flow,) = core.out.flows
+    assert flow["ips"]["verdict"] == ("uninspected" if policy == "pass-flow" else "dropped")
+
+
+def test_over_max_flows_the_least_recently_active_connection_follows_the_memcap_policy():
+    """The table of connections is bounded too: the oldest is let go (pass-flow) or cut,
+    the new one is followed."""
+    core = InlineIps(KeyStore(), InlineSettings(max_flows=2, hold_budget=60, memcap_policy="pass-flow"))
+    next_id = 1
+    for port in (40020, 40021, 40022):
+        next_id = _waiting_connection(core, port, 2, next_id)
+    assert core.open_connections == 2 and core.counters.policy == {"memcap:pass-flow": 1}
+    (line,) = [r for r in core.out.log if r["event"] == "policy"]
+    assert line["client"] == "10.0.0.1:40020" and "max-flows" in line["why"]
