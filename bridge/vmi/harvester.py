@@ -252,8 +252,8 @@ class VmHarvester:
 
     def _keylog_refresh(self) -> None:
         assert self.guest is not None
-        if self._keylog_files is None:
-            self.keylog_targets = []
+        if self._keylog_files is None or not (self.keylog_hooks or not self.everything):
+            self.keylog_targets = []  # (--all without hooks: not every file of every process read for a warning)
             return
         found = []
         for process in self.guest.processes():
