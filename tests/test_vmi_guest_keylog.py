@@ -102,6 +102,7 @@ def _wait_for_lines(harvested: Path, wanted: set, timeout: float = 30.0) -> None
 def test_go_and_gnutls_servers_in_the_guest_hooked_at_their_key_log_function(guest, tmp_path):
     client, harvested, flows = tmp_path / "client.keylog", tmp_path / "harvested.keylog", tmp_path / "flows.jsonl"
     endpoint, certs = f"ipc://{tmp_path}/feed", make_feed_certs(tmp_path / "certs")
+    _print_residency(guest)  # before any TLS traffic: what the Go servers map, against the page cache
     # No --kernel (the BTF found in guest memory), an empty profile cache: nothing known in advance.
     harvester = BridgeProcess(["harvest", "vm", "--memory-file", str(guest.memory_path), "--name", "lib-guest",
                                "--comm", "gohttps", "gohttps-alt", "gnutls-serv", "--trigger", "hooks",
@@ -168,3 +169,97 @@ def _go_randoms(client: Path, guest: Guest) -> set[str]:
     randoms = {fields[1].replace(":", "").lower() for fields in (line.split("\t") for line in result.stdout.splitlines())
                if len(fields) == 2 and fields[0] in go_ports}
     return randoms & {line[1] for line in keylog_lines(client)}
+
+
+LIBGNUTLS = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30"
+
+
+def _rebuilt_gnutls_server(guest: Guest) -> str:
+    """gnutls-serv on 4436 restarted on a copy of the guest's libgnutls whose build-id the
+    guest's own shell changed (printf | dd, in the guest's /tmp: tmpfs), as a security
+    update inside the guest would leave it: a build never met.  Returns its build-id."""
+    from bridge.harvest.elf import read_elf
+
+    library = Path(LIBGNUTLS)
+    build_id = bytes.fromhex(read_elf(library).build_id)
+    position = library.read_bytes().index(build_id)
+    patched = bytes(b ^ 0x5A for b in build_id)
+    octal = "".join(f"\\{b:03o}" for b in patched)
+    status, output = guest.shell(
+        f"mkdir -p /tmp/gnutls-update && cp {library} /tmp/gnutls-update/ && printf '{octal}' | "
+        f"dd of=/tmp/gnutls-update/libgnutls.so.30 bs=1 seek={position} conv=notrunc 2>/dev/null && "
+        "kill -9 $(pidof gnutls-serv); sleep 0.5; "
+        "LD_LIBRARY_PATH=/tmp/gnutls-update gnutls-serv --http --x509certfile /etc/guest/cert.pem "
+        f"--x509keyfile /etc/guest/key.pem -p {GNUTLS_SERVER_PORT} </dev/null >/dev/null 2>&1 & echo update-pid $!")
+    assert status == 0, output
+    deadline = time.monotonic() + 30
+    while guest.shell(f"grep -Eq ':{GNUTLS_SERVER_PORT:04X} 0+:0000 0A' /proc/net/tcp /proc/net/tcp6")[0] != 0:
+        assert time.monotonic() < deadline, "the updated gnutls-serv is not listening"
+        time.sleep(0.2)
+    return patched.hex()
+
+
+def test_a_gnutls_build_never_met_in_the_guest_is_probed_from_its_page_cache_copy(guest, tmp_path):
+    """A libgnutls with another build-id, written by the guest into its tmpfs: read out
+    of the page cache, loaded in the sandbox at first sight (an empty cache), hooked;
+    what it taught is kept by its build-id."""
+    build_id = _rebuilt_gnutls_server(guest)
+    client, harvested, cache = tmp_path / "client.keylog", tmp_path / "harvested.keylog", tmp_path / "cache"
+    harvester = BridgeProcess(["harvest", "vm", "--memory-file", str(guest.memory_path), "--name", "lib-guest",
+                               "--kernel", str(guest.image.kernel), "--comm", "gnutls-serv", "--trigger", "hooks",
+                               "--gdb", f"127.0.0.1:{guest.gdb_port}", "--qmp", str(guest.qmp_path),
+                               "--profile-cache", str(cache), "--keylog", str(harvested)], tmp_path / "harvest.err")
+    try:
+        harvester.wait_for("harvesting", timeout=90)
+        started = harvester.text()
+        # (the path as the dentries give it: relative to its mount, the guest's /tmp)
+        assert re.search(r"guest file /gnutls-update/libgnutls\.so\.30 \((\d+)/\1 pages from the guest's page "
+                         r"cache\): _gnutls_nss_keylog_func", started), started
+        assert curl_guest(guest, GNUTLS_SERVER_PORT, client, "--tlsv1.3").count(b"GnuTLS")
+        assert curl_guest(guest, GNUTLS_SERVER_PORT, client, "--tlsv1.2", "--tls-max", "1.2").count(b"GnuTLS")
+        theirs = keylog_lines(client)
+        _wait_for_lines(harvested, theirs)
+    finally:
+        code = harvester.stop()
+    assert code == 0, harvester.text()
+    assert keylog_lines(harvested) == theirs and len({line[1] for line in theirs}) == 2, harvester.text()
+    assert (cache / f"gnutls-{build_id}.json").is_file()  # learned once, kept by the build-id never met before
+
+
+def _print_residency(guest: Guest) -> None:
+    """How much of each Go server's pclntab its own page tables map, against the page
+    cache (printed: a fact of this guest, not a property); the page cache holds it all."""
+    from bridge.harvest.elf import read_elf
+    from bridge.vmi.btf import btf_from_kernel_image
+    from bridge.vmi.linux import LinuxGuest
+    from bridge.vmi.pagecache import PageCache
+    from bridge.vmi.physmem import MemoryFileBackend
+
+    memory = MemoryFileBackend(guest.memory_path)
+    try:
+        btf = btf_from_kernel_image(guest.image.kernel)
+        linux = LinuxGuest(memory, btf, memory.layout.ranges())
+        cache = PageCache(linux, btf)
+        for process in linux.processes():
+            if process.comm not in ("gohttps", "gohttps-alt"):
+                continue
+            file = cache.exe_file(process.mm)
+            image = cache.read_file(file)
+            copy = Path(f"/tmp/lib-residency-{process.pid}")
+            copy.write_bytes(image.data)
+            try:
+                address, offset, size = read_elf(copy).sections[".gopclntab"]
+            finally:
+                copy.unlink()
+            vmas = [v for v in linux.vmas(process) if v.file == file]
+            mapped = {virtual + step for virtual, _, length in
+                      (page for vma in vmas for page in linux.address_space(process).pages(vma.start, vma.end))
+                      for step in range(0, length, 4096)}
+            pclntab = set(range(address & ~0xFFF, address + size, 4096))
+            in_cache = {index for index in range(offset // 4096, (offset + size + 4095) // 4096)}
+            print(f"{process.comm}: pclntab {len(pclntab)} pages: {len(pclntab & mapped)} mapped by the process, "
+                  f"{len(in_cache & image.resident_pages)} in the page cache; the file: {len(mapped)} pages "
+                  f"mapped, {image.resident}/{image.pages} in the page cache")
+            assert image.complete and len(in_cache & image.resident_pages) == len(pclntab)
+    finally:
+        memory.close()
