@@ -10,6 +10,12 @@
  * closed and reopened as the binding does.  Invariants are checked with abort():
  * a boundary within the payload, the table's count, lookups after removal.
  *
+ * The same frames also go to the connection front (bridge/engine/_front_core.h)
+ * as the binding sends them (frames no lane took), with limits taken from the
+ * input: entries made, stored, promoted, owned and disowned, ended to make room,
+ * expired; checked: the limits, the byte count against the entries, the stored
+ * frames read back, every entry found, and nothing left once all are ended.
+ *
  * Build and run (tests/test_native.py does):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
  *         -I bridge/engine fuzz/fuzz_lanes.c -o build/fuzz_lanes
@@ -21,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_front_core.h"
 #include "_lanes_core.h"
 
 static const int LINKTYPES[] = {LT_ETHERNET, LT_RAW, LT_LINUX_SLL, LT_IPV4, LT_IPV6, LT_LINUX_SLL2, 0, 9999};
@@ -33,11 +40,78 @@ static const int LINKTYPES[] = {LT_ETHERNET, LT_RAW, LT_LINUX_SLL, LT_IPV4, LT_I
         }                                                                                                             \
     } while (0)
 
+/* The front's invariants: its byte count is its pending entries', each entry's frames read back. */
+static void check_front(const Front *f, size_t max_pending, size_t max_bytes)
+{
+    size_t pending = 0, bytes = 0;
+    for (const FrontEntry *e = f->oldest; e != NULL; e = e->next) {
+        CHECK(e->state == FRONT_PENDING && e->nframes >= 1 && e->nframes <= FRONT_MAX_FRAMES);
+        CHECK(e->stored <= FRONT_MAX_STORED);
+        CHECK(keys_find(&f->keys, &e->key) == &e->key);
+        size_t total = 0;
+        for (int i = 0; i < e->nframes; i++) {
+            int linktype;
+            size_t length;
+            int64_t ts;
+            const uint8_t *p = front_frame(e, i, &linktype, &length, &ts);
+            CHECK(p >= e->frames && p + length <= e->frames + e->stored);
+            total += FRONT_FRAME_HEADER + length;
+        }
+        CHECK(total == e->stored);
+        CHECK(e->next == NULL || e->next->prev == e);
+        pending++;
+        bytes += FRONT_ENTRY_BYTES(e);
+    }
+    CHECK(pending == f->pending && bytes == f->bytes);
+    CHECK(pending <= max_pending && bytes <= max_bytes);
+}
+
+/* One frame at the front, as the binding's front_step does it. */
+static void front_fuzz_step(Front *f, const Segment *s, int linktype, const uint8_t *frame, size_t length, int64_t ts,
+                            size_t max_pending, size_t max_bytes, uint8_t control)
+{
+    for (int rounds = 0; rounds < 64; rounds++) {
+        FrontEntry *e;
+        int created, full;
+        int verdict = front_segment(f, s, linktype, frame, length, ts, max_pending, max_bytes, &e, &created, &full);
+        CHECK(verdict == FRONT_PASS || verdict == FRONT_TAKEN || verdict == FRONT_PROMOTE);
+        if (full) {
+            CHECK(verdict == FRONT_PASS && !created);
+            FrontEntry *old = f->oldest;
+            if (old != NULL && old == e)
+                old = old->next;
+            if (old != NULL && !(control & 0x40)) {
+                front_unlink(f, old);
+                front_release(old);
+                continue;
+            }
+            if (e == NULL)
+                return;
+            verdict = FRONT_PROMOTE;
+        }
+        if (verdict == FRONT_PROMOTE) {
+            CHECK(e != NULL && e->state == FRONT_PENDING);
+            front_promoted(f, e);
+            if (control & 0x20) /* Python ends it at once */
+                front_disown(f, &e->key);
+        }
+        return;
+    }
+    CHECK(0); /* room is always made in a few rounds */
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     LaneTable table;
     if (lanes_init(&table, 4) < 0)
         return 0;
+    Front front;
+    if (front_init(&front, 8) < 0) {
+        lanes_free(&table, NULL);
+        return 0;
+    }
+    size_t max_pending = size ? data[0] % 6 : 3, max_bytes = size > 1 ? (size_t)data[1] * 24 : 4096;
+    int64_t clock = 0;
     size_t pos = 0;
     int opened = 0;
     while (pos + 3 <= size) {
@@ -70,6 +144,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 } else {
                     CHECK(rc == LANES_FULL);
                     CHECK(table.count == table.capacity);
+                }
+            }
+            if (lane == NULL) {
+                clock += (control & 0x0F) * 30000000LL;
+                front_fuzz_step(&front, &s, linktype, frame, length, clock, max_pending, max_bytes, control);
+                check_front(&front, max_pending, max_bytes);
+                if ((control & 0x30) == 0x30) { /* expiry */
+                    while (front.oldest != NULL && front.oldest->lru_ns < clock - 100000000LL) {
+                        FrontEntry *old = front.oldest;
+                        front_unlink(&front, old);
+                        front_release(old);
+                    }
                 }
             }
             if (lane != NULL) {
@@ -105,5 +191,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     CHECK(table.ntouched == 0);
     lanes_free(&table, NULL);
+    /* every pending entry ends; owned marks are freed with the table */
+    while (front.oldest != NULL) {
+        FrontEntry *old = front.oldest;
+        front_unlink(&front, old);
+        front_release(old);
+    }
+    CHECK(front.pending == 0 && front.bytes == 0);
+    front_free(&front);
     return 0;
 }

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from tests.support.fixtures import FIXTURES
+from tests.support.flood import Flood
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +56,10 @@ def test_libfuzzer_finds_nothing_in_the_lanes_core(tmp_path: Path) -> None:
         for start in range(0, len(frames), 4):  # a connection's frames, a few at a time
             (corpus / f"{fixture.name}-{start}").write_bytes(_seed(frames[start:start + 8]))
             count += 1
+    flood = Flood()  # the front: SYNs and ClientHellos of connections never answered
+    for start in range(0, 12, 3):
+        frames = [frame for index in range(start, start + 3) for frame in flood.connection(index, index)]
+        (corpus / f"flood-{start}").write_bytes(_seed(frames))
     assert count > 30
     result = subprocess.run([str(harness), "-runs=300000", "-max_len=8192", "-seed=1", str(corpus)],
                             capture_output=True, text=True, timeout=600)
@@ -90,7 +95,7 @@ def test_the_compiled_code_under_address_and_undefined_behaviour_sanitizers(tmp_
         f"    assert module.__file__.startswith({str(build)!r}), module.__file__\n"
         "import pytest\n"
         "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '--basetemp', sys.argv[1],"
-        " 'tests/unit/engine/test_lanes.py', 'tests/unit/reinject/test_synthetic.py',"
+        " 'tests/unit/engine/test_lanes.py', 'tests/unit/engine/test_front.py', 'tests/unit/reinject/test_synthetic.py',"
         " 'tests/unit/engine/test_engine.py', 'tests/test_pcapfile.py', 'tests/test_afpacket.py',"
         " 'tests/unit/capture/test_pcapwriter.py', 'tests/unit/capture/test_records.py']))\n"
     )

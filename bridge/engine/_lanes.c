@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_front_core.h"
 #include "_lanes_core.h"
 
 /* ------------------------------------------------------------------------- */
@@ -55,7 +56,17 @@
 typedef struct {
     PyObject_HEAD
     LaneTable table;
+    /* the connection front (_front_core.h): off while front.keys.capacity is 0 */
+    Front front;
+    size_t max_pending, max_bytes;
+    int64_t python_oldest_ns; /* Python's least recently active half-open connection */
+    /* what the last runs did at the front, until take_front() */
+    PyObject *promoted; /* an entry's description, or NULL */
+    PyObject *ended;    /* descriptions of entries ended to make room, or NULL */
+    Py_ssize_t created;
 } LanesObject;
+
+static int Lanes_clear(LanesObject *self);
 
 static void lane_release_handle(Lane *lane)
 {
@@ -64,28 +75,36 @@ static void lane_release_handle(Lane *lane)
     Py_XDECREF(handle);
 }
 
+static void lane_release_key(LaneKey *key)
+{
+    lane_release_handle((Lane *)(void *)key);
+}
+
 static int Lanes_init(LanesObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"capacity", NULL};
-    Py_ssize_t capacity;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:Lanes", kwlist, &capacity))
+    static char *kwlist[] = {"capacity", "front_capacity", NULL};
+    Py_ssize_t capacity, front_capacity = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|n:Lanes", kwlist, &capacity, &front_capacity))
         return -1;
-    if (capacity < 1 || capacity > (1 << 26)) {
-        PyErr_SetString(PyExc_ValueError, "capacity must be within 1..2^26");
+    if (capacity < 1 || capacity > (1 << 26) || front_capacity < 0 || front_capacity > (1 << 26)) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be within 1..2^26, front_capacity within 0..2^26");
         return -1;
     }
-    lanes_free(&self->table, lane_release_handle);
-    if (lanes_init(&self->table, (size_t)capacity) < 0) {
+    Lanes_clear(self);
+    if (lanes_init(&self->table, (size_t)capacity) < 0 ||
+        (front_capacity && front_init(&self->front, (size_t)front_capacity) < 0)) {
         PyErr_NoMemory();
         return -1;
     }
+    self->front.next_id = 1;
+    self->python_oldest_ns = INT64_MAX;
     return 0;
 }
 
 static void Lanes_dealloc(LanesObject *self)
 {
     PyObject_GC_UnTrack(self);
-    lanes_free(&self->table, lane_release_handle);
+    Lanes_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -95,12 +114,19 @@ static int Lanes_traverse(LanesObject *self, visitproc visit, void *arg)
     for (size_t i = 0; i < t->nslots; i++)
         if (t->slots[i])
             Py_VISIT((PyObject *)t->slots[i]->handle);
+    Py_VISIT(self->promoted);
+    Py_VISIT(self->ended);
     return 0;
 }
 
 static int Lanes_clear(LanesObject *self)
 {
-    lanes_free(&self->table, lane_release_handle);
+    lanes_free(&self->table, lane_release_key);
+    front_free(&self->front);
+    self->max_pending = self->max_bytes = 0;
+    Py_CLEAR(self->promoted);
+    Py_CLEAR(self->ended);
+    self->created = 0;
     return 0;
 }
 
@@ -203,6 +229,239 @@ static PyObject *Lanes_close(LanesObject *self, PyObject *args)
     return result;
 }
 
+
+/* ------------------------------------------------------------------------- */
+/* The connection front                                                        */
+
+/* A pending entry as Python sees it (bridge/engine/lanes.py FrontEntry):
+   (flow_id, ip_version, client_ip, client_port, server_ip, server_port, first_ns, last_ns, lru_ns, sent,
+    client_random | None, why, frames), frames: the stored frames, each a 12-byte header
+   (linktype: 2 bytes, length: 2, timestamp_ns: 8, big-endian) and its bytes */
+static PyObject *front_describe(const FrontEntry *e)
+{
+    Py_ssize_t alen = e->key.bytes[0] == 4 ? 4 : 16;
+    const uint8_t *k = e->key.bytes;
+    PyObject *random = NULL;
+    if (e->sent == SENT_HELLO) {
+        for (int i = 0; i < e->nframes && random == NULL; i++) {
+            int linktype;
+            size_t length;
+            int64_t ts;
+            const uint8_t *p = front_frame(e, i, &linktype, &length, &ts);
+            Segment seg;
+            if (decode_frame(linktype, p, length, &seg) == 0 && seg.payload_len >= 43) {
+                random = PyBytes_FromStringAndSize((const char *)seg.payload + 11, 32);
+                if (random == NULL)
+                    return NULL;
+            }
+        }
+    }
+    if (random == NULL) {
+        random = Py_None;
+        Py_INCREF(random);
+    }
+    PyObject *t = PyTuple_New(13);
+    if (t == NULL) {
+        Py_DECREF(random);
+        return NULL;
+    }
+    PyObject *items[13] = {
+        PyLong_FromUnsignedLongLong(e->flow_id),
+        PyLong_FromLong(k[0]),
+        PyBytes_FromStringAndSize((const char *)k + 1, alen),
+        PyLong_FromLong(rd16(k + 33)),
+        PyBytes_FromStringAndSize((const char *)k + 17, alen),
+        PyLong_FromLong(rd16(k + 35)),
+        PyLong_FromLongLong(e->first_ns),
+        PyLong_FromLongLong(e->last_ns),
+        PyLong_FromLongLong(e->lru_ns),
+        PyLong_FromLong(e->sent),
+        random,
+        PyLong_FromLong(e->why),
+        PyBytes_FromStringAndSize((const char *)e->frames, (Py_ssize_t)e->stored),
+    };
+    int failed = 0;
+    for (int i = 0; i < 13; i++) {
+        if (items[i] == NULL)
+            failed = 1;
+        PyTuple_SET_ITEM(t, i, items[i]); /* NULL items are skipped by the tuple's dealloc */
+    }
+    if (failed) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* End a pending entry: its description appended to out, the entry gone. */
+static int front_end(Front *f, FrontEntry *e, int why, PyObject *out)
+{
+    e->why = (uint8_t)why;
+    PyObject *d = front_describe(e);
+    if (d == NULL)
+        return -1;
+    int rc = PyList_Append(out, d);
+    Py_DECREF(d);
+    if (rc < 0)
+        return -1;
+    front_unlink(f, e);
+    front_release(e);
+    return 0;
+}
+
+/* A decoded frame no lane took, at the front: FRONT_PASS, _TAKEN or _PROMOTE; -1 on error.
+   Room is made as the Python path makes it: the least recently active half-open
+   connection goes first, never the one this frame is of; when that is Python's
+   (or there is none here), Python takes the frame and decides. */
+static int front_step(LanesObject *self, const Segment *s, int linktype, const uint8_t *frame, size_t length,
+                      int64_t ts)
+{
+    for (;;) {
+        FrontEntry *e;
+        int created, full;
+        int verdict = front_segment(&self->front, s, linktype, frame, length, ts, self->max_pending,
+                                    self->max_bytes, &e, &created, &full);
+        if (full) {
+            FrontEntry *old = self->front.oldest;
+            if (old != NULL && old == e)
+                old = old->next;
+            if (old != NULL && old->lru_ns <= self->python_oldest_ns) {
+                if (self->ended == NULL && (self->ended = PyList_New(0)) == NULL)
+                    return -1;
+                if (front_end(&self->front, old, full - 1, self->ended) < 0)
+                    return -1;
+                continue;
+            }
+            if (e == NULL)
+                return FRONT_PASS; /* a new connection: Python's, and Python makes room */
+            verdict = FRONT_PROMOTE;
+        }
+        self->created += created;
+        if (verdict == FRONT_PROMOTE) {
+            PyObject *d = front_describe(e);
+            if (d == NULL)
+                return -1;
+            Py_XSETREF(self->promoted, d);
+            front_promoted(&self->front, e);
+        }
+        return verdict;
+    }
+}
+
+static PyObject *Lanes_front_limits(LanesObject *self, PyObject *args)
+{
+    Py_ssize_t max_pending, max_bytes;
+    long long python_oldest = INT64_MAX;
+    if (!PyArg_ParseTuple(args, "nn|L:front_limits", &max_pending, &max_bytes, &python_oldest))
+        return NULL;
+    self->max_pending = max_pending > 0 ? (size_t)max_pending : 0;
+    self->max_bytes = max_bytes > 0 ? (size_t)max_bytes : 0;
+    self->python_oldest_ns = python_oldest;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lanes_take_front(LanesObject *self, PyObject *unused)
+{
+    if (self->promoted == NULL && self->ended == NULL && self->created == 0)
+        Py_RETURN_NONE;
+    PyObject *promoted = self->promoted ? self->promoted : Py_None;
+    PyObject *ended = self->ended ? self->ended : PyList_New(0);
+    if (ended == NULL)
+        return NULL;
+    if (promoted == Py_None)
+        Py_INCREF(promoted);
+    PyObject *result = Py_BuildValue("(NNn)", promoted, ended, self->created);
+    self->promoted = self->ended = NULL;
+    self->created = 0;
+    return result;
+}
+
+static int key_of(LaneKey *key, PyObject *args, const char *format)
+{
+    Py_buffer src, dst;
+    unsigned sport, dport;
+    if (!PyArg_ParseTuple(args, format, &src, &sport, &dst, &dport))
+        return -1;
+    int rc = make_key(key, &src, sport, &dst, dport);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return rc;
+}
+
+static PyObject *Lanes_front_own(LanesObject *self, PyObject *args)
+{
+    LaneKey key;
+    if (key_of(&key, args, "y*Iy*I:front_own") < 0)
+        return NULL;
+    if (self->front.keys.capacity == 0)
+        Py_RETURN_FALSE;
+    return PyBool_FromLong(front_own(&self->front, &key) == 0);
+}
+
+static PyObject *Lanes_front_disown(LanesObject *self, PyObject *args)
+{
+    LaneKey key;
+    if (key_of(&key, args, "y*Iy*I:front_disown") < 0)
+        return NULL;
+    if (self->front.keys.capacity)
+        front_disown(&self->front, &key);
+    Py_RETURN_NONE;
+}
+
+/* end(count, why): the count least recently active pending entries, ended. */
+static PyObject *Lanes_front_end(LanesObject *self, PyObject *args)
+{
+    Py_ssize_t count;
+    int why;
+    if (!PyArg_ParseTuple(args, "ni:front_end", &count, &why))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    while (out != NULL && count-- > 0 && self->front.oldest != NULL)
+        if (front_end(&self->front, self->front.oldest, why, out) < 0)
+            Py_CLEAR(out);
+    return out;
+}
+
+/* expire(before_ns): pending entries last active (to within the granularity) before before_ns, ended. */
+static PyObject *Lanes_front_expire(LanesObject *self, PyObject *args)
+{
+    long long before;
+    if (!PyArg_ParseTuple(args, "L:front_expire", &before))
+        return NULL;
+    PyObject *out = PyList_New(0);
+    while (out != NULL && self->front.oldest != NULL && self->front.oldest->lru_ns < before)
+        if (front_end(&self->front, self->front.oldest, 0, out) < 0)
+            Py_CLEAR(out);
+    return out;
+}
+
+static PyObject *Lanes_allocate_id(LanesObject *self, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(self->front.next_id++);
+}
+
+static PyObject *Lanes_get_front_pending(LanesObject *self, void *closure)
+{
+    return PyLong_FromSize_t(self->front.pending);
+}
+
+static PyObject *Lanes_get_front_bytes(LanesObject *self, void *closure)
+{
+    return PyLong_FromSize_t(self->front.bytes);
+}
+
+static PyObject *Lanes_get_front_oldest_ns(LanesObject *self, void *closure)
+{
+    if (self->front.oldest == NULL)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(self->front.oldest->lru_ns);
+}
+
+static PyObject *Lanes_get_front_capacity(LanesObject *self, void *closure)
+{
+    return PyLong_FromSize_t(self->front.keys.capacity);
+}
+
 static PyObject *str_timestamp_ns, *str_linktype, *str_data;
 
 /* The chunk being gathered: consecutive in-order payloads of one lane. */
@@ -299,8 +558,18 @@ static PyObject *Lanes_run(LanesObject *self, PyObject *args)
                                    (size_t)PyBytes_GET_SIZE(data_o), &s);
         Lane *lane = decoded == 0 ? lanes_find(&self->table, &s.key) : NULL;
         if (lane == NULL) {
+            int verdict = FRONT_PASS;
+            if (decoded == 0 && self->front.keys.capacity)
+                verdict = front_step(self, &s, (int)linktype, (const uint8_t *)PyBytes_AS_STRING(data_o),
+                                     (size_t)PyBytes_GET_SIZE(data_o), ts);
             Py_DECREF(data_o);
-            break;
+            if (verdict < 0)
+                goto fail;
+            if (verdict == FRONT_TAKEN) {
+                handled++;
+                continue;
+            }
+            break; /* Python takes it (after the promoted entry's frames) */
         }
         long boundary;
         if (lane_segment(&self->table, lane, &s, ts, &boundary) == LANE_REFUSED) {
@@ -385,6 +654,21 @@ static PyMethodDef Lanes_methods[] = {
     {"run", (PyCFunction)Lanes_run, METH_VARARGS,
      "run(frames, start) -> (stop, chunks, handled, closed): the frames of open lanes from start on, "
      "up to the first that Python must take"},
+    {"front_limits", (PyCFunction)Lanes_front_limits, METH_VARARGS,
+     "front_limits(max_pending, max_bytes[, python_oldest_ns]): the front's share of max_flows and memory_limit "
+     "(0: no new entries), and when Python's least recently active half-open connection was last active"},
+    {"take_front", (PyCFunction)Lanes_take_front, METH_NOARGS,
+     "take_front() -> None | (promoted, ended, created): what the runs since the last call did at the front"},
+    {"front_own", (PyCFunction)Lanes_front_own, METH_VARARGS,
+     "front_own(client_ip, client_port, server_ip, server_port) -> bool: Python tracks this connection"},
+    {"front_disown", (PyCFunction)Lanes_front_disown, METH_VARARGS,
+     "front_disown(client_ip, client_port, server_ip, server_port): Python no longer tracks it"},
+    {"front_end", (PyCFunction)Lanes_front_end, METH_VARARGS,
+     "front_end(count, why) -> [entry]: the least recently active pending entries, ended"},
+    {"front_expire", (PyCFunction)Lanes_front_expire, METH_VARARGS,
+     "front_expire(before_ns) -> [entry]: pending entries not active since before_ns, ended"},
+    {"allocate_id", (PyCFunction)Lanes_allocate_id, METH_NOARGS,
+     "allocate_id() -> int: the next flow id (the front numbers its entries from the same sequence)"},
     {"touched", (PyCFunction)Lanes_touched, METH_NOARGS,
      "touched() -> [(handle, last_timestamp_ns)]: lanes that had frames since the last call"},
     {NULL, NULL, 0, NULL},
@@ -392,6 +676,11 @@ static PyMethodDef Lanes_methods[] = {
 
 static PyGetSetDef Lanes_getset[] = {
     {"capacity", (getter)Lanes_get_capacity, NULL, "the most lanes open at once", NULL},
+    {"front_pending", (getter)Lanes_get_front_pending, NULL, "pending entries at the front", NULL},
+    {"front_bytes", (getter)Lanes_get_front_bytes, NULL, "bytes charged for the pending entries", NULL},
+    {"front_capacity", (getter)Lanes_get_front_capacity, NULL, "entries the front may hold (0: off)", NULL},
+    {"front_oldest_ns", (getter)Lanes_get_front_oldest_ns, NULL,
+     "when the least recently active pending entry was last active (None: no entry)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -441,5 +730,7 @@ PyMODINIT_FUNC PyInit__lanes(void)
         return NULL;
     }
     PyModule_AddIntConstant(m, "CHUNK_LIMIT", CHUNK_LIMIT);
+    PyModule_AddIntConstant(m, "FRONT_MAX_FRAMES", FRONT_MAX_FRAMES);
+    PyModule_AddIntConstant(m, "FRONT_MAX_STORED", FRONT_MAX_STORED);
     return m;
 }

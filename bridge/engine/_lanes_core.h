@@ -45,14 +45,21 @@ typedef struct {
     uint32_t remaining;
 } Lane;
 
-/* Lanes are allocated one by one (stable addresses); the table holds pointers. */
-typedef struct {
-    Lane **slots;
-    size_t nslots; /* power of two, at least twice the capacity */
+/* The table of lanes (a KeyTable of Lane, see below) and the lanes touched since the last take. */
+typedef struct KeyTable {
+    LaneKey **slots; /* each entry's first member is its key */
+    size_t nslots;   /* power of two, at least twice the capacity */
     size_t capacity, count;
+    uint64_t seed;
+} KeyTable;
+
+typedef struct {
+    Lane **slots; /* the KeyTable's slots, typed */
+    size_t nslots;
+    size_t capacity, count;
+    uint64_t seed;
     Lane **touched; /* lanes that had frames since the last take, at most capacity */
     size_t ntouched;
-    uint64_t seed;
 } LaneTable;
 
 enum { LANES_OK = 0, LANES_EXISTS = 1, LANES_FULL = 2, LANES_NOMEM = -1 };
@@ -210,7 +217,7 @@ static inline uint64_t mix64(uint64_t x)
     return x;
 }
 
-static inline size_t lane_hash(const LaneTable *t, const LaneKey *key)
+static inline size_t key_hash(const KeyTable *t, const LaneKey *key)
 {
     uint64_t h = t->seed;
     uint64_t w;
@@ -224,20 +231,15 @@ static inline size_t lane_hash(const LaneTable *t, const LaneKey *key)
     return (size_t)h & (t->nslots - 1);
 }
 
-static int lanes_init(LaneTable *t, size_t capacity)
+static int keys_init(KeyTable *t, size_t capacity)
 {
     size_t nslots = 16;
     while (nslots < 2 * capacity)
         nslots <<= 1;
     memset(t, 0, sizeof *t);
-    t->slots = calloc(nslots, sizeof(Lane *));
-    t->touched = calloc(capacity, sizeof(Lane *));
-    if (t->slots == NULL || t->touched == NULL) {
-        free(t->slots);
-        free(t->touched);
-        t->slots = t->touched = NULL;
+    t->slots = calloc(nslots, sizeof(LaneKey *));
+    if (t->slots == NULL)
         return -1;
-    }
     t->nslots = nslots;
     t->capacity = capacity;
     uint64_t seed = 0;
@@ -247,52 +249,124 @@ static int lanes_init(LaneTable *t, size_t capacity)
     return 0;
 }
 
-static void lanes_free(LaneTable *t, void (*release)(Lane *))
+/* Free every entry (release: called on each first) and the slots. */
+static void keys_free(KeyTable *t, void (*release)(LaneKey *))
 {
     if (t->slots == NULL)
         return;
     for (size_t i = 0; i < t->nslots; i++) {
-        Lane *lane = t->slots[i];
-        if (lane) {
+        LaneKey *entry = t->slots[i];
+        if (entry) {
             if (release)
-                release(lane);
-            free(lane);
+                release(entry);
+            free(entry);
         }
     }
     free(t->slots);
-    free(t->touched);
     memset(t, 0, sizeof *t);
 }
 
-static size_t lanes_slot(const LaneTable *t, const LaneKey *key)
+static size_t keys_slot(const KeyTable *t, const LaneKey *key)
 {
     size_t mask = t->nslots - 1;
-    size_t i = lane_hash(t, key);
-    while (t->slots[i] && memcmp(t->slots[i]->key.bytes, key->bytes, sizeof key->bytes) != 0)
+    size_t i = key_hash(t, key);
+    while (t->slots[i] && memcmp(t->slots[i]->bytes, key->bytes, sizeof key->bytes) != 0)
         i = (i + 1) & mask;
     return i;
 }
 
-static Lane *lanes_find(const LaneTable *t, const LaneKey *key)
+static inline LaneKey *keys_find(const KeyTable *t, const LaneKey *key)
 {
-    return t->slots[lanes_slot(t, key)];
+    return t->slots[keys_slot(t, key)];
 }
 
-static int lanes_insert(LaneTable *t, const LaneKey *key, Lane **out)
+/* Insert an entry of size bytes (zeroed, its key set): LANES_OK (*out), _EXISTS, _FULL or _NOMEM. */
+static int keys_insert(KeyTable *t, const LaneKey *key, size_t size, LaneKey **out)
 {
-    size_t i = lanes_slot(t, key);
+    size_t i = keys_slot(t, key);
     if (t->slots[i])
         return LANES_EXISTS;
     if (t->count >= t->capacity)
         return LANES_FULL;
-    Lane *lane = calloc(1, sizeof *lane);
-    if (lane == NULL)
+    LaneKey *entry = calloc(1, size);
+    if (entry == NULL)
         return LANES_NOMEM;
-    lane->key = *key;
-    t->slots[i] = lane;
+    *entry = *key;
+    t->slots[i] = entry;
     t->count++;
-    *out = lane;
+    *out = entry;
     return LANES_OK;
+}
+
+/* Unlink the entry of key from the table, not freed: it, or NULL if absent. */
+static LaneKey *keys_unlink(KeyTable *t, const LaneKey *key)
+{
+    size_t mask = t->nslots - 1;
+    size_t hole = keys_slot(t, key);
+    LaneKey *entry = t->slots[hole];
+    if (entry == NULL)
+        return NULL;
+    t->slots[hole] = NULL;
+    t->count--;
+    /* backward shift: move later entries of the probe run into the hole */
+    for (size_t j = (hole + 1) & mask; t->slots[j]; j = (j + 1) & mask) {
+        size_t home = key_hash(t, t->slots[j]);
+        /* entry j may move to the hole unless its home is cyclically within (hole, j] */
+        int stays = hole < j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            t->slots[hole] = t->slots[j];
+            t->slots[j] = NULL;
+            hole = j;
+        }
+    }
+    return entry;
+}
+
+/* The lane table over a KeyTable: the same memory, the slots typed as Lane. */
+_Static_assert(offsetof(Lane, key) == 0, "a lane starts with its key");
+#define KEYS(t) ((KeyTable *)(void *)(t))
+_Static_assert(offsetof(LaneTable, slots) == offsetof(KeyTable, slots) &&
+                   offsetof(LaneTable, nslots) == offsetof(KeyTable, nslots) &&
+                   offsetof(LaneTable, capacity) == offsetof(KeyTable, capacity) &&
+                   offsetof(LaneTable, count) == offsetof(KeyTable, count) &&
+                   offsetof(LaneTable, seed) == offsetof(KeyTable, seed),
+               "a LaneTable begins as a KeyTable");
+
+static int lanes_init(LaneTable *t, size_t capacity)
+{
+    memset(t, 0, sizeof *t);
+    if (keys_init(KEYS(t), capacity) < 0)
+        return -1;
+    t->touched = calloc(capacity, sizeof(Lane *));
+    if (t->touched == NULL) {
+        keys_free(KEYS(t), NULL);
+        return -1;
+    }
+    return 0;
+}
+
+/* Free every lane (release: called on each first, with the lane's key: the lane). */
+static void lanes_free(LaneTable *t, void (*release)(LaneKey *))
+{
+    if (t->slots == NULL)
+        return;
+    keys_free(KEYS(t), release);
+    free(t->touched);
+    memset(t, 0, sizeof *t);
+}
+
+static Lane *lanes_find(const LaneTable *t, const LaneKey *key)
+{
+    return (Lane *)(void *)keys_find(KEYS(t), key);
+}
+
+static int lanes_insert(LaneTable *t, const LaneKey *key, Lane **out)
+{
+    LaneKey *entry = NULL;
+    int rc = keys_insert(KEYS(t), key, sizeof(Lane), &entry);
+    if (rc == LANES_OK)
+        *out = (Lane *)(void *)entry;
+    return rc;
 }
 
 /* The lane had a frame: remember it for the next take (once). */
@@ -307,9 +381,7 @@ static inline void lane_touch(LaneTable *t, Lane *lane)
 /* Remove the lane of key (release: called on it first); 0, or -1 if absent. */
 static int lanes_remove(LaneTable *t, const LaneKey *key, void (*release)(Lane *))
 {
-    size_t mask = t->nslots - 1;
-    size_t hole = lanes_slot(t, key);
-    Lane *lane = t->slots[hole];
+    Lane *lane = (Lane *)(void *)keys_unlink(KEYS(t), key);
     if (lane == NULL)
         return -1;
     if (lane->touched) { /* swap-remove from the touched list */
@@ -322,19 +394,6 @@ static int lanes_remove(LaneTable *t, const LaneKey *key, void (*release)(Lane *
     if (release)
         release(lane);
     free(lane);
-    t->slots[hole] = NULL;
-    t->count--;
-    /* backward shift: move later entries of the probe run into the hole */
-    for (size_t j = (hole + 1) & mask; t->slots[j]; j = (j + 1) & mask) {
-        size_t home = lane_hash(t, &t->slots[j]->key);
-        /* entry j may move to the hole unless its home is cyclically within (hole, j] */
-        int stays = hole < j ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!stays) {
-            t->slots[hole] = t->slots[j];
-            t->slots[j] = NULL;
-            hole = j;
-        }
-    }
     return 0;
 }
 

@@ -43,7 +43,7 @@ import gc
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -631,6 +631,10 @@ class Decryptor:
                 self.stats.flows_idle += 1
                 self._finish(oldest, "idle", events)
         return events
+
+    def finish_batches(self) -> Iterator[list[Event]]:
+        """:meth:`finish`, its events in lists (one here)."""
+        yield self.finish()
 
     def finish(self) -> list[Event]:
         """End of input: every flow still open is finished."""

@@ -184,5 +184,6 @@ class Engine:
 
     def finish(self) -> None:
         """End of input: every connection still open is finished."""
-        self._dispatch(self.decryptor.finish())
+        for events in self.decryptor.finish_batches():
+            self._dispatch(events)
         self._dispatch(self.quic.finish())

@@ -31,23 +31,53 @@ compare both on every committed capture).
 
 Bounded: at most ``capacity`` lanes (further directions stay on the Python path),
 a few dozen bytes each.
+
+**The front** (``_front_core.h``): connections whose server has not answered are
+kept in C, a few hundred bytes each, and not as Python flows (a flood of
+ClientHellos is made of them).  A pure SYN of a connection Python does not track
+opens a pending entry, which stores the client's frames as they come (its SYN
+again, pure ACKs, its first bytes in order: the ClientHello).  The first frame
+that is anything else — the server's SYN-ACK or any frame of the server, a FIN or
+RST, a byte out of order, more than an entry holds — *promotes* it: the Python
+path gets the stored frames, then that frame, as if it had seen them all (the
+flow id is the one the entry took at its SYN, from the same sequence), and the
+connection is Python's from then on.  A connection answered by its server is
+therefore Python's from the SYN-ACK on, as before.
+
+Pending entries that end unanswered (evicted, idle, end of input) never become
+Python flows: their flow log line says what the Python path would say (not TLS
+with nothing sent; ``partial``, handshake incomplete, with one whole ClientHello
+that the Python parser accepts, checked in C by the same rules), built from the
+stored frames only if an output reads it (the flow log's sample).  Anything
+else — bytes that are not one whole ClientHello, or a client random the key
+store has secrets for — goes through the Python path at its end, from the stored
+frames.  Pending entries are half-open connections for ``max_flows`` and the
+memory budget (``memory_limit``; each is charged its bytes), evicted first, least
+recently active first.  Not done for them: :class:`KeysWanted` (a harvester
+could not find a handshake the server never answered) and the key lag.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import NamedTuple
 
 from bridge.capture.frames import Frame
 from bridge.engine import _lanes
-from bridge.engine.decryptor import _LRU_GRANULARITY_NS, Decryptor
-from bridge.engine.events import Event
+from bridge.engine.decryptor import _LRU_GRANULARITY_NS, NS, Decryptor, _iso
+from bridge.engine.events import Event, FlowFinished, FlowInfo, FlowStarted
+from bridge.engine.packets import TcpSegment, classify
 from bridge.engine.settings import EngineSettings
+from bridge.engine.summary import FlowSummary
+from bridge.errors import PacketDecodeError
 from bridge.keys.store import KeyStore
 from bridge.tls.state import Direction
 
-__all__ = ["LaneDecryptor", "LaneState", "MAX_LANES"]
+__all__ = ["FrontEntry", "LaneDecryptor", "LaneState", "MAX_LANES"]
 
 #: The most lanes open at once by default (two per connection); connections beyond
 #: stay on the Python path.
@@ -65,13 +95,87 @@ class LaneState(NamedTuple):
     last_ns: int
 
 
+#: What a pending entry's client sent (the C module's ``sent``).
+SENT_NOTHING, SENT_HELLO, SENT_OTHER = 0, 1, 2
+#: Which bound ended an evicted entry (its ``why``), as the flow log names it.
+_BOUNDS = ("max flows", "memory limit")
+#: The eviction victim that is the front's least recently active pending entry.
+_FRONT = object()
+#: "No half-open connection on the Python path" to the C module (the largest int64).
+_NEVER = (1 << 63) - 1
+
+
+class FrontEntry(NamedTuple):
+    """A pending connection at the front (the C module's entry tuple)."""
+
+    flow_id: int
+    ip_version: int
+    client_ip: bytes
+    client_port: int
+    server_ip: bytes
+    server_port: int
+    first_ns: int
+    last_ns: int
+    lru_ns: int
+    sent: int
+    client_random: bytes | None
+    why: int
+    #: The stored frames as the C module keeps them (see :meth:`stored_frames`).
+    frames: bytes
+
+    @property
+    def client_key(self) -> tuple[bytes, int, bytes, int]:
+        return (self.client_ip, self.client_port, self.server_ip, self.server_port)
+
+    def stored_frames(self) -> list[tuple[int, int, bytes]]:
+        """(linktype, timestamp_ns, bytes) of each stored frame, in order."""
+        out = []
+        blob, at = self.frames, 0
+        while at < len(blob):
+            linktype, length, timestamp_ns = _FRAME_HEADER.unpack_from(blob, at)
+            at += _FRAME_HEADER.size
+            out.append((linktype, timestamp_ns, blob[at:at + length]))
+            at += length
+        return out
+
+
+#: A stored frame's header (the C module's FRONT_FRAME_HEADER).
+_FRAME_HEADER = struct.Struct(">HHq")
+
+
+def _front_summary(entry: tuple, ended_by: str, config: EngineSettings) -> FlowSummary:  # type: ignore[type-arg]
+    """The flow log's line of a pending entry that ended unanswered: what the Python
+    path says of its frames (replayed in a decryptor of their own)."""
+    entry = FrontEntry(*entry)
+    scratch = Decryptor(KeyStore(), dataclasses.replace(config, memory_limit=1 << 62, max_flows=1 << 30))
+    scratch._next_id = entry.flow_id
+    for linktype, timestamp_ns, data in entry.stored_frames():
+        scratch.process(classify(linktype, data, timestamp_ns))  # type: ignore[arg-type]
+    flow = scratch._by_tuple[entry.client_key]
+    flow.evicted_for = _BOUNDS[entry.why]
+    events: list[Event] = []
+    scratch._finish(flow, ended_by, events)
+    finished = events[-1]
+    assert isinstance(finished, FlowFinished)
+    return finished.summary
+
+
 class LaneDecryptor(Decryptor):
     """The decryptor with established TLS streams on the compiled path."""
 
     def __init__(self, keys: KeyStore, config: EngineSettings | None = None, *, request_keys: bool = False,
-                 clock: Callable[[], float] = time.monotonic, capacity: int | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, capacity: int | None = None,
+                 front: bool = True) -> None:
         super().__init__(keys, config, request_keys=request_keys, clock=clock)
-        self.lanes = _lanes.Lanes(capacity or min(MAX_LANES, 2 * self.config.max_flows))
+        #: The front's entries: pending connections (at most max_flows) and the marks of
+        #: the connections Python tracks (at most max_flows, and the one being made).
+        front_capacity = 2 * self.config.max_flows + 64 if front else 0
+        self.lanes = _lanes.Lanes(capacity or min(MAX_LANES, 2 * self.config.max_flows), front_capacity)
+        self._front = front
+        #: The flow id a promoted entry took at its SYN, for the flow its frames make.
+        self._reserved_id: int | None = None
+        #: An entry ended unanswered is being replayed through the Python path.
+        self._ending = False
         #: flow_id → bit mask of its directions that are lanes
         self._laned: dict[int, int] = {}
         #: the flow being finished (its lanes are closed and must stay so)
@@ -80,17 +184,38 @@ class LaneDecryptor(Decryptor):
         self.lane_frames = 0
         self.lanes_opened = 0
         self.lanes_refused = 0
+        #: pending connections the front handed to the Python path
+        self.front_promoted = 0
 
     # --- frames ---------------------------------------------------------------------------
 
     def run_lanes(self, frames: Sequence[Frame], start: int) -> tuple[int, int, list[Event]]:
-        """The frames of open lanes from ``start`` on: (index of the first frame the
-        Python path must take, frames taken here, events)."""
-        stop, chunks, handled, closed = self.lanes.run(frames, start)
+        """The frames of open lanes and of the front from ``start`` on: (index of the
+        first frame the Python path must take, frames taken here, events)."""
+        lanes = self.lanes
+        front = self._front
+        if front:
+            config = self.config
+            half_open = self._half_open
+            lanes.front_limits(config.max_flows - len(self._flows) - len(half_open),
+                               config.memory_limit - self.memory_reserved - self._charged,
+                               next(iter(half_open.values())).lru_ns if half_open else _NEVER)
+        stop, chunks, handled, closed = lanes.run(frames, start)
         events: list[Event] = []
         if handled:
             self.stats.segments += handled
             self.lane_frames += handled
+            timestamp_ns = frames[stop - 1].timestamp_ns
+            if timestamp_ns > self._now_ns:
+                self._now_ns = timestamp_ns
+        taken = lanes.take_front() if front else None
+        if taken is not None:
+            promoted, ended, created = taken
+            self.stats.flows += created
+            for entry in ended:  # made room for a new one
+                if entry[11]:  # why: the memory limit
+                    self.stats.evicted_for_memory += 1
+                self._front_evicted(entry, events)
         for (flow, direction), timestamp_ns, data in chunks:
             if timestamp_ns > self._now_ns:
                 self._now_ns = timestamp_ns
@@ -102,7 +227,138 @@ class LaneDecryptor(Decryptor):
             state = LaneState(*closed)
             self._restore(state)
             self._close_lanes(state.handle[0])  # the other direction too: see _segment
+        if taken is not None and promoted is not None:
+            self.front_promoted += 1
+            self._replay(FrontEntry(*promoted), events)
+        if front:
+            used = self._charged + self.memory_reserved + lanes.front_bytes
+            if used > self.stats.memory_peak:
+                self.stats.memory_peak = used
         return stop, handled, events
+
+    # --- the front ---------------------------------------------------------------------------
+
+    def allocate_flow_id(self) -> int:
+        reserved = self._reserved_id
+        if reserved is not None:
+            self._reserved_id = None
+            return reserved
+        return self.lanes.allocate_id()
+
+    @property
+    def active_flows(self) -> int:
+        return len(self._flows) + len(self._half_open) + self.lanes.front_pending
+
+    @property
+    def half_open_flows(self) -> int:
+        return len(self._half_open) + self.lanes.front_pending
+
+    @property
+    def memory_used(self) -> int:
+        return self._charged + self.memory_reserved + self.lanes.front_bytes
+
+    def _replay(self, entry: FrontEntry, events: list[Event]):  # type: ignore[no-untyped-def]
+        """The entry's frames through the Python path, as if it had seen them: its flow."""
+        stats = self.stats
+        frames = entry.stored_frames()
+        stats.flows -= 1  # counted at the front
+        stats.segments -= len(frames)
+        self._reserved_id = entry.flow_id
+        try:
+            for linktype, timestamp_ns, data in frames:
+                try:
+                    segment = classify(linktype, data, timestamp_ns)
+                except PacketDecodeError:
+                    stats.ignored_segments += 1
+                    continue
+                if segment.__class__ is TcpSegment:
+                    events.extend(self.process(segment))  # type: ignore[arg-type]
+        finally:
+            self._reserved_id = None
+        return self._by_tuple.get(entry.client_key)
+
+    def _front_evicted(self, entry: tuple, events: list[Event]) -> None:  # type: ignore[type-arg]
+        self.stats.flows_evicted += 1
+        self.stats.evicted["half_open"] += 1
+        self._front_ended(entry, "evicted", events)
+
+    def _front_ended(self, entry: tuple, ended_by: str, events: list[Event]) -> None:  # type: ignore[type-arg]
+        """A pending entry (the C module's tuple: a flood's every connection comes
+        here, hence no FrontEntry made unless needed) ended unanswered: its events and
+        flow log line, as the Python path's."""
+        sent = entry[9]
+        random = entry[10]
+        if sent == SENT_OTHER or (random is not None and self.keys.has(random)):
+            previous, self._ending = self._ending, True  # through the Python path, exactly
+            try:
+                front = FrontEntry(*entry)
+                flow = self._replay(front, events)
+                if flow is not None:
+                    flow.evicted_for = _BOUNDS[front.why]
+                    self._finish(flow, ended_by, events)
+            finally:
+                self._ending = previous
+            return
+        statuses = self.stats.statuses
+        status = "partial" if sent == SENT_HELLO else "not_tls"
+        statuses[status] = statuses.get(status, 0) + 1
+        info = FlowInfo(*entry[:7])
+        closed = self._closed
+        closed[entry[2:6]] = None
+        if len(closed) > self.config.recently_closed:
+            closed.popitem(last=False)
+        events.append(FlowStarted(info))
+        events.append(FlowFinished(info, ended_by, never_completed=True, status=status, ts_end=_iso(entry[7]),
+                                   build=partial(_front_summary, entry, ended_by, self.config)))
+
+    def _new_flow(self, segment, key, events):  # type: ignore[no-untyped-def]
+        flow = super()._new_flow(segment, key, events)
+        if flow is not None and self._front:
+            info = flow.info
+            self.lanes.front_own(info.client_ip, info.client_port, info.server_ip, info.server_port)
+        return flow
+
+    def _victim(self, keep=None):  # type: ignore[no-untyped-def]
+        """As the Python path's: the least recently active half-open connection first,
+        at the front or not (on a tie, the front's), then idle, then oldest."""
+        oldest = self.lanes.front_oldest_ns
+        if oldest is not None:
+            for flow in self._half_open.values():
+                if flow is keep:
+                    continue
+                if flow.lru_ns < oldest:
+                    return super()._victim(keep)
+                break
+            return _FRONT, "half_open"
+        return super()._victim(keep)
+
+    def _evict(self, victim, events, bound="max flows") -> None:  # type: ignore[no-untyped-def]
+        if victim is not None and victim[0] is _FRONT:
+            for entry in self.lanes.front_end(1, _BOUNDS.index(bound)):
+                self._front_evicted(entry, events)
+            return
+        super()._evict(victim, events, bound)
+
+    def _within_budget(self, flow, events) -> None:  # type: ignore[no-untyped-def]
+        if self._ending:
+            return  # a flow made to be finished at once
+        used = self._charged + self.memory_reserved + self.lanes.front_bytes
+        if used > self.config.memory_limit:
+            self._make_room(events, flow)
+            used = self._charged + self.memory_reserved + self.lanes.front_bytes
+        if used > self.stats.memory_peak:
+            self.stats.memory_peak = used
+
+    def _make_room(self, events, current) -> None:  # type: ignore[no-untyped-def]
+        """As the Python path's, the front's bytes and entries included."""
+        limit = self.config.memory_limit - self.memory_reserved
+        lanes = self.lanes
+        while self._charged + lanes.front_bytes > limit and (self._half_open or self._flows or lanes.front_pending):
+            victim = self._victim(current)
+            if victim is None:
+                victim = (current, "half_open" if current.half_open else "oldest")
+            self.stats.evicted_for_memory += 1
+            self._evict(victim, events, "memory limit")
 
     # --- the Python path's hooks -------------------------------------------------------------
 
@@ -135,14 +391,48 @@ class LaneDecryptor(Decryptor):
             super()._finish(flow, ended_by, events)
         finally:
             self._finishing = previous
+        if flow.ended_by is not None and self._front:
+            info = flow.info
+            self.lanes.front_disown(info.client_ip, info.client_port, info.server_ip, info.server_port)
 
     def tick(self, now_ns: int | None = None) -> list[Event]:
         self._sync_activity()
-        return super().tick(now_ns)
+        events = super().tick(now_ns)
+        if self._front and self.lanes.front_pending:
+            for entry in self.lanes.front_expire(self._now_ns - int(self.config.idle_timeout * NS)):
+                self.stats.flows_idle += 1
+                self._front_ended(entry, "idle", events)
+        return events
 
     def finish(self) -> list[Event]:
+        return [event for events in self.finish_batches() for event in events]
+
+    def finish_batches(self) -> Iterator[list[Event]]:
+        """End of input, as :meth:`finish`, a few thousand connections at a time (a
+        flood's pending entries are not all described at once)."""
         self._sync_activity()
-        return super().finish()
+        lanes = self.lanes
+        if not self._front or not lanes.front_pending:
+            yield super().finish()
+            return
+        # as the Python path: every connection, least recently active first (the
+        # front's entries come in that order; on a tie, as half-open ones, first)
+        events = self.keys_arrived()
+        flows = sorted([*self._half_open.values(), *self._flows.values()], key=lambda flow: flow.lru_ns)
+        at = 0
+        while entries := lanes.front_end(4096, 0):
+            for entry in entries:
+                lru_ns = entry[8]
+                while at < len(flows) and flows[at].lru_ns < lru_ns:
+                    flow = flows[at]
+                    at += 1
+                    self._finish(flow, "rst" if flow.reset_at_ns is not None else "end_of_capture", events)
+                self._front_ended(entry, "end_of_capture", events)
+            yield events
+            events = []
+        for flow in flows[at:]:
+            self._finish(flow, "rst" if flow.reset_at_ns is not None else "end_of_capture", events)
+        yield events
 
     # --- lanes ------------------------------------------------------------------------------
 

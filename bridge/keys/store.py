@@ -114,6 +114,11 @@ class KeyStore:
         with self._lock:
             return self._entries.get(client_random)
 
+    def has(self, client_random: bytes) -> bool:
+        """Whether secrets for the client random are here: without the lock (one
+        dict membership test is atomic), for the per-connection checks of a flood."""
+        return client_random in self._entries
+
     def lookup_handle(self, handle: bytes) -> bytes | None:
         with self._lock:
             return self._handles.get(handle)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from bridge.engine.events import FlowFinished
+from bridge.engine.packets import format_endpoint
 from bridge.options import option
 
 
@@ -63,11 +64,12 @@ class NeverCompletedSummary:
 
     def _reset(self) -> None:
         self.connections = self.sampled = self.other_servers = 0
-        self.servers: dict[str, int] = {}
+        #: by (address, port): formatted only in the record, once per server
+        self.servers: dict[tuple[bytes, int], int] = {}
         self.statuses: dict[str, int] = {}
         self.ended_by: dict[str, int] = {}
 
-    def add(self, server: str, status: str, ended_by: str) -> bool:
+    def add(self, server: tuple[bytes, int], status: str, ended_by: str) -> bool:
         """Count one connection; True if it is in the sample (gets its own line)."""
         self.connections += 1
         servers = self.servers
@@ -90,7 +92,7 @@ class NeverCompletedSummary:
             return None
         record: dict[str, object] = {
             "summary": "never_completed", "ts_start": float(self.minute * 60), "ts_end": float(self.minute * 60 + 60),
-            "connections": self.connections, "sampled": self.sampled, "servers": dict(self.servers),
+            "connections": self.connections, "sampled": self.sampled, "servers": {format_endpoint(*server): count for server, count in self.servers.items()},
             "other_servers": self.other_servers, "statuses": dict(self.statuses), "ended_by": dict(self.ended_by),
         }
         self._reset()
@@ -133,7 +135,8 @@ class FlowLog:
                 summary.minute = minute
             if event.never_completed:
                 self.never_completed += 1
-                if not summary.add(event.flow.server, event.status, event.ended_by):
+                flow = event.flow
+                if not summary.add((flow.server_ip, flow.server_port), event.status, event.ended_by):
                     self.summarised += 1
                     return
         elif event.never_completed:
