@@ -266,6 +266,55 @@ def test_secrets_that_do_not_decrypt_follow_the_decrypt_error_policy(lab, policy
         assert any(r["event"] == "cut" and r["resets_sent"] == 2 for r in ips_log), ips_log
 
 
+# --- overloaded: the kernel's queue full ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["pass-flow", "drop-flow"])
+def test_a_full_queue_follows_the_memcap_policy(lab, policy):
+    """The bridge overloaded — here frozen (SIGSTOP) with the kernel's queue limited to 4
+    packets, which other connections' SYNs fill: under pass-flow the kernel forwards what
+    does not fit uninspected (the request is served while the bridge is frozen), under
+    drop-flow it drops it (the request never reaches nginx; the kernel counts the drops,
+    shown in Prometheus).  Once it runs again, the bridge goes on with what waited."""
+    tag = f"full-{policy}"
+    port = 9816 if policy == "pass-flow" else 9817
+    fillers: list[subprocess.Popen] = []
+    with lab.ips(tag, "--queue-maxlen", "4", "--memcap-policy", policy, "--hold-budget", "10", "--metrics",
+                 f"127.0.0.1:{port}") as ips:
+        ips.wait_for("ips --inline: queue", 30)
+        os.kill(ips.proc.pid, signal.SIGSTOP)
+        try:
+            for i in range(4):
+                fillers.append(subprocess.Popen([*exec_in(lab.client), "curl", "-sk", "--max-time", "8", "-o",
+                                                 "/dev/null", f"https://{SERVER}/harmless?{tag}-fill{i}"],
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(0.5)  # their SYNs wait in the queue
+            waiting = subprocess.run([*exec_in(lab.gateway), "cat", "/proc/net/netfilter/nfnetlink_queue"],
+                                     capture_output=True, text=True, check=True).stdout
+            result = lab.curl("--http1.1", "-o", "/dev/null", "-w", "%{http_code}", f"https://{SERVER}/harmless?{tag}",
+                              timeout=4)
+            served_while_frozen = [a["uri"] for a in lab.access() if a["uri"].endswith(f"?{tag}")]
+        finally:
+            os.kill(ips.proc.pid, signal.SIGCONT)
+        for filler in fillers:
+            filler.wait(30)  # (their own fate is not the point)
+        time.sleep(0.5)
+        metrics = subprocess.run([*exec_in(lab.gateway), "curl", "-s", f"http://127.0.0.1:{port}/metrics"],
+                                 capture_output=True, text=True, check=False).stdout
+        assert ips.stop() == 0, ips.text()
+    (line,) = [line.split() for line in waiting.splitlines() if line.split()[0] == "13"]
+    assert int(line[2]) == 4, waiting  # the queue was full
+    dropped = float(re.search(r"^tls_bridge_ips_inline_queue_full_dropped_total (\S+)$", metrics, re.M).group(1))
+    if policy == "pass-flow":
+        assert result.returncode == 0 and result.stdout == "200", (result.returncode, result.stderr)
+        assert served_while_frozen == [f"/harmless?{tag}"]
+        assert dropped == 0, metrics
+    else:
+        assert result.returncode == 28, (result.returncode, result.stdout, result.stderr)  # no answer at all
+        assert served_while_frozen == [] and [a for a in lab.access() if a["uri"].endswith(f"?{tag}")] == []
+        assert dropped >= 1, metrics
+
+
 # --- many connections at once: nothing lost, nothing released before its verdict --------------------
 
 

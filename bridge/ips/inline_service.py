@@ -105,6 +105,12 @@ class _Metrics:
             what, _, policy = name.partition(":")
             policies.add_metric([what, policy], count)
         yield policies
+        kernel = self.queue.kernel_counters()
+        yield CounterMetricFamily("tls_bridge_ips_inline_queue_full_dropped", "Packets the kernel dropped because "
+                                  "the queue was full (--queue-maxlen; with --memcap-policy pass-flow it accepts "
+                                  "them uninspected instead, uncounted).", value=kernel.get("queue_dropped", 0))
+        yield GaugeMetricFamily("tls_bridge_ips_inline_queue_waiting", "Packets waiting in the kernel's queue now.",
+                                value=kernel.get("waiting", 0))
         yield GaugeMetricFamily("tls_bridge_ips_inline_held_bytes", "Bytes of packets held now.",
                                 value=self.core.held_bytes)
         yield GaugeMetricFamily("tls_bridge_ips_inline_connections", "Connections followed now.",

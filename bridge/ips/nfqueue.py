@@ -229,6 +229,23 @@ def _packet(data: bytes, offset: int, end: int) -> QueuedPacket:
     return QueuedPacket(queue, packet_id, hw_protocol, hook, payload, timestamp, indev, outdev, cap_len)
 
 
+def queue_counters(queue: int, text: str | None = None) -> dict[str, int]:
+    """One queue's line of ``/proc/net/netfilter/nfnetlink_queue`` (queue number, peer
+    port id, packets waiting, copy mode, copy range, queue dropped, user dropped, id
+    sequence, 1)."""
+    if text is None:
+        try:
+            with open("/proc/net/netfilter/nfnetlink_queue", encoding="ascii") as handle:
+                text = handle.read()
+        except OSError:
+            return {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[0] == str(queue):
+            return {"waiting": int(fields[2]), "queue_dropped": int(fields[5]), "user_dropped": int(fields[6])}
+    return {}
+
+
 # --- the driver -------------------------------------------------------------------------------
 
 
@@ -264,6 +281,12 @@ class NfQueue:
 
     def fileno(self) -> int:
         return self._socket.fileno()
+
+    def kernel_counters(self) -> dict[str, int]:
+        """The kernel's own counts for this queue (``/proc/net/netfilter/nfnetlink_queue`` of
+        this network namespace): ``waiting`` packets now, ``queue_dropped`` (the queue was
+        full and fail-open off), ``user_dropped`` (our socket's buffer overflowed), or {}."""
+        return queue_counters(self.queue)
 
     def _request(self, message: bytes, seq: int, what: str) -> None:
         try:

@@ -88,3 +88,9 @@ def test_binding_and_configuration_ask_for_acknowledgements():
     assert flags[32:36] == struct.pack("!I", Q.NFQA_CFG_F_FAIL_OPEN | Q.NFQA_CFG_F_GSO)  # the flags
     *_, flags = Q.config_messages(13, fail_open=False, gso=False)
     assert flags[32:36] == struct.pack("!I", 0)
+
+
+def test_the_kernels_queue_counters_are_read_from_its_proc_file():
+    text = "   12  12345     0 2 65535     0     0        7  1\n   13  23456     3 2 65535    41     2     9000  1\n"
+    assert Q.queue_counters(13, text) == {"waiting": 3, "queue_dropped": 41, "user_dropped": 2}
+    assert Q.queue_counters(14, text) == {}
