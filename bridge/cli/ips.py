@@ -84,8 +84,9 @@ inline mode (--inline):
   --suricata-out and the held packets are released; what a drop or reject rule
   matches does not, and the held packets are dropped, both ends get a RST and the
   connection's later packets are dropped.  Secrets missing after --hold-budget,
-  no verdict within --verdict-timeout, or held bytes over --flow-memcap/--memcap
-  follow their policy: pass-flow (released; the connection is not inspected any
+  no verdict within --verdict-timeout, secrets that do not decrypt (wrong_key), or
+  held bytes over --flow-memcap/--memcap (and the kernel's queue full) follow their
+  policy: pass-flow (released; the connection is not inspected any
   more, "uninspected" in the flow log) or drop-flow (cut).  Connections that are
   not TLS, or started before this process, pass untouched.
 
