@@ -192,6 +192,7 @@ class VmHarvester:
         self._learn_search_at = 0.0
         #: Go, GnuTLS and BoringSSL processes, hooked at their key-log function (gdbstub hooks only).
         self.keylog_hooks = keylog_hooks
+        self._named_trigger = named  # the wire or sensors name connections: GnuTLS sessions are searched
         self.keylog_targets: list = []
         self._keylog_files = None
         self._keylog_assembler = KeyLogAssembler()
@@ -252,7 +253,7 @@ class VmHarvester:
 
     def _keylog_refresh(self) -> None:
         assert self.guest is not None
-        if self._keylog_files is None or not (self.keylog_hooks or not self.everything):
+        if self._keylog_files is None or not (self.keylog_hooks or self._named_trigger or not self.everything):
             self.keylog_targets = []  # (--all without hooks: not every file of every process read for a warning)
             return
         found = []
@@ -263,12 +264,18 @@ class VmHarvester:
                 found += self._keylog_files.targets(process, self.guest.vmas(process))
             except GuestAccessError as exc:
                 self.log(f"warning: {self.vm_name}: process {process.pid} ({process.comm}): {exc}")
+        from bridge.vmi.keylog import session_layout
+
         for target in found:
             key = (target.process.task, target.guest_path)
             if key not in self._keylog_told:
                 self._keylog_told.add(key)
-                how = ("hooked at its key-log function through the gdbstub" if self.keylog_hooks else
-                       "NOT harvested: this library is harvested by hooks only (--trigger hooks --gdb)")
+                modes = (["hooked at its key-log function through the gdbstub"] if self.keylog_hooks else [])
+                if self._named_trigger and session_layout(target) is not None:
+                    modes.append("its sessions searched for the client randoms the wire or sensors name (no hook)")
+                how = " and ".join(modes) or ("NOT harvested: this library is harvested by hooks only "
+                                              "(--trigger hooks --gdb)" if session_layout(target) is None else
+                                              "NOT harvested: --trigger hooks, wire or requests")
                 self.log(f"{self.vm_name}: {target.process.comm}[{target.process.pid}] runs {target.library} "
                          f"({target.guest_path}): {target.binary.function} at {target.address:#x}: {how}")
         self.keylog_targets = found
@@ -383,6 +390,14 @@ class VmHarvester:
                     unlocated[random].profile = profile
             except GuestAccessError as exc:
                 self.log(f"warning: {self.vm_name}: {exc}")
+            still = [random for random, item in unlocated.items() if item.ssl is None]
+            if still and self._named_trigger:
+                try:
+                    for random, (target, session) in self._locate_sessions(still).items():
+                        unlocated[random].target, unlocated[random].ssl = target, session
+                        unlocated[random].profile = None
+                except GuestAccessError as exc:
+                    self.log(f"warning: {self.vm_name}: {exc}")
             if now >= self._learn_search_at and any(t.layout.state == LEARNING for t in self.targets):
                 self._learn_search_at = now + _LEARN_SEARCH_INTERVAL
                 self._learn_by_search([random for random, item in unlocated.items() if item.ssl is None])
@@ -400,8 +415,51 @@ class VmHarvester:
             unfinished.append(item)
         self.searches.carry_on(unfinished, now, self.stats)
 
+    def _locate_sessions(self, randoms: list[bytes]) -> dict[bytes, tuple]:
+        """GnuTLS sessions holding these client randoms (one scan of each GnuTLS target
+        whose session layout is known): the session is the hit less the random's offset."""
+        from bridge.vmi.keylog import read_session, session_layout
+
+        found: dict[bytes, tuple] = {}
+        targets = [t for t in self.keylog_targets if session_layout(t) is not None]
+        if not targets:
+            return found
+        started = time.perf_counter()
+        pattern = re.compile(b"|".join(re.escape(random) for random in randoms))
+        try:
+            for target in targets:
+                offset = session_layout(target).client_random
+                try:
+                    for hit, random in self._search(target, pattern):  # type: ignore[arg-type]
+                        if random not in found and read_session(target, hit - offset, random) is not None:
+                            found[random] = (target, hit - offset)
+                except GuestAccessError:
+                    self.stats.target_errors += 1
+        finally:
+            self.stats.searches += 1
+            self.stats.search_seconds += time.perf_counter() - started
+        return found
+
+    def _read_session(self, item: _Pending) -> bool:
+        from bridge.vmi.keylog import read_session
+
+        target = item.target
+        secrets = read_session(target, item.ssl, item.hello.client_random)  # type: ignore[arg-type]
+        if secrets is None:
+            item.ssl = None  # freed or reused: search again
+            return False
+        if not secrets.complete:
+            return False
+        published = self._publish(target, secrets, trigger=f"vm-{item.hello.trigger}",  # type: ignore[arg-type]
+                                  library=target.library, build_id=target.build_id)  # type: ignore[union-attr]
+        if published:
+            self.stats.latencies.append(time.monotonic() - item.seen_at)
+        return True
+
     def _read(self, item: _Pending) -> bool:
         """Read a located connection's secrets; True once published."""
+        if item.profile is None and item.target is not None and not isinstance(item.target, GuestTarget):
+            return self._read_session(item)
         assert item.target is not None and item.ssl is not None and item.profile is not None
         target, profile, ssl = item.target, item.profile, item.ssl
         secrets = read_secrets(MemoryFields(target.space, profile, ssl))

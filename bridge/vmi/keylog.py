@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bridge.errors import BridgeError, GuestAccessError
 from bridge.harvest.elf import read_elf
@@ -50,6 +50,7 @@ class KeyLogTarget:
     binary: KeyLogBinary  # its path is the host copy's
     guest_path: str
     address: int  # the hooked function's virtual address in the process
+    writable: list[Vma] = field(default_factory=list)  # (the searches' view of its writable memory)
 
     @property
     def library(self) -> str:
@@ -162,3 +163,48 @@ def _address(vmas: list[Vma], file: int, inode: int, offset: int, guest: LinuxGu
                 continue
         return vma.start + offset - start
     return None
+
+
+def session_layout(target: KeyLogTarget):  # type: ignore[no-untyped-def]
+    """The GnuTLS session layout of a target's build (None: not GnuTLS, or not learned)."""
+    from bridge.harvest import gnutls
+
+    if target.binary.function != gnutls.FUNCTION:
+        return None
+    facts = gnutls.facts_for(target.binary.build_id)
+    return None if facts is None or facts.layout is None else facts
+
+
+def read_session(target: KeyLogTarget, session: int, client_random: bytes):  # type: ignore[no-untyped-def]
+    """A GnuTLS session's secrets read from guest memory (no hook: the wire named it):
+    None when the session no longer holds ``client_random``; secrets not complete
+    while its handshake is under way.  The version from ``security_parameters.pversion``
+    (its target's offset from the library's load base); a TLS 1.3 secret's length from
+    its 64-byte slot (the rest zero: the session is calloc'd)."""
+    from bridge.harvest import gnutls
+    from bridge.secrets import TLS12, TLS13, ConnectionSecrets
+
+    facts = session_layout(target)
+    assert facts is not None and facts.layout is not None
+    layout = facts.layout
+    read = target.space.read
+    # the session's own heap block (malloc's header before it), holding the random
+    if int.from_bytes(read(session - 8, 8), "little") & ~7 != layout.chunk or \
+            read(session + facts.client_random, 32) != client_random:
+        return None
+    load_base = target.address - facts.keylog_function
+    version = int.from_bytes(read(session + layout.pversion, 8), "little") - load_base
+    if version == layout.tls12_entry:
+        master = read(session + layout.master_secret, 48)
+        secrets = {"CLIENT_RANDOM": master} if any(master) else {}
+        return ConnectionSecrets(client_random, secrets, tls_version=TLS12)
+    if version != layout.tls13_entry:
+        return ConnectionSecrets(client_random, {}, tls_version=None)  # not negotiated yet
+    found = {}
+    for label in gnutls.TLS13_LABELS:
+        slot = read(session + layout.tls13[label], gnutls.SLOT)
+        length = 48 if any(slot[32:48]) else 32
+        if any(slot[length:]) or not any(slot[:length]):
+            return ConnectionSecrets(client_random, {}, tls_version=TLS13)  # not written yet
+        found[label] = slot[:length]
+    return ConnectionSecrets(client_random, found, tls_version=TLS13)
