@@ -171,6 +171,57 @@ def _go_randoms(client: Path, guest: Guest) -> set[str]:
     return randoms & {line[1] for line in keylog_lines(client)}
 
 
+def _s_client(guest: Guest, port: int, keylog: Path, *args: str, hold: float = 0.6) -> bytes:
+    """A client that connects, waits, then sends its request (the connection lives a while)."""
+    proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{guest.host_port(port)}", "-keylogfile",
+                             str(keylog), "-quiet", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(hold)
+    out, _ = proc.communicate(b"GET / HTTP/1.0\r\n\r\n", timeout=60)
+    return out
+
+
+def test_gnutls_in_the_guest_with_no_hook_its_sessions_found_from_the_wire(guest, tmp_path):
+    """No breakpoint: each ClientHello on the guest's mirror names a client random, searched
+    in gnutls-serv's memory; the session around it (its heap block's size and the random's
+    offset, both from the sandbox's calibration of the guest's own library) gives the
+    secrets.  Connections held a moment are all harvested; one-shot curls race the search
+    (a miss is counted, never a wrong line).  The mirror decrypts with the harvested keys."""
+    client, held, harvested = tmp_path / "client.keylog", tmp_path / "held.keylog", tmp_path / "harvested.keylog"
+    harvester = BridgeProcess(["harvest", "vm", "--memory-file", str(guest.memory_path), "--name", "lib-guest",
+                               "--kernel", str(guest.image.kernel), "--comm", "gnutls-serv", "--trigger", "wire",
+                               "--wire-pcap", str(guest.pcap), "--profile-cache", str(tmp_path / "cache"),
+                               "--keylog", str(harvested)], tmp_path / "harvest.err")
+    try:
+        harvester.wait_for("harvesting", timeout=90)
+        assert "its sessions searched for the client randoms the wire or sensors name (no hook)" in harvester.text()
+        for suite in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"):
+            assert b"GnuTLS" in _s_client(guest, GNUTLS_SERVER_PORT, held, "-tls1_3", "-ciphersuites", suite)
+        for cipher in TLS12:
+            assert b"GnuTLS" in _s_client(guest, GNUTLS_SERVER_PORT, held, "-tls1_2", "-cipher", cipher)
+        for args in (("--tlsv1.3",), ("--tlsv1.2", "--tls-max", "1.2")):
+            assert b"GnuTLS" in curl_guest(guest, GNUTLS_SERVER_PORT, client, *args)
+        _wait_for_lines(harvested, keylog_lines(held))
+        time.sleep(1.0)  # the one-shot connections' searches end
+    finally:
+        code = harvester.stop()
+    summary = harvester.text()
+    assert code == 0, summary
+    ours, theirs = keylog_lines(harvested), keylog_lines(held) | keylog_lines(client)
+    assert keylog_lines(held) <= ours and ours <= theirs, summary  # every held one; nothing wrong
+    counts = re.search(r"(\d+) connections published of 6 searched \(6 ClientHellos.*?misses: (\d+) closed before "
+                       r"the search found them, 0 not found .*?, 0 incomplete", summary)
+    assert counts and int(counts.group(1)) + int(counts.group(2)) == 6, summary
+    assert "stops" not in summary  # no breakpoint
+    randoms = {line[1] for line in ours}
+    flows = tmp_path / "flows.jsonl"
+    result = subprocess.run([sys.executable, "-m", "bridge.cli", "decrypt", "-r", str(guest.pcap), "--keylog",
+                             str(harvested), "--flows", str(flows), "-q"], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    records = [r for r in map(json.loads, flows.read_text().splitlines()) if r.get("client_random") in randoms]
+    assert len(records) == len(randoms) >= 4 and {r["status"] for r in records} == {"decrypted"}, records
+
+
 LIBGNUTLS = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30"
 
 
