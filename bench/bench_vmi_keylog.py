@@ -8,7 +8,8 @@ under TCG, a static stripped go1.19 build of tests/support/servers/go_https on
 host (``openssl s_time -new``: a full handshake and one GET, sequential) without a
 harvester, then with ``tls-bridge harvest vm --trigger hooks --gdb`` (a breakpoint
 at the key-log function: 4 stops per TLS 1.3 handshake for Go, 5 for GnuTLS; 1 for
-TLS 1.2), then without again.  Per run: connections per second, wall ms per
+TLS 1.2), then without again; and gnutls-serv with ``--trigger wire`` instead (no
+hook: its sessions found in its memory from the ClientHellos on the guest's mirror).  Per run: connections per second, wall ms per
 connection, QEMU's CPU ms per connection (its /proc stat: the whole guest); for
 the hooked run the harvester's stops, the ms per stop the guest spent paused in
 our hands, and the records published.  Then the same servers as host processes,
@@ -69,15 +70,17 @@ def _guest_run(guest, port: int, seconds: float) -> dict[str, float]:  # type: i
             "qemu_ms": (_cpu(guest.qemu_pid) - cpu) / max(made, 1) * 1000}
 
 
-def _guest_harvester(guest, comm: str, keylog: Path, log: Path) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+def _guest_harvester(guest, comm: str, keylog: Path, log: Path, mode: str) -> subprocess.Popen:  # type: ignore[no-untyped-def]
     handle = open(log, "w")
+    trigger = (["--trigger", "hooks", "--gdb", f"127.0.0.1:{guest.gdb_port}", "--qmp", str(guest.qmp_path)]
+               if mode == "hooks" else ["--trigger", "wire", "--wire-pcap", str(guest.pcap)])
     process = subprocess.Popen([sys.executable, "-m", "bridge.cli", "harvest", "vm", "--memory-file",
                                 str(guest.memory_path), "--kernel", str(guest.image.kernel), "--name", "bench",
-                                "--comm", comm, "--trigger", "hooks", "--gdb", f"127.0.0.1:{guest.gdb_port}",
-                                "--qmp", str(guest.qmp_path), "--keylog", str(keylog)],
+                                "--comm", comm, *trigger, "--keylog", str(keylog)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=handle, text=True)
     deadline = time.monotonic() + 120
-    while "hooked at its key-log function" not in log.read_text():
+    ready = "hooked at its key-log function" if mode == "hooks" else "its sessions searched"
+    while ready not in log.read_text():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise SystemExit(f"the VM harvester did not start: {log.read_text()[-800:]}")
@@ -86,10 +89,11 @@ def _guest_harvester(guest, comm: str, keylog: Path, log: Path) -> subprocess.Po
     return process
 
 
-def _guest_measure(guest, name: str, comm: str, port: int, seconds: float, directory: Path) -> dict:  # type: ignore[no-untyped-def]
+def _guest_measure(guest, name: str, comm: str, port: int, seconds: float, directory: Path,  # type: ignore[no-untyped-def]
+                   mode: str = "hooks") -> dict:
     before = _guest_run(guest, port, seconds)
-    keylog, log = directory / f"{comm}.keylog", directory / f"{comm}.log"
-    harvester = _guest_harvester(guest, comm, keylog, log)
+    keylog, log = directory / f"{comm}-{mode}.keylog", directory / f"{comm}-{mode}.log"
+    harvester = _guest_harvester(guest, comm, keylog, log, mode)
     try:
         hooked = _guest_run(guest, port, seconds)
         time.sleep(0.5)
@@ -102,8 +106,8 @@ def _guest_measure(guest, name: str, comm: str, port: int, seconds: float, direc
         print(text, file=sys.stderr)
     stops = re.search(r"(\d+) stops, (\d+) in targets .*? the guest paused ([\d.]+) ms per stop", text)
     published = re.search(r"(\d+) connections published", text)
-    return {"name": name, "before": before, "hooked": hooked, "after": after,
-            "stops": int(stops[2]) if stops else -1, "paused_ms": float(stops[3]) if stops else -1.0,
+    return {"name": f"{name} ({mode})", "before": before, "hooked": hooked, "after": after,
+            "stops": int(stops[2]) if stops else 0, "paused_ms": float(stops[3]) if stops else -1.0,
             "published": int(published[1]) if published else -1}
 
 
@@ -125,10 +129,13 @@ def main() -> int:
 
         def in_guest() -> None:  # QEMU dies with the thread that started it
             try:
-                with Guest(image, workdir=directory / "guest", gdb_port=0, name="bench-keylog") as guest:
+                with Guest(image, workdir=directory / "guest", gdb_port=0, name="bench-keylog",
+                           pcap=directory / "guest.pcap") as guest:
                     time.sleep(2.0)
                     rows.append(_guest_measure(guest, "go crypto/tls", "gohttps", 4435, args.seconds, directory))
                     rows.append(_guest_measure(guest, "gnutls", "gnutls-serv", 4436, args.seconds, directory))
+                    rows.append(_guest_measure(guest, "gnutls", "gnutls-serv", 4436, args.seconds, directory,
+                                               mode="wire"))
             except BaseException as exc:  # noqa: BLE001
                 failure.append(exc)
             finally:
@@ -146,15 +153,15 @@ def main() -> int:
             processes._measure("gnutls", ["gnutls-serv", "--http", "--x509certfile", str(cert), "--x509keyfile",
                                           str(key), "-p", str(processes.PORT)], args.process_seconds, directory),
         ]
-    print("In a QEMU TCG guest, gdbstub hooks: TLS 1.3, openssl s_time -new from the host; "
-          "wall ms per connection (conn/s), QEMU CPU ms per connection")
-    print(f"{'library':14} {'unhooked':>16} {'hooked':>16} {'unhooked again':>16} {'added ms/conn':>14} "
+    print("In a QEMU TCG guest, gdbstub hooks or the wire search (no hook): TLS 1.3, openssl s_time -new from the "
+          "host; wall ms per connection (conn/s), QEMU CPU ms per connection")
+    print(f"{'library (mode)':22} {'unhooked':>16} {'hooked':>16} {'unhooked again':>16} {'added ms/conn':>14} "
           f"{'QEMU CPU ms (unh./hooked)':>26} {'stops/conn':>11} {'ms paused/stop':>15} {'records/conns':>14}")
     for row in rows:
         before, hooked, after = row["before"], row["hooked"], row["after"]
         reference = (before["ms"] + after["ms"]) / 2
         cell = "{:6.1f} ({:4.1f}/s)".format
-        print(f"{row['name']:14} {cell(before['ms'], before['rate']):>16} {cell(hooked['ms'], hooked['rate']):>16} "
+        print(f"{row['name']:22} {cell(before['ms'], before['rate']):>16} {cell(hooked['ms'], hooked['rate']):>16} "
               f"{cell(after['ms'], after['rate']):>16} {hooked['ms'] - reference:14.1f} "
               f"{(before['qemu_ms'] + after['qemu_ms']) / 2:12.1f} / {hooked['qemu_ms']:<11.1f} "
               f"{row['stops'] / max(hooked['made'], 1):11.1f} {row['paused_ms']:15.2f} "
