@@ -122,3 +122,24 @@ def test_fetch_arg_faults_and_malformed_args():
     for bad in ("x=%zz:u64", "x=+0(%di)", "x=%di:x64[4]", "x=*(%di):u64"):
         with pytest.raises(HookError):
             evaluate((bad,), _registers(), _Memory({}).read)
+
+
+def test_gnutls_facts_with_a_session_layout_round_trip_and_refuse_nonsense():
+    import json
+
+    from bridge.errors import ProfileError
+
+    layout = gnutls.GnuTlsLayout(0x20, {label: 0x1794 + 0x40 * n for n, label in enumerate(gnutls.TLS13_LABELS)},
+                                 0xF8, 0x21A0E0, 0x21A0B8, 7312)
+    facts = gnutls.GnuTlsFacts("3.7.9", 0x53240, 0x50, layout)
+    assert gnutls.GnuTlsFacts.from_json(facts.to_json()) == facts
+    assert gnutls.GnuTlsFacts.from_json(json.dumps({"version": "3.7.9", "keylog_function": 1, "client_random": 80,
+                                                    "layout": None})).layout is None
+    body = json.loads(facts.to_json())
+    del body["layout"]["tls13"]["EXPORTER_SECRET"]
+    with pytest.raises(ProfileError):
+        gnutls.GnuTlsFacts.from_json(json.dumps(body))
+    body = json.loads(facts.to_json())
+    body["layout"]["master_secret"] = 1 << 20
+    with pytest.raises(ProfileError):
+        gnutls.GnuTlsFacts.from_json(json.dumps(body))
