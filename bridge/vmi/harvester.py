@@ -206,12 +206,12 @@ class VmHarvester:
         failed = self.guest.kernel if self.guest is not None else None
         self.guest = LinuxGuest(self.memory, self.btf, self.memory.layout.ranges(), avoid=failed)
         self._jiffies = None
-        self.stats.attaches += 1
-        self._keylog_setup()
         if self.guest.kernel == failed:
             self.log(f"{self.vm_name}: no other kernel in guest memory: staying with this one (looking again later)")
-        elif self.stats.attaches > 1:
+        elif self.stats.attaches > 0:
             self.log(f"{self.vm_name}: guest kernel re-located (a reboot?): direct map {self.guest.kernel.direct_map:#x}")
+        self._keylog_setup()
+        self.stats.attaches += 1
         self.refresh()
 
     def refresh(self) -> None:
