@@ -13,12 +13,14 @@ before the issue's work, made in /tmp if missing), pinned to one core:
 1. **rate**: ``tls-bridge decrypt -r FLOOD --flows FILE -q`` over ``--connections``
    connections: wall time, new connections per second, peak RSS of exactly that
    process (its VmHWM), flow log lines and bytes;
-2. **engine rate**: the decryptor alone over the decoded segments (no capture
-   reading, no packet decoding, no output): connections per second through
-   ``process`` and through ``finish``;
-3. **bytes per half-open connection**: ``--sample`` connections processed and kept
-   open, their memory by tracemalloc (Python objects) and by RSS (``/proc/self/statm``,
-   what the machine gives: malloc overhead, OpenSSL objects), divided by their number.
+2. **engine rate**: the engine alone over the frames, read beforehand (no capture
+   reading, no output): connections per second through ``run`` and through
+   ``finish``;
+3. **bytes per half-open connection**: ``--sample`` connections run through the
+   engine and kept open, their memory by tracemalloc (Python objects only: not what
+   the compiled front holds) and by RSS (``/proc/self/statm``, what the machine
+   gives: malloc overhead, the front's entries, OpenSSL objects), divided by their
+   number.
 
 Then, for this tree only, ``--big`` connections (default 1,000,000) with the real
 connections inside, through ``decrypt -r`` under ``--memory-limit``: peak RSS against
@@ -53,53 +55,59 @@ START_NS = 1_700_000_000 * 10**9
 _PROBE = r"""
 import gc, json, sys, time, tracemalloc
 from bridge.capture.pcapfile import read_capture
-from bridge.engine.decryptor import Decryptor
-from bridge.engine.packets import classify
+from bridge.engine import Engine
 from bridge.keys.store import KeyStore
 
 path, sample = sys.argv[1], int(sys.argv[2])
-segments = [classify(f.linktype, f.data, f.timestamp_ns) for f in read_capture(path)]
-connections = len(segments) // 2
+frames = list(read_capture(path))
+connections = len(frames) // 2
 
 def rss():  # measured first, in a fresh interpreter: freed memory is not reused yet
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
 
-# bytes per half-open connection
-part = segments[: 2 * sample]
+def discard(event):
+    pass
+
+# a tree whose engine takes lists of frames (a capture chunk at a time) gets them so
+batched = "lists of frames" in (Engine.run.__doc__ or "")
+def chunks(frames):
+    return [frames[i:i + 4096] for i in range(0, len(frames), 4096)] if batched else frames
+
+# bytes per half-open connection: the engine as the product runs it (frames in: on this
+# tree, the compiled front holds them; tracemalloc sees only Python's objects, RSS all)
+part = frames[: 2 * sample]
 gc.collect()
 before = rss()
-d = Decryptor(KeyStore())
-for s in part:
-    d.process(s)
+engine = Engine(KeyStore(), output=discard)
+engine.run(chunks(part))
 gc.collect()
 rss_per = (rss() - before) / sample
-del d
+del engine
 gc.collect()
 tracemalloc.start()
 base = tracemalloc.get_traced_memory()[0]
-d = Decryptor(KeyStore())
-for s in part:
-    d.process(s)
+engine = Engine(KeyStore(), output=discard)
+engine.run(chunks(part))
 traced_per = (tracemalloc.get_traced_memory()[0] - base) / sample
 tracemalloc.stop()
-del d
+del engine
 gc.collect()
-# engine rate
+# engine rate: frames in, events out (to nowhere), all connections kept until the end
 best_process = best_finish = 0.0
+batches = chunks(frames)
 for _ in range(3):
-    d = Decryptor(KeyStore())
+    engine = Engine(KeyStore(), output=discard)
     gc.collect(); gc.disable()
     t0 = time.perf_counter()
-    for s in segments:
-        d.process(s)
+    engine.run(batches)
     t1 = time.perf_counter()
-    d.finish()
+    engine.finish()
     t2 = time.perf_counter()
     gc.enable()
     best_process = max(best_process, connections / (t1 - t0))
     best_finish = max(best_finish, connections / (t2 - t1))
-    del d
+    del engine
 print(json.dumps({"process": best_process, "finish": best_finish, "rss_per": rss_per, "traced_per": traced_per}))
 """
 

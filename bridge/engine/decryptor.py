@@ -741,7 +741,13 @@ _NO_REASSEMBLY = ReassemblyStats()
 
 
 def _iso(timestamp_ns: int) -> float:
-    return round(timestamp_ns / NS, 6)
+    """Seconds, to the microsecond: ``round(timestamp_ns / 1e9, 6)``, and for a whole
+    number of microseconds (most captures) the same float without round(), which
+    costs half a microsecond (a flood's every connection pays it)."""
+    microseconds, rest = divmod(timestamp_ns, 1000)
+    if rest:
+        return round(timestamp_ns / NS, 6)
+    return microseconds / 1_000_000
 
 
 def flow_status(flow: _Flow, ended_by: str) -> tuple[Status, str]:

@@ -101,6 +101,7 @@ SENT_NOTHING, SENT_HELLO, SENT_OTHER = 0, 1, 2
 _BOUNDS = ("max flows", "memory limit")
 #: The eviction victim that is the front's least recently active pending entry.
 _FRONT = object()
+_new_tuple = tuple.__new__  # a FlowInfo from the entry's first seven fields, without its __new__'s call
 #: "No half-open connection on the Python path" to the C module (the largest int64).
 _NEVER = (1 << 63) - 1
 
@@ -302,7 +303,7 @@ class LaneDecryptor(Decryptor):
         statuses = self.stats.statuses
         status = "partial" if sent == SENT_HELLO else "not_tls"
         statuses[status] = statuses.get(status, 0) + 1
-        info = FlowInfo(*entry[:7])
+        info = _new_tuple(FlowInfo, entry[:7])
         closed = self._closed
         closed[entry[2:6]] = None
         if len(closed) > self.config.recently_closed:
