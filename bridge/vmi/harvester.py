@@ -227,11 +227,12 @@ class VmHarvester:
                 continue
             if target is not None:
                 targets.append(target)
-        if {t.process.task for t in targets} != {t.process.task for t in self.targets}:
+        changed = {t.process.task for t in targets} != {t.process.task for t in self.targets}
+        self._keylog_refresh()  # (first: "harvesting" is said once everything is ready)
+        if changed:
             self.log(f"{self.vm_name}: harvesting " + (", ".join(
                 f"{t.process.comm}[{t.process.pid}] {t.library}" for t in targets) or "no process"))
         self.targets = targets
-        self._keylog_refresh()
         self.stats.processes = len(targets) + len({t.process.task for t in self.keylog_targets})
 
     # --- Go, GnuTLS, BoringSSL: hooks at their key-log function ---------------------------------
