@@ -32,7 +32,10 @@ Go's ``crypto/tls``, GnuTLS and BoringSSL need no layout: with breakpoint hooks
 key-log function (:mod:`bridge.vmi.keylog`: read from the guest's page cache,
 the process harvester's own finders run on the copy), a breakpoint set there,
 and the label, client random and secret read from the stopped vCPU's registers
-and the process's memory at each call (:meth:`VmHarvester.on_keylog_hit`).
+and the process's memory at each call (:meth:`VmHarvester.on_keylog_hit`).  GnuTLS needs no hook either: with the
+wire or sensors naming connections, its sessions are searched for their client
+randoms and read through the layout the sandbox calibrated from the guest's own
+library (:func:`bridge.vmi.keylog.read_session`).
 
 Misses are counted with their reason: the random never found in any target
 (``not_found``: e.g. a connection to another process, or closed before the
