@@ -19,7 +19,8 @@
  * checks, bridge/tls/handshake.py parse_client_hello), or anything else.
  *
  * Bounded: at most `max_pending` pending entries and `max_bytes` bytes of them
- * (the caller's share of the memory budget), at most FRONT_MAX_FRAMES frames and
+ * (the caller's share of the memory budget, less what the table's slots may grow
+ * by: keys_slot_bytes), at most FRONT_MAX_FRAMES frames and
  * FRONT_MAX_STORED bytes of frames each; beyond, the least recently active
  * pending entry is ended (handed to the caller) to make room.
  *
@@ -61,8 +62,9 @@ typedef struct FrontEntry {
     uint8_t *frames;
 } FrontEntry;
 
-/* What a pending entry is charged: the entry, its frames, their allocations and table slots. */
-#define FRONT_ENTRY_BYTES(e) (sizeof(FrontEntry) + 64 + (e)->stored)
+/* What a pending entry is charged: the entry, its frames and their allocations (the
+   table's slots are counted apart: keys_slot_bytes). */
+#define FRONT_ENTRY_BYTES(e) (sizeof(FrontEntry) + 48 + (e)->stored)
 
 typedef struct {
     KeyTable keys;
@@ -350,7 +352,7 @@ static int front_segment(Front *f, const Segment *s, int linktype, const uint8_t
     if ((s->flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) != TCP_SYN || s->payload_len || length > 0xFFFF ||
         max_pending == 0)
         return FRONT_PASS;
-    size_t need = sizeof(FrontEntry) + 64 + FRONT_FRAME_HEADER + length;
+    size_t need = sizeof(FrontEntry) + 48 + FRONT_FRAME_HEADER + length;
     if (f->pending + 1 > max_pending || f->keys.count >= f->keys.capacity) {
         *full = 1;
         return FRONT_PASS;

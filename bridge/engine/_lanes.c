@@ -457,6 +457,12 @@ static PyObject *Lanes_get_front_oldest_ns(LanesObject *self, void *closure)
     return PyLong_FromLongLong(self->front.oldest->lru_ns);
 }
 
+static PyObject *Lanes_get_table_bytes(LanesObject *self, void *closure)
+{
+    return PyLong_FromSize_t(keys_slot_bytes(KEYS(&self->table)) + self->table.ntouched * sizeof(Lane *) +
+                             keys_slot_bytes(&self->front.keys));
+}
+
 static PyObject *Lanes_get_front_capacity(LanesObject *self, void *closure)
 {
     return PyLong_FromSize_t(self->front.keys.capacity);
@@ -679,6 +685,8 @@ static PyGetSetDef Lanes_getset[] = {
     {"front_pending", (getter)Lanes_get_front_pending, NULL, "pending entries at the front", NULL},
     {"front_bytes", (getter)Lanes_get_front_bytes, NULL, "bytes charged for the pending entries", NULL},
     {"front_capacity", (getter)Lanes_get_front_capacity, NULL, "entries the front may hold (0: off)", NULL},
+    {"table_bytes", (getter)Lanes_get_table_bytes, NULL,
+     "bytes of the tables' slot arrays now (they grow with the entries)", NULL},
     {"front_oldest_ns", (getter)Lanes_get_front_oldest_ns, NULL,
      "when the least recently active pending entry was last active (None: no entry)", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -48,13 +48,13 @@ typedef struct {
 /* The table of lanes (a KeyTable of Lane, see below) and the lanes touched since the last take. */
 typedef struct KeyTable {
     LaneKey **slots; /* each entry's first member is its key */
-    size_t nslots;   /* power of two, at least twice the capacity */
+    size_t nslots;   /* power of two, at least twice the count (keys_insert grows it) */
     size_t capacity, count;
     uint64_t seed;
 } KeyTable;
 
 typedef struct {
-    Lane **slots; /* the KeyTable's slots, typed */
+    Lane **slots; /* the KeyTable's slots, typed (as they grow too) */
     size_t nslots;
     size_t capacity, count;
     uint64_t seed;
@@ -231,11 +231,11 @@ static inline size_t key_hash(const KeyTable *t, const LaneKey *key)
     return (size_t)h & (t->nslots - 1);
 }
 
+/* The slots grow with the entries (twice as many slots as entries at most, at
+   least 16), so that the table's memory follows its use, up to `capacity` entries. */
 static int keys_init(KeyTable *t, size_t capacity)
 {
     size_t nslots = 16;
-    while (nslots < 2 * capacity)
-        nslots <<= 1;
     memset(t, 0, sizeof *t);
     t->slots = calloc(nslots, sizeof(LaneKey *));
     if (t->slots == NULL)
@@ -280,6 +280,40 @@ static inline LaneKey *keys_find(const KeyTable *t, const LaneKey *key)
     return t->slots[keys_slot(t, key)];
 }
 
+/* Twice the slots, every entry placed anew. */
+static int keys_grow(KeyTable *t)
+{
+    size_t nslots = t->nslots * 2;
+    LaneKey **slots = calloc(nslots, sizeof(LaneKey *));
+    if (slots == NULL)
+        return -1;
+    LaneKey **old = t->slots;
+    size_t count = t->nslots;
+    t->slots = slots;
+    t->nslots = nslots;
+    for (size_t i = 0; i < count; i++) {
+        if (old[i] == NULL)
+            continue;
+        size_t j = key_hash(t, old[i]);
+        while (slots[j])
+            j = (j + 1) & (nslots - 1);
+        slots[j] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+/* Whether one more entry makes the slots grow (by keys_slot_bytes(t) bytes). */
+static inline int keys_will_grow(const KeyTable *t)
+{
+    return 2 * (t->count + 1) > t->nslots;
+}
+
+static inline size_t keys_slot_bytes(const KeyTable *t)
+{
+    return t->nslots * sizeof(LaneKey *);
+}
+
 /* Insert an entry of size bytes (zeroed, its key set): LANES_OK (*out), _EXISTS, _FULL or _NOMEM. */
 static int keys_insert(KeyTable *t, const LaneKey *key, size_t size, LaneKey **out)
 {
@@ -288,6 +322,11 @@ static int keys_insert(KeyTable *t, const LaneKey *key, size_t size, LaneKey **o
         return LANES_EXISTS;
     if (t->count >= t->capacity)
         return LANES_FULL;
+    if (keys_will_grow(t)) {
+        if (keys_grow(t) < 0)
+            return LANES_NOMEM;
+        i = keys_slot(t, key);
+    }
     LaneKey *entry = calloc(1, size);
     if (entry == NULL)
         return LANES_NOMEM;

@@ -198,8 +198,10 @@ class LaneDecryptor(Decryptor):
         if front:
             config = self.config
             half_open = self._half_open
+            # the front's bytes: what is left of the budget, less its tables twice (what they
+            # hold, and what they may grow by in this run)
             lanes.front_limits(config.max_flows - len(self._flows) - len(half_open),
-                               config.memory_limit - self.memory_reserved - self._charged,
+                               config.memory_limit - self.memory_reserved - self._charged - 2 * lanes.table_bytes,
                                next(iter(half_open.values())).lru_ns if half_open else _NEVER)
         stop, chunks, handled, closed = lanes.run(frames, start)
         events: list[Event] = []
@@ -232,7 +234,7 @@ class LaneDecryptor(Decryptor):
             self.front_promoted += 1
             self._replay(FrontEntry(*promoted), events)
         if front:
-            used = self._charged + self.memory_reserved + lanes.front_bytes
+            used = self._charged + self.memory_reserved + self._compiled_bytes()
             if used > self.stats.memory_peak:
                 self.stats.memory_peak = used
         return stop, handled, events
@@ -256,7 +258,13 @@ class LaneDecryptor(Decryptor):
 
     @property
     def memory_used(self) -> int:
-        return self._charged + self.memory_reserved + self.lanes.front_bytes
+        return self._charged + self.memory_reserved + self._compiled_bytes()
+
+    def _compiled_bytes(self) -> int:
+        """What the compiled path holds: the front's pending entries, and the tables'
+        slots (which grow with their entries)."""
+        lanes = self.lanes
+        return lanes.front_bytes + lanes.table_bytes
 
     def _replay(self, entry: FrontEntry, events: list[Event]):  # type: ignore[no-untyped-def]
         """The entry's frames through the Python path, as if it had seen them: its flow."""
@@ -343,10 +351,10 @@ class LaneDecryptor(Decryptor):
     def _within_budget(self, flow, events) -> None:  # type: ignore[no-untyped-def]
         if self._ending:
             return  # a flow made to be finished at once
-        used = self._charged + self.memory_reserved + self.lanes.front_bytes
+        used = self._charged + self.memory_reserved + self._compiled_bytes()
         if used > self.config.memory_limit:
             self._make_room(events, flow)
-            used = self._charged + self.memory_reserved + self.lanes.front_bytes
+            used = self._charged + self.memory_reserved + self._compiled_bytes()
         if used > self.stats.memory_peak:
             self.stats.memory_peak = used
 
@@ -354,7 +362,7 @@ class LaneDecryptor(Decryptor):
         """As the Python path's, the front's bytes and entries included."""
         limit = self.config.memory_limit - self.memory_reserved
         lanes = self.lanes
-        while self._charged + lanes.front_bytes > limit and (self._half_open or self._flows or lanes.front_pending):
+        while self._charged + self._compiled_bytes() > limit and (self._half_open or self._flows or lanes.front_pending):
             victim = self._victim(current)
             if victim is None:
                 victim = (current, "half_open" if current.half_open else "oldest")
