@@ -10,11 +10,13 @@ import os
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from bridge.errors import BridgeError, TransportError
 from bridge.harvest.profile import DEFAULT_PROFILE_DIR, PROFILE_CACHE_ENV, ProfileStore, default_profile_cache
-from bridge.keyfeed.publisher import Publisher, PublisherConfig
-from bridge.keyfeed.security import INSECURE_WARNING, CurveClient, check_endpoint, load_client, load_server
+if TYPE_CHECKING:  # imported where used: a command without a key feed does not pay for ZeroMQ's
+    from bridge.keyfeed.publisher import Publisher
+    from bridge.keyfeed.security import CurveClient
 from bridge.keys.keylog import KeyLogWriter
 
 
@@ -53,6 +55,8 @@ def add_client_security_options(parser: argparse.ArgumentParser) -> None:
 
 def client_security(args: argparse.Namespace, *, insecure: bool) -> CurveClient | None:
     """The connecting side's Curve keys from --server-key/--client-cert, or None with --insecure."""
+    from bridge.keyfeed.security import INSECURE_WARNING, load_client
+
     if insecure:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
         return None
@@ -67,6 +71,9 @@ def client_security(args: argparse.Namespace, *, insecure: bool) -> CurveClient 
 def publisher_from_args(args: argparse.Namespace) -> Publisher:
     """A publisher (not started) from --bind/--connect, the certificates, --insecure and --ttl
     (and --snapshot where the command has it): the key feed end of every harvester command."""
+    from bridge.keyfeed.publisher import Publisher, PublisherConfig
+    from bridge.keyfeed.security import INSECURE_WARNING, check_endpoint, load_server
+
     connect = args.connect is not None
     endpoint = check_endpoint(args.connect if connect else args.bind)
     if args.insecure:

@@ -7,13 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from bridge.errors import BridgeError, TransportError
-from bridge.keyfeed.receiver import KeyFeedReceiver
-from bridge.keyfeed.security import INSECURE_WARNING, check_endpoint, load_client
-from bridge.keyfeed.subscriber import SubscriberConfig
 from bridge.keys.follow import KeyLogFollower, into_store
 from bridge.keys.keylog import KeyLogStats, read_keylog
 from bridge.keys.store import KeyStore
+
+if TYPE_CHECKING:  # imported where a feed is made: key logs alone do not pay for ZeroMQ's import
+    from bridge.keyfeed.receiver import KeyFeedReceiver
 
 
 
@@ -84,6 +86,10 @@ class KeySources:
             self.report(f"tls-bridge: {path}: {stats.unknown_labels} lines with unknown labels ignored")
 
     def _feed(self) -> KeyFeedReceiver:
+        from bridge.keyfeed.receiver import KeyFeedReceiver
+        from bridge.keyfeed.security import INSECURE_WARNING, check_endpoint, load_client
+        from bridge.keyfeed.subscriber import SubscriberConfig
+
         settings = self.settings
         if settings.insecure:
             self.report(INSECURE_WARNING)

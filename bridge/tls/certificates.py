@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from cryptography import x509
-
 
 def describe_certificate(der: bytes) -> dict[str, object]:
     """Subject, issuer and DNS/IP subject alternative names of one DER certificate.
@@ -11,6 +9,8 @@ def describe_certificate(der: bytes) -> dict[str, object]:
     `cryptography` parses lazily: a malformed name only fails when it is read, so
     every field access sits inside the error handling.
     """
+    from cryptography import x509  # here: most runs never read a certificate (a fifth of the start-up)
+
     try:
         certificate = x509.load_der_x509_certificate(der)
         subject = certificate.subject.rfc4514_string()
