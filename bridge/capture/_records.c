@@ -16,6 +16,14 @@
  * length of a record over ``limit`` (parsing stops before it, the caller
  * reports it), else -1.
  *
+ *   pcap_batch(frame_type, buf, pos, little_endian, record_header, frac_mult, limit, linktype)
+ *       -> (batch, pos, need, absurd)
+ *
+ * The same, the frames as one FrameBatch: a sequence of frame_type objects made
+ * when an item is read, over buf (kept) and an array of BatchRecord (_batch.h,
+ * exposed by the buffer protocol): the compiled engine reads the frames in place
+ * and a frame it takes is never made an object.
+ *
  *   tpacket_v3(frame_type, ring, block, snaplen) -> frames
  *
  * The frames of one TPACKET_V3 ring block at offset ``block`` of ``ring`` (the
@@ -35,6 +43,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+
+#include "_batch.h"
 
 static Py_ssize_t slot_ts = -1, slot_linktype = -1, slot_data = -1, slot_orig = -1;
 static PyTypeObject *bound_type = NULL;
@@ -161,6 +171,168 @@ done:
     Py_XDECREF(lt);
     PyBuffer_Release(&buf);
     return result;
+}
+
+/* ------------------------------------------------------------------------- */
+/* FrameBatch                                                                  */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *buffer; /* bytes */
+    PyTypeObject *frame_type;
+    PyObject *linktype; /* int, shared by the frames */
+    BatchRecord *records;
+    Py_ssize_t count, capacity;
+} FrameBatchObject;
+
+static PyTypeObject FrameBatchType;
+
+static void FrameBatch_dealloc(FrameBatchObject *self)
+{
+    Py_XDECREF(self->buffer);
+    Py_XDECREF(self->frame_type);
+    Py_XDECREF(self->linktype);
+    PyMem_Free(self->records);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t FrameBatch_len(FrameBatchObject *self)
+{
+    return self->count;
+}
+
+static PyObject *FrameBatch_item(FrameBatchObject *self, Py_ssize_t i)
+{
+    if (i < 0 || i >= self->count) {
+        PyErr_SetString(PyExc_IndexError, "frame index out of range");
+        return NULL;
+    }
+    if (bind(self->frame_type) < 0)
+        return NULL;
+    const BatchRecord *r = &self->records[i];
+    PyObject *data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->buffer) + r->offset, (Py_ssize_t)r->length);
+    if (data == NULL)
+        return NULL;
+    return make(self->frame_type, r->timestamp_ns, self->linktype, data, r->orig_len);
+}
+
+static int FrameBatch_getbuffer(FrameBatchObject *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->records, self->count * (Py_ssize_t)sizeof(BatchRecord), 1,
+                             flags);
+}
+
+static PyObject *FrameBatch_get_buffer(FrameBatchObject *self, void *closure)
+{
+    Py_INCREF(self->buffer);
+    return self->buffer;
+}
+
+static PyObject *FrameBatch_get_linktype(FrameBatchObject *self, void *closure)
+{
+    Py_INCREF(self->linktype);
+    return self->linktype;
+}
+
+static PySequenceMethods FrameBatch_as_sequence = {
+    .sq_length = (lenfunc)FrameBatch_len,
+    .sq_item = (ssizeargfunc)FrameBatch_item,
+};
+
+static PyBufferProcs FrameBatch_as_buffer = {
+    .bf_getbuffer = (getbufferproc)FrameBatch_getbuffer,
+};
+
+static PyGetSetDef FrameBatch_getset[] = {
+    {"buffer", (getter)FrameBatch_get_buffer, NULL, "the bytes the frames lie in", NULL},
+    {"linktype", (getter)FrameBatch_get_linktype, NULL, "the frames' link type", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject FrameBatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "bridge.capture._records.FrameBatch",
+    .tp_basicsize = sizeof(FrameBatchObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The frames of a capture chunk, made objects only when read (see the source's header); its buffer "
+              "is its records (_batch.h).",
+    .tp_dealloc = (destructor)FrameBatch_dealloc,
+    .tp_as_sequence = &FrameBatch_as_sequence,
+    .tp_as_buffer = &FrameBatch_as_buffer,
+    .tp_getset = FrameBatch_getset,
+};
+
+static PyObject *pcap_batch(PyObject *self, PyObject *args)
+{
+    PyTypeObject *type;
+    PyObject *buf_obj;
+    Py_ssize_t pos, record_header;
+    int little;
+    long long frac_mult;
+    unsigned long long limit;
+    int linktype;
+    if (!PyArg_ParseTuple(args, "O!O!npnLKi:pcap_batch", &PyType_Type, &type, &PyBytes_Type, &buf_obj, &pos, &little,
+                          &record_header, &frac_mult, &limit, &linktype))
+        return NULL;
+    if (bind(type) < 0)
+        return NULL;
+    const uint8_t *p = (const uint8_t *)PyBytes_AS_STRING(buf_obj);
+    Py_ssize_t n = PyBytes_GET_SIZE(buf_obj);
+    if (pos < 0 || pos > n || record_header < 16) {
+        PyErr_SetString(PyExc_ValueError, "position or record header size out of range");
+        return NULL;
+    }
+    FrameBatchObject *batch = PyObject_New(FrameBatchObject, &FrameBatchType);
+    if (batch == NULL)
+        return NULL;
+    Py_INCREF(buf_obj);
+    Py_INCREF(type);
+    batch->buffer = buf_obj;
+    batch->frame_type = type;
+    batch->linktype = PyLong_FromLong(linktype);
+    batch->records = NULL;
+    batch->count = batch->capacity = 0;
+    if (batch->linktype == NULL)
+        goto fail;
+    Py_ssize_t need = record_header;
+    long long absurd = -1;
+    while (1) {
+        if (n - pos < record_header) {
+            need = record_header;
+            break;
+        }
+        uint32_t sec = rd32(p + pos, little), frac = rd32(p + pos + 4, little);
+        uint32_t incl = rd32(p + pos + 8, little), orig = rd32(p + pos + 12, little);
+        if (incl > limit) {
+            absurd = incl;
+            need = record_header;
+            break;
+        }
+        Py_ssize_t start = pos + record_header;
+        if ((Py_ssize_t)incl > n - start) {
+            need = record_header + (Py_ssize_t)incl;
+            break;
+        }
+        if (batch->count == batch->capacity) {
+            Py_ssize_t capacity = batch->capacity ? batch->capacity * 2 : 1024;
+            BatchRecord *records = PyMem_Realloc(batch->records, (size_t)capacity * sizeof(BatchRecord));
+            if (records == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+            batch->records = records;
+            batch->capacity = capacity;
+        }
+        BatchRecord *r = &batch->records[batch->count++];
+        r->timestamp_ns = (long long)sec * 1000000000LL + (long long)frac * frac_mult;
+        r->offset = (uint64_t)start;
+        r->length = incl;
+        r->orig_len = orig;
+        pos = start + (Py_ssize_t)incl;
+    }
+    return Py_BuildValue("(NnnL)", (PyObject *)batch, pos, need, absurd);
+fail:
+    Py_DECREF(batch);
+    return NULL;
 }
 
 static inline uint32_t rd32n(const uint8_t *p)
@@ -361,6 +533,9 @@ static PyMethodDef methods[] = {
     {"pcap", pcap, METH_VARARGS,
      "pcap(frame_type, buf, pos, little_endian, record_header, frac_mult, limit, linktype)"
      " -> (frames, pos, need, absurd): the complete pcap records of buf from pos on"},
+    {"pcap_batch", pcap_batch, METH_VARARGS,
+     "pcap_batch(frame_type, buf, pos, little_endian, record_header, frac_mult, limit, linktype)"
+     " -> (batch, pos, need, absurd): the same as pcap, the frames as one FrameBatch"},
     {"tpacket_v3", tpacket_v3, METH_VARARGS,
      "tpacket_v3(frame_type, ring, block, snaplen) -> frames: the frames of one TPACKET_V3 ring block"},
     {NULL, NULL, 0, NULL},
@@ -380,5 +555,16 @@ PyMODINIT_FUNC PyInit__records(void)
     str_data = PyUnicode_InternFromString("data");
     if (str_timestamp_ns == NULL || str_data == NULL)
         return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&FrameBatchType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&FrameBatchType);
+    if (PyModule_AddObject(m, "FrameBatch", (PyObject *)&FrameBatchType) < 0) {
+        Py_DECREF(&FrameBatchType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -28,13 +28,16 @@ from __future__ import annotations
 import os
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from bridge.capture import _records
 from bridge.capture.frames import Frame, make_frame
 from bridge.errors import CaptureFormatError
+
+#: The frames of a classic pcap chunk, made objects when read (bridge/capture/_records.c).
+FrameBatch = _records.FrameBatch
 
 __all__ = [
     "MAX_RECORD_BYTES",
@@ -107,8 +110,9 @@ class _BufferedParser:
         self.frames_parsed = 0
         self.warnings: list[str] = []
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Add bytes; return the frames that became complete (possibly none)."""
+    def feed(self, data: bytes) -> Sequence[Frame]:
+        """Add bytes; return the frames that became complete (possibly none): a list,
+        or (classic pcap) a :class:`FrameBatch`, whose frames are made when read."""
         if not data:
             return []
         self._pending.append(bytes(data))
@@ -122,6 +126,8 @@ class _BufferedParser:
             pos, need = self._parse(buf, out)
         except (struct.error, IndexError, ValueError, OverflowError) as exc:
             raise CaptureFormatError(f"malformed {self.format_name} data: {exc}") from exc
+        if len(out) == 1 and out[0].__class__ is FrameBatch:  # type: ignore[comparison-overlap]
+            out = out[0]  # type: ignore[assignment]
         rest = buf[pos:] if pos < len(buf) else b""
         self._pending = [rest] if rest else []
         self._pending_len = len(rest)
@@ -202,12 +208,14 @@ class PcapParser(_BufferedParser):
                 return 0, 24
             self._parse_header(buf)
             pos = 24
-        # The record loop is compiled (bridge/capture/_records.c): same frames, same bounds.
-        frames, pos, need, absurd = _records.pcap(Frame, buf, pos, self.byteorder == "<", self._rec_len,
-                                                  self._frac_mult, self._limit, self.linktype)
-        out.extend(frames)
+        # The record loop is compiled (bridge/capture/_records.c): same frames, same bounds,
+        # as one FrameBatch (the compiled engine reads its frames in place: no Frame made).
+        batch, pos, need, absurd = _records.pcap_batch(Frame, buf, pos, self.byteorder == "<", self._rec_len,
+                                                       self._frac_mult, self._limit, self.linktype)
+        if len(batch):
+            out.append(batch)  # feed() returns it as it is
         if absurd >= 0:
-            _check_caplen(absurd, self.snaplen, f"pcap record at frame {self.frames_parsed + len(out)}")
+            _check_caplen(absurd, self.snaplen, f"pcap record at frame {self.frames_parsed + len(batch)}")
         return pos, need
 
 
@@ -466,7 +474,7 @@ class CaptureParser:
 def parse_capture_bytes(data: bytes) -> list[Frame]:
     """Parse a whole in-memory capture (tests, small files). Truncation is ignored."""
     parser = CaptureParser()
-    frames = parser.feed(data)
+    frames = list(parser.feed(data))
     parser.close()
     return frames
 

@@ -216,8 +216,8 @@ def _limit(frames: Iterator[Frame | list[Frame] | None], count: int | None) -> I
             continue
         if seen >= count:
             return
-        if item.__class__ is list:
-            item = item[: count - seen]
+        if item.__class__ is not Frame:  # a list of frames, a FrameBatch
+            item = [item[index] for index in range(min(len(item), count - seen))]
             seen += len(item)
         else:
             seen += 1

@@ -47,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../capture/_batch.h"
 #include "_front_core.h"
 #include "_lanes_core.h"
 
@@ -468,7 +469,7 @@ static PyObject *Lanes_get_front_capacity(LanesObject *self, void *closure)
     return PyLong_FromSize_t(self->front.keys.capacity);
 }
 
-static PyObject *str_timestamp_ns, *str_linktype, *str_data;
+static PyObject *str_timestamp_ns, *str_linktype, *str_data, *str_buffer;
 
 /* The chunk being gathered: consecutive in-order payloads of one lane. */
 #define CHUNK_LIMIT (256 * 1024)
@@ -525,11 +526,40 @@ static PyObject *Lanes_run(LanesObject *self, PyObject *args)
     Py_ssize_t start;
     if (!PyArg_ParseTuple(args, "On:run", &frames, &start))
         return NULL;
-    PyObject *seq = PySequence_Fast(frames, "frames must be a sequence");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
+    /* a FrameBatch (bridge.capture._records, _batch.h) is read in place: its records
+       through the buffer protocol, the frames' bytes in its buffer; else a sequence of Frames */
+    PyObject *seq = NULL, **items = NULL, *base = NULL;
+    Py_buffer view = {0};
+    const BatchRecord *records = NULL;
+    const uint8_t *base_ptr = NULL;
+    size_t base_len = 0;
+    long batch_linktype = 0;
+    Py_ssize_t n;
+    if (!PyList_CheckExact(frames) && !PyTuple_CheckExact(frames) && PyObject_CheckBuffer(frames)) {
+        if (PyObject_GetBuffer(frames, &view, PyBUF_SIMPLE) < 0)
+            return NULL;
+        base = PyObject_GetAttr(frames, str_buffer);
+        PyObject *lt_o = base ? PyObject_GetAttr(frames, str_linktype) : NULL;
+        batch_linktype = lt_o ? PyLong_AsLong(lt_o) : -1;
+        Py_XDECREF(lt_o);
+        if (base == NULL || PyErr_Occurred() || !PyBytes_Check(base) || view.len % (Py_ssize_t)sizeof(BatchRecord)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "a frame batch needs bytes and whole records");
+            Py_XDECREF(base);
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        records = (const BatchRecord *)view.buf;
+        n = view.len / (Py_ssize_t)sizeof(BatchRecord);
+        base_ptr = (const uint8_t *)PyBytes_AS_STRING(base);
+        base_len = (size_t)PyBytes_GET_SIZE(base);
+    } else {
+        seq = PySequence_Fast(frames, "frames must be a sequence");
+        if (seq == NULL)
+            return NULL;
+        n = PySequence_Fast_GET_SIZE(seq);
+        items = PySequence_Fast_ITEMS(seq);
+    }
     PyObject *chunks = PyList_New(0);
     PyObject *closed = Py_None;
     Py_INCREF(closed);
@@ -538,37 +568,52 @@ static PyObject *Lanes_run(LanesObject *self, PyObject *args)
     if (chunks == NULL)
         goto fail;
     for (; i < n; i++) {
-        PyObject *frame = items[i];
-        PyObject *ts_o = PyObject_GetAttr(frame, str_timestamp_ns);
-        PyObject *lt_o = ts_o ? PyObject_GetAttr(frame, str_linktype) : NULL;
-        PyObject *data_o = lt_o ? PyObject_GetAttr(frame, str_data) : NULL;
-        if (data_o == NULL) {
-            Py_XDECREF(ts_o);
-            Py_XDECREF(lt_o);
-            goto fail;
-        }
-        long long ts = PyLong_AsLongLong(ts_o);
-        long linktype = PyLong_AsLong(lt_o);
-        Py_DECREF(ts_o);
-        Py_DECREF(lt_o);
-        if ((ts == -1 || linktype == -1) && PyErr_Occurred()) {
-            Py_DECREF(data_o);
-            goto fail;
-        }
-        if (!PyBytes_Check(data_o)) {
-            Py_DECREF(data_o);
-            break; /* Python's path says what it is */
+        long long ts;
+        long linktype;
+        const uint8_t *frame_ptr;
+        size_t frame_len;
+        PyObject *data_o = NULL;
+        if (records != NULL) {
+            const BatchRecord *r = &records[i];
+            if (r->offset > base_len || r->length > base_len - r->offset)
+                break; /* Python's path says what it is */
+            ts = r->timestamp_ns;
+            linktype = batch_linktype;
+            frame_ptr = base_ptr + r->offset;
+            frame_len = r->length;
+        } else {
+            PyObject *frame = items[i];
+            PyObject *ts_o = PyObject_GetAttr(frame, str_timestamp_ns);
+            PyObject *lt_o = ts_o ? PyObject_GetAttr(frame, str_linktype) : NULL;
+            data_o = lt_o ? PyObject_GetAttr(frame, str_data) : NULL;
+            if (data_o == NULL) {
+                Py_XDECREF(ts_o);
+                Py_XDECREF(lt_o);
+                goto fail;
+            }
+            ts = PyLong_AsLongLong(ts_o);
+            linktype = PyLong_AsLong(lt_o);
+            Py_DECREF(ts_o);
+            Py_DECREF(lt_o);
+            if ((ts == -1 || linktype == -1) && PyErr_Occurred()) {
+                Py_DECREF(data_o);
+                goto fail;
+            }
+            if (!PyBytes_Check(data_o)) {
+                Py_DECREF(data_o);
+                break; /* Python's path says what it is */
+            }
+            frame_ptr = (const uint8_t *)PyBytes_AS_STRING(data_o);
+            frame_len = (size_t)PyBytes_GET_SIZE(data_o);
         }
         Segment s;
-        int decoded = decode_frame((int)linktype, (const uint8_t *)PyBytes_AS_STRING(data_o),
-                                   (size_t)PyBytes_GET_SIZE(data_o), &s);
+        int decoded = decode_frame((int)linktype, frame_ptr, frame_len, &s);
         Lane *lane = decoded == 0 ? lanes_find(&self->table, &s.key) : NULL;
         if (lane == NULL) {
             int verdict = FRONT_PASS;
             if (decoded == 0 && self->front.keys.capacity)
-                verdict = front_step(self, &s, (int)linktype, (const uint8_t *)PyBytes_AS_STRING(data_o),
-                                     (size_t)PyBytes_GET_SIZE(data_o), ts);
-            Py_DECREF(data_o);
+                verdict = front_step(self, &s, (int)linktype, frame_ptr, frame_len, ts);
+            Py_XDECREF(data_o);
             if (verdict < 0)
                 goto fail;
             if (verdict == FRONT_TAKEN) {
@@ -579,7 +624,7 @@ static PyObject *Lanes_run(LanesObject *self, PyObject *args)
         }
         long boundary;
         if (lane_segment(&self->table, lane, &s, ts, &boundary) == LANE_REFUSED) {
-            Py_DECREF(data_o);
+            Py_XDECREF(data_o);
             /* what the lane gathered goes first, then its state */
             if (chunk_flush(&chunk, chunks) < 0)
                 goto fail;
@@ -603,18 +648,24 @@ static PyObject *Lanes_run(LanesObject *self, PyObject *args)
         } else if (s.payload_len) {
             rc = chunk_add(&chunk, chunks, lane, ts, s.payload, s.payload_len);
         }
-        Py_DECREF(data_o);
+        Py_XDECREF(data_o);
         if (rc < 0)
             goto fail;
     }
     if (chunk_flush(&chunk, chunks) < 0)
         goto fail;
     PyMem_Free(chunk.buf);
-    Py_DECREF(seq);
+    Py_XDECREF(seq);
+    Py_XDECREF(base);
+    if (records != NULL)
+        PyBuffer_Release(&view);
     return Py_BuildValue("(nNnN)", i, chunks, handled, closed);
 fail:
     PyMem_Free(chunk.buf);
-    Py_DECREF(seq);
+    Py_XDECREF(seq);
+    Py_XDECREF(base);
+    if (records != NULL)
+        PyBuffer_Release(&view);
     Py_XDECREF(chunks);
     Py_XDECREF(closed);
     return NULL;
@@ -724,7 +775,8 @@ PyMODINIT_FUNC PyInit__lanes(void)
     str_timestamp_ns = PyUnicode_InternFromString("timestamp_ns");
     str_linktype = PyUnicode_InternFromString("linktype");
     str_data = PyUnicode_InternFromString("data");
-    if (!str_timestamp_ns || !str_linktype || !str_data)
+    str_buffer = PyUnicode_InternFromString("buffer");
+    if (!str_timestamp_ns || !str_linktype || !str_data || !str_buffer)
         return NULL;
     if (PyType_Ready(&LanesType) < 0)
         return NULL;

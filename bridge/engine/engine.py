@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bridge.capture.frames import Frame
+from bridge.capture.pcapfile import FrameBatch
 from bridge.engine.decryptor import NS, Decryptor
 from bridge.engine.events import Event
 from bridge.engine.lanes import LaneDecryptor
@@ -89,8 +90,9 @@ class Engine:
 
     def run(self, frames: Iterable[Frame | list[Frame] | None], progress: Callable[[], None] | None = None) -> None:
         """The packet loop: frames, or lists of frames (a capture file's chunk, a
-        ring's block: the compiled path takes them in one call), or ``None`` (a
-        quiet live link).  The hot path, written with locals on purpose."""
+        ring's block: the compiled path takes them in one call; a capture file's
+        :class:`~bridge.capture.pcapfile.FrameBatch` too, read in place), or ``None``
+        (a quiet live link).  The hot path, written with locals on purpose."""
         counters = self.counters
         decryptor = self.decryptor
         process = decryptor.process
@@ -113,7 +115,7 @@ class Engine:
                     counters.not_tcp += not_tcp
                     frame_count = tcp_count = not_tcp = 0
                     continue
-                batch = item if item.__class__ is list else (item,)
+                batch = item if item.__class__ is list or item.__class__ is FrameBatch else (item,)
                 n = len(batch)
                 frame_count += n
                 i = 0

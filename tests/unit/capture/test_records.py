@@ -45,6 +45,34 @@ def test_pcap_records_decode_as_the_reference(frames, little, nanosecond, cut) -
     assert need >= 16
 
 
+@settings(max_examples=200, deadline=None)
+@given(_frames, st.booleans(), st.booleans(), st.integers(0, 40), st.integers(0, 3))
+def test_a_frame_batch_is_the_same_frames(frames, little, nanosecond, cut, linktype) -> None:  # type: ignore[no-untyped-def]
+    """pcap_batch: the frames of pcap, made when read; its records (the buffer the
+    compiled engine reads in place) say where each frame lies in the chunk."""
+    buf = _pcap_records(frames, little, nanosecond)
+    buf = buf[:len(buf) - cut] if cut < len(buf) else buf
+    args = (buf, 0, little, 16, 1 if nanosecond else 1000, 1 << 20, linktype)
+    listed, pos, need, absurd = _records.pcap(Frame, *args)
+    batch, batch_pos, batch_need, batch_absurd = _records.pcap_batch(Frame, *args)
+    assert (batch_pos, batch_need, batch_absurd) == (pos, need, absurd)
+    assert len(batch) == len(listed) and list(batch) == listed
+    assert [batch[i] for i in range(len(batch))] == listed
+    assert batch.buffer is buf and batch.linktype == linktype
+    records = bytes(memoryview(batch))
+    assert len(records) == 24 * len(listed)
+    for index, frame in enumerate(listed):
+        timestamp_ns, offset, length, orig_len = struct.unpack_from("=qQII", records, 24 * index)
+        assert (timestamp_ns, buf[offset:offset + length], orig_len) == (frame.timestamp_ns, frame.data, frame.orig_len)
+    with pytest.raises(IndexError):
+        batch[len(listed)]
+
+
+def test_a_frame_batch_needs_bytes() -> None:
+    with pytest.raises(TypeError):
+        _records.pcap_batch(Frame, bytearray(b""), 0, True, 16, 1, 10, 1)
+
+
 def test_pcap_absurd_length_stops_before_it() -> None:
     buf = struct.pack("<IIII", 1, 2, 3, 3) + b"abc" + struct.pack("<IIII", 1, 2, 5000, 5000)
     got, pos, need, absurd = _records.pcap(Frame, buf, 0, True, 16, 1, 4096, 1)

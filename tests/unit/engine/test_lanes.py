@@ -15,6 +15,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
 
 from bridge.capture.frames import Frame
+from bridge.capture.pcapfile import FrameBatch, read_capture
 from bridge.engine import Engine, EngineSettings, FlowFinished, FlowStarted, KeysWanted, PlaintextData
 from bridge.engine._lanes import CHUNK_LIMIT, Lanes
 from bridge.engine.lanes import LaneDecryptor
@@ -60,6 +61,22 @@ def test_same_events_as_the_python_path(fixture: Fixture) -> None:
     assert engine.decryptor.lanes_opened > 0 and engine.decryptor.lane_frames > 0
     _, batched = _events(fixture, frames, fast=True, batches=[len(frames)])
     assert batched == reference
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda f: f.name)
+def test_a_capture_read_in_frame_batches_gives_the_same_events(fixture: Fixture) -> None:
+    """The capture reader's FrameBatches (frames read in place by the compiled path,
+    made objects only for the Python path) against a list of the same frames."""
+    frames = fixture.frames()
+    _, reference = _events(fixture, frames, fast=False)
+    out: list = []
+    engine = Engine(fixture.store(), EngineSettings(), output=out.append)
+    batches = list(read_capture(fixture.pcap, chunk_size=4096).batches())
+    assert batches and all(isinstance(batch, FrameBatch) for batch in batches)
+    engine.run(batches)
+    engine.finish()
+    assert [_describe(event) for event in out] == reference
+    assert engine.decryptor.lane_frames > 0
 
 
 def test_most_frames_of_a_bulk_connection_are_taken_by_the_compiled_path() -> None:
