@@ -117,11 +117,11 @@ def test_wire_trigger_without_any_hook(lab, tmp_path):
     client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
     lab.s_server()
     harvester = lab.harvester("--comm", "openssl", "--trigger", "wire", "--wire", "lo", "--keylog", str(harvested))
+    # each held open until its search found it (a fixed moment may be too short on a loaded host)
     for suite in TLS13_SUITES:
-        lab.s_client(4433, client, "-tls1_3", "-ciphersuites", suite)
+        lab.s_client(4433, client, "-tls1_3", "-ciphersuites", suite, harvested=harvested)
     for cipher in TLS12_CIPHERS[:2]:
-        lab.s_client(4433, client, "-tls1_2", "-cipher", cipher)
-    time.sleep(0.3)
+        lab.s_client(4433, client, "-tls1_2", "-cipher", cipher, harvested=harvested)
     summary = _stop(harvester)
     _assert_same(client, harvested, 5)
     assert "0 hook events" in summary and "searches: 5 ClientHellos and 0 sensor requests, 0 duplicates, 5 published" in summary

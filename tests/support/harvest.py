@@ -47,6 +47,25 @@ def compare_keylogs(client: Path, harvested: Path) -> tuple[set, set]:
     return (theirs - ours) | missing_hs, ours - theirs
 
 
+def randoms(keylog: Path) -> set[str]:
+    return {line[1] for line in keylog_lines(keylog)}
+
+
+def hold_until_harvested(keylog: Path, harvested: Path, before: set[str], *, timeout: float = 60.0,
+                         alive=lambda: True) -> None:
+    """Keep a client's connection open until the harvester has published it: the
+    client's new random (in ``keylog`` and not in ``before``) is in ``harvested``.
+    A connection "held open" is held until it is found, not for a fixed moment a
+    loaded host may not honour; after ``timeout`` the caller goes on and the test's
+    assertions say what is missing."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        new = randoms(keylog) - before
+        if new and new <= randoms(harvested):
+            return
+        time.sleep(0.05)
+
+
 @dataclass
 class Lab:
     tmp: Path
@@ -115,12 +134,16 @@ http {{
             raise AssertionError(f"curl {' '.join(args)} failed: {proc.describe()}")
         return proc.out.data
 
-    def s_client(self, port: int, keylog: Path, *args: str, hold: float = 0.3) -> bytes:
-        """Connect, wait ``hold`` seconds, send a GET, wait for the answer."""
+    def s_client(self, port: int, keylog: Path, *args: str, hold: float = 0.3, harvested: Path | None = None) -> bytes:
+        """Connect, wait ``hold`` seconds (and, given ``harvested``, until the connection
+        is in that key log), send a GET, wait for the answer."""
         argv = [tlslab.tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", "-keylogfile", str(keylog),
                 "-quiet", *args]
+        before = randoms(keylog)
         proc = self.ns.proc(argv)
         time.sleep(hold)
+        if harvested is not None:
+            hold_until_harvested(keylog, harvested, before, alive=proc.alive)
         proc.write(b"GET / HTTP/1.0\r\n\r\n")
         proc.wait(10)
         proc.stop(timeout=2)
