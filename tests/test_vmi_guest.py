@@ -20,7 +20,7 @@ from bridge.vmi.btf import btf_from_kernel_image, find_btf_in_memory
 from bridge.vmi.linux import LinuxGuest
 from bridge.vmi.physmem import MemoryFileBackend, QemuProcessBackend
 from tests.support.guest import Guest, build_guest_image, curl_guest
-from tests.support.harvest import compare_keylogs
+from tests.support.harvest import compare_keylogs, hold_until_harvested, randoms
 from tests.support.keyfeed import BridgeProcess
 
 pytestmark = pytest.mark.real
@@ -75,17 +75,23 @@ def _harvester(guest: Guest, tmp: Path, *extra: str, name: str = "harvest") -> B
     return process
 
 
-def _s_client(guest: Guest, port: int, keylog: Path, *args: str, hold: float = 0.5) -> bytes:
-    """A keep-alive style client: connects, waits, then sends its request."""
+def _s_client(guest: Guest, port: int, keylog: Path, *args: str, hold: float = 0.5,
+              harvested: Path | None = None) -> bytes:
+    """A keep-alive style client: connects, waits (given ``harvested``, also until its
+    connection is in that key log: held open until found, however loaded the host and
+    slow the TCG guest), then sends its request."""
+    before = randoms(keylog)
     proc = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{guest.host_port(port)}", "-keylogfile",
                              str(keylog), "-quiet", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     time.sleep(hold)
+    if harvested is not None:
+        hold_until_harvested(keylog, harvested, before, alive=lambda: proc.poll() is None)
     out, _ = proc.communicate(b"GET / HTTP/1.0\r\n\r\n", timeout=60)
     return out
 
 
-def _clients(guest: Guest, keylog: Path, held: Path) -> None:
+def _clients(guest: Guest, keylog: Path, held: Path, harvested: Path) -> None:
     """Both servers (Debian's 3.0.19 on 4433, a wheel's 3.5.9 on 4434), TLS 1.3 and 1.2:
     one-shot curls (key log ``keylog``), and connections held open a moment (``held``)."""
     for port in (4433, 4434):
@@ -93,8 +99,8 @@ def _clients(guest: Guest, keylog: Path, held: Path) -> None:
             assert b"s_server" in curl_guest(guest, port, keylog, "--tlsv1.3", "--tls13-ciphers", suite)
         for cipher in TLS12:
             assert b"s_server" in curl_guest(guest, port, keylog, "--tlsv1.2", "--tls-max", "1.2", "--ciphers", cipher)
-        assert b"s_server" in _s_client(guest, port, held, "-tls1_3")
-        assert b"s_server" in _s_client(guest, port, held, "-tls1_2")
+        assert b"s_server" in _s_client(guest, port, held, "-tls1_3", harvested=harvested)
+        assert b"s_server" in _s_client(guest, port, held, "-tls1_2", harvested=harvested)
 
 
 def _randoms(keylog: Path) -> set[str]:
@@ -230,7 +236,7 @@ def test_harvested_keys_equal_the_clients_and_decrypt_the_mirror(guest, tmp_path
     client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
     harvester = _harvester(guest, tmp_path, "--comm", "openssl", "--keylog", str(harvested))
     assert "openssl[" in harvester.text() and "libssl.so.3" in harvester.text()
-    _clients(guest, client, held := tmp_path / "held.keylog")
+    _clients(guest, client, held := tmp_path / "held.keylog", harvested)
     summary = _stop(harvester)
     for line in held.read_text().splitlines(keepends=True):  # one client key log for the checks
         with open(client, "a") as handle:
@@ -305,9 +311,9 @@ def test_reading_the_ram_inside_the_qemu_process_and_the_image_btf(guest, tmp_pa
     # Connections held open a moment: reading RAM through the QEMU process is the
     # point here, not the race with one-shot connections (the RAM-file test has those).
     for suite in TLS13[:2]:
-        _s_client(guest, 4433, client, "-tls1_3", "-ciphersuites", suite)
-    _s_client(guest, 4433, client, "-tls1_2")
-    _s_client(guest, 4434, client, "-tls1_3")
+        _s_client(guest, 4433, client, "-tls1_3", "-ciphersuites", suite, harvested=harvested)
+    _s_client(guest, 4433, client, "-tls1_2", harvested=harvested)
+    _s_client(guest, 4434, client, "-tls1_3", harvested=harvested)
     summary = _stop(process)
     assert len(_assert_wire_harvest(client, harvested, summary, held=_randoms(client))) == 4
 
@@ -326,11 +332,13 @@ def test_guest_processes_that_die_and_start_later(guest, tmp_path):
     harvester keeps going, and harvests the new process after its rescan."""
     client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
     harvester = _harvester(guest, tmp_path, "--comm", "openssl", "--keylog", str(harvested))
-    curl_guest(guest, 4434, client, "--tlsv1.3")
+    _s_client(guest, 4434, client, "-tls1_3", harvested=harvested)  # (a one-shot curl could be missed: a race)
+    before = randoms(client)
     held = subprocess.Popen(["openssl", "s_client", "-connect", f"127.0.0.1:{guest.host_port(4434)}", "-quiet",
                              "-keylogfile", str(client)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
+    hold_until_harvested(client, harvested, before, alive=lambda: held.poll() is None)  # open until found
     status, output = guest.shell("for p in $(pidof openssl); do grep -q 4434 /proc/$p/cmdline && kill -9 $p; done; "
                                  "LD_LIBRARY_PATH=/opt/ossl35 openssl s_server -accept 4434 -www -quiet "
                                  "-cert /etc/guest/cert.pem -key /etc/guest/key.pem </dev/null >/dev/null 2>&1 &")
@@ -338,8 +346,8 @@ def test_guest_processes_that_die_and_start_later(guest, tmp_path):
     held.kill()
     held.wait()
     time.sleep(4)  # the rescan (every 2 s) finds the new process
-    _s_client(guest, 4434, client, "-tls1_3")
-    _s_client(guest, 4434, client, "-tls1_2")
+    _s_client(guest, 4434, client, "-tls1_3", harvested=harvested)
+    _s_client(guest, 4434, client, "-tls1_2", harvested=harvested)
     summary = _stop(harvester)
     _assert_wire_harvest(client, harvested, summary, held=_randoms(client))
     assert "Traceback" not in summary
@@ -399,11 +407,11 @@ def test_a_killed_hooks_harvester_leaves_the_guest_running_without_breakpoints(g
 def test_misses_are_counted_and_the_guest_reboot_is_followed(guest, tmp_path):
     client, harvested = tmp_path / "client.keylog", tmp_path / "harvested.keylog"
     harvester = _harvester(guest, tmp_path, "--comm", "openssl", "--keylog", str(harvested))
-    _s_client(guest, 4433, client, "-tls1_3")
+    _s_client(guest, 4433, client, "-tls1_3", harvested=harvested)
     guest.reboot()
     time.sleep(3)  # the harvester's rescan finds the moved kernel (KASLR)
-    _s_client(guest, 4433, client, "-tls1_3")
-    _s_client(guest, 4434, client, "-tls1_2")
+    _s_client(guest, 4433, client, "-tls1_3", harvested=harvested)
+    _s_client(guest, 4434, client, "-tls1_2", harvested=harvested)
     summary = _stop(harvester)
     _assert_wire_harvest(client, harvested, summary, held=_randoms(client))
     assert "re-located" in summary and int(re.search(r"(\d+) attaches", summary).group(1)) >= 2
@@ -423,8 +431,8 @@ def test_the_backports_6_12_kernel_line(tmp_path):
         harvester = _harvester(booted, tmp_path, "--comm", "openssl", "--kernel", str(booted.image.kernel),
                                "--keylog", str(harvested))
         for suite in TLS13[:2]:
-            _s_client(booted, 4433, client, "-tls1_3", "-ciphersuites", suite)
-        _s_client(booted, 4434, client, "-tls1_2")
+            _s_client(booted, 4433, client, "-tls1_3", "-ciphersuites", suite, harvested=harvested)
+        _s_client(booted, 4434, client, "-tls1_2", harvested=harvested)
         summary = _stop(harvester)
     _assert_wire_harvest(client, harvested, summary, held=_randoms(client))
     assert "3 connections published" in summary
