@@ -8,7 +8,7 @@ them (``tls-bridge decrypt`` in :mod:`bridge.cli.decrypt`, ``tls-bridge run``'s
 workers in :mod:`bridge.sensor.worker`, the demo).  They all use one API::
 
     engine = Engine(store, EngineSettings(), output=Outputs(...), request_keys=...)
-    engine.run(frames)        # Frame objects; None = a quiet live link (timed work)
+    engine.run(frames)        # Frames, lists of them, FrameBatches; None = a quiet live link (timed work)
     engine.finish()           # end of input: every connection is finished
 
 Layers, each depending only on those below it::
@@ -23,6 +23,9 @@ Layers, each depending only on those below it::
       tls.connection           the handshake: hellos, key schedules, resumption; secrets given to it
     engine.decryptor         segments → flows (orientation, LRU, bounds) → TLS connections → events;
                              gives each connection its secrets from the key store
+    engine.lanes             the decryptor with the compiled per-packet path (_lanes.c): established
+                             streams' frames a chunk at a time (lanes), and connections whose server
+                             has not answered kept in C until it does (the front, _front_core.h)
     bridge.quic              QUIC and HTTP/3, sans-I/O: packet protection, streams, handshake, HTTP/3 → HTTP/1.1
     engine.udp/quic          frames that are not TCP → UDP datagrams → QUIC flows → the same events (each
                              HTTP/3 request a synthetic connection whose FlowFinished names its parent)
