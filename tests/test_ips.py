@@ -139,8 +139,17 @@ ssl_protocols TLSv1.2 TLSv1.3; root {prefix}/html; limit_rate 300k; }} }}
 """)
     server = subprocess.Popen([*topology.exec(topology.server), "nginx", "-p", str(prefix), "-c", str(conf)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60  # listening, however loaded the host (not a fixed second)
+    while time.monotonic() < deadline and server.poll() is None and "10.77.2.2:443" not in subprocess.run(
+            [*topology.exec(topology.server), "ss", "-Htln"], capture_output=True, text=True).stdout:
+        time.sleep(0.1)
     return server
+
+
+def _wait_for_line(path: Path, needle: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (path.exists() and needle in path.read_text()):
+        time.sleep(0.1)
 
 
 def _curl(topology: Topology, path: str, keylog: Path, results: dict, name: str) -> None:
@@ -172,7 +181,8 @@ def test_a_blocked_request_cuts_its_encrypted_connection_and_spares_the_others(t
             time.sleep(0.5)
             _curl(topology, "/tls-bridge-block-marker", keylog, results, "blocked")
             harmless.join(60)
-            time.sleep(1.0)
+            # the cut connection's flow line (written when the mirror shows its end) read by the IPS
+            _wait_for_line(blocked_log, '"cut_connection_logged"')
             nft_rules = subprocess.run([*topology.exec(topology.gateway), "nft", "list", "table", "inet", "tls_bridge"],
                                        capture_output=True, text=True).stdout
             ips.stop()

@@ -56,6 +56,7 @@ def follow_file(path: str, stop: threading.Event, *, from_start: bool, poll_inte
     reopens it when it is rotated (a new inode at the path) or truncated."""
     while not stop.is_set():
         while not os.path.exists(path):
+            from_start = True  # a file that appears after we started holds only new lines
             if stop.wait(poll_interval * 10):
                 return
         with open(path, "rb") as handle:

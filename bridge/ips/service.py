@@ -36,10 +36,15 @@ from bridge.ips.reset import reset_packets
 from bridge.engine.packets import TcpSegment, classify
 
 
-def _sniff(interface: str, table: ConnectionTable, lock: threading.Lock, stop: threading.Event) -> None:
+def _sniff(interface: str, table: ConnectionTable, lock: threading.Lock, stop: threading.Event,
+           ready: threading.Event) -> None:
     from bridge.capture.afpacket import AfPacketCapture
 
-    for frame in AfPacketCapture(interface, stop_event=stop, idle_marker=True, poll_interval=0.1):
+    try:
+        capture = AfPacketCapture(interface, stop_event=stop, idle_marker=True, poll_interval=0.1)
+    finally:
+        ready.set()  # its socket is open (or it failed): 'following' is not said before it sees packets
+    for frame in capture:
         if frame is None:
             continue
         try:
@@ -163,8 +168,13 @@ def serve(args: IpsSettings) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop.set())
+    sniffing = []
     for interface in args.interfaces:
-        threading.Thread(target=_sniff, args=(interface, table, lock, stop), name=f"ips-{interface}", daemon=True).start()
+        sniffing.append(ready := threading.Event())
+        threading.Thread(target=_sniff, args=(interface, table, lock, stop, ready), name=f"ips-{interface}",
+                         daemon=True).start()
+    for ready in sniffing:  # a connection cut before its sniffer saw a segment would get no reset
+        ready.wait(30)
     log = sys.stdout if args.log in (None, "-") else open(args.log, "a", encoding="utf-8")
     blocker = Blocker(table, lock, nft, resets=args.resets, log=log)
     if args.flows:
