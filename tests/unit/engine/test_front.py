@@ -157,15 +157,12 @@ def _same(frames: list[Frame], *, exact: bool = True, **kwargs):  # type: ignore
     fast, fast_lines, engine = _run(frames, fast=True, **kwargs)
     stats, reference_stats = engine.decryptor.stats, python.decryptor.stats
     assert engine.counters == python.counters
-    if not exact:
-        assert fast.keys() == reference.keys()
+    if not exact:  # (a SYN retransmitted after its connection was evicted starts another one)
         for flow in fast.values():
             assert flow[0][0] == "started" and [event[0] for event in flow].count("finished") == 1
-        for name in ("flows", "segments"):
-            assert getattr(stats, name) == getattr(reference_stats, name), name
-        assert set(stats.evicted) == set(reference_stats.evicted)
-        evicted = {flow_id for flow_id, events in {**fast, **reference}.items() if events[-1][1] == "evicted"}
-        for flow_id in fast.keys() - evicted:
+        assert stats.segments == reference_stats.segments
+        assert stats.flows == len(fast) and reference_stats.flows == len(reference)
+        for flow_id in fast.keys() & reference.keys():
             if fast[flow_id][-1][1] != "evicted" and reference[flow_id][-1][1] != "evicted":
                 assert [e for e in fast[flow_id] if e[0] == "data"] == [e for e in reference[flow_id] if e[0] == "data"]
         return engine, fast, fast_lines
