@@ -10,7 +10,8 @@
  * closed and reopened as the binding does.  Invariants are checked with abort():
  * a boundary within the payload, the table's count, lookups after removal.
  *
- * The same frames also go to the connection front (bridge/engine/_front_core.h)
+ * The same frames also go to the connection front (bridge/engine/_front_core.h;
+ * the entries it ends to a small recently-closed set, which wraps)
  * as the binding sends them (frames no lane took), with limits taken from the
  * input: entries made, stored, promoted, owned and disowned, ended to make room,
  * expired; checked: the limits, the byte count against the entries, the stored
@@ -66,6 +67,20 @@ static void check_front(const Front *f, size_t max_pending, size_t max_bytes)
     CHECK(pending <= max_pending && bytes <= max_bytes);
 }
 
+/* The recently closed connections (a small set: it wraps often). */
+static ClosedSet closed;
+
+/* A pending entry ends: remembered as recently closed (as the binding's front_end does), gone. */
+static void front_fuzz_end(Front *f, FrontEntry *e)
+{
+    LaneKey key = e->key;
+    front_unlink(f, e);
+    front_release(e);
+    if (closed_add(&closed, &key) == 0)
+        CHECK(closed_has(&closed, &key));
+    CHECK(closed.keys.count <= closed.keys.capacity);
+}
+
 /* One frame at the front, as the binding's front_step does it. */
 static void front_fuzz_step(Front *f, const Segment *s, int linktype, const uint8_t *frame, size_t length, int64_t ts,
                             size_t max_pending, size_t max_bytes, uint8_t control)
@@ -81,8 +96,7 @@ static void front_fuzz_step(Front *f, const Segment *s, int linktype, const uint
             if (old != NULL && old == e)
                 old = old->next;
             if (old != NULL && !(control & 0x40)) {
-                front_unlink(f, old);
-                front_release(old);
+                front_fuzz_end(f, old);
                 continue;
             }
             if (e == NULL)
@@ -107,6 +121,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     Front front;
     if (front_init(&front, 8) < 0) {
+        lanes_free(&table, NULL);
+        return 0;
+    }
+    if (closed_init(&closed, size > 2 ? data[2] % 4 : 3) < 0) {
+        front_free(&front);
         lanes_free(&table, NULL);
         return 0;
     }
@@ -152,9 +171,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 check_front(&front, max_pending, max_bytes);
                 if ((control & 0x30) == 0x30) { /* expiry */
                     while (front.oldest != NULL && front.oldest->lru_ns < clock - 100000000LL) {
-                        FrontEntry *old = front.oldest;
-                        front_unlink(&front, old);
-                        front_release(old);
+                        front_fuzz_end(&front, front.oldest);
                     }
                 }
             }
@@ -192,12 +209,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(table.ntouched == 0);
     lanes_free(&table, NULL);
     /* every pending entry ends; owned marks are freed with the table */
-    while (front.oldest != NULL) {
-        FrontEntry *old = front.oldest;
-        front_unlink(&front, old);
-        front_release(old);
-    }
+    while (front.oldest != NULL)
+        front_fuzz_end(&front, front.oldest);
     CHECK(front.pending == 0 && front.bytes == 0);
     front_free(&front);
+    closed_free(&closed);
     return 0;
 }

@@ -31,7 +31,8 @@
  * over.
  *
  * Python API (the seam is bridge/engine/lanes.py):
- *   Lanes(capacity)
+ *   Lanes(capacity, front_capacity=0, closed_capacity=0)
+ *   .closed_add(client_ip, client_port, server_ip, server_port), .closed_has(src, sport, dst, dport) -> bool
  *   .open(src, sport, dst, dport, handle, next_seq, header, remaining) -> bool
  *       header, remaining: where the current TLS record ends (RecordReader.boundary)
  *   .close(src, sport, dst, dport) -> state | None
@@ -59,6 +60,8 @@ typedef struct {
     LaneTable table;
     /* the connection front (_front_core.h): off while front.keys.capacity is 0 */
     Front front;
+    /* recently closed connections (the decryptor's ``recently_closed``), the front's and Python's */
+    ClosedSet closed;
     size_t max_pending, max_bytes;
     int64_t python_oldest_ns; /* Python's least recently active half-open connection */
     /* what the last runs did at the front, until take_front() */
@@ -83,17 +86,20 @@ static void lane_release_key(LaneKey *key)
 
 static int Lanes_init(LanesObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"capacity", "front_capacity", NULL};
-    Py_ssize_t capacity, front_capacity = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|n:Lanes", kwlist, &capacity, &front_capacity))
+    static char *kwlist[] = {"capacity", "front_capacity", "closed_capacity", NULL};
+    Py_ssize_t capacity, front_capacity = 0, closed_capacity = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|nn:Lanes", kwlist, &capacity, &front_capacity, &closed_capacity))
         return -1;
-    if (capacity < 1 || capacity > (1 << 26) || front_capacity < 0 || front_capacity > (1 << 26)) {
-        PyErr_SetString(PyExc_ValueError, "capacity must be within 1..2^26, front_capacity within 0..2^26");
+    if (capacity < 1 || capacity > (1 << 26) || front_capacity < 0 || front_capacity > (1 << 26) ||
+        closed_capacity < 0 || closed_capacity > (1 << 27)) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be within 1..2^26, front_capacity within 0..2^26, "
+                                          "closed_capacity within 0..2^27");
         return -1;
     }
     Lanes_clear(self);
     if (lanes_init(&self->table, (size_t)capacity) < 0 ||
-        (front_capacity && front_init(&self->front, (size_t)front_capacity) < 0)) {
+        (front_capacity && front_init(&self->front, (size_t)front_capacity) < 0) ||
+        closed_init(&self->closed, (size_t)closed_capacity) < 0) {
         PyErr_NoMemory();
         return -1;
     }
@@ -124,6 +130,7 @@ static int Lanes_clear(LanesObject *self)
 {
     lanes_free(&self->table, lane_release_key);
     front_free(&self->front);
+    closed_free(&self->closed);
     self->max_pending = self->max_bytes = 0;
     Py_CLEAR(self->promoted);
     Py_CLEAR(self->ended);
@@ -294,9 +301,11 @@ static PyObject *front_describe(const FrontEntry *e)
     return t;
 }
 
-/* End a pending entry: its description appended to out, the entry gone. */
-static int front_end(Front *f, FrontEntry *e, int why, PyObject *out)
+/* End a pending entry: its description appended to out, the connection remembered
+   as recently closed (as the Python path's end of a flow does), the entry gone. */
+static int front_end(LanesObject *self, FrontEntry *e, int why, PyObject *out)
 {
+    Front *f = &self->front;
     e->why = (uint8_t)why;
     PyObject *d = front_describe(e);
     if (d == NULL)
@@ -305,6 +314,10 @@ static int front_end(Front *f, FrontEntry *e, int why, PyObject *out)
     Py_DECREF(d);
     if (rc < 0)
         return -1;
+    if (closed_add(&self->closed, &e->key) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
     front_unlink(f, e);
     front_release(e);
     return 0;
@@ -329,7 +342,7 @@ static int front_step(LanesObject *self, const Segment *s, int linktype, const u
             if (old != NULL && old->lru_ns <= self->python_oldest_ns) {
                 if (self->ended == NULL && (self->ended = PyList_New(0)) == NULL)
                     return -1;
-                if (front_end(&self->front, old, full - 1, self->ended) < 0)
+                if (front_end(self, old, full - 1, self->ended) < 0)
                     return -1;
                 continue;
             }
@@ -409,6 +422,26 @@ static PyObject *Lanes_front_disown(LanesObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *Lanes_closed_add(LanesObject *self, PyObject *args)
+{
+    LaneKey key;
+    if (key_of(&key, args, "y*Iy*I:closed_add") < 0)
+        return NULL;
+    if (closed_add(&self->closed, &key) < 0)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* closed_has(src, sport, dst, dport): a recently closed connection, either way round. */
+static PyObject *Lanes_closed_has(LanesObject *self, PyObject *args)
+{
+    LaneKey key, reversed;
+    if (key_of(&key, args, "y*Iy*I:closed_has") < 0)
+        return NULL;
+    reverse_key(&reversed, &key);
+    return PyBool_FromLong(closed_has(&self->closed, &key) || closed_has(&self->closed, &reversed));
+}
+
 /* end(count, why): the count least recently active pending entries, ended. */
 static PyObject *Lanes_front_end(LanesObject *self, PyObject *args)
 {
@@ -418,7 +451,7 @@ static PyObject *Lanes_front_end(LanesObject *self, PyObject *args)
         return NULL;
     PyObject *out = PyList_New(0);
     while (out != NULL && count-- > 0 && self->front.oldest != NULL)
-        if (front_end(&self->front, self->front.oldest, why, out) < 0)
+        if (front_end(self, self->front.oldest, why, out) < 0)
             Py_CLEAR(out);
     return out;
 }
@@ -431,7 +464,7 @@ static PyObject *Lanes_front_expire(LanesObject *self, PyObject *args)
         return NULL;
     PyObject *out = PyList_New(0);
     while (out != NULL && self->front.oldest != NULL && self->front.oldest->lru_ns < before)
-        if (front_end(&self->front, self->front.oldest, 0, out) < 0)
+        if (front_end(self, self->front.oldest, 0, out) < 0)
             Py_CLEAR(out);
     return out;
 }
@@ -439,6 +472,11 @@ static PyObject *Lanes_front_expire(LanesObject *self, PyObject *args)
 static PyObject *Lanes_allocate_id(LanesObject *self, PyObject *unused)
 {
     return PyLong_FromUnsignedLongLong(self->front.next_id++);
+}
+
+static PyObject *Lanes_get_closed_count(LanesObject *self, void *closure)
+{
+    return PyLong_FromSize_t(self->closed.keys.count);
 }
 
 static PyObject *Lanes_get_front_pending(LanesObject *self, void *closure)
@@ -720,6 +758,11 @@ static PyMethodDef Lanes_methods[] = {
      "front_own(client_ip, client_port, server_ip, server_port) -> bool: Python tracks this connection"},
     {"front_disown", (PyCFunction)Lanes_front_disown, METH_VARARGS,
      "front_disown(client_ip, client_port, server_ip, server_port): Python no longer tracks it"},
+    {"closed_add", (PyCFunction)Lanes_closed_add, METH_VARARGS,
+     "closed_add(client_ip, client_port, server_ip, server_port): remember a finished connection (the last "
+     "closed_capacity are remembered, first in first out; the front's entries are remembered as they end)"},
+    {"closed_has", (PyCFunction)Lanes_closed_has, METH_VARARGS,
+     "closed_has(src, sport, dst, dport) -> bool: a remembered connection, either way round"},
     {"front_end", (PyCFunction)Lanes_front_end, METH_VARARGS,
      "front_end(count, why) -> [entry]: the least recently active pending entries, ended"},
     {"front_expire", (PyCFunction)Lanes_front_expire, METH_VARARGS,
@@ -733,6 +776,7 @@ static PyMethodDef Lanes_methods[] = {
 
 static PyGetSetDef Lanes_getset[] = {
     {"capacity", (getter)Lanes_get_capacity, NULL, "the most lanes open at once", NULL},
+    {"closed_count", (getter)Lanes_get_closed_count, NULL, "connections remembered as recently closed", NULL},
     {"front_pending", (getter)Lanes_get_front_pending, NULL, "pending entries at the front", NULL},
     {"front_bytes", (getter)Lanes_get_front_bytes, NULL, "bytes charged for the pending entries", NULL},
     {"front_capacity", (getter)Lanes_get_front_capacity, NULL, "entries the front may hold (0: off)", NULL},

@@ -361,6 +361,62 @@ static LaneKey *keys_unlink(KeyTable *t, const LaneKey *key)
     return entry;
 }
 
+/* ------------------------------------------------------------------------- */
+/* Recently closed connections: the last `capacity` client → server keys, first
+   in first out (the decryptor's ``recently_closed``: late packets of a finished
+   connection start no new one).  The keys live in a ring that the table's slots
+   point into: no allocation per key, the oldest overwritten once full.  A key
+   remembered already keeps its place (as an ordered dict's key does). */
+
+typedef struct {
+    KeyTable keys;
+    LaneKey *ring; /* capacity keys */
+    size_t next;   /* where the next key goes: the oldest one, once full */
+} ClosedSet;
+
+static int closed_init(ClosedSet *c, size_t capacity)
+{
+    memset(c, 0, sizeof *c);
+    if (keys_init(&c->keys, capacity) < 0)
+        return -1;
+    if (capacity && (c->ring = calloc(capacity, sizeof(LaneKey))) == NULL) {
+        free(c->keys.slots);
+        memset(c, 0, sizeof *c);
+        return -1;
+    }
+    return 0;
+}
+
+static void closed_free(ClosedSet *c)
+{
+    free(c->keys.slots); /* the entries are the ring's */
+    free(c->ring);
+    memset(c, 0, sizeof *c);
+}
+
+/* Remember key: 0, or -1 if out of memory (nothing changed). */
+static int closed_add(ClosedSet *c, const LaneKey *key)
+{
+    KeyTable *t = &c->keys;
+    if (t->capacity == 0 || t->slots[keys_slot(t, key)] != NULL)
+        return 0;
+    LaneKey *slot = &c->ring[c->next];
+    if (t->count == t->capacity)
+        keys_unlink(t, slot); /* the oldest goes */
+    else if (keys_will_grow(t) && keys_grow(t) < 0)
+        return -1;
+    *slot = *key;
+    t->slots[keys_slot(t, key)] = slot;
+    t->count++;
+    c->next = c->next + 1 == t->capacity ? 0 : c->next + 1;
+    return 0;
+}
+
+static inline int closed_has(const ClosedSet *c, const LaneKey *key)
+{
+    return c->keys.capacity != 0 && keys_find(&c->keys, key) != NULL;
+}
+
 /* The lane table over a KeyTable: the same memory, the slots typed as Lane. */
 _Static_assert(offsetof(Lane, key) == 0, "a lane starts with its key");
 #define KEYS(t) ((KeyTable *)(void *)(t))

@@ -307,6 +307,19 @@ class Decryptor:
         if used > self.stats.memory_peak:
             self.stats.memory_peak = used
 
+    def _remember_closed(self, client_key: tuple[bytes, int, bytes, int]) -> None:
+        """A flow ended: its late packets start no new flow (the last ``recently_closed``
+        flows are remembered, first in first out)."""
+        closed = self._closed
+        closed[client_key] = None
+        while len(closed) > self.config.recently_closed:
+            closed.popitem(last=False)
+
+    def _recently_closed(self, segment: TcpSegment, key: tuple[bytes, int, bytes, int]) -> bool:
+        """``segment`` (of no flow, ``key`` its tuple) is of a remembered finished flow."""
+        closed = self._closed
+        return key in closed or (segment.dst, segment.dport, segment.src, segment.sport) in closed
+
     def _new_flow(
         self, segment: TcpSegment, key: tuple[bytes, int, bytes, int], events: list[Event]
     ) -> _Flow | None:
@@ -314,8 +327,7 @@ class Decryptor:
         is_syn = bool(flags & SYN)
         if not is_syn and not segment.payload:
             return None  # a bare ACK/FIN/RST of a flow we do not know
-        if (key in self._closed or (segment.dst, segment.dport, segment.src, segment.sport) in self._closed) \
-                and not (is_syn and not flags & ACK):
+        if not (is_syn and not flags & ACK) and self._recently_closed(segment, key):
             return None  # late packet of a finished connection
         if is_syn:
             sender_is_client = not flags & ACK
@@ -692,9 +704,7 @@ class Decryptor:
         client_key = (info.client_ip, info.client_port, info.server_ip, info.server_port)
         self._by_tuple.pop(client_key, None)
         self._by_tuple.pop((info.server_ip, info.server_port, info.client_ip, info.client_port), None)
-        self._closed[client_key] = None
-        while len(self._closed) > self.config.recently_closed:
-            self._closed.popitem(last=False)
+        self._remember_closed(client_key)
         outcome = flow_status(flow, ended_by)
         status = outcome[0].value
         self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1

@@ -53,7 +53,10 @@ else — bytes that are not one whole ClientHello, or a client random the key
 store has secrets for — goes through the Python path at its end, from the stored
 frames.  Pending entries are half-open connections for ``max_flows`` and the
 memory budget (``memory_limit``; each is charged its bytes), evicted first, least
-recently active first.  Not done for them: :class:`KeysWanted` (a harvester
+recently active first.  Ended, they are remembered as recently closed in C (one
+first-in-first-out set with the Python path's flows, ``recently_closed`` long),
+so that their late frames start no connection, as on the Python path, and a flood
+leaves no Python object behind per connection.  Not done for them: :class:`KeysWanted` (a harvester
 could not find a handshake the server never answered) and the key lag.
 """
 
@@ -171,7 +174,11 @@ class LaneDecryptor(Decryptor):
         #: The front's entries: pending connections (at most max_flows) and the marks of
         #: the connections Python tracks (at most max_flows, and the one being made).
         front_capacity = 2 * self.config.max_flows + 64 if front else 0
-        self.lanes = _lanes.Lanes(capacity or min(MAX_LANES, 2 * self.config.max_flows), front_capacity)
+        #: The recently closed connections are remembered there too (the front's end
+        #: unanswered connections without a Python object ever made).
+        self.lanes = _lanes.Lanes(capacity or min(MAX_LANES, 2 * self.config.max_flows), front_capacity,
+                                  self.config.recently_closed)
+        self._closed = None  # type: ignore[assignment]  # the C module's, instead
         self._front = front
         #: The flow id a promoted entry took at its SYN, for the flow its frames make.
         self._reserved_id: int | None = None
@@ -311,14 +318,16 @@ class LaneDecryptor(Decryptor):
         statuses = self.stats.statuses
         status = "partial" if sent == SENT_HELLO else "not_tls"
         statuses[status] = statuses.get(status, 0) + 1
-        info = _new_tuple(FlowInfo, entry[:7])
-        closed = self._closed
-        closed[entry[2:6]] = None
-        if len(closed) > self.config.recently_closed:
-            closed.popitem(last=False)
+        info = _new_tuple(FlowInfo, entry[:7])  # remembered as recently closed by the C module already
         events.append(FlowStarted(info))
         events.append(FlowFinished(info, ended_by, never_completed=True, status=status, ts_end=_iso(entry[7]),
                                    build=partial(_front_summary, entry, ended_by, self.config)))
+
+    def _remember_closed(self, client_key: tuple[bytes, int, bytes, int]) -> None:
+        self.lanes.closed_add(*client_key)
+
+    def _recently_closed(self, segment: TcpSegment, key: tuple[bytes, int, bytes, int]) -> bool:
+        return self.lanes.closed_has(*key)
 
     def _new_flow(self, segment, key, events):  # type: ignore[no-untyped-def]
         flow = super()._new_flow(segment, key, events)

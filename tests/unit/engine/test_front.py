@@ -281,11 +281,58 @@ def test_idle_connections_at_the_front_expire_as_on_the_python_path() -> None:
     assert sum(flow[-1][1] == "idle" for flow in events.values()) >= 30
 
 
+@pytest.mark.parametrize("recently_closed", [0, 7, 65_536])
+def test_late_frames_of_connections_ended_at_the_front_as_on_the_python_path(recently_closed: int) -> None:
+    """Ended at the front (evicted for max_flows here), a connection is remembered as
+    recently closed, with the Python path's (one first-in-first-out set in C): its late
+    frames start no connection, unless forgotten (recently_closed of them are kept)."""
+    clients = 20
+    hellos = [_tcp(c, "PA", 1001, _hello()) for c in range(clients)]
+    clock = 1_700_000_000 * 10**9
+    frames = []
+    for c in range(clients):
+        for packet in (_tcp(c, "S", 1000), hellos[c]):
+            frames.append(_frame(packet, clock))
+            clock += 1_000_000
+    for c in range(clients):  # late: the hello again, the server's SYN-ACK, a client's data
+        for packet in (hellos[c], _tcp(c, "SA", 5000, from_server=True, ack=1001), _tcp(c, "PA", 1001 + len(_hello()), b"x")):
+            frames.append(_frame(packet, clock))
+            clock += 1_000_000
+    engine, events, _ = _same(frames, max_flows=4, recently_closed=recently_closed)
+    decryptor = engine.decryptor
+    assert decryptor.lanes.closed_count == min(recently_closed, len(events))
+    late = len(events) - clients  # connections the late frames started
+    if recently_closed >= clients:
+        assert late == 0
+    else:
+        assert late > 0
+
+
+def test_the_recently_closed_are_first_in_first_out() -> None:
+    lanes = Lanes(16, 0, 3)
+    keys = [(A, 40000 + i, B, 443) for i in range(5)]
+    for key in keys[:3]:
+        lanes.closed_add(*key)
+    lanes.closed_add(*keys[0])  # remembered already: keeps its place
+    assert lanes.closed_count == 3
+    lanes.closed_add(*keys[3])
+    assert [lanes.closed_has(*key) for key in keys] == [False, True, True, True, False]
+    assert lanes.closed_has(B, 443, A, 40002)  # either way round
+    assert not lanes.closed_has(A, 40002, B, 444)
+    with pytest.raises(ValueError):
+        lanes.closed_add(A, 1, bytes(16), 2)
+    off = Lanes(16)
+    off.closed_add(*keys[0])
+    assert off.closed_count == 0 and not off.closed_has(*keys[0])
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(sorted(SHAPES)), min_size=1, max_size=40), st.integers(0, 2**16),
-       st.sampled_from([0, 1, 7, 1000]), st.sampled_from([3, 1000]))
-def test_any_mix_as_the_python_path(shapes: list[str], seed: int, batches: int, max_flows: int) -> None:
-    _same(_flood(shapes, seed), batches=batches, max_flows=max_flows, exact=max_flows >= len(shapes))
+       st.sampled_from([0, 1, 7, 1000]), st.sampled_from([3, 1000]), st.sampled_from([0, 2, 65_536]))
+def test_any_mix_as_the_python_path(shapes: list[str], seed: int, batches: int, max_flows: int,
+                                    recently_closed: int) -> None:
+    _same(_flood(shapes, seed), batches=batches, max_flows=max_flows, recently_closed=recently_closed,
+          exact=max_flows >= len(shapes))
 
 
 # --- the C module's contract ------------------------------------------------------------------
