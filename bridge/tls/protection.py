@@ -20,7 +20,6 @@ from bridge.tls.ciphersuites import BulkCipher, CipherSuite
 from bridge.tls.keyschedule import KeyMaterial12, TrafficKeys13, traffic_keys13
 from bridge.tls.records import CONTENT_APPLICATION_DATA
 
-_SEQ = struct.Struct(">Q")
 _AAD12 = struct.Struct(">QBHH")
 _HEADER13 = struct.Struct(">BHH")
 
@@ -38,20 +37,22 @@ def _aead(suite: CipherSuite, key: bytes) -> AESGCM | AESCCM | ChaCha20Poly1305:
 
 
 def _xor_nonce(iv: bytes, seq: int) -> bytes:
-    padded = bytes(len(iv) - 8) + _SEQ.pack(seq)
-    return (int.from_bytes(iv, "big") ^ int.from_bytes(padded, "big")).to_bytes(len(iv), "big")
+    """The per-record nonce (RFC 8446 §5.3, RFC 7905 §2): the sequence number,
+    left-padded to the IV's length, XORed with the IV."""
+    return (int.from_bytes(iv, "big") ^ seq).to_bytes(len(iv), "big")
 
 
 class RecordDecryptor13:
     """TLS 1.3 record protection (RFC 8446 §5.2) for one direction and one traffic secret."""
 
-    __slots__ = ("suite", "_aead", "_iv", "seq")
+    __slots__ = ("suite", "_aead", "_iv", "_iv_int", "seq")
 
     def __init__(self, suite: CipherSuite, traffic_secret: bytes) -> None:
         keys: TrafficKeys13 = traffic_keys13(suite, traffic_secret)
         self.suite = suite
         self._aead = _aead(suite, keys.key)
         self._iv = keys.iv
+        self._iv_int = int.from_bytes(keys.iv, "big")  # the nonce per record: one XOR (_xor_nonce; 12 bytes)
         self.seq = 0
 
     def decrypt(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
@@ -60,7 +61,7 @@ class RecordDecryptor13:
             raise RecordDecodeError(f"TLS 1.3 protected record has outer type {content_type}")
         aad = _HEADER13.pack(content_type, version, len(fragment))
         try:
-            inner = self._aead.decrypt(_xor_nonce(self._iv, self.seq), fragment, aad)
+            inner = self._aead.decrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), fragment, aad)
         except (InvalidTag, ValueError):
             raise DecryptionError(f"record {self.seq}: AEAD tag mismatch (wrong key?)") from None
         self.seq += 1

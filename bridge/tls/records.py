@@ -72,9 +72,17 @@ class RecordReader:
         """Add stream bytes; return every record now complete.  Raises
         :class:`RecordDecodeError` when the stream is not (or no longer) TLS."""
         buffer = self._buffer
-        buffer += data
-        if len(buffer) < self._need:
-            return []  # the common case: a segment in the middle of a record
+        if buffer:
+            buffer += data
+            if len(buffer) < self._need:
+                return []  # the common case: a segment in the middle of a record
+        elif len(data) < self._need:
+            buffer += data
+            return []
+        else:
+            # Nothing buffered (the compiled path's chunks end where records end): the
+            # records are read from the bytes given, each copied once, the rest kept.
+            buffer = data  # type: ignore[assignment]
         records: list[Record] = []
         position = 0
         end = len(buffer)
@@ -101,7 +109,11 @@ class RecordReader:
             position = start + length
         else:
             self._need = HEADER_LENGTH
-        if position:
+        if buffer is data:
+            if position < end:
+                self._buffer += data[position:]
+            self._offset += position
+        elif position:
             del buffer[:position]
             self._offset += position
         return records
