@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from typing import IO
 
 from bridge.capture.frames import Frame
-from bridge.engine.decryptor import budget_problem, collect_garbage_less
+from bridge.engine.decryptor import budget_problem
 from bridge.engine.engine import Engine
+from bridge.engine.runtime import tune_runtime
 from bridge.engine.settings import EngineSettings
 from bridge.errors import BridgeError
 from bridge.cli.common import add_client_security_options, is_loopback
@@ -242,7 +243,7 @@ def run_decrypt(args: argparse.Namespace) -> int:
     if problem is not None:
         err.write(f"tls-bridge: error: --{problem.replace('_', '-', 1)}\n")
         return 2
-    collect_garbage_less()
+    tune_runtime()
     keys = KeySources(KeySettings(keylogs=args.keylog, follow=live, feeds=args.keys, server_key=args.server_key or "",
                                   client_cert=args.client_cert or "", insecure=args.keys_insecure,
                                   window=args.keys_window, ttl=args.keys_ttl, sync_timeout=args.keys_timeout,

@@ -33,6 +33,7 @@ Layers, each depending only on those below it::
     engine.events/summary    what comes out: FlowStarted, KeysWanted, PlaintextData, FlowFinished
                              (whose typed FlowSummary is the flow log line)
     bridge.outputs           the flow log, plaintext files, key requests, re-injection, in a fixed order
+    engine.runtime           the process that runs a decryptor, tuned for it (garbage collector, allocator)
 
 Settings are declared once (:class:`~bridge.engine.settings.EngineSettings`):
 the same dataclass is ``tls-bridge decrypt``'s tuning flags and the sensor's

@@ -39,7 +39,6 @@ and the SHA-256 of the plaintext are made when first needed.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import time
 from collections import OrderedDict
@@ -711,17 +710,6 @@ class Decryptor:
         events.append(FlowFinished(info, ended_by, never_completed=not has_keys and tls.only_client_hello,
                                    status=status, ts_end=_iso(flow.last_ns),
                                    build=partial(flow_summary, flow, ended_by, key_origin, outcome)))
-
-
-def collect_garbage_less() -> None:
-    """For the processes that run a decryptor (``decrypt``, the sensor's workers): the
-    cyclic garbage collector's first generation is run every 100,000 allocations
-    instead of 700.  A flood keeps hundreds of thousands of flows alive, and each
-    collection walks the young objects of every one of them: with the default, half
-    the time of a ClientHello flood went to it (bench/bench_flood.py: 13,000 against
-    24,000 new connections per second through the engine).  The decryptor makes no
-    reference cycles per flow, so little waits longer for a collection."""
-    gc.set_threshold(100_000, 50, 100)
 
 
 def budget_problem(settings: EngineSettings, *, rings: int = 0) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bridge.capture.frames import Frame
-from bridge.engine.decryptor import collect_garbage_less
+from bridge.engine.runtime import tune_runtime
 from bridge.engine.engine import Engine
 from bridge.keyfeed.sources import KeySettings, KeySources
 from bridge.outputs import FlowLog, KeyRequester, Outputs
@@ -106,7 +106,7 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
     from bridge.capture.afpacket import AfPacketCapture
 
     config = Config.from_dict(config_data)
-    collect_garbage_less()
+    tune_runtime()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
