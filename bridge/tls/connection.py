@@ -545,21 +545,15 @@ class TlsConnection:
     def _process(self, direction: Direction, record: Record, events: list[ApplicationData]) -> None:
         state = self._layer(direction)
         content_type = record.content_type
-        if self._out_of_order(direction, record):
-            raise _WaitForKeys()
-        if content_type == CONTENT_CHANGE_CIPHER_SPEC:
-            self._change_cipher_spec(direction)
-            return
-        if state.phase is Phase.PLAINTEXT and not tls13_protected(
-                direction, content_type, version=self.version, early_data_offered=self.early_data_offered):
-            if content_type == CONTENT_HANDSHAKE:
-                self._handshake_fragment(direction, record.fragment)
-            elif content_type == CONTENT_ALERT:
-                state.alerts += 1
-            elif content_type == CONTENT_APPLICATION_DATA:
-                raise RecordDecodeError("application data before the handshake finished")
-            return
-        inner_type, plaintext = self._decrypt(direction, record)
+        if content_type == CONTENT_APPLICATION_DATA and state.phase is Phase.ENCRYPTED and state.decryptor is not None \
+                and not state.catching_up and self.client_hello is not None and self.server_hello is not None:
+            # The steady state (most records): both hellos seen, this direction's keys in
+            # place: nothing can make the record wait (must_wait) or change how it decrypts.
+            inner_type, plaintext = state.decryptor.decrypt(content_type, record.version, record.fragment)
+        else:
+            inner_type, plaintext = self._process_unsteady(direction, state, record)
+            if inner_type < 0:
+                return
         state.decrypted_records += 1
         if inner_type == CONTENT_APPLICATION_DATA:
             if plaintext:
@@ -571,6 +565,26 @@ class TlsConnection:
             state.alerts += 1
         elif inner_type not in (CONTENT_HEARTBEAT, CONTENT_CHANGE_CIPHER_SPEC):
             raise RecordDecodeError(f"unknown inner content type {inner_type}")
+
+    def _process_unsteady(self, direction: Direction, state: RecordLayer, record: Record) -> tuple[int, bytes]:
+        """A record outside the steady state: it may wait for the other direction, be
+        plaintext (handled here: inner type -1) or enter the protected phases."""
+        content_type = record.content_type
+        if self._out_of_order(direction, record):
+            raise _WaitForKeys()
+        if content_type == CONTENT_CHANGE_CIPHER_SPEC:
+            self._change_cipher_spec(direction)
+            return -1, b""
+        if state.phase is Phase.PLAINTEXT and not tls13_protected(
+                direction, content_type, version=self.version, early_data_offered=self.early_data_offered):
+            if content_type == CONTENT_HANDSHAKE:
+                self._handshake_fragment(direction, record.fragment)
+            elif content_type == CONTENT_ALERT:
+                state.alerts += 1
+            elif content_type == CONTENT_APPLICATION_DATA:
+                raise RecordDecodeError("application data before the handshake finished")
+            return -1, b""
+        return self._decrypt(direction, record)
 
     def _out_of_order(self, direction: Direction, record: Record) -> bool:
         """Must the record wait for the other direction (:func:`bridge.tls.state.must_wait`)?"""
