@@ -110,6 +110,38 @@ static PyObject *make(PyTypeObject *type, long long ts, PyObject *linktype, PyOb
     return frame;
 }
 
+/* The classic pcap record at pos of p[0..n), as pcap() and pcap_batch() read them:
+   RECORD_OK (*r: its time, where its bytes lie, its lengths), RECORD_SHORT (*need: the
+   bytes it needs from pos) or RECORD_ABSURD (its captured length is beyond limit: *absurd). */
+enum { RECORD_OK = 0, RECORD_SHORT = 1, RECORD_ABSURD = 2 };
+
+static int next_record(const uint8_t *p, Py_ssize_t n, Py_ssize_t pos, int little, Py_ssize_t record_header,
+                       long long frac_mult, unsigned long long limit, BatchRecord *r, Py_ssize_t *need,
+                       long long *absurd)
+{
+    if (n - pos < record_header) {
+        *need = record_header;
+        return RECORD_SHORT;
+    }
+    uint32_t sec = rd32(p + pos, little), frac = rd32(p + pos + 4, little);
+    uint32_t incl = rd32(p + pos + 8, little), orig = rd32(p + pos + 12, little);
+    if (incl > limit) {
+        *absurd = incl;
+        *need = record_header;
+        return RECORD_ABSURD;
+    }
+    Py_ssize_t start = pos + record_header;
+    if ((Py_ssize_t)incl > n - start) {
+        *need = record_header + (Py_ssize_t)incl;
+        return RECORD_SHORT;
+    }
+    r->timestamp_ns = (long long)sec * 1000000000LL + (long long)frac * frac_mult;
+    r->offset = (uint64_t)start;
+    r->length = incl;
+    r->orig_len = orig;
+    return RECORD_OK;
+}
+
 static PyObject *pcap(PyObject *self, PyObject *args)
 {
     PyTypeObject *type;
@@ -136,34 +168,19 @@ static PyObject *pcap(PyObject *self, PyObject *args)
     const uint8_t *p = buf.buf;
     Py_ssize_t n = buf.len, need = record_header;
     long long absurd = -1;
-    while (1) {
-        if (n - pos < record_header) {
-            need = record_header;
-            break;
-        }
-        uint32_t sec = rd32(p + pos, little), frac = rd32(p + pos + 4, little);
-        uint32_t incl = rd32(p + pos + 8, little), orig = rd32(p + pos + 12, little);
-        if (incl > limit) {
-            absurd = incl;
-            need = record_header;
-            break;
-        }
-        Py_ssize_t start = pos + record_header;
-        if ((Py_ssize_t)incl > n - start) {
-            need = record_header + (Py_ssize_t)incl;
-            break;
-        }
-        PyObject *data = PyBytes_FromStringAndSize((const char *)p + start, (Py_ssize_t)incl);
+    BatchRecord r;
+    while (next_record(p, n, pos, little, record_header, frac_mult, limit, &r, &need, &absurd) == RECORD_OK) {
+        PyObject *data = PyBytes_FromStringAndSize((const char *)p + r.offset, (Py_ssize_t)r.length);
         if (data == NULL)
             goto done;
-        PyObject *frame = make(type, (long long)sec * 1000000000LL + (long long)frac * frac_mult, lt, data, orig);
+        PyObject *frame = make(type, r.timestamp_ns, lt, data, r.orig_len);
         if (frame == NULL)
             goto done;
         int rc = PyList_Append(frames, frame);
         Py_DECREF(frame);
         if (rc < 0)
             goto done;
-        pos = start + (Py_ssize_t)incl;
+        pos = (Py_ssize_t)(r.offset + r.length);
     }
     result = Py_BuildValue("(OnnL)", frames, pos, need, absurd);
 done:
@@ -295,23 +312,8 @@ static PyObject *pcap_batch(PyObject *self, PyObject *args)
         goto fail;
     Py_ssize_t need = record_header;
     long long absurd = -1;
-    while (1) {
-        if (n - pos < record_header) {
-            need = record_header;
-            break;
-        }
-        uint32_t sec = rd32(p + pos, little), frac = rd32(p + pos + 4, little);
-        uint32_t incl = rd32(p + pos + 8, little), orig = rd32(p + pos + 12, little);
-        if (incl > limit) {
-            absurd = incl;
-            need = record_header;
-            break;
-        }
-        Py_ssize_t start = pos + record_header;
-        if ((Py_ssize_t)incl > n - start) {
-            need = record_header + (Py_ssize_t)incl;
-            break;
-        }
+    BatchRecord r;
+    while (next_record(p, n, pos, little, record_header, frac_mult, limit, &r, &need, &absurd) == RECORD_OK) {
         if (batch->count == batch->capacity) {
             Py_ssize_t capacity = batch->capacity ? batch->capacity * 2 : 1024;
             BatchRecord *records = PyMem_Realloc(batch->records, (size_t)capacity * sizeof(BatchRecord));
@@ -322,12 +324,8 @@ static PyObject *pcap_batch(PyObject *self, PyObject *args)
             batch->records = records;
             batch->capacity = capacity;
         }
-        BatchRecord *r = &batch->records[batch->count++];
-        r->timestamp_ns = (long long)sec * 1000000000LL + (long long)frac * frac_mult;
-        r->offset = (uint64_t)start;
-        r->length = incl;
-        r->orig_len = orig;
-        pos = start + (Py_ssize_t)incl;
+        batch->records[batch->count++] = r;
+        pos = (Py_ssize_t)(r.offset + r.length);
     }
     return Py_BuildValue("(NnnL)", (PyObject *)batch, pos, need, absurd);
 fail:
