@@ -107,6 +107,12 @@ if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
         .venv/bin/pip install --disable-pip-version-check -e '.[test]'
     echo "$want" > "$stamp"
 fi
+# The package's bytecode, as an installed package has it (an editable install compiles
+# nothing, and with PYTHONDONTWRITEBYTECODE nothing is ever written): without it every
+# command's start compiles some 80 modules again, 0.1-0.15 s. Only what changed is compiled.
+if ! .venv/bin/python -m compileall -q bridge >/dev/null 2>&1; then
+    step "compiling the package's bytecode" .venv/bin/python -m compileall -q bridge
+fi
 
 # OpenSSL builds bundled in PyPI wheels (1.1.1 to 3.6) for the profile tests.
 fetch_openssl_builds() {
