@@ -45,14 +45,13 @@ def _xor_nonce(iv: bytes, seq: int) -> bytes:
 class RecordDecryptor13:
     """TLS 1.3 record protection (RFC 8446 §5.2) for one direction and one traffic secret."""
 
-    __slots__ = ("suite", "_aead", "_iv", "_iv_int", "seq")
+    __slots__ = ("suite", "_aead", "_iv", "seq")
 
     def __init__(self, suite: CipherSuite, traffic_secret: bytes) -> None:
         keys: TrafficKeys13 = traffic_keys13(suite, traffic_secret)
         self.suite = suite
         self._aead = _aead(suite, keys.key)
         self._iv = keys.iv
-        self._iv_int = int.from_bytes(keys.iv, "big")  # the nonce per record: one XOR (_xor_nonce; 12 bytes)
         self.seq = 0
 
     def decrypt(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
@@ -61,7 +60,7 @@ class RecordDecryptor13:
             raise RecordDecodeError(f"TLS 1.3 protected record has outer type {content_type}")
         aad = _HEADER13.pack(content_type, version, len(fragment))
         try:
-            inner = self._aead.decrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), fragment, aad)
+            inner = self._aead.decrypt(_xor_nonce(self._iv, self.seq), fragment, aad)
         except (InvalidTag, ValueError):
             raise DecryptionError(f"record {self.seq}: AEAD tag mismatch (wrong key?)") from None
         self.seq += 1
