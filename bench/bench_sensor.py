@@ -45,6 +45,12 @@ def _metric(ns: str, name: str) -> int:
     return sum(int(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\d+)$", text, re.MULTILINE))
 
 
+def _worker_packets(ns: str) -> list[int]:
+    """Frames each worker captured (tls_bridge_packets_total by worker)."""
+    found = re.findall(r'^tls_bridge_packets_total\{worker="(\d+)"\} (\d+)', _metric_text(ns), re.MULTILINE)
+    return [count for _, count in sorted((int(w), int(c)) for w, c in found)]
+
+
 def _write_probe(path: Path) -> None:
     """64 UDP frames to as many ports: what shows each worker capturing."""
     from bridge.capture.pcapwriter import PcapWriter
@@ -64,9 +70,9 @@ def _softnet_drops() -> int:
         return sum(int(line.split()[1], 16) for line in stat if line.strip())
 
 
-def _cpu(pid: int) -> float:
-    """CPU seconds of a process and its children (the workers)."""
-    total = 0.0
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system) of a process and its children (the workers)."""
+    user = system = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -75,24 +81,41 @@ def _cpu(pid: int) -> float:
         except OSError:
             continue
         if int(entry) == pid or int(stat[1]) == pid:
-            total += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+            user += int(stat[11]) / os.sysconf("SC_CLK_TCK")
+            system += int(stat[12]) / os.sysconf("SC_CLK_TCK")
+    return user, system
 
 
-def run(workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool = True) -> dict:
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the sensor's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def run(workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool = True,
+        prefill: bool = False) -> dict:
     with veth_namespace("tlsb-bench", injection=True, mtu=9000) as ns:
-        return _run(ns, workers, pcap, keylog, meta, rate, tmp, fast)
+        return _run(ns, workers, pcap, keylog, meta, rate, tmp, fast, prefill)
 
 
-def _run(ns: str, workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool) -> dict:
-    flows = tmp / f"flows-{workers}-{fast}.jsonl"
-    config = tmp / f"sensor-{workers}-{fast}.toml"
+def _run(ns: str, workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool,
+         prefill: bool) -> dict:
+    flows = tmp / f"flows-{workers}-{fast}-{prefill}.jsonl"
+    config = tmp / f"sensor-{workers}-{fast}-{prefill}.toml"
     config.write_text(f"""[decrypt]
 fast_path = {str(fast).lower()}
 [capture]
 interfaces = ["vb"]
 workers = {workers}
-buffer_mb = 256
+buffer_mb = {512 if prefill else 256}
 [keys]
 keylogs = ["{keylog}"]
 [inject]
@@ -122,22 +145,39 @@ log_interval = 0
         else:
             raise SystemExit(f"bench_sensor: the {workers} workers did not capture within 90 s")
         cpu_before = _cpu(sensor.pid)
+        packets_before = _worker_packets(ns)
         backlog_before = _softnet_drops()
-        started = time.monotonic()
+        stopped = _children(sensor.pid) if prefill else []
+        for pid in stopped:  # the workers wait while the whole capture goes into their rings
+            os.kill(pid, signal.SIGSTOP)
         speed = ["--topspeed"] if rate <= 0 else [f"--mbps={rate}"]
-        subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-q", "-i", "va", *speed, str(pcap)],
-                       check=True, capture_output=True)
-        replayed = time.monotonic() - started
-        deadline = time.monotonic() + 120
+        # -K: the capture is read into memory first, so the disk does not pace the replay; its
+        # "Actual: ... sent in S seconds" line dates the first frame (the load comes before it).
+        replay = subprocess.run(["ip", "netns", "exec", ns, "tcpreplay", "-K", "-i", "va", *speed, str(pcap)],
+                                check=True, capture_output=True, text=True)
+        finished = time.time()
+        replayed = float(re.search(r"sent in ([0-9.]+) seconds", replay.stdout).group(1))
+        started = finished - replayed
+        if stopped:
+            time.sleep(0.5)  # the veth's backlog into the rings
+            started = time.time()
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + replayed + 30
         while time.monotonic() < deadline:
             lines = flows.read_text().splitlines() if flows.exists() else []
-            if len(lines) >= meta["connections"] or (time.monotonic() - started > replayed + 30):
+            if len(lines) >= meta["connections"]:
                 break
-            time.sleep(0.2)
-        drained = time.monotonic() - started
+            time.sleep(0.05)
+        # The flow log is flushed per line: its modification time is when the last connection ended.
+        drained = (flows.stat().st_mtime if flows.exists() else time.time()) - started
+        time.sleep(1.5)  # each worker sends its counters at most once a second
+        packets = [after - before for after, before in zip(_worker_packets(ns), packets_before)]
         drops = _metric(ns, "tls_bridge_capture_drops_total")
         backlog = _softnet_drops() - backlog_before
-        cpu = _cpu(sensor.pid) - cpu_before
+        cpu_after = _cpu(sensor.pid)
+        user, system = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
+        cpu = user + system
         inject_dropped = _metric(ns, "tls_bridge_inject_dropped_total")
     finally:
         sensor.send_signal(signal.SIGTERM)
@@ -145,9 +185,10 @@ log_interval = 0
     records = [json.loads(line) for line in flows.read_text().splitlines()] if flows.exists() else []
     complete = [r for r in records if r["status"] == "decrypted" and r["s2c"]["bytes"] >= meta["size_bytes"]]
     plaintext = sum(r["s2c"]["bytes"] + r["c2s"]["bytes"] for r in records if r["status"] == "decrypted")
-    return {"workers": workers, "path": "compiled" if fast else "Python", "replay_s": replayed, "drain_s": drained, "complete": len(complete),
+    return {"workers": workers, "path": ("compiled" if fast else "Python") + (", prefilled" if prefill else ""), "replay_s": replayed, "drain_s": drained, "complete": len(complete),
             "connections": meta["connections"], "plaintext_mb": plaintext / 1e6, "drops": drops, "backlog_drops": backlog, "inject_dropped": inject_dropped,
-            "cpu_s": cpu, "statuses": sorted({r["status"] for r in records})}
+            "cpu_s": cpu, "system_s": system,
+            "split": "/".join(f"{100 * count / max(sum(packets), 1):.0f}" for count in packets), "statuses": sorted({r["status"] for r in records})}
 
 
 def main() -> None:
@@ -159,32 +200,44 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--no-reference", action="store_true",
                         help="skip the reference run (one worker on the Python path, [decrypt] fast_path = false)")
+    parser.add_argument("--prefill", action="store_true",
+                        help="also, for each worker count: the workers stopped (SIGSTOP) while tcpreplay fills their "
+                             "rings (512 MiB each), then resumed; MB/s is then their own rate from the resumption, "
+                             "with no tcpreplay sharing the cores (what 2 workers on a 2-core host can show)")
     args = parser.parse_args()
     if shutil.which("tcpreplay") is None:
         sys.exit("bench_sensor: needs tcpreplay (apt-get install tcpreplay)")
     args.regen = False
     pcap, keylog, meta = bench_decrypt.get_capture(args)
     meta = {"connections": args.connections, "size_bytes": int(args.size_mb * 1e6 * 0.99)}
-    plan = [] if args.no_reference else [(1, False)]
-    plan += [(int(w), True) for w in args.workers.split(",")]
+    plan = [] if args.no_reference else [(1, False, False)]
+    plan += [(int(w), True, False) for w in args.workers.split(",")]
+    if args.prefill:
+        plan += [(int(w), True, True) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-sensor-") as tmp:
-        rows = [run(w, pcap, keylog, meta, args.rate_mbps, Path(tmp), fast) for w, fast in plan]
+        rows = [run(w, pcap, keylog, meta, args.rate_mbps, Path(tmp), fast, prefill) for w, fast, prefill in plan]
     rate = "--topspeed" if args.rate_mbps <= 0 else f"{args.rate_mbps:g} Mbit/s"
     print(f"tcpreplay {rate} of {pcap.stat().st_size / 1e6:.0f} MB ({args.connections} TLS 1.3 connections), "
           f"{os.cpu_count()} CPUs")
-    header = (f"{'workers':>7} {'path':>9} {'complete':>9} {'plaintext MB':>13} {'MB/s':>7} {'drops':>7} {'backlog':>8} "
-              f"{'inject drops':>13} {'worker CPU s':>13} {'MB per CPU s':>13}")
+    header = (f"{'workers':>7} {'path':>19} {'complete':>9} {'plaintext MB':>13} {'replay s':>9} {'MB/s':>7} {'drops':>7} {'backlog':>8} "
+              f"{'inject drops':>13} {'worker CPU s':>13} {'of it system':>13} {'MB per CPU s':>13} {'split %':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['workers']:>7} {row['path']:>9} {row['complete']:>4}/{row['connections']:<4} "
-              f"{row['plaintext_mb']:>13.1f} {row['plaintext_mb'] / row['drain_s']:>7.1f} {row['drops']:>7} "
+        print(f"{row['workers']:>7} {row['path']:>19} {row['complete']:>4}/{row['connections']:<4} "
+              f"{row['plaintext_mb']:>13.1f} {row['replay_s']:>9.2f} {row['plaintext_mb'] / row['drain_s']:>7.1f} {row['drops']:>7} "
               f"{row['backlog_drops']:>8} {row['inject_dropped']:>13} "
-              f"{row['cpu_s']:>13.2f} {row['plaintext_mb'] / max(row['cpu_s'], 1e-9):>13.1f}")
+              f"{row['cpu_s']:>13.2f} {row['system_s']:>13.2f} {row['plaintext_mb'] / max(row['cpu_s'], 1e-9):>13.1f} {row['split']:>8}")
     print("drops: the capture ring's (tls_bridge_capture_drops_total); backlog: the kernel's before any socket "
           "(softnet_stat, the whole host: raise net.core.netdev_max_backlog when it grows)")
-    print("MB/s: plaintext out over the time from the replay's start to the last connection logged (bounded by "
-          "how fast tcpreplay fills the veth); MB per CPU s: what one core of the workers decrypts and injects")
+    if args.prefill:
+        print("prefilled: the workers stopped during the replay, MB/s from their resumption to the last flow-log "
+              "line (their own rate, the cores theirs alone); the live rows share the cores with tcpreplay")
+    print("split %: the frames each worker took (the fanout hashes connections: with few, the busiest worker "
+          "bounds the wall time)")
+    print("replay s: tcpreplay's sending time (from memory, -K); MB/s: plaintext out over the time from the "
+          "replay's first frame to the last connection's flow-log line (bounded by how fast tcpreplay fills the "
+          "veth); MB per CPU s: what one core of the workers decrypts and injects")
 
 
 if __name__ == "__main__":

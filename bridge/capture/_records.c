@@ -24,7 +24,7 @@
  * exposed by the buffer protocol): the compiled engine reads the frames in place
  * and a frame it takes is never made an object.
  *
- *   tpacket_v3(frame_type, ring, block, snaplen) -> frames
+ *   tpacket_v3(frame_type, ring, block, snaplen) -> batch
  *
  * The frames of one TPACKET_V3 ring block at offset ``block`` of ``ring`` (the
  * mmap of an AF_PACKET socket's PACKET_RX_RING, a block the kernel handed to
@@ -32,6 +32,10 @@
  * 802.1Q tag the kernel stripped put back (TP_STATUS_VLAN_VALID), timestamped
  * with the kernel's time (the wall clock where it gave none).  Every offset is
  * checked against the ring's size: a block that does not fit raises ValueError.
+ *
+ * They come as one FrameBatch: copied out of the ring into one bytes object
+ * (the block goes back to the kernel at once), read in place by the compiled
+ * engine as a capture file's frames are.
  *
  *   pack_pcap(frames, nanosecond, snaplen) -> (records, frame_bytes)
  *
@@ -278,6 +282,26 @@ static PyTypeObject FrameBatchType = {
     .tp_getset = FrameBatch_getset,
 };
 
+/* An empty batch over buffer (kept), its frames of type and linktype. */
+static FrameBatchObject *new_batch(PyTypeObject *type, PyObject *buffer, int linktype)
+{
+    FrameBatchObject *batch = PyObject_New(FrameBatchObject, &FrameBatchType);
+    if (batch == NULL)
+        return NULL;
+    Py_INCREF(buffer);
+    Py_INCREF(type);
+    batch->buffer = buffer;
+    batch->frame_type = type;
+    batch->linktype = PyLong_FromLong(linktype);
+    batch->records = NULL;
+    batch->count = batch->capacity = 0;
+    if (batch->linktype == NULL) {
+        Py_DECREF(batch);
+        return NULL;
+    }
+    return batch;
+}
+
 static PyObject *pcap_batch(PyObject *self, PyObject *args)
 {
     PyTypeObject *type;
@@ -298,18 +322,9 @@ static PyObject *pcap_batch(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "position or record header size out of range");
         return NULL;
     }
-    FrameBatchObject *batch = PyObject_New(FrameBatchObject, &FrameBatchType);
+    FrameBatchObject *batch = new_batch(type, buf_obj, linktype);
     if (batch == NULL)
         return NULL;
-    Py_INCREF(buf_obj);
-    Py_INCREF(type);
-    batch->buffer = buf_obj;
-    batch->frame_type = type;
-    batch->linktype = PyLong_FromLong(linktype);
-    batch->records = NULL;
-    batch->count = batch->capacity = 0;
-    if (batch->linktype == NULL)
-        goto fail;
     Py_ssize_t need = record_header;
     long long absurd = -1;
     BatchRecord r;
@@ -355,6 +370,66 @@ static inline uint16_t rd16n(const uint8_t *p)
 #define BLOCK_FIRST 16
 #define V3_HEADER 48 /* the fields read: up to tp_vlan_tpid at 36 */
 
+/* One tpacket3_hdr's frame, as tpacket_v3() reads it. */
+typedef struct {
+    long long timestamp_ns; /* the kernel's, else the wall clock's */
+    Py_ssize_t start;       /* of the frame's bytes in the ring */
+    uint32_t captured;      /* bytes in the ring (at most snaplen) */
+    uint32_t length;        /* on the wire, the tag put back included */
+    uint32_t next;          /* tp_next_offset: 0 on the block's last frame */
+    int tagged;             /* the kernel stripped an 802.1Q tag: put back (4 bytes more) */
+    uint16_t tci, tpid;
+} V3Frame;
+
+/* The frame whose header is at position of the ring r[0..size) (its block at block):
+   0, or -1 with ValueError set when the header or the frame lies outside the ring. */
+static int v3_frame(const uint8_t *r, Py_ssize_t size, Py_ssize_t block, Py_ssize_t position, Py_ssize_t snaplen,
+                    V3Frame *f)
+{
+    if (position < block || position > size - V3_HEADER) {
+        PyErr_SetString(PyExc_ValueError, "a TPACKET_V3 frame header outside the ring");
+        return -1;
+    }
+    const uint8_t *h = r + position;
+    uint32_t sec = rd32n(h + 4), nsec = rd32n(h + 8), status = rd32n(h + 20);
+    f->next = rd32n(h);
+    f->captured = rd32n(h + 12);
+    f->length = rd32n(h + 16);
+    if ((Py_ssize_t)f->captured > snaplen)
+        f->captured = (uint32_t)snaplen;
+    f->start = position + rd16n(h + 24);
+    if (f->start > size || (Py_ssize_t)f->captured > size - f->start) {
+        PyErr_SetString(PyExc_ValueError, "a TPACKET_V3 frame outside the ring");
+        return -1;
+    }
+    f->tagged = (status & TP_STATUS_VLAN_VALID) && f->captured >= 12;
+    if (f->tagged) {
+        f->tci = rd16n(h + 32);
+        f->tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16n(h + 36) : 0x8100;
+        f->length += 4;
+    }
+    f->timestamp_ns = (long long)sec * 1000000000LL + nsec;
+    if (f->timestamp_ns == 0) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        f->timestamp_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
+    }
+    return 0;
+}
+
+/* The frame's bytes at d (f->captured, 4 more when tagged): the tag put back after the MACs. */
+static void v3_copy(uint8_t *d, const uint8_t *r, const V3Frame *f)
+{
+    if (f->tagged) {
+        memcpy(d, r + f->start, 12);
+        d[12] = (uint8_t)(f->tpid >> 8), d[13] = (uint8_t)f->tpid, d[14] = (uint8_t)(f->tci >> 8);
+        d[15] = (uint8_t)f->tci;
+        memcpy(d + 16, r + f->start + 12, f->captured - 12);
+    } else {
+        memcpy(d, r + f->start, f->captured);
+    }
+}
+
 static PyObject *tpacket_v3(PyObject *self, PyObject *args)
 {
     PyTypeObject *type;
@@ -362,76 +437,64 @@ static PyObject *tpacket_v3(PyObject *self, PyObject *args)
     Py_ssize_t block, snaplen;
     if (!PyArg_ParseTuple(args, "O!w*nn:tpacket_v3", &PyType_Type, &type, &ring, &block, &snaplen))
         return NULL;
-    PyObject *frames = NULL, *linktype = NULL;
-    if (bind(type) < 0)
-        goto done;
     const uint8_t *r = ring.buf;
-    Py_ssize_t size = ring.len;
-    if (block < 0 || block > size - BLOCK_FIRST - 4 || snaplen < 0) {
+    FrameBatchObject *batch = NULL;
+    PyObject *buffer = NULL;
+    if (bind(type) < 0)
+        goto fail;
+    if (block < 0 || block > ring.len - BLOCK_FIRST - 4 || snaplen < 0) {
         PyErr_SetString(PyExc_ValueError, "block offset outside the ring");
-        goto done;
+        goto fail;
     }
     uint32_t count = rd32n(r + block + BLOCK_NUM_PKTS);
-    Py_ssize_t position = block + (Py_ssize_t)rd32n(r + block + BLOCK_FIRST);
-    frames = PyList_New(0);
-    linktype = PyLong_FromLong(1); /* LINKTYPE_ETHERNET */
-    if (frames == NULL || linktype == NULL)
-        goto done;
+    Py_ssize_t first = block + (Py_ssize_t)rd32n(r + block + BLOCK_FIRST);
+    /* Two passes over the headers: the frames' sizes, then one buffer filled. */
+    Py_ssize_t total = 0, frames = 0, position = first;
     for (uint32_t i = 0; i < count; i++) {
-        if (position < block || position > size - V3_HEADER) {
-            PyErr_SetString(PyExc_ValueError, "a TPACKET_V3 frame header outside the ring");
+        V3Frame f;
+        if (v3_frame(r, ring.len, block, position, snaplen, &f) < 0)
             goto fail;
-        }
-        const uint8_t *h = r + position;
-        uint32_t next = rd32n(h), sec = rd32n(h + 4), nsec = rd32n(h + 8), captured = rd32n(h + 12);
-        uint32_t length = rd32n(h + 16), status = rd32n(h + 20);
-        uint16_t mac = rd16n(h + 24);
-        if ((Py_ssize_t)captured > snaplen)
-            captured = (uint32_t)snaplen;
-        Py_ssize_t start = position + mac;
-        if (start > size || (Py_ssize_t)captured > size - start) {
-            PyErr_SetString(PyExc_ValueError, "a TPACKET_V3 frame outside the ring");
-            goto fail;
-        }
-        PyObject *data;
-        if ((status & TP_STATUS_VLAN_VALID) && captured >= 12) {
-            uint16_t tci = rd16n(h + 32), tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16n(h + 36) : 0x8100;
-            data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)captured + 4);
-            if (data != NULL) {
-                uint8_t *d = (uint8_t *)PyBytes_AS_STRING(data);
-                memcpy(d, r + start, 12);
-                d[12] = (uint8_t)(tpid >> 8), d[13] = (uint8_t)tpid, d[14] = (uint8_t)(tci >> 8), d[15] = (uint8_t)tci;
-                memcpy(d + 16, r + start + 12, captured - 12);
-            }
-            length += 4;
-        } else {
-            data = PyBytes_FromStringAndSize((const char *)r + start, (Py_ssize_t)captured);
-        }
-        if (data == NULL)
-            goto fail;
-        long long ts = (long long)sec * 1000000000LL + nsec;
-        if (ts == 0) {
-            struct timespec now;
-            clock_gettime(CLOCK_REALTIME, &now);
-            ts = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
-        }
-        PyObject *frame = make(type, ts, linktype, data, length);
-        if (frame == NULL || PyList_Append(frames, frame) < 0) {
-            Py_XDECREF(frame);
-            goto fail;
-        }
-        Py_DECREF(frame);
-        if (next == 0)
+        total += (Py_ssize_t)f.captured + (f.tagged ? 4 : 0);
+        frames++;
+        if (f.next == 0)
             break;
-        position += next;
+        position += f.next;
     }
-    goto done;
-fail:
-    Py_CLEAR(frames);
-done:
-    Py_XDECREF(linktype);
+    buffer = PyBytes_FromStringAndSize(NULL, total);
+    if (buffer == NULL)
+        goto fail;
+    batch = new_batch(type, buffer, 1); /* LINKTYPE_ETHERNET */
+    if (batch == NULL)
+        goto fail;
+    batch->records = PyMem_Malloc((size_t)(frames ? frames : 1) * sizeof(BatchRecord));
+    if (batch->records == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    batch->capacity = frames;
+    uint8_t *d = (uint8_t *)PyBytes_AS_STRING(buffer);
+    Py_ssize_t offset = 0;
+    position = first;
+    for (Py_ssize_t i = 0; i < frames; i++) {
+        V3Frame f;
+        v3_frame(r, ring.len, block, position, snaplen, &f); /* checked by the first pass */
+        v3_copy(d + offset, r, &f);
+        BatchRecord *record = &batch->records[batch->count++];
+        record->timestamp_ns = f.timestamp_ns;
+        record->offset = (uint64_t)offset;
+        record->length = f.captured + (f.tagged ? 4 : 0);
+        record->orig_len = f.length;
+        offset += record->length;
+        position += f.next;
+    }
+    Py_DECREF(buffer);
     PyBuffer_Release(&ring);
-    return frames;
+    return (PyObject *)batch;
+fail:
+    Py_XDECREF(batch);
+    Py_XDECREF(buffer);
+    PyBuffer_Release(&ring);
+    return NULL;
 }
 
 /*
@@ -535,7 +598,8 @@ static PyMethodDef methods[] = {
      "pcap_batch(frame_type, buf, pos, little_endian, record_header, frac_mult, limit, linktype)"
      " -> (batch, pos, need, absurd): the same as pcap, the frames as one FrameBatch"},
     {"tpacket_v3", tpacket_v3, METH_VARARGS,
-     "tpacket_v3(frame_type, ring, block, snaplen) -> frames: the frames of one TPACKET_V3 ring block"},
+     "tpacket_v3(frame_type, ring, block, snaplen) -> batch: the frames of one TPACKET_V3 ring block, as one "
+     "FrameBatch (copied out of the ring in one buffer)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,8 +6,10 @@ frames at a time and hands the block over whole (when it is full or after
 ``block_timeout`` seconds); we copy the block's frames out, give the block
 back and ``poll`` only when the next block is not ready yet.  No system call
 per frame, which is what lets one worker follow a busy mirror port.  The walk
-over a block's frames (a header, a copy, a :class:`Frame` each) is C,
-:func:`bridge.capture._records.tpacket_v3`; the rest is plain Python over
+over a block's frames is C, :func:`bridge.capture._records.tpacket_v3`: one copy
+of the block's frames into one buffer, a
+:class:`~bridge.capture.pcapfile.FrameBatch` that the compiled engine reads in
+place (no :class:`Frame` made for a frame it takes); the rest is plain Python over
 ``mmap`` and ``struct`` (bench/bench_capture.py measures both paths against
 each other).  The ring is ``buffer_bytes`` of kernel
 memory taken when the capture opens (a receive buffer is only a limit); its
@@ -56,7 +58,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from bridge.capture import _records
@@ -349,9 +351,9 @@ class AfPacketCapture:
             else:
                 yield from batch
 
-    def batches(self) -> Iterator[list[Frame] | None]:
-        """The frames as lists: one ring block each (one frame each on the recv
-        path); ``None`` after a quiet ``poll_interval`` with ``idle_marker``."""
+    def batches(self) -> Iterator[Sequence[Frame] | None]:
+        """The frames in batches: a FrameBatch per ring block (a list of one frame
+        on the recv path); ``None`` after a quiet ``poll_interval`` with ``idle_marker``."""
         if self._ring is None:
             for frame in self._receive():
                 yield None if frame is None else [frame]
@@ -374,7 +376,7 @@ class AfPacketCapture:
                     raise _device_error(self.interface, "receive", OSError(code, os.strerror(code)))
         return bool(events)
 
-    def _blocks(self) -> Iterator[list[Frame] | None]:
+    def _blocks(self) -> Iterator[Sequence[Frame] | None]:
         ring = self._ring
         try:
             yield from self._walk_blocks()
@@ -384,7 +386,7 @@ class AfPacketCapture:
             if ring is None or not ring.closed:
                 raise
 
-    def _walk_blocks(self) -> Iterator[list[Frame] | None]:
+    def _walk_blocks(self) -> Iterator[Sequence[Frame] | None]:
         ring = self._ring
         geometry = self.geometry
         assert ring is not None and geometry is not None

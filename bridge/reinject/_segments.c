@@ -38,25 +38,44 @@
 #define TCP_HEADER 20
 #define MAX_LINK_HEADER 64
 
-/* One's-complement sum of big-endian 16-bit words (not folded). */
+/* One's-complement sum of big-endian 16-bit words, added to sum (not folded).
+   The sum is taken in the machine's own byte order, 32 bits at a time into a
+   64-bit accumulator (no carry is lost before 2^32 words; the compiler keeps it in
+   vector registers), then folded to 16 bits and, on a little-endian machine, its
+   bytes swapped: the one's-complement sum does not depend on the byte order
+   (RFC 1071, 2.B), and an odd last byte is the low byte of its native word. */
 static uint64_t sum_words(const uint8_t *p, Py_ssize_t n, uint64_t sum)
 {
-    /* 32-bit big-endian words into a 64-bit accumulator: no carry is lost
-       before 2^32 words, and folding gives the same 16-bit sum. */
-    while (n >= 32) {
-        for (int i = 0; i < 32; i += 4)
-            sum += ((uint32_t)p[i] << 24) | ((uint32_t)p[i + 1] << 16) | ((uint32_t)p[i + 2] << 8) | p[i + 3];
-        p += 32;
-        n -= 32;
+    uint64_t native = 0;
+    for (; n >= 32; p += 32, n -= 32) {
+        uint32_t w[8];
+        memcpy(w, p, sizeof w);
+        for (int i = 0; i < 8; i++)
+            native += w[i];
     }
-    while (n >= 2) {
-        sum += ((uint32_t)p[0] << 8) | p[1];
+    for (; n >= 4; p += 4, n -= 4) {
+        uint32_t w;
+        memcpy(&w, p, 4);
+        native += w;
+    }
+    if (n >= 2) {
+        uint16_t w;
+        memcpy(&w, p, 2);
+        native += w;
         p += 2;
         n -= 2;
     }
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     if (n)
-        sum += (uint32_t)p[0] << 8;
-    return sum;
+        native += p[0];
+    while (native >> 16)
+        native = (native & 0xFFFF) + (native >> 16);
+    return sum + (((native & 0xFF) << 8) | (native >> 8));
+#else
+    if (n)
+        native += (uint32_t)p[0] << 8;
+    return sum + native;
+#endif
 }
 
 static uint16_t fold(uint64_t sum)

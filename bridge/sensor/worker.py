@@ -11,7 +11,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,13 +60,13 @@ class WorkerCounters:
     histograms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _merged(captures: list[Any], stop: threading.Event) -> Iterator[list[Frame] | None]:
-    """The captures' frames as lists (a ring block each: what the engine's compiled
-    path takes in one call), ``None`` on a quiet link."""
+def _merged(captures: list[Any], stop: threading.Event) -> Iterator[Sequence[Frame] | None]:
+    """The captures' frames in batches (a ring block each, read in place by the
+    engine's compiled path), ``None`` on a quiet link."""
     if len(captures) == 1:
         yield from captures[0].batches()
         return
-    batches: queue.Queue[list[Frame]] = queue.Queue(maxsize=1024)
+    batches: queue.Queue[Sequence[Frame]] = queue.Queue(maxsize=1024)
 
     def pump(capture: Any) -> None:
         for batch in capture.batches():
@@ -141,7 +141,7 @@ def run_worker(config_data: dict[str, dict[str, Any]], index: int, connection: A
         except (BrokenPipeError, OSError):
             stop.set()  # the supervisor is gone
 
-    def frames() -> Iterator[list[Frame] | None]:
+    def frames() -> Iterator[Sequence[Frame] | None]:
         for batch in _merged(captures, stop):
             yield batch
             if batch is None:
