@@ -37,7 +37,7 @@
  * (the block goes back to the kernel at once), read in place by the compiled
  * engine as a capture file's frames are.
  *
- *   pack_pcap(frames, nanosecond, snaplen) -> (records, frame_bytes)
+ *   pack_pcap(timestamp_ns, frames, nanosecond, snaplen) -> (records, frame_bytes)
  *
  * The other way: the pcap records of frames to write (see the function).
  */
@@ -498,15 +498,13 @@ fail:
 }
 
 /*
- * pack_pcap(frames, nanosecond, snaplen) -> (records, frame_bytes)
+ * pack_pcap(timestamp_ns, frames, nanosecond, snaplen) -> (records, frame_bytes)
  *
- * The pcap records (16-byte header, the frame cut to snaplen) of ``frames``
- * (objects with ``timestamp_ns`` and ``data``), little-endian as
- * bridge.capture.pcapwriter writes them, in one bytes object; frame_bytes: the
- * frames' lengths before any cut.
+ * The pcap records (16-byte header, the frame cut to snaplen) of ``frames`` (a
+ * list of bytes, every one stamped ``timestamp_ns``: the frames one event
+ * made), little-endian as bridge.capture.pcapwriter writes them, in one bytes
+ * object; frame_bytes: the frames' lengths before any cut.
  */
-static PyObject *str_timestamp_ns, *str_data;
-
 static inline void wr32(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
@@ -514,83 +512,57 @@ static inline void wr32(uint8_t *p, uint32_t v)
 
 static PyObject *pack_pcap(PyObject *self, PyObject *args)
 {
+    long long stamp;
     PyObject *frames;
     int nanosecond;
     Py_ssize_t snaplen;
-    if (!PyArg_ParseTuple(args, "Opn:pack_pcap", &frames, &nanosecond, &snaplen))
+    if (!PyArg_ParseTuple(args, "LO!pn:pack_pcap", &stamp, &PyList_Type, &frames, &nanosecond, &snaplen))
         return NULL;
     if (snaplen < 0) {
         PyErr_SetString(PyExc_ValueError, "snaplen must not be negative");
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(frames, "frames must be a sequence");
-    if (seq == NULL)
+    if (stamp < 0) {
+        PyErr_SetString(PyExc_ValueError, "timestamp_ns must not be negative");
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    PyObject *out = NULL, **datas = NULL;
-    long long *stamps = NULL;
-    Py_ssize_t size = 0;
-    unsigned long long total = 0;
-    datas = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
-    stamps = PyMem_Calloc((size_t)(n ? n : 1), sizeof(long long));
-    if (datas == NULL || stamps == NULL) {
-        PyErr_NoMemory();
-        goto done;
     }
+    Py_ssize_t n = PyList_GET_SIZE(frames), size = 0;
+    unsigned long long total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *ts = PyObject_GetAttr(items[i], str_timestamp_ns);
-        if (ts == NULL)
-            goto done;
-        stamps[i] = PyLong_AsLongLong(ts);
-        Py_DECREF(ts);
-        if (stamps[i] == -1 && PyErr_Occurred())
-            goto done;
-        if (stamps[i] < 0) {
-            PyErr_SetString(PyExc_ValueError, "timestamp_ns must not be negative");
-            goto done;
+        PyObject *data = PyList_GET_ITEM(frames, i);
+        if (!PyBytes_Check(data)) {
+            PyErr_SetString(PyExc_TypeError, "a frame must be bytes");
+            return NULL;
         }
-        datas[i] = PyObject_GetAttr(items[i], str_data);
-        if (datas[i] == NULL)
-            goto done;
-        if (!PyBytes_Check(datas[i])) {
-            PyErr_SetString(PyExc_TypeError, "a frame's data must be bytes");
-            goto done;
-        }
-        Py_ssize_t length = PyBytes_GET_SIZE(datas[i]);
+        Py_ssize_t length = PyBytes_GET_SIZE(data);
         total += (unsigned long long)length;
         size += 16 + (length > snaplen ? snaplen : length);
     }
-    out = PyBytes_FromStringAndSize(NULL, size);
-    if (out == NULL)
-        goto done;
-    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t length = PyBytes_GET_SIZE(datas[i]);
-        Py_ssize_t kept = length > snaplen ? snaplen : length;
-        long long sec = stamps[i] / 1000000000LL, frac = stamps[i] % 1000000000LL;
-        wr32(p, (uint32_t)sec);
-        wr32(p + 4, (uint32_t)(nanosecond ? frac : frac / 1000));
-        wr32(p + 8, (uint32_t)kept);
-        wr32(p + 12, (uint32_t)length);
-        memcpy(p + 16, PyBytes_AS_STRING(datas[i]), (size_t)kept);
-        p += 16 + kept;
-    }
-done:
-    if (datas != NULL)
-        for (Py_ssize_t i = 0; i < n; i++)
-            Py_XDECREF(datas[i]);
-    PyMem_Free(datas);
-    PyMem_Free(stamps);
-    Py_DECREF(seq);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
     if (out == NULL)
         return NULL;
+    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    uint32_t sec = (uint32_t)(stamp / 1000000000LL), frac = (uint32_t)(stamp % 1000000000LL);
+    if (!nanosecond)
+        frac /= 1000;
+    for (Py_ssize_t i = 0; i < n; i++) { /* the list cannot change: no Python code runs in between */
+        PyObject *data = PyList_GET_ITEM(frames, i);
+        Py_ssize_t length = PyBytes_GET_SIZE(data);
+        Py_ssize_t kept = length > snaplen ? snaplen : length;
+        wr32(p, sec);
+        wr32(p + 4, frac);
+        wr32(p + 8, (uint32_t)kept);
+        wr32(p + 12, (uint32_t)length);
+        memcpy(p + 16, PyBytes_AS_STRING(data), (size_t)kept);
+        p += 16 + kept;
+    }
     return Py_BuildValue("(NK)", out, total);
 }
 
 static PyMethodDef methods[] = {
     {"pack_pcap", pack_pcap, METH_VARARGS,
-     "pack_pcap(frames, nanosecond, snaplen) -> (records, frame_bytes): the pcap records of frames, little-endian"},
+     "pack_pcap(timestamp_ns, frames, nanosecond, snaplen) -> (records, frame_bytes): the pcap records of frames "
+     "(a list of bytes, all stamped timestamp_ns), little-endian"},
     {"pcap", pcap, METH_VARARGS,
      "pcap(frame_type, buf, pos, little_endian, record_header, frac_mult, limit, linktype)"
      " -> (frames, pos, need, absurd): the complete pcap records of buf from pos on"},
@@ -613,10 +585,6 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__records(void)
 {
-    str_timestamp_ns = PyUnicode_InternFromString("timestamp_ns");
-    str_data = PyUnicode_InternFromString("data");
-    if (str_timestamp_ns == NULL || str_data == NULL)
-        return NULL;
     if (PyType_Ready(&FrameBatchType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);

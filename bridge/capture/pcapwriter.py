@@ -15,8 +15,7 @@ import errno
 import os
 import struct
 import time
-from collections.abc import Sequence
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from bridge.capture import _records
 from bridge.capture.frames import LINKTYPE_ETHERNET
@@ -24,11 +23,6 @@ from bridge.errors import BridgeError
 
 __all__ = ["DEFAULT_CHUNK", "DEFAULT_SNAPLEN", "PcapWriter", "pcap_global_header", "pcap_record"]
 
-
-
-class _TimedFrame(Protocol):
-    timestamp_ns: int
-    data: bytes
 
 
 DEFAULT_SNAPLEN = 262144
@@ -118,11 +112,11 @@ class PcapWriter:
         if len(buffer) >= self.chunk_bytes or time.monotonic() - self._written_at >= self.flush_interval:
             self._write_out()
 
-    def write_many(self, frames: Sequence[_TimedFrame]) -> int:
-        """Records for ``frames`` (objects with ``timestamp_ns`` and ``data``, bytes), in
-        order, as :meth:`write` would write them (packed in C,
+    def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> int:
+        """Records for ``frames``, all stamped ``timestamp_ns`` (what one event made),
+        in order, as :meth:`write` would write them (packed in C,
         :mod:`bridge.capture._records`); returns the bytes of frame data."""
-        records, total = _records.pack_pcap(frames, self.nanosecond, self.snaplen)
+        records, total = _records.pack_pcap(timestamp_ns, frames, self.nanosecond, self.snaplen)
         buffer = self._buffer
         buffer += records
         self.records += len(frames)

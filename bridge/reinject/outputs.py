@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +20,6 @@ from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.capture.pcapwriter import PcapWriter, pcap_global_header, pcap_record
 from bridge.errors import BridgeError
 from bridge.reinject.batchsend import MAX_BATCH, FrameSender, open_sender
-from bridge.reinject.synthetic import OutputFrame
 
 
 class OutputError(BridgeError):
@@ -42,8 +41,9 @@ class FrameOutput(Protocol):
 
     def write(self, timestamp_ns: int, data: bytes) -> None: ...
 
-    def write_frames(self, frames: Sequence[OutputFrame]) -> None:
-        """Several frames in order (one call: the per-frame work in one loop)."""
+    def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> None:
+        """Several frames in order, all at ``timestamp_ns`` (one call: the per-frame
+        work in one loop)."""
 
     def close(self) -> None: ...
 
@@ -63,8 +63,8 @@ class PcapFileOutput:
         self.stats.frames += 1
         self.stats.bytes += len(data)
 
-    def write_frames(self, frames: Sequence[OutputFrame]) -> None:
-        self.stats.bytes += self._writer.write_many(frames)
+    def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> None:
+        self.stats.bytes += self._writer.write_burst(timestamp_ns, frames)
         self.stats.frames += len(frames)
 
     def close(self) -> None:
@@ -120,13 +120,13 @@ class InterfaceOutput:
         if self._idle:
             self._wake.set()
 
-    def write_frames(self, frames: Sequence[OutputFrame]) -> None:
+    def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> None:
         pending = self._pending
         room = self._limit - len(pending)
         if room < len(frames):
             self.stats.dropped += len(frames) - max(room, 0)
             frames = frames[: max(room, 0)]
-        pending.extend([frame.data for frame in frames])
+        pending.extend(frames)
         if self._idle:
             self._wake.set()
 
@@ -236,9 +236,9 @@ class PcapOverIpOutput:
                 self._clients = [c for c in self._clients if not c.closed] + [client]
                 self.stats.clients = len(self._clients)
 
-    def write_frames(self, frames: Sequence[OutputFrame]) -> None:
+    def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> None:
         for frame in frames:
-            self.write(frame.timestamp_ns, frame.data)
+            self.write(timestamp_ns, frame)
 
     def write(self, timestamp_ns: int, data: bytes) -> None:
         record = pcap_record(timestamp_ns, data)

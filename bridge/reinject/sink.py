@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from bridge.engine.events import Event
 from bridge.errors import BridgeError
 from bridge.reinject.outputs import FrameOutput, InterfaceOutput, PcapFileOutput, PcapOverIpOutput
-from bridge.reinject.synthetic import OutputFrame, SyntheticFlows, SyntheticOptions
+from bridge.reinject.synthetic import FrameBurst, SyntheticFlows, SyntheticOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,22 +78,23 @@ class ReinjectSink:
         self._last_ns = 0
 
     def __call__(self, event: Event) -> None:
-        self._send(self.synthetic.handle(event))
+        self._send(self.synthetic.bursts(event))
 
     def describe(self, flow_id: int) -> dict[str, object] | None:
         """The flow log's ``synthetic`` field of a finished flow."""
         return self.synthetic.describe(flow_id)
 
-    def _send(self, frames: list[OutputFrame]) -> None:
-        if not frames:
+    def _send(self, bursts: list[FrameBurst]) -> None:
+        if not bursts:
             return
-        self._last_ns = frames[-1].timestamp_ns
+        self._last_ns = bursts[-1].timestamp_ns
         for output in self.outputs:
-            output.write_frames(frames)
+            for burst in bursts:
+                output.write_burst(burst.timestamp_ns, burst.frames)
 
     def close(self) -> None:
         """End of input: close what is still open, then the outputs."""
-        self._send(self.synthetic.close(self._last_ns))
+        self._send(self.synthetic.close_bursts(self._last_ns))
         for output in self.outputs:
             output.close()
 

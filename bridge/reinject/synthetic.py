@@ -5,7 +5,9 @@ to them as a plain TCP connection carrying the plaintext, as if the server had
 spoken e.g. HTTP without TLS.  :class:`SyntheticFlows` takes the decryptor's
 events (:class:`~bridge.engine.events.PlaintextData`,
 :class:`~bridge.engine.events.FlowFinished`) and returns complete Ethernet frames
-(:class:`OutputFrame`); writing them to an interface or a pcap is a driver's job.
+in bursts (:class:`FrameBurst`: the frames one event made, one timestamp; no
+object per frame), or one by one (:class:`OutputFrame`, :meth:`SyntheticFlows.handle`);
+writing them to an interface or a pcap is a driver's job.
 
 Per synthetic connection:
 
@@ -42,6 +44,7 @@ from bridge.engine.packets import ACK, FIN, PSH, RST, SYN, format_endpoint
 from bridge.tls.state import Direction
 
 __all__ = [
+    "FrameBurst",
     "OutputFrame",
     "SyntheticFlows",
     "SyntheticOptions",
@@ -115,6 +118,21 @@ class OutputFrame:
     data: bytes  # a complete Ethernet frame
 
 
+class FrameBurst:
+    """Frames made by one event, all at its time, in order: the unit the outputs
+    write (an object per burst, not per frame)."""
+
+    __slots__ = ("timestamp_ns", "frames")
+
+    def __init__(self, timestamp_ns: int, frames: list[bytes]) -> None:
+        self.timestamp_ns = timestamp_ns
+        #: complete Ethernet frames
+        self.frames = frames
+
+    def __repr__(self) -> str:
+        return f"FrameBurst({self.timestamp_ns}, {len(self.frames)} frames)"
+
+
 @dataclass(slots=True)
 class SyntheticStats:
     flows_started: int = 0
@@ -180,26 +198,35 @@ class SyntheticFlows:
 
     # --- events ---------------------------------------------------------------------
 
-    def handle(self, event: object) -> list[OutputFrame]:
-        """Frames caused by one decryptor event (other objects: none)."""
+    def bursts(self, event: object) -> list[FrameBurst]:
+        """Frames caused by one decryptor event, in bursts (other objects: none)."""
+        out: list[FrameBurst] = []
         if isinstance(event, PlaintextData):
-            return self._plaintext(event)
-        if isinstance(event, FlowFinished):
-            return self._finished(event)
-        return []
+            self._plaintext(event, out)
+        elif isinstance(event, FlowFinished):
+            self._finished(event, out)
+        return out
 
-    def close(self, timestamp_ns: int) -> list[OutputFrame]:
+    def close_bursts(self, timestamp_ns: int) -> list[FrameBurst]:
         """End of input: close every open synthetic connection with FIN.
 
         Call it after the engine's final events: a later ``FlowFinished`` of a
         flow closed here is described as ``None``.
         """
-        out: list[OutputFrame] = []
+        out: list[FrameBurst] = []
         for flow in self._flows.values():
             self._fin(flow, max(timestamp_ns, flow.last_ns), out)
             self.stats.flows_closed_at_end += 1
         self._flows.clear()
         return out
+
+    def handle(self, event: object) -> list[OutputFrame]:
+        """:meth:`bursts`, frame by frame."""
+        return _frames(self.bursts(event))
+
+    def close(self, timestamp_ns: int) -> list[OutputFrame]:
+        """:meth:`close_bursts`, frame by frame."""
+        return _frames(self.close_bursts(timestamp_ns))
 
     def describe(self, flow_id: int) -> dict[str, object] | None:
         """The synthetic connection of a finished flow, for the flow log's
@@ -216,11 +243,10 @@ class SyntheticFlows:
 
     # --- internals ------------------------------------------------------------------
 
-    def _plaintext(self, event: PlaintextData) -> list[OutputFrame]:
+    def _plaintext(self, event: PlaintextData, out: list[FrameBurst]) -> None:
         data = event.data
         if not data:
-            return []
-        out: list[OutputFrame] = []
+            return
         info = event.flow
         flow = self._flows.get(info.flow_id)
         if flow is None:
@@ -242,7 +268,7 @@ class SyntheticFlows:
                 eth[1], eth[0], info.server_ip, info.client_ip, flow.server_port, info.client_port,
                 flow.server_next, flow.client_next, mss, data, self._ip_id, self.options.ack_each_segment)
         pieces = (total + mss - 1) // mss
-        out.extend([OutputFrame(ts, frame) for frame in frames])
+        out.append(FrameBurst(ts, frames))
         if direction == Direction.C2S:
             flow.client_next = seq
             flow.bytes_c2s += total
@@ -254,9 +280,8 @@ class SyntheticFlows:
         stats.segments += pieces
         stats.bytes += total
         stats.frames += len(frames)
-        return out
 
-    def _start(self, info: FlowInfo, ts: int, out: list[OutputFrame]) -> _Flow:
+    def _start(self, info: FlowInfo, ts: int, out: list[FrameBurst]) -> _Flow:
         client_isn = self.initial_sequence(info, Direction.C2S) & _MOD32
         server_isn = self.initial_sequence(info, Direction.S2C) & _MOD32
         port = self.options.server_port
@@ -264,25 +289,25 @@ class SyntheticFlows:
         self._flows[info.flow_id] = flow
         c1 = (client_isn + 1) & _MOD32
         s1 = (server_isn + 1) & _MOD32
-        out.append(OutputFrame(ts, self._frame(flow, Direction.C2S, client_isn, 0, SYN, b"")))
-        out.append(OutputFrame(ts, self._frame(flow, Direction.S2C, server_isn, c1, SYN | ACK, b"")))
-        out.append(OutputFrame(ts, self._frame(flow, Direction.C2S, c1, s1, ACK, b"")))
+        out.append(FrameBurst(ts, [self._frame(flow, Direction.C2S, client_isn, 0, SYN, b""),
+                                   self._frame(flow, Direction.S2C, server_isn, c1, SYN | ACK, b""),
+                                   self._frame(flow, Direction.C2S, c1, s1, ACK, b"")]))
         flow.client_next, flow.server_next = c1, s1
         self.stats.flows_started += 1
         self.stats.frames += 3
         return flow
 
-    def _finished(self, event: FlowFinished) -> list[OutputFrame]:
+    def _finished(self, event: FlowFinished, out: list[FrameBurst]) -> None:
         flow = self._flows.pop(event.flow.flow_id, None)
         if flow is None:
             self.stats.flows_not_emitted += 1
             self._described[event.flow.flow_id] = None
-            return []
+            return
         ts = max(flow.last_ns, round(event.summary.ts_end * 1_000_000) * 1000)  # ts_end has µs resolution
-        out: list[OutputFrame] = []
         if event.ended_by == "rst":
             # every byte is already acknowledged: the client resets right away
-            out.append(OutputFrame(ts, self._frame(flow, Direction.C2S, flow.client_next, flow.server_next, RST | ACK, b"")))
+            out.append(FrameBurst(ts, [self._frame(flow, Direction.C2S, flow.client_next, flow.server_next, RST | ACK,
+                                                   b"")]))
             self.stats.frames += 1
             self.stats.flows_reset += 1
         else:
@@ -299,16 +324,15 @@ class SyntheticFlows:
             "bytes_c2s": flow.bytes_c2s,
             "bytes_s2c": flow.bytes_s2c,
         }
-        return out
 
-    def _fin(self, flow: _Flow, ts: int, out: list[OutputFrame]) -> None:
+    def _fin(self, flow: _Flow, ts: int, out: list[FrameBurst]) -> None:
         c, s = flow.client_next, flow.server_next
         c1, s1 = (c + 1) & _MOD32, (s + 1) & _MOD32
         frame = self._frame
-        out.append(OutputFrame(ts, frame(flow, Direction.C2S, c, s, FIN | ACK, b"")))
-        out.append(OutputFrame(ts, frame(flow, Direction.S2C, s, c1, ACK, b"")))
-        out.append(OutputFrame(ts, frame(flow, Direction.S2C, s, c1, FIN | ACK, b"")))
-        out.append(OutputFrame(ts, frame(flow, Direction.C2S, c1, s1, ACK, b"")))
+        out.append(FrameBurst(ts, [frame(flow, Direction.C2S, c, s, FIN | ACK, b""),
+                                   frame(flow, Direction.S2C, s, c1, ACK, b""),
+                                   frame(flow, Direction.S2C, s, c1, FIN | ACK, b""),
+                                   frame(flow, Direction.C2S, c1, s1, ACK, b"")]))
         flow.client_next, flow.server_next = c1, s1
         flow.last_ns = ts
         self.stats.frames += 4
@@ -327,3 +351,7 @@ class SyntheticFlows:
         if info.ip_version == 4:
             self._ip_id = (self._ip_id + 1) & 0xFFFF
         return frame
+
+
+def _frames(bursts: list[FrameBurst]) -> list[OutputFrame]:
+    return [OutputFrame(burst.timestamp_ns, frame) for burst in bursts for frame in burst.frames]

@@ -83,31 +83,31 @@ def test_negative_timestamp_is_refused_and_nothing_half_written(tmp_path):
     assert path.read_bytes() == pcap_global_header(LINKTYPE_ETHERNET) + pcap_record(T0, b"good")
 
 
-class _Timed:
-    __slots__ = ("timestamp_ns", "data")
-
-    def __init__(self, timestamp_ns: int, data: bytes) -> None:
-        self.timestamp_ns, self.data = timestamp_ns, data
+# bursts: the frames of one event, one timestamp (here, runs of 1 to 6 frames)
+BURSTS = [(T0 + i * 1_000_003, [bytes([(i + k) % 256]) * ((i + k) * 37 % 1600) for k in range(i % 6 + 1)])
+          for i in range(150)]
 
 
 @pytest.mark.parametrize("nanosecond", [True, False])
 @pytest.mark.parametrize("snaplen", [262144, 100])
-def test_write_many_writes_what_write_does(tmp_path, nanosecond, snaplen):
+def test_write_burst_writes_what_write_does(tmp_path, nanosecond, snaplen):
     """The compiled packing (bridge.capture._records.pack_pcap) against the records built one by one."""
-    path = tmp_path / "many.pcap"
-    with PcapWriter(path, nanosecond=nanosecond, snaplen=snaplen) as writer:
-        total = 0
-        for start in range(0, len(RECORDS), 77):
-            total += writer.write_many([_Timed(t, d) for t, d in RECORDS[start:start + 77]])
-        assert writer.records == len(RECORDS)
-    assert path.read_bytes() == _reference(nanosecond, snaplen)
-    assert total == sum(len(d) for _, d in RECORDS)
+    one_by_one, bursts = tmp_path / "one.pcap", tmp_path / "bursts.pcap"
+    with PcapWriter(one_by_one, nanosecond=nanosecond, snaplen=snaplen) as writer:
+        for timestamp, frames in BURSTS:
+            for frame in frames:
+                writer.write(timestamp, frame)
+    with PcapWriter(bursts, nanosecond=nanosecond, snaplen=snaplen) as writer:
+        total = sum(writer.write_burst(timestamp, frames) for timestamp, frames in BURSTS)
+        assert writer.records == sum(len(frames) for _, frames in BURSTS)
+    assert bursts.read_bytes() == one_by_one.read_bytes()
+    assert total == sum(len(frame) for _, frames in BURSTS for frame in frames)
 
 
-def test_write_many_refuses_what_write_refuses(tmp_path):
+def test_write_burst_refuses_what_write_refuses(tmp_path):
     with PcapWriter(tmp_path / "bad.pcap") as writer:
         with pytest.raises(ValueError):
-            writer.write_many([_Timed(T0, b"ok"), _Timed(-1, b"x")])
+            writer.write_burst(-1, [b"x"])
         with pytest.raises(TypeError):
-            writer.write_many([_Timed(T0, "not bytes")])  # type: ignore[arg-type]
+            writer.write_burst(T0, [b"ok", "not bytes"])  # type: ignore[list-item]
         assert writer.records == 0

@@ -167,11 +167,13 @@ def test_tpacket_v3_corrupt_blocks_never_crash(noise: bytes, block: int, snaplen
 @settings(max_examples=200, deadline=None)
 @given(_frames, st.booleans(), st.integers(0, 400))
 def test_pack_pcap_is_the_inverse(frames, nanosecond, snaplen) -> None:  # type: ignore[no-untyped-def]
-    timed = [Frame(sec * 1_000_000_000 + frac, 1, data, len(data)) for sec, frac, data, _ in frames]
-    records, total = _records.pack_pcap(timed, nanosecond, snaplen)
-    assert total == sum(len(f.data) for f in timed)
+    sec, frac = frames[0][:2] if frames else (0, 0)
+    stamp = sec * 1_000_000_000 + frac
+    datas = [data for _, _, data, _ in frames]
+    records, total = _records.pack_pcap(stamp, datas, nanosecond, snaplen)
+    assert total == sum(len(data) for data in datas)
     got, pos, _need, _absurd = _records.pcap(Frame, records, 0, True, 16, 1 if nanosecond else 1000, 1 << 20, 1)
     assert pos == len(records)
-    for back, frame in zip(got, timed, strict=True):
-        ts = frame.timestamp_ns if nanosecond else frame.timestamp_ns // 1000 * 1000
-        assert (back.timestamp_ns, back.data, back.orig_len) == (ts, frame.data[:snaplen], len(frame.data))
+    ts = stamp if nanosecond else stamp // 1000 * 1000
+    for back, data in zip(got, datas, strict=True):
+        assert (back.timestamp_ns, back.data, back.orig_len) == (ts, data[:snaplen], len(data))
