@@ -25,8 +25,11 @@ One run:
 same capture (after the timed runs; profiled wall times are not comparable)
 and prints the hottest functions with their share of the total time.
 
-Needs root (network namespaces, tcpdump), ip, tcpdump, nginx, curl, tshark.
-Usage: sudo .venv/bin/python bench/bench_decrypt.py [--connections 50] [--size-mb 4]
+``--live`` also runs ``tls-bridge run`` on the same capture (``bench_sensor.py``) and
+prints issue 12's targets, each measured in the run, in one table.
+
+Needs root (network namespaces, tcpdump), ip, tcpdump, nginx, curl, tshark (and tcpreplay for --live).
+Usage: sudo .venv/bin/python bench/bench_decrypt.py [--connections 50] [--size-mb 4] [--live]
 """
 
 from __future__ import annotations
@@ -417,6 +420,10 @@ def main() -> int:
     ap.add_argument("--no-pin", action="store_true", help="do not pin the tools to CPU 0 with taskset")
     ap.add_argument("--profile", choices=("cprofile", "pyinstrument"), help="also profile tls-bridge and list hot spots")
     ap.add_argument("--top", type=int, default=15, help="hot spots to list with --profile")
+    ap.add_argument("--live", action="store_true",
+                    help="also run tls-bridge run on the same capture (bench_sensor.py: tcpreplay onto a veth; one "
+                         "worker live, then one and two workers with their rings filled first) and print issue 12's "
+                         "targets in one table beside tshark")
     args = ap.parse_args()
     if args.connections < 1 or args.size_mb <= 0:
         ap.error("--connections and --size-mb must be positive")
@@ -498,6 +505,8 @@ def main() -> int:
                   f"time, and by CPU time (user + sys: the fairer figure on a busy machine); "
                   f"-w: the synthetic cleartext written to a pcap as well")
 
+        if args.live:
+            print_targets(runs, th, mb, meta, pcap, keylog, tmp)
         if args.profile:
             profile_bridge(args.profile, pcap, keylog, tmp, args.top)
     finally:
@@ -506,6 +515,48 @@ def main() -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def print_targets(runs: list[Run], th: Run | None, mb: float, meta: dict, pcap: Path, keylog: Path,
+                  tmp: Path) -> None:
+    """Issue 12's targets, each measured in this run: the decrypting runs above against
+    tshark's, and tls-bridge run (bench_sensor.py) on the same capture."""
+    import bench_sensor
+
+    sensor_meta = {"connections": meta["connections"], "size_bytes": int(meta["size_bytes"] * 0.99)}
+    print("\ntls-bridge run on the same capture (tcpreplay --topspeed -K onto a veth, MTU 9000 injection) ...",
+          file=sys.stderr)
+    live = bench_sensor.run(1, pcap, keylog, sensor_meta, 0.0, tmp)
+    one = bench_sensor.run(1, pcap, keylog, sensor_meta, 0.0, tmp, prefill=True)
+    two = bench_sensor.run(2, pcap, keylog, sensor_meta, 0.0, tmp, prefill=True)
+
+    def rate(row: dict) -> float:
+        return row["plaintext_mb"] / row["drain_s"]
+
+    def whole(row: dict) -> bool:
+        return row["complete"] == row["connections"] and not (row["drops"] or row["backlog_drops"]
+                                                              or row["inject_dropped"])
+
+    ours, written = runs[0], runs[1]
+    rows = []
+    if th is not None:
+        rows += [("decrypt -r, tshark's wall time / ours", f"x{th.wall / ours.wall:.1f}", "x10", th.wall / ours.wall >= 10),
+                 ("decrypt -r -w, tshark's wall time / ours", f"x{th.wall / written.wall:.1f}", "x6",
+                  th.wall / written.wall >= 6)]
+    rows += [("run, 1 worker, live: plaintext MB/s, drops", f"{rate(live):.0f} MB/s, {live['drops']}+"
+              f"{live['backlog_drops']}+{live['inject_dropped']} drops, {live['complete']}/{live['connections']}",
+              "250 MB/s, 0 drops", rate(live) >= 250 and whole(live)),
+             ("run, 2 workers / 1 (rings filled first)", f"x{rate(two) / rate(one):.2f} ({rate(two):.0f} / "
+              f"{rate(one):.0f} MB/s, split {two['split']} %)", "x1.8", rate(two) / rate(one) >= 1.8 and whole(two)),
+             ("decrypt -r -w: peak RSS", f"{written.maxrss_mb:.0f} MB", "47 MB", written.maxrss_mb <= 47)]
+    print(f"\nissue 12's targets, measured in this run ({mb:.0f} MB of plaintext, {os.cpu_count()} CPUs)")
+    header = f"{'target':<44} {'measured':<46} {'required':<18} met"
+    print(header)
+    print("-" * len(header))
+    for name, measured_text, required, met in rows:
+        print(f"{name:<44} {measured_text:<46} {required:<18} {'yes' if met else 'NO'}")
+    print("drops: the capture ring's + the kernel's backlog + injection's; the live row shares the cores with "
+          "tcpreplay, the two-worker row's workers have them to themselves (see bench_sensor.py --prefill)")
 
 
 if __name__ == "__main__":
