@@ -1,9 +1,12 @@
 """The compiled code (bridge/engine/_lanes*.{c,h}, bridge/reinject/_segments.c,
-bridge/capture/_records.c) under the tools that find what tests miss:
+bridge/capture/_records*.{c,h}) under the tools that find what tests miss:
 
 * the lanes' pure C core fuzzed by libFuzzer (coverage-guided, with
   AddressSanitizer and UndefinedBehaviorSanitizer, fuzz/fuzz_lanes.c), seeded with
   the committed captures' frames: zero crashes, zero sanitizer reports;
+* the capture readers' pure C core (pcap record headers, TPACKET_V3 blocks,
+  fuzz/fuzz_records.c) likewise, seeded with the committed captures' records and
+  ring blocks as the kernel lays them out;
 * the extensions built with AddressSanitizer and UndefinedBehaviorSanitizer and
   loaded by a Python that runs the tests of the compiled code (the committed
   captures through both paths, hypothesis over the C APIs, pcap files, frames from
@@ -66,6 +69,54 @@ def test_libfuzzer_finds_nothing_in_the_lanes_core(tmp_path: Path) -> None:
     report = result.stderr[-3000:]
     assert result.returncode == 0, report
     assert "Done 300000 runs" in result.stderr, report
+    assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, report
+
+
+def _ring_block(frames: list[tuple[bytes, int]], size: int = 4096) -> bytes:
+    """A ring of one TPACKET_V3 block as the kernel fills it (tpacket_block_desc, then each
+    tpacket3_hdr, its frame at tp_mac, the next header 16-byte aligned after it)."""
+    import struct
+
+    ring = bytearray(size)
+    struct.pack_into("=III", ring, 8, 1, len(frames), 48)
+    position = 48
+    for index, (data, status) in enumerate(frames):
+        mac = 68
+        next_offset = 0 if index == len(frames) - 1 else (mac + len(data) + 15) & ~15
+        struct.pack_into("=IIIIIIHH", ring, position, next_offset, 1_700_000_000, index, len(data), len(data), status,
+                         mac, mac)
+        struct.pack_into("=IIH", ring, position + 28, 0, 42, 0x88A8)
+        ring[position + mac:position + mac + len(data)] = data
+        position += next_offset
+    return bytes(ring)
+
+
+def test_libfuzzer_finds_nothing_in_the_capture_readers_core(tmp_path: Path) -> None:
+    clang = _tool("clang")
+    harness = tmp_path / "fuzz_records"
+    subprocess.run([clang, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
+                    "-I", str(ROOT / "bridge" / "capture"), str(ROOT / "fuzz" / "fuzz_records.c"), "-o", str(harness)],
+                   check=True, capture_output=True, text=True)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    count = 0
+    for fixture in FIXTURES:  # [options][snaplen][block offset][the records after the file header]
+        data = fixture.pcap.read_bytes()
+        little = data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+        nanosecond = data[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+        options = (1 if little else 0) | (4 if nanosecond else 0) | 8
+        for start in range(24, min(len(data), 24 + 4 * 2048), 2048):
+            (corpus / f"{fixture.name}-{start}").write_bytes(bytes([options, 0xFF, 0xFF, 0, 0]) + data[start:start + 4096])
+            count += 1
+        frames = [(frame.data[:600], 0x11 if index % 2 else 0x51) for index, frame in enumerate(fixture.frames()[:5])]
+        (corpus / f"{fixture.name}-ring").write_bytes(bytes([0, 0x01, 0x00, 0, 0]) + _ring_block(frames))
+        count += 1
+    assert count > 10
+    result = subprocess.run([str(harness), "-runs=1000000", "-max_len=8192", "-seed=1", str(corpus)],
+                            capture_output=True, text=True, timeout=600)
+    report = result.stderr[-3000:]
+    assert result.returncode == 0, report
+    assert "Done 1000000 runs" in result.stderr, report
     assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, report
 
 

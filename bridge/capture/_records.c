@@ -49,6 +49,7 @@
 #include <time.h>
 
 #include "_batch.h"
+#include "_records_core.h"
 
 static Py_ssize_t slot_ts = -1, slot_linktype = -1, slot_data = -1, slot_orig = -1;
 static PyTypeObject *bound_type = NULL;
@@ -83,12 +84,6 @@ static int bind(PyTypeObject *type)
     return 0;
 }
 
-static inline uint32_t rd32(const uint8_t *p, int little)
-{
-    return little ? ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24)
-                  : ((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3]);
-}
-
 static inline void set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
 {
     *(PyObject **)((char *)obj + offset) = value; /* steals value; the slot was empty */
@@ -112,38 +107,6 @@ static PyObject *make(PyTypeObject *type, long long ts, PyObject *linktype, PyOb
     set_slot(frame, slot_data, data);
     set_slot(frame, slot_orig, orig_o);
     return frame;
-}
-
-/* The classic pcap record at pos of p[0..n), as pcap() and pcap_batch() read them:
-   RECORD_OK (*r: its time, where its bytes lie, its lengths), RECORD_SHORT (*need: the
-   bytes it needs from pos) or RECORD_ABSURD (its captured length is beyond limit: *absurd). */
-enum { RECORD_OK = 0, RECORD_SHORT = 1, RECORD_ABSURD = 2 };
-
-static int next_record(const uint8_t *p, Py_ssize_t n, Py_ssize_t pos, int little, Py_ssize_t record_header,
-                       long long frac_mult, unsigned long long limit, BatchRecord *r, Py_ssize_t *need,
-                       long long *absurd)
-{
-    if (n - pos < record_header) {
-        *need = record_header;
-        return RECORD_SHORT;
-    }
-    uint32_t sec = rd32(p + pos, little), frac = rd32(p + pos + 4, little);
-    uint32_t incl = rd32(p + pos + 8, little), orig = rd32(p + pos + 12, little);
-    if (incl > limit) {
-        *absurd = incl;
-        *need = record_header;
-        return RECORD_ABSURD;
-    }
-    Py_ssize_t start = pos + record_header;
-    if ((Py_ssize_t)incl > n - start) {
-        *need = record_header + (Py_ssize_t)incl;
-        return RECORD_SHORT;
-    }
-    r->timestamp_ns = (long long)sec * 1000000000LL + (long long)frac * frac_mult;
-    r->offset = (uint64_t)start;
-    r->length = incl;
-    r->orig_len = orig;
-    return RECORD_OK;
 }
 
 static PyObject *pcap(PyObject *self, PyObject *args)
@@ -348,88 +311,6 @@ fail:
     return NULL;
 }
 
-static inline uint32_t rd32n(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
-static inline uint16_t rd16n(const uint8_t *p)
-{
-    uint16_t v;
-    memcpy(&v, p, 2);
-    return v;
-}
-
-/* linux/if_packet.h */
-#define TP_STATUS_VLAN_VALID (1u << 4)
-#define TP_STATUS_VLAN_TPID_VALID (1u << 6)
-#define BLOCK_STATUS 8
-#define BLOCK_NUM_PKTS 12
-#define BLOCK_FIRST 16
-#define V3_HEADER 48 /* the fields read: up to tp_vlan_tpid at 36 */
-
-/* One tpacket3_hdr's frame, as tpacket_v3() reads it. */
-typedef struct {
-    long long timestamp_ns; /* the kernel's, else the wall clock's */
-    Py_ssize_t start;       /* of the frame's bytes in the ring */
-    uint32_t captured;      /* bytes in the ring (at most snaplen) */
-    uint32_t length;        /* on the wire, the tag put back included */
-    uint32_t next;          /* tp_next_offset: 0 on the block's last frame */
-    int tagged;             /* the kernel stripped an 802.1Q tag: put back (4 bytes more) */
-    uint16_t tci, tpid;
-} V3Frame;
-
-/* The frame whose header is at position of the ring r[0..size) (its block at block):
-   0, or -1 with ValueError set when the header or the frame lies outside the ring. */
-static int v3_frame(const uint8_t *r, Py_ssize_t size, Py_ssize_t block, Py_ssize_t position, Py_ssize_t snaplen,
-                    V3Frame *f)
-{
-    if (position < block || position > size - V3_HEADER) {
-        PyErr_SetString(PyExc_ValueError, "a TPACKET_V3 frame header outside the ring");
-        return -1;
-    }
-    const uint8_t *h = r + position;
-    uint32_t sec = rd32n(h + 4), nsec = rd32n(h + 8), status = rd32n(h + 20);
-    f->next = rd32n(h);
-    f->captured = rd32n(h + 12);
-    f->length = rd32n(h + 16);
-    if ((Py_ssize_t)f->captured > snaplen)
-        f->captured = (uint32_t)snaplen;
-    f->start = position + rd16n(h + 24);
-    if (f->start > size || (Py_ssize_t)f->captured > size - f->start) {
-        PyErr_SetString(PyExc_ValueError, "a TPACKET_V3 frame outside the ring");
-        return -1;
-    }
-    f->tagged = (status & TP_STATUS_VLAN_VALID) && f->captured >= 12;
-    if (f->tagged) {
-        f->tci = rd16n(h + 32);
-        f->tpid = (status & TP_STATUS_VLAN_TPID_VALID) ? rd16n(h + 36) : 0x8100;
-        f->length += 4;
-    }
-    f->timestamp_ns = (long long)sec * 1000000000LL + nsec;
-    if (f->timestamp_ns == 0) {
-        struct timespec now;
-        clock_gettime(CLOCK_REALTIME, &now);
-        f->timestamp_ns = (long long)now.tv_sec * 1000000000LL + now.tv_nsec;
-    }
-    return 0;
-}
-
-/* The frame's bytes at d (f->captured, 4 more when tagged): the tag put back after the MACs. */
-static void v3_copy(uint8_t *d, const uint8_t *r, const V3Frame *f)
-{
-    if (f->tagged) {
-        memcpy(d, r + f->start, 12);
-        d[12] = (uint8_t)(f->tpid >> 8), d[13] = (uint8_t)f->tpid, d[14] = (uint8_t)(f->tci >> 8);
-        d[15] = (uint8_t)f->tci;
-        memcpy(d + 16, r + f->start + 12, f->captured - 12);
-    } else {
-        memcpy(d, r + f->start, f->captured);
-    }
-}
-
 static PyObject *tpacket_v3(PyObject *self, PyObject *args)
 {
     PyTypeObject *type;
@@ -437,28 +318,15 @@ static PyObject *tpacket_v3(PyObject *self, PyObject *args)
     Py_ssize_t block, snaplen;
     if (!PyArg_ParseTuple(args, "O!w*nn:tpacket_v3", &PyType_Type, &type, &ring, &block, &snaplen))
         return NULL;
-    const uint8_t *r = ring.buf;
     FrameBatchObject *batch = NULL;
     PyObject *buffer = NULL;
+    Py_ssize_t frames, total;
     if (bind(type) < 0)
         goto fail;
-    if (block < 0 || block > ring.len - BLOCK_FIRST - 4 || snaplen < 0) {
-        PyErr_SetString(PyExc_ValueError, "block offset outside the ring");
+    int rc = v3_measure(ring.buf, ring.len, block, snaplen, &frames, &total);
+    if (rc != V3_OK) {
+        PyErr_SetString(PyExc_ValueError, v3_error(rc));
         goto fail;
-    }
-    uint32_t count = rd32n(r + block + BLOCK_NUM_PKTS);
-    Py_ssize_t first = block + (Py_ssize_t)rd32n(r + block + BLOCK_FIRST);
-    /* Two passes over the headers: the frames' sizes, then one buffer filled. */
-    Py_ssize_t total = 0, frames = 0, position = first;
-    for (uint32_t i = 0; i < count; i++) {
-        V3Frame f;
-        if (v3_frame(r, ring.len, block, position, snaplen, &f) < 0)
-            goto fail;
-        total += (Py_ssize_t)f.captured + (f.tagged ? 4 : 0);
-        frames++;
-        if (f.next == 0)
-            break;
-        position += f.next;
     }
     buffer = PyBytes_FromStringAndSize(NULL, total);
     if (buffer == NULL)
@@ -471,22 +339,8 @@ static PyObject *tpacket_v3(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto fail;
     }
-    batch->capacity = frames;
-    uint8_t *d = (uint8_t *)PyBytes_AS_STRING(buffer);
-    Py_ssize_t offset = 0;
-    position = first;
-    for (Py_ssize_t i = 0; i < frames; i++) {
-        V3Frame f;
-        v3_frame(r, ring.len, block, position, snaplen, &f); /* checked by the first pass */
-        v3_copy(d + offset, r, &f);
-        BatchRecord *record = &batch->records[batch->count++];
-        record->timestamp_ns = f.timestamp_ns;
-        record->offset = (uint64_t)offset;
-        record->length = f.captured + (f.tagged ? 4 : 0);
-        record->orig_len = f.length;
-        offset += record->length;
-        position += f.next;
-    }
+    batch->capacity = batch->count = frames;
+    v3_fill(ring.buf, ring.len, block, snaplen, frames, (uint8_t *)PyBytes_AS_STRING(buffer), batch->records);
     Py_DECREF(buffer);
     PyBuffer_Release(&ring);
     return (PyObject *)batch;
