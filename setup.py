@@ -18,6 +18,7 @@ setup(
         Extension("bridge.engine._lanes", ["bridge/engine/_lanes.c"],
                   depends=["bridge/engine/_lanes_core.h", "bridge/engine/_front_core.h", "bridge/capture/_batch.h"],
                   extra_compile_args=CFLAGS),
-        Extension("bridge.reinject._segments", ["bridge/reinject/_segments.c"], extra_compile_args=CFLAGS),
+        Extension("bridge.reinject._segments", ["bridge/reinject/_segments.c"],
+                  depends=["bridge/reinject/_segments_core.h"], extra_compile_args=CFLAGS),
     ],
 )

@@ -7,6 +7,8 @@ bridge/capture/_records*.{c,h}) under the tools that find what tests miss:
 * the capture readers' pure C core (pcap record headers, TPACKET_V3 blocks,
   fuzz/fuzz_records.c) likewise, seeded with the committed captures' records and
   ring blocks as the kernel lays them out;
+* the synthetic frames' pure C core (headers, the checksum: fuzz/fuzz_segments.c)
+  likewise, every frame checked against a checksum computed byte by byte;
 * the extensions built with AddressSanitizer and UndefinedBehaviorSanitizer and
   loaded by a Python that runs the tests of the compiled code (the committed
   captures through both paths, hypothesis over the C APIs, pcap files, frames from
@@ -117,6 +119,29 @@ def test_libfuzzer_finds_nothing_in_the_capture_readers_core(tmp_path: Path) -> 
     report = result.stderr[-3000:]
     assert result.returncode == 0, report
     assert "Done 1000000 runs" in result.stderr, report
+    assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, report
+
+
+def test_libfuzzer_finds_nothing_in_the_synthetic_frames_core(tmp_path: Path) -> None:
+    clang = _tool("clang")
+    harness = tmp_path / "fuzz_segments"
+    subprocess.run([clang, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
+                    "-I", str(ROOT / "bridge" / "reinject"), str(ROOT / "fuzz" / "fuzz_segments.c"), "-o",
+                    str(harness)], check=True, capture_output=True, text=True)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    # [options][link header length][mss][seq][ip id][addresses, link header][payload]: IPv4 and IPv6,
+    # Ethernet with and without an 802.1Q tag, MSS 1460 and 8960, odd and even payloads
+    addresses = bytes(range(1, 33))
+    for index, (options, link, mss, size) in enumerate([(0, 14, 1460, 3001), (1, 18, 1440, 2000), (2, 14, 8960, 9001),
+                                                        (3, 14, 100, 777), (0, 0, 536, 1)]):
+        header = bytes([options, link]) + mss.to_bytes(2, "big") + (0xFFFFFF00 + index).to_bytes(4, "big") + b"\x12\x34"
+        (corpus / f"seed-{index}").write_bytes(header + addresses + bytes((i * 7) & 0xFF for i in range(size)))
+    result = subprocess.run([str(harness), "-runs=200000", "-max_len=8192", "-seed=1", str(corpus)],
+                            capture_output=True, text=True, timeout=600)
+    report = result.stderr[-3000:]
+    assert result.returncode == 0, report
+    assert "Done 200000 runs" in result.stderr, report
     assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, report
 
 
