@@ -421,9 +421,12 @@ def main() -> int:
     ap.add_argument("--profile", choices=("cprofile", "pyinstrument"), help="also profile tls-bridge and list hot spots")
     ap.add_argument("--top", type=int, default=15, help="hot spots to list with --profile")
     ap.add_argument("--live", action="store_true",
-                    help="also run tls-bridge run on the same capture (bench_sensor.py: tcpreplay onto a veth; one "
-                         "worker live, then one and two workers with their rings filled first) and print issue 12's "
-                         "targets in one table beside tshark")
+                    help="also run tls-bridge run (bench_sensor.py: tcpreplay onto a veth; one worker live, then one "
+                         "and two workers with their rings filled first) on a capture of as many bytes in "
+                         "--live-connections connections, and print issue 12's targets in one table beside tshark")
+    ap.add_argument("--live-connections", type=int, default=200,
+                    help="connections of --live's capture (default 200 of 1 MB: the fanout hashes connections to "
+                         "workers, and with few of them one worker gets most)")
     args = ap.parse_args()
     if args.connections < 1 or args.size_mb <= 0:
         ap.error("--connections and --size-mb must be positive")
@@ -506,7 +509,10 @@ def main() -> int:
                   f"-w: the synthetic cleartext written to a pcap as well")
 
         if args.live:
-            print_targets(runs, th, mb, meta, pcap, keylog, tmp)
+            live_args = argparse.Namespace(connections=args.live_connections,
+                                           size_mb=meta["connections"] * meta["size_bytes"] / 1e6 / args.live_connections,
+                                           regen=False)
+            print_targets(runs, th, mb, get_capture(live_args), tmp)
         if args.profile:
             profile_bridge(args.profile, pcap, keylog, tmp, args.top)
     finally:
@@ -517,15 +523,16 @@ def main() -> int:
     return 0
 
 
-def print_targets(runs: list[Run], th: Run | None, mb: float, meta: dict, pcap: Path, keylog: Path,
+def print_targets(runs: list[Run], th: Run | None, mb: float, live_capture: tuple[Path, Path, dict],
                   tmp: Path) -> None:
     """Issue 12's targets, each measured in this run: the decrypting runs above against
-    tshark's, and tls-bridge run (bench_sensor.py) on the same capture."""
+    tshark's, and tls-bridge run (bench_sensor.py) on ``live_capture``."""
     import bench_sensor
 
+    pcap, keylog, meta = live_capture
     sensor_meta = {"connections": meta["connections"], "size_bytes": int(meta["size_bytes"] * 0.99)}
-    print("\ntls-bridge run on the same capture (tcpreplay --topspeed -K onto a veth, MTU 9000 injection) ...",
-          file=sys.stderr)
+    print(f"\ntls-bridge run on {meta['connections']} x {meta['size_bytes'] / 1e6:g} MB connections (tcpreplay "
+          "--topspeed -K onto a veth, MTU 9000 injection) ...", file=sys.stderr)
     live = bench_sensor.run(1, pcap, keylog, sensor_meta, 0.0, tmp)
     one = bench_sensor.run(1, pcap, keylog, sensor_meta, 0.0, tmp, prefill=True)
     two = bench_sensor.run(2, pcap, keylog, sensor_meta, 0.0, tmp, prefill=True)
@@ -549,7 +556,8 @@ def print_targets(runs: list[Run], th: Run | None, mb: float, meta: dict, pcap: 
              ("run, 2 workers / 1 (rings filled first)", f"x{rate(two) / rate(one):.2f} ({rate(two):.0f} / "
               f"{rate(one):.0f} MB/s, split {two['split']} %)", "x1.8", rate(two) / rate(one) >= 1.8 and whole(two)),
              ("decrypt -r -w: peak RSS", f"{written.maxrss_mb:.0f} MB", "47 MB", written.maxrss_mb <= 47)]
-    print(f"\nissue 12's targets, measured in this run ({mb:.0f} MB of plaintext, {os.cpu_count()} CPUs)")
+    print(f"\nissue 12's targets, measured in this run ({mb:.0f} MB of plaintext; tls-bridge run: "
+          f"{meta['connections']} connections; {os.cpu_count()} CPUs)")
     header = f"{'target':<44} {'measured':<46} {'required':<18} met"
     print(header)
     print("-" * len(header))
