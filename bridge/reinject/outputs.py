@@ -19,7 +19,7 @@ from typing import Protocol
 from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.capture.pcapwriter import PcapWriter, pcap_global_header, pcap_record
 from bridge.errors import BridgeError
-from bridge.reinject.batchsend import MAX_BATCH, FrameSender, open_sender
+from bridge.reinject.batchsend import BatchResult, FrameSender, open_sender
 
 
 class OutputError(BridgeError):
@@ -77,15 +77,19 @@ class InterfaceOutput:
     The deployment default is a ``dummy`` interface (``ip link add tls0 type
     dummy``) that Suricata/Zeek capture on; any interface works (veth, tap).
 
-    :meth:`write` only appends to a bounded queue (``queue_frames``; what does
-    not fit is dropped and counted); a sender thread takes everything queued, up
-    to 1024 frames at a time, and hands it to the kernel in one ``sendmmsg``
-    (:mod:`bridge.reinject.batchsend`, which says why not a TX ring).  Send
-    errors are counted per frame (``stats.errors``, ``stats.last_error``).
+    Frames go to the kernel in the caller's thread, a burst (the frames of one
+    event) per ``sendmmsg`` (:mod:`bridge.reinject.batchsend`, which says why not
+    a TX ring), without waiting: a frame the kernel has no room for (``ENOBUFS``,
+    ``EAGAIN``: the socket's send buffer or the device's queue is full) is
+    dropped and counted (``stats.dropped``); any other refusal is an error,
+    counted per frame (``stats.errors``, ``stats.last_error``).  No queue and no
+    thread: a sensor worker is then one core (with a sender thread, one worker
+    took 1.1-1.2 cores and two workers on two cores ran at x1.3-1.7 one,
+    ``bench/bench_sensor.py --prefill``), no GIL changes hands per batch, and the
+    capture loop never waits on the injection interface.
     """
 
-    def __init__(self, interface: str, *, queue_frames: int = 65536,
-                 sender: Callable[[socket.socket], FrameSender] = open_sender) -> None:
+    def __init__(self, interface: str, *, sender: Callable[[socket.socket], FrameSender] = open_sender) -> None:
         self.interface = interface
         self.stats = OutputStats()
         try:
@@ -94,6 +98,7 @@ class InterfaceOutput:
         except OSError as exc:
             hint = " (needs root or CAP_NET_RAW)" if exc.errno in (errno.EPERM, errno.EACCES) else ""
             raise OutputError(f"cannot inject on {interface}: {exc.strerror}{hint}") from None
+        self._socket.setblocking(False)  # no room: EAGAIN or ENOBUFS, counted, never a wait
         try:
             self._sender = sender(self._socket)
         except OSError as exc:
@@ -101,65 +106,30 @@ class InterfaceOutput:
             raise OutputError(f"cannot inject on {interface}: {exc.strerror or exc}") from None
         #: "sendmmsg" (batches) or "send" (one system call per frame)
         self.method = self._sender.method
-        self._limit = queue_frames
-        self._pending: deque[bytes] = deque()
-        # The sender sleeps on _wake only after saying so in _idle, and looks at the
-        # queue once more after that; write() sets _wake only when _idle is set.
-        self._wake = threading.Event()
-        self._idle = False
-        self._closing = False
-        self._thread = threading.Thread(target=self._send_loop, name=f"inject:{interface}", daemon=True)
-        self._thread.start()
 
     def write(self, timestamp_ns: int, data: bytes) -> None:
-        pending = self._pending
-        if len(pending) >= self._limit:
-            self.stats.dropped += 1
-            return
-        pending.append(data)
-        if self._idle:
-            self._wake.set()
+        self._count(self._sender.send((data,)))
 
     def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> None:
-        pending = self._pending
-        room = self._limit - len(pending)
-        if room < len(frames):
-            self.stats.dropped += len(frames) - max(room, 0)
-            frames = frames[: max(room, 0)]
-        pending.extend(frames)
-        if self._idle:
-            self._wake.set()
+        self._count(self._sender.send(frames))
 
-    def _send_loop(self) -> None:
-        pending = self._pending
-        popleft = pending.popleft
-        send = self._sender.send
+    def _count(self, result: BatchResult) -> None:
         stats = self.stats
-        wake = self._wake
-        while True:
-            if not pending:
-                if self._closing:
-                    return
-                wake.clear()
-                self._idle = True
-                if not pending and not self._closing:
-                    wake.wait()
-                self._idle = False
-                continue
-            batch = [popleft() for _ in range(min(len(pending), MAX_BATCH))]
-            result = send(batch)
-            stats.frames += result.frames
-            stats.bytes += result.bytes
-            if result.errors:
-                stats.errors += len(result.errors)
-                stats.last_error = os.strerror(result.errors[-1])
+        stats.frames += result.frames
+        stats.bytes += result.bytes
+        for code in result.errors:
+            if code in _NO_ROOM:
+                stats.dropped += 1
+            else:
+                stats.errors += 1
+                stats.last_error = os.strerror(code)
 
     def close(self) -> None:
-        """Send what is queued, then close the socket."""
-        self._closing = True
-        self._wake.set()
-        self._thread.join(timeout=30)
         self._socket.close()
+
+
+#: a frame refused for want of room, not for what it is
+_NO_ROOM = frozenset((errno.ENOBUFS, errno.EAGAIN))
 
 
 class _PcapClient:

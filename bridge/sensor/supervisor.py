@@ -44,7 +44,7 @@ _COUNTERS = (
     ("plaintext_bytes", "counter", "Bytes of decrypted application data."),
     ("capture_drops", "counter", "Packets the kernel dropped before the worker read them."),
     ("injected_frames", "counter", "Synthetic cleartext frames written."),
-    ("inject_dropped", "counter", "Synthetic frames dropped (a slow output)."),
+    ("inject_dropped", "counter", "Synthetic frames the kernel had no room for (never waited on)."),
     ("feed_records", "counter", "Key feed records received."),
     ("feed_malformed", "counter", "Malformed key feed messages dropped."),
     ("feed_lost", "counter", "Key feed records given up as lost."),
