@@ -175,7 +175,9 @@ def test_node_24_is_calibrated_live_with_curl_and_harvested_with_the_profile(tmp
     wheel = next(build for build in WHEEL_BUILDS if build.openssl == NODE_24.openssl)
     assert made.fields == ProfileStore().get(wheel.build_id).fields
     missing, extra = compare_keylogs(client, harvested)
-    assert not missing and not extra, (sorted(missing)[:3], sorted(extra)[:3], harvester.text())
+    # a str, not a tuple: pytest cuts the repr of anything else to 240 characters
+    assert not missing and not extra, \
+        f"missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}; the harvester said:\n{harvester.text()}"
     assert "8 connections published" in harvester.text()
     (layout,) = [e for e in json.loads(status.read_text())["layouts"] if e["build_id"] == NODE_24.build_id]
     assert layout["state"] == "ready" and layout["origin"] == "cached", layout
@@ -212,7 +214,9 @@ def test_node_24_with_no_profile_is_resolved_by_the_harvester_itself(tmp_path, t
         finally:
             lab.close()
     missing, extra = compare_keylogs(client, harvested)
-    assert not missing and not extra, (sorted(missing)[:3], sorted(extra)[:3], harvester.text())
+    # a str, not a tuple: pytest cuts the repr of anything else to 240 characters
+    assert not missing and not extra, \
+        f"missing {sorted(missing)[:3]}, extra {sorted(extra)[:3]}; the harvester said:\n{harvester.text()}"
     assert "10 connections published" in harvester.text()
     (layout,) = [e for e in json.loads(status.read_text())["layouts"] if e["build_id"] == NODE_24.build_id]
     assert layout["state"] == "ready" and layout["origin"] == "inferred and confirmed", layout
