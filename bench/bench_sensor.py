@@ -70,9 +70,10 @@ def _softnet_drops() -> int:
         return sum(int(line.split()[1], 16) for line in stat if line.strip())
 
 
-def _cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds (user, system) of a process and its children (the workers)."""
-    user = system = 0.0
+def _family(pid: int) -> list[tuple[int, int, list[str]]]:
+    """``pid`` and its children (the sensor and its workers): (pid, parent, /proc/PID/stat's
+    fields after the command) each."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -81,23 +82,20 @@ def _cpu(pid: int) -> tuple[float, float]:
         except OSError:
             continue
         if int(entry) == pid or int(stat[1]) == pid:
-            user += int(stat[11]) / os.sysconf("SC_CLK_TCK")
-            system += int(stat[12]) / os.sysconf("SC_CLK_TCK")
-    return user, system
+            found.append((int(entry), int(stat[1]), stat))
+    return found
+
+
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system) of a process and its children (the workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    family = _family(pid)
+    return sum(int(stat[11]) for _, _, stat in family) / tick, sum(int(stat[12]) for _, _, stat in family) / tick
 
 
 def _children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (the sensor's workers)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[1]) == pid:
-                found.append(int(entry))
-    return found
+    return [child for child, parent, _ in _family(pid) if parent == pid]
 
 
 def run(workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool = True,

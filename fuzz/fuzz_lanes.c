@@ -30,16 +30,9 @@
 
 #include "_front_core.h"
 #include "_lanes_core.h"
+#include "check.h"
 
 static const int LINKTYPES[] = {LT_ETHERNET, LT_RAW, LT_LINUX_SLL, LT_IPV4, LT_IPV6, LT_LINUX_SLL2, 0, 9999};
-
-#define CHECK(cond)                                                                                                   \
-    do {                                                                                                              \
-        if (!(cond)) {                                                                                                \
-            fprintf(stderr, "invariant failed: %s (line %d)\n", #cond, __LINE__);                                   \
-            abort();                                                                                                  \
-        }                                                                                                             \
-    } while (0)
 
 /* The front's invariants: its byte count is its pending entries', each entry's frames read back. */
 static void check_front(const Front *f, size_t max_pending, size_t max_bytes)

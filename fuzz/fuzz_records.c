@@ -28,14 +28,7 @@
 #include <string.h>
 
 #include "_records_core.h"
-
-#define CHECK(cond)                                                                                                   \
-    do {                                                                                                              \
-        if (!(cond)) {                                                                                                \
-            fprintf(stderr, "invariant failed: %s (line %d)\n", #cond, __LINE__);                                   \
-            abort();                                                                                                  \
-        }                                                                                                             \
-    } while (0)
+#include "check.h"
 
 static void read_pcap(const uint8_t *p, ptrdiff_t n, uint8_t options)
 {

@@ -25,14 +25,7 @@
 #include <string.h>
 
 #include "_segments_core.h"
-
-#define CHECK(cond)                                                                                                   \
-    do {                                                                                                              \
-        if (!(cond)) {                                                                                                \
-            fprintf(stderr, "invariant failed: %s (line %d)\n", #cond, __LINE__);                                   \
-            abort();                                                                                                  \
-        }                                                                                                             \
-    } while (0)
+#include "check.h"
 
 /* RFC 1071 as written: big-endian 16-bit words, an odd last byte padded with zero. */
 static uint32_t reference_sum(const uint8_t *p, size_t n, uint32_t sum)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tests.support.fixtures import FIXTURES
 from tests.support.flood import Flood
+from tests.support.rings import tpacket_v3_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,12 +48,22 @@ def _seed(frames) -> bytes:  # type: ignore[no-untyped-def]
     return bytes(out)
 
 
-def test_libfuzzer_finds_nothing_in_the_lanes_core(tmp_path: Path) -> None:
-    clang = _tool("clang")
-    harness = tmp_path / "fuzz_lanes"
-    subprocess.run([clang, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
-                    "-I", str(ROOT / "bridge" / "engine"), str(ROOT / "fuzz" / "fuzz_lanes.c"), "-o", str(harness)],
+def _libfuzzer(tmp_path: Path, name: str, include: str, corpus: Path, runs: int) -> None:
+    """fuzz/NAME.c built with libFuzzer, ASan and UBSan (the core's headers in bridge/INCLUDE)
+    and run ``runs`` times from ``corpus``: no crash, no sanitizer report."""
+    harness = tmp_path / name
+    subprocess.run([_tool("clang"), "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
+                    "-I", str(ROOT / "bridge" / include), str(ROOT / "fuzz" / f"{name}.c"), "-o", str(harness)],
                    check=True, capture_output=True, text=True)
+    result = subprocess.run([str(harness), f"-runs={runs}", "-max_len=8192", "-seed=1", str(corpus)],
+                            capture_output=True, text=True, timeout=600)
+    report = result.stderr[-3000:]
+    assert result.returncode == 0, report
+    assert f"Done {runs} runs" in result.stderr, report
+    assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, report
+
+
+def test_libfuzzer_finds_nothing_in_the_lanes_core(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     count = 0
@@ -66,39 +77,10 @@ def test_libfuzzer_finds_nothing_in_the_lanes_core(tmp_path: Path) -> None:
         frames = [frame for index in range(start, start + 3) for frame in flood.connection(index, index)]
         (corpus / f"flood-{start}").write_bytes(_seed(frames))
     assert count > 30
-    result = subprocess.run([str(harness), "-runs=300000", "-max_len=8192", "-seed=1", str(corpus)],
-                            capture_output=True, text=True, timeout=600)
-    report = result.stderr[-3000:]
-    assert result.returncode == 0, report
-    assert "Done 300000 runs" in result.stderr, report
-    assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, report
-
-
-def _ring_block(frames: list[tuple[bytes, int]], size: int = 4096) -> bytes:
-    """A ring of one TPACKET_V3 block as the kernel fills it (tpacket_block_desc, then each
-    tpacket3_hdr, its frame at tp_mac, the next header 16-byte aligned after it)."""
-    import struct
-
-    ring = bytearray(size)
-    struct.pack_into("=III", ring, 8, 1, len(frames), 48)
-    position = 48
-    for index, (data, status) in enumerate(frames):
-        mac = 68
-        next_offset = 0 if index == len(frames) - 1 else (mac + len(data) + 15) & ~15
-        struct.pack_into("=IIIIIIHH", ring, position, next_offset, 1_700_000_000, index, len(data), len(data), status,
-                         mac, mac)
-        struct.pack_into("=IIH", ring, position + 28, 0, 42, 0x88A8)
-        ring[position + mac:position + mac + len(data)] = data
-        position += next_offset
-    return bytes(ring)
+    _libfuzzer(tmp_path, "fuzz_lanes", "engine", corpus, 300000)
 
 
 def test_libfuzzer_finds_nothing_in_the_capture_readers_core(tmp_path: Path) -> None:
-    clang = _tool("clang")
-    harness = tmp_path / "fuzz_records"
-    subprocess.run([clang, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
-                    "-I", str(ROOT / "bridge" / "capture"), str(ROOT / "fuzz" / "fuzz_records.c"), "-o", str(harness)],
-                   check=True, capture_output=True, text=True)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     count = 0
@@ -110,24 +92,15 @@ def test_libfuzzer_finds_nothing_in_the_capture_readers_core(tmp_path: Path) -> 
         for start in range(24, min(len(data), 24 + 4 * 2048), 2048):
             (corpus / f"{fixture.name}-{start}").write_bytes(bytes([options, 0xFF, 0xFF, 0, 0]) + data[start:start + 4096])
             count += 1
-        frames = [(frame.data[:600], 0x11 if index % 2 else 0x51) for index, frame in enumerate(fixture.frames()[:5])]
-        (corpus / f"{fixture.name}-ring").write_bytes(bytes([0, 0x01, 0x00, 0, 0]) + _ring_block(frames))
+        frames = [(1_700_000_000, index, frame.data[:600], 0x11 if index % 2 else 0x51, 42, 0x88A8)
+                  for index, frame in enumerate(fixture.frames()[:5])]
+        (corpus / f"{fixture.name}-ring").write_bytes(bytes([0, 0x01, 0x00, 0, 0]) + tpacket_v3_block(frames, size=4096))
         count += 1
     assert count > 10
-    result = subprocess.run([str(harness), "-runs=1000000", "-max_len=8192", "-seed=1", str(corpus)],
-                            capture_output=True, text=True, timeout=600)
-    report = result.stderr[-3000:]
-    assert result.returncode == 0, report
-    assert "Done 1000000 runs" in result.stderr, report
-    assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, report
+    _libfuzzer(tmp_path, "fuzz_records", "capture", corpus, 1000000)
 
 
 def test_libfuzzer_finds_nothing_in_the_synthetic_frames_core(tmp_path: Path) -> None:
-    clang = _tool("clang")
-    harness = tmp_path / "fuzz_segments"
-    subprocess.run([clang, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all",
-                    "-I", str(ROOT / "bridge" / "reinject"), str(ROOT / "fuzz" / "fuzz_segments.c"), "-o",
-                    str(harness)], check=True, capture_output=True, text=True)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     # [options][link header length][mss][seq][ip id][addresses, link header][payload]: IPv4 and IPv6,
@@ -137,12 +110,7 @@ def test_libfuzzer_finds_nothing_in_the_synthetic_frames_core(tmp_path: Path) ->
                                                         (3, 14, 100, 777), (0, 0, 536, 1)]):
         header = bytes([options, link]) + mss.to_bytes(2, "big") + (0xFFFFFF00 + index).to_bytes(4, "big") + b"\x12\x34"
         (corpus / f"seed-{index}").write_bytes(header + addresses + bytes((i * 7) & 0xFF for i in range(size)))
-    result = subprocess.run([str(harness), "-runs=200000", "-max_len=8192", "-seed=1", str(corpus)],
-                            capture_output=True, text=True, timeout=600)
-    report = result.stderr[-3000:]
-    assert result.returncode == 0, report
-    assert "Done 200000 runs" in result.stderr, report
-    assert "ERROR:" not in result.stderr and "runtime error" not in result.stderr, report
+    _libfuzzer(tmp_path, "fuzz_segments", "reinject", corpus, 200000)
 
 
 def test_the_compiled_code_under_address_and_undefined_behaviour_sanitizers(tmp_path: Path) -> None:

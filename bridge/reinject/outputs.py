@@ -71,6 +71,10 @@ class PcapFileOutput:
         self._writer.close()
 
 
+#: a frame refused for want of room, not for what it is
+_NO_ROOM = frozenset((errno.ENOBUFS, errno.EAGAIN))
+
+
 class InterfaceOutput:
     """``--inject IFACE``: frames sent on an interface with an AF_PACKET socket.
 
@@ -126,10 +130,6 @@ class InterfaceOutput:
 
     def close(self) -> None:
         self._socket.close()
-
-
-#: a frame refused for want of room, not for what it is
-_NO_ROOM = frozenset((errno.ENOBUFS, errno.EAGAIN))
 
 
 class _PcapClient:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bridge.capture import _records
 from bridge.capture.frames import Frame
+from tests.support.rings import tpacket_v3_block
 
 _frames = st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 999_999_999), st.binary(max_size=300),
                              st.integers(0, 400)), max_size=25)
@@ -108,32 +109,13 @@ def test_pcap_arbitrary_bytes_never_crash(buf: bytes, little: bool, start: int) 
 
 # --- TPACKET_V3 blocks ------------------------------------------------------------------------
 
-BLOCK_HEADER = 48
-V3_HEADER = 48 + 20  # what the kernel puts before tp_mac
-
-
-def _block(frames, *, size: int = 1 << 16) -> bytearray:  # type: ignore[no-untyped-def]
-    """A ring of one block as the kernel fills it: tpacket_block_desc, then each tpacket3_hdr."""
-    ring = bytearray(size)
-    struct.pack_into("=III", ring, 8, 1, len(frames), BLOCK_HEADER)  # status TP_STATUS_USER, count, first
-    position = BLOCK_HEADER
-    for i, (sec, nsec, data, status, tci, tpid) in enumerate(frames):
-        mac = V3_HEADER
-        length = mac + len(data)
-        next_offset = 0 if i == len(frames) - 1 else (length + 15) & ~15
-        struct.pack_into("=IIIIIIHH", ring, position, next_offset, sec, nsec, len(data), len(data), status, mac, mac)
-        struct.pack_into("=IIH", ring, position + 28, 0, tci, tpid)  # hv1: tp_rxhash, tp_vlan_tci, tp_vlan_tpid
-        ring[position + mac:position + mac + len(data)] = data
-        position += next_offset
-    return ring
-
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 2**31), st.integers(0, 999_999_999), st.binary(min_size=14, max_size=200),
                           st.sampled_from([0, 0x10, 0x50]), st.integers(0, 0xFFFF), st.sampled_from([0x8100, 0x88A8])),
                 min_size=1, max_size=20), st.integers(20, 400))
 def test_tpacket_v3_blocks_decode_as_the_reference(frames, snaplen) -> None:  # type: ignore[no-untyped-def]
-    ring = _block(frames)
+    ring = tpacket_v3_block(frames)
     got = _records.tpacket_v3(Frame, ring, 0, snaplen)
     assert got.__class__ is _records.FrameBatch and len(got) == len(frames)
     # one buffer, the frames back to back: what the compiled engine reads in place
