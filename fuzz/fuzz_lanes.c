@@ -8,7 +8,9 @@
  * frames that decode (with the record boundary state taken from the input), and
  * every frame goes through decode_frame + lanes_find + lane_segment; lanes are
  * closed and reopened as the binding does.  Invariants are checked with abort():
- * a boundary within the payload, the table's count, lookups after removal.
+ * a boundary within the payload, the table's count, lookups after removal; and
+ * the steady state's framing (application_record, lane_record_is) of each
+ * payload: a whole record within the bytes, or a verdict.
  *
  * The same frames also go to the connection front (bridge/engine/_front_core.h;
  * the entries it ends to a small recently-closed set, which wraps)
@@ -173,6 +175,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 int verdict = lane_segment(&table, lane, &s, 1, &boundary);
                 CHECK(verdict == LANE_TAKEN || verdict == LANE_REFUSED);
                 CHECK(boundary >= -1 && boundary <= (long)s.payload_len);
+                /* the steady state's framing of the same bytes: a whole record within them, or a verdict */
+                size_t size = application_record(s.payload, s.payload_len);
+                CHECK(size == RECORD_INCOMPLETE || size == RECORD_OTHER ||
+                      (size >= 5 && size <= s.payload_len && size <= 5 + MAX_FRAGMENT));
+                size_t held = s.payload_len < (size_t)(control % 64) ? s.payload_len : (size_t)(control % 64);
+                CHECK(lane_record_is(lane, s.payload, 0) == lane_at_boundary(lane));
+                if (lane_record_is(lane, s.payload, held))
+                    CHECK(held == 0 || application_record(s.payload, held) == RECORD_INCOMPLETE);
                 if (verdict == LANE_REFUSED || (control & 0x80)) {
                     LaneKey key = lane->key;
                     CHECK(lanes_remove(&table, &key, NULL) == 0);

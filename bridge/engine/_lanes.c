@@ -16,6 +16,19 @@
  * times records), framed into records there a record at a time, never a packet
  * at a time.
  *
+ * In the steady state (Python arms the lane with an *opener*, the direction's
+ * record protection, once its keys are in place and nothing waits), the lane
+ * gathers its records itself (the record not yet complete in its own buffer,
+ * carried from run to run; Python hands over what it had framed of it) and
+ * opens each record of application data as it completes, one call of the
+ * opener per record: Python receives plaintexts, with no framing, state
+ * machine or memory accounting of its own per record.  The first record the
+ * opener declines (None: another inner content type, a tag that does not
+ * match), or that is not application data, goes to Python as stream bytes with
+ * everything after it, and the lane leaves the steady state until Python arms
+ * it again.  Held bytes are bounded by a record and a segment per lane, and
+ * counted (held_bytes) in the decryptor's memory budget.
+ *
  * Anything else stops the batch at that frame and Python's decryptor takes it
  * (packets.classify, tcp.StreamReassembler): a frame of no lane, one that does
  * not decode on the common path (IP fragments, IPv6 extension headers,
@@ -36,11 +49,14 @@
  *   .open(src, sport, dst, dport, handle, next_seq, header, remaining) -> bool
  *       header, remaining: where the current TLS record ends (RecordReader.boundary)
  *   .close(src, sport, dst, dport) -> state | None
+ *   .arm(src, sport, dst, dport, opener, held) -> bool
  *   .run(frames, start) -> (stop, chunks, handled, closed)
  *   .touched() -> [(handle, last_timestamp_ns)]
  *   len(lanes), .capacity
- * state = (handle, next_seq, packets, segments, bytes, last_ns)
- * chunk = (handle, timestamp_ns of its last segment, bytes)
+ * state = (handle, next_seq, packets, segments, bytes, last_ns, held)
+ * chunk = (handle, timestamp_ns of its last segment, opened, used, rest)
+ *   opened: None, or (an armed lane) the plaintexts of the records of
+ *   application data opened in C (used: their bytes); rest: the bytes Python frames
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -68,15 +84,20 @@ typedef struct {
     PyObject *promoted; /* an entry's description, or NULL */
     PyObject *ended;    /* descriptions of entries ended to make room, or NULL */
     Py_ssize_t created;
+    size_t held_bytes; /* the armed lanes' held buffers */
 } LanesObject;
 
 static int Lanes_clear(LanesObject *self);
 
 static void lane_release_handle(Lane *lane)
 {
-    PyObject *handle = lane->handle;
-    lane->handle = NULL;
+    PyObject *handle = lane->handle, *opener = lane->opener;
+    lane->handle = lane->opener = NULL;
+    PyMem_Free(lane->held); /* held_clear()ed first but at the end (Lanes_clear) */
+    lane->held = NULL;
+    lane->held_len = lane->held_cap = 0;
     Py_XDECREF(handle);
+    Py_XDECREF(opener);
 }
 
 static void lane_release_key(LaneKey *key)
@@ -119,8 +140,10 @@ static int Lanes_traverse(LanesObject *self, visitproc visit, void *arg)
 {
     LaneTable *t = &self->table;
     for (size_t i = 0; i < t->nslots; i++)
-        if (t->slots[i])
+        if (t->slots[i]) {
             Py_VISIT((PyObject *)t->slots[i]->handle);
+            Py_VISIT((PyObject *)t->slots[i]->opener);
+        }
     Py_VISIT(self->promoted);
     Py_VISIT(self->ended);
     return 0;
@@ -129,6 +152,7 @@ static int Lanes_traverse(LanesObject *self, visitproc visit, void *arg)
 static int Lanes_clear(LanesObject *self)
 {
     lanes_free(&self->table, lane_release_key);
+    self->held_bytes = 0;
     front_free(&self->front);
     closed_free(&self->closed);
     self->max_pending = self->max_bytes = 0;
@@ -202,16 +226,22 @@ done:
     return result;
 }
 
-/* The lane's state as a tuple; the lane is then removed. */
-static PyObject *state_of(LaneTable *t, Lane *lane)
+static int held_add(LanesObject *self, Lane *lane, const uint8_t *p, size_t n);
+static void held_clear(LanesObject *self, Lane *lane);
+
+/* The lane's state as a tuple (held: the bytes of its steady state's record not yet
+   complete, Python's to frame); the lane is then removed. */
+static PyObject *state_of(LanesObject *self, Lane *lane)
 {
-    PyObject *state = Py_BuildValue("(OkKKKL)", (PyObject *)lane->handle, (unsigned long)lane->next_seq,
+    PyObject *state = Py_BuildValue("(OkKKKLy#)", (PyObject *)lane->handle, (unsigned long)lane->next_seq,
                                     (unsigned long long)lane->packets, (unsigned long long)lane->segments,
-                                    (unsigned long long)lane->bytes, (long long)lane->last_ns);
+                                    (unsigned long long)lane->bytes, (long long)lane->last_ns,
+                                    lane->held ? (const char *)lane->held : "", (Py_ssize_t)lane->held_len);
     if (state == NULL)
         return NULL;
+    held_clear(self, lane);
     LaneKey key = lane->key;
-    lanes_remove(t, &key, lane_release_handle);
+    lanes_remove(&self->table, &key, lane_release_handle);
     return state;
 }
 
@@ -229,11 +259,47 @@ static PyObject *Lanes_close(LanesObject *self, PyObject *args)
             result = Py_None;
             Py_INCREF(result);
         } else {
-            result = state_of(&self->table, lane);
+            result = state_of(self, lane);
         }
     }
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
+    return result;
+}
+
+static PyObject *Lanes_arm(LanesObject *self, PyObject *args)
+{
+    Py_buffer src, dst;
+    unsigned sport, dport;
+    Py_buffer held;
+    PyObject *opener;
+    if (!PyArg_ParseTuple(args, "y*Iy*IOy*:arm", &src, &sport, &dst, &dport, &opener, &held))
+        return NULL;
+    PyObject *result = NULL;
+    LaneKey key;
+    const uint8_t *h = (const uint8_t *)held.buf;
+    size_t n = (size_t)held.len;
+    if (!PyCallable_Check(opener))
+        PyErr_SetString(PyExc_TypeError, "the opener must be callable");
+    else if (make_key(&key, &src, sport, &dst, dport) == 0) {
+        Lane *lane = lanes_find(&self->table, &key);
+        result = Py_False;
+        /* held: the bytes of the record being read, which Python had framed so far */
+        if (lane != NULL && lane->opener == NULL && lane_record_is(lane, h, n)) {
+            if (n && held_add(self, lane, h, n) < 0) {
+                result = NULL;
+                goto done;
+            }
+            Py_INCREF(opener);
+            lane->opener = opener;
+            result = Py_True;
+        }
+        Py_INCREF(result);
+    }
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&held);
     return result;
 }
 
@@ -523,8 +589,8 @@ static int chunk_flush(Chunk *c, PyObject *chunks)
 {
     if (c->lane == NULL || c->len == 0)
         return 0;
-    PyObject *item = Py_BuildValue("(OLy#)", (PyObject *)c->lane->handle, (long long)c->ts, (const char *)c->buf,
-                                   (Py_ssize_t)c->len);
+    PyObject *item = Py_BuildValue("(OLOny#)", (PyObject *)c->lane->handle, (long long)c->ts, Py_None, (Py_ssize_t)0,
+                                   (const char *)c->buf, (Py_ssize_t)c->len);
     c->len = 0;
     c->lane = NULL;
     if (item == NULL)
@@ -556,6 +622,132 @@ static int chunk_add(Chunk *c, PyObject *chunks, Lane *lane, int64_t ts, const u
     c->lane = lane;
     c->ts = ts;
     return 0;
+}
+
+/* ------------------------------------------------------------------------- */
+/* The steady state: an armed lane gathers and opens its records itself.       */
+
+/* Append n bytes to the lane's held bytes (the table's held_bytes follows its allocations). */
+static int held_add(LanesObject *self, Lane *lane, const uint8_t *p, size_t n)
+{
+    if (lane->held_len + n > lane->held_cap) {
+        size_t cap = lane->held_cap ? lane->held_cap : 4096;
+        while (cap < lane->held_len + n)
+            cap *= 2;
+        uint8_t *b = PyMem_Realloc(lane->held, cap);
+        if (b == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        self->held_bytes += cap - lane->held_cap;
+        lane->held = b;
+        lane->held_cap = cap;
+    }
+    memcpy(lane->held + lane->held_len, p, n);
+    lane->held_len += n;
+    return 0;
+}
+
+/* Drop the lane's held bytes (and their buffer). */
+static void held_clear(LanesObject *self, Lane *lane)
+{
+    self->held_bytes -= lane->held_cap;
+    PyMem_Free(lane->held);
+    lane->held = NULL;
+    lane->held_len = lane->held_cap = 0;
+}
+
+/* Leave the steady state (the held bytes are the caller's to hand over first). */
+static void lane_disarm(LanesObject *self, Lane *lane)
+{
+    PyObject *opener = lane->opener;
+    lane->opener = NULL;
+    held_clear(self, lane);
+    Py_XDECREF(opener);
+}
+
+/*
+ * An armed lane took n payload bytes at ts: gathered; the whole records of
+ * application data now complete are opened, one opener(header, fragment) call
+ * each (-> plaintext, or None when the record is anything else: another inner
+ * content type, a tag that does not match).  Anything opened, or anything
+ * declined, is handed over as a chunk (handle, ts, opened, used, rest): opened,
+ * the plaintexts; used, their bytes; rest, the bytes from the first record
+ * declined (or not application data) on, which Python frames, and the lane
+ * leaves the steady state.
+ */
+static int lane_gather(LanesObject *self, Lane *lane, int64_t ts, const uint8_t *p, size_t n, PyObject *chunks)
+{
+    if (held_add(self, lane, p, n) < 0)
+        return -1;
+    const uint8_t *h = lane->held;
+    size_t len = lane->held_len, at = 0, size = 0;
+    while (at < len && (size = application_record(h + at, len - at)) != RECORD_INCOMPLETE && size != RECORD_OTHER)
+        at += size;
+    int declined = size == RECORD_OTHER;
+    if (at == 0 && !declined)
+        return 0; /* the record is not complete yet */
+    PyObject *opened = PyList_New(0), *data = NULL, *view = NULL;
+    if (opened == NULL)
+        return -1;
+    size_t used = 0;
+    if (at) {
+        data = PyBytes_FromStringAndSize((const char *)h, (Py_ssize_t)at);
+        view = data ? PyMemoryView_FromObject(data) : NULL;
+        if (view == NULL)
+            goto fail;
+    }
+    while (used < at) {
+        size = 5u + rd16(h + used + 3);
+        PyObject *header = PySequence_GetSlice(view, (Py_ssize_t)used, (Py_ssize_t)(used + 5));
+        PyObject *fragment = header ? PySequence_GetSlice(view, (Py_ssize_t)(used + 5), (Py_ssize_t)(used + size)) : NULL;
+        PyObject *plaintext = fragment ? PyObject_CallFunctionObjArgs((PyObject *)lane->opener, header, fragment, NULL)
+                                       : NULL;
+        Py_XDECREF(header);
+        Py_XDECREF(fragment);
+        if (plaintext == NULL)
+            goto fail;
+        if (plaintext == Py_None) {
+            Py_DECREF(plaintext);
+            declined = 1;
+            break;
+        }
+        if (!PyBytes_Check(plaintext)) {
+            Py_DECREF(plaintext);
+            PyErr_SetString(PyExc_TypeError, "the opener must return bytes or None");
+            goto fail;
+        }
+        int rc = PyList_Append(opened, plaintext);
+        Py_DECREF(plaintext);
+        if (rc < 0)
+            goto fail;
+        used += size;
+    }
+    Py_CLEAR(view);
+    Py_CLEAR(data);
+    PyObject *rest = PyBytes_FromStringAndSize(declined ? (const char *)h + used : NULL,
+                                               declined ? (Py_ssize_t)(len - used) : 0);
+    if (rest == NULL)
+        goto fail;
+    PyObject *item = Py_BuildValue("(OLNnN)", (PyObject *)lane->handle, (long long)ts, opened, (Py_ssize_t)used, rest);
+    if (item == NULL)
+        return -1;
+    if (declined) {
+        lane_disarm(self, lane);
+    } else if (used == len) {
+        held_clear(self, lane);
+    } else {
+        memmove(lane->held, lane->held + used, len - used);
+        lane->held_len = len - used;
+    }
+    int rc = PyList_Append(chunks, item);
+    Py_DECREF(item);
+    return rc;
+fail:
+    Py_XDECREF(view);
+    Py_XDECREF(data);
+    Py_DECREF(opened);
+    return -1;
 }
 
 static PyObject *Lanes_run(LanesObject *self, PyObject *args)
@@ -667,14 +859,22 @@ static PyObject *Lanes_run(LanesObject *self, PyObject *args)
             if (chunk_flush(&chunk, chunks) < 0)
                 goto fail;
             Py_DECREF(closed);
-            closed = state_of(&self->table, lane);
+            closed = state_of(self, lane);
             if (closed == NULL)
                 goto fail;
             break;
         }
         handled++;
         int rc = 0;
-        if (boundary >= 0) {
+        if (lane->opener != NULL) {
+            if (s.payload_len) {
+                /* the other lane's chunk goes first: chunks and opened records in the frames' order */
+                if (chunk.lane != NULL && chunk.lane != lane)
+                    rc = chunk_flush(&chunk, chunks);
+                if (rc == 0)
+                    rc = lane_gather(self, lane, ts, s.payload, s.payload_len, chunks);
+            }
+        } else if (boundary >= 0) {
             /* a chunk ends where a record ends, with the time of the segment that ended it
                (the record's time on the Python path); the rest begins the next chunk */
             size_t cut = (size_t)boundary;
@@ -735,6 +935,11 @@ static Py_ssize_t Lanes_len(LanesObject *self)
     return (Py_ssize_t)self->table.count;
 }
 
+static PyObject *Lanes_get_held_bytes(LanesObject *self, void *closure)
+{
+    return PyLong_FromSize_t(self->held_bytes);
+}
+
 static PyObject *Lanes_get_capacity(LanesObject *self, void *closure)
 {
     return PyLong_FromSize_t(self->table.capacity);
@@ -746,6 +951,11 @@ static PyMethodDef Lanes_methods[] = {
      "(False: capacity reached)"},
     {"close", (PyCFunction)Lanes_close, METH_VARARGS,
      "close(src, sport, dst, dport) -> state | None: take a direction back"},
+    {"arm", (PyCFunction)Lanes_arm, METH_VARARGS,
+     "arm(src, sport, dst, dport, opener, held) -> bool: the direction is in the steady state: the lane gathers "
+     "its records (held: the bytes of the record being read that Python had framed) and opens those of "
+     "application data with opener(header, fragment) -> plaintext | None (False: no such lane, already armed, "
+     "or held does not match the lane's record boundary)"},
     {"run", (PyCFunction)Lanes_run, METH_VARARGS,
      "run(frames, start) -> (stop, chunks, handled, closed): the frames of open lanes from start on, "
      "up to the first that Python must take"},
@@ -780,6 +990,8 @@ static PyGetSetDef Lanes_getset[] = {
     {"front_pending", (getter)Lanes_get_front_pending, NULL, "pending entries at the front", NULL},
     {"front_bytes", (getter)Lanes_get_front_bytes, NULL, "bytes charged for the pending entries", NULL},
     {"front_capacity", (getter)Lanes_get_front_capacity, NULL, "entries the front may hold (0: off)", NULL},
+    {"held_bytes", (getter)Lanes_get_held_bytes, NULL,
+     "bytes the armed lanes hold for records not yet complete (their buffers)", NULL},
     {"table_bytes", (getter)Lanes_get_table_bytes, NULL,
      "bytes of the tables' slot arrays now (they grow with the entries)", NULL},
     {"front_oldest_ns", (getter)Lanes_get_front_oldest_ns, NULL,

@@ -43,6 +43,12 @@ typedef struct {
     uint8_t header[5];
     uint8_t header_len;
     uint32_t remaining;
+    /* the steady state: the binding's record opener (a PyObject*, opaque here), or
+       NULL; with one, the lane gathers its records itself (held: the bytes of the
+       record not yet complete; the binding allocates it) */
+    void *opener;
+    uint8_t *held;
+    size_t held_len, held_cap;
 } Lane;
 
 /* The table of lanes (a KeyTable of Lane, see below) and the lanes touched since the last take. */
@@ -530,6 +536,52 @@ static long lane_boundaries(Lane *lane, const uint8_t *p, size_t n)
             last = (long)pos;
     }
     return last;
+}
+
+/* Is the lane at a record boundary (no header byte, no record byte to come)? */
+static inline int lane_at_boundary(const Lane *lane)
+{
+    return lane->remaining == 0 && lane->header_len == 0;
+}
+
+#define CONTENT_APPLICATION_DATA 23
+/* 2^14 + 2048: the most a TLS record's fragment may hold (RFC 5246 6.2.3) */
+#define MAX_FRAGMENT 18432
+
+/*
+ * The steady state's framing of the n bytes at p: RECORD_INCOMPLETE while they
+ * may still begin a record of application data (fewer than its whole bytes);
+ * RECORD_OTHER if they begin with anything else (another content type, not
+ * TLS 1.x, a length over the maximum: the Python path frames those); else the
+ * size, header included, of the whole record of application data they begin with.
+ */
+#define RECORD_INCOMPLETE 0
+#define RECORD_OTHER ((size_t)-1)
+static inline size_t application_record(const uint8_t *p, size_t n)
+{
+    if ((n >= 1 && p[0] != CONTENT_APPLICATION_DATA) || (n >= 2 && p[1] != 3))
+        return RECORD_OTHER;
+    if (n < 5)
+        return RECORD_INCOMPLETE;
+    size_t length = rd16(p + 3);
+    if (length > MAX_FRAGMENT)
+        return RECORD_OTHER;
+    return n - 5 < length ? RECORD_INCOMPLETE : 5 + length;
+}
+
+/*
+ * Are the n bytes at p those of the record the lane is reading, from its start
+ * (none at a record boundary), and the start of a record of application data?
+ */
+static inline int lane_record_is(const Lane *lane, const uint8_t *p, size_t n)
+{
+    if (n == 0)
+        return lane_at_boundary(lane);
+    if (application_record(p, n) != RECORD_INCOMPLETE)
+        return 0;
+    if (lane->remaining == 0)
+        return n == lane->header_len && memcmp(p, lane->header, n) == 0;
+    return n >= 5 && 5u + rd16(p + 3) - n == lane->remaining;
 }
 
 /*

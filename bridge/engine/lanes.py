@@ -25,12 +25,26 @@ compare both on every committed capture).
   of the connection are closed then (the Python path reads both); their counters
   (packets, segments, bytes) are added back to the Python path's, which
   continues where the lanes stopped.
+* **The steady state**: once a direction's keys are in place and no record waits
+  (:meth:`~bridge.tls.connection.TlsConnection.steady_opener`), its lane is *armed*
+  with the direction's record opener, after Python has had every chunk the lane
+  made: the lane takes over the bytes of the record Python was framing, gathers
+  its records itself from then on, and opens each record of application data in
+  C as it completes (one call into :mod:`bridge.tls.protection` per record).
+  Python gets plaintexts, counted as its own path counts records
+  (:meth:`~bridge.tls.connection.TlsConnection.opened`), with the time of the
+  segment that completed each record; the first record the opener declines (a
+  KeyUpdate, an alert, a tag that does not match) or that is not application
+  data comes back as stream bytes, with what follows, and Python's path says
+  what it is.  A lane closed while armed gives back the bytes of its incomplete
+  record.
 * **Activity**: lanes report their last frame's time at each :meth:`tick`
   (about once a second of capture time): idle expiry and the least-recently-active
   order see a lane's activity to within that second.
 
 Bounded: at most ``capacity`` lanes (further directions stay on the Python path),
-a few dozen bytes each.
+a few dozen bytes each, and an armed lane's incomplete record (counted in the
+memory budget, as Python's framing buffers are).
 
 **The front** (``_front_core.h``): connections whose server has not answered are
 kept in C, a few hundred bytes each, and not as Python flows (a flood of
@@ -96,6 +110,8 @@ class LaneState(NamedTuple):
     segments: int
     bytes: int
     last_ns: int
+    #: the bytes of the steady state's record not yet complete (Python frames them)
+    held: bytes
 
 
 #: What a pending entry's client sent (the C module's ``sent``).
@@ -192,6 +208,8 @@ class LaneDecryptor(Decryptor):
         self.lane_frames = 0
         self.lanes_opened = 0
         self.lanes_refused = 0
+        #: records of application data opened in C (the steady state)
+        self.records_opened = 0
         #: pending connections the front handed to the Python path
         self.front_promoted = 0
 
@@ -226,17 +244,37 @@ class LaneDecryptor(Decryptor):
                 if entry[11]:  # why: the memory limit
                     self.stats.evicted_for_memory += 1
                 self._front_evicted(entry, events)
-        for (flow, direction), timestamp_ns, data in chunks:
+        framed = None
+        for handle, timestamp_ns, opened, used, data in chunks:
+            flow, direction = handle
             if timestamp_ns > self._now_ns:
                 self._now_ns = timestamp_ns
             if flow.ended_by is None and flow.tls_active:
-                self._deliver(flow, direction, [data], timestamp_ns, events)
-                self._within_budget(flow, events)  # as after a segment
+                if opened:
+                    # records opened in C (the steady state): counted, their plaintexts delivered
+                    self.records_opened += len(opened)
+                    flow.tls.opened(direction, opened, used)
+                    for plaintext in opened:
+                        if plaintext:
+                            self._emit(flow, direction, plaintext, timestamp_ns, events)
+                if data:
+                    self._deliver(flow, direction, [data], timestamp_ns, events)
+                    self._within_budget(flow, events)  # as after a segment
+                    if framed is None:
+                        framed = {handle}
+                    else:
+                        framed.add(handle)
         if closed is not None:
             self.lanes_refused += 1
             state = LaneState(*closed)
             self._restore(state)
             self._close_lanes(state.handle[0])  # the other direction too: see _segment
+        if framed is not None:
+            # Python framed bytes of these lanes: in the steady state again, they open their
+            # records in C (armed once Python has all the bytes the run took)
+            for flow, direction in framed:
+                if flow.ended_by is None and flow.tls_active and self._laned.get(flow.info.flow_id, 0) & (1 << direction):
+                    self._arm(flow, direction)
         if taken is not None and promoted is not None:
             self.front_promoted += 1
             self._replay(FrontEntry(*promoted), events)
@@ -268,10 +306,10 @@ class LaneDecryptor(Decryptor):
         return self._charged + self.memory_reserved + self._compiled_bytes()
 
     def _compiled_bytes(self) -> int:
-        """What the compiled path holds: the front's pending entries, and the tables'
-        slots (which grow with their entries)."""
+        """What the compiled path holds: the front's pending entries, the tables'
+        slots (which grow with their entries), the armed lanes' records not yet complete."""
         lanes = self.lanes
-        return lanes.front_bytes + lanes.table_bytes
+        return lanes.front_bytes + lanes.table_bytes + lanes.held_bytes
 
     def _replay(self, entry: FrontEntry, events: list[Event]):  # type: ignore[no-untyped-def]
         """The entry's frames through the Python path, as if it had seen them: its flow."""
@@ -392,6 +430,8 @@ class LaneDecryptor(Decryptor):
         if mask != 3:
             self._offer(flow, direction)
             self._offer(flow, Direction(1 - direction))  # the peer's ACKs (its lane may have closed with this one)
+        elif flow.tls_active:
+            self._arm(flow, direction)
 
     def _segment(self, flow, direction, segment, events) -> None:  # type: ignore[no-untyped-def]
         # A SYN, FIN or RST (or a connection closing): the Python path reads both
@@ -476,6 +516,29 @@ class LaneDecryptor(Decryptor):
         if self.lanes.open(*key, (flow, direction), next_seq, *boundary):
             self._laned[info.flow_id] = mask | (1 << direction)
             self.lanes_opened += 1
+            self._arm(flow, direction, key)
+
+    def _arm(self, flow, direction: Direction, key: tuple | None = None) -> None:  # type: ignore[no-untyped-def,type-arg]
+        """The lane of ``direction`` gathers and opens its records in C while the
+        direction is in the steady state (:meth:`~bridge.tls.connection.TlsConnection.steady_opener`),
+        from the bytes of the record Python had framed so far on; it leaves it by
+        itself (at the first bytes it gives back to frame).  Only when the lane and
+        Python are at the same byte of the stream: Python has had every chunk the lane made."""
+        tls = flow.tls
+        opener = tls.steady_opener(direction)
+        if opener is None:
+            return
+        if key is None:
+            info = flow.info
+            if direction == Direction.C2S:
+                key = (info.client_ip, info.client_port, info.server_ip, info.server_port)
+            else:
+                key = (info.server_ip, info.server_port, info.client_ip, info.client_port)
+        held = tls.framing(direction)
+        if self.lanes.arm(*key, opener, held):
+            if held:
+                tls.hand_over_framing(direction)
+                self._charge(flow)
 
     def _close_lanes(self, flow) -> None:  # type: ignore[no-untyped-def]
         info = flow.info
@@ -500,6 +563,8 @@ class LaneDecryptor(Decryptor):
                 self._laned.pop(flow.info.flow_id, None)  # type: ignore[attr-defined]
         flow.reassembly[direction].delivered_elsewhere(state.bytes, state.segments)  # type: ignore[attr-defined]
         flow.stats[direction].packets += state.packets  # type: ignore[attr-defined]
+        if state.held:  # less than a record: framed, nothing to decrypt yet
+            flow.tls.receive(direction, state.held, state.last_ns)  # type: ignore[attr-defined]
         self._active(flow, state.last_ns)
 
     def _sync_activity(self) -> None:

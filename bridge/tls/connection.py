@@ -208,6 +208,46 @@ class TlsConnection:
             return None
         return layer.reader.boundary()
 
+    def steady_opener(self, direction: Direction) -> Callable[[bytes, bytes], bytes | None] | None:
+        """The direction's record opener while it is in the steady state — both hellos
+        seen, its keys in place (an AEAD suite), no record waiting in either
+        direction: the records of application data that come next decrypt with
+        these keys and change nothing else — else None.  A driver that frames
+        records itself (:mod:`bridge.engine.lanes`) takes over the bytes framed so
+        far (:meth:`framing`, :meth:`hand_over_framing`), opens the records with
+        it and reports them with :meth:`opened`; a record the opener declines
+        (None) comes back here as bytes, with what follows."""
+        layer, other = self._layers[direction], self._layers[1 - direction]
+        if layer is None or layer.phase is not Phase.ENCRYPTED or layer.catching_up or layer.pending \
+                or self.client_hello is None or self.server_hello is None or (other is not None and other.pending):
+            return None
+        decryptor = layer.decryptor
+        if decryptor is None or (decryptor.__class__ is RecordDecryptor12 and not decryptor.suite.is_aead):
+            return None
+        return decryptor.open_application_data
+
+    def framing(self, direction: Direction) -> bytes:
+        """The bytes of the direction's record not yet complete (b"" at a record boundary)."""
+        layer = self._layers[direction]
+        return layer.reader.pending_bytes() if layer is not None else b""
+
+    def hand_over_framing(self, direction: Direction) -> None:
+        """The driver frames from :meth:`framing`'s bytes on: they leave the record layer."""
+        self._layers[direction].reader.hand_over()  # type: ignore[union-attr]
+
+    def opened(self, direction: Direction, plaintexts: Sequence[bytes], size: int) -> None:
+        """Whole records of application data, ``size`` stream bytes from where the
+        direction's stream is, were opened with :meth:`steady_opener`'s opener:
+        counted as :meth:`receive` counts records (their plaintexts are the
+        caller's to deliver, in order)."""
+        layer = self._layers[direction]
+        count = len(plaintexts)
+        layer.records += count
+        layer.decrypted_records += count
+        layer.application_bytes += sum(map(len, plaintexts))
+        self._arrivals += count
+        layer.reader.skip(size)
+
     def direction_counts(self, direction: Direction) -> tuple[int, int, int, int, int]:
         """(records, decrypted, skipped, alerts, key updates) of a direction, without
         making its record layer."""

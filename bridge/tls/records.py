@@ -68,6 +68,22 @@ class RecordReader:
             return bytes(self._buffer), 0
         return b"", self._need - size
 
+    def pending_bytes(self) -> bytes:
+        """The bytes of the record not yet complete."""
+        return bytes(self._buffer)
+
+    def hand_over(self) -> None:
+        """Another framer takes over from :meth:`pending_bytes`'s bytes on (they are
+        counted by :meth:`skip` when it reports records)."""
+        self._buffer = bytearray()
+        self._need = HEADER_LENGTH
+
+    def skip(self, size: int) -> None:
+        """``size`` bytes of whole records, from the stream's current offset, were
+        framed elsewhere (only when nothing is buffered)."""
+        assert not self._buffer
+        self._offset += size
+
     def feed(self, data: bytes) -> list[Record]:
         """Add stream bytes; return every record now complete.  Raises
         :class:`RecordDecodeError` when the stream is not (or no longer) TLS."""

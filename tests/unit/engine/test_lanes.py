@@ -128,6 +128,11 @@ def _record(body: bytes, content_type: int = 23) -> bytes:
     return bytes([content_type, 3, 3]) + len(body).to_bytes(2, "big") + body
 
 
+def _raw(handle: str, timestamp_ns: int, data: bytes) -> tuple:  # type: ignore[type-arg]
+    """A chunk of stream bytes for Python to frame."""
+    return (handle, timestamp_ns, None, 0, data)
+
+
 def test_open_close_and_capacity() -> None:
     lanes = Lanes(2)
     assert lanes.capacity == 2 and len(lanes) == 0
@@ -137,7 +142,7 @@ def test_open_close_and_capacity() -> None:
     assert lanes.open(B, 443, A, 40000, "h2", 5, b"", 0)
     assert not lanes.open(A, 40001, B, 443, "h3", 5, b"", 0)  # full: stays on the Python path
     assert len(lanes) == 2
-    assert lanes.close(A, 40000, B, 443) == ("h1", 1000, 0, 0, 0, 0)
+    assert lanes.close(A, 40000, B, 443) == ("h1", 1000, 0, 0, 0, 0, b"")
     assert lanes.close(A, 40000, B, 443) is None
     assert len(lanes) == 1
 
@@ -166,12 +171,12 @@ def test_in_order_segments_become_chunks_cut_at_record_ends() -> None:
     frames.append(_frame(Ether() / _tcp(7, flags="A", src=B, dst=A, sport=443, dport=40000)))  # no lane: stop
     stop, chunks, handled, closed = lanes.run(frames, 0)
     assert stop == len(frames) - 1 and handled == len(frames) - 1 and closed is None
-    assert b"".join(c[2] for c in chunks) == stream
+    assert b"".join(c[4] for c in chunks) == stream
     # the first chunk ends with r1 (completed in the 4th frame, at its time), the next with r2
-    assert chunks[0] == ("h", 3001, r1 + r2)  # both end in the 4th segment
-    assert chunks[-1][2] == r1[:7]
+    assert chunks[0] == _raw("h", 3001, r1 + r2)  # both end in the 4th segment
+    assert chunks[-1][4] == r1[:7]
     state = lanes.close(A, 40000, B, 443)
-    assert state == ("h", (100 + len(stream)) & 0xFFFFFFFF, len(frames) - 1, len(frames) - 1, len(stream), 3001)
+    assert state == ("h", (100 + len(stream)) & 0xFFFFFFFF, len(frames) - 1, len(frames) - 1, len(stream), 3001, b"")
 
 
 @pytest.mark.parametrize("flags", ["S", "F", "R", "FA", "RA"])
@@ -181,8 +186,8 @@ def test_control_flags_close_the_lane_before_the_frame(flags: str) -> None:
     frames = [_frame(Ether() / _tcp(100, _record(b"a"))), _frame(Ether() / _tcp(106, b"", flags))]
     stop, chunks, handled, closed = lanes.run(frames, 0)
     assert (stop, handled) == (1, 1)
-    assert chunks == [("h", 1, _record(b"a"))]
-    assert closed == ("h", 106, 1, 1, 6, 1)
+    assert chunks == [_raw("h", 1, _record(b"a"))]
+    assert closed == ("h", 106, 1, 1, 6, 1, b"")
     assert len(lanes) == 0
 
 
@@ -191,7 +196,7 @@ def test_a_segment_not_next_is_refused(seq: int) -> None:
     lanes = Lanes(4)
     lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
     stop, chunks, handled, closed = lanes.run([_frame(Ether() / _tcp(seq, b"zz"))], 0)
-    assert (stop, chunks, handled) == (0, [], 0) and closed == ("h", 100, 0, 0, 0, 0)
+    assert (stop, chunks, handled) == (0, [], 0) and closed == ("h", 100, 0, 0, 0, 0, b"")
 
 
 def test_pure_acks_are_taken_whatever_their_sequence_number() -> None:
@@ -206,7 +211,7 @@ def test_a_partial_header_handed_over_is_completed_in_c() -> None:
     record = _record(b"q" * 50)
     lanes.open(A, 40000, B, 443, "h", 100, record[:3], 0)
     stop, chunks, handled, closed = lanes.run([_frame(Ether() / _tcp(100, record[3:]), timestamp_ns=9)], 0)
-    assert chunks == [("h", 9, record[3:])]  # the record's end: a chunk of its own, with its time
+    assert chunks == [_raw("h", 9, record[3:])]  # the record's end: a chunk of its own, with its time
 
 
 @pytest.mark.parametrize("wrap", [
@@ -217,7 +222,7 @@ def test_vlan_tags(wrap) -> None:  # type: ignore[no-untyped-def]
     lanes = Lanes(4)
     lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
     stop, chunks, handled, closed = lanes.run([_frame(wrap(_tcp(100, b"abc")))], 0)
-    assert handled == 1 and chunks == [("h", 1, b"abc")]
+    assert handled == 1 and chunks == [_raw("h", 1, b"abc")]
 
 
 @pytest.mark.parametrize("linktype, build", [
@@ -229,7 +234,7 @@ def test_link_types(linktype: int, build) -> None:  # type: ignore[no-untyped-de
     lanes = Lanes(4)
     lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
     stop, chunks, handled, closed = lanes.run([_frame(build(_tcp(100, b"abc")), linktype=linktype)], 0)
-    assert handled == 1 and chunks == [("h", 1, b"abc")]
+    assert handled == 1 and chunks == [_raw("h", 1, b"abc")]
 
 
 def test_ipv6_and_ethernet_padding() -> None:
@@ -239,7 +244,7 @@ def test_ipv6_and_ethernet_padding() -> None:
     lanes.open(A, 40000, B, 443, "h4", 100, b"", 0)
     padded = bytes(Ether() / _tcp(100, b"")) + b"\x00" * 6  # a short frame padded to 60 bytes
     stop, chunks, handled, closed = lanes.run([_frame(Ether() / _tcp(100, b"v6", src=six_a)), Frame(1, 1, padded, 60)], 0)
-    assert handled == 2 and chunks == [("h6", 1, b"v6")]
+    assert handled == 2 and chunks == [_raw("h6", 1, b"v6")]
 
 
 @pytest.mark.parametrize("packet", [
@@ -262,8 +267,8 @@ def test_chunks_are_bounded() -> None:
         frames.append(_frame(Ether() / _tcp(seq, b"z" * 1400)))
         seq += 1400
     stop, chunks, handled, closed = lanes.run(frames, 0)
-    assert handled == 300 and max(len(c[2]) for c in chunks) <= CHUNK_LIMIT
-    assert sum(len(c[2]) for c in chunks) == 300 * 1400
+    assert handled == 300 and max(len(c[4]) for c in chunks) <= CHUNK_LIMIT
+    assert sum(len(c[4]) for c in chunks) == 300 * 1400
 
 
 def test_touched_reports_each_active_lane_once() -> None:
@@ -283,13 +288,104 @@ def test_a_frame_that_is_not_bytes_goes_to_python() -> None:
     assert lanes.run([Frame(1, 1, bytearray(b"\x00" * 60), 60)], 0)[:3] == (0, [], 0)
 
 
+def _opener(calls: list | None = None):  # type: ignore[no-untyped-def,type-arg]
+    """A record opener for the tests: "P" + the fragment; None (declined) for a fragment starting with "!"."""
+    def open_record(header, fragment):  # type: ignore[no-untyped-def]
+        header, fragment = bytes(header), bytes(fragment)
+        if calls is not None:
+            calls.append((header, fragment))
+        return None if fragment[:1] == b"!" else b"P" + fragment
+    return open_record
+
+
+def _stream_frames(stream: bytes, seq: int, size: int, first_ns: int = 1) -> list[Frame]:
+    frames = []
+    for i in range(0, len(stream), size):
+        piece = stream[i:i + size]
+        frames.append(_frame(Ether() / _tcp(seq, piece), timestamp_ns=first_ns + i))
+        seq += len(piece)
+    return frames
+
+
+def test_an_armed_lane_gathers_and_opens_its_records_across_runs() -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    calls: list = []  # type: ignore[type-arg]
+    assert lanes.arm(A, 40000, B, 443, _opener(calls), b"")
+    r1, r2, r3 = _record(b"x" * 3000), _record(b""), _record(b"z" * 2000)
+    stream = r1 + r2 + r3
+    frames = _stream_frames(stream, 100, 1000)
+    # the first run ends inside r3: the lane holds what it has of it, Python gets nothing to frame
+    stop, chunks, handled, closed = lanes.run(frames[:5], 0)
+    assert (stop, handled, closed) == (5, 5, None)
+    assert chunks == [("h", 3001, [b"P" + b"x" * 3000, b"P"], len(r1) + len(r2), b"")]  # completed in the 4th frame
+    assert lanes.held_bytes >= len(stream[:5000]) - len(r1) - len(r2)
+    stop, chunks, handled, closed = lanes.run(frames[5:], 0)
+    assert chunks == [("h", frames[-1].timestamp_ns, [b"P" + b"z" * 2000], len(r3), b"")]
+    assert calls == [(r[:5], r[5:]) for r in (r1, r2, r3)]  # the header is the AAD, the fragment a view
+    assert lanes.held_bytes == 0
+    assert lanes.close(A, 40000, B, 443)[1:] == ((100 + len(stream)) & 0xFFFFFFFF, 6, 6, len(stream),
+                                                 frames[-1].timestamp_ns, b"")
+
+
+def test_arming_takes_the_bytes_python_framed_and_closing_gives_back_what_is_held() -> None:
+    lanes = Lanes(4)
+    record = _record(b"q" * 3000)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    lanes.run(_stream_frames(record[:1000], 100, 1000), 0)  # Python framed these (the lane was not armed)
+    assert not lanes.arm(A, 40000, B, 443, _opener(), b"")  # not at a record boundary: held must say where
+    assert not lanes.arm(A, 40000, B, 443, _opener(), record[:999])  # nor somewhere else
+    assert lanes.arm(A, 40000, B, 443, _opener(), record[:1000])
+    assert not lanes.arm(A, 40000, B, 443, _opener(), record[:1000])  # already armed
+    stop, chunks, handled, closed = lanes.run(_stream_frames(record[1000:2000], 1100, 1000), 0)
+    assert chunks == []
+    assert lanes.close(A, 40000, B, 443)[6] == record[:2000]  # Python frames them again
+
+
+def test_a_declined_record_and_what_follows_go_to_python_and_end_the_steady_state() -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    assert lanes.arm(A, 40000, B, 443, _opener(), b"")
+    good, declined, alert, after = _record(b"ok"), _record(b"!key update"), _record(b"a", 21), _record(b"later")
+    stream = good + declined + after
+    stop, chunks, handled, closed = lanes.run(_stream_frames(stream, 100, len(stream), 7), 0)
+    assert chunks == [("h", 7, [b"Pok"], len(good), declined + after)]
+    assert lanes.held_bytes == 0
+    # no longer armed: the next records are Python's to frame
+    stop, chunks, handled, closed = lanes.run(_stream_frames(after, 100 + len(stream), 100, 9), 0)
+    assert chunks == [_raw("h", 9, after)]
+    # a record that is not application data is not offered to the opener
+    assert lanes.arm(A, 40000, B, 443, _opener(), b"")
+    seq = 100 + len(stream) + len(after)
+    stop, chunks, handled, closed = lanes.run(_stream_frames(alert + after, seq, 100, 11), 0)
+    assert chunks == [("h", 11, [], 0, alert + after)]
+
+
+@pytest.mark.parametrize("held", [_record(b"x" * 10)[:3].replace(b"\x17", b"\x15"), _record(b"x")])
+def test_arm_refuses_held_bytes_that_are_not_the_start_of_a_record_of_application_data(held: bytes) -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, held[:3] if len(held) < 5 else b"", 0 if len(held) < 5 else 1)
+    assert not lanes.arm(A, 40000, B, 443, _opener(), held)
+
+
+def test_arm_needs_a_callable_and_an_open_lane() -> None:
+    lanes = Lanes(4)
+    assert not lanes.arm(A, 40000, B, 443, _opener(), b"")
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    with pytest.raises(TypeError):
+        lanes.arm(A, 40000, B, 443, "not callable", b"")
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([1, 101, 113, 228, 229, 276, 0, 9999]), st.binary(max_size=120)),
-                max_size=30), st.binary(min_size=4, max_size=4), st.integers(0, 2**32 - 1))
-def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int) -> None:
-    """Arbitrary frames, some with a lane's addresses and ports so the lane path runs."""
+                max_size=30), st.binary(min_size=4, max_size=4), st.integers(0, 2**32 - 1), st.booleans())
+def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int, armed: bool) -> None:
+    """Arbitrary frames, some with a lane's addresses and ports so the lane path runs
+    (armed or not: the steady state's framing of arbitrary bytes)."""
     lanes = Lanes(8)
     lanes.open(A, 40000, B, 443, "h", seq, b"", 0)
+    if armed:
+        assert lanes.arm(A, 40000, B, 443, _opener(), b"")
     header = bytes(Ether() / _tcp(seq, b""))
     built = []
     for linktype, data in frames:
@@ -300,7 +396,11 @@ def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int)
     while start < len(built):
         stop, chunks, handled, closed = lanes.run(built, start)
         assert start <= stop <= len(built)
-        for handle, _ts, chunk in chunks:
+        for handle, _ts, opened, used, chunk in chunks:
             assert handle == "h" and isinstance(chunk, bytes)
+            assert (opened is None and used == 0) or (armed and used == sum(len(p) + 4 for p in opened))
         start = stop + 1
     assert len(lanes) <= 1
+    state = lanes.close(A, 40000, B, 443)
+    assert state is None or len(state[6]) <= 5 + 18432 + 65535
+    assert lanes.held_bytes == 0

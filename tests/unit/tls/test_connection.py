@@ -419,3 +419,41 @@ def test_a_hello_not_alone_in_its_record_goes_through_the_record_layer():
     conn.receive(C2S, CLIENT_HELLO_RECORD + b"\x15\x03\x03\x00\x02\x01\x00")  # the hello, then an alert
     assert conn._layers[0] is not None and conn.client_random == CLIENT_RANDOM
     assert conn.direction_counts(C2S)[0] == 2 and not conn.only_client_hello
+
+
+def test_the_steady_state_opens_rfc8448_application_data_and_declines_its_close_notify() -> None:
+    """A driver that frames records itself (bridge.engine.lanes): the opener, the bytes
+    handed over, the records reported opened — the connection ends as if it had read them."""
+    conn = _connection(_traffic_secret_store())
+    assert conn.steady_opener(C2S) is None  # no handshake yet
+    for direction, data in FLIGHTS[:4]:
+        conn.receive(direction, data)
+    opener = conn.steady_opener(C2S)
+    assert opener is not None
+    # the driver takes over from a record Python had begun framing
+    record, alert = CLIENT_APPLICATION_DATA_RECORD, CLIENT_ALERT_RECORD
+    assert not conn.receive(C2S, record[:10])
+    assert conn.framing(C2S) == record[:10]
+    conn.hand_over_framing(C2S)
+    assert conn.framing(C2S) == b""
+    plaintext = opener(memoryview(record)[:5], memoryview(record)[5:])
+    assert plaintext == APPLICATION_PAYLOAD
+    conn.opened(C2S, [plaintext], len(record))
+    assert opener(alert[:5], alert[5:]) is None  # a close_notify: the record layer's
+    assert conn.receive(C2S, alert) == []
+    for direction, data in FLIGHTS[5:]:
+        if direction is S2C:
+            conn.receive(direction, data)
+    reference, _ = _run(_traffic_secret_store(), FLIGHTS)  # read by the connection alone
+    for direction in (C2S, S2C):
+        assert conn.direction_counts(direction) == reference.direction_counts(direction)
+        assert conn.directions[direction].application_bytes == reference.directions[direction].application_bytes == 50
+    assert conn.status() == (Status.DECRYPTED, "")
+
+
+def test_no_steady_state_while_records_wait_for_secrets() -> None:
+    conn = TlsConnection()  # no secrets at all
+    for direction, data in FLIGHTS[:5]:
+        conn.receive(direction, data)
+    assert conn.waiting_for_keys
+    assert conn.steady_opener(C2S) is None and conn.steady_opener(S2C) is None
