@@ -55,7 +55,8 @@ def add_decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
             status (decrypted, no_keys, wrong_key, gap, not_tls, unsupported,
             partial, no_handshake), reason, tls_version, cipher_suite, sni, alpn,
             resumed, key_updates, certificates, and per direction c2s/s2c
-            {bytes, sha256, records, ...} over the decrypted application data.
+            {bytes, sha256, records, ...} over the decrypted application data
+            (sha256 null with --no-digest).
             """
         ),
         epilog=textwrap.dedent(

@@ -178,6 +178,7 @@ class Decryptor:
         clock: secrets arrive in real time, whatever the capture's.
         ``process_bytes``: the part of ``memory_limit`` the process itself takes."""
         self.config = config or EngineSettings()
+        self._digest = self.config.digest
         self.request_keys = request_keys
         self.clock = clock
         self.keys = keys
@@ -506,9 +507,10 @@ class Decryptor:
 
     def _emit(self, flow: _Flow, direction: Direction, data: bytes, timestamp_ns: int, events: list[Event]) -> None:
         stats = flow.stats[direction]
-        if stats.sha256 is None:
-            stats.sha256 = hashlib.sha256()
-        stats.sha256.update(data)
+        if self._digest:
+            if stats.sha256 is None:
+                stats.sha256 = hashlib.sha256()
+            stats.sha256.update(data)
         stats.bytes += len(data)
         self.stats.plaintext_bytes += len(data)
         events.append(PlaintextData(flow.info, direction, data, timestamp_ns))
@@ -709,7 +711,7 @@ class Decryptor:
         self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
         events.append(FlowFinished(info, ended_by, never_completed=not has_keys and tls.only_client_hello,
                                    status=status, ts_end=_iso(flow.last_ns),
-                                   build=partial(flow_summary, flow, ended_by, key_origin, outcome)))
+                                   build=partial(flow_summary, flow, ended_by, key_origin, outcome, self._digest)))
 
 
 def budget_problem(settings: EngineSettings, *, rings: int = 0) -> str | None:
@@ -765,8 +767,9 @@ def flow_status(flow: _Flow, ended_by: str) -> tuple[Status, str]:
 
 
 def flow_summary(flow: _Flow, ended_by: str, key_origin: dict[str, object] | None = None,
-                 outcome: tuple[Status, str] | None = None) -> FlowSummary:
-    """What the flow log says of a finished flow (``outcome``: its :func:`flow_status`)."""
+                 outcome: tuple[Status, str] | None = None, digest: bool = True) -> FlowSummary:
+    """What the flow log says of a finished flow (``outcome``: its :func:`flow_status`;
+    ``digest``: the plaintext's SHA-256 was computed, else the summary has none)."""
     tls = flow.tls
     status, reason = outcome if outcome is not None else flow_status(flow, ended_by)
     reassembly = [r.stats if r is not None else _NO_REASSEMBLY for r in flow.reassembly]
@@ -781,7 +784,8 @@ def flow_summary(flow: _Flow, ended_by: str, key_origin: dict[str, object] | Non
         key_updates += updates
         reassembled = reassembly[direction]
         directions.append(DirectionSummary(
-            bytes=stats.bytes, sha256=stats.sha256.hexdigest() if stats.sha256 is not None else _EMPTY_SHA256,
+            bytes=stats.bytes, sha256=(stats.sha256.hexdigest() if stats.sha256 is not None else _EMPTY_SHA256)
+            if digest else None,
             packets=stats.packets, records=records, decrypted_records=decrypted, skipped_records=skipped,
             alerts=alerts, key_updates=updates, gap_bytes=reassembled.gap_bytes,
             retransmitted_bytes=reassembled.retransmitted_bytes))

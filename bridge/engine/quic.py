@@ -141,7 +141,7 @@ class QuicFlows:
         self.request_keys = request_keys
         self.stats = QuicStats()
         self._quic_settings = QuicSettings(max_pending=settings.max_pending_per_direction,
-                                           max_stream_buffer=settings.max_out_of_order_bytes)
+                                           max_stream_buffer=settings.max_out_of_order_bytes, digest=settings.digest)
         self._flows: OrderedDict[tuple[Endpoint, Endpoint], _Flow] = OrderedDict()
         #: datagrams of no flow yet that may be QUIC, oldest first: (key, datagram)
         self._early: OrderedDict[int, tuple[tuple[Endpoint, Endpoint], UdpDatagram]] = OrderedDict()
@@ -388,7 +388,8 @@ class QuicFlows:
             early_data_offered=False, early_data_accepted=False, encrypt_then_mac=False,
             extended_master_secret=False, server_random=None, session_id=False, session_ticket=False,
             session_tickets_issued=0, key_updates=0, certificates=[], key_origin=flow.key_origin,
-            c2s=_direction(b"".join(sent[C2S])), s2c=_direction(b"".join(sent[S2C])))
+            c2s=_direction(b"".join(sent[C2S]), self.settings.digest),
+            s2c=_direction(b"".join(sent[S2C]), self.settings.digest))
         events.append(FlowFinished(child, ended_by, summary, parent=flow.flow_id))
 
     # --- time and the end --------------------------------------------------------------
@@ -511,8 +512,9 @@ def _opens_quic(payload: bytes) -> bool:
     return opens_connection(payload)
 
 
-def _direction(data: bytes) -> DirectionSummary:
-    return DirectionSummary(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), packets=0, records=0,
+def _direction(data: bytes, digest: bool) -> DirectionSummary:
+    return DirectionSummary(bytes=len(data), sha256=hashlib.sha256(data).hexdigest() if digest else None, packets=0,
+                            records=0,
                             decrypted_records=0, skipped_records=0, alerts=0, key_updates=0, gap_bytes=0,
                             retransmitted_bytes=0)
 

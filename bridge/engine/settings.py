@@ -48,6 +48,10 @@ class EngineSettings:
     forget_keys: bool = option(True, "drop a connection's secrets from the key store once it is logged",
                                negate="--keep-keys", negate_doc="keep a connection's secrets in the key store after "
                                "it is logged (by default they are dropped)")
+    digest: bool = option(True, "the flow log's SHA-256 of each direction's plaintext (c2s/s2c sha256), "
+                          "computed over every byte", negate="--no-digest",
+                          negate_doc="no SHA-256 of each direction's plaintext: the flow log's sha256 fields "
+                          "are null (hashing every byte is about a quarter of decrypt's work)")
     fast_path: bool = option(True, "established TLS streams handled per packet by the compiled path "
                              "(bridge.engine.lanes)", negate="--no-fast-path",
                              negate_doc="every packet through the Python path (the reference the compiled "

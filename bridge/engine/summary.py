@@ -11,10 +11,11 @@ from typing import Any
 @dataclass(frozen=True, slots=True)
 class DirectionSummary:
     """One direction: the decrypted application data (size and SHA-256, never the
-    data), its records, and what reassembly saw."""
+    data; no SHA-256 when the engine computes none, ``EngineSettings.digest``), its
+    records, and what reassembly saw."""
 
     bytes: int
-    sha256: str
+    sha256: str | None
     packets: int
     records: int
     decrypted_records: int

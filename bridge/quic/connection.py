@@ -138,6 +138,8 @@ class QuicSettings:
     max_pending: int = 4 << 20
     max_stream_buffer: int = 4 << 20
     max_streams: int = 10_000
+    #: each stream's SHA-256 (stream_digest); False: none computed
+    digest: bool = True
 
 
 def _client_initial(data: bytes, packet: RawPacket) -> bool:
@@ -332,9 +334,11 @@ class QuicConnection:
                 self.stats[direction].gap_bytes += missing
         return out
 
-    def stream_digest(self, direction: Direction) -> str:
+    def stream_digest(self, direction: Direction) -> str | None:
         """SHA-256 over each stream's SHA-256 in stream order: the same whatever the
-        packets' order on the wire."""
+        packets' order on the wire (None: no digest, ``QuicSettings.digest``)."""
+        if not self.settings.digest:
+            return None
         total = hashlib.sha256()
         for (d, stream_id) in sorted(self._stream_hashes):
             if d == direction:
@@ -586,7 +590,8 @@ class QuicConnection:
                 self.stats[direction].gap_bytes += len(frame.data)
                 return
             stream = self._streams[key] = StreamReassembly(self.settings.max_stream_buffer)
-            self._stream_hashes[key] = hashlib.sha256()
+            if self.settings.digest:
+                self._stream_hashes[key] = hashlib.sha256()
         gaps, gap_bytes, retransmitted, done = stream.gaps, stream.gap_bytes, stream.retransmitted_bytes, stream.complete
         buffered = stream.buffered
         data = stream.add(frame.offset, frame.data, frame.fin)
@@ -598,7 +603,8 @@ class QuicConnection:
         fin = stream.complete and not done
         if data or fin:
             stats.stream_bytes += len(data)
-            self._stream_hashes[key].update(data)
+            if self.settings.digest:
+                self._stream_hashes[key].update(data)
             self._out.append(StreamChunk(direction, frame.stream_id, data, fin, gap, ts))
 
     def _reset(self, direction: Direction, frame: ResetStream, ts: int) -> None:

@@ -122,3 +122,22 @@ def test_the_flow_table_is_bounded():
     assert engine.decryptor.active_flows <= 16
     engine.finish()
     assert len(recorder.finished()) == 2
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_without_the_digest_the_same_plaintext_and_no_sha256(fast_path: bool) -> None:
+    """``digest=False`` (--no-digest): the flow log's sha256 fields are None, nothing
+    else changes (the events compared with the default's, on every fixture)."""
+    for fixture in FIXTURES:
+        reference = _run(fixture, fixture.store(), fast_path=fast_path)
+        recorder = _run(fixture, fixture.store(), fast_path=fast_path, digest=False)
+        for got, expected in zip(recorder.events, reference.events, strict=True):
+            if isinstance(got, FlowFinished):
+                record, expected_record = got.summary.to_record(), expected.summary.to_record()
+                assert record["c2s"]["sha256"] is None and record["s2c"]["sha256"] is None
+                for name in ("c2s", "s2c"):
+                    expected_record[name]["sha256"] = None
+                assert record == expected_record
+            elif isinstance(got, PlaintextData):
+                assert (got.flow.flow_id, got.direction, got.data) == (expected.flow.flow_id, expected.direction,
+                                                                      expected.data)

@@ -229,3 +229,16 @@ def test_forged_initials_start_nothing():
         frames.append(make_frame(FRAMES[0].timestamp_ns + i, 228, ip + udp, 20 + len(udp)))
     engine, events = _run(frames)
     assert engine.quic.stats.flows == 0 and engine.quic.stats.not_quic == 50 and not events
+
+
+def test_without_the_digest_quic_and_its_requests_have_no_sha256():
+    events: list = []
+    engine = Engine(_store(), EngineSettings(digest=False), output=events.append)
+    engine.run(FRAMES)
+    engine.finish()
+    finished = [e for e in events if isinstance(e, FlowFinished)]
+    assert len(finished) == 8  # the QUIC connections and their requests, as with the digest
+    for event in finished:
+        record = event.summary.to_record()
+        assert record["c2s"]["sha256"] is None and record["s2c"]["sha256"] is None
+    assert _requests(events) == _requests(_run(FRAMES)[1])
