@@ -37,7 +37,7 @@
  * (the block goes back to the kernel at once), read in place by the compiled
  * engine as a capture file's frames are.
  *
- *   pack_pcap(timestamp_ns, frames, nanosecond, snaplen) -> (records, frame_bytes)
+ *   pack_pcap(buffer, timestamp_ns, frames, nanosecond, snaplen) -> frame_bytes
  *
  * The other way: the pcap records of frames to write (see the function).
  */
@@ -352,12 +352,13 @@ fail:
 }
 
 /*
- * pack_pcap(timestamp_ns, frames, nanosecond, snaplen) -> (records, frame_bytes)
+ * pack_pcap(buffer, timestamp_ns, frames, nanosecond, snaplen) -> frame_bytes
  *
  * The pcap records (16-byte header, the frame cut to snaplen) of ``frames`` (a
  * list of bytes, every one stamped ``timestamp_ns``: the frames one event
- * made), little-endian as bridge.capture.pcapwriter writes them, in one bytes
- * object; frame_bytes: the frames' lengths before any cut.
+ * made), little-endian as bridge.capture.pcapwriter writes them, appended to
+ * ``buffer`` (a bytearray: the writer's, no copy in between); frame_bytes: the
+ * frames' lengths before any cut.
  */
 static inline void wr32(uint8_t *p, uint32_t v)
 {
@@ -367,10 +368,11 @@ static inline void wr32(uint8_t *p, uint32_t v)
 static PyObject *pack_pcap(PyObject *self, PyObject *args)
 {
     long long stamp;
-    PyObject *frames;
+    PyObject *buffer, *frames;
     int nanosecond;
     Py_ssize_t snaplen;
-    if (!PyArg_ParseTuple(args, "LO!pn:pack_pcap", &stamp, &PyList_Type, &frames, &nanosecond, &snaplen))
+    if (!PyArg_ParseTuple(args, "O!LO!pn:pack_pcap", &PyByteArray_Type, &buffer, &stamp, &PyList_Type, &frames,
+                          &nanosecond, &snaplen))
         return NULL;
     if (snaplen < 0) {
         PyErr_SetString(PyExc_ValueError, "snaplen must not be negative");
@@ -392,10 +394,14 @@ static PyObject *pack_pcap(PyObject *self, PyObject *args)
         total += (unsigned long long)length;
         size += 16 + (length > snaplen ? snaplen : length);
     }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
-    if (out == NULL)
+    Py_ssize_t start = PyByteArray_GET_SIZE(buffer);
+    if (size > PY_SSIZE_T_MAX - start) {
+        PyErr_NoMemory();
         return NULL;
-    uint8_t *p = (uint8_t *)PyBytes_AS_STRING(out);
+    }
+    if (PyByteArray_Resize(buffer, start + size) < 0) /* fails while the buffer is exported */
+        return NULL;
+    uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(buffer) + start;
     uint32_t sec = (uint32_t)(stamp / 1000000000LL), frac = (uint32_t)(stamp % 1000000000LL);
     if (!nanosecond)
         frac /= 1000;
@@ -410,13 +416,13 @@ static PyObject *pack_pcap(PyObject *self, PyObject *args)
         memcpy(p + 16, PyBytes_AS_STRING(data), (size_t)kept);
         p += 16 + kept;
     }
-    return Py_BuildValue("(NK)", out, total);
+    return PyLong_FromUnsignedLongLong(total);
 }
 
 static PyMethodDef methods[] = {
     {"pack_pcap", pack_pcap, METH_VARARGS,
-     "pack_pcap(timestamp_ns, frames, nanosecond, snaplen) -> (records, frame_bytes): the pcap records of frames "
-     "(a list of bytes, all stamped timestamp_ns), little-endian"},
+     "pack_pcap(buffer, timestamp_ns, frames, nanosecond, snaplen) -> frame_bytes: the pcap records of frames "
+     "(a list of bytes, all stamped timestamp_ns), little-endian, appended to buffer (a bytearray)"},
     {"pcap", pcap, METH_VARARGS,
      "pcap(frame_type, buf, pos, little_endian, record_header, frac_mult, limit, linktype)"
      " -> (frames, pos, need, absurd): the complete pcap records of buf from pos on"},

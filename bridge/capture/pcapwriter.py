@@ -116,9 +116,8 @@ class PcapWriter:
         """Records for ``frames``, all stamped ``timestamp_ns`` (what one event made),
         in order, as :meth:`write` would write them (packed in C,
         :mod:`bridge.capture._records`); returns the bytes of frame data."""
-        records, total = _records.pack_pcap(timestamp_ns, frames, self.nanosecond, self.snaplen)
         buffer = self._buffer
-        buffer += records
+        total = _records.pack_pcap(buffer, timestamp_ns, frames, self.nanosecond, self.snaplen)
         self.records += len(frames)
         if len(buffer) >= self.chunk_bytes or time.monotonic() - self._written_at >= self.flush_interval:
             self._write_out()

@@ -152,10 +152,27 @@ def test_pack_pcap_is_the_inverse(frames, nanosecond, snaplen) -> None:  # type:
     sec, frac = frames[0][:2] if frames else (0, 0)
     stamp = sec * 1_000_000_000 + frac
     datas = [data for _, _, data, _ in frames]
-    records, total = _records.pack_pcap(stamp, datas, nanosecond, snaplen)
+    buffer = bytearray(b"kept")
+    total = _records.pack_pcap(buffer, stamp, datas, nanosecond, snaplen)
     assert total == sum(len(data) for data in datas)
+    assert buffer[:4] == b"kept"  # appended
+    records = bytes(buffer[4:])
     got, pos, _need, _absurd = _records.pcap(Frame, records, 0, True, 16, 1 if nanosecond else 1000, 1 << 20, 1)
     assert pos == len(records)
     ts = stamp if nanosecond else stamp // 1000 * 1000
     for back, data in zip(got, datas, strict=True):
         assert (back.timestamp_ns, back.data, back.orig_len) == (ts, data[:snaplen], len(data))
+
+def test_pack_pcap_refuses_what_it_cannot_append_to_and_leaves_the_buffer_as_it_was() -> None:
+    with pytest.raises(TypeError):
+        _records.pack_pcap(b"not a bytearray", 0, [b"x"], True, 100)
+    buffer = bytearray(b"ab")
+    with pytest.raises(TypeError):
+        _records.pack_pcap(buffer, 0, [b"x", "not bytes"], True, 100)
+    with pytest.raises(ValueError):
+        _records.pack_pcap(buffer, -1, [b"x"], True, 100)
+    view = memoryview(buffer)  # exported: it cannot grow
+    with pytest.raises(BufferError):
+        _records.pack_pcap(buffer, 0, [b"x"], True, 100)
+    view.release()
+    assert buffer == b"ab"
