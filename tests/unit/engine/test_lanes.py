@@ -404,3 +404,58 @@ def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int,
     state = lanes.close(A, 40000, B, 443)
     assert state is None or len(state[6]) <= 5 + 18432 + 65535
     assert lanes.held_bytes == 0
+
+
+def _copies(fixture: Fixture, count: int, head: int) -> list[Frame]:
+    """``count`` copies of the fixture's connections, each on client ports of its own
+    (the same secrets: the same client randoms): the first ``head`` frames of each copy,
+    one copy after the other, then the rest of every copy interleaved frame by frame."""
+    packets = [Ether(frame.data) for frame in fixture.frames()]
+    servers = {p[TCP].dport for p in packets if p[TCP].flags == "S"}
+    streams = []
+    for copy in range(count):
+        frames = []
+        for packet in packets:
+            packet = packet.copy()
+            tcp = packet[TCP]
+            side = "dport" if tcp.sport in servers else "sport"
+            setattr(tcp, side, 1024 + (getattr(tcp, side) - 1024 + 97 * (copy + 1)) % 60000)
+            del tcp.chksum
+            frames.append(bytes(packet))
+        streams.append(frames)
+    order = [(k, i) for k in range(count) for i in range(min(head, len(streams[k])))]
+    order += [(k, i) for i in range(head, max(len(s) for s in streams)) for k in range(count) if i < len(streams[k])]
+    out, ts = [], 1_000_000_000
+    for k, i in order:
+        ts += 1000
+        out.append(Frame(ts, 1, streams[k][i], len(streams[k][i])))
+    return out
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(FIXTURES[:2] + FIXTURES[3:]), st.lists(st.integers(1, 60), max_size=30))
+def test_evictions_hit_lanes_in_the_steady_state_as_the_python_path(fixture: Fixture, cuts: list[int]) -> None:
+    """More connections at once than max_flows, each started once the one before has
+    its keys: established ones are evicted in the middle of their records, their lanes
+    armed and holding an incomplete record; the same events as the Python path."""
+    frames = _copies(fixture, 20, head=len(fixture.frames()) // 2)
+    results = []
+    for fast in (False, True):
+        out: list = []
+        engine = Engine(fixture.store(), EngineSettings(fast_path=fast, max_flows=16, forget_keys=False),
+                        output=out.append)
+        if fast:
+            batches, start = [], 0
+            for size in cuts:
+                batches.append(frames[start:start + size])
+                start += size
+            batches.append(frames[start:])
+            engine.run([batch for batch in batches if batch])
+        else:
+            engine.run(frames)
+        engine.finish()
+        results.append([_describe(event) for event in out])
+        if fast:
+            assert engine.decryptor.records_opened > 0
+    assert results[1] == results[0]
+    assert sum(1 for e in results[0] if e[0] == "finished" and e[2] == "evicted") > 0
