@@ -372,7 +372,11 @@ def test_concurrent_connections_lose_nothing_and_wait_for_their_verdicts(lab):
     failed = [c for c in clients if c["error"]]
     # the first failure's own error first: the others only say that it broke the lockstep (BrokenBarrierError)
     failed.sort(key=lambda c: str(c["error"]).startswith("BrokenBarrierError"))
-    assert status == 0 and len(clients) == CONNECTIONS and not failed, (status, len(failed), failed[:3])
+    # on failure, the IPS's own account of what it cut and why (its cut and policy lines)
+    assert status == 0 and len(clients) == CONNECTIONS and not failed, (
+        status, len(failed), failed[:3],
+        [line for line in (lab.tmp / "concurrent" / "ips.jsonl").read_text().splitlines()
+         if '"event": "cut"' in line or '"event": "policy"' in line][:12])
     assert {c["negotiated"] for c in clients} == {"TLSv1.3", "TLSv1.2"}
     # nothing lost, nothing reordered: the client's bytes are the server's files
     got = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in downloads.iterdir()}
