@@ -600,25 +600,35 @@ static int chunk_flush(Chunk *c, PyObject *chunks)
     return rc;
 }
 
+/* Append n bytes to a growing buffer (its capacity doubled from first): the bytes it grew by, or -1. */
+static Py_ssize_t buffer_append(uint8_t **buf, size_t *len, size_t *cap, size_t first, const uint8_t *p, size_t n)
+{
+    size_t grown = 0;
+    if (*len + n > *cap) {
+        size_t want = *cap ? *cap : first;
+        while (want < *len + n)
+            want *= 2;
+        uint8_t *b = PyMem_Realloc(*buf, want);
+        if (b == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        grown = want - *cap;
+        *buf = b;
+        *cap = want;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    return (Py_ssize_t)grown;
+}
+
 static int chunk_add(Chunk *c, PyObject *chunks, Lane *lane, int64_t ts, const uint8_t *p, size_t n)
 {
     if (c->lane != lane || c->len + n > CHUNK_LIMIT)
         if (chunk_flush(c, chunks) < 0)
             return -1;
-    if (c->len + n > c->cap) {
-        size_t cap = c->cap ? c->cap : 65536;
-        while (cap < c->len + n)
-            cap *= 2;
-        uint8_t *b = PyMem_Realloc(c->buf, cap);
-        if (b == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        c->buf = b;
-        c->cap = cap;
-    }
-    memcpy(c->buf + c->len, p, n);
-    c->len += n;
+    if (buffer_append(&c->buf, &c->len, &c->cap, 65536, p, n) < 0)
+        return -1;
     c->lane = lane;
     c->ts = ts;
     return 0;
@@ -630,21 +640,10 @@ static int chunk_add(Chunk *c, PyObject *chunks, Lane *lane, int64_t ts, const u
 /* Append n bytes to the lane's held bytes (the table's held_bytes follows its allocations). */
 static int held_add(LanesObject *self, Lane *lane, const uint8_t *p, size_t n)
 {
-    if (lane->held_len + n > lane->held_cap) {
-        size_t cap = lane->held_cap ? lane->held_cap : 4096;
-        while (cap < lane->held_len + n)
-            cap *= 2;
-        uint8_t *b = PyMem_Realloc(lane->held, cap);
-        if (b == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        self->held_bytes += cap - lane->held_cap;
-        lane->held = b;
-        lane->held_cap = cap;
-    }
-    memcpy(lane->held + lane->held_len, p, n);
-    lane->held_len += n;
+    Py_ssize_t grown = buffer_append(&lane->held, &lane->held_len, &lane->held_cap, 4096, p, n);
+    if (grown < 0)
+        return -1;
+    self->held_bytes += (size_t)grown;
     return 0;
 }
 
