@@ -187,8 +187,8 @@ class Progress:
         decryptor = self.engine.decryptor
         text += (f"; memory: peak {stats.memory_peak / 2**20:,.1f} MiB of "
                  f"{decryptor.config.memory_limit / 2**20:,.0f} MiB")
-        quic = self.engine.quic.stats
-        if quic.flows:
+        quic = self.engine.quic_stats
+        if quic is not None and quic.flows:
             statuses = ", ".join(f"{count} {status}" for status, count in sorted(quic.statuses.items()))
             text += f"; QUIC: {quic.flows} connections: {statuses}; {quic.requests} HTTP/3 requests"
         return text

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bridge.capture.frames import Frame
 from bridge.capture.pcapfile import FrameBatch
@@ -22,10 +23,12 @@ from bridge.engine.decryptor import NS, Decryptor
 from bridge.engine.events import Event
 from bridge.engine.lanes import LaneDecryptor
 from bridge.engine.packets import SkipReason, TcpSegment, classify
-from bridge.engine.quic import QuicFlows
 from bridge.engine.settings import EngineSettings
 from bridge.errors import PacketDecodeError
 from bridge.keys.store import KeyStore
+
+if TYPE_CHECKING:
+    from bridge.engine.quic import QuicFlows, QuicStats
 
 EventSink = Callable[[Event], None]
 
@@ -53,10 +56,27 @@ class Engine:
         decryptor = LaneDecryptor if self.settings.fast_path else Decryptor
         self.decryptor = decryptor(keys, self.settings, request_keys=request_keys, clock=clock)
         self.output = output
-        #: QUIC connections: UDP datagrams of frames that are not TCP (bridge.engine.quic)
-        self.quic = QuicFlows(keys, self.settings, self.decryptor.allocate_flow_id, request_keys=request_keys)
+        self._request_keys = request_keys
+        self._quic: QuicFlows | None = None
         self.counters = PacketCounters()
         self._next_tick_ns = 0
+
+    @property
+    def quic(self) -> QuicFlows:
+        """QUIC connections: UDP datagrams of frames that are not TCP
+        (:mod:`bridge.engine.quic`), made — and QUIC's modules imported, a tenth of a
+        small capture's run — at the first UDP datagram, or here."""
+        if self._quic is None:
+            from bridge.engine.quic import QuicFlows
+
+            self._quic = QuicFlows(self.keys, self.settings, self.decryptor.allocate_flow_id,
+                                   request_keys=self._request_keys)
+        return self._quic
+
+    @property
+    def quic_stats(self) -> QuicStats | None:
+        """The QUIC connections' counters; None while no UDP datagram came."""
+        return self._quic.stats if self._quic is not None else None
 
     # --- events out ---------------------------------------------------------------------
 
@@ -80,10 +100,13 @@ class Engine:
         """No packet for a while (live): decrypt what waited for keys that arrived
         since, and expire idle connections, on the capture clock (wall time)."""
         events = self.decryptor.keys_arrived()
-        events.extend(self.quic.keys_arrived())
+        quic = self._quic
+        if quic is not None:
+            events.extend(quic.keys_arrived())
         if now_ns >= self._next_tick_ns:
             events.extend(self.decryptor.tick(now_ns))
-            events.extend(self.quic.tick(now_ns))
+            if quic is not None:
+                events.extend(quic.tick(now_ns))
             self._next_tick_ns = now_ns + NS
         if events:
             self._dispatch(events)
@@ -99,7 +122,7 @@ class Engine:
         tick = decryptor.tick
         run_lanes = decryptor.run_lanes if isinstance(decryptor, LaneDecryptor) else None
         dispatch = self._dispatch
-        quic = self.quic.frame
+        quic = self._quic.frame if self._quic is not None else None
         keys = self.keys
         next_tick_ns = self._next_tick_ns
         frame_count = tcp_count = not_tcp = 0
@@ -142,6 +165,8 @@ class Engine:
                     if segment.__class__ is not TcpSegment:
                         not_tcp += 1
                         if segment is SkipReason.NOT_TCP:  # UDP: QUIC?
+                            if quic is None:
+                                quic = self.quic.frame
                             events = quic(frame)
                             if events:
                                 dispatch(events)
@@ -174,13 +199,15 @@ class Engine:
 
     def keys_arrived(self) -> None:
         self._dispatch(self.decryptor.keys_arrived())
-        self._dispatch(self.quic.keys_arrived())
+        if self._quic is not None:
+            self._dispatch(self._quic.keys_arrived())
 
     def await_late_keys(self, timeout: float) -> None:
         """End of a capture file read with a live feed: connections still waiting for
         their secrets get ``timeout`` more seconds (wall clock) before they are logged."""
         deadline = time.monotonic() + timeout
-        while (self.decryptor.waiting_flows or self.quic.waiting_flows) and time.monotonic() < deadline:
+        while (self.decryptor.waiting_flows or (self._quic is not None and self._quic.waiting_flows)) \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
             self.keys_arrived()
 
@@ -188,4 +215,5 @@ class Engine:
         """End of input: every connection still open is finished."""
         for events in self.decryptor.finish_batches():
             self._dispatch(events)
-        self._dispatch(self.quic.finish())
+        if self._quic is not None:
+            self._dispatch(self._quic.finish())

@@ -195,11 +195,12 @@ def _fill(counters: WorkerCounters, engine: Engine, captures: list[Any], reinjec
     counters.memory_limit_bytes = decryptor.config.memory_limit
     counters.plaintext_bytes = stats.plaintext_bytes
     counters.statuses = dict(stats.statuses)
-    quic = engine.quic.stats  # QUIC connections count as connections too
-    counters.flows += quic.flows
-    counters.plaintext_bytes += quic.plaintext_bytes
-    for status, count in quic.statuses.items():
-        counters.statuses[status] = counters.statuses.get(status, 0) + count
+    quic = engine.quic_stats  # QUIC connections count as connections too
+    if quic is not None:
+        counters.flows += quic.flows
+        counters.plaintext_bytes += quic.plaintext_bytes
+        for status, count in quic.statuses.items():
+            counters.statuses[status] = counters.statuses.get(status, 0) + count
     counters.histograms = {"key_lag_seconds": stats.key_lag.as_dict(), "record_hold_seconds": stats.record_hold.as_dict()}
     counters.capture_drops = sum(capture.drops for capture in captures)
     if reinject is not None:

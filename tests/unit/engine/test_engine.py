@@ -141,3 +141,28 @@ def test_without_the_digest_the_same_plaintext_and_no_sha256(fast_path: bool) ->
             elif isinstance(got, PlaintextData):
                 assert (got.flow.flow_id, got.direction, got.data) == (expected.flow.flow_id, expected.direction,
                                                                       expected.data)
+
+
+def test_quic_is_loaded_at_the_first_udp_datagram_only() -> None:
+    """A capture of TCP alone never imports QUIC's modules (a tenth of a small run's
+    time); the QUIC capture does, and its counters are there."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from bridge.engine import Engine\n"
+        "from tests.support.fixtures import FIXTURES\n"
+        "from bridge.capture.pcapfile import read_capture\n"
+        "fixture = FIXTURES[0]\n"
+        "engine = Engine(fixture.store())\n"
+        "engine.run(fixture.frames()); engine.finish()\n"
+        "assert engine.quic_stats is None, engine.quic_stats\n"
+        "assert not [m for m in sys.modules if m.startswith(('bridge.quic', 'bridge.engine.quic'))]\n"
+        "from tests.unit.quic.capture import PCAP\n"
+        "engine.run(read_capture(PCAP)); engine.finish()\n"
+        "assert engine.quic_stats is not None and engine.quic_stats.flows == 2, engine.quic_stats\n"
+    )
+    root = __import__("pathlib").Path(__file__).resolve().parents[3]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=root)
+    assert result.returncode == 0, result.stderr
