@@ -430,8 +430,6 @@ class LaneDecryptor(Decryptor):
         if mask != 3:
             self._offer(flow, direction)
             self._offer(flow, Direction(1 - direction))  # the peer's ACKs (its lane may have closed with this one)
-        elif flow.tls_active:
-            self._arm(flow, direction)
 
     def _segment(self, flow, direction, segment, events) -> None:  # type: ignore[no-untyped-def]
         # A SYN, FIN or RST (or a connection closing): the Python path reads both
