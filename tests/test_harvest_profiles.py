@@ -15,7 +15,7 @@ import pytest
 from bridge.harvest.elf import read_elf
 from bridge.harvest.profile import SHIPPED_DIR, Profile, ProfileStore
 from tests.support import tlslab
-from tests.support.harvest import Lab, compare_keylogs, hold_until_harvested
+from tests.support.harvest import Lab, compare_keylogs, hold_until_harvested, randoms
 from tests.support.keyfeed import BridgeProcess
 from tests.support.openssl_builds import WHEEL_BUILDS
 
@@ -200,9 +200,13 @@ def test_node_24_with_no_profile_is_resolved_by_the_harvester_itself(tmp_path, t
             server = lab.node_server(port=4435, node=str(node))
             harvester = lab.harvester("--pid", str(server.pid), "--keylog", str(harvested), "--status", str(status),
                                       "--profile-cache", str(tmp_path / "cache"))
-            # held open until harvested: confirming reads the live process, however slow the host
-            lab.s_client(4435, client, "-tls1_3", hold=0.5, harvested=harvested)
-            lab.s_client(4435, client, "-tls1_2", hold=0.5, harvested=harvested)
+            # held open until harvested: confirming reads the live process, however slow the host.
+            # The request goes first: node's last hooked call before it ran mid-handshake.
+            lab.s_client(4435, client, "-tls1_3", hold=0.5, harvested=harvested, keep_alive=True)
+            lab.s_client(4435, client, "-tls1_2", hold=0.5, harvested=harvested, keep_alive=True)
+            # both versions confirmed before the one-shot connections (a TLS 1.2 one over
+            # before its keys could be confirmed in memory would be lost)
+            assert randoms(client) <= randoms(harvested), harvester.text()
             # the harvester's next rescan probes node again, fields fetched: curl's one-shot
             # connections need that (read from memory they may close before the read)
             harvester.wait_for("again: the fields of its inferred and confirmed layout fetched at hook time",

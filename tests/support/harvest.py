@@ -134,18 +134,27 @@ http {{
             raise AssertionError(f"curl {' '.join(args)} failed: {proc.describe()}")
         return proc.out.data
 
-    def s_client(self, port: int, keylog: Path, *args: str, hold: float = 0.3, harvested: Path | None = None) -> bytes:
+    def s_client(self, port: int, keylog: Path, *args: str, hold: float = 0.3, harvested: Path | None = None,
+                 keep_alive: bool = False) -> bytes:
         """Connect, wait ``hold`` seconds (and, given ``harvested``, until the connection
-        is in that key log), send a GET, wait for the answer."""
+        is in that key log), send a GET, wait for the answer.
+
+        ``keep_alive``: the GET (HTTP/1.1, the connection kept) is sent first, then the
+        connection is held, then closed.  For a server whose last hooked call before
+        the request ran while the handshake was still unfinished (node): its calls
+        for the request run on the established connection, alive while it is held."""
         argv = [tlslab.tool("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", "-keylogfile", str(keylog),
                 "-quiet", *args]
         before = randoms(keylog)
         proc = self.ns.proc(argv)
+        if keep_alive:
+            proc.write(b"GET / HTTP/1.1\r\nHost: server.test\r\n\r\n")
         time.sleep(hold)
         if harvested is not None:
             hold_until_harvested(keylog, harvested, before, alive=proc.alive)
-        proc.write(b"GET / HTTP/1.0\r\n\r\n")
-        proc.wait(10)
+        if not keep_alive:
+            proc.write(b"GET / HTTP/1.0\r\n\r\n")
+            proc.wait(10)
         proc.stop(timeout=2)
         return proc.out.data
 

@@ -11,5 +11,7 @@ const server = https.createServer(
     response.end(`hello from node ${process.version} over ${request.socket.getProtocol()}\n`);
   }
 );
+// a kept connection stays while a test holds it (the default closes it after 5 s idle)
+server.keepAliveTimeout = 300000;
 server.listen(Number(port), "127.0.0.1", () => console.log(`listening on ${port}`));
 process.on("SIGTERM", () => server.close(() => process.exit(0)));
