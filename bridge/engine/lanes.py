@@ -180,6 +180,13 @@ def _front_summary(entry: tuple, ended_by: str, config: EngineSettings) -> FlowS
     return finished.summary
 
 
+def _lane_key(info, direction: Direction) -> tuple:  # type: ignore[no-untyped-def,type-arg]
+    """A lane's address: the sender's address and port, then the receiver's."""
+    if direction == Direction.C2S:
+        return info.client_ip, info.client_port, info.server_ip, info.server_port
+    return info.server_ip, info.server_port, info.client_ip, info.client_port
+
+
 class LaneDecryptor(Decryptor):
     """The decryptor with established TLS streams on the compiled path."""
 
@@ -506,13 +513,9 @@ class LaneDecryptor(Decryptor):
         boundary = flow.tls.record_boundary(direction)
         if boundary is None:
             return
-        info = flow.info
-        if direction == Direction.C2S:
-            key = (info.client_ip, info.client_port, info.server_ip, info.server_port)
-        else:
-            key = (info.server_ip, info.server_port, info.client_ip, info.client_port)
+        key = _lane_key(flow.info, direction)
         if self.lanes.open(*key, (flow, direction), next_seq, *boundary):
-            self._laned[info.flow_id] = mask | (1 << direction)
+            self._laned[flow.info.flow_id] = mask | (1 << direction)
             self.lanes_opened += 1
             self._arm(flow, direction, key)
 
@@ -527,11 +530,7 @@ class LaneDecryptor(Decryptor):
         if opener is None:
             return
         if key is None:
-            info = flow.info
-            if direction == Direction.C2S:
-                key = (info.client_ip, info.client_port, info.server_ip, info.server_port)
-            else:
-                key = (info.server_ip, info.server_port, info.client_ip, info.client_port)
+            key = _lane_key(flow.info, direction)
         held = tls.framing(direction)
         if self.lanes.arm(*key, opener, held):
             if held:
@@ -539,16 +538,12 @@ class LaneDecryptor(Decryptor):
                 self._charge(flow)
 
     def _close_lanes(self, flow) -> None:  # type: ignore[no-untyped-def]
-        info = flow.info
-        mask = self._laned.pop(info.flow_id, 0)
-        if mask & 1:
-            state = self.lanes.close(info.client_ip, info.client_port, info.server_ip, info.server_port)
-            if state is not None:
-                self._restore(LaneState(*state), forget=False)
-        if mask & 2:
-            state = self.lanes.close(info.server_ip, info.server_port, info.client_ip, info.client_port)
-            if state is not None:
-                self._restore(LaneState(*state), forget=False)
+        mask = self._laned.pop(flow.info.flow_id, 0)
+        for direction in (Direction.C2S, Direction.S2C):
+            if mask & (1 << direction):
+                state = self.lanes.close(*_lane_key(flow.info, direction))
+                if state is not None:
+                    self._restore(LaneState(*state), forget=False)
 
     def _restore(self, state: LaneState, *, forget: bool = True) -> None:
         """A lane closed: what it counted goes back to the Python path."""
