@@ -49,3 +49,42 @@ def test_a_malformed_issuer_name_is_reported_not_raised():
     x509.load_der_x509_certificate(broken)  # loads: the damage is only found on access
     summary = describe_certificate(broken)
     assert set(summary) == {"error"} and "unparseable certificate" in str(summary["error"])
+
+
+def test_a_chain_seen_again_is_described_from_the_cache_as_a_fresh_copy():
+    from bridge.tls import certificates
+
+    der, _ = _certificate_der()
+    certificates._SUMMARIES.clear()
+    first = certificates.describe_chain([der])
+    first[0]["san"].append("changed by a caller")
+    first[0]["subject"] = "changed"
+    second = certificates.describe_chain([der])
+    assert second == [describe_certificate(der)] == [
+        {"subject": "CN=server.test", "issuer": "CN=server.test", "san": ["server.test"]}]
+    assert (certificates._SUMMARIES.hits, certificates._SUMMARIES.misses) == (1, 1)
+
+
+def test_the_cache_is_bounded_and_large_certificates_are_not_kept(monkeypatch):
+    from bridge.tls import certificates
+
+    summaries = certificates._Summaries(entries=3)
+    ders = [_certificate_der()[0] for _ in range(5)]  # each its own key: five distinct certificates
+    for der in ders:
+        assert summaries.describe(der)["subject"] == "CN=server.test"
+    assert len(summaries) == 3 and summaries.misses == 5
+    summaries.describe(ders[0])  # forgotten (least recently seen): described again
+    assert summaries.misses == 6 and len(summaries) == 3
+    monkeypatch.setattr(certificates, "CACHE_MAX_DER", len(ders[1]) - 1)
+    summaries.clear()
+    summaries.describe(ders[1])
+    summaries.describe(ders[1])
+    assert len(summaries) == 0 and summaries.misses == 0  # described each time, never kept
+
+
+def test_a_malformed_certificate_is_cached_as_its_error():
+    from bridge.tls import certificates
+
+    summaries = certificates._Summaries()
+    assert summaries.describe(b"\x30\x03\x02\x01\x01") == summaries.describe(b"\x30\x03\x02\x01\x01")
+    assert "error" in summaries.describe(b"\x30\x03\x02\x01\x01") and summaries.hits == 2
