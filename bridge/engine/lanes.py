@@ -236,14 +236,25 @@ class LaneDecryptor(Decryptor):
                                config.memory_limit - self.memory_reserved - self._charged - 2 * lanes.table_bytes,
                                next(iter(half_open.values())).lru_ns if half_open else _NEVER)
         stop, chunks, handled, closed = lanes.run(frames, start)
+        if not handled and not chunks and closed is None:
+            # the first frame is Python's (a short connection's every other frame): nothing
+            # changed here, unless that frame promoted a front entry, to be replayed first
+            taken = lanes.take_front() if front else None
+            if taken is None:
+                return stop, 0, []
+            return self._after_run(stop, 0, [], None, taken)
+        return self._after_run(stop, handled, chunks, closed, lanes.take_front() if front else None,
+                               frames[stop - 1].timestamp_ns if handled else 0)
+
+    def _after_run(self, stop: int, handled: int, chunks: list, closed: tuple | None,  # type: ignore[type-arg]
+                   taken: tuple | None, timestamp_ns: int = 0) -> tuple[int, int, list[Event]]:  # type: ignore[type-arg]
+        front = self._front
         events: list[Event] = []
         if handled:
             self.stats.segments += handled
             self.lane_frames += handled
-            timestamp_ns = frames[stop - 1].timestamp_ns
             if timestamp_ns > self._now_ns:
                 self._now_ns = timestamp_ns
-        taken = lanes.take_front() if front else None
         if taken is not None:
             promoted, ended, created = taken
             self.stats.flows += created
