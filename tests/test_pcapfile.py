@@ -16,6 +16,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -360,6 +362,56 @@ def test_empty_and_missing_file(tmp_path: Path) -> None:
         list(read_capture(path))
     with pytest.raises(CaptureFormatError, match="cannot open"):
         read_capture(tmp_path / "missing.pcap")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=30), st.booleans())
+def test_any_split_gives_the_same_frames(cuts: list[int], pcapng: bool) -> None:
+    """Chunks cut anywhere (in a record's header, its data, a file header) give the frames
+    of the whole capture, in order, in parts; nothing is left over at a clean end."""
+    if pcapng:
+        blob, expected = _pcapng_fixture()
+    else:
+        blob = pcap_global_header(1) + b"".join(pcap_record(i, p) for i, p in enumerate(_pkts(12)))
+        expected = parse_capture_bytes(blob)
+    parser, got, at, i = CaptureParser(), [], 0, 0
+    while at < len(blob):
+        step = cuts[i % len(cuts)]
+        i += 1
+        for part in parser.feed_parts(blob[at:at + step]):
+            assert len(part)  # never an empty part
+            got += list(part)
+        at += step
+    assert parser.close() == 0
+    assert got == expected
+
+
+def test_pcap_chunk_parsed_where_it_lies() -> None:
+    """The record that straddles two chunks is completed from the second chunk's head;
+    the rest of that chunk is read in place (a batch over the chunk itself, not a copy)."""
+    records = [pcap_record(i, p) for i, p in enumerate(_pkts(6))]
+    blob = pcap_global_header(1) + b"".join(records)
+    cut = 24 + len(records[0]) + 7  # inside the second record's header
+    parser = PcapParser()
+    first = parser.feed_parts(blob[:cut])
+    chunk = blob[cut:]
+    straddling, rest = parser.feed_parts(chunk)
+    assert [len(part) for part in first] == [1] and len(straddling) == 1 and len(rest) == 4
+    assert rest.buffer is chunk
+    assert [f.data for f in [*first[0], *straddling, *rest]] == _pkts(6)
+
+
+def test_pcap_record_larger_than_the_next_chunk_waits() -> None:
+    """A straddling record longer than the next chunk keeps both, and is read whole later."""
+    big = os.urandom(5000)
+    blob = pcap_global_header(1) + pcap_record(1, b"a") + pcap_record(2, big) + pcap_record(3, b"z")
+    parser = PcapParser()
+    out = []
+    for at in range(0, len(blob), 1000):
+        for part in parser.feed_parts(blob[at:at + 1000]):
+            out += [f.data for f in part]
+    assert parser.close() == 0
+    assert out == [b"a", big, b"z"]
 
 
 def test_sans_io_parser_bytewise() -> None:

@@ -113,27 +113,63 @@ class _BufferedParser:
     def feed(self, data: bytes) -> Sequence[Frame]:
         """Add bytes; return the frames that became complete (possibly none): a list,
         or (classic pcap) a :class:`FrameBatch`, whose frames are made when read."""
+        parts = self.feed_parts(data)
+        if len(parts) == 1:
+            return parts[0]
+        return [frame for part in parts for frame in part]
+
+    def feed_parts(self, data: bytes) -> list[Sequence[Frame]]:
+        """As :meth:`feed`, the frames in parts (each a list or a :class:`FrameBatch`),
+        without copying the chunk: the record that straddles the previous chunk's end
+        is completed from this chunk's first bytes (only they are copied), then the
+        rest of the chunk is parsed where it lies (joining the two chunks cost a copy
+        of every byte of a capture, and a fresh buffer's page faults, per chunk)."""
         if not data:
             return []
-        self._pending.append(bytes(data))
-        self._pending_len += len(data)
-        if self._pending_len < self._need:
+        data = bytes(data)
+        if self._pending_len + len(data) < self._need:
+            self._pending.append(data)
+            self._pending_len += len(data)
             return []
-        pending = self._pending
-        buf = pending[0] if len(pending) == 1 else b"".join(pending)
-        out: list[Frame] = []
-        try:
-            pos, need = self._parse(buf, out)
-        except (struct.error, IndexError, ValueError, OverflowError) as exc:
-            raise CaptureFormatError(f"malformed {self.format_name} data: {exc}") from exc
-        if len(out) == 1 and out[0].__class__ is FrameBatch:  # type: ignore[comparison-overlap]
-            out = out[0]  # type: ignore[assignment]
-        rest = buf[pos:] if pos < len(buf) else b""
+        parts: list[Sequence[Frame]] = []
+        start = 0
+        if self._pending:
+            pending = self._pending
+            head = pending[0] if len(pending) == 1 else b"".join(pending)
+            used = 0  # bytes of data in head
+            while True:
+                take = self._need - len(head)
+                if used + take > len(data):  # the record needs more than this chunk: keep it all
+                    rest = data[used:]
+                    self._pending = [head, rest]
+                    self._pending_len = len(head) + len(rest)
+                    return parts
+                piece = head + data[used:used + take]
+                pos = self._parse_part(piece, 0, parts)
+                if pos >= len(head):  # the straddling record is done: the rest lies in data
+                    start = used + pos - len(head)
+                    break
+                head = piece[pos:]
+                used += take
+        pos = self._parse_part(data, start, parts)
+        rest = data[pos:] if pos < len(data) else b""
         self._pending = [rest] if rest else []
         self._pending_len = len(rest)
-        self._need = need
-        self.frames_parsed += len(out)
-        return out
+        return parts
+
+    def _parse_part(self, buf: bytes, pos: int, parts: list[Sequence[Frame]]) -> int:
+        """Parse ``buf`` from ``pos``; append its frames to ``parts`` as one part, and
+        return where parsing stopped (the next record needs ``self._need`` bytes from there)."""
+        out: list[Frame] = []
+        try:
+            pos, self._need = self._parse(buf, out, pos)
+        except (struct.error, IndexError, ValueError, OverflowError) as exc:
+            raise CaptureFormatError(f"malformed {self.format_name} data: {exc}") from exc
+        if out:
+            part: Sequence[Frame] = out[0] if len(out) == 1 and out[0].__class__ is FrameBatch else out  # type: ignore[assignment,comparison-overlap]
+            self.frames_parsed += len(part)
+            parts.append(part)
+        return pos
 
     def close(self) -> int:
         """Signal end of input; return the number of leftover (truncated) bytes.
@@ -146,7 +182,7 @@ class _BufferedParser:
             )
         return self._pending_len
 
-    def _parse(self, buf: bytes, out: list[Frame]) -> tuple[int, int]:  # pragma: no cover
+    def _parse(self, buf: bytes, out: list[Frame], pos: int = 0) -> tuple[int, int]:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -200,14 +236,13 @@ class PcapParser(_BufferedParser):
         )
         self._header_done = True
 
-    def _parse(self, buf: bytes, out: list[Frame]) -> tuple[int, int]:
-        pos = 0
+    def _parse(self, buf: bytes, out: list[Frame], pos: int = 0) -> tuple[int, int]:
         n = len(buf)
         if not self._header_done:
-            if n < 24:
-                return 0, 24
-            self._parse_header(buf)
-            pos = 24
+            if n - pos < 24:
+                return pos, 24
+            self._parse_header(buf[pos:pos + 24])
+            pos += 24
         # The record loop is compiled (bridge/capture/_records.c): same frames, same bounds,
         # as one FrameBatch (the compiled engine reads its frames in place: no Frame made).
         batch, pos, need, absurd = _records.pcap_batch(Frame, buf, pos, self.byteorder == "<", self._rec_len,
@@ -282,8 +317,7 @@ class PcapngParser(_BufferedParser):
         self._last_ts = 0
         self._s = _ORDERS["<"]
 
-    def _parse(self, buf: bytes, out: list[Frame]) -> tuple[int, int]:
-        pos = 0
+    def _parse(self, buf: bytes, out: list[Frame], pos: int = 0) -> tuple[int, int]:
         n = len(buf)
         append = out.append
         while True:
@@ -452,7 +486,14 @@ class CaptureParser:
     def warnings(self) -> list[str]:
         return [] if self._impl is None else self._impl.warnings
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes) -> Sequence[Frame]:
+        parts = self.feed_parts(data)
+        if len(parts) == 1:
+            return parts[0]
+        return [frame for part in parts for frame in part]
+
+    def feed_parts(self, data: bytes) -> list[Sequence[Frame]]:
+        """The frames that became complete, in parts (see :meth:`_BufferedParser.feed_parts`)."""
         impl = self._impl
         if impl is None:
             self._head += data
@@ -461,7 +502,7 @@ class CaptureParser:
             kind = detect_format(self._head)
             impl = self._impl = PcapParser() if kind == "pcap" else PcapngParser()
             data, self._head = self._head, b""
-        return impl.feed(data)
+        return impl.feed_parts(data)
 
     def close(self) -> int:
         """End of input: leftover byte count (0 = clean end). Errors if nothing valid came."""
@@ -537,9 +578,10 @@ class CaptureReader:
         for frames in self.batches():
             yield from frames
 
-    def batches(self) -> Iterator[list[Frame]]:
-        """The frames a chunk at a time (a list per read of ``chunk_size`` bytes):
-        what :meth:`bridge.engine.Engine.run` takes in one call of the compiled path."""
+    def batches(self) -> Iterator[Sequence[Frame]]:
+        """The frames a chunk at a time (a list or a :class:`FrameBatch` per read of
+        ``chunk_size`` bytes, and one for the record that straddled the previous read's
+        end): what :meth:`bridge.engine.Engine.run` takes in one call of the compiled path."""
         f = self._file
         read = getattr(f, "read1", None) or f.read
         size = self._chunk_size
@@ -552,9 +594,8 @@ class CaptureReader:
                     raise CaptureFormatError(f"error reading {self.name}: {exc}") from exc
                 if not chunk:
                     break
-                frames = parser.feed(chunk)
-                self.frames_read += len(frames)
-                if frames:
+                for frames in parser.feed_parts(chunk):
+                    self.frames_read += len(frames)
                     yield frames
             leftover = parser.close()
             self.warnings.extend(parser.warnings)
