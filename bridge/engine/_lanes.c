@@ -80,6 +80,11 @@ typedef struct {
     ClosedSet closed;
     size_t max_pending, max_bytes;
     int64_t python_oldest_ns; /* Python's least recently active half-open connection */
+    /* run(frames, start, limits): limits() gives the three above, asked at the run's first
+       frame that may need them (a new SYN, a pending entry's client frame), not before */
+    PyObject *limits; /* borrowed, during a run only */
+    int limits_fresh;
+    long long run_table_bytes; /* the tables' bytes as the run began */
     /* what the last runs did at the front, until take_front() */
     PyObject *promoted; /* an entry's description, or NULL */
     PyObject *ended;    /* descriptions of entries ended to make room, or NULL */
@@ -389,6 +394,53 @@ static int front_end(LanesObject *self, FrontEntry *e, int why, PyObject *out)
     return 0;
 }
 
+static size_t tables_bytes(LanesObject *self)
+{
+    return keys_slot_bytes(KEYS(&self->table)) + self->table.ntouched * sizeof(Lane *) +
+           keys_slot_bytes(&self->front.keys);
+}
+
+/* Whether front_segment() may read the limits for this frame: a frame of a pending
+   entry's client (stored), or a pure SYN (a new entry).  It may say yes when they are
+   not read; never no when they are. */
+static int front_may_use_limits(Front *f, const Segment *s)
+{
+    FrontEntry *e = (FrontEntry *)(void *)keys_find(&f->keys, &s->key);
+    if (e != NULL)
+        return e->state != FRONT_OWNED;
+    return (s->flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK)) == TCP_SYN && s->payload_len == 0;
+}
+
+static void set_limits(LanesObject *self, long long max_pending, long long max_bytes, long long python_oldest)
+{
+    self->max_pending = max_pending > 0 ? (size_t)max_pending : 0;
+    self->max_bytes = max_bytes > 0 ? (size_t)max_bytes : 0;
+    self->python_oldest_ns = python_oldest;
+}
+
+/* The run's limits from its limits() callable: (max_pending, max_bytes before the tables,
+   python_oldest_ns); the tables' bytes as the run began are taken twice from max_bytes
+   (what they hold, and what they may grow by in the run). */
+static int fetch_limits(LanesObject *self)
+{
+    PyObject *got = PyObject_CallNoArgs(self->limits);
+    if (got == NULL)
+        return -1;
+    long long max_pending, max_bytes, python_oldest;
+    int ok = PyTuple_Check(got) && PyArg_ParseTuple(got, "LLL:limits", &max_pending, &max_bytes, &python_oldest);
+    Py_DECREF(got);
+    if (!ok) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "limits() must return (max_pending, max_bytes, python_oldest_ns)");
+        return -1;
+    }
+    if (max_bytes < LLONG_MIN / 2)
+        max_bytes = LLONG_MIN / 2; /* no room either way; the subtraction below cannot overflow */
+    set_limits(self, max_pending, max_bytes - 2 * self->run_table_bytes, python_oldest);
+    self->limits_fresh = 1;
+    return 0;
+}
+
 /* A decoded frame no lane took, at the front: FRONT_PASS, _TAKEN or _PROMOTE; -1 on error.
    Room is made as the Python path makes it: the least recently active half-open
    connection goes first, never the one this frame is of; when that is Python's
@@ -396,6 +448,8 @@ static int front_end(LanesObject *self, FrontEntry *e, int why, PyObject *out)
 static int front_step(LanesObject *self, const Segment *s, int linktype, const uint8_t *frame, size_t length,
                       int64_t ts)
 {
+    if (!self->limits_fresh && front_may_use_limits(&self->front, s) && fetch_limits(self) < 0)
+        return -1;
     for (;;) {
         FrontEntry *e;
         int created, full;
@@ -434,9 +488,7 @@ static PyObject *Lanes_front_limits(LanesObject *self, PyObject *args)
     long long python_oldest = INT64_MAX;
     if (!PyArg_ParseTuple(args, "nn|L:front_limits", &max_pending, &max_bytes, &python_oldest))
         return NULL;
-    self->max_pending = max_pending > 0 ? (size_t)max_pending : 0;
-    self->max_bytes = max_bytes > 0 ? (size_t)max_bytes : 0;
-    self->python_oldest_ns = python_oldest;
+    set_limits(self, max_pending, max_bytes, python_oldest);
     Py_RETURN_NONE;
 }
 
@@ -564,8 +616,7 @@ static PyObject *Lanes_get_front_oldest_ns(LanesObject *self, void *closure)
 
 static PyObject *Lanes_get_table_bytes(LanesObject *self, void *closure)
 {
-    return PyLong_FromSize_t(keys_slot_bytes(KEYS(&self->table)) + self->table.ntouched * sizeof(Lane *) +
-                             keys_slot_bytes(&self->front.keys));
+    return PyLong_FromSize_t(tables_bytes(self));
 }
 
 static PyObject *Lanes_get_front_capacity(LanesObject *self, void *closure)
@@ -749,12 +800,34 @@ fail:
     return -1;
 }
 
+static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_t start);
+
 static PyObject *Lanes_run(LanesObject *self, PyObject *args)
 {
-    PyObject *frames;
+    PyObject *frames, *limits = Py_None;
     Py_ssize_t start;
-    if (!PyArg_ParseTuple(args, "On:run", &frames, &start))
+    if (!PyArg_ParseTuple(args, "On|O:run", &frames, &start, &limits))
         return NULL;
+    if (limits != Py_None && !PyCallable_Check(limits)) {
+        PyErr_SetString(PyExc_TypeError, "limits must be callable");
+        return NULL;
+    }
+    if (limits == Py_None) {
+        self->limits = NULL;
+        self->limits_fresh = 1; /* front_limits()'s, as set */
+    } else {
+        self->limits = limits;
+        self->limits_fresh = 0;
+        self->run_table_bytes = (long long)tables_bytes(self);
+    }
+    PyObject *result = Lanes_run_frames(self, frames, start);
+    self->limits = NULL;
+    self->limits_fresh = 1;
+    return result;
+}
+
+static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_t start)
+{
     /* a FrameBatch (bridge.capture._records, _batch.h) is read in place: its records
        through the buffer protocol, the frames' bytes in its buffer; else a sequence of Frames */
     PyObject *seq = NULL, **items = NULL, *base = NULL;
@@ -956,8 +1029,10 @@ static PyMethodDef Lanes_methods[] = {
      "application data with opener(header, fragment) -> plaintext | None (False: no such lane, already armed, "
      "or held does not match the lane's record boundary)"},
     {"run", (PyCFunction)Lanes_run, METH_VARARGS,
-     "run(frames, start) -> (stop, chunks, handled, closed): the frames of open lanes from start on, "
-     "up to the first that Python must take"},
+     "run(frames, start[, limits]) -> (stop, chunks, handled, closed): the frames of open lanes from start on, "
+     "up to the first that Python must take; limits() -> (max_pending, max_bytes, python_oldest_ns), if given, "
+     "is called at the run's first frame that may need the front's limits (max_bytes less twice the tables' "
+     "bytes as the run began), instead of front_limits()'s"},
     {"front_limits", (PyCFunction)Lanes_front_limits, METH_VARARGS,
      "front_limits(max_pending, max_bytes[, python_oldest_ns]): the front's share of max_flows and memory_limit "
      "(0: no new entries), and when Python's least recently active half-open connection was last active"},

@@ -227,15 +227,10 @@ class LaneDecryptor(Decryptor):
         first frame the Python path must take, frames taken here, events)."""
         lanes = self.lanes
         front = self._front
-        if front:
-            config = self.config
-            half_open = self._half_open
-            # the front's bytes: what is left of the budget, less its tables twice (what they
-            # hold, and what they may grow by in this run)
-            lanes.front_limits(config.max_flows - len(self._flows) - len(half_open),
-                               config.memory_limit - self.memory_reserved - self._charged - 2 * lanes.table_bytes,
-                               next(iter(half_open.values())).lru_ns if half_open else _NEVER)
-        stop, chunks, handled, closed = lanes.run(frames, start)
+        # the front's limits are asked for (_front_limits) only by a frame that may need them:
+        # most frames of a short connection come here only to be given back
+        stop, chunks, handled, closed = lanes.run(frames, start, self._front_limits) if front else \
+            lanes.run(frames, start)
         if not handled and not chunks and closed is None:
             # the first frame is Python's (a short connection's every other frame): nothing
             # changed here, unless that frame promoted a front entry, to be replayed first
@@ -245,6 +240,17 @@ class LaneDecryptor(Decryptor):
             return self._after_run(stop, 0, [], None, taken)
         return self._after_run(stop, handled, chunks, closed, lanes.take_front() if front else None,
                                frames[stop - 1].timestamp_ns if handled else 0)
+
+    def _front_limits(self) -> tuple[int, int, int]:
+        """The front's share of the bounds now, for the C module: the connections left of
+        ``max_flows``, the bytes left of the budget (the C module takes its tables twice
+        from them: what they hold, and what they may grow by in the run), and when Python's
+        least recently active half-open connection was last active."""
+        config = self.config
+        half_open = self._half_open
+        return (config.max_flows - len(self._flows) - len(half_open),
+                config.memory_limit - self.memory_reserved - self._charged,
+                next(iter(half_open.values())).lru_ns if half_open else _NEVER)
 
     def _after_run(self, stop: int, handled: int, chunks: list, closed: tuple | None,  # type: ignore[type-arg]
                    taken: tuple | None, timestamp_ns: int = 0) -> tuple[int, int, list[Event]]:  # type: ignore[type-arg]

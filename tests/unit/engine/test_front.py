@@ -441,17 +441,55 @@ def test_an_entry_holds_a_bounded_number_of_frames() -> None:
     assert stop == FRONT_MAX_FRAMES and len(FrontEntry(*lanes.take_front()[0]).stored_frames()) == FRONT_MAX_FRAMES
 
 
+def test_limits_are_asked_for_by_the_first_frame_that_may_need_them() -> None:
+    """run(frames, start, limits): limits() is called once in a run, at its first SYN or
+    pending client frame, never for frames the front gives straight back to Python."""
+    lanes = Lanes(16, 64)
+    asked: list[int] = []
+
+    def limits() -> tuple[int, int, int]:
+        asked.append(lanes.front_pending)
+        return 10, 1 << 20, 1 << 62
+
+    assert lanes.run([_c_frame("A", 5), _c_frame("PA", 6, b"x")], 0, limits)[:3] == (0, [], 0)
+    assert asked == []  # an ACK of no connection: Python's, no limits needed
+    frames = [_frame(_tcp(client, "S", 1), client) for client in range(3)] + [_c_frame("A", 5)]
+    assert lanes.run(frames, 0, limits)[:3] == (3, [], 3)
+    assert asked == [0] and lanes.front_pending == 3  # once, before the first entry
+    assert lanes.run([_frame(_tcp(0, "A", 2), 9)], 0, limits)[2] == 1 and asked == [0, 3]  # a stored client frame
+    with pytest.raises(TypeError):
+        lanes.run([_frame(_tcp(5, "S", 1), 9)], 0, lambda: (1, 2))
+    with pytest.raises(ZeroDivisionError):
+        lanes.run([_frame(_tcp(5, "S", 1), 9)], 0, lambda: 1 / 0)
+    with pytest.raises(TypeError):
+        lanes.run([], 0, 42)
+
+
+def test_the_limits_bytes_leave_the_tables_twice() -> None:
+    """limits()'s max_bytes is what is left of the budget; the C module takes its tables'
+    bytes (as the run began) twice from it, as run_lanes did before asking lazily."""
+    lanes = Lanes(16, 64)
+    tables = lanes.table_bytes
+    assert lanes.run([_frame(_tcp(1, "S", 1), 1)], 0, lambda: (10, 2 * tables, 0))[2] == 0
+    assert lanes.front_pending == 0  # no byte to spare: Python's
+    assert lanes.run([_frame(_tcp(1, "S", 1), 1)], 0, lambda: (10, 2 * tables + 4096, 0))[2] == 1
+    assert lanes.front_pending == 1
+    assert lanes.run([_frame(_tcp(2, "S", 1), 2)], 0, lambda: (10, -(1 << 63), 0))[2] == 0
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["S", "A", "PA", "SA", "R", "F", ""]), st.integers(0, 3),
                           st.integers(0, 2**32 - 1), st.binary(max_size=64), st.booleans()), max_size=40),
-       st.integers(0, 6), st.integers(0, 8000))
-def test_any_frames_neither_crash_nor_leak(steps, max_pending: int, max_bytes: int) -> None:  # type: ignore[no-untyped-def]
+       st.integers(0, 6), st.integers(0, 8000), st.booleans())
+def test_any_frames_neither_crash_nor_leak(steps, max_pending: int, max_bytes: int, lazy: bool) -> None:  # type: ignore[no-untyped-def]
     lanes = _lanes(max_pending, max_bytes)
     frames = [_frame(_tcp(client, flags, seq, payload, from_server=server), i)
               for i, (flags, client, seq, payload, server) in enumerate(steps)]
+    # lazy: the limits asked for by the run (run_lanes' way), the same bounds
+    limits = (lambda: (max_pending, max_bytes + 2 * lanes.table_bytes, 1 << 62)) if lazy else None
     start = 0
     while start < len(frames):
-        stop = lanes.run(frames, start)[0]
+        stop = lanes.run(frames, start, limits)[0]
         taken = lanes.take_front()
         assert lanes.front_pending <= max_pending and lanes.front_bytes <= max(max_bytes, 0)
         if taken is not None and taken[0] is not None:
