@@ -90,6 +90,13 @@ def _describe_magic(head: bytes) -> str:
     return shown
 
 
+def _joined(parts: list[Sequence[Frame]]) -> Sequence[Frame]:
+    """:meth:`feed`'s frames from :meth:`feed_parts`'s: the one part as it is, else a list."""
+    if len(parts) == 1:
+        return parts[0]
+    return [frame for part in parts for frame in part]
+
+
 class _BufferedParser:
     """Chunk bookkeeping shared by the two format parsers.
 
@@ -113,10 +120,7 @@ class _BufferedParser:
     def feed(self, data: bytes) -> Sequence[Frame]:
         """Add bytes; return the frames that became complete (possibly none): a list,
         or (classic pcap) a :class:`FrameBatch`, whose frames are made when read."""
-        parts = self.feed_parts(data)
-        if len(parts) == 1:
-            return parts[0]
-        return [frame for part in parts for frame in part]
+        return _joined(self.feed_parts(data))
 
     def feed_parts(self, data: bytes) -> list[Sequence[Frame]]:
         """As :meth:`feed`, the frames in parts (each a list or a :class:`FrameBatch`),
@@ -487,10 +491,7 @@ class CaptureParser:
         return [] if self._impl is None else self._impl.warnings
 
     def feed(self, data: bytes) -> Sequence[Frame]:
-        parts = self.feed_parts(data)
-        if len(parts) == 1:
-            return parts[0]
-        return [frame for part in parts for frame in part]
+        return _joined(self.feed_parts(data))
 
     def feed_parts(self, data: bytes) -> list[Sequence[Frame]]:
         """The frames that became complete, in parts (see :meth:`_BufferedParser.feed_parts`)."""

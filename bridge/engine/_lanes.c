@@ -82,8 +82,7 @@ typedef struct {
     int64_t python_oldest_ns; /* Python's least recently active half-open connection */
     /* run(frames, start, limits): limits() gives the three above, asked at the run's first
        frame that may need them (a new SYN, a pending entry's client frame), not before */
-    PyObject *limits; /* borrowed, during a run only */
-    int limits_fresh;
+    PyObject *limits; /* borrowed, during a run only, until called: NULL, the limits above hold */
     long long run_table_bytes; /* the tables' bytes as the run began */
     /* what the last runs did at the front, until take_front() */
     PyObject *promoted; /* an entry's description, or NULL */
@@ -437,7 +436,7 @@ static int fetch_limits(LanesObject *self)
     if (max_bytes < LLONG_MIN / 2)
         max_bytes = LLONG_MIN / 2; /* no room either way; the subtraction below cannot overflow */
     set_limits(self, max_pending, max_bytes - 2 * self->run_table_bytes, python_oldest);
-    self->limits_fresh = 1;
+    self->limits = NULL; /* once a run */
     return 0;
 }
 
@@ -448,7 +447,7 @@ static int fetch_limits(LanesObject *self)
 static int front_step(LanesObject *self, const Segment *s, int linktype, const uint8_t *frame, size_t length,
                       int64_t ts)
 {
-    if (!self->limits_fresh && front_may_use_limits(&self->front, s) && fetch_limits(self) < 0)
+    if (self->limits != NULL && front_may_use_limits(&self->front, s) && fetch_limits(self) < 0)
         return -1;
     for (;;) {
         FrontEntry *e;
@@ -812,17 +811,10 @@ static PyObject *Lanes_run(LanesObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "limits must be callable");
         return NULL;
     }
-    if (limits == Py_None) {
-        self->limits = NULL;
-        self->limits_fresh = 1; /* front_limits()'s, as set */
-    } else {
-        self->limits = limits;
-        self->limits_fresh = 0;
-        self->run_table_bytes = (long long)tables_bytes(self);
-    }
+    self->limits = limits == Py_None ? NULL : limits; /* NULL: front_limits()'s, as set */
+    self->run_table_bytes = (long long)tables_bytes(self);
     PyObject *result = Lanes_run_frames(self, frames, start);
     self->limits = NULL;
-    self->limits_fresh = 1;
     return result;
 }
 

@@ -229,8 +229,7 @@ class LaneDecryptor(Decryptor):
         front = self._front
         # the front's limits are asked for (_front_limits) only by a frame that may need them:
         # most frames of a short connection come here only to be given back
-        stop, chunks, handled, closed = lanes.run(frames, start, self._front_limits) if front else \
-            lanes.run(frames, start)
+        stop, chunks, handled, closed = lanes.run(frames, start, self._front_limits if front else None)
         if not handled and not chunks and closed is None:
             # the first frame is Python's (a short connection's every other frame): nothing
             # changed here, unless that frame promoted a front entry, to be replayed first
