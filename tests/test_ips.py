@@ -19,8 +19,8 @@ import pytest
 
 from bridge.ips.connections import ConnectionTable
 from bridge.ips.eve import block_request
-from bridge.ips.reset import reset_packets
-from bridge.engine.packets import ACK, PSH, SYN, TcpSegment
+from bridge.ips.reset import reset_answering, reset_packets
+from bridge.engine.packets import ACK, PSH, RST, SYN, TcpSegment
 from tests.support import tlslab
 from tests.support.keyfeed import BridgeProcess
 from tests.support.suricata import LiveSuricata
@@ -68,6 +68,90 @@ def test_resets_carry_the_sequence_numbers_each_side_expects():
     from bridge.reinject.synthetic import internet_checksum
 
     assert internet_checksum(to_client[:20]) == 0  # the IPv4 header checksum verifies
+
+
+def test_a_segment_of_a_cut_connection_is_answered_with_the_reset_its_sender_expects():
+    client, server = bytes([10, 0, 0, 2]), bytes([10, 0, 1, 2])
+    challenge = TcpSegment(0, 4, client, server, 51000, 443, 1101, 5301, ACK, 500, b"")
+    destination, packet = reset_answering(challenge)
+    assert destination == "10.0.0.2" and packet[12:16] == server and packet[16:20] == client
+    assert packet[20:24] == bytes.fromhex("01bbc738")  # from 443 to 51000
+    assert int.from_bytes(packet[24:28], "big") == 5301  # what the client acknowledged: what it expects
+    assert int.from_bytes(packet[28:32], "big") == 1101 and packet[33] & RST
+    assert reset_answering(TcpSegment(0, 4, client, server, 51000, 443, 1101, 5301, ACK, 500, b"ab"))[1][28:32] == \
+        (1103).to_bytes(4, "big")
+    for flags in (RST | ACK, SYN | ACK, PSH):  # a RST is never answered; a SYN or no ACK names nothing
+        assert reset_answering(TcpSegment(0, 4, client, server, 51000, 443, 1101, 5301, flags, 500, b"")) is None
+
+
+@pytest.mark.real
+def test_a_reset_that_missed_is_corrected_by_the_challenge_ack_it_draws():
+    """The kernel as the oracle (loopback): a RST inside the client's window but not at
+    its next sequence number does not reset it (RFC 5961 3.2) and draws a challenge ACK;
+    the chase answers that ACK with the exact RST, and the client's socket is reset."""
+    import socket
+
+    from bridge.capture.afpacket import AfPacketCapture
+    from bridge.engine.packets import classify
+    from bridge.ips.reset import _tcp_reset
+    from bridge.ips.service import Chase, ResetSender
+
+    stop = threading.Event()
+    capture = AfPacketCapture("lo", stop_event=stop, idle_marker=True, poll_interval=0.02)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = listener.accept()
+    client_port = client.getsockname()[1]
+    server.sendall(b"y" * 300)
+    assert client.recv(300, socket.MSG_WAITALL) == b"y" * 300
+    table, segments = ConnectionTable(), []
+    deadline = time.monotonic() + 10
+
+    def sniff(until) -> None:  # type: ignore[no-untyped-def]
+        for frame in capture:
+            if frame is not None:
+                segment = classify(frame.linktype, frame.data, frame.timestamp_ns)
+                if isinstance(segment, TcpSegment) and port in (segment.sport, segment.dport) and \
+                        client_port in (segment.sport, segment.dport):
+                    table.observe(segment)
+                    segments.append(segment)
+            if until() or time.monotonic() > deadline:
+                return
+
+    def sides():  # type: ignore[no-untyped-def]
+        connection = table.get(("127.0.0.1", client_port), ("127.0.0.1", port))
+        return {} if connection is None else connection.sides
+
+    def acked() -> bool:  # the client acknowledged all 300 bytes (lo shows each packet twice)
+        server_next = sides().get(("127.0.0.1", port))
+        return server_next is not None and any(
+            s.sport == client_port and s.ack == server_next.next_seq for s in segments) and any(
+            s.payload for s in segments)
+
+    sniff(acked)
+    exact = sides()[("127.0.0.1", port)].next_seq
+    raw = ResetSender()
+    seen = len(segments)
+    missed, _ = _tcp_reset(("127.0.0.1", port), ("127.0.0.1", client_port), (exact + 100) & 0xFFFFFFFF, 0)
+    raw.send("127.0.0.1", missed)
+    sniff(lambda: any(s.sport == client_port and s.flags & ACK and not s.flags & RST for s in segments[seen:]))
+    challenge = next(s for s in segments[seen:] if s.sport == client_port and not s.flags & RST)
+    assert challenge.ack == exact  # the client names what it expects
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):  # the RST that missed did not reset it
+        client.recv(1)
+    chase = Chase(raw)
+    chase.add(ConnectionTable.key(("127.0.0.1", client_port), ("127.0.0.1", port)))
+    chase.answer(challenge)
+    assert chase.answered == 1
+    client.setblocking(True)
+    client.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        client.recv(1)
+    stop.set()
+    for sock in (client, server, listener):
+        sock.close()
 
 
 # --- the lab ----------------------------------------------------------------------------------------

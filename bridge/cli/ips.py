@@ -41,7 +41,8 @@ def run_inline(args: argparse.Namespace) -> int:
             verdict_policy=args.verdict_policy or args.exception_policy,
             memcap_policy=args.memcap_policy or args.exception_policy,
             decrypt_policy=args.decrypt_error_policy or args.exception_policy,
-            flow_memcap=args.flow_memcap, memcap=args.memcap, resets=not args.no_reset)
+            flow_memcap=args.flow_memcap, memcap=args.memcap, resets=not args.no_reset,
+            verdict_retries=args.verdict_retries)
         return inline_service.serve(inline_service.InlineServiceSettings(
             queue=args.queue_num, suricata_in=args.suricata_in, suricata_out=args.suricata_out,
             keylogs=tuple(args.keylog), feeds=tuple(args.keys), server_key=args.server_key or "",
@@ -82,8 +83,10 @@ inline mode (--inline):
   deploy/suricata/tls-bridge-inline.yaml, the veths made by
   deploy/create-inline-interfaces.sh).  What Suricata passes comes back on
   --suricata-out and the held packets are released; what a drop or reject rule
-  matches does not, and the held packets are dropped, both ends get a RST and the
-  connection's later packets are dropped.  Secrets missing after --hold-budget,
+  matches does not (a segment missing behind its probe is sent again, up to
+  --verdict-retries times, as it may have been lost in a full ring), and the held
+  packets are dropped, both ends get a RST and the connection's later packets are
+  dropped.  Secrets missing after --hold-budget,
   no verdict within --verdict-timeout, secrets that do not decrypt (wrong_key), or
   held bytes over --flow-memcap/--memcap (and the kernel's queue full) follow their
   policy: pass-flow (released; the connection is not inspected any
@@ -188,6 +191,11 @@ def add_ips_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="how long held packets wait for their connection's secrets (default: %(default)s)")
     inline.add_argument("--verdict-timeout", type=float, default=InlineSettings.verdict_timeout, metavar="SECONDS",
                         help="how long Suricata has to judge (default: %(default)s)")
+    inline.add_argument("--verdict-retries", type=int, default=InlineSettings.verdict_retries, metavar="N",
+                        help="plaintext missing when its probe came back is sent to Suricata again, up to N times, "
+                        "before it counts as dropped: a frame lost in a full ring or queue is not a verdict, and "
+                        "what a drop rule matched stays missing, as Suricata drops the whole flow (default: "
+                        "%(default)s)")
     inline.add_argument("--flow-memcap", type=int, default=InlineSettings.flow_memcap, metavar="BYTES",
                         help="bytes of packets held per connection (default: %(default)s)")
     inline.add_argument("--memcap", type=int, default=InlineSettings.memcap, metavar="BYTES",

@@ -25,8 +25,11 @@ completes comes out as plaintext, is sent to Suricata (an IPS: af-packet
 datagram on a reserved link-local address).  Suricata handles one interface's
 packets in order, so when the probe comes out every data segment before it has
 been judged: those that came out passed (the held packets are released); one
-that did not was dropped (a ``drop`` or ``reject`` rule): the held packets are
-dropped and the connection is cut, a RST to each end at the sequence number it
+that did not was dropped (a ``drop`` or ``reject`` rule) or lost on the way (a
+ring or a queue full on a loaded host): the segments missing are sent again with
+a new probe, up to ``verdict_retries`` times (Suricata drops a flow once a drop
+rule matched it: what it dropped stays missing); missing still, the held packets
+are dropped and the connection is cut, a RST to each end at the sequence number it
 expects (:mod:`bridge.ips.reset`).
 
 Policies, as Suricata names its exception policies: ``pass-flow`` (release, the
@@ -105,12 +108,17 @@ class InlineSettings:
     idle_timeout: float = 300.0
     recently_closed: int = 65_536  # closed connections remembered (a cut one keeps dropping)
     resets: bool = True
+    #: times a data segment missing at its probe is sent to Suricata again before it counts
+    #: as dropped (a frame lost in a full ring is not a verdict)
+    verdict_retries: int = 2
 
     def __post_init__(self) -> None:
         for name in ("keys_policy", "verdict_policy", "memcap_policy", "decrypt_policy"):
             if getattr(self, name) not in POLICIES:
                 raise InlineSettingsError(f"{name.replace('_', '-')}: {getattr(self, name)!r}, expected "
                                           f"{' or '.join(POLICIES)}")
+        if not 0 <= self.verdict_retries <= 10:
+            raise InlineSettingsError(f"--verdict-retries: {self.verdict_retries}, expected 0 to 10")
         for name in ("hold_budget", "verdict_timeout", "idle_timeout"):
             if not getattr(self, name) > 0:
                 raise InlineSettingsError(f"--{name.replace('_', '-')} must be positive")
@@ -134,6 +142,7 @@ class InlineCounters:
     decrypt_failures: int = 0  # connections whose records could not be decrypted although secrets were there
     cuts: int = 0
     probes: int = 0
+    resent: int = 0  # data segments sent to Suricata again: missing at their probe (lost, or dropped)
     policy: dict[str, int] = field(default_factory=dict)  # "keys:pass-flow" → connections
     hold_time: Histogram = field(default_factory=lambda: Histogram(HOLD_BUCKETS))
 
@@ -156,12 +165,15 @@ class _Group:
     """The held packets one verdict decides: Suricata's on some plaintext, or the
     arrival of the connection's secrets."""
 
-    __slots__ = ("conn", "created", "decided_at", "kind", "missing", "number", "probe", "state", "why")
+    __slots__ = ("conn", "created", "decided_at", "kind", "number", "probe", "retries", "state", "unseen", "why")
 
     def __init__(self, number: int, conn: _Conn, kind: str, now: float) -> None:
         self.number, self.conn, self.kind, self.created = number, conn, kind, now
         self.state = "pending"  # passed, dropped
-        self.missing = 0  # data segments not out of Suricata yet
+        #: data segments not out of Suricata yet: their key (src, sport, dst, dport, seq) → frame,
+        #: kept to be sent again if they are missing at the probe
+        self.unseen: dict[tuple, bytes] = {}
+        self.retries = 0
         self.probe = -1
         self.decided_at: float | None = None
         self.why = ""
@@ -510,7 +522,7 @@ class InlineIps:
                     parsed = parse_output_frame(out_frame.data)
                     if parsed is not None and parsed[0] == "data":
                         self._expected[parsed[1]] = group  # type: ignore[index]
-                        group.missing += 1
+                        group.unseen[parsed[1]] = out_frame.data  # type: ignore[index]
             elif cls is FlowStarted:
                 if self._current is not None and self._current.flow_id is None:
                     self._current.flow_id = event.flow.flow_id  # type: ignore[attr-defined]
@@ -530,7 +542,7 @@ class InlineIps:
             elif cls is KeysWanted and self._on_keys_wanted is not None:
                 self._on_keys_wanted(event)  # type: ignore[arg-type]
         for group in self._step_groups.values():
-            if group.missing == 0:  # plaintext without data segments: nothing to judge
+            if not group.unseen:  # plaintext without data segments: nothing to judge
                 self._settle(group, "passed", group.created, "no data")
             else:
                 self._awaiting_probe.append(group)
@@ -702,25 +714,39 @@ class InlineIps:
             group = self._expected.pop(value, None)  # type: ignore[arg-type]
             if group is None:
                 return
-            group.missing -= 1
-            if group.missing == 0 and group.state == "pending":
+            group.unseen.pop(value, None)  # type: ignore[call-overload]
+            if not group.unseen and group.state == "pending":
                 self._settle(group, "passed", now, "suricata passed")
                 if group.conn.state == "monitoring":
                     self._pump(group.conn, now)
             return
         number = value
+        again = []
         while self._awaiting_probe and self._awaiting_probe[0].probe <= number:  # type: ignore[operator]
             group = self._awaiting_probe.popleft()
-            if group.state == "pending":
-                self._forget_expected(group)
-                self._settle(group, "dropped", now, "suricata dropped")
-                self._cut(group.conn, now, "suricata dropped the plaintext")
+            if group.state != "pending":
+                continue
+            if group.retries < self.settings.verdict_retries and group.conn.state == "monitoring":
+                # not judged, or lost before or after Suricata: once more, behind a new probe
+                group.retries += 1
+                self.counters.resent += len(group.unseen)
+                self.out.to_suricata.extend(group.unseen.values())
+                again.append(group)
+                continue
+            self._forget_expected(group)
+            self._settle(group, "dropped", now, "suricata dropped")
+            self._cut(group.conn, now, "suricata dropped the plaintext")
+        if again:
+            for group in again:
+                group.probe = self._probe_next
+                self._awaiting_probe.append(group)
+            self._probe_due = True
 
     def _forget_expected(self, group: _Group) -> None:
-        if group.missing:
-            for key in [k for k, g in self._expected.items() if g is group]:
+        for key in group.unseen:
+            if self._expected.get(key) is group:
                 del self._expected[key]
-            group.missing = 0
+        group.unseen.clear()
 
     def probe(self) -> int | None:
         """The number of the probe to send after this round's frames (None: none due)."""

@@ -96,6 +96,8 @@ class _Metrics:
             ("decrypt_failures", "Connections whose records failed to decrypt although secrets came (wrong_key...).",
              counters.decrypt_failures),
             ("cuts", "Connections cut (RST to both ends).", counters.cuts),
+            ("resent", "Plaintext segments sent to Suricata again: missing at their probe, lost on the way or "
+             "dropped (--verdict-retries).", counters.resent),
             ("queue_overruns", "Times the queue socket's buffer overflowed (ENOBUFS).", self.queue.overruns),
         ):
             yield CounterMetricFamily(f"tls_bridge_ips_inline_{name}", help_text, value=value)
@@ -209,7 +211,7 @@ def serve(settings: InlineServiceSettings, stop: threading.Event | None = None) 
         c = core.counters
         err.write(f"tls-bridge: ips --inline: {c.packets} packets: {c.accepted} accepted at once, {c.held} held, "
                   f"{c.released} released, {c.dropped} dropped, {c.unmonitored} not monitored; {c.verdicts_passed} "
-                  f"verdicts passed, {c.verdicts_dropped} dropped; {c.cuts} connections cut, {c.fail_open} failed "
+                  f"verdicts passed, {c.verdicts_dropped} dropped ({c.resent} plaintext segments sent again); {c.cuts} connections cut, {c.fail_open} failed "
                   f"open, {c.decrypt_failures} failed to decrypt\n")
     finally:
         if queue is not None:

@@ -1,11 +1,18 @@
 """TCP resets for both ends of a connection, as IP packets (the gateway's own
-stack routes them).  Pure."""
+stack routes them).  Pure.
+
+A stack takes a RST at once only at exactly the sequence number it expects next
+(RFC 5961 3.2); one elsewhere in its window gets a challenge ACK, one outside it is
+ignored.  :func:`reset_packets` aims at what each side was last seen sending;
+:func:`reset_answering` answers a segment of a cut connection (a challenge ACK, a
+retransmission) with the RST its sender expects, read from its acknowledgment."""
 
 from __future__ import annotations
 
 import ipaddress
 import struct
 
+from bridge.engine.packets import ACK, RST, SYN, TcpSegment
 from bridge.ips.connections import TrackedConnection
 from bridge.reinject.synthetic import internet_checksum
 
@@ -40,3 +47,15 @@ def reset_packets(connection: TrackedConnection) -> list[tuple[str, bytes]]:
         packet, _ethertype = _tcp_reset(sender, receiver, direction.next_seq, other.next_seq)
         packets.append((receiver[0], packet))
     return packets
+
+
+def reset_answering(segment: TcpSegment) -> tuple[str, bytes] | None:
+    """(destination address, IP packet): a RST to the sender of ``segment``, as from
+    its peer, at the sequence number the segment acknowledges (the one the sender
+    expects next, exactly); None for a segment that acknowledges nothing or is a RST."""
+    if not segment.flags & ACK or segment.flags & (RST | SYN):
+        return None
+    sender = (str(ipaddress.ip_address(segment.src)), segment.sport)
+    peer = (str(ipaddress.ip_address(segment.dst)), segment.dport)
+    packet, _ethertype = _tcp_reset(peer, sender, segment.ack, (segment.seq + len(segment.payload)) & 0xFFFFFFFF)
+    return sender[0], packet

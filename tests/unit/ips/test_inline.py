@@ -9,7 +9,7 @@ import struct
 import pytest
 
 from bridge.engine.packets import RST
-from bridge.ips.inline import InlineIps, InlineSettings, parse_output_frame, probe_frame
+from bridge.ips.inline import InlineIps, InlineSettings, InlineSettingsError, parse_output_frame, probe_frame
 from bridge.ips.nfqueue import NF_ACCEPT, NF_DROP
 from bridge.keys.store import KeyStore
 from bridge.reinject.synthetic import internet_checksum
@@ -40,6 +40,27 @@ class Suricata:
         number = core.probe()
         if number is not None:
             core.from_suricata(probe_frame(number, b"\x02" * 6, b"\x04" * 6), now)
+
+
+class LossySuricata(Suricata):
+    """Passes everything, but the first ``times`` copies of some data segments never reach
+    it (a full ring or backlog on a loaded host): what comes out is in order, with holes."""
+
+    def __init__(self, lose, times: int = 1) -> None:
+        super().__init__()
+        self.lose, self.times, self.lost = lose, times, {}
+
+    def step(self, core: InlineIps, now: float) -> None:
+        kept = []
+        for frame in core.out.to_suricata:
+            parsed = parse_output_frame(frame)
+            if parsed is not None and parsed[0] == "data" and self.lose(parsed[1]) and \
+                    self.lost.get(parsed[1], 0) < self.times:
+                self.lost[parsed[1]] = self.lost.get(parsed[1], 0) + 1
+                continue
+            kept.append(frame)
+        core.out.to_suricata = kept
+        super().step(core, now)
 
 
 def _packets(name: str) -> list[bytes]:
@@ -134,6 +155,47 @@ def test_a_dropped_plaintext_drops_its_packet_and_resets_both_ends():
     core.close(T0 + 10)
     (line,) = core.out.flows
     assert line["ips"]["verdict"] == "dropped" and line["ended_by"] == "rst"
+
+
+@pytest.mark.parametrize("name", ["tls13-http1", "tls12-gcm-h2"])
+def test_a_segment_lost_on_its_way_to_suricata_is_sent_again_not_taken_for_a_drop(name):
+    """Every other data segment is lost once before Suricata sees it: its probe comes back
+    without it, it is sent again behind a new probe, and everything passes, nothing cut."""
+    core = InlineIps(Fixture(name).store(), InlineSettings())
+    suricata = LossySuricata(lambda key: key[4] % 2 == 0)
+    packets = _packets(name)
+    verdicts, _held = _run(core, packets, suricata)
+    assert suricata.lost and core.counters.resent == len(suricata.lost)
+    assert verdicts == {i: NF_ACCEPT for i in range(1, len(packets) + 1)}
+    assert core.counters.cuts == 0 and core.counters.verdicts_dropped == 0 and not core.out.resets
+    expected = Fixture(name).expected
+    assert len(suricata.seen) == sum(c["c2s"]["bytes"] + c["s2c"]["bytes"] for c in expected)  # each byte once
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_a_segment_missing_after_every_retry_counts_as_dropped(retries):
+    """Lost as often as it is sent: after --verdict-retries resends it is Suricata's drop."""
+    core = InlineIps(Fixture("tls13-http1").store(), InlineSettings(verdict_retries=retries))
+    request: list[tuple] = []
+
+    def first_data_segment(key: tuple) -> bool:  # the request's
+        if not request:
+            request.append(key)
+        return key == request[0]
+
+    suricata = LossySuricata(first_data_segment, times=99)
+    verdicts, held = _run(core, _packets("tls13-http1"), suricata)
+    assert suricata.lost == {request[0]: retries + 1} and core.counters.resent == retries
+    assert core.counters.cuts == 1 and verdicts[held[0]] == NF_DROP
+    log = [r for r in core.out.log if r["event"] == "cut"]
+    assert log and log[0]["why"] == "suricata dropped the plaintext"
+
+
+def test_verdict_retries_are_bounded():
+    with pytest.raises(InlineSettingsError):
+        InlineSettings(verdict_retries=-1)
+    with pytest.raises(InlineSettingsError):
+        InlineSettings(verdict_retries=11)
 
 
 @pytest.mark.parametrize("policy", ["pass-flow", "drop-flow"])
