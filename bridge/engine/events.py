@@ -5,6 +5,11 @@ secrets are here: a driver may ask the harvesters), :class:`PlaintextData`
 (decrypted application data of one direction, in stream order, any number),
 :class:`FlowFinished` (it is over; its :class:`~bridge.engine.summary.FlowSummary`
 becomes the flow log line), and possibly a :class:`KeysWanted` with ``ended``.
+Across connections, events come in the order of the frames that caused them, except
+:class:`FlowStarted`: a connection whose server has not answered yet, which the
+compiled path's front holds (:mod:`bridge.engine.lanes`), is started when it is
+promoted or ends, possibly after other connections' events; find a started
+connection by its addresses, not by the packet being handled.
 """
 
 from __future__ import annotations

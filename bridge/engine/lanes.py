@@ -56,7 +56,9 @@ RST, a byte out of order, more than an entry holds — *promotes* it: the Python
 path gets the stored frames, then that frame, as if it had seen them all (the
 flow id is the one the entry took at its SYN, from the same sequence), and the
 connection is Python's from then on.  A connection answered by its server is
-therefore Python's from the SYN-ACK on, as before.
+therefore Python's from the SYN-ACK on, as before.  Its :class:`FlowStarted` comes
+then, not at its SYN: after whatever other connections did in between (the one
+event whose place across connections differs from the Python path's).
 
 Pending entries that end unanswered (evicted, idle, end of input) never become
 Python flows: their flow log line says what the Python path would say (not TLS

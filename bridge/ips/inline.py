@@ -339,7 +339,6 @@ class InlineIps:
         self._probe_due = False
         self._finishing: set[_Conn] = set()
         self.held_bytes = 0
-        self._current: _Conn | None = None
         self._next_idle_scan = 0.0
         self._now = 0.0  # the time of the latest call (groups made while routing start then)
         self._step_groups: dict[tuple[int, int], _Group] = {}
@@ -377,11 +376,7 @@ class InlineIps:
         if conn.state == "cut":
             self._drop_now(packet_id)
             return
-        self._current = conn
-        try:
-            self._segment(conn, packet_id, seg, data, now)  # type: ignore[arg-type]
-        finally:
-            self._current = None
+        self._segment(conn, packet_id, seg, data, now)  # type: ignore[arg-type]
 
     def _new(self, key: tuple, seg: TcpSegment, now: float) -> _Conn:
         conn = _Conn(key, (seg.src, seg.sport), (seg.dst, seg.dport), now)
@@ -524,9 +519,14 @@ class InlineIps:
                         self._expected[parsed[1]] = group  # type: ignore[index]
                         group.unseen[parsed[1]] = out_frame.data  # type: ignore[index]
             elif cls is FlowStarted:
-                if self._current is not None and self._current.flow_id is None:
-                    self._current.flow_id = event.flow.flow_id  # type: ignore[attr-defined]
-                    self._by_flow[event.flow.flow_id] = self._current  # type: ignore[attr-defined]
+                # found by its addresses: the engine may start a connection while routing another's
+                # packet (one its compiled front held, ended to make room for this one)
+                info = event.flow  # type: ignore[attr-defined]
+                a, b = (info.client_ip, info.client_port), (info.server_ip, info.server_port)
+                started = self._conns.get((a, b) if a <= b else (b, a))
+                if started is not None and started.flow_id is None:
+                    started.flow_id = info.flow_id
+                    self._by_flow[info.flow_id] = started
             elif cls is FlowFinished:
                 flow_id = event.flow.flow_id  # type: ignore[attr-defined]
                 conn = self._by_flow.pop(flow_id, None)
@@ -824,10 +824,8 @@ class InlineIps:
             packets = reset_packets(tracked)
             self.out.resets.extend(packets)
             sent = len(packets)
-            self._current, previous = conn, self._current
             for _destination, packet in packets:  # the engine sees the connection end as the endpoints do
                 self._feed(Frame(int(now * 1e9), LINKTYPE_RAW, packet, len(packet)))
-            self._current = previous
         self.out.log.append({"event": "cut", "time": round(now, 6), "client": conn.endpoint(conn.client),
                              "server": conn.endpoint(conn.server), "why": why, "resets_sent": sent,
                              "dropped_packets": conn.dropped, "held_ms": round(longest * 1000, 3)})

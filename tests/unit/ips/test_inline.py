@@ -8,6 +8,7 @@ import struct
 
 import pytest
 
+from bridge.engine import EngineSettings
 from bridge.engine.packets import RST
 from bridge.ips.inline import InlineIps, InlineSettings, InlineSettingsError, parse_output_frame, probe_frame
 from bridge.ips.nfqueue import NF_ACCEPT, NF_DROP
@@ -196,6 +197,29 @@ def test_verdict_retries_are_bounded():
         InlineSettings(verdict_retries=-1)
     with pytest.raises(InlineSettingsError):
         InlineSettings(verdict_retries=11)
+
+
+def test_a_connection_started_while_another_packet_is_routed_is_bound_to_its_own():
+    """A SYN nobody answered, then the fixture's connection with room for one: its SYN
+    ends the unanswered one (the engine's compiled front reports it started and finished
+    while routing the new SYN); the new connection is still judged and passes whole."""
+    from scapy.layers.inet import IP, TCP
+
+    packets = _packets("tls13-http1")
+    first = IP(packets[0])
+    unanswered = bytes(IP(src=first.src, dst=first.dst) / TCP(sport=first[TCP].sport + 1, dport=first[TCP].dport,
+                                                               seq=1, flags="S"))
+    core = InlineIps(Fixture("tls13-http1").store(), InlineSettings(), engine_settings=EngineSettings(max_flows=1))
+    suricata = Suricata()
+    verdicts, held = _run(core, [unanswered, *packets], suricata)
+    assert verdicts == {i: NF_ACCEPT for i in range(1, len(packets) + 2)} and held
+    assert core.counters.verdicts_passed >= 2 and core.counters.cuts == 0
+    core.close(T0 + 10)
+    lines = {line["client"]: line for line in core.out.flows}
+    expected = Fixture("tls13-http1").expected[0]
+    assert lines[expected["client"]]["ips"]["verdict"] == "passed"
+    assert lines[expected["client"]]["c2s"]["sha256"] == expected["c2s"]["sha256"]
+    assert len(lines) == 2 and lines[f"{first.src}:{first[TCP].sport + 1}"]["ended_by"] == "evicted"
 
 
 @pytest.mark.parametrize("policy", ["pass-flow", "drop-flow"])
