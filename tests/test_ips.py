@@ -84,6 +84,26 @@ def test_a_segment_of_a_cut_connection_is_answered_with_the_reset_its_sender_exp
         assert reset_answering(TcpSegment(0, 4, client, server, 51000, 443, 1101, 5301, flags, 500, b"")) is None
 
 
+def test_a_cut_waits_for_the_watch_to_have_seen_what_passed_before_the_block():
+    """The second RSTs are computed once every sniffer saw the frames the kernel took
+    before the block (a frame stamped later, or idle since); a sniffer that never
+    catches up is given up on (the cut line says so), not waited for forever."""
+    import io
+    import types
+
+    from bridge.ips.service import CATCH_UP_SECONDS, Blocker
+
+    behind = types.SimpleNamespace(seen_until_ns=0)
+    blocker = Blocker(ConnectionTable(), threading.Lock(), None, resets=False, log=io.StringIO(),
+                      sniffers=[types.SimpleNamespace(seen_until_ns=time.time_ns() + 10**9), behind])
+    since = time.time_ns()
+    threading.Timer(0.05, lambda: setattr(behind, "seen_until_ns", since + 1)).start()
+    assert blocker._catch_up(since) is True and behind.seen_until_ns == since + 1
+    started = time.monotonic()
+    assert blocker._catch_up(time.time_ns()) is False
+    assert time.monotonic() - started >= CATCH_UP_SECONDS
+
+
 @pytest.mark.real
 def test_a_reset_that_missed_is_corrected_by_the_challenge_ack_it_draws():
     """The kernel as the oracle (loopback): a RST inside the client's window but not at

@@ -122,6 +122,10 @@ def test_a_request_a_drop_rule_matches_never_reaches_the_server(lab):
         time.sleep(0.5)
         assert ips.stop() == 0, ips.text()
     _stop_capture(capture)
+    # what the drop rule matched was sent again (--verdict-retries, 2) and Suricata dropped
+    # it again, as it drops the flow: a resend never lets a dropped request through
+    resent = re.search(r"\((\d+) plaintext segments sent again\)", ips.text())
+    assert resent and int(resent.group(1)) >= 2 * len(results), ips.text()
     resets = _resets_to_client(pcap)
     work = lab.tmp / "drop-feed"
     for tag, result in results.items():

@@ -182,26 +182,24 @@ class Blocker:
         if self.nft is not None:
             self.nft.block(a, b)
         cut = time.time()
-        again: list[tuple[str, bytes]] = []
-        caught_up = None
-        if self.sender is not None and self.nft is not None and first:
-            caught_up = self._catch_up(time.time_ns())
-            again = [reset for reset in self._resets(request) if reset not in first]
-            for destination, packet in again:
-                self.sender.send(destination, packet)
         record: dict[str, object] = {
             "event": "cut", "time": round(cut, 6), "src": f"{request.src}:{request.sport}", "dst": f"{request.dst}:{request.dport}",
             "signature_id": request.signature_id, "signature": request.signature, "why": list(request.reasons),
             "resets_sent": len(first), "nft": self.nft is not None,
             "alert_to_cut_ms": round((cut - request.alerted_at) * 1000, 3) if request.alerted_at else None,
         }
-        if again:
-            record["resets_moved"] = len(again)  # sent again: that end's sequence number moved before the block
-        if caught_up is False:
-            record["note"] = f"the sniffers did not catch up within {CATCH_UP_SECONDS:g} s of the block"
         if self.resets and not first:
             record["note"] = "no sequence numbers seen for this connection on the watched interfaces: nft only"
         self.write(record)
+        if self.sender is not None and self.nft is not None and first:
+            caught_up = self._catch_up(time.time_ns())
+            again = [reset for reset in self._resets(request) if reset not in first]
+            for destination, packet in again:
+                self.sender.send(destination, packet)
+            if again or not caught_up:
+                # an end's sequence number moved between what the watch had seen and the block
+                self.write({"event": "reset_again", "time": round(time.time(), 6), "src": record["src"],
+                            "dst": record["dst"], "resets_sent": len(again), "caught_up": caught_up})
 
     def write(self, record: dict[str, object]) -> None:
         with self._log_lock:
