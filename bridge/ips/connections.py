@@ -30,7 +30,8 @@ class TrackedConnection:
     closed: bool = False
 
 
-def _endpoint(address: bytes, port: int) -> tuple[str, int]:
+def endpoint(address: bytes, port: int) -> tuple[str, int]:
+    """(address as text, port): a side of a connection as the table names it."""
     return str(ipaddress.ip_address(address)), port
 
 
@@ -47,7 +48,7 @@ class ConnectionTable:
         return (*min(a, b), *max(a, b))  # type: ignore[return-value]
 
     def observe(self, segment: TcpSegment) -> None:
-        src, dst = _endpoint(segment.src, segment.sport), _endpoint(segment.dst, segment.dport)
+        src, dst = endpoint(segment.src, segment.sport), endpoint(segment.dst, segment.dport)
         key = self.key(src, dst)
         connection = self._table.get(key)
         if connection is None:

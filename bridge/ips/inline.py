@@ -251,7 +251,11 @@ class _Conn:
 
 
 def _key(seg: TcpSegment) -> tuple:
-    a, b = (seg.src, seg.sport), (seg.dst, seg.dport)
+    return _pair_key((seg.src, seg.sport), (seg.dst, seg.dport))
+
+
+def _pair_key(a: tuple[bytes, int], b: tuple[bytes, int]) -> tuple:
+    """A connection's key from its two (address, port) sides, either way round."""
     return (a, b) if a <= b else (b, a)
 
 
@@ -522,8 +526,8 @@ class InlineIps:
                 # found by its addresses: the engine may start a connection while routing another's
                 # packet (one its compiled front held, ended to make room for this one)
                 info = event.flow  # type: ignore[attr-defined]
-                a, b = (info.client_ip, info.client_port), (info.server_ip, info.server_port)
-                started = self._conns.get((a, b) if a <= b else (b, a))
+                started = self._conns.get(_pair_key((info.client_ip, info.client_port),
+                                                    (info.server_ip, info.server_port)))
                 if started is not None and started.flow_id is None:
                     started.flow_id = info.flow_id
                     self._by_flow[info.flow_id] = started

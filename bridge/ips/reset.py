@@ -13,7 +13,7 @@ import ipaddress
 import struct
 
 from bridge.engine.packets import ACK, RST, SYN, TcpSegment
-from bridge.ips.connections import TrackedConnection
+from bridge.ips.connections import TrackedConnection, endpoint
 from bridge.reinject.synthetic import internet_checksum
 
 _RST_ACK = 0x14
@@ -55,7 +55,6 @@ def reset_answering(segment: TcpSegment) -> tuple[str, bytes] | None:
     expects next, exactly); None for a segment that acknowledges nothing or is a RST."""
     if not segment.flags & ACK or segment.flags & (RST | SYN):
         return None
-    sender = (str(ipaddress.ip_address(segment.src)), segment.sport)
-    peer = (str(ipaddress.ip_address(segment.dst)), segment.dport)
+    sender, peer = endpoint(segment.src, segment.sport), endpoint(segment.dst, segment.dport)
     packet, _ethertype = _tcp_reset(peer, sender, segment.ack, (segment.seq + len(segment.payload)) & 0xFFFFFFFF)
     return sender[0], packet

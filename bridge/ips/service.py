@@ -23,7 +23,6 @@ The command line is :mod:`bridge.cli.ips`.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import sys
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from bridge.errors import BridgeError, PacketDecodeError
-from bridge.ips.connections import ConnectionTable
+from bridge.ips.connections import ConnectionTable, endpoint
 from bridge.ips.eve import BlockRequest, block_request, blocking_rules
 from bridge.ips.eve_source import follow_file, listen_unix
 from bridge.ips.nft import NftBlocklist
@@ -105,10 +104,7 @@ class Chase:
             self.active = True
 
     def answer(self, segment: TcpSegment) -> None:
-        reply = reset_answering(segment)
-        if reply is None:
-            return
-        key = ConnectionTable.key(_address(segment.src, segment.sport), _address(segment.dst, segment.dport))
+        key = ConnectionTable.key(endpoint(segment.src, segment.sport), endpoint(segment.dst, segment.dport))
         with self._lock:
             now = time.monotonic()
             if now >= self._next_prune:
@@ -119,13 +115,12 @@ class Chase:
             entry = self._cut.get(key)
             if entry is None or entry[0] < now or entry[1] <= 0:
                 return
+            reply = reset_answering(segment)  # built only for a cut connection's segment
+            if reply is None:
+                return
             entry[1] -= 1
             self.answered += 1
         self.sender.send(*reply)
-
-
-def _address(packed: bytes, port: int) -> tuple[str, int]:
-    return str(ipaddress.ip_address(packed)), port
 
 
 class ResetSender:
@@ -151,8 +146,7 @@ class Blocker:
         self.sniffers = sniffers or []
         self.blocked: set[tuple[str, int, str, int]] = set()
         self._log_lock = threading.Lock()
-        self.sender = ResetSender() if resets else None
-        self.chase = Chase(self.sender) if self.sender is not None else None
+        self.chase = Chase(ResetSender()) if resets else None  # the resets' sockets with it
 
     def _resets(self, request: BlockRequest) -> list[tuple[str, bytes]]:
         with self.lock:
@@ -174,11 +168,11 @@ class Blocker:
         self.blocked.add(request.key)
         a, b = (request.src, request.sport), (request.dst, request.dport)
         first: list[tuple[str, bytes]] = []
-        if self.sender is not None and self.chase is not None:
+        if self.chase is not None:  # resets on
             self.chase.add(request.key)
             first = self._resets(request)
             for destination, packet in first:
-                self.sender.send(destination, packet)
+                self.chase.sender.send(destination, packet)
         if self.nft is not None:
             self.nft.block(a, b)
         cut = time.time()
@@ -191,11 +185,11 @@ class Blocker:
         if self.resets and not first:
             record["note"] = "no sequence numbers seen for this connection on the watched interfaces: nft only"
         self.write(record)
-        if self.sender is not None and self.nft is not None and first:
+        if self.chase is not None and self.nft is not None and first:
             caught_up = self._catch_up(time.time_ns())
             again = [reset for reset in self._resets(request) if reset not in first]
             for destination, packet in again:
-                self.sender.send(destination, packet)
+                self.chase.sender.send(destination, packet)
             if again or not caught_up:
                 # an end's sequence number moved between what the watch had seen and the block
                 self.write({"event": "reset_again", "time": round(time.time(), 6), "src": record["src"],
