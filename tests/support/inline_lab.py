@@ -40,6 +40,10 @@ def exec_in(ns: str) -> list[str]:
     return ["ip", "netns", "exec", ns]
 
 
+#: the client's ephemeral ports, a slice per inline IPS process (Lab.ips)
+PORTS_LOW, PORT_SLICE, PORT_SLICES = 10_000, 2_000, 25
+
+
 @dataclass
 class Lab:
     tmp: Path
@@ -53,11 +57,21 @@ class Lab:
     html: Path
     eve: Path
     suricata: subprocess.Popen
+    ips_runs: int = 0
 
     def ips(self, name: str, *extra: str, keys: tuple[str, ...] | None = None) -> BridgeProcess:
+        """An inline IPS process.  Each one's clients get ports of their own: the one
+        Suricata outlives the IPS processes, and keeps dropping a synthetic 4-tuple an
+        earlier process cut until its flow timeout; a new process does not know it (the
+        remap of a cut 4-tuple's synthetic port lives in the process), so a client
+        reusing that port would be cut too (README: the inline IPS's limits)."""
         keys = keys if keys is not None else ("--keys", self.feed, "--keys-insecure")
         work = self.tmp / name
         work.mkdir()
+        low = PORTS_LOW + (self.ips_runs % PORT_SLICES) * PORT_SLICE
+        self.ips_runs += 1
+        subprocess.run([*exec_in(self.client), "sysctl", "-qw", f"net.ipv4.ip_local_port_range={low} {low + PORT_SLICE - 1}"],
+                       check=True)
         return BridgeProcess(["ips", "--inline", "-q", QUEUE, "--suricata-in", "ipsin0", "--suricata-out", "ipsout0",
                               *keys, "--flows", str(work / "flows.jsonl"), "--log", str(work / "ips.jsonl"), *extra],
                              work / "ips.err", prefix=exec_in(self.gateway))
