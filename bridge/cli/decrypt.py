@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import IO
 
 from bridge.capture.frames import Frame
@@ -56,7 +57,8 @@ def add_decrypt_parser(subparsers: argparse._SubParsersAction) -> None:
             partial, no_handshake), reason, tls_version, cipher_suite, sni, alpn,
             resumed, key_updates, certificates, and per direction c2s/s2c
             {bytes, sha256, records, ...} over the decrypted application data
-            (sha256 null with --no-digest).
+            (sha256 null with --no-digest). The SHA-256 is computed only when a
+            flow log is written: hashing every byte costs more than decrypting it.
             """
         ),
         epilog=textwrap.dedent(
@@ -240,6 +242,9 @@ def run_decrypt(args: argparse.Namespace) -> int:
     if live:
         signal.signal(signal.SIGTERM, _on_sigterm)
     settings = from_arguments(EngineSettings, args)
+    if settings.digest and not args.flows:
+        # nothing would read the flow log's SHA-256 (hashing costs about what decrypting does)
+        settings = replace(settings, digest=False)
     problem = budget_problem(settings)
     if problem is not None:
         err.write(f"tls-bridge: error: --{problem.replace('_', '-', 1)}\n")

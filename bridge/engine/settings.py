@@ -49,7 +49,7 @@ class EngineSettings:
                                negate="--keep-keys", negate_doc="keep a connection's secrets in the key store after "
                                "it is logged (by default they are dropped)")
     digest: bool = option(True, "the flow log's SHA-256 of each direction's plaintext (c2s/s2c sha256), "
-                          "computed over every byte", negate="--no-digest",
+                          "computed over every byte (decrypt: only when --flows writes a flow log)", negate="--no-digest",
                           negate_doc="no SHA-256 of each direction's plaintext: the flow log's sha256 fields "
                           "are null (hashing every byte is about a quarter of decrypt's work)")
     fast_path: bool = option(True, "established TLS streams handled per packet by the compiled path "
