@@ -13,8 +13,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from bridge.errors import BridgeError, TransportError
-from bridge.harvest.profile import DEFAULT_PROFILE_DIR, PROFILE_CACHE_ENV, ProfileStore, default_profile_cache
 if TYPE_CHECKING:  # imported where used: a command without a key feed does not pay for ZeroMQ's
+    from bridge.harvest.profile import ProfileStore
     from bridge.keyfeed.publisher import Publisher
     from bridge.keyfeed.security import CurveClient
 from bridge.keys.keylog import KeyLogWriter
@@ -115,6 +115,8 @@ class KeyLogFileSink:
 
 
 def profile_store(args: argparse.Namespace) -> ProfileStore:
+    from bridge.harvest.profile import ProfileStore, default_profile_cache  # the harvesters' commands only
+
     cache = getattr(args, "profile_cache", None) or default_profile_cache()
     directories = [cache, *(args.profiles or [])]
     store = ProfileStore(directories, shipped=not getattr(args, "no_shipped_profiles", False))
@@ -215,6 +217,8 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_resolution_options(parser: argparse.ArgumentParser) -> None:
+    from bridge.harvest.profile import DEFAULT_PROFILE_DIR, PROFILE_CACHE_ENV, default_profile_cache
+
     layouts = parser.add_argument_group(
         "layouts of OpenSSL builds",
         "A build with no profile is resolved automatically: a libssl this host can load is calibrated at first "

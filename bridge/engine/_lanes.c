@@ -49,7 +49,7 @@
  *   .open(src, sport, dst, dport, handle, next_seq, header, remaining) -> bool
  *       header, remaining: where the current TLS record ends (RecordReader.boundary)
  *   .close(src, sport, dst, dport) -> state | None
- *   .arm(src, sport, dst, dport, opener, held) -> bool
+ *   .arm(src, sport, dst, dport, opener, held, trailer=0) -> bool
  *   .run(frames, start) -> (stop, chunks, handled, closed)
  *   .touched() -> [(handle, last_timestamp_ns)]
  *   len(lanes), .capacity
@@ -271,13 +271,16 @@ static PyObject *Lanes_close(LanesObject *self, PyObject *args)
     return result;
 }
 
+#define MAX_TRAILER 16
+
 static PyObject *Lanes_arm(LanesObject *self, PyObject *args)
 {
     Py_buffer src, dst;
     unsigned sport, dport;
     Py_buffer held;
     PyObject *opener;
-    if (!PyArg_ParseTuple(args, "y*Iy*IOy*:arm", &src, &sport, &dst, &dport, &opener, &held))
+    unsigned trailer = 0;
+    if (!PyArg_ParseTuple(args, "y*Iy*IOy*|I:arm", &src, &sport, &dst, &dport, &opener, &held, &trailer))
         return NULL;
     PyObject *result = NULL;
     LaneKey key;
@@ -285,6 +288,8 @@ static PyObject *Lanes_arm(LanesObject *self, PyObject *args)
     size_t n = (size_t)held.len;
     if (!PyCallable_Check(opener))
         PyErr_SetString(PyExc_TypeError, "the opener must be callable");
+    else if (trailer > MAX_TRAILER)
+        PyErr_SetString(PyExc_ValueError, "the trailer is at most 16 bytes");
     else if (make_key(&key, &src, sport, &dst, dport) == 0) {
         Lane *lane = lanes_find(&self->table, &key);
         result = Py_False;
@@ -296,6 +301,7 @@ static PyObject *Lanes_arm(LanesObject *self, PyObject *args)
             }
             Py_INCREF(opener);
             lane->opener = opener;
+            lane->trailer = (uint8_t)trailer;
             result = Py_True;
         }
         Py_INCREF(result);
@@ -711,8 +717,31 @@ static void lane_disarm(LanesObject *self, Lane *lane)
 {
     PyObject *opener = lane->opener;
     lane->opener = NULL;
+    lane->trailer = 0;
     held_clear(self, lane);
     Py_XDECREF(opener);
+}
+
+/*
+ * The opener's result without its last ``trailer`` bytes (TLS 1.3's inner content
+ * type): shortened in place when nothing else holds it (a record's plaintext is
+ * not copied again), else copied.  On error *bytes is released and NULL.
+ */
+static int trim_trailer(PyObject **bytes, size_t trailer)
+{
+    PyObject *b = *bytes;
+    Py_ssize_t size = PyBytes_GET_SIZE(b);
+    if ((size_t)size < trailer) {
+        Py_DECREF(b);
+        *bytes = NULL;
+        PyErr_SetString(PyExc_ValueError, "the opener's result is shorter than its trailer");
+        return -1;
+    }
+    if (PyBytes_CheckExact(b) && Py_REFCNT(b) == 1)
+        return _PyBytes_Resize(bytes, size - (Py_ssize_t)trailer); /* frees and NULLs on error */
+    *bytes = PyBytes_FromStringAndSize(PyBytes_AS_STRING(b), size - (Py_ssize_t)trailer);
+    Py_DECREF(b);
+    return *bytes == NULL ? -1 : 0;
 }
 
 /*
@@ -766,6 +795,8 @@ static int lane_gather(LanesObject *self, Lane *lane, int64_t ts, const uint8_t 
             PyErr_SetString(PyExc_TypeError, "the opener must return bytes or None");
             goto fail;
         }
+        if (lane->trailer && trim_trailer(&plaintext, lane->trailer) < 0)
+            goto fail;
         int rc = PyList_Append(opened, plaintext);
         Py_DECREF(plaintext);
         if (rc < 0)
@@ -1016,10 +1047,11 @@ static PyMethodDef Lanes_methods[] = {
     {"close", (PyCFunction)Lanes_close, METH_VARARGS,
      "close(src, sport, dst, dport) -> state | None: take a direction back"},
     {"arm", (PyCFunction)Lanes_arm, METH_VARARGS,
-     "arm(src, sport, dst, dport, opener, held) -> bool: the direction is in the steady state: the lane gathers "
-     "its records (held: the bytes of the record being read that Python had framed) and opens those of "
-     "application data with opener(header, fragment) -> plaintext | None (False: no such lane, already armed, "
-     "or held does not match the lane's record boundary)"},
+     "arm(src, sport, dst, dport, opener, held, trailer=0) -> bool: the direction is in the steady state: the "
+     "lane gathers its records (held: the bytes of the record being read that Python had framed) and opens those "
+     "of application data with opener(header, fragment) -> plaintext | None, whose last trailer bytes (at most 16: "
+     "TLS 1.3's inner content type) are not plaintext and are dropped (False: no such lane, already armed, or "
+     "held does not match the lane's record boundary)"},
     {"run", (PyCFunction)Lanes_run, METH_VARARGS,
      "run(frames, start[, limits]) -> (stop, chunks, handled, closed): the frames of open lanes from start on, "
      "up to the first that Python must take; limits() -> (max_pending, max_bytes, python_oldest_ns), if given, "

@@ -49,6 +49,8 @@ typedef struct {
     void *opener;
     uint8_t *held;
     size_t held_len, held_cap;
+    /* the bytes at the end of each opener's result that are not plaintext (TLS 1.3: the inner content type) */
+    uint8_t trailer;
 } Lane;
 
 /* The table of lanes (a KeyTable of Lane, see below) and the lanes touched since the last take. */

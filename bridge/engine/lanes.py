@@ -544,13 +544,13 @@ class LaneDecryptor(Decryptor):
         itself (at the first bytes it gives back to frame).  Only when the lane and
         Python are at the same byte of the stream: Python has had every chunk the lane made."""
         tls = flow.tls
-        opener = tls.steady_opener(direction)
-        if opener is None:
+        steady = tls.steady_opener(direction)
+        if steady is None:
             return
         if key is None:
             key = _lane_key(flow.info, direction)
         held = tls.framing(direction)
-        if self.lanes.arm(*key, opener, held):
+        if self.lanes.arm(*key, steady[0], held, steady[1]):
             if held:
                 tls.hand_over_framing(direction)
                 self._charge(flow)

@@ -10,12 +10,15 @@ so that a finished connection's line names its synthetic connection.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from bridge.engine.events import Event, FlowFinished, KeysWanted
 from bridge.outputs.flowlog import FlowLog, FlowLogSettings
 from bridge.outputs.plaintext import PlaintextDirWriter
 from bridge.outputs.requests import KeyRequester
-from bridge.reinject.sink import ReinjectSink
+
+if TYPE_CHECKING:
+    from bridge.reinject.sink import ReinjectSink
 
 __all__ = ["FlowLog", "FlowLogSettings", "KeyRequester", "Outputs", "PlaintextDirWriter"]
 

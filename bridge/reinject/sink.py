@@ -5,11 +5,14 @@ builds it from settings (``tls-bridge decrypt`` flags, the sensor's ``[inject]``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bridge.engine.events import Event
 from bridge.errors import BridgeError
-from bridge.reinject.outputs import FrameOutput, InterfaceOutput, PcapFileOutput, PcapOverIpOutput
-from bridge.reinject.synthetic import FrameBurst, SyntheticFlows, SyntheticOptions
+
+if TYPE_CHECKING:  # imported by open_reinject: a run that re-injects nothing never loads them
+    from bridge.engine.events import Event
+    from bridge.reinject.outputs import FrameOutput
+    from bridge.reinject.synthetic import FrameBurst, SyntheticFlows
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,9 @@ def open_reinject(settings: ReinjectSettings) -> ReinjectSink | None:
     """The sink for ``settings`` (None when no output is named); raises BridgeError."""
     if not settings.any:
         return None
+    from bridge.reinject.outputs import InterfaceOutput, PcapFileOutput, PcapOverIpOutput
+    from bridge.reinject.synthetic import SyntheticFlows, SyntheticOptions
+
     client_mac = parse_mac(settings.mark_mac)
     server_mac = client_mac[:5] + bytes([(client_mac[5] + 1) & 0xFF])
     try:

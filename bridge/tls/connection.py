@@ -208,11 +208,13 @@ class TlsConnection:
             return None
         return layer.reader.boundary()
 
-    def steady_opener(self, direction: Direction) -> Callable[[bytes, bytes], bytes | None] | None:
+    def steady_opener(self, direction: Direction) -> tuple[Callable[[bytes, bytes], bytes | None], int] | None:
         """The direction's record opener while it is in the steady state — both hellos
         seen, its keys in place (an AEAD suite), no record waiting in either
         direction: the records of application data that come next decrypt with
-        these keys and change nothing else — else None.  A driver that frames
+        these keys and change nothing else — else None.  With it, how many bytes
+        at the end of what it returns are not plaintext (its ``TRAILER``: TLS 1.3's
+        inner content type).  A driver that frames
         records itself (:mod:`bridge.engine.lanes`) takes over the bytes framed so
         far (:meth:`framing`, :meth:`hand_over_framing`), opens the records with
         it and reports them with :meth:`opened`; a record the opener declines
@@ -224,7 +226,7 @@ class TlsConnection:
         decryptor = layer.decryptor
         if decryptor is None or (decryptor.__class__ is RecordDecryptor12 and not decryptor.suite.is_aead):
             return None
-        return decryptor.open_application_data
+        return decryptor.open_application_data, decryptor.TRAILER
 
     def framing(self, direction: Direction) -> bytes:
         """The bytes of the direction's record not yet complete (b"" at a record boundary)."""

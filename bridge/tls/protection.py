@@ -56,11 +56,17 @@ class RecordDecryptor13:
         self._iv_int = int.from_bytes(keys.iv, "big")
         self.seq = 0
 
+    #: what follows the plaintext in :meth:`open_application_data`'s result: the inner content type
+    TRAILER = 1
+
     def open_application_data(self, header: bytes, fragment: bytes) -> bytes | None:
-        """The steady state's call (:mod:`bridge.engine._lanes`): the plaintext of one
-        record (its 5-byte header, which is the AAD, and its fragment) that carries
-        application data; None, and nothing changed, if it does not (another inner
-        content type, none, a tag mismatch): :meth:`decrypt` says what it is."""
+        """The steady state's call (:mod:`bridge.engine._lanes`): one record (its 5-byte
+        header, which is the AAD, and its fragment) that carries application data,
+        opened: its plaintext followed by :attr:`TRAILER` bytes (the inner content type,
+        padding removed), which the caller drops — in C, in place, where Python would
+        copy the plaintext.  None, and nothing changed, if it does not carry application
+        data (another inner content type, none, a tag mismatch): :meth:`decrypt` says
+        what it is."""
         try:
             inner = self._aead.decrypt((self._iv_int ^ self.seq).to_bytes(len(self._iv), "big"), fragment, header)
         except (InvalidTag, ValueError):
@@ -70,7 +76,7 @@ class RecordDecryptor13:
             if inner[-1:] != _INNER_APPLICATION_DATA:
                 return None
         self.seq += 1
-        return inner[:-1]
+        return inner
 
     def decrypt(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
         """Return (inner content type, plaintext) of one TLSCiphertext."""
@@ -109,8 +115,11 @@ class RecordDecryptor12:
         self.seq += 1
         return content_type, plaintext
 
+    #: nothing follows the plaintext in :meth:`open_application_data`'s result
+    TRAILER = 0
+
     def open_application_data(self, header: bytes, fragment: bytes) -> bytes | None:
-        """As :meth:`RecordDecryptor13.open_application_data`; None for a CBC suite."""
+        """As :meth:`RecordDecryptor13.open_application_data` (the plaintext alone); None for a CBC suite."""
         if self._aead is None:
             return None
         try:

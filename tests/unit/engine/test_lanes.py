@@ -403,6 +403,38 @@ def test_arm_refuses_held_bytes_that_are_not_the_start_of_a_record_of_applicatio
     assert not lanes.arm(A, 40000, B, 443, _opener(), held)
 
 
+def test_the_trailer_is_dropped_in_place_or_from_a_copy_when_the_result_is_shared() -> None:
+    """arm(..., trailer): the last bytes of each opener result are not plaintext (TLS
+    1.3's inner content type).  A result nothing else holds is shortened in place; one
+    the opener keeps (shared) is copied, and stays as it was."""
+    kept: list[bytes] = []
+
+    def opener(header, fragment):  # type: ignore[no-untyped-def]
+        fragment = bytes(fragment)
+        if fragment[:1] == b"k":  # a result the opener keeps a reference to
+            kept.append(fragment + b"\x17")
+            return kept[-1]
+        return fragment + b"\x17"
+
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    assert lanes.arm(A, 40000, B, 443, opener, b"", 1)
+    r1, r2, r3 = _record(b"x" * 3000), _record(b"kept"), _record(b"")
+    stop, chunks, handled, closed = lanes.run(_stream_frames(r1 + r2 + r3, 100, 1000, 5), 0)
+    assert [plaintext for chunk in chunks for plaintext in chunk[2]] == [b"x" * 3000, b"kept", b""]
+    assert kept == [b"kept\x17"]  # the shared result is untouched
+
+
+def test_a_result_shorter_than_the_trailer_is_an_error_and_the_trailer_is_bounded() -> None:
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    with pytest.raises(ValueError):
+        lanes.arm(A, 40000, B, 443, _opener(), b"", 17)
+    assert lanes.arm(A, 40000, B, 443, _opener(), b"", 2)  # "P" + the fragment: 1 byte for an empty record
+    with pytest.raises(ValueError, match="shorter than its trailer"):
+        lanes.run(_stream_frames(_record(b""), 100, 100), 0)
+
+
 def test_arm_needs_a_callable_and_an_open_lane() -> None:
     lanes = Lanes(4)
     assert not lanes.arm(A, 40000, B, 443, _opener(), b"")
@@ -413,14 +445,15 @@ def test_arm_needs_a_callable_and_an_open_lane() -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([1, 101, 113, 228, 229, 276, 0, 9999]), st.binary(max_size=120)),
-                max_size=30), st.binary(min_size=4, max_size=4), st.integers(0, 2**32 - 1), st.booleans())
-def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int, armed: bool) -> None:
+                max_size=30), st.binary(min_size=4, max_size=4), st.integers(0, 2**32 - 1), st.booleans(),
+       st.sampled_from([0, 1]))
+def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int, armed: bool, trailer: int) -> None:
     """Arbitrary frames, some with a lane's addresses and ports so the lane path runs
-    (armed or not: the steady state's framing of arbitrary bytes)."""
+    (armed or not: the steady state's framing of arbitrary bytes; with a trailer or not)."""
     lanes = Lanes(8)
     lanes.open(A, 40000, B, 443, "h", seq, b"", 0)
     if armed:
-        assert lanes.arm(A, 40000, B, 443, _opener(), b"")
+        assert lanes.arm(A, 40000, B, 443, _opener(), b"", trailer)
     header = bytes(Ether() / _tcp(seq, b""))
     built = []
     for linktype, data in frames:
@@ -433,7 +466,7 @@ def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int,
         assert start <= stop <= len(built)
         for handle, _ts, opened, used, chunk in chunks:
             assert handle == "h" and isinstance(chunk, bytes)
-            assert (opened is None and used == 0) or (armed and used == sum(len(p) + 4 for p in opened))
+            assert (opened is None and used == 0) or (armed and used == sum(len(p) + 4 + trailer for p in opened))
         start = stop + 1
     assert len(lanes) <= 1
     state = lanes.close(A, 40000, B, 443)

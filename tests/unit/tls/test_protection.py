@@ -32,7 +32,9 @@ def test_records_of_application_data_open_in_sequence(suite_id: int) -> None:
                                  (1, b"body\x00\x17\x00\x00\x00", b"body\x00"),  # padding, and a zero of the data
                                  (2, b"\x17", b"")]:  # an empty record
         record = _seal13(suite_id, seq, inner)
-        assert decryptor.open_application_data(memoryview(record)[:5], memoryview(record)[5:]) == expected
+        opened = decryptor.open_application_data(memoryview(record)[:5], memoryview(record)[5:])
+        assert opened == expected + b"\x17"  # the inner content type trails: TRAILER bytes, which the caller drops
+        assert opened[len(opened) - RecordDecryptor13.TRAILER:] == b"\x17"
         assert decryptor.seq == seq + 1
 
 
@@ -71,7 +73,7 @@ def test_tls12_gcm_and_chacha20() -> None:
         aad = seq.to_bytes(8, "big") + b"\x17\x03\x03" + (5).to_bytes(2, "big")
         fragment = explicit + AESGCM(keys.key).encrypt(keys.iv + explicit, b"hello", aad)
         header = b"\x17\x03\x03" + len(fragment).to_bytes(2, "big")
-        assert gcm.open_application_data(header, fragment) == b"hello"
+        assert gcm.open_application_data(header, fragment) == b"hello" and RecordDecryptor12.TRAILER == 0
     assert gcm.open_application_data(header, fragment) is None and gcm.seq == 2  # replayed: seq 1's
     keys = KeyMaterial12(mac_key=b"", key=bytes(32), iv=bytes(12))
     chacha = RecordDecryptor12(cipher_suite(0xCCA8), keys)
