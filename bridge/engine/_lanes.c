@@ -54,9 +54,11 @@
  *   .touched() -> [(handle, last_timestamp_ns)]
  *   len(lanes), .capacity
  * state = (handle, next_seq, packets, segments, bytes, last_ns, held)
- * chunk = (handle, timestamp_ns of its last segment, opened, used, rest)
+ * chunk = (handle, timestamp_ns of its last segment, opened, used, rest, times)
  *   opened: None, or (an armed lane) the plaintexts of the records of
- *   application data opened in C (used: their bytes); rest: the bytes Python frames
+ *   application data opened in C (used: their bytes; times: the time of the
+ *   segment that completed each, a list as long as opened, else None); rest: the
+ *   bytes Python frames
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -645,8 +647,8 @@ static int chunk_flush(Chunk *c, PyObject *chunks)
 {
     if (c->lane == NULL || c->len == 0)
         return 0;
-    PyObject *item = Py_BuildValue("(OLOny#)", (PyObject *)c->lane->handle, (long long)c->ts, Py_None, (Py_ssize_t)0,
-                                   (const char *)c->buf, (Py_ssize_t)c->len);
+    PyObject *item = Py_BuildValue("(OLOny#O)", (PyObject *)c->lane->handle, (long long)c->ts, Py_None, (Py_ssize_t)0,
+                                   (const char *)c->buf, (Py_ssize_t)c->len, Py_None);
     c->len = 0;
     c->lane = NULL;
     if (item == NULL)
@@ -745,16 +747,59 @@ static int trim_trailer(PyObject **bytes, size_t trailer)
 }
 
 /*
+ * The records an armed lane opened, gathered across its segments until anything
+ * else goes into the run's chunks (another lane's records or bytes, a lane's
+ * state), then handed over as one chunk: (handle, ts, opened, used, rest, times),
+ * times the time of the segment that completed each record.  Consecutive records of
+ * a busy connection cost Python one chunk, not one each; the order of everything
+ * the run hands over is the frames' order, as before.
+ */
+typedef struct {
+    Lane *lane; /* NULL: nothing gathered */
+    int64_t ts; /* the last segment's */
+    PyObject *opened, *times;
+    size_t used;
+} Opened;
+
+/* Hand over what o gathered, with rest (the bytes from a declined record on; NULL: none). */
+static int opened_flush(Opened *o, PyObject *chunks, PyObject *rest)
+{
+    if (o->lane == NULL)
+        return 0;
+    PyObject *item = rest != NULL ? Py_BuildValue("(OLOnOO)", (PyObject *)o->lane->handle, (long long)o->ts, o->opened,
+                                                  (Py_ssize_t)o->used, rest, o->times)
+                                  : Py_BuildValue("(OLOny#O)", (PyObject *)o->lane->handle, (long long)o->ts,
+                                                  o->opened, (Py_ssize_t)o->used, "", (Py_ssize_t)0, o->times);
+    Py_CLEAR(o->opened);
+    Py_CLEAR(o->times);
+    o->lane = NULL;
+    o->used = 0;
+    if (item == NULL)
+        return -1;
+    int rc = PyList_Append(chunks, item);
+    Py_DECREF(item);
+    return rc;
+}
+
+static void opened_clear(Opened *o)
+{
+    Py_CLEAR(o->opened);
+    Py_CLEAR(o->times);
+    o->lane = NULL;
+    o->used = 0;
+}
+
+/*
  * An armed lane took n payload bytes at ts: gathered; the whole records of
  * application data now complete are opened, one opener(header, fragment) call
  * each (-> plaintext, or None when the record is anything else: another inner
- * content type, a tag that does not match).  Anything opened, or anything
- * declined, is handed over as a chunk (handle, ts, opened, used, rest): opened,
- * the plaintexts; used, their bytes; rest, the bytes from the first record
- * declined (or not application data) on, which Python frames, and the lane
- * leaves the steady state.
+ * content type, a tag that does not match), and added to what o gathered for this
+ * lane (what it gathered for another lane is handed over first).  A record
+ * declined (or not application data) is handed over at once with everything from
+ * it on as rest, which Python frames, and the lane leaves the steady state.
  */
-static int lane_gather(LanesObject *self, Lane *lane, int64_t ts, const uint8_t *p, size_t n, PyObject *chunks)
+static int lane_gather(LanesObject *self, Lane *lane, int64_t ts, const uint8_t *p, size_t n, PyObject *chunks,
+                       Opened *o)
 {
     if (held_add(self, lane, p, n) < 0)
         return -1;
@@ -765,14 +810,25 @@ static int lane_gather(LanesObject *self, Lane *lane, int64_t ts, const uint8_t 
     int declined = size == RECORD_OTHER;
     if (at == 0 && !declined)
         return 0; /* the record is not complete yet */
-    PyObject *opened = PyList_New(0), *data = NULL, *view = NULL;
-    if (opened == NULL)
-        return -1;
+    if (o->lane != lane) {
+        if (opened_flush(o, chunks, NULL) < 0)
+            return -1;
+        o->opened = PyList_New(0);
+        o->times = PyList_New(0);
+        if (o->opened == NULL || o->times == NULL) {
+            opened_clear(o);
+            return -1;
+        }
+        o->lane = lane;
+    }
+    o->ts = ts;
+    PyObject *data = NULL, *view = NULL, *when = NULL;
     size_t used = 0;
     if (at) {
         data = PyBytes_FromStringAndSize((const char *)h, (Py_ssize_t)at);
         view = data ? PyMemoryView_FromObject(data) : NULL;
-        if (view == NULL)
+        when = view ? PyLong_FromLongLong((long long)ts) : NULL;
+        if (when == NULL)
             goto fail;
     }
     while (used < at) {
@@ -797,36 +853,36 @@ static int lane_gather(LanesObject *self, Lane *lane, int64_t ts, const uint8_t 
         }
         if (lane->trailer && trim_trailer(&plaintext, lane->trailer) < 0)
             goto fail;
-        int rc = PyList_Append(opened, plaintext);
+        int rc = PyList_Append(o->opened, plaintext);
         Py_DECREF(plaintext);
-        if (rc < 0)
+        if (rc < 0 || PyList_Append(o->times, when) < 0)
             goto fail;
         used += size;
+        o->used += size;
     }
     Py_CLEAR(view);
     Py_CLEAR(data);
-    PyObject *rest = PyBytes_FromStringAndSize(declined ? (const char *)h + used : NULL,
-                                               declined ? (Py_ssize_t)(len - used) : 0);
-    if (rest == NULL)
-        goto fail;
-    PyObject *item = Py_BuildValue("(OLNnN)", (PyObject *)lane->handle, (long long)ts, opened, (Py_ssize_t)used, rest);
-    if (item == NULL)
-        return -1;
+    Py_CLEAR(when);
     if (declined) {
+        PyObject *rest = PyBytes_FromStringAndSize((const char *)h + used, (Py_ssize_t)(len - used));
+        if (rest == NULL)
+            return -1;
+        int rc = opened_flush(o, chunks, rest);
+        Py_DECREF(rest);
         lane_disarm(self, lane);
-    } else if (used == len) {
+        return rc;
+    }
+    if (used == len) {
         held_clear(self, lane);
     } else {
         memmove(lane->held, lane->held + used, len - used);
         lane->held_len = len - used;
     }
-    int rc = PyList_Append(chunks, item);
-    Py_DECREF(item);
-    return rc;
+    return 0;
 fail:
     Py_XDECREF(view);
     Py_XDECREF(data);
-    Py_DECREF(opened);
+    Py_XDECREF(when);
     return -1;
 }
 
@@ -889,6 +945,8 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
     PyObject *closed = Py_None;
     Py_INCREF(closed);
     Chunk chunk = {NULL, 0, NULL, 0, 0};
+    /* at most one of the two gathers at a time: either is handed over before the other starts */
+    Opened opened = {NULL, 0, NULL, NULL, 0};
     Py_ssize_t handled = 0, i = start < 0 ? 0 : start;
     if (chunks == NULL)
         goto fail;
@@ -950,8 +1008,8 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
         long boundary;
         if (lane_segment(&self->table, lane, &s, ts, &boundary) == LANE_REFUSED) {
             Py_XDECREF(data_o);
-            /* what the lane gathered goes first, then its state */
-            if (chunk_flush(&chunk, chunks) < 0)
+            /* what the lanes gathered goes first, then this one's state */
+            if (opened_flush(&opened, chunks, NULL) < 0 || chunk_flush(&chunk, chunks) < 0)
                 goto fail;
             Py_DECREF(closed);
             closed = state_of(self, lane);
@@ -967,25 +1025,30 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
                 if (chunk.lane != NULL && chunk.lane != lane)
                     rc = chunk_flush(&chunk, chunks);
                 if (rc == 0)
-                    rc = lane_gather(self, lane, ts, s.payload, s.payload_len, chunks);
+                    rc = lane_gather(self, lane, ts, s.payload, s.payload_len, chunks, &opened);
             }
-        } else if (boundary >= 0) {
-            /* a chunk ends where a record ends, with the time of the segment that ended it
-               (the record's time on the Python path); the rest begins the next chunk */
-            size_t cut = (size_t)boundary;
-            rc = chunk_add(&chunk, chunks, lane, ts, s.payload, cut);
-            if (rc == 0)
-                rc = chunk_flush(&chunk, chunks);
-            if (rc == 0 && cut < s.payload_len)
-                rc = chunk_add(&chunk, chunks, lane, ts, s.payload + cut, s.payload_len - cut);
         } else if (s.payload_len) {
-            rc = chunk_add(&chunk, chunks, lane, ts, s.payload, s.payload_len);
+            /* another lane's bytes: the opened records gathered so far go first */
+            if (opened.lane != NULL)
+                rc = opened_flush(&opened, chunks, NULL);
+            if (rc == 0 && boundary >= 0) {
+                /* a chunk ends where a record ends, with the time of the segment that ended it
+                   (the record's time on the Python path); the rest begins the next chunk */
+                size_t cut = (size_t)boundary;
+                rc = chunk_add(&chunk, chunks, lane, ts, s.payload, cut);
+                if (rc == 0)
+                    rc = chunk_flush(&chunk, chunks);
+                if (rc == 0 && cut < s.payload_len)
+                    rc = chunk_add(&chunk, chunks, lane, ts, s.payload + cut, s.payload_len - cut);
+            } else if (rc == 0) {
+                rc = chunk_add(&chunk, chunks, lane, ts, s.payload, s.payload_len);
+            }
         }
         Py_XDECREF(data_o);
         if (rc < 0)
             goto fail;
     }
-    if (chunk_flush(&chunk, chunks) < 0)
+    if (opened_flush(&opened, chunks, NULL) < 0 || chunk_flush(&chunk, chunks) < 0)
         goto fail;
     PyMem_Free(chunk.buf);
     Py_XDECREF(seq);
@@ -994,6 +1057,7 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
         PyBuffer_Release(&view);
     return Py_BuildValue("(nNnN)", i, chunks, handled, closed);
 fail:
+    opened_clear(&opened);
     PyMem_Free(chunk.buf);
     Py_XDECREF(seq);
     Py_XDECREF(base);

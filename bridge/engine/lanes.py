@@ -270,18 +270,19 @@ class LaneDecryptor(Decryptor):
                     self.stats.evicted_for_memory += 1
                 self._front_evicted(entry, events)
         framed = None
-        for handle, timestamp_ns, opened, used, data in chunks:
+        for handle, timestamp_ns, opened, used, data, times in chunks:
             flow, direction = handle
             if timestamp_ns > self._now_ns:
                 self._now_ns = timestamp_ns
             if flow.ended_by is None and flow.tls_active:
                 if opened:
-                    # records opened in C (the steady state): counted, their plaintexts delivered
+                    # records opened in C (the steady state), consecutive ones of the direction in
+                    # one chunk: counted, their plaintexts delivered, each at its own time
                     self.records_opened += len(opened)
                     flow.tls.opened(direction, opened, used)
-                    for plaintext in opened:
+                    for plaintext, opened_ns in zip(opened, times):
                         if plaintext:
-                            self._emit(flow, direction, plaintext, timestamp_ns, events)
+                            self._emit(flow, direction, plaintext, opened_ns, events)
                 if data:
                     self._deliver(flow, direction, [data], timestamp_ns, events)
                     self._within_budget(flow, events)  # as after a segment

@@ -165,7 +165,7 @@ def _record(body: bytes, content_type: int = 23) -> bytes:
 
 def _raw(handle: str, timestamp_ns: int, data: bytes) -> tuple:  # type: ignore[type-arg]
     """A chunk of stream bytes for Python to frame."""
-    return (handle, timestamp_ns, None, 0, data)
+    return (handle, timestamp_ns, None, 0, data, None)
 
 
 def test_open_close_and_capacity() -> None:
@@ -353,14 +353,42 @@ def test_an_armed_lane_gathers_and_opens_its_records_across_runs() -> None:
     # the first run ends inside r3: the lane holds what it has of it, Python gets nothing to frame
     stop, chunks, handled, closed = lanes.run(frames[:5], 0)
     assert (stop, handled, closed) == (5, 5, None)
-    assert chunks == [("h", 3001, [b"P" + b"x" * 3000, b"P"], len(r1) + len(r2), b"")]  # completed in the 4th frame
+    assert chunks == [("h", 3001, [b"P" + b"x" * 3000, b"P"], len(r1) + len(r2), b"", [3001, 3001])]  # the 4th frame
     assert lanes.held_bytes >= len(stream[:5000]) - len(r1) - len(r2)
     stop, chunks, handled, closed = lanes.run(frames[5:], 0)
-    assert chunks == [("h", frames[-1].timestamp_ns, [b"P" + b"z" * 2000], len(r3), b"")]
+    assert chunks == [("h", frames[-1].timestamp_ns, [b"P" + b"z" * 2000], len(r3), b"", [frames[-1].timestamp_ns])]
     assert calls == [(r[:5], r[5:]) for r in (r1, r2, r3)]  # the header is the AAD, the fragment a view
     assert lanes.held_bytes == 0
     assert lanes.close(A, 40000, B, 443)[1:] == ((100 + len(stream)) & 0xFFFFFFFF, 6, 6, len(stream),
                                                  frames[-1].timestamp_ns, b"")
+
+
+def test_consecutive_records_of_a_lane_are_one_chunk_each_at_its_own_time_in_the_frames_order() -> None:
+    """Records an armed lane completes in successive segments come in one chunk (times:
+    each one's segment) until anything else goes into the run's chunks: another lane's
+    records or bytes break it, so the order of everything is the frames' order."""
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "a", 100, b"", 0)
+    lanes.open(A, 40001, B, 443, "b", 500, b"", 0)
+    lanes.open(A, 40002, B, 443, "c", 900, b"", 0)
+    assert lanes.arm(A, 40000, B, 443, _opener(), b"")
+    assert lanes.arm(A, 40001, B, 443, _opener(), b"")  # "c" stays unarmed: Python frames its bytes
+    a1, a2, a3, a4 = (_record(bytes([65 + i]) * 10) for i in range(4))
+    b1, c1 = _record(b"b" * 10), _record(b"c" * 10)
+
+    def seg(port: int, seq: int, data: bytes, ts: int) -> Frame:
+        return _frame(Ether() / _tcp(seq, data, sport=port), timestamp_ns=ts)
+
+    frames = [seg(40000, 100, a1, 1), seg(40000, 115, a2, 2), seg(40000, 130, a3, 3),  # one chunk of three
+              seg(40001, 500, b1, 4),                                                 # b's
+              seg(40000, 145, a4[:7], 5), seg(40000, 152, a4[7:], 6),                 # a again: a new chunk
+              seg(40002, 900, c1, 7)]                                                 # c's bytes end a's
+    stop, chunks, handled, closed = lanes.run(frames, 0)
+    assert (stop, handled, closed) == (7, 7, None)
+    assert chunks == [("a", 3, [b"P" + a1[5:], b"P" + a2[5:], b"P" + a3[5:]], 45, b"", [1, 2, 3]),
+                      ("b", 4, [b"P" + b1[5:]], 15, b"", [4]),
+                      ("a", 6, [b"P" + a4[5:]], 15, b"", [6]),
+                      _raw("c", 7, c1)]
 
 
 def test_arming_takes_the_bytes_python_framed_and_closing_gives_back_what_is_held() -> None:
@@ -384,7 +412,7 @@ def test_a_declined_record_and_what_follows_go_to_python_and_end_the_steady_stat
     good, declined, alert, after = _record(b"ok"), _record(b"!key update"), _record(b"a", 21), _record(b"later")
     stream = good + declined + after
     stop, chunks, handled, closed = lanes.run(_stream_frames(stream, 100, len(stream), 7), 0)
-    assert chunks == [("h", 7, [b"Pok"], len(good), declined + after)]
+    assert chunks == [("h", 7, [b"Pok"], len(good), declined + after, [7])]
     assert lanes.held_bytes == 0
     # no longer armed: the next records are Python's to frame
     stop, chunks, handled, closed = lanes.run(_stream_frames(after, 100 + len(stream), 100, 9), 0)
@@ -393,7 +421,7 @@ def test_a_declined_record_and_what_follows_go_to_python_and_end_the_steady_stat
     assert lanes.arm(A, 40000, B, 443, _opener(), b"")
     seq = 100 + len(stream) + len(after)
     stop, chunks, handled, closed = lanes.run(_stream_frames(alert + after, seq, 100, 11), 0)
-    assert chunks == [("h", 11, [], 0, alert + after)]
+    assert chunks == [("h", 11, [], 0, alert + after, [])]
 
 
 @pytest.mark.parametrize("held", [_record(b"x" * 10)[:3].replace(b"\x17", b"\x15"), _record(b"x")])
@@ -464,8 +492,9 @@ def test_any_bytes_neither_crash_nor_leak_a_lane(frames, noise: bytes, seq: int,
     while start < len(built):
         stop, chunks, handled, closed = lanes.run(built, start)
         assert start <= stop <= len(built)
-        for handle, _ts, opened, used, chunk in chunks:
+        for handle, _ts, opened, used, chunk, times in chunks:
             assert handle == "h" and isinstance(chunk, bytes)
+            assert (opened is None and times is None) or len(times) == len(opened)
             assert (opened is None and used == 0) or (armed and used == sum(len(p) + 4 + trailer for p in opened))
         start = stop + 1
     assert len(lanes) <= 1
