@@ -614,10 +614,10 @@ def print_targets(runs: list[Run], th: Run | None, mb: float, live_capture: tupl
     ours, written, logged, logged_written = runs[0], runs[1], runs[2], runs[3]
     rows = []
     if th is not None:
-        rows += [("decrypt -r, tshark's wall time / ours", f"x{th.wall / ours.wall:.1f} (by user time "
+        rows += [("decrypt -r, tshark's wall time / ours", f"x{th.wall / ours.wall:.2f} (by user time "
                   f"x{th.user / ours.user:.1f}; --flows x{th.wall / logged.wall:.1f})", "x10",
                   th.wall / ours.wall >= 10),
-                 ("decrypt -r -w, tshark's wall time / ours", f"x{th.wall / written.wall:.1f} (by user time "
+                 ("decrypt -r -w, tshark's wall time / ours", f"x{th.wall / written.wall:.2f} (by user time "
                   f"x{th.user / written.user:.1f}; --flows x{th.wall / logged_written.wall:.1f})", "x6",
                   th.wall / written.wall >= 6)]
     rows += [("run, 1 worker, live: plaintext MB/s, drops", f"{rate(live):.0f} MB/s, {live['drops']}+"
