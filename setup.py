@@ -13,12 +13,13 @@ CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-
 setup(
     ext_modules=[
         Extension("bridge.capture._records", ["bridge/capture/_records.c"],
-                  depends=["bridge/capture/_batch.h", "bridge/capture/_records_core.h"],
+                  depends=["bridge/capture/_batch.h", "bridge/capture/_pcap_record.h", "bridge/capture/_records_core.h"],
                   extra_compile_args=CFLAGS),
         Extension("bridge.engine._lanes", ["bridge/engine/_lanes.c"],
                   depends=["bridge/engine/_lanes_core.h", "bridge/engine/_front_core.h", "bridge/capture/_batch.h"],
                   extra_compile_args=CFLAGS),
         Extension("bridge.reinject._segments", ["bridge/reinject/_segments.c"],
-                  depends=["bridge/reinject/_segments_core.h"], extra_compile_args=CFLAGS),
+                  depends=["bridge/reinject/_segments_core.h", "bridge/capture/_pcap_record.h"],
+                  extra_compile_args=CFLAGS),
     ],
 )

@@ -215,3 +215,37 @@ def test_no_room_in_the_kernel_is_counted_as_dropped_and_the_output_never_waits(
     assert output.stats.frames + output.stats.dropped == 20000
     assert received >= output.stats.frames  # IPv6 neighbour discovery may add a few of its own
     assert received - output.stats.frames < 10
+
+
+def test_a_pcap_file_gets_the_same_records_from_bursts_of_segments_as_from_their_frames(tmp_path: Path) -> None:
+    """PcapFileOutput.write_frames builds a plaintext event's segments in the writer's
+    buffer (SegmentBurst.pack_pcap); the file is byte for byte the one written from the
+    same bursts' frames (write_burst), and both read back as the frames."""
+    from bridge.capture.pcapfile import read_capture
+    from bridge.engine.events import FlowInfo, PlaintextData
+    from bridge.reinject.outputs import PcapFileOutput
+    from bridge.reinject.synthetic import SyntheticFlows
+    from bridge.tls.state import Direction
+
+    def bursts() -> list:  # type: ignore[type-arg]
+        flows = SyntheticFlows()
+        info = FlowInfo(1, 4, b"\x0a\x00\x00\x01", 40000, b"\x0a\x00\x00\x02", 443, 0)
+        made = []
+        for i, size in enumerate((1, 1460, 1461, 16384, 70000)):
+            direction = Direction.C2S if i % 2 == 0 else Direction.S2C
+            made += flows.bursts(PlaintextData(info, direction, bytes([65 + i]) * size, 1_000_000_000 + i))
+        return made + flows.close_bursts(1_000_000_010)
+
+    built, listed = PcapFileOutput(str(tmp_path / "built.pcap")), PcapFileOutput(str(tmp_path / "listed.pcap"))
+    for burst in bursts():
+        built.write_frames(burst)
+    frames = []
+    for burst in bursts():
+        listed.write_burst(burst.timestamp_ns, burst.frames)
+        frames += [(burst.timestamp_ns, frame) for frame in burst.frames]
+    built.close()
+    listed.close()
+    assert (built.stats.frames, built.stats.bytes) == (listed.stats.frames, listed.stats.bytes) == (
+        len(frames), sum(len(frame) for _, frame in frames))
+    assert (tmp_path / "built.pcap").read_bytes() == (tmp_path / "listed.pcap").read_bytes()
+    assert [(f.timestamp_ns, f.data) for f in read_capture(tmp_path / "built.pcap")] == frames

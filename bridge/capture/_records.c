@@ -49,6 +49,7 @@
 #include <time.h>
 
 #include "_batch.h"
+#include "_pcap_record.h"
 #include "_records_core.h"
 
 static Py_ssize_t slot_ts = -1, slot_linktype = -1, slot_data = -1, slot_orig = -1;
@@ -360,11 +361,6 @@ fail:
  * ``buffer`` (a bytearray: the writer's, no copy in between); frame_bytes: the
  * frames' lengths before any cut.
  */
-static inline void wr32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
-}
-
 static PyObject *pack_pcap(PyObject *self, PyObject *args)
 {
     long long stamp;
@@ -402,19 +398,15 @@ static PyObject *pack_pcap(PyObject *self, PyObject *args)
     if (PyByteArray_Resize(buffer, start + size) < 0) /* fails while the buffer is exported */
         return NULL;
     uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(buffer) + start;
-    uint32_t sec = (uint32_t)(stamp / 1000000000LL), frac = (uint32_t)(stamp % 1000000000LL);
-    if (!nanosecond)
-        frac /= 1000;
+    uint32_t sec, frac;
+    pcap_stamp(stamp, nanosecond, &sec, &frac);
     for (Py_ssize_t i = 0; i < n; i++) { /* the list cannot change: no Python code runs in between */
         PyObject *data = PyList_GET_ITEM(frames, i);
         Py_ssize_t length = PyBytes_GET_SIZE(data);
         Py_ssize_t kept = length > snaplen ? snaplen : length;
-        wr32(p, sec);
-        wr32(p + 4, frac);
-        wr32(p + 8, (uint32_t)kept);
-        wr32(p + 12, (uint32_t)length);
-        memcpy(p + 16, PyBytes_AS_STRING(data), (size_t)kept);
-        p += 16 + kept;
+        pcap_record_header(p, sec, frac, (uint32_t)kept, (uint32_t)length);
+        memcpy(p + PCAP_RECORD_HEADER, PyBytes_AS_STRING(data), (size_t)kept);
+        p += PCAP_RECORD_HEADER + kept;
     }
     return PyLong_FromUnsignedLongLong(total);
 }

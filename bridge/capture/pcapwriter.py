@@ -15,6 +15,7 @@ import errno
 import os
 import struct
 import time
+from collections.abc import Callable
 from typing import BinaryIO
 
 from bridge.capture import _records
@@ -122,6 +123,17 @@ class PcapWriter:
         if len(buffer) >= self.chunk_bytes or time.monotonic() - self._written_at >= self.flush_interval:
             self._write_out()
         return total
+
+    def extend(self, pack: Callable[[bytearray, bool, int], tuple[int, int]]) -> tuple[int, int]:
+        """Records that ``pack(buffer, nanosecond, snaplen) -> (records, frame bytes)``
+        appends to the writer's buffer itself, in this file's format (a compiled packer:
+        no copy in between; :meth:`bridge.reinject.synthetic.FrameBurst.pack_pcap`);
+        returns what it returned."""
+        records, size = pack(self._buffer, self.nanosecond, self.snaplen)
+        self.records += records
+        if len(self._buffer) >= self.chunk_bytes or time.monotonic() - self._written_at >= self.flush_interval:
+            self._write_out()
+        return records, size
 
     def _write_out(self) -> None:
         buffer = self._buffer

@@ -31,6 +31,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../capture/_pcap_record.h"
 #include "_segments_core.h"
 
 /* One frame into a new bytes object; ip_id advances for IPv4. */
@@ -153,6 +154,107 @@ done:
     return result;
 }
 
+/*
+ * segments_pcap(buffer, timestamp_ns, nanosecond, snaplen, <the arguments of segments>)
+ *     -> (frames, seq, ip_id, frame_bytes)
+ *
+ * The frames segments() makes, as pcap records (bridge/capture/_pcap_record.h,
+ * every one stamped timestamp_ns, each frame cut to snaplen) appended to buffer
+ * (a bytearray: a pcap writer's), built where they lie: no object per frame and
+ * no copy in between.  frames: how many; frame_bytes: their lengths before any cut.
+ */
+static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
+{
+    PyObject *buffer;
+    long long stamp;
+    int nanosecond, ack_each;
+    Py_ssize_t snaplen, mss;
+    Py_buffer eth_send, eth_recv, src, dst, data;
+    unsigned sport, dport, ip_id;
+    unsigned long seq, peer;
+    if (!PyArg_ParseTuple(args, "O!Lpny*y*y*y*IIkkny*Ip:segments_pcap", &PyByteArray_Type, &buffer, &stamp,
+                          &nanosecond, &snaplen, &eth_send, &eth_recv, &src, &dst, &sport, &dport, &seq, &peer, &mss,
+                          &data, &ip_id, &ack_each))
+        return NULL;
+    PyObject *result = NULL;
+    uint8_t *cut = NULL; /* a frame longer than snaplen is built here first */
+    Endpoints send, recv;
+    if (endpoints(&send, &eth_send, &src, &dst, sport, dport) < 0 ||
+        endpoints(&recv, &eth_recv, &dst, &src, dport, sport) < 0)
+        goto done;
+    if (mss < 1 || mss > 65535 - TCP_HEADER - (send.addr_len == 4 ? IP4_HEADER : 0)) {
+        PyErr_SetString(PyExc_ValueError, "mss out of range");
+        goto done;
+    }
+    if (snaplen < 0 || stamp < 0) {
+        PyErr_SetString(PyExc_ValueError, "snaplen and timestamp_ns must not be negative");
+        goto done;
+    }
+    Py_ssize_t pieces = (data.len + mss - 1) / mss, count = 0, size = 0;
+    unsigned long long total = 0;
+    for (Py_ssize_t i = 0; i < pieces; i++) {
+        Py_ssize_t length = data.len - i * mss < mss ? data.len - i * mss : mss;
+        Py_ssize_t frame = frame_size(&send, length);
+        total += (unsigned long long)frame;
+        size += PCAP_RECORD_HEADER + (frame > snaplen ? snaplen : frame);
+        count++;
+        if (ack_each || i == pieces - 1) {
+            frame = frame_size(&recv, 0);
+            total += (unsigned long long)frame;
+            size += PCAP_RECORD_HEADER + (frame > snaplen ? snaplen : frame);
+            count++;
+        }
+    }
+    Py_ssize_t start = PyByteArray_GET_SIZE(buffer);
+    if (size > PY_SSIZE_T_MAX - start) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (PyByteArray_Resize(buffer, start + size) < 0) /* fails while the buffer is exported */
+        goto done;
+    Py_ssize_t longest = frame_size(&send, mss) > frame_size(&recv, 0) ? frame_size(&send, mss) : frame_size(&recv, 0);
+    if (longest > snaplen && (cut = PyMem_Malloc((size_t)longest)) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    uint32_t sec, frac;
+    pcap_stamp(stamp, nanosecond, &sec, &frac);
+    uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(buffer) + start;
+    ip_id &= 0xFFFF;
+    uint32_t s = (uint32_t)seq, pr = (uint32_t)peer;
+    const uint8_t *payload = data.buf;
+    for (Py_ssize_t i = 0; i < pieces; i++) {
+        Py_ssize_t length = data.len - i * mss < mss ? data.len - i * mss : mss;
+        int last = i == pieces - 1;
+        for (int ack = 0; ack < 2; ack++) {
+            if (ack && !(ack_each || last))
+                break;
+            const Endpoints *e = ack ? &recv : &send;
+            Py_ssize_t frame = frame_size(e, ack ? 0 : length), kept = frame > snaplen ? snaplen : frame;
+            uint8_t *at = frame > snaplen ? cut : p + PCAP_RECORD_HEADER;
+            if (ack)
+                write_frame(at, e, pr, s, F_ACK, NULL, 0, &ip_id);
+            else
+                write_frame(at, e, s, pr, last ? (F_ACK | F_PSH) : F_ACK, payload + i * mss, length, &ip_id);
+            if (at == cut)
+                memcpy(p + PCAP_RECORD_HEADER, cut, (size_t)kept);
+            pcap_record_header(p, sec, frac, (uint32_t)kept, (uint32_t)frame);
+            p += PCAP_RECORD_HEADER + kept;
+            if (!ack)
+                s += (uint32_t)length;
+        }
+    }
+    result = Py_BuildValue("(nkkK)", count, (unsigned long)s, (unsigned long)ip_id, total);
+done:
+    PyMem_Free(cut);
+    PyBuffer_Release(&eth_send);
+    PyBuffer_Release(&eth_recv);
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"checksum", py_checksum, METH_VARARGS, "checksum(data, initial=0) -> int: the RFC 1071 checksum field of data"},
     {"frame", py_frame, METH_VARARGS,
@@ -160,6 +262,10 @@ static PyMethodDef methods[] = {
     {"segments", py_segments, METH_VARARGS,
      "segments(eth_send, eth_recv, src, dst, sport, dport, seq, peer, mss, data, ip_id, ack_each)"
      " -> (frames, seq, ip_id): data as MSS-sized segments and the peer's ACKs"},
+    {"segments_pcap", py_segments_pcap, METH_VARARGS,
+     "segments_pcap(buffer, timestamp_ns, nanosecond, snaplen, eth_send, eth_recv, src, dst, sport, dport, seq, "
+     "peer, mss, data, ip_id, ack_each) -> (frames, seq, ip_id, frame_bytes): the frames of segments() as pcap "
+     "records appended to buffer (a bytearray), built in place"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,12 +14,15 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bridge.capture.frames import LINKTYPE_ETHERNET
 from bridge.capture.pcapwriter import PcapWriter, pcap_global_header, pcap_record
 from bridge.errors import BridgeError
 from bridge.reinject.batchsend import BatchResult, FrameSender, open_sender
+
+if TYPE_CHECKING:
+    from bridge.reinject.synthetic import FrameBurst
 
 
 class OutputError(BridgeError):
@@ -45,6 +48,10 @@ class FrameOutput(Protocol):
         """Several frames in order, all at ``timestamp_ns`` (one call: the per-frame
         work in one loop)."""
 
+    def write_frames(self, burst: FrameBurst) -> None:
+        """The frames of one burst (:mod:`bridge.reinject.synthetic`): as
+        :meth:`write_burst`, made where the output keeps them when it can."""
+
     def close(self) -> None: ...
 
 
@@ -66,6 +73,12 @@ class PcapFileOutput:
     def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> None:
         self.stats.bytes += self._writer.write_burst(timestamp_ns, frames)
         self.stats.frames += len(frames)
+
+    def write_frames(self, burst: FrameBurst) -> None:
+        # a burst of segments is built straight into the writer's buffer
+        records, size = self._writer.extend(burst.pack_pcap)
+        self.stats.frames += records
+        self.stats.bytes += size
 
     def close(self) -> None:
         self._writer.close()
@@ -116,6 +129,9 @@ class InterfaceOutput:
 
     def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> None:
         self._count(self._sender.send(frames))
+
+    def write_frames(self, burst: FrameBurst) -> None:
+        self._count(self._sender.send(burst.frames))
 
     def _count(self, result: BatchResult) -> None:
         stats = self.stats
@@ -209,6 +225,9 @@ class PcapOverIpOutput:
     def write_burst(self, timestamp_ns: int, frames: list[bytes]) -> None:
         for frame in frames:
             self.write(timestamp_ns, frame)
+
+    def write_frames(self, burst: FrameBurst) -> None:
+        self.write_burst(burst.timestamp_ns, burst.frames)
 
     def write(self, timestamp_ns: int, data: bytes) -> None:
         record = pcap_record(timestamp_ns, data)

@@ -96,7 +96,7 @@ class ReinjectSink:
         self._last_ns = bursts[-1].timestamp_ns
         for output in self.outputs:
             for burst in bursts:
-                output.write_burst(burst.timestamp_ns, burst.frames)
+                output.write_frames(burst)
 
     def close(self) -> None:
         """End of input: close what is still open, then the outputs."""

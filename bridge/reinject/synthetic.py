@@ -37,6 +37,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from bridge.capture import _records
 from bridge.reinject import _segments
 
 from bridge.engine.events import FlowFinished, FlowInfo, PlaintextData
@@ -46,6 +47,7 @@ from bridge.tls.state import Direction
 __all__ = [
     "FrameBurst",
     "OutputFrame",
+    "SegmentBurst",
     "SyntheticFlows",
     "SyntheticOptions",
     "SyntheticStats",
@@ -129,8 +131,56 @@ class FrameBurst:
         #: complete Ethernet frames
         self.frames = frames
 
+    def pack_pcap(self, buffer: bytearray, nanosecond: bool, snaplen: int) -> tuple[int, int]:
+        """The frames as pcap records appended to ``buffer`` (a pcap writer's,
+        :meth:`bridge.capture.pcapwriter.PcapWriter.extend`): (records, frame bytes)."""
+        return len(self.frames), _records.pack_pcap(buffer, self.timestamp_ns, self.frames, nanosecond, snaplen)
+
     def __repr__(self) -> str:
         return f"FrameBurst({self.timestamp_ns}, {len(self.frames)} frames)"
+
+
+class SegmentBurst(FrameBurst):
+    """One plaintext event's data segments and the peer's ACKs, described, and made
+    when an output takes them: as :attr:`frames` (once, for the outputs that send
+    frames), or straight into a pcap writer's buffer (:meth:`pack_pcap`: no object
+    per frame, no copy in between).  The connection's state moved on when it was
+    described (:meth:`SyntheticFlows._plaintext`); whichever way they are made, the
+    frames are checked to end where it says."""
+
+    __slots__ = ("_arguments", "_ends", "_made")
+
+    def __init__(self, timestamp_ns: int, arguments: tuple, ends: tuple[int, int]) -> None:  # type: ignore[type-arg]
+        self.timestamp_ns = timestamp_ns
+        #: :func:`_segments.segments`'s arguments
+        self._arguments = arguments
+        #: the sequence number and IP id after the frames
+        self._ends = ends
+        self._made: list[bytes] | None = None
+
+    @property  # type: ignore[override]
+    def frames(self) -> list[bytes]:
+        made = self._made
+        if made is None:
+            made, seq, ip_id = _segments.segments(*self._arguments)
+            self._check(seq, ip_id)
+            self._made = made
+        return made
+
+    def pack_pcap(self, buffer: bytearray, nanosecond: bool, snaplen: int) -> tuple[int, int]:
+        if self._made is not None:  # made for another output already
+            return FrameBurst.pack_pcap(self, buffer, nanosecond, snaplen)
+        records, seq, ip_id, size = _segments.segments_pcap(buffer, self.timestamp_ns, nanosecond, snaplen,
+                                                            *self._arguments)
+        self._check(seq, ip_id)
+        return records, size
+
+    def _check(self, seq: int, ip_id: int) -> None:
+        if (seq, ip_id) != self._ends:
+            raise RuntimeError(f"synthetic segments ended at seq {seq}, IP id {ip_id}, not {self._ends}")
+
+    def __repr__(self) -> str:
+        return f"SegmentBurst({self.timestamp_ns}, {len(self._arguments[9])} bytes)"
 
 
 @dataclass(slots=True)
@@ -259,16 +309,24 @@ class SyntheticFlows:
         mss = self._mss[info.ip_version == 6]
         total = len(data)
         eth = self._eth[info.ip_version == 6]
+        ack_each = self.options.ack_each_segment
+        ip_id = self._ip_id
         if direction == Direction.C2S:
-            frames, seq, self._ip_id = _segments.segments(
-                eth[0], eth[1], info.client_ip, info.server_ip, info.client_port, flow.server_port,
-                flow.client_next, flow.server_next, mss, data, self._ip_id, self.options.ack_each_segment)
+            arguments = (eth[0], eth[1], info.client_ip, info.server_ip, info.client_port, flow.server_port,
+                         flow.client_next, flow.server_next, mss, data, ip_id, ack_each)
+            seq = (flow.client_next + total) & _MOD32
         else:
-            frames, seq, self._ip_id = _segments.segments(
-                eth[1], eth[0], info.server_ip, info.client_ip, flow.server_port, info.client_port,
-                flow.server_next, flow.client_next, mss, data, self._ip_id, self.options.ack_each_segment)
+            arguments = (eth[1], eth[0], info.server_ip, info.client_ip, flow.server_port, info.client_port,
+                         flow.server_next, flow.client_next, mss, data, ip_id, ack_each)
+            seq = (flow.server_next + total) & _MOD32
+        # the frames are made when an output takes them (SegmentBurst): their count and where
+        # they end are known now (a data segment per MSS, then one ACK or one after each; IPv4
+        # numbers every frame)
         pieces = (total + mss - 1) // mss
-        out.append(FrameBurst(ts, frames))
+        count = pieces * 2 if ack_each else pieces + 1
+        if info.ip_version == 4:
+            self._ip_id = (ip_id + count) & 0xFFFF
+        out.append(SegmentBurst(ts, arguments, (seq, self._ip_id)))
         if direction == Direction.C2S:
             flow.client_next = seq
             flow.bytes_c2s += total
@@ -279,7 +337,7 @@ class SyntheticFlows:
         stats = self.stats
         stats.segments += pieces
         stats.bytes += total
-        stats.frames += len(frames)
+        stats.frames += count
 
     def _start(self, info: FlowInfo, ts: int, out: list[FrameBurst]) -> _Flow:
         client_isn = self.initial_sequence(info, Direction.C2S) & _MOD32

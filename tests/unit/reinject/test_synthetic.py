@@ -15,12 +15,14 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
+from bridge.capture import _records
 from bridge.capture.pcapwriter import PcapWriter
 from bridge.reinject import _segments
 from bridge.engine.events import FlowFinished, FlowInfo, PlaintextData
 from tests.support.decrypt import summary_for
 from bridge.reinject.synthetic import (
     OutputFrame,
+    SegmentBurst,
     SyntheticFlows,
     SyntheticOptions,
     internet_checksum,
@@ -511,3 +513,77 @@ def test_tshark_original_ports_with_decode_as_and_wrap(tmp_path) -> None:
         "-Y", "http.request", "-T", "fields", "-e", "http.request.uri",
     )
     assert listed.split() == uris
+
+
+# --- the segments made straight into a pcap writer's buffer (SegmentBurst, segments_pcap) ---------
+
+_ETH = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x0800))[:14]
+_ETH6 = _ETH[:12] + b"\x86\xdd"
+
+
+def _arguments(v6: bool, mss: int, data: bytes, ack_each: bool, seq: int = 0xFFFFFF00, ip_id: int = 0xFFF0) -> tuple:  # type: ignore[type-arg]
+    src, dst = (b"\xfd" + b"\x00" * 14 + b"\x01", b"\xfd" + b"\x00" * 14 + b"\x02") if v6 else (b"\x0a\x00\x00\x01",
+                                                                                                 b"\x0a\x00\x00\x02")
+    eth = _ETH6 if v6 else _ETH
+    return (eth, eth[6:12] + eth[:6] + eth[12:], src, dst, 40000, 80, seq, 7, mss, data, ip_id, ack_each)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.booleans(), st.integers(1, 1460), st.binary(max_size=5000), st.booleans(), st.integers(0, 2**63 - 1),
+       st.booleans(), st.sampled_from([0, 40, 54, 100, 262144]), st.binary(max_size=3))
+def test_segments_made_in_the_pcap_buffer_are_the_records_of_the_frames(v6: bool, mss: int, data: bytes,
+                                                                      ack_each: bool, stamp: int, nanosecond: bool,
+                                                                      snaplen: int, before: bytes) -> None:
+    """segments_pcap appends exactly what pack_pcap appends for segments()'s frames (cut
+    to snaplen, either timestamp resolution), after what the buffer held, and ends
+    where segments() ends."""
+    arguments = _arguments(v6, mss, data, ack_each)
+    frames, seq, ip_id = _segments.segments(*arguments)
+    expected = bytearray(before)
+    size = _records.pack_pcap(expected, stamp, frames, nanosecond, snaplen)
+    got = bytearray(before)
+    assert _segments.segments_pcap(got, stamp, nanosecond, snaplen, *arguments) == (len(frames), seq, ip_id, size)
+    assert got == expected
+
+
+@pytest.mark.parametrize("args", [
+    (bytes(), 0, True, 100),                    # not a bytearray
+    (bytearray(), -1, True, 100),               # a negative timestamp
+    (bytearray(), 0, True, -1),                 # a negative snaplen
+])
+def test_segments_pcap_rejects_bad_arguments(args) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises((TypeError, ValueError)):
+        _segments.segments_pcap(*args, *_arguments(False, 100, b"data", False))
+    with pytest.raises(ValueError):
+        _segments.segments_pcap(bytearray(), 0, True, 100, *_arguments(False, 0, b"data", False))  # mss 0
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_plaintext_event_s_burst_is_made_once_whichever_output_takes_it_first(v6: bool) -> None:
+    """SyntheticFlows describes a plaintext event's segments (SegmentBurst) and moves its
+    state on at once; the frames, made for an interface or in a pcap writer's buffer,
+    are the same either way, and a burst whose frames were made packs them."""
+    flows = SyntheticFlows(SyntheticOptions(mtu=576))
+    info = FlowInfo(1, 6 if v6 else 4, bytes(16) if v6 else b"\x0a\x00\x00\x01",
+                    40000, (b"\x00" * 15 + b"\x02") if v6 else b"\x0a\x00\x00\x02", 443, 0)
+    bursts = flows.bursts(PlaintextData(info, Direction.C2S, b"GET / HTTP/1.1\r\n" * 200, 1_000_000_123))
+    data = bursts[-1]
+    count = -(-3200 // SyntheticOptions(mtu=576).mss(6 if v6 else 4)) + 1  # the segments, then one ACK
+    assert isinstance(data, SegmentBurst) and flows.stats.frames == 3 + count
+    packed = bytearray()
+    assert data.pack_pcap(packed, True, 262144)[0] == count
+    frames = data.frames
+    assert len(frames) == count and frames is data.frames  # made once
+    again = bytearray()
+    assert data.pack_pcap(again, True, 262144) == (count, sum(map(len, frames)))
+    assert again == packed
+    later = flows.bursts(PlaintextData(info, Direction.C2S, b"more", 1_000_000_124))[-1]
+    assert later.frames[0][-4:] == b"more"  # the next burst starts where this one ended (seq, IP id)
+
+
+def test_a_burst_that_does_not_end_where_its_connection_moved_on_is_an_error() -> None:
+    burst = SegmentBurst(1, _arguments(False, 100, b"x" * 250, False), (0, 0))
+    with pytest.raises(RuntimeError, match="ended at seq"):
+        burst.pack_pcap(bytearray(), True, 262144)
+    with pytest.raises(RuntimeError, match="ended at seq"):
+        burst.frames
