@@ -7,7 +7,8 @@
  * Input: [options: 1 byte (bit 0: IPv6, bit 1: the peer's ACK after each
  * segment)][link header length: 1 byte, up to 80: beyond 64 is refused][mss:
  * 2 bytes][seq: 4 bytes][IPv4 id: 2 bytes][32 bytes: the addresses, the link
- * header][payload].  The payload is cut into segments as segments() does, each
+ * header][payload].  The payload is cut into segments by the core's walk (what
+ * segments() and segments_pcap() use: checked here against its definition), each
  * frame written into a buffer of exactly frame_size() bytes (AddressSanitizer
  * sees any write beyond it).  Checked with abort(), against a checksum computed
  * here byte by byte (RFC 1071's definition): the IPv4 header and the TCP segment
@@ -112,16 +113,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     CHECK(endpoints_init(&recv, link, eth_len, dst, src, addr_len, addr_len, 51000, 443) == 0);
     CHECK(endpoints_init(&recv, link, eth_len, dst, src, 4, 16, 51000, 443) == E_ADDRESSES);
-    if (mss < 1 || mss > 65535 - TCP_HEADER - (ipv6 ? 0 : IP4_HEADER))
+    if (!mss_fits(&send, mss))
         return 0;
-    ptrdiff_t pieces = (length + mss - 1) / mss;
-    for (ptrdiff_t i = 0; i < pieces; i++) { /* as segments() cuts them */
-        ptrdiff_t start = i * mss, piece = length - start < mss ? length - start : mss;
-        int last = i == pieces - 1;
-        emit(&send, seq, peer, last ? 0x18 : 0x10, payload + start, piece, &ip_id);
-        seq += (uint32_t)piece;
-        if (ack_each || last)
-            emit(&recv, peer, seq, 0x10, NULL, 0, &ip_id);
+    SegmentWalk w;
+    SegmentFrame f;
+    ptrdiff_t sent = 0, frames = 0, acks = 0;
+    walk_init(&w, &send, &recv, payload, length, mss, ack_each, seq, peer);
+    while (walk_next(&w, &f)) { /* as segments() cuts them */
+        CHECK(f.length <= mss && (f.e == &recv) == (f.length == 0));
+        if (f.e == &send) {
+            CHECK(f.payload == payload + sent && f.seq == seq + (uint32_t)sent && f.ack == peer);
+            sent += f.length;
+            CHECK((f.flags == (F_ACK | F_PSH)) == (sent == length));
+        } else {
+            CHECK(f.seq == peer && f.ack == seq + (uint32_t)sent && f.flags == F_ACK);
+            acks++;
+        }
+        emit(f.e, f.seq, f.ack, f.flags, f.payload, f.length, &ip_id);
+        frames++;
     }
+    ptrdiff_t pieces = (length + mss - 1) / mss;
+    CHECK(sent == length && w.seq == seq + (uint32_t)length);
+    CHECK(acks == (pieces == 0 ? 0 : ack_each ? pieces : 1) && frames == pieces + acks);
     return 0;
 }

@@ -761,6 +761,14 @@ typedef struct {
     size_t used;
 } Opened;
 
+static void opened_clear(Opened *o)
+{
+    Py_CLEAR(o->opened);
+    Py_CLEAR(o->times);
+    o->lane = NULL;
+    o->used = 0;
+}
+
 /* Hand over what o gathered, with rest (the bytes from a declined record on; NULL: none). */
 static int opened_flush(Opened *o, PyObject *chunks, PyObject *rest)
 {
@@ -770,23 +778,12 @@ static int opened_flush(Opened *o, PyObject *chunks, PyObject *rest)
                                                   (Py_ssize_t)o->used, rest, o->times)
                                   : Py_BuildValue("(OLOny#O)", (PyObject *)o->lane->handle, (long long)o->ts,
                                                   o->opened, (Py_ssize_t)o->used, "", (Py_ssize_t)0, o->times);
-    Py_CLEAR(o->opened);
-    Py_CLEAR(o->times);
-    o->lane = NULL;
-    o->used = 0;
+    opened_clear(o);
     if (item == NULL)
         return -1;
     int rc = PyList_Append(chunks, item);
     Py_DECREF(item);
     return rc;
-}
-
-static void opened_clear(Opened *o)
-{
-    Py_CLEAR(o->opened);
-    Py_CLEAR(o->times);
-    o->lane = NULL;
-    o->used = 0;
 }
 
 /*

@@ -94,8 +94,18 @@ static PyObject *py_frame(PyObject *self, PyObject *args)
     return out;
 }
 
-#define F_ACK 0x10
-#define F_PSH 0x08
+/* Both directions' endpoints of segments() and segments_pcap(), and their mss checked. */
+static int segment_endpoints(Endpoints *send, Endpoints *recv, Py_buffer *eth_send, Py_buffer *eth_recv,
+                             Py_buffer *src, Py_buffer *dst, unsigned sport, unsigned dport, Py_ssize_t mss)
+{
+    if (endpoints(send, eth_send, src, dst, sport, dport) < 0 || endpoints(recv, eth_recv, dst, src, dport, sport) < 0)
+        return -1;
+    if (!mss_fits(send, mss)) {
+        PyErr_SetString(PyExc_ValueError, "mss out of range");
+        return -1;
+    }
+    return 0;
+}
 
 static PyObject *py_segments(PyObject *self, PyObject *args)
 {
@@ -109,41 +119,24 @@ static PyObject *py_segments(PyObject *self, PyObject *args)
         return NULL;
     PyObject *frames = NULL, *result = NULL;
     Endpoints send, recv;
-    if (endpoints(&send, &eth_send, &src, &dst, sport, dport) < 0 ||
-        endpoints(&recv, &eth_recv, &dst, &src, dport, sport) < 0)
+    if (segment_endpoints(&send, &recv, &eth_send, &eth_recv, &src, &dst, sport, dport, mss) < 0)
         goto done;
-    if (mss < 1 || mss > 65535 - TCP_HEADER - (send.addr_len == 4 ? IP4_HEADER : 0)) {
-        PyErr_SetString(PyExc_ValueError, "mss out of range");
-        goto done;
-    }
-    Py_ssize_t pieces = (data.len + mss - 1) / mss;
     frames = PyList_New(0);
     if (frames == NULL)
         goto done;
     ip_id &= 0xFFFF;
-    uint32_t s = (uint32_t)seq, pr = (uint32_t)peer;
-    const uint8_t *p = data.buf;
-    for (Py_ssize_t i = 0; i < pieces; i++) {
-        Py_ssize_t start = i * mss;
-        Py_ssize_t length = data.len - start < mss ? data.len - start : mss;
-        int last = i == pieces - 1;
-        PyObject *f = build(&send, s, pr, last ? (F_ACK | F_PSH) : F_ACK, p + start, length, &ip_id);
-        if (f == NULL || PyList_Append(frames, f) < 0) {
-            Py_XDECREF(f);
+    SegmentWalk w;
+    SegmentFrame f;
+    walk_init(&w, &send, &recv, data.buf, data.len, mss, ack_each, (uint32_t)seq, (uint32_t)peer);
+    while (walk_next(&w, &f)) {
+        PyObject *frame = build(f.e, f.seq, f.ack, f.flags, f.payload, f.length, &ip_id);
+        if (frame == NULL || PyList_Append(frames, frame) < 0) {
+            Py_XDECREF(frame);
             goto done;
         }
-        Py_DECREF(f);
-        s += (uint32_t)length;
-        if (ack_each || last) {
-            f = build(&recv, pr, s, F_ACK, NULL, 0, &ip_id);
-            if (f == NULL || PyList_Append(frames, f) < 0) {
-                Py_XDECREF(f);
-                goto done;
-            }
-            Py_DECREF(f);
-        }
+        Py_DECREF(frame);
     }
-    result = Py_BuildValue("(Okk)", frames, (unsigned long)s, (unsigned long)ip_id);
+    result = Py_BuildValue("(Okk)", frames, (unsigned long)w.seq, (unsigned long)ip_id);
 done:
     Py_XDECREF(frames);
     PyBuffer_Release(&eth_send);
@@ -179,31 +172,22 @@ static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
     PyObject *result = NULL;
     uint8_t *cut = NULL; /* a frame longer than snaplen is built here first */
     Endpoints send, recv;
-    if (endpoints(&send, &eth_send, &src, &dst, sport, dport) < 0 ||
-        endpoints(&recv, &eth_recv, &dst, &src, dport, sport) < 0)
+    if (segment_endpoints(&send, &recv, &eth_send, &eth_recv, &src, &dst, sport, dport, mss) < 0)
         goto done;
-    if (mss < 1 || mss > 65535 - TCP_HEADER - (send.addr_len == 4 ? IP4_HEADER : 0)) {
-        PyErr_SetString(PyExc_ValueError, "mss out of range");
-        goto done;
-    }
     if (snaplen < 0 || stamp < 0) {
         PyErr_SetString(PyExc_ValueError, "snaplen and timestamp_ns must not be negative");
         goto done;
     }
-    Py_ssize_t pieces = (data.len + mss - 1) / mss, count = 0, size = 0;
+    SegmentWalk w;
+    SegmentFrame f;
+    Py_ssize_t count = 0, size = 0;
     unsigned long long total = 0;
-    for (Py_ssize_t i = 0; i < pieces; i++) {
-        Py_ssize_t length = data.len - i * mss < mss ? data.len - i * mss : mss;
-        Py_ssize_t frame = frame_size(&send, length);
+    walk_init(&w, &send, &recv, data.buf, data.len, mss, ack_each, (uint32_t)seq, (uint32_t)peer);
+    while (walk_next(&w, &f)) {
+        Py_ssize_t frame = frame_size(f.e, f.length);
         total += (unsigned long long)frame;
         size += PCAP_RECORD_HEADER + (frame > snaplen ? snaplen : frame);
         count++;
-        if (ack_each || i == pieces - 1) {
-            frame = frame_size(&recv, 0);
-            total += (unsigned long long)frame;
-            size += PCAP_RECORD_HEADER + (frame > snaplen ? snaplen : frame);
-            count++;
-        }
     }
     Py_ssize_t start = PyByteArray_GET_SIZE(buffer);
     if (size > PY_SSIZE_T_MAX - start) {
@@ -221,30 +205,17 @@ static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
     pcap_stamp(stamp, nanosecond, &sec, &frac);
     uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(buffer) + start;
     ip_id &= 0xFFFF;
-    uint32_t s = (uint32_t)seq, pr = (uint32_t)peer;
-    const uint8_t *payload = data.buf;
-    for (Py_ssize_t i = 0; i < pieces; i++) {
-        Py_ssize_t length = data.len - i * mss < mss ? data.len - i * mss : mss;
-        int last = i == pieces - 1;
-        for (int ack = 0; ack < 2; ack++) {
-            if (ack && !(ack_each || last))
-                break;
-            const Endpoints *e = ack ? &recv : &send;
-            Py_ssize_t frame = frame_size(e, ack ? 0 : length), kept = frame > snaplen ? snaplen : frame;
-            uint8_t *at = frame > snaplen ? cut : p + PCAP_RECORD_HEADER;
-            if (ack)
-                write_frame(at, e, pr, s, F_ACK, NULL, 0, &ip_id);
-            else
-                write_frame(at, e, s, pr, last ? (F_ACK | F_PSH) : F_ACK, payload + i * mss, length, &ip_id);
-            if (at == cut)
-                memcpy(p + PCAP_RECORD_HEADER, cut, (size_t)kept);
-            pcap_record_header(p, sec, frac, (uint32_t)kept, (uint32_t)frame);
-            p += PCAP_RECORD_HEADER + kept;
-            if (!ack)
-                s += (uint32_t)length;
-        }
+    walk_init(&w, &send, &recv, data.buf, data.len, mss, ack_each, (uint32_t)seq, (uint32_t)peer);
+    while (walk_next(&w, &f)) {
+        Py_ssize_t frame = frame_size(f.e, f.length), kept = frame > snaplen ? snaplen : frame;
+        uint8_t *at = frame > snaplen ? cut : p + PCAP_RECORD_HEADER;
+        write_frame(at, f.e, f.seq, f.ack, f.flags, f.payload, f.length, &ip_id);
+        if (at == cut)
+            memcpy(p + PCAP_RECORD_HEADER, cut, (size_t)kept);
+        pcap_record_header(p, sec, frac, (uint32_t)kept, (uint32_t)frame);
+        p += PCAP_RECORD_HEADER + kept;
     }
-    result = Py_BuildValue("(nkkK)", count, (unsigned long)s, (unsigned long)ip_id, total);
+    result = Py_BuildValue("(nkkK)", count, (unsigned long)w.seq, (unsigned long)ip_id, total);
 done:
     PyMem_Free(cut);
     PyBuffer_Release(&eth_send);

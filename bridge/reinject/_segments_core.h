@@ -166,6 +166,66 @@ static int endpoints_init(Endpoints *e, const uint8_t *eth, ptrdiff_t eth_len, c
     return 0;
 }
 
+#define F_ACK 0x10
+#define F_PSH 0x08
+
+/* Does one frame of e carry an mss of this size (the IPv4 total length field bounds it)? */
+static inline int mss_fits(const Endpoints *e, ptrdiff_t mss)
+{
+    return mss >= 1 && mss <= 65535 - TCP_HEADER - (e->addr_len == 4 ? IP4_HEADER : 0);
+}
+
+/*
+ * The frames of one plaintext event, in order: the data cut into mss-sized
+ * segments from send (ACK, PSH|ACK on the last one), each followed by the
+ * peer's pure ACK from recv when ack_each, else the last one only.  One
+ * definition of that order for every writer of it (segments(), segments_pcap(),
+ * the fuzzer).
+ */
+typedef struct {
+    const Endpoints *send, *recv;
+    const uint8_t *data;
+    ptrdiff_t len, mss, at; /* at: the next data byte */
+    int ack_each, ack_due;  /* ack_due: the peer's ACK comes next */
+    uint32_t seq, peer;     /* seq: where send's next byte goes */
+} SegmentWalk;
+
+/* One frame of the walk: write_frame's arguments but ip_id. */
+typedef struct {
+    const Endpoints *e;
+    uint32_t seq, ack;
+    unsigned flags;
+    const uint8_t *payload;
+    ptrdiff_t length;
+} SegmentFrame;
+
+static inline void walk_init(SegmentWalk *w, const Endpoints *send, const Endpoints *recv, const uint8_t *data,
+                             ptrdiff_t len, ptrdiff_t mss, int ack_each, uint32_t seq, uint32_t peer)
+{
+    w->send = send, w->recv = recv, w->data = data, w->len = len, w->mss = mss, w->at = 0;
+    w->ack_each = ack_each, w->ack_due = 0, w->seq = seq, w->peer = peer;
+}
+
+/* The walk's next frame into *f: 0 once there is none. */
+static inline int walk_next(SegmentWalk *w, SegmentFrame *f)
+{
+    if (w->ack_due) {
+        w->ack_due = 0;
+        f->e = w->recv, f->seq = w->peer, f->ack = w->seq, f->flags = F_ACK, f->payload = NULL, f->length = 0;
+        return 1;
+    }
+    if (w->at >= w->len)
+        return 0;
+    ptrdiff_t length = w->len - w->at < w->mss ? w->len - w->at : w->mss;
+    int last = w->at + length == w->len;
+    f->e = w->send, f->seq = w->seq, f->ack = w->peer, f->flags = last ? (F_ACK | F_PSH) : F_ACK;
+    f->payload = w->data + w->at, f->length = length;
+    w->at += length;
+    w->seq += (uint32_t)length;
+    w->ack_due = w->ack_each || last;
+    return 1;
+}
+
 static inline const char *endpoints_error(int code)
 {
     switch (code) {
