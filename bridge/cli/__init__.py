@@ -5,6 +5,7 @@ nothing here is needed by the service or the tests."""
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import textwrap
 from pathlib import Path
@@ -62,6 +63,27 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _import_command(module: str):  # type: ignore[no-untyped-def]
+    """A command's module, imported with the cyclic garbage collector off; what the
+    import made is then frozen (:func:`gc.freeze`).
+
+    Importing ``decrypt`` makes some 19,000 objects (modules, classes, functions) that
+    live as long as the process, and next to no garbage. With the collector on, about
+    40 collections walked them while importing, and every later full collection,
+    the one at exit included, walked them again: about 4 % of ``decrypt -r`` on a
+    200 MB capture (``perf``), all of it at start and exit. Nothing is lost: an object
+    made while importing that became garbage at once is reclaimed by reference counts.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return importlib.import_module(module)
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with ``command``, only that command's parser (the others'
     modules are not imported)."""
@@ -81,7 +103,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     adders = [_COMMANDS[command]] if command in _COMMANDS else list(dict.fromkeys(_COMMANDS.values()))
     for module, function in adders:
-        getattr(importlib.import_module(module), function)(subparsers)
+        getattr(_import_command(module), function)(subparsers)
     if command not in _COMMANDS:
         _demo_parser(subparsers)
     return parser

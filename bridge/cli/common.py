@@ -5,7 +5,6 @@ wiring only; the parts wired live in the product's packages."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -147,6 +146,8 @@ class StatusFile:
     def write(self) -> None:
         if not self.path:
             return
+        import json  # the status file is optional: not imported at every start
+
         temporary = f"{self.path}.tmp"
         with open(temporary, "w", encoding="utf-8") as handle:
             json.dump(self.snapshot(), handle, indent=2, default=str)

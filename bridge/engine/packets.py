@@ -23,7 +23,6 @@ than the IP length (snaplen), the available payload is returned.
 from __future__ import annotations
 
 import enum
-import socket
 import struct
 from dataclasses import dataclass
 
@@ -299,6 +298,8 @@ def _ipv6_ext_headers(data: bytes, off: int, end: int, nh: int) -> tuple[int, in
 
 def format_endpoint(ip: bytes, port: int) -> str:
     """``"1.2.3.4:443"`` or ``"[2001:db8::1]:443"``."""
+    import socket  # per flow, not per packet: not imported (with its enums) at every start
+
     if len(ip) == 4:
         return f"{socket.inet_ntop(socket.AF_INET, ip)}:{port}"
     if len(ip) == 16:

@@ -24,7 +24,6 @@ one ``write(2)`` per line on an ``O_APPEND`` descriptor keeps concurrent lines w
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -102,6 +101,9 @@ class NeverCompletedSummary:
 class FlowLog:
     def __init__(self, *, stream: IO[str] | None = None, fd: int | None = None,
                  settings: FlowLogSettings | None = None) -> None:
+        import json  # only a run with a flow log needs it
+
+        self._dumps = json.JSONEncoder(separators=(",", ":")).encode
         self.stream, self.fd = stream, fd
         self.settings = settings or FlowLogSettings()
         self.lines = 0
@@ -151,7 +153,7 @@ class FlowLog:
                 self.write(record)
 
     def write(self, record: dict[str, object]) -> None:
-        line = json.dumps(record, separators=(",", ":")) + "\n"
+        line = self._dumps(record) + "\n"
         if self.fd is not None:
             os.write(self.fd, line.encode())
         else:
