@@ -249,3 +249,50 @@ def test_a_pcap_file_gets_the_same_records_from_bursts_of_segments_as_from_their
         len(frames), sum(len(frame) for _, frame in frames))
     assert (tmp_path / "built.pcap").read_bytes() == (tmp_path / "listed.pcap").read_bytes()
     assert [(f.timestamp_ns, f.data) for f in read_capture(tmp_path / "built.pcap")] == frames
+
+
+def test_a_run_s_burst_reaches_every_output_with_each_plaintext_s_time(tmp_path: Path) -> None:
+    """The sink hands the outputs an engine run's plaintexts of a direction as one burst
+    (SyntheticFlows.bursts_all). A pcap file (built in its buffer, or from frames made
+    first for another output) and a PCAP-over-IP client get what one burst per event
+    gives: the same frames, each plaintext's at its own time."""
+    from bridge.capture.pcapfile import read_capture
+    from bridge.engine.events import FlowInfo, PlaintextData
+    from bridge.reinject.outputs import PcapFileOutput
+    from bridge.reinject.synthetic import SyntheticFlows
+    from bridge.tls.state import Direction
+
+    info = FlowInfo(1, 4, b"\x0a\x00\x00\x01", 40000, b"\x0a\x00\x00\x02", 443, 0)
+    events = [PlaintextData(info, Direction.C2S, b"GET / HTTP/1.1\r\n\r\n", 1_000_000_000)] + [
+        PlaintextData(info, Direction.S2C, bytes([65 + i]) * size, 1_000_000_000 + 1000 * (i + 1))
+        for i, size in enumerate((16384, 1, 3000, 16384))]
+    each = SyntheticFlows()
+    expected = [pair for event in events for burst in each.bursts(event) for pair in burst.stamped()]
+    assert len({timestamp_ns for timestamp_ns, _ in expected}) == 5
+
+    run = SyntheticFlows().bursts_all(events)
+    assert len(run) == 3  # the handshake, the request, the response's four records
+    built = PcapFileOutput(str(tmp_path / "built.pcap"))
+    for burst in run:
+        built.write_frames(burst)
+    built.close()
+    assert [(f.timestamp_ns, f.data) for f in read_capture(tmp_path / "built.pcap")] == expected
+
+    run = SyntheticFlows().bursts_all(events)
+    for burst in run:
+        assert burst.frames  # made first, as for an interface
+    made = PcapFileOutput(str(tmp_path / "made.pcap"))
+    for burst in run:
+        made.write_frames(burst)
+    made.close()
+    assert (tmp_path / "made.pcap").read_bytes() == (tmp_path / "built.pcap").read_bytes()
+
+    output = PcapOverIpOutput("127.0.0.1", 0)
+    client = socket.create_connection(output.address)
+    deadline = time.monotonic() + 5
+    while output.stats.clients < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for burst in SyntheticFlows().bursts_all(events):
+        output.write_frames(burst)
+    output.close()
+    assert [(f.timestamp_ns, f.data) for f in parse_capture_bytes(_read_all(client))] == expected

@@ -6,7 +6,8 @@ decrypt``, ``tls-bridge run``'s workers, the demo): it decodes each frame
 :class:`~bridge.engine.decryptor.Decryptor`, drives its clock (a tick a second
 of capture time; on a quiet live link, of wall time), decrypts what waited when
 secrets arrive in the key store, and passes every event to one output callable
-(:class:`bridge.outputs.Outputs` in the product).  It does no I/O itself: frames
+(:class:`bridge.outputs.Outputs` in the product; one with a ``batch`` method,
+:class:`BatchSink`, takes each run's events in one call).  It does no I/O itself: frames
 come from any iterable, events go to the callable.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from bridge.capture.frames import Frame
 from bridge.capture.pcapfile import FrameBatch
@@ -31,6 +32,17 @@ if TYPE_CHECKING:
     from bridge.engine.quic import QuicFlows, QuicStats
 
 EventSink = Callable[[Event], None]
+
+
+@runtime_checkable
+class BatchSink(Protocol):
+    """An output that also takes the events of one engine run in one call, in order
+    (:meth:`bridge.outputs.Outputs.batch`): what it does must be what calling it on
+    each would do, in fewer calls."""
+
+    def __call__(self, event: Event) -> None: ...
+
+    def batch(self, events: list[Event]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -56,6 +68,8 @@ class Engine:
         decryptor = LaneDecryptor if self.settings.fast_path else Decryptor
         self.decryptor = decryptor(keys, self.settings, request_keys=request_keys, clock=clock)
         self.output = output
+        #: an output that takes a run's events in one call (:class:`BatchSink`) is given them so
+        self._batch = output.batch if isinstance(output, BatchSink) else None
         self._request_keys = request_keys
         self._quic: QuicFlows | None = None
         self.counters = PacketCounters()
@@ -81,6 +95,12 @@ class Engine:
     # --- events out ---------------------------------------------------------------------
 
     def _dispatch(self, events: list[Event]) -> None:
+        batch = self._batch
+        if batch is not None:
+            if not events:
+                return
+            batch(events)
+            return
         output = self.output
         for event in events:
             output(event)

@@ -4,7 +4,8 @@ harvesters, synthetic cleartext frames (:mod:`bridge.reinject`).
 :class:`Outputs` is the one event sink the front ends give the engine.  Its order
 is fixed here, not by whoever wires it: key requests first (a harvester starts
 searching at once), then re-injection and plaintext files, and the flow log last,
-so that a finished connection's line names its synthetic connection.
+so that a finished connection's line names its synthetic connection.  An engine
+run's events come in one call (:meth:`Outputs.batch`), in the same order.
 """
 
 from __future__ import annotations
@@ -40,6 +41,30 @@ class Outputs:
             self.requests(event)  # type: ignore[arg-type]
         if self.reinject is not None:
             self.reinject(event)
+        self._after_reinjection(event)
+
+    def batch(self, events: list[Event]) -> None:
+        """An engine run's events (:class:`~bridge.engine.engine.Engine` hands each run's
+        over at once): each output takes all of them in turn, in :meth:`__call__`'s
+        order of outputs (key requests, re-injection, plaintext files and the flow log,
+        the extra sinks), and every output sees them in order; re-injection makes a
+        direction's plaintexts in a row as one burst."""
+        requests = self.requests
+        if requests is not None:
+            for event in events:
+                if event.__class__ is KeysWanted:
+                    requests(event)  # type: ignore[arg-type]
+        if self.reinject is not None:
+            self.reinject.batch(events)
+        if self.plaintext is None and not self.extra:  # only the flow log: finished flows
+            for event in events:
+                if event.__class__ is FlowFinished:
+                    self._after_reinjection(event)
+            return
+        for event in events:
+            self._after_reinjection(event)
+
+    def _after_reinjection(self, event: Event) -> None:
         if self.plaintext is not None:
             self.plaintext(event)
         if event.__class__ is FlowFinished:

@@ -12,13 +12,18 @@
  *   frame(eth, src, dst, sport, dport, seq, ack, flags, payload, ip_id) -> bytes
  *       one Ethernet frame: ``eth`` is the link header (MACs, optional 802.1Q
  *       tag, EtherType), the addresses' length (4 or 16) chooses IPv4 or IPv6;
- *   segments(eth_send, eth_recv, src, dst, sport, dport, seq, peer, mss, data,
+ *   segments(eth_send, eth_recv, src, dst, sport, dport, seq, peer, mss, pieces,
  *            ip_id, ack_each) -> (frames, seq, ip_id)
- *       ``data`` cut into segments of at most ``mss`` bytes sent from src to
- *       dst (ACK, PSH|ACK on the last), each followed by the peer's pure ACK
- *       when ``ack_each``, else one ACK after the last (delayed ACK, as real
- *       receivers do): ``frames`` a list of bytes; the sender's next sequence
- *       number and the next IPv4 identification are returned.
+ *       each of ``pieces`` (a sequence of bytes-like objects: the plaintexts of
+ *       consecutive events of one direction) in turn cut into segments of at
+ *       most ``mss`` bytes sent from src to dst (ACK, PSH|ACK on a piece's last),
+ *       each followed by the peer's pure ACK when ``ack_each``, else one ACK
+ *       after a piece's last (delayed ACK, as real receivers do): ``frames`` a
+ *       list of bytes; the sender's next sequence number and the next IPv4
+ *       identification are returned;
+ *   segments_pcap(buffer, stamps, nanosecond, snaplen, <segments' arguments>)
+ *       the same frames as pcap records appended to a bytearray, each piece's
+ *       stamped with its time in ``stamps``.
  *
  * Header layout and values are those of bridge/reinject/synthetic.py's
  * docstring: IPv4 with DF, TTL 64, no options; IPv6 without extension headers,
@@ -107,19 +112,62 @@ static int segment_endpoints(Endpoints *send, Endpoints *recv, Py_buffer *eth_se
     return 0;
 }
 
+/* The pieces of segments() and segments_pcap(): a sequence of bytes-like objects, held as buffers. */
+typedef struct {
+    Py_buffer *views;
+    Py_ssize_t count;
+} Pieces;
+
+static void pieces_release(Pieces *p)
+{
+    for (Py_ssize_t i = 0; i < p->count; i++)
+        PyBuffer_Release(&p->views[i]);
+    PyMem_Free(p->views);
+    p->views = NULL, p->count = 0;
+}
+
+static int pieces_get(PyObject *sequence, Pieces *p)
+{
+    p->views = NULL, p->count = 0;
+    PyObject *fast = PySequence_Fast(sequence, "pieces must be a sequence of bytes-like objects");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    p->views = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
+    if (p->views == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(fast);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(items[i], &p->views[i], PyBUF_SIMPLE) < 0) {
+            Py_DECREF(fast);
+            pieces_release(p);
+            return -1;
+        }
+        p->count++;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
 static PyObject *py_segments(PyObject *self, PyObject *args)
 {
-    Py_buffer eth_send, eth_recv, src, dst, data;
+    Py_buffer eth_send, eth_recv, src, dst;
+    PyObject *sequence;
     unsigned sport, dport, ip_id;
     unsigned long seq, peer;
     Py_ssize_t mss;
     int ack_each;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*IIkkny*Ip:segments", &eth_send, &eth_recv, &src, &dst, &sport, &dport, &seq,
-                          &peer, &mss, &data, &ip_id, &ack_each))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*IIkknOIp:segments", &eth_send, &eth_recv, &src, &dst, &sport, &dport, &seq,
+                          &peer, &mss, &sequence, &ip_id, &ack_each))
         return NULL;
     PyObject *frames = NULL, *result = NULL;
+    Pieces pieces = {NULL, 0};
     Endpoints send, recv;
-    if (segment_endpoints(&send, &recv, &eth_send, &eth_recv, &src, &dst, sport, dport, mss) < 0)
+    if (segment_endpoints(&send, &recv, &eth_send, &eth_recv, &src, &dst, sport, dport, mss) < 0 ||
+        pieces_get(sequence, &pieces) < 0)
         goto done;
     frames = PyList_New(0);
     if (frames == NULL)
@@ -127,67 +175,109 @@ static PyObject *py_segments(PyObject *self, PyObject *args)
     ip_id &= 0xFFFF;
     SegmentWalk w;
     SegmentFrame f;
-    walk_init(&w, &send, &recv, data.buf, data.len, mss, ack_each, (uint32_t)seq, (uint32_t)peer);
-    while (walk_next(&w, &f)) {
-        PyObject *frame = build(f.e, f.seq, f.ack, f.flags, f.payload, f.length, &ip_id);
-        if (frame == NULL || PyList_Append(frames, frame) < 0) {
-            Py_XDECREF(frame);
-            goto done;
+    uint32_t next = (uint32_t)seq;
+    for (Py_ssize_t i = 0; i < pieces.count; i++) {
+        walk_init(&w, &send, &recv, pieces.views[i].buf, pieces.views[i].len, mss, ack_each, next, (uint32_t)peer);
+        while (walk_next(&w, &f)) {
+            PyObject *frame = build(f.e, f.seq, f.ack, f.flags, f.payload, f.length, &ip_id);
+            if (frame == NULL || PyList_Append(frames, frame) < 0) {
+                Py_XDECREF(frame);
+                goto done;
+            }
+            Py_DECREF(frame);
         }
-        Py_DECREF(frame);
+        next = w.seq;
     }
-    result = Py_BuildValue("(Okk)", frames, (unsigned long)w.seq, (unsigned long)ip_id);
+    result = Py_BuildValue("(Okk)", frames, (unsigned long)next, (unsigned long)ip_id);
 done:
     Py_XDECREF(frames);
+    pieces_release(&pieces);
     PyBuffer_Release(&eth_send);
     PyBuffer_Release(&eth_recv);
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
-    PyBuffer_Release(&data);
     return result;
 }
 
 /*
- * segments_pcap(buffer, timestamp_ns, nanosecond, snaplen, <the arguments of segments>)
+ * segments_pcap(buffer, stamps, nanosecond, snaplen, <the arguments of segments>)
  *     -> (frames, seq, ip_id, frame_bytes)
  *
  * The frames segments() makes, as pcap records (bridge/capture/_pcap_record.h,
- * every one stamped timestamp_ns, each frame cut to snaplen) appended to buffer
- * (a bytearray: a pcap writer's), built where they lie: no object per frame and
- * no copy in between.  frames: how many; frame_bytes: their lengths before any cut.
+ * each piece's frames stamped with its time in stamps, a sequence of nanosecond
+ * times as long as pieces; each frame cut to snaplen) appended to buffer (a
+ * bytearray: a pcap writer's), built where they lie: no object per frame and no
+ * copy in between.  frames: how many; frame_bytes: their lengths before any cut.
  */
 static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
 {
-    PyObject *buffer;
-    long long stamp;
+    PyObject *buffer, *sequence, *stamps;
     int nanosecond, ack_each;
     Py_ssize_t snaplen, mss;
-    Py_buffer eth_send, eth_recv, src, dst, data;
+    Py_buffer eth_send, eth_recv, src, dst;
     unsigned sport, dport, ip_id;
     unsigned long seq, peer;
-    if (!PyArg_ParseTuple(args, "O!Lpny*y*y*y*IIkkny*Ip:segments_pcap", &PyByteArray_Type, &buffer, &stamp,
+    if (!PyArg_ParseTuple(args, "O!Opny*y*y*y*IIkknOIp:segments_pcap", &PyByteArray_Type, &buffer, &stamps,
                           &nanosecond, &snaplen, &eth_send, &eth_recv, &src, &dst, &sport, &dport, &seq, &peer, &mss,
-                          &data, &ip_id, &ack_each))
+                          &sequence, &ip_id, &ack_each))
         return NULL;
-    PyObject *result = NULL;
+    PyObject *result = NULL, *times = NULL;
+    Pieces pieces = {NULL, 0};
+    long long *when = NULL; /* the stamps */
     uint8_t *cut = NULL; /* a frame longer than snaplen is built here first */
     Endpoints send, recv;
-    if (segment_endpoints(&send, &recv, &eth_send, &eth_recv, &src, &dst, sport, dport, mss) < 0)
+    if (segment_endpoints(&send, &recv, &eth_send, &eth_recv, &src, &dst, sport, dport, mss) < 0 ||
+        pieces_get(sequence, &pieces) < 0)
         goto done;
-    if (snaplen < 0 || stamp < 0) {
-        PyErr_SetString(PyExc_ValueError, "snaplen and timestamp_ns must not be negative");
+    times = PySequence_Fast(stamps, "stamps must be a sequence of ints");
+    if (times == NULL)
         goto done;
+    if (PySequence_Fast_GET_SIZE(times) != pieces.count) {
+        PyErr_SetString(PyExc_ValueError, "stamps and pieces differ in length");
+        goto done;
+    }
+    if (snaplen < 0) {
+        PyErr_SetString(PyExc_ValueError, "snaplen must not be negative");
+        goto done;
+    }
+    /* read once, into C: converting an item may run Python code that changes the sequence */
+    when = PyMem_Malloc(sizeof(long long) * (size_t)(pieces.count ? pieces.count : 1));
+    if (when == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < pieces.count; i++) {
+        if (i >= PySequence_Fast_GET_SIZE(times)) {
+            PyErr_SetString(PyExc_ValueError, "stamps and pieces differ in length");
+            goto done;
+        }
+        long long stamp = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(times, i));
+        if (stamp == -1 && PyErr_Occurred())
+            goto done;
+        if (stamp < 0) {
+            PyErr_SetString(PyExc_ValueError, "timestamps must not be negative");
+            goto done;
+        }
+        when[i] = stamp;
     }
     SegmentWalk w;
     SegmentFrame f;
     Py_ssize_t count = 0, size = 0;
     unsigned long long total = 0;
-    walk_init(&w, &send, &recv, data.buf, data.len, mss, ack_each, (uint32_t)seq, (uint32_t)peer);
-    while (walk_next(&w, &f)) {
-        Py_ssize_t frame = frame_size(f.e, f.length);
-        total += (unsigned long long)frame;
-        size += PCAP_RECORD_HEADER + (frame > snaplen ? snaplen : frame);
-        count++;
+    uint32_t next = (uint32_t)seq;
+    for (Py_ssize_t i = 0; i < pieces.count; i++) {
+        walk_init(&w, &send, &recv, pieces.views[i].buf, pieces.views[i].len, mss, ack_each, next, (uint32_t)peer);
+        while (walk_next(&w, &f)) {
+            Py_ssize_t frame = frame_size(f.e, f.length), record = PCAP_RECORD_HEADER + (frame > snaplen ? snaplen : frame);
+            if (record > PY_SSIZE_T_MAX - size) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            total += (unsigned long long)frame;
+            size += record;
+            count++;
+        }
+        next = w.seq;
     }
     Py_ssize_t start = PyByteArray_GET_SIZE(buffer);
     if (size > PY_SSIZE_T_MAX - start) {
@@ -201,28 +291,34 @@ static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    uint32_t sec, frac;
-    pcap_stamp(stamp, nanosecond, &sec, &frac);
     uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(buffer) + start;
     ip_id &= 0xFFFF;
-    walk_init(&w, &send, &recv, data.buf, data.len, mss, ack_each, (uint32_t)seq, (uint32_t)peer);
-    while (walk_next(&w, &f)) {
-        Py_ssize_t frame = frame_size(f.e, f.length), kept = frame > snaplen ? snaplen : frame;
-        uint8_t *at = frame > snaplen ? cut : p + PCAP_RECORD_HEADER;
-        write_frame(at, f.e, f.seq, f.ack, f.flags, f.payload, f.length, &ip_id);
-        if (at == cut)
-            memcpy(p + PCAP_RECORD_HEADER, cut, (size_t)kept);
-        pcap_record_header(p, sec, frac, (uint32_t)kept, (uint32_t)frame);
-        p += PCAP_RECORD_HEADER + kept;
+    next = (uint32_t)seq;
+    for (Py_ssize_t i = 0; i < pieces.count; i++) {
+        uint32_t sec, frac;
+        pcap_stamp(when[i], nanosecond, &sec, &frac);
+        walk_init(&w, &send, &recv, pieces.views[i].buf, pieces.views[i].len, mss, ack_each, next, (uint32_t)peer);
+        while (walk_next(&w, &f)) {
+            Py_ssize_t frame = frame_size(f.e, f.length), kept = frame > snaplen ? snaplen : frame;
+            uint8_t *at = frame > snaplen ? cut : p + PCAP_RECORD_HEADER;
+            write_frame(at, f.e, f.seq, f.ack, f.flags, f.payload, f.length, &ip_id);
+            if (at == cut)
+                memcpy(p + PCAP_RECORD_HEADER, cut, (size_t)kept);
+            pcap_record_header(p, sec, frac, (uint32_t)kept, (uint32_t)frame);
+            p += PCAP_RECORD_HEADER + kept;
+        }
+        next = w.seq;
     }
-    result = Py_BuildValue("(nkkK)", count, (unsigned long)w.seq, (unsigned long)ip_id, total);
+    result = Py_BuildValue("(nkkK)", count, (unsigned long)next, (unsigned long)ip_id, total);
 done:
     PyMem_Free(cut);
+    PyMem_Free(when);
+    Py_XDECREF(times);
+    pieces_release(&pieces);
     PyBuffer_Release(&eth_send);
     PyBuffer_Release(&eth_recv);
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
-    PyBuffer_Release(&data);
     return result;
 }
 
@@ -231,12 +327,12 @@ static PyMethodDef methods[] = {
     {"frame", py_frame, METH_VARARGS,
      "frame(eth, src, dst, sport, dport, seq, ack, flags, payload, ip_id) -> bytes: one Ethernet/IP/TCP frame"},
     {"segments", py_segments, METH_VARARGS,
-     "segments(eth_send, eth_recv, src, dst, sport, dport, seq, peer, mss, data, ip_id, ack_each)"
-     " -> (frames, seq, ip_id): data as MSS-sized segments and the peer's ACKs"},
+     "segments(eth_send, eth_recv, src, dst, sport, dport, seq, peer, mss, pieces, ip_id, ack_each)"
+     " -> (frames, seq, ip_id): each of pieces (bytes-like) in turn as MSS-sized segments and the peer's ACKs"},
     {"segments_pcap", py_segments_pcap, METH_VARARGS,
-     "segments_pcap(buffer, timestamp_ns, nanosecond, snaplen, eth_send, eth_recv, src, dst, sport, dport, seq, "
-     "peer, mss, data, ip_id, ack_each) -> (frames, seq, ip_id, frame_bytes): the frames of segments() as pcap "
-     "records appended to buffer (a bytearray), built in place"},
+     "segments_pcap(buffer, stamps, nanosecond, snaplen, eth_send, eth_recv, src, dst, sport, dport, seq, "
+     "peer, mss, pieces, ip_id, ack_each) -> (frames, seq, ip_id, frame_bytes): the frames of segments() as pcap "
+     "records appended to buffer (a bytearray), built in place, each piece's stamped with its time in stamps"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -49,8 +49,9 @@ class FrameOutput(Protocol):
         work in one loop)."""
 
     def write_frames(self, burst: FrameBurst) -> None:
-        """The frames of one burst (:mod:`bridge.reinject.synthetic`): as
-        :meth:`write_burst`, made where the output keeps them when it can."""
+        """The frames of one burst (:mod:`bridge.reinject.synthetic`), each at its
+        time (:meth:`~bridge.reinject.synthetic.FrameBurst.stamped`: a burst of several
+        plaintexts has several), made where the output keeps them when it can."""
 
     def close(self) -> None: ...
 
@@ -227,7 +228,8 @@ class PcapOverIpOutput:
             self.write(timestamp_ns, frame)
 
     def write_frames(self, burst: FrameBurst) -> None:
-        self.write_burst(burst.timestamp_ns, burst.frames)
+        for timestamp_ns, frame in burst.stamped():  # a burst of several plaintexts: each one's frames at its time
+            self.write(timestamp_ns, frame)
 
     def write(self, timestamp_ns: int, data: bytes) -> None:
         record = pcap_record(timestamp_ns, data)

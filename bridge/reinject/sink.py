@@ -86,6 +86,11 @@ class ReinjectSink:
     def __call__(self, event: Event) -> None:
         self._send(self.synthetic.bursts(event))
 
+    def batch(self, events: list[Event]) -> None:
+        """An engine run's events, in order: a direction's plaintexts in a row made as
+        one burst (:meth:`SyntheticFlows.bursts_all`), the frames those of each event."""
+        self._send(self.synthetic.bursts_all(events))  # type: ignore[arg-type]
+
     def describe(self, flow_id: int) -> dict[str, object] | None:
         """The flow log's ``synthetic`` field of a finished flow."""
         return self.synthetic.describe(flow_id)

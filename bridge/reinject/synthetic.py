@@ -5,9 +5,12 @@ to them as a plain TCP connection carrying the plaintext, as if the server had
 spoken e.g. HTTP without TLS.  :class:`SyntheticFlows` takes the decryptor's
 events (:class:`~bridge.engine.events.PlaintextData`,
 :class:`~bridge.engine.events.FlowFinished`) and returns complete Ethernet frames
-in bursts (:class:`FrameBurst`: the frames one event made, one timestamp; no
-object per frame), or one by one (:class:`OutputFrame`, :meth:`SyntheticFlows.handle`);
-writing them to an interface or a pcap is a driver's job.
+in bursts (:class:`FrameBurst`: the frames one event made, one timestamp; a
+:class:`SegmentBurst`: the segments of one or more consecutive plaintexts of a
+direction, each at its own time; no object per frame), or one by one
+(:class:`OutputFrame`, :meth:`SyntheticFlows.handle`); writing them to an
+interface or a pcap is a driver's job.  :meth:`SyntheticFlows.bursts_all` takes
+an engine run's events at once: the frames are the same, made in fewer calls.
 
 Per synthetic connection:
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge.capture import _records
@@ -136,26 +140,37 @@ class FrameBurst:
         :meth:`bridge.capture.pcapwriter.PcapWriter.extend`): (records, frame bytes)."""
         return len(self.frames), _records.pack_pcap(buffer, self.timestamp_ns, self.frames, nanosecond, snaplen)
 
+    def stamped(self) -> list[tuple[int, bytes]]:
+        """Each frame with its time (here all the burst's)."""
+        timestamp_ns = self.timestamp_ns
+        return [(timestamp_ns, frame) for frame in self.frames]
+
     def __repr__(self) -> str:
         return f"FrameBurst({self.timestamp_ns}, {len(self.frames)} frames)"
 
 
 class SegmentBurst(FrameBurst):
-    """One plaintext event's data segments and the peer's ACKs, described, and made
-    when an output takes them: as :attr:`frames` (once, for the outputs that send
-    frames), or straight into a pcap writer's buffer (:meth:`pack_pcap`: no object
-    per frame, no copy in between).  The connection's state moved on when it was
-    described (:meth:`SyntheticFlows._plaintext`); whichever way they are made, the
-    frames are checked to end where it says."""
+    """The data segments and the peer's ACKs of one or more consecutive plaintext
+    events of a direction (its *pieces*, each at its own time: :attr:`timestamp_ns`
+    is the last's), described, and made when an output takes them: as
+    :attr:`frames` (once, for the outputs that send frames), or straight into a pcap
+    writer's buffer (:meth:`pack_pcap`: no object per frame, no copy in between).
+    The connection's state moved on when it was described
+    (:meth:`SyntheticFlows._plaintext`); whichever way they are made, the frames are
+    checked to end where it says."""
 
-    __slots__ = ("_arguments", "_ends", "_made")
+    __slots__ = ("_arguments", "_ends", "_made", "_stamps", "_counts")
 
-    def __init__(self, timestamp_ns: int, arguments: tuple, ends: tuple[int, int]) -> None:  # type: ignore[type-arg]
-        self.timestamp_ns = timestamp_ns
-        #: :func:`_segments.segments`'s arguments
+    def __init__(self, arguments: tuple, ends: tuple[int, int], stamps: list[int],  # type: ignore[type-arg]
+                 counts: list[int]) -> None:
+        self.timestamp_ns = stamps[-1]
+        #: :func:`_segments.segments`'s arguments (the pieces the tenth)
         self._arguments = arguments
         #: the sequence number and IP id after the frames
         self._ends = ends
+        #: each piece's time, and how many frames it makes
+        self._stamps = stamps
+        self._counts = counts
         self._made: list[bytes] | None = None
 
     @property  # type: ignore[override]
@@ -168,19 +183,32 @@ class SegmentBurst(FrameBurst):
         return made
 
     def pack_pcap(self, buffer: bytearray, nanosecond: bool, snaplen: int) -> tuple[int, int]:
-        if self._made is not None:  # made for another output already
-            return FrameBurst.pack_pcap(self, buffer, nanosecond, snaplen)
-        records, seq, ip_id, size = _segments.segments_pcap(buffer, self.timestamp_ns, nanosecond, snaplen,
+        made = self._made
+        if made is not None:  # made for another output already: each piece's frames at its time
+            size = at = 0
+            for timestamp_ns, count in zip(self._stamps, self._counts):
+                size += _records.pack_pcap(buffer, timestamp_ns, made[at:at + count], nanosecond, snaplen)
+                at += count
+            return len(made), size
+        records, seq, ip_id, size = _segments.segments_pcap(buffer, self._stamps, nanosecond, snaplen,
                                                             *self._arguments)
         self._check(seq, ip_id)
         return records, size
+
+    def stamped(self) -> list[tuple[int, bytes]]:
+        frames = self.frames
+        stamped, at = [], 0
+        for timestamp_ns, count in zip(self._stamps, self._counts):
+            stamped.extend((timestamp_ns, frame) for frame in frames[at:at + count])
+            at += count
+        return stamped
 
     def _check(self, seq: int, ip_id: int) -> None:
         if (seq, ip_id) != self._ends:
             raise RuntimeError(f"synthetic segments ended at seq {seq}, IP id {ip_id}, not {self._ends}")
 
     def __repr__(self) -> str:
-        return f"SegmentBurst({self.timestamp_ns}, {len(self._arguments[9])} bytes)"
+        return f"SegmentBurst({self.timestamp_ns}, {len(self._stamps)} pieces, {sum(map(len, self._arguments[9]))} bytes)"
 
 
 @dataclass(slots=True)
@@ -252,9 +280,34 @@ class SyntheticFlows:
         """Frames caused by one decryptor event, in bursts (other objects: none)."""
         out: list[FrameBurst] = []
         if isinstance(event, PlaintextData):
-            self._plaintext(event, out)
+            self._plaintext((event,), out)
         elif isinstance(event, FlowFinished):
             self._finished(event, out)
+        return out
+
+    def bursts_all(self, events: list[object]) -> list[FrameBurst]:
+        """Frames caused by decryptor events, in order: those of :meth:`bursts` on each
+        in turn, with the plaintexts of one direction that follow each other in one
+        :class:`SegmentBurst` (an engine run delivers a direction's records in a row:
+        one burst for them, not one each)."""
+        out: list[FrameBurst] = []
+        i, n = 0, len(events)
+        while i < n:
+            event = events[i]
+            i += 1
+            if isinstance(event, PlaintextData):
+                flow_id, direction = event.flow.flow_id, event.direction
+                j = i
+                while j < n:
+                    following = events[j]
+                    if not isinstance(following, PlaintextData) or following.flow.flow_id != flow_id \
+                            or following.direction != direction:
+                        break
+                    j += 1
+                self._plaintext(events[i - 1:j], out)  # type: ignore[arg-type]
+                i = j
+            elif isinstance(event, FlowFinished):
+                self._finished(event, out)
         return out
 
     def close_bursts(self, timestamp_ns: int) -> list[FrameBurst]:
@@ -293,49 +346,62 @@ class SyntheticFlows:
 
     # --- internals ------------------------------------------------------------------
 
-    def _plaintext(self, event: PlaintextData, out: list[FrameBurst]) -> None:
-        data = event.data
-        if not data:
-            return
-        info = event.flow
+    def _plaintext(self, run: Sequence[PlaintextData], out: list[FrameBurst]) -> None:
+        """Plaintext events of one flow and direction that follow each other: their
+        data segments and the peer's ACKs (each event's at its time), as one burst."""
+        info = run[0].flow
         flow = self._flows.get(info.flow_id)
-        if flow is None:
-            flow = self._start(info, event.timestamp_ns, out)
-        ts = event.timestamp_ns
-        if ts < flow.last_ns:
-            ts = flow.last_ns
-        flow.last_ns = ts
-        direction = event.direction
         mss = self._mss[info.ip_version == 6]
-        total = len(data)
-        eth = self._eth[info.ip_version == 6]
         ack_each = self.options.ack_each_segment
+        pieces: list[bytes] = []
+        stamps: list[int] = []
+        counts: list[int] = []
+        total = segments = count = 0
+        for event in run:
+            data = event.data
+            if not data:
+                continue
+            ts = event.timestamp_ns
+            if flow is None:
+                flow = self._start(info, ts, out)
+            if ts < flow.last_ns:
+                ts = flow.last_ns
+            flow.last_ns = ts
+            # the frames are made when an output takes them (SegmentBurst): their count and
+            # where they end are known now (a data segment per MSS, then one ACK or one after
+            # each; IPv4 numbers every frame)
+            size = len(data)
+            cut = (size + mss - 1) // mss
+            frames = cut * 2 if ack_each else cut + 1
+            pieces.append(data)
+            stamps.append(ts)
+            counts.append(frames)
+            total += size
+            segments += cut
+            count += frames
+        if not pieces:  # nothing but empty plaintexts
+            return
+        direction = run[0].direction
+        eth = self._eth[info.ip_version == 6]
         ip_id = self._ip_id
         if direction == Direction.C2S:
             arguments = (eth[0], eth[1], info.client_ip, info.server_ip, info.client_port, flow.server_port,
-                         flow.client_next, flow.server_next, mss, data, ip_id, ack_each)
+                         flow.client_next, flow.server_next, mss, pieces, ip_id, ack_each)
             seq = (flow.client_next + total) & _MOD32
-        else:
-            arguments = (eth[1], eth[0], info.server_ip, info.client_ip, flow.server_port, info.client_port,
-                         flow.server_next, flow.client_next, mss, data, ip_id, ack_each)
-            seq = (flow.server_next + total) & _MOD32
-        # the frames are made when an output takes them (SegmentBurst): their count and where
-        # they end are known now (a data segment per MSS, then one ACK or one after each; IPv4
-        # numbers every frame)
-        pieces = (total + mss - 1) // mss
-        count = pieces * 2 if ack_each else pieces + 1
-        if info.ip_version == 4:
-            self._ip_id = (ip_id + count) & 0xFFFF
-        out.append(SegmentBurst(ts, arguments, (seq, self._ip_id)))
-        if direction == Direction.C2S:
             flow.client_next = seq
             flow.bytes_c2s += total
         else:
+            arguments = (eth[1], eth[0], info.server_ip, info.client_ip, flow.server_port, info.client_port,
+                         flow.server_next, flow.client_next, mss, pieces, ip_id, ack_each)
+            seq = (flow.server_next + total) & _MOD32
             flow.server_next = seq
             flow.bytes_s2c += total
-        flow.segments += pieces
+        if info.ip_version == 4:
+            self._ip_id = (ip_id + count) & 0xFFFF
+        out.append(SegmentBurst(arguments, (seq, self._ip_id), stamps, counts))
+        flow.segments += segments
         stats = self.stats
-        stats.segments += pieces
+        stats.segments += segments
         stats.bytes += total
         stats.frames += count
 
@@ -412,4 +478,4 @@ class SyntheticFlows:
 
 
 def _frames(bursts: list[FrameBurst]) -> list[OutputFrame]:
-    return [OutputFrame(burst.timestamp_ns, frame) for burst in bursts for frame in burst.frames]
+    return [OutputFrame(timestamp_ns, frame) for burst in bursts for timestamp_ns, frame in burst.stamped()]

@@ -166,3 +166,35 @@ def test_quic_is_loaded_at_the_first_udp_datagram_only() -> None:
     root = __import__("pathlib").Path(__file__).resolve().parents[3]
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=root)
     assert result.returncode == 0, result.stderr
+
+
+class _BatchRecorder:
+    """An output with ``batch``: the engine hands it each run's events in one call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list] = []  # type: ignore[type-arg]
+        self.single: list = []  # type: ignore[type-arg]
+
+    def __call__(self, event) -> None:  # type: ignore[no-untyped-def]
+        self.single.append(event)
+
+    def batch(self, events) -> None:  # type: ignore[no-untyped-def]
+        self.calls.append(list(events))
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+@pytest.mark.parametrize("fixture", FIXTURES[:3], ids=lambda f: f.name)
+def test_an_output_with_batch_gets_each_run_s_events_at_once(fixture, fast_path: bool) -> None:  # type: ignore[no-untyped-def]
+    """The same events in the same order as an output called on each, in fewer calls,
+    and none of them one by one."""
+    each, batched = Recorder(), _BatchRecorder()
+    for output in (each, batched):
+        engine = Engine(fixture.store(), EngineSettings(fast_path=fast_path), output=output)
+        engine.run(fixture.frames())
+        engine.finish()
+    flattened = [event for call in batched.calls for event in call]
+    assert any(isinstance(event, FlowFinished) for event in flattened)
+    assert [(type(e).__name__, getattr(e, "data", None)) for e in flattened] == \
+        [(type(e).__name__, getattr(e, "data", None)) for e in each.events]
+    assert batched.single == [] and all(batched.calls)
+    assert len(batched.calls) <= len(flattened)

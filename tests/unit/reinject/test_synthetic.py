@@ -205,7 +205,7 @@ def test_compiled_frame_rejects_bad_arguments(args) -> None:
 @pytest.mark.parametrize("mss", [0, -1, 65516])
 def test_compiled_segments_rejects_bad_mss(mss: int) -> None:
     with pytest.raises(ValueError):
-        _segments.segments(b"", b"", b"\x00" * 4, b"\x00" * 4, 1, 2, 0, 0, mss, b"data", 0, False)
+        _segments.segments(b"", b"", b"\x00" * 4, b"\x00" * 4, 1, 2, 0, 0, mss, [b"data"], 0, False)
 
 
 # --- options ------------------------------------------------------------------------------
@@ -521,41 +521,77 @@ _ETH = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x0800
 _ETH6 = _ETH[:12] + b"\x86\xdd"
 
 
-def _arguments(v6: bool, mss: int, data: bytes, ack_each: bool, seq: int = 0xFFFFFF00, ip_id: int = 0xFFF0) -> tuple:  # type: ignore[type-arg]
+def _arguments(v6: bool, mss: int, pieces: list[bytes], ack_each: bool, seq: int = 0xFFFFFF00,  # type: ignore[type-arg]
+               ip_id: int = 0xFFF0) -> tuple:
     src, dst = (b"\xfd" + b"\x00" * 14 + b"\x01", b"\xfd" + b"\x00" * 14 + b"\x02") if v6 else (b"\x0a\x00\x00\x01",
                                                                                                  b"\x0a\x00\x00\x02")
     eth = _ETH6 if v6 else _ETH
-    return (eth, eth[6:12] + eth[:6] + eth[12:], src, dst, 40000, 80, seq, 7, mss, data, ip_id, ack_each)
+    return (eth, eth[6:12] + eth[:6] + eth[12:], src, dst, 40000, 80, seq, 7, mss, pieces, ip_id, ack_each)
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.booleans(), st.integers(1, 1460), st.binary(max_size=5000), st.booleans(), st.integers(0, 2**63 - 1),
-       st.booleans(), st.sampled_from([0, 40, 54, 100, 262144]), st.binary(max_size=3))
-def test_segments_made_in_the_pcap_buffer_are_the_records_of_the_frames(v6: bool, mss: int, data: bytes,
-                                                                      ack_each: bool, stamp: int, nanosecond: bool,
+@given(st.booleans(), st.integers(1, 1460), st.lists(st.tuples(st.binary(max_size=3000), st.integers(0, 2**63 - 1)),
+                                                     max_size=4),
+       st.booleans(), st.booleans(), st.sampled_from([0, 40, 54, 100, 262144]), st.binary(max_size=3))
+def test_segments_made_in_the_pcap_buffer_are_the_records_of_the_frames(v6: bool, mss: int, pieces: list,  # type: ignore[type-arg]
+                                                                      ack_each: bool, nanosecond: bool,
                                                                       snaplen: int, before: bytes) -> None:
-    """segments_pcap appends exactly what pack_pcap appends for segments()'s frames (cut
-    to snaplen, either timestamp resolution), after what the buffer held, and ends
-    where segments() ends."""
-    arguments = _arguments(v6, mss, data, ack_each)
-    frames, seq, ip_id = _segments.segments(*arguments)
+    """Several pieces are the frames of each piece in turn (segments() of one piece,
+    from where the previous one ended); segments_pcap appends exactly what pack_pcap
+    appends for them, each piece's frames at its own time (cut to snaplen, either
+    timestamp resolution), after what the buffer held, and ends where segments() ends."""
+    datas, stamps = [data for data, _ in pieces], [stamp for _, stamp in pieces]
     expected = bytearray(before)
-    size = _records.pack_pcap(expected, stamp, frames, nanosecond, snaplen)
+    every: list[bytes] = []
+    seq, ip_id, size = 0xFFFFFF00, 0xFFF0, 0
+    for data, stamp in pieces:
+        frames, seq, ip_id = _segments.segments(*_arguments(v6, mss, [data], ack_each, seq, ip_id))
+        size += _records.pack_pcap(expected, stamp, frames, nanosecond, snaplen)
+        every += frames
+    arguments = _arguments(v6, mss, datas, ack_each)
+    assert _segments.segments(*arguments) == (every, seq, ip_id)
     got = bytearray(before)
-    assert _segments.segments_pcap(got, stamp, nanosecond, snaplen, *arguments) == (len(frames), seq, ip_id, size)
+    assert _segments.segments_pcap(got, stamps, nanosecond, snaplen, *arguments) == (len(every), seq, ip_id, size)
     assert got == expected
 
 
+class _Shrinking:
+    """A stamp whose conversion empties the list it is in."""
+
+    def __index__(self) -> int:
+        _STAMPS.clear()
+        return 0
+
+
+_STAMPS: list[object] = []
+
+
 @pytest.mark.parametrize("args", [
-    (bytes(), 0, True, 100),                    # not a bytearray
-    (bytearray(), -1, True, 100),               # a negative timestamp
-    (bytearray(), 0, True, -1),                 # a negative snaplen
+    (bytes(), [0], True, 100),                   # not a bytearray
+    (bytearray(), [-1], True, 100),              # a negative timestamp
+    (bytearray(), [0, 0], True, 100),            # a stamp per piece
+    (bytearray(), ["0"], True, 100),             # not an int
+    (bytearray(), 0, True, 100),                 # not a sequence
+    (bytearray(), [0], True, -1),                # a negative snaplen
 ])
 def test_segments_pcap_rejects_bad_arguments(args) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises((TypeError, ValueError)):
-        _segments.segments_pcap(*args, *_arguments(False, 100, b"data", False))
+        _segments.segments_pcap(*args, *_arguments(False, 100, [b"data"], False))
     with pytest.raises(ValueError):
-        _segments.segments_pcap(bytearray(), 0, True, 100, *_arguments(False, 0, b"data", False))  # mss 0
+        _segments.segments_pcap(bytearray(), [0], True, 100, *_arguments(False, 0, [b"data"], False))  # mss 0
+    with pytest.raises(TypeError):
+        _segments.segments_pcap(bytearray(), [0], True, 100, *_arguments(False, 100, [b"data", 5], False))
+    with pytest.raises(TypeError):
+        _segments.segments(*_arguments(False, 100, b"data", False)[:9], 5, 0, False)  # pieces not a sequence
+
+
+def test_segments_pcap_reads_the_stamps_once() -> None:
+    """Converting a stamp runs Python code that can change the list: a list that
+    shrinks while it is read is an error, never a read past its new end."""
+    _STAMPS[:] = [7, _Shrinking(), 9]
+    with pytest.raises(ValueError, match="differ in length"):
+        _segments.segments_pcap(bytearray(), _STAMPS, True, 262144, *_arguments(False, 100, [b"a", b"b", b"c"], False))
+    assert _STAMPS == []
 
 
 @pytest.mark.parametrize("v6", [False, True])
@@ -582,8 +618,71 @@ def test_a_plaintext_event_s_burst_is_made_once_whichever_output_takes_it_first(
 
 
 def test_a_burst_that_does_not_end_where_its_connection_moved_on_is_an_error() -> None:
-    burst = SegmentBurst(1, _arguments(False, 100, b"x" * 250, False), (0, 0))
+    burst = SegmentBurst(_arguments(False, 100, [b"x" * 250], False), (0, 0), [1], [4])
     with pytest.raises(RuntimeError, match="ended at seq"):
         burst.pack_pcap(bytearray(), True, 262144)
     with pytest.raises(RuntimeError, match="ended at seq"):
         burst.frames
+
+
+# --- an engine run's events at once (bursts_all) -------------------------------------------
+
+_RUN_FLOWS = (flow4(1), flow6(2), flow4(3, cport=50003))
+
+
+@st.composite
+def _engine_runs(draw):  # type: ignore[no-untyped-def]
+    """Events as an engine run delivers them: plaintexts of a few flows, both directions,
+    some empty, often several of a direction in a row, times not always increasing,
+    and flows finishing (with RST or FIN) in between."""
+    events: list[object] = []
+    ts = T0
+    for _ in range(draw(st.integers(0, 24))):
+        info = draw(st.sampled_from(_RUN_FLOWS))
+        if draw(st.integers(0, 9)) == 0:
+            events.append(FlowFinished(info, draw(st.sampled_from(["fin", "rst"])), record_for(info, ts)))
+            continue
+        for _ in range(draw(st.integers(1, 4))):
+            ts += draw(st.integers(-2000, 5000))
+            events.append(PlaintextData(info, draw(st.sampled_from([Direction.C2S, Direction.S2C])),
+                                        draw(st.binary(max_size=3000)), ts))
+    return events
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_engine_runs(), st.sampled_from([576, 1500, 9000]), st.booleans(), st.integers(1, 6))
+def test_a_run_s_events_at_once_make_the_frames_of_each_in_turn(events: list, mtu: int, ack_each: bool,  # type: ignore[type-arg]
+                                                                  split: int) -> None:
+    """bursts_all (the sink's call per engine run: a direction's plaintexts in a row in
+    one burst) makes the very frames, at the very times, that bursts() makes for each
+    event in turn: as frames, as pcap records, and the connections' state after."""
+    options = SyntheticOptions(mtu=mtu, ack_each_segment=ack_each)
+    one, many = SyntheticFlows(options), SyntheticFlows(options)
+    each = [burst for event in events for burst in one.bursts(event)]
+    together = [burst for at in range(0, len(events), split) for burst in many.bursts_all(events[at:at + split])]
+    assert [pair for burst in together for pair in burst.stamped()] == \
+        [pair for burst in each for pair in burst.stamped()]
+    packed_each, packed_together = bytearray(), bytearray()
+    for burst in each:
+        burst.pack_pcap(packed_each, True, 262144)
+    for burst in together:
+        burst.pack_pcap(packed_together, True, 262144)
+    assert packed_together == packed_each
+    assert many.stats == one.stats
+    assert [many.describe(info.flow_id) for info in _RUN_FLOWS] == [one.describe(info.flow_id) for info in _RUN_FLOWS]
+    assert many.close(T0 + 10**12) == one.close(T0 + 10**12)
+
+
+def test_consecutive_plaintexts_of_a_direction_are_one_burst_with_each_one_s_time() -> None:
+    info = flow4()
+    flows = SyntheticFlows(SyntheticOptions(mtu=576))
+    bursts = flows.bursts_all([PlaintextData(info, Direction.S2C, b"a" * 1000, T0 + 10),
+                               PlaintextData(info, Direction.S2C, b"", T0 + 15),
+                               PlaintextData(info, Direction.S2C, b"b" * 10, T0 + 20),
+                               PlaintextData(info, Direction.C2S, b"c", T0 + 30)])
+    handshake, s2c, c2s = bursts
+    assert len(handshake.frames) == 3
+    # 1000 bytes: two segments and an ACK at T0+10; 10 bytes: a segment and an ACK at T0+20
+    assert [ts for ts, _ in s2c.stamped()] == [T0 + 10] * 3 + [T0 + 20] * 2 and s2c.timestamp_ns == T0 + 20
+    assert [ts for ts, _ in c2s.stamped()] == [T0 + 30] * 2
+    assert flows.stats.segments == 4 and flows.stats.bytes == 1011
