@@ -388,16 +388,11 @@ static PyObject *pack_pcap(PyObject *self, PyObject *args)
         }
         Py_ssize_t length = PyBytes_GET_SIZE(data);
         total += (unsigned long long)length;
-        size += 16 + (length > snaplen ? snaplen : length);
+        size += PCAP_RECORD_HEADER + (length > snaplen ? snaplen : length);
     }
-    Py_ssize_t start = PyByteArray_GET_SIZE(buffer);
-    if (size > PY_SSIZE_T_MAX - start) {
-        PyErr_NoMemory();
+    uint8_t *p = pcap_buffer_grow(buffer, size);
+    if (p == NULL)
         return NULL;
-    }
-    if (PyByteArray_Resize(buffer, start + size) < 0) /* fails while the buffer is exported */
-        return NULL;
-    uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(buffer) + start;
     uint32_t sec, frac;
     pcap_stamp(stamp, nanosecond, &sec, &frac);
     for (Py_ssize_t i = 0; i < n; i++) { /* the list cannot change: no Python code runs in between */

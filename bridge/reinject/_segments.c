@@ -99,19 +99,6 @@ static PyObject *py_frame(PyObject *self, PyObject *args)
     return out;
 }
 
-/* Both directions' endpoints of segments() and segments_pcap(), and their mss checked. */
-static int segment_endpoints(Endpoints *send, Endpoints *recv, Py_buffer *eth_send, Py_buffer *eth_recv,
-                             Py_buffer *src, Py_buffer *dst, unsigned sport, unsigned dport, Py_ssize_t mss)
-{
-    if (endpoints(send, eth_send, src, dst, sport, dport) < 0 || endpoints(recv, eth_recv, dst, src, dport, sport) < 0)
-        return -1;
-    if (!mss_fits(send, mss)) {
-        PyErr_SetString(PyExc_ValueError, "mss out of range");
-        return -1;
-    }
-    return 0;
-}
-
 /* The pieces of segments() and segments_pcap(): a sequence of bytes-like objects, held as buffers. */
 typedef struct {
     Py_buffer *views;
@@ -152,22 +139,52 @@ static int pieces_get(PyObject *sequence, Pieces *p)
     return 0;
 }
 
+/* The buffers segments() and segments_pcap() parse (the first four: y*) and hold. */
+typedef struct {
+    Py_buffer eth_send, eth_recv, src, dst;
+    Pieces pieces;
+} SegmentViews;
+
+/* Both directions' endpoints, their mss checked, and the pieces taken (v's four
+ * buffers parsed; whatever happens, segment_views_release(v) after). */
+static int segment_views_open(SegmentViews *v, Endpoints *send, Endpoints *recv, unsigned sport, unsigned dport,
+                              Py_ssize_t mss, PyObject *pieces)
+{
+    v->pieces.views = NULL, v->pieces.count = 0;
+    if (endpoints(send, &v->eth_send, &v->src, &v->dst, sport, dport) < 0 ||
+        endpoints(recv, &v->eth_recv, &v->dst, &v->src, dport, sport) < 0)
+        return -1;
+    if (!mss_fits(send, mss)) {
+        PyErr_SetString(PyExc_ValueError, "mss out of range");
+        return -1;
+    }
+    return pieces_get(pieces, &v->pieces);
+}
+
+static void segment_views_release(SegmentViews *v)
+{
+    pieces_release(&v->pieces);
+    PyBuffer_Release(&v->eth_send);
+    PyBuffer_Release(&v->eth_recv);
+    PyBuffer_Release(&v->src);
+    PyBuffer_Release(&v->dst);
+}
+
 static PyObject *py_segments(PyObject *self, PyObject *args)
 {
-    Py_buffer eth_send, eth_recv, src, dst;
+    SegmentViews v;
     PyObject *sequence;
     unsigned sport, dport, ip_id;
     unsigned long seq, peer;
     Py_ssize_t mss;
     int ack_each;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*IIkknOIp:segments", &eth_send, &eth_recv, &src, &dst, &sport, &dport, &seq,
-                          &peer, &mss, &sequence, &ip_id, &ack_each))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*IIkknOIp:segments", &v.eth_send, &v.eth_recv, &v.src, &v.dst, &sport, &dport,
+                          &seq, &peer, &mss, &sequence, &ip_id, &ack_each))
         return NULL;
     PyObject *frames = NULL, *result = NULL;
-    Pieces pieces = {NULL, 0};
+    Pieces *pieces = &v.pieces;
     Endpoints send, recv;
-    if (segment_endpoints(&send, &recv, &eth_send, &eth_recv, &src, &dst, sport, dport, mss) < 0 ||
-        pieces_get(sequence, &pieces) < 0)
+    if (segment_views_open(&v, &send, &recv, sport, dport, mss, sequence) < 0)
         goto done;
     frames = PyList_New(0);
     if (frames == NULL)
@@ -176,8 +193,8 @@ static PyObject *py_segments(PyObject *self, PyObject *args)
     SegmentWalk w;
     SegmentFrame f;
     uint32_t next = (uint32_t)seq;
-    for (Py_ssize_t i = 0; i < pieces.count; i++) {
-        walk_init(&w, &send, &recv, pieces.views[i].buf, pieces.views[i].len, mss, ack_each, next, (uint32_t)peer);
+    for (Py_ssize_t i = 0; i < pieces->count; i++) {
+        walk_init(&w, &send, &recv, pieces->views[i].buf, pieces->views[i].len, mss, ack_each, next, (uint32_t)peer);
         while (walk_next(&w, &f)) {
             PyObject *frame = build(f.e, f.seq, f.ack, f.flags, f.payload, f.length, &ip_id);
             if (frame == NULL || PyList_Append(frames, frame) < 0) {
@@ -191,11 +208,7 @@ static PyObject *py_segments(PyObject *self, PyObject *args)
     result = Py_BuildValue("(Okk)", frames, (unsigned long)next, (unsigned long)ip_id);
 done:
     Py_XDECREF(frames);
-    pieces_release(&pieces);
-    PyBuffer_Release(&eth_send);
-    PyBuffer_Release(&eth_recv);
-    PyBuffer_Release(&src);
-    PyBuffer_Release(&dst);
+    segment_views_release(&v);
     return result;
 }
 
@@ -214,25 +227,24 @@ static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
     PyObject *buffer, *sequence, *stamps;
     int nanosecond, ack_each;
     Py_ssize_t snaplen, mss;
-    Py_buffer eth_send, eth_recv, src, dst;
+    SegmentViews v;
     unsigned sport, dport, ip_id;
     unsigned long seq, peer;
     if (!PyArg_ParseTuple(args, "O!Opny*y*y*y*IIkknOIp:segments_pcap", &PyByteArray_Type, &buffer, &stamps,
-                          &nanosecond, &snaplen, &eth_send, &eth_recv, &src, &dst, &sport, &dport, &seq, &peer, &mss,
-                          &sequence, &ip_id, &ack_each))
+                          &nanosecond, &snaplen, &v.eth_send, &v.eth_recv, &v.src, &v.dst, &sport, &dport, &seq, &peer,
+                          &mss, &sequence, &ip_id, &ack_each))
         return NULL;
     PyObject *result = NULL, *times = NULL;
-    Pieces pieces = {NULL, 0};
+    Pieces *pieces = &v.pieces;
     long long *when = NULL; /* the stamps */
     uint8_t *cut = NULL; /* a frame longer than snaplen is built here first */
     Endpoints send, recv;
-    if (segment_endpoints(&send, &recv, &eth_send, &eth_recv, &src, &dst, sport, dport, mss) < 0 ||
-        pieces_get(sequence, &pieces) < 0)
+    if (segment_views_open(&v, &send, &recv, sport, dport, mss, sequence) < 0)
         goto done;
     times = PySequence_Fast(stamps, "stamps must be a sequence of ints");
     if (times == NULL)
         goto done;
-    if (PySequence_Fast_GET_SIZE(times) != pieces.count) {
+    if (PySequence_Fast_GET_SIZE(times) != pieces->count) {
         PyErr_SetString(PyExc_ValueError, "stamps and pieces differ in length");
         goto done;
     }
@@ -241,12 +253,12 @@ static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
         goto done;
     }
     /* read once, into C: converting an item may run Python code that changes the sequence */
-    when = PyMem_Malloc(sizeof(long long) * (size_t)(pieces.count ? pieces.count : 1));
+    when = PyMem_Malloc(sizeof(long long) * (size_t)(pieces->count ? pieces->count : 1));
     if (when == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < pieces.count; i++) {
+    for (Py_ssize_t i = 0; i < pieces->count; i++) {
         if (i >= PySequence_Fast_GET_SIZE(times)) {
             PyErr_SetString(PyExc_ValueError, "stamps and pieces differ in length");
             goto done;
@@ -265,8 +277,8 @@ static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
     Py_ssize_t count = 0, size = 0;
     unsigned long long total = 0;
     uint32_t next = (uint32_t)seq;
-    for (Py_ssize_t i = 0; i < pieces.count; i++) {
-        walk_init(&w, &send, &recv, pieces.views[i].buf, pieces.views[i].len, mss, ack_each, next, (uint32_t)peer);
+    for (Py_ssize_t i = 0; i < pieces->count; i++) {
+        walk_init(&w, &send, &recv, pieces->views[i].buf, pieces->views[i].len, mss, ack_each, next, (uint32_t)peer);
         while (walk_next(&w, &f)) {
             Py_ssize_t frame = frame_size(f.e, f.length), record = PCAP_RECORD_HEADER + (frame > snaplen ? snaplen : frame);
             if (record > PY_SSIZE_T_MAX - size) {
@@ -279,25 +291,20 @@ static PyObject *py_segments_pcap(PyObject *self, PyObject *args)
         }
         next = w.seq;
     }
-    Py_ssize_t start = PyByteArray_GET_SIZE(buffer);
-    if (size > PY_SSIZE_T_MAX - start) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (PyByteArray_Resize(buffer, start + size) < 0) /* fails while the buffer is exported */
+    uint8_t *p = pcap_buffer_grow(buffer, size);
+    if (p == NULL)
         goto done;
     Py_ssize_t longest = frame_size(&send, mss) > frame_size(&recv, 0) ? frame_size(&send, mss) : frame_size(&recv, 0);
     if (longest > snaplen && (cut = PyMem_Malloc((size_t)longest)) == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    uint8_t *p = (uint8_t *)PyByteArray_AS_STRING(buffer) + start;
     ip_id &= 0xFFFF;
     next = (uint32_t)seq;
-    for (Py_ssize_t i = 0; i < pieces.count; i++) {
+    for (Py_ssize_t i = 0; i < pieces->count; i++) {
         uint32_t sec, frac;
         pcap_stamp(when[i], nanosecond, &sec, &frac);
-        walk_init(&w, &send, &recv, pieces.views[i].buf, pieces.views[i].len, mss, ack_each, next, (uint32_t)peer);
+        walk_init(&w, &send, &recv, pieces->views[i].buf, pieces->views[i].len, mss, ack_each, next, (uint32_t)peer);
         while (walk_next(&w, &f)) {
             Py_ssize_t frame = frame_size(f.e, f.length), kept = frame > snaplen ? snaplen : frame;
             uint8_t *at = frame > snaplen ? cut : p + PCAP_RECORD_HEADER;
@@ -314,11 +321,7 @@ done:
     PyMem_Free(cut);
     PyMem_Free(when);
     Py_XDECREF(times);
-    pieces_release(&pieces);
-    PyBuffer_Release(&eth_send);
-    PyBuffer_Release(&eth_recv);
-    PyBuffer_Release(&src);
-    PyBuffer_Release(&dst);
+    segment_views_release(&v);
     return result;
 }
 

@@ -183,25 +183,26 @@ class SegmentBurst(FrameBurst):
         return made
 
     def pack_pcap(self, buffer: bytearray, nanosecond: bool, snaplen: int) -> tuple[int, int]:
-        made = self._made
-        if made is not None:  # made for another output already: each piece's frames at its time
-            size = at = 0
-            for timestamp_ns, count in zip(self._stamps, self._counts):
-                size += _records.pack_pcap(buffer, timestamp_ns, made[at:at + count], nanosecond, snaplen)
-                at += count
-            return len(made), size
+        if self._made is not None:  # made for another output already: each piece's frames at its time
+            size = 0
+            for timestamp_ns, frames in self._pieces():
+                size += _records.pack_pcap(buffer, timestamp_ns, frames, nanosecond, snaplen)
+            return len(self._made), size
         records, seq, ip_id, size = _segments.segments_pcap(buffer, self._stamps, nanosecond, snaplen,
                                                             *self._arguments)
         self._check(seq, ip_id)
         return records, size
 
     def stamped(self) -> list[tuple[int, bytes]]:
-        frames = self.frames
-        stamped, at = [], 0
+        return [(timestamp_ns, frame) for timestamp_ns, frames in self._pieces() for frame in frames]
+
+    def _pieces(self) -> list[tuple[int, list[bytes]]]:
+        """Each piece's time and frames (made now if they were not)."""
+        made, pieces, at = self.frames, [], 0
         for timestamp_ns, count in zip(self._stamps, self._counts):
-            stamped.extend((timestamp_ns, frame) for frame in frames[at:at + count])
+            pieces.append((timestamp_ns, made[at:at + count]))
             at += count
-        return stamped
+        return pieces
 
     def _check(self, seq: int, ip_id: int) -> None:
         if (seq, ip_id) != self._ends:
@@ -278,12 +279,7 @@ class SyntheticFlows:
 
     def bursts(self, event: object) -> list[FrameBurst]:
         """Frames caused by one decryptor event, in bursts (other objects: none)."""
-        out: list[FrameBurst] = []
-        if isinstance(event, PlaintextData):
-            self._plaintext((event,), out)
-        elif isinstance(event, FlowFinished):
-            self._finished(event, out)
-        return out
+        return self.bursts_all([event])
 
     def bursts_all(self, events: list[object]) -> list[FrameBurst]:
         """Frames caused by decryptor events, in order: those of :meth:`bursts` on each
