@@ -98,6 +98,31 @@ def _children(pid: int) -> list[int]:
     return [child for child, parent, _ in _family(pid) if parent == pid]
 
 
+_BUSY_LOOP = """
+import sys, time
+start = time.perf_counter()
+total = 0
+for number in range(int(sys.argv[1])):
+    total += number
+print(time.perf_counter() - start)
+"""
+
+
+def host_scaling(loops: int = 8_000_000) -> float:
+    """What this host gives two busy CPUs against one, in the same minute: one busy loop
+    (Python, no memory to speak of) on CPU 0 alone, then one on each CPU at once; the
+    one's time over the slower of the two, times two.  2.0 on a host whose CPUs are the
+    machine's own; less where the hypervisor's CPUs share a core or are overcommitted --
+    the bound that two workers against one meet on that host, however good the code."""
+    def busy(cpus: list[int]) -> list[float]:
+        procs = [subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-c", _BUSY_LOOP, str(loops)],
+                                  stdout=subprocess.PIPE, text=True) for cpu in cpus]
+        return [float(proc.communicate()[0]) for proc in procs]
+
+    alone = busy([0])[0]
+    return 2 * alone / max(busy([0, 1]))
+
+
 def run(workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool = True,
         prefill: bool = False) -> dict:
     with veth_namespace("tlsb-bench", injection=True, mtu=9000) as ns:
@@ -107,6 +132,9 @@ def run(workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Pa
 def _run(ns: str, workers: int, pcap: Path, keylog: Path, meta: dict, rate: float, tmp: Path, fast: bool,
          prefill: bool) -> dict:
     flows = tmp / f"flows-{workers}-{fast}-{prefill}.jsonl"
+    # The sensor appends to its flow log: a run's own lines are the whole file only if it starts
+    # with none (a repeated run would otherwise count the earlier run's lines as its own).
+    flows.unlink(missing_ok=True)
     config = tmp / f"sensor-{workers}-{fast}-{prefill}.toml"
     config.write_text(f"""[decrypt]
 fast_path = {str(fast).lower()}
