@@ -16,7 +16,8 @@ One run:
    Python path (``--no-fast-path``, with the flow log); each with and without
    ``-w out.pcap`` (re-injection), pinned to one core (``taskset -c 0``), the
    fastest of ``--repeat`` rounds (each round runs every command once, tshark's
-   too, so that the host's slow spells fall on all alike); wall time, and peak RSS of exactly that process
+   too, so that the host's slow spells fall on all alike; each run writes new
+   files, as the first does); wall time, and peak RSS of exactly that process
    (``os.wait4``); checks every flow is "decrypted" with the expected byte counts
    and that all paths wrote byte-identical pcaps.
 3. Runs one tshark that decrypts and follows every TLS stream
@@ -486,17 +487,23 @@ def main() -> int:
                                                             args.tshark_http)
         # Round by round, every command once (tshark last), so that a slow spell of the host
         # (its speed moves by a fifth from minute to minute) falls on all of them alike;
-        # each keeps its fastest run.
+        # each keeps its fastest run.  Every run writes new files, as the first one does: on
+        # ext4, closing a file that was truncated and written again starts its writeback
+        # (auto_da_alloc), up to 90 ms more for -w's 211 MB, which only a repeated run would pay.
         fastest: list[Run | None] = [None] * len(commands)
         th = None
         for _ in range(args.repeat):
-            for index, (name, argv, _flows, _output) in enumerate(commands):
+            for index, (name, argv, flows, output) in enumerate(commands):
+                for path in (flows, output):
+                    if path is not None:
+                        path.unlink(missing_ok=True)
                 run = measured(name, argv, pin=pin)
                 if run.returncode != 0:
                     raise SystemExit(f"tls-bridge {' '.join(argv[1:])} failed rc={run.returncode}:\n{run.stderr}")
                 if fastest[index] is None or run.wall < fastest[index].wall:  # type: ignore[union-attr]
                     fastest[index] = run
             if th_argv is not None:
+                follow.unlink(missing_ok=True)
                 run = measured("tshark", th_argv, stdout_path=follow, pin=pin)
                 if run.returncode != 0:
                     raise SystemExit(f"tshark failed rc={run.returncode}:\n{run.stderr[-3000:]}")
