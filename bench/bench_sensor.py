@@ -241,19 +241,23 @@ def main() -> None:
     if args.prefill:
         plan += [(int(w), True, True) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-sensor-") as tmp:
-        rows = [run(w, pcap, keylog, meta, args.rate_mbps, Path(tmp), fast, prefill) for w, fast, prefill in plan]
+        rows = []
+        for w, fast, prefill in plan:
+            host = host_scaling()
+            rows.append({**run(w, pcap, keylog, meta, args.rate_mbps, Path(tmp), fast, prefill), "host": host})
     rate = "--topspeed" if args.rate_mbps <= 0 else f"{args.rate_mbps:g} Mbit/s"
     print(f"tcpreplay {rate} of {pcap.stat().st_size / 1e6:.0f} MB ({args.connections} TLS 1.3 connections), "
           f"{os.cpu_count()} CPUs")
     header = (f"{'workers':>7} {'path':>19} {'complete':>9} {'plaintext MB':>13} {'replay s':>9} {'MB/s':>7} {'drops':>7} {'backlog':>8} "
-              f"{'inject drops':>13} {'worker CPU s':>13} {'of it system':>13} {'MB per CPU s':>13} {'split %':>8}")
+              f"{'inject drops':>13} {'worker CPU s':>13} {'of it system':>13} {'MB per CPU s':>13} {'split %':>8} {'host 2/1':>9}")
     print(header)
     print("-" * len(header))
     for row in rows:
         print(f"{row['workers']:>7} {row['path']:>19} {row['complete']:>4}/{row['connections']:<4} "
               f"{row['plaintext_mb']:>13.1f} {row['replay_s']:>9.2f} {row['plaintext_mb'] / row['drain_s']:>7.1f} {row['drops']:>7} "
               f"{row['backlog_drops']:>8} {row['inject_dropped']:>13} "
-              f"{row['cpu_s']:>13.2f} {row['system_s']:>13.2f} {row['plaintext_mb'] / max(row['cpu_s'], 1e-9):>13.1f} {row['split']:>8}")
+              f"{row['cpu_s']:>13.2f} {row['system_s']:>13.2f} {row['plaintext_mb'] / max(row['cpu_s'], 1e-9):>13.1f} {row['split']:>8}"
+              f" {row['host']:>8.2f}x")
     print("drops: the capture ring's (tls_bridge_capture_drops_total); backlog: the kernel's before any socket "
           "(softnet_stat, the whole host: raise net.core.netdev_max_backlog when it grows)")
     if args.prefill:
@@ -261,6 +265,9 @@ def main() -> None:
               "line (their own rate, the cores theirs alone); the live rows share the cores with tcpreplay")
     print("split %: the frames each worker took (the fanout hashes connections: with few, the busiest worker "
           "bounds the wall time)")
+    print("host 2/1: what this host's two CPUs gave two busy loops against one, just before the row's run "
+          "(host_scaling: below 2 where the hypervisor's CPUs share a core or are overcommitted; it bounds two "
+          "workers against one)")
     print("replay s: tcpreplay's sending time (from memory, -K); MB/s: plaintext out over the time from the "
           "replay's first frame to the last connection's flow-log line (bounded by how fast tcpreplay fills the "
           "veth); MB per CPU s: what one core of the workers decrypts and injects")
