@@ -500,14 +500,13 @@ def main() -> int:
                 run = measured(name, argv, pin=pin)
                 if run.returncode != 0:
                     raise SystemExit(f"tls-bridge {' '.join(argv[1:])} failed rc={run.returncode}:\n{run.stderr}")
-                if fastest[index] is None or run.wall < fastest[index].wall:  # type: ignore[union-attr]
-                    fastest[index] = run
+                fastest[index] = _faster(fastest[index], run)
             if th_argv is not None:
                 follow.unlink(missing_ok=True)
                 run = measured("tshark", th_argv, stdout_path=follow, pin=pin)
                 if run.returncode != 0:
                     raise SystemExit(f"tshark failed rc={run.returncode}:\n{run.stderr[-3000:]}")
-                th = run if th is None or run.wall < th.wall else th
+                th = _faster(th, run)
         runs: list[Run] = [run for run in fastest if run is not None]
         summarised: list[int] = []  # the plaintext bytes of the runs without a flow log
         for run, (_name, _argv, flows, _output) in zip(runs, commands):
@@ -586,6 +585,11 @@ def main() -> int:
     return 0
 
 
+def _faster(kept: Run | None, run: Run) -> Run:
+    """The faster (by wall time) of a tool's fastest run so far and its latest."""
+    return run if kept is None or run.wall < kept.wall else kept
+
+
 def _split_bound(split: str) -> float:
     """What the fanout's split ("54/46") allows two workers against one, however fast
     each: the busiest worker's share of the frames bounds the wall time."""
@@ -627,7 +631,9 @@ def print_targets(runs: list[Run], th: Run | None, mb: float, live_capture: tupl
             sensor_runs[workers, prefill].append(bench_sensor.run(workers, pcap, keylog, sensor_meta, 0.0, tmp,
                                                            prefill=prefill))
     live, one, two = (best(sensor_runs[kind]) for kind in plan)
-    ratios = sorted(rate(b) / rate(a) for a, b in zip(sensor_runs[1, True], sensor_runs[2, True]))
+    turns = list(zip(scaling, sensor_runs[1, True], sensor_runs[2, True]))
+    ratios = sorted(rate(b) / rate(a) for _, a, b in turns if whole(a) and whole(b))  # as best(): whole runs only
+    by_turn = f"x{ratios[0]:.2f}-x{ratios[-1]:.2f}" if ratios else "none whole"
 
     ours, written, logged, logged_written = runs[0], runs[1], runs[2], runs[3]
     rows = []
@@ -643,7 +649,7 @@ def print_targets(runs: list[Run], th: Run | None, mb: float, live_capture: tupl
               "250 MB/s, 0 drops", rate(live) >= 250 and whole(live)),
              ("run, 2 workers / 1 (rings filled first)", f"x{rate(two) / rate(one):.2f} ({rate(two):.0f} / "
               f"{rate(one):.0f} MB/s, split {two['split']} %: at most x{_split_bound(two['split']):.2f}; turn "
-              f"by turn x{ratios[0]:.2f}-x{ratios[-1]:.2f})", "x1.8",
+              f"by turn {by_turn})", "x1.8",
               rate(two) / rate(one) >= 1.8 and whole(two)),
              ("  host's own: 2 busy CPUs / 1 (reference)", f"x{min(scaling):.2f}-x{max(scaling):.2f} in the "
               f"turns (a busy loop on each CPU against one alone)", "-", None),
@@ -663,7 +669,7 @@ def print_targets(runs: list[Run], th: Run | None, mb: float, live_capture: tupl
           "(bench_sensor.host_scaling; below x2 when the hypervisor's CPUs share a core or are overcommitted), "
           "the bound of the row above it on this host")
     print("\nturn  host 2 CPUs/1  1 worker MB/s  2 workers MB/s  2/1")
-    for turn, (factor, a, b) in enumerate(zip(scaling, sensor_runs[1, True], sensor_runs[2, True]), 1):
+    for turn, (factor, a, b) in enumerate(turns, 1):
         print(f"{turn:>4}  {factor:>12.2f}x  {rate(a):>13.0f}  {rate(b):>14.0f}  {rate(b) / rate(a):.2f}x"
               f"{'' if whole(a) and whole(b) else '  (lost frames: not counted)'}")
 
