@@ -144,6 +144,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         Segment s;
         if (decode_frame(linktype, frame, length, &s) == 0) {
             CHECK(s.payload >= frame && s.payload + s.payload_len <= frame + length);
+            /* the TCP header the binding reads (make_segment: ack, window, the NS bit) */
+            CHECK(s.tcp >= frame && s.tcp + 20 <= s.payload && s.tagged <= 1);
             Lane *lane = lanes_find(&table, &s.key);
             if (lane == NULL && opened < 16) {
                 Lane *fresh = NULL;

@@ -44,13 +44,18 @@
  * over.
  *
  * Python API (the seam is bridge/engine/lanes.py):
- *   Lanes(capacity, front_capacity=0, closed_capacity=0)
+ *   Lanes(capacity, front_capacity=0, closed_capacity=0, segment=None)
  *   .closed_add(client_ip, client_port, server_ip, server_port), .closed_has(src, sport, dst, dport) -> bool
  *   .open(src, sport, dst, dport, handle, next_seq, header, remaining) -> bool
  *       header, remaining: where the current TLS record ends (RecordReader.boundary)
  *   .close(src, sport, dst, dport) -> state | None
  *   .arm(src, sport, dst, dport, opener, held, trailer=0) -> bool
  *   .run(frames, start) -> (stop, chunks, handled, closed)
+ *       or, with a segment class, when the frame at start is Python's and nothing was done:
+ *       its segment (made with the class), or None (it did not decode here)
+ *   .decode(linktype, data, timestamp_ns) -> segment | None
+ *   .resume: the last run ended after a record an armed lane declined (its stop is
+ *       not a frame Python must take: run again from there once the lane is armed)
  *   .touched() -> [(handle, last_timestamp_ns)]
  *   len(lanes), .capacity
  * state = (handle, next_seq, packets, segments, bytes, last_ns, held)
@@ -91,6 +96,13 @@ typedef struct {
     PyObject *ended;    /* descriptions of entries ended to make room, or NULL */
     Py_ssize_t created;
     size_t held_bytes; /* the armed lanes' held buffers */
+    /* the class of Python's TCP segments (bridge.engine.packets.TcpSegment), or NULL:
+       with it, run() hands Python the frame it must take decoded, and decode() works */
+    PyObject *segment;
+    /* the last run ended after a record its armed lane declined, not at a frame Python
+       must take: once Python has framed that record and armed the lane again, the
+       frames from stop on go to run() again */
+    int resume;
 } LanesObject;
 
 static int Lanes_clear(LanesObject *self);
@@ -113,10 +125,16 @@ static void lane_release_key(LaneKey *key)
 
 static int Lanes_init(LanesObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"capacity", "front_capacity", "closed_capacity", NULL};
+    static char *kwlist[] = {"capacity", "front_capacity", "closed_capacity", "segment", NULL};
     Py_ssize_t capacity, front_capacity = 0, closed_capacity = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|nn:Lanes", kwlist, &capacity, &front_capacity, &closed_capacity))
+    PyObject *segment = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|nnO:Lanes", kwlist, &capacity, &front_capacity, &closed_capacity,
+                                     &segment))
         return -1;
+    if (segment != Py_None && !PyCallable_Check(segment)) {
+        PyErr_SetString(PyExc_TypeError, "segment must be a class (callable) or None");
+        return -1;
+    }
     if (capacity < 1 || capacity > (1 << 26) || front_capacity < 0 || front_capacity > (1 << 26) ||
         closed_capacity < 0 || closed_capacity > (1 << 27)) {
         PyErr_SetString(PyExc_ValueError, "capacity must be within 1..2^26, front_capacity within 0..2^26, "
@@ -132,6 +150,10 @@ static int Lanes_init(LanesObject *self, PyObject *args, PyObject *kwds)
     }
     self->front.next_id = 1;
     self->python_oldest_ns = INT64_MAX;
+    if (segment != Py_None) {
+        Py_INCREF(segment);
+        self->segment = segment;
+    }
     return 0;
 }
 
@@ -152,6 +174,7 @@ static int Lanes_traverse(LanesObject *self, visitproc visit, void *arg)
         }
     Py_VISIT(self->promoted);
     Py_VISIT(self->ended);
+    Py_VISIT(self->segment);
     return 0;
 }
 
@@ -164,6 +187,7 @@ static int Lanes_clear(LanesObject *self)
     self->max_pending = self->max_bytes = 0;
     Py_CLEAR(self->promoted);
     Py_CLEAR(self->ended);
+    Py_CLEAR(self->segment);
     self->created = 0;
     return 0;
 }
@@ -626,6 +650,16 @@ static PyObject *Lanes_get_table_bytes(LanesObject *self, void *closure)
     return PyLong_FromSize_t(tables_bytes(self));
 }
 
+static PyObject *Lanes_get_resume(LanesObject *self, void *closure)
+{
+    return PyBool_FromLong(self->resume);
+}
+
+static PyObject *Lanes_get_compiled_bytes(LanesObject *self, void *closure)
+{
+    return PyLong_FromSize_t(self->front.bytes + tables_bytes(self) + self->held_bytes);
+}
+
 static PyObject *Lanes_get_front_capacity(LanesObject *self, void *closure)
 {
     return PyLong_FromSize_t(self->front.keys.capacity);
@@ -793,7 +827,9 @@ static int opened_flush(Opened *o, PyObject *chunks, PyObject *rest)
  * content type, a tag that does not match), and added to what o gathered for this
  * lane (what it gathered for another lane is handed over first).  A record
  * declined (or not application data) is handed over at once with everything from
- * it on as rest, which Python frames, and the lane leaves the steady state.
+ * it on as rest, which Python frames, and the lane leaves the steady state: 1 then
+ * (the run ends after this frame, so that Python arms the lane again at once: a
+ * TLS 1.3 session ticket or KeyUpdate does not leave the rest of a batch unarmed).
  */
 static int lane_gather(LanesObject *self, Lane *lane, int64_t ts, const uint8_t *p, size_t n, PyObject *chunks,
                        Opened *o)
@@ -867,7 +903,7 @@ static int lane_gather(LanesObject *self, Lane *lane, int64_t ts, const uint8_t 
         int rc = opened_flush(o, chunks, rest);
         Py_DECREF(rest);
         lane_disarm(self, lane);
-        return rc;
+        return rc < 0 ? rc : 1;
     }
     if (used == len) {
         held_clear(self, lane);
@@ -883,6 +919,61 @@ fail:
     return -1;
 }
 
+/* Python's TCP segment of a frame decoded here: TcpSegment(timestamp_ns, ip_version,
+   src, dst, sport, dport, seq, ack, flags, window, payload), as packets.classify makes it
+   (never for a frame with VLAN tags: classify gives their ids, Python's path decodes it). */
+static PyObject *make_segment(PyObject *type, const Segment *s, long long ts)
+{
+    const uint8_t *k = s->key.bytes, *t = s->tcp;
+    Py_ssize_t alen = k[0] == 4 ? 4 : 16;
+    PyObject *args[11] = {
+        PyLong_FromLongLong(ts),
+        PyLong_FromLong(k[0] == 4 ? 4 : 6),
+        PyBytes_FromStringAndSize((const char *)k + 1, alen),
+        PyBytes_FromStringAndSize((const char *)k + 17, alen),
+        PyLong_FromLong(rd16(t)),
+        PyLong_FromLong(rd16(t + 2)),
+        PyLong_FromUnsignedLong(rd32(t + 4)),
+        PyLong_FromUnsignedLong(rd32(t + 8)),
+        PyLong_FromLong(t[13] | ((t[12] & 1) << 8)), /* NS/AE as 0x100 */
+        PyLong_FromLong(rd16(t + 14)),
+        PyBytes_FromStringAndSize((const char *)s->payload, (Py_ssize_t)s->payload_len),
+    };
+    PyObject *result = NULL;
+    size_t i, n = sizeof args / sizeof args[0];
+    for (i = 0; i < n && args[i] != NULL; i++)
+        ;
+    if (i == n)
+        result = PyObject_Vectorcall(type, args, n, NULL);
+    for (i = 0; i < n; i++)
+        Py_XDECREF(args[i]);
+    return result;
+}
+
+static PyObject *Lanes_decode(LanesObject *self, PyObject *args)
+{
+    int linktype;
+    Py_buffer data;
+    long long ts;
+    if (!PyArg_ParseTuple(args, "iy*L:decode", &linktype, &data, &ts))
+        return NULL;
+    if (self->segment == NULL) {
+        PyBuffer_Release(&data);
+        PyErr_SetString(PyExc_TypeError, "decode() needs Lanes(..., segment=TcpSegment)");
+        return NULL;
+    }
+    Segment s;
+    PyObject *result;
+    if (decode_frame(linktype, (const uint8_t *)data.buf, (size_t)data.len, &s) == 0 && !s.tagged) {
+        result = make_segment(self->segment, &s, ts);
+    } else {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&data);
+    return result;
+}
+
 static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_t start);
 
 static PyObject *Lanes_run(LanesObject *self, PyObject *args)
@@ -896,6 +987,7 @@ static PyObject *Lanes_run(LanesObject *self, PyObject *args)
         return NULL;
     }
     self->limits = limits == Py_None ? NULL : limits; /* NULL: front_limits()'s, as set */
+    self->resume = 0;
     self->run_table_bytes = (long long)tables_bytes(self);
     PyObject *result = Lanes_run_frames(self, frames, start);
     self->limits = NULL;
@@ -945,6 +1037,10 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
     /* at most one of the two gathers at a time: either is handed over before the other starts */
     Opened opened = {NULL, 0, NULL, NULL, 0};
     Py_ssize_t handled = 0, i = start < 0 ? 0 : start;
+    /* the first frame is Python's, with nothing done before it and no news at the front:
+       Python gets that frame's segment (made here if it decoded), not the tuple */
+    PyObject *made = NULL;
+    int python_first = 0;
     if (chunks == NULL)
         goto fail;
     for (; i < n; i++) {
@@ -955,8 +1051,10 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
         PyObject *data_o = NULL;
         if (records != NULL) {
             const BatchRecord *r = &records[i];
-            if (r->offset > base_len || r->length > base_len - r->offset)
+            if (r->offset > base_len || r->length > base_len - r->offset) {
+                python_first = handled == 0;
                 break; /* Python's path says what it is */
+            }
             ts = r->timestamp_ns;
             linktype = batch_linktype;
             frame_ptr = base_ptr + r->offset;
@@ -981,6 +1079,7 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
             }
             if (!PyBytes_Check(data_o)) {
                 Py_DECREF(data_o);
+                python_first = handled == 0;
                 break; /* Python's path says what it is */
             }
             frame_ptr = (const uint8_t *)PyBytes_AS_STRING(data_o);
@@ -993,13 +1092,19 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
             int verdict = FRONT_PASS;
             if (decoded == 0 && self->front.keys.capacity)
                 verdict = front_step(self, &s, (int)linktype, frame_ptr, frame_len, ts);
-            Py_XDECREF(data_o);
-            if (verdict < 0)
-                goto fail;
             if (verdict == FRONT_TAKEN) {
+                Py_XDECREF(data_o);
                 handled++;
                 continue;
             }
+            if (verdict >= 0 && handled == 0 && self->promoted == NULL && self->ended == NULL && self->created == 0) {
+                python_first = 1;
+                if (decoded == 0 && !s.tagged && self->segment != NULL)
+                    made = make_segment(self->segment, &s, ts); /* the frame's bytes still held */
+            }
+            Py_XDECREF(data_o);
+            if (verdict < 0 || (python_first && made == NULL && PyErr_Occurred()))
+                goto fail;
             break; /* Python takes it (after the promoted entry's frames) */
         }
         long boundary;
@@ -1023,6 +1128,12 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
                     rc = chunk_flush(&chunk, chunks);
                 if (rc == 0)
                     rc = lane_gather(self, lane, ts, s.payload, s.payload_len, chunks, &opened);
+                if (rc == 1) { /* a record declined: Python frames it and arms the lane again */
+                    Py_XDECREF(data_o);
+                    self->resume = 1;
+                    i++;
+                    break;
+                }
             }
         } else if (s.payload_len) {
             /* another lane's bytes: the opened records gathered so far go first */
@@ -1052,8 +1163,18 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
     Py_XDECREF(base);
     if (records != NULL)
         PyBuffer_Release(&view);
+    if (python_first && self->segment != NULL && self->promoted == NULL && self->ended == NULL &&
+        self->created == 0) {
+        Py_DECREF(chunks);
+        Py_DECREF(closed);
+        if (made == NULL)
+            Py_RETURN_NONE;
+        return made;
+    }
+    Py_XDECREF(made);
     return Py_BuildValue("(nNnN)", i, chunks, handled, closed);
 fail:
+    Py_XDECREF(made);
     opened_clear(&opened);
     PyMem_Free(chunk.buf);
     Py_XDECREF(seq);
@@ -1115,7 +1236,9 @@ static PyMethodDef Lanes_methods[] = {
      "held does not match the lane's record boundary)"},
     {"run", (PyCFunction)Lanes_run, METH_VARARGS,
      "run(frames, start[, limits]) -> (stop, chunks, handled, closed): the frames of open lanes from start on, "
-     "up to the first that Python must take; limits() -> (max_pending, max_bytes, python_oldest_ns), if given, "
+     "up to the first that Python must take; with a segment class, when that is the frame at start and nothing "
+     "was done (nothing taken, no lane closed, no news at the front), its segment instead (None: it did not "
+     "decode here, Python's path decodes it); limits() -> (max_pending, max_bytes, python_oldest_ns), if given, "
      "is called at the run's first frame that may need the front's limits (max_bytes less twice the tables' "
      "bytes as the run began), instead of front_limits()'s"},
     {"front_limits", (PyCFunction)Lanes_front_limits, METH_VARARGS,
@@ -1138,6 +1261,10 @@ static PyMethodDef Lanes_methods[] = {
      "front_expire(before_ns) -> [entry]: pending entries not active since before_ns, ended"},
     {"allocate_id", (PyCFunction)Lanes_allocate_id, METH_NOARGS,
      "allocate_id() -> int: the next flow id (the front numbers its entries from the same sequence)"},
+    {"decode", (PyCFunction)Lanes_decode, METH_VARARGS,
+     "decode(linktype, data, timestamp_ns) -> segment | None: the frame's TCP segment made with the segment class "
+     "(None: not decoded here, Python's path decodes it: other link types, VLAN tags, IPv6 extension headers, "
+     "IP fragments, not TCP, malformed)"},
     {"touched", (PyCFunction)Lanes_touched, METH_NOARGS,
      "touched() -> [(handle, last_timestamp_ns)]: lanes that had frames since the last call"},
     {NULL, NULL, 0, NULL},
@@ -1153,6 +1280,12 @@ static PyGetSetDef Lanes_getset[] = {
      "bytes the armed lanes hold for records not yet complete (their buffers)", NULL},
     {"table_bytes", (getter)Lanes_get_table_bytes, NULL,
      "bytes of the tables' slot arrays now (they grow with the entries)", NULL},
+    {"resume", (getter)Lanes_get_resume, NULL,
+     "the last run ended after a record an armed lane declined (handed over with what follows; the lane left the "
+     "steady state), not at a frame Python must take: the frames from its stop go to run() again once Python has "
+     "framed that record and armed the lane", NULL},
+    {"compiled_bytes", (getter)Lanes_get_compiled_bytes, NULL,
+     "what the module holds, as the memory budget counts it: front_bytes + table_bytes + held_bytes", NULL},
     {"front_oldest_ns", (getter)Lanes_get_front_oldest_ns, NULL,
      "when the least recently active pending entry was last active (None: no entry)", NULL},
     {NULL, NULL, NULL, NULL, NULL},

@@ -26,6 +26,8 @@ typedef struct {
     LaneKey key;
     uint32_t seq;
     uint8_t flags;
+    uint8_t tagged; /* the frame had VLAN tags (skipped) */
+    const uint8_t *tcp; /* the TCP header (20 bytes at least, within the frame) */
     const uint8_t *payload;
     size_t payload_len;
 } Segment;
@@ -151,8 +153,10 @@ static int decode_frame(int linktype, const uint8_t *d, size_t n, Segment *s)
     default:
         return -1;
     }
+    s->tagged = 0;
     if (linktype != LT_RAW && linktype != LT_IPV4 && linktype != LT_IPV6) {
         while (is_vlan_tpid(etype)) {
+            s->tagged = 1;
             if (off + 4 > n)
                 return -1;
             etype = rd16(d + off + 2);
@@ -206,6 +210,7 @@ static int decode_frame(int linktype, const uint8_t *d, size_t n, Segment *s)
     s->key.bytes[36] = t[3];
     s->seq = rd32(t + 4);
     s->flags = t[13];
+    s->tcp = t;
     s->payload = d + tcp + hlen;
     s->payload_len = end - tcp - hlen;
     return 0;

@@ -163,25 +163,32 @@ class Engine:
                 frame_count += n
                 i = 0
                 while i < n:
+                    segment = None
                     if run_lanes is not None:
-                        i, handled, events = run_lanes(batch, i)
-                        if handled:
-                            tcp_count += handled
-                            timestamp_ns = batch[i - 1].timestamp_ns
-                            if timestamp_ns >= next_tick_ns:
-                                events.extend(tick(timestamp_ns))
-                                next_tick_ns = timestamp_ns + NS
-                        if events:
-                            dispatch(events)
-                        if i >= n:
-                            break
-                    frame = batch[i]
+                        result = run_lanes(batch, i)
+                        if result.__class__ is tuple:
+                            i, handled, events = result  # type: ignore[misc]
+                            if handled:
+                                tcp_count += handled
+                                timestamp_ns = batch[i - 1].timestamp_ns
+                                if timestamp_ns >= next_tick_ns:
+                                    events.extend(tick(timestamp_ns))
+                                    next_tick_ns = timestamp_ns + NS
+                            if events:
+                                dispatch(events)
+                            if i >= n:
+                                break
+                        else:  # frame i is Python's: its segment, decoded in C, or None
+                            segment = result
+                    if segment is None:
+                        frame = batch[i]
+                        try:
+                            segment = classify(frame.linktype, frame.data, frame.timestamp_ns)
+                        except PacketDecodeError as exc:
+                            i += 1
+                            self._malformed(exc)
+                            continue
                     i += 1
-                    try:
-                        segment = classify(frame.linktype, frame.data, frame.timestamp_ns)
-                    except PacketDecodeError as exc:
-                        self._malformed(exc)
-                        continue
                     if segment.__class__ is not TcpSegment:
                         not_tcp += 1
                         if segment is SkipReason.NOT_TCP:  # UDP: QUIC?

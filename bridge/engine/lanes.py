@@ -15,7 +15,16 @@ compare both on every committed capture).
 
 * **Open** a lane: after the Python path delivered in-order bytes of a direction
   of an active TLS connection whose stream has started and whose reassembly holds
-  nothing out of order, has seen no FIN and no RST.  The lane is told where the
+  nothing out of order, has seen no FIN and no RST — once the connection is worth
+  its lanes: one of its directions is known to carry ``fast_path_after`` bytes
+  (16 KiB by default; delivered, and still to come in the record being read).  A
+  lane costs its opening, arming and closing, about what the Python path spends on
+  a few segments: a short connection (a request and a response of a few kilobytes,
+  lanes of two or three frames each) costs less without.  Its frames are still
+  decoded in C: the frame the Python path must take comes back as its
+  :class:`~bridge.engine.packets.TcpSegment` (``classify``'s, field for field),
+  unless the C decoder leaves it to ``classify`` (VLAN tags, IPv6 extension
+  headers, fragments, other link types, malformed).  The lane is told where the
   current TLS record ends, and hands over chunks that end where records end,
   each with the time of the segment that completed it: records are timed as on
   the Python path, so the synthetic output is the same frame for frame.
@@ -36,8 +45,12 @@ compare both on every committed capture).
   segment that completed each record; the first record the opener declines (a
   KeyUpdate, an alert, a tag that does not match) or that is not application
   data comes back as stream bytes, with what follows, and Python's path says
-  what it is.  A lane closed while armed gives back the bytes of its incomplete
-  record.
+  what it is.  The run ends after that frame (the C module's ``resume``): Python
+  frames those bytes, arms the lane again if the direction is still in the steady
+  state, and the run goes on from the next frame — a TLS 1.3 session ticket or a
+  KeyUpdate in the middle of a batch costs one round trip, not the steady state
+  for the rest of the batch.  A lane closed while armed gives back the bytes of
+  its incomplete record.
 * **Activity**: lanes report their last frame's time at each :meth:`tick`
   (about once a second of capture time): idle expiry and the least-recently-active
   order see a lane's activity to within that second.
@@ -125,6 +138,8 @@ _FRONT = object()
 _new_tuple = tuple.__new__  # a FlowInfo from the entry's first seven fields, without its __new__'s call
 #: "No half-open connection on the Python path" to the C module (the largest int64).
 _NEVER = (1 << 63) - 1
+#: Each direction's peer, by direction (without the enum's call).
+_PEER = (Direction.S2C, Direction.C2S)
 
 
 class FrontEntry(NamedTuple):
@@ -202,7 +217,9 @@ class LaneDecryptor(Decryptor):
         #: The recently closed connections are remembered there too (the front's end
         #: unanswered connections without a Python object ever made).
         self.lanes = _lanes.Lanes(capacity or min(MAX_LANES, 2 * self.config.max_flows), front_capacity,
-                                  self.config.recently_closed)
+                                  self.config.recently_closed, TcpSegment)
+        self._run = self.lanes.run
+        self._limits = self._front_limits if front else None
         self._closed = None  # type: ignore[assignment]  # the C module's, instead
         self._front = front
         #: The flow id a promoted entry took at its SYN, for the flow its frames make.
@@ -224,23 +241,37 @@ class LaneDecryptor(Decryptor):
 
     # --- frames ---------------------------------------------------------------------------
 
-    def run_lanes(self, frames: Sequence[Frame], start: int) -> tuple[int, int, list[Event]]:
+    def run_lanes(self, frames: Sequence[Frame], start: int) -> tuple[int, int, list[Event]] | TcpSegment | None:
         """The frames of open lanes and of the front from ``start`` on: (index of the
-        first frame the Python path must take, frames taken here, events)."""
-        lanes = self.lanes
-        front = self._front
-        # the front's limits are asked for (_front_limits) only by a frame that may need them:
-        # most frames of a short connection come here only to be given back
-        stop, chunks, handled, closed = lanes.run(frames, start, self._front_limits if front else None)
-        if not handled and not chunks and closed is None:
-            # the first frame is Python's (a short connection's every other frame): nothing
-            # changed here, unless that frame promoted a front entry, to be replayed first
-            taken = lanes.take_front() if front else None
-            if taken is None:
-                return stop, 0, []
-            return self._after_run(stop, 0, [], None, taken)
-        return self._after_run(stop, handled, chunks, closed, lanes.take_front() if front else None,
-                               frames[stop - 1].timestamp_ns if handled else 0)
+        first frame the Python path must take, frames taken here, events); or, when that
+        is the frame at ``start`` and nothing was done here (a short connection's every
+        other frame), its :class:`TcpSegment`, decoded in C, or None (it did not decode
+        there: :func:`~bridge.engine.packets.classify` says what it is)."""
+        # the front's limits are asked for (_front_limits) only by a frame that may need them
+        result = self._run(frames, start, self._limits)
+        if result.__class__ is not tuple:
+            return result  # type: ignore[no-any-return]
+        stop, handled, events = self._ran(frames, result)  # type: ignore[arg-type]
+        while self.lanes.resume and stop < len(frames):
+            # the run ended after a record an armed lane declined (a session ticket, a
+            # KeyUpdate): Python has framed it and armed the lane again, and the frames
+            # that follow are the lanes' again, not the Python path's
+            result = self._run(frames, stop, self._limits)
+            if result.__class__ is not tuple:
+                break  # the frame at stop is Python's (the engine decodes it again: once a declined record)
+            stop, more, more_events = self._ran(frames, result)  # type: ignore[arg-type]
+            handled += more
+            events.extend(more_events)
+        return stop, handled, events
+
+    def _ran(self, frames: Sequence[Frame], result: tuple) -> tuple[int, int, list[Event]]:  # type: ignore[type-arg]
+        """A run's (stop, chunks, handled, closed) through the Python path, with the
+        front's news: (stop, frames taken, events)."""
+        stop, chunks, handled, closed = result
+        taken = self.lanes.take_front() if self._front else None
+        if not handled and not chunks and closed is None and taken is None:
+            return stop, 0, []  # the batch is over
+        return self._after_run(stop, handled, chunks, closed, taken, frames[stop - 1].timestamp_ns if handled else 0)
 
     def _front_limits(self) -> tuple[int, int, int]:
         """The front's share of the bounds now, for the C module: the connections left of
@@ -334,8 +365,7 @@ class LaneDecryptor(Decryptor):
     def _compiled_bytes(self) -> int:
         """What the compiled path holds: the front's pending entries, the tables'
         slots (which grow with their entries), the armed lanes' records not yet complete."""
-        lanes = self.lanes
-        return lanes.front_bytes + lanes.table_bytes + lanes.held_bytes
+        return self.lanes.compiled_bytes  # type: ignore[no-any-return]
 
     def _replay(self, entry: FrontEntry, events: list[Event]):  # type: ignore[no-untyped-def]
         """The entry's frames through the Python path, as if it had seen them: its flow."""
@@ -345,12 +375,15 @@ class LaneDecryptor(Decryptor):
         stats.segments -= len(frames)
         self._reserved_id = entry.flow_id
         try:
+            decode = self.lanes.decode
             for linktype, timestamp_ns, data in frames:
-                try:
-                    segment = classify(linktype, data, timestamp_ns)
-                except PacketDecodeError:
-                    stats.ignored_segments += 1
-                    continue
+                segment = decode(linktype, data, timestamp_ns)
+                if segment is None:  # not on the C path's common decoding: Python's says what it is
+                    try:
+                        segment = classify(linktype, data, timestamp_ns)
+                    except PacketDecodeError:
+                        stats.ignored_segments += 1
+                        continue
                 if segment.__class__ is TcpSegment:
                     events.extend(self.process(segment))  # type: ignore[arg-type]
         finally:
@@ -424,10 +457,10 @@ class LaneDecryptor(Decryptor):
     def _within_budget(self, flow, events) -> None:  # type: ignore[no-untyped-def]
         if self._ending:
             return  # a flow made to be finished at once
-        used = self._charged + self.memory_reserved + self._compiled_bytes()
+        used = self._charged + self.memory_reserved + self.lanes.compiled_bytes
         if used > self.config.memory_limit:
             self._make_room(events, flow)
-            used = self._charged + self.memory_reserved + self._compiled_bytes()
+            used = self._charged + self.memory_reserved + self.lanes.compiled_bytes
         if used > self.stats.memory_peak:
             self.stats.memory_peak = used
 
@@ -454,8 +487,16 @@ class LaneDecryptor(Decryptor):
                 self._close_lanes(flow)
             return
         if mask != 3:
+            if not mask:
+                # worth its lanes (see _carries_bulk), written out: asked at each delivery of a short connection
+                after = self.config.fast_path_after
+                delivered = flow.reassembly[direction].stats.bytes_delivered
+                if delivered < after:
+                    boundary = flow.tls.record_boundary(direction)
+                    if boundary is None or delivered + boundary[1] < after:
+                        return
             self._offer(flow, direction)
-            self._offer(flow, Direction(1 - direction))  # the peer's ACKs (its lane may have closed with this one)
+            self._offer(flow, _PEER[direction])  # the peer's ACKs (its lane may have closed with this one)
 
     def _segment(self, flow, direction, segment, events) -> None:  # type: ignore[no-untyped-def]
         # A SYN, FIN or RST (or a connection closing): the Python path reads both

@@ -122,6 +122,7 @@ def _run(frames: list[Frame], *, fast: bool, keys=KeyStore, batches: int = 0,
         if isinstance(event, FlowFinished):
             flow_log.finished(event)
 
+    config.setdefault("fast_path_after", 0)  # lanes as soon as a direction can be one: with the front's connections
     engine = Engine(keys(), EngineSettings(fast_path=fast, **config), output=output)
     if batches:
         engine.run([frames[i:i + batches] for i in range(0, len(frames), batches)])

@@ -6,6 +6,7 @@ batched, reordered, duplicated or lost; and the C module's own contract.  No roo
 from __future__ import annotations
 
 import random
+from functools import partial
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,18 +14,27 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
+from scapy.layers.l2 import Ether as Ethernet
 
 from bridge.capture.frames import Frame
 from bridge.capture.pcapfile import FrameBatch, read_capture
 from bridge.engine import Engine, EngineSettings, FlowFinished, FlowStarted, KeysWanted, PlaintextData
 from bridge.engine._lanes import CHUNK_LIMIT, Lanes
 from bridge.engine.lanes import LaneDecryptor
+from bridge.engine.packets import TcpSegment, classify
 from tests.support.fixtures import FIXTURES, Fixture
 
 
-def _events(fixture: Fixture, frames, *, fast: bool, batches: list[int] | None = None):  # type: ignore[no-untyped-def]
+#: Lanes as soon as a direction can be one (fast_path_after=0): the strictest comparison,
+#: every committed capture's connections on the compiled path.  By default only connections
+#: that carry bulk get lanes (test_short_connections_stay_on_the_python_path_by_default).
+EAGER = 0
+
+
+def _events(fixture: Fixture, frames, *, fast: bool, batches: list[int] | None = None,  # type: ignore[no-untyped-def]
+            after: int = EAGER):
     out: list = []
-    engine = Engine(fixture.store(), EngineSettings(fast_path=fast), output=out.append)
+    engine = Engine(fixture.store(), EngineSettings(fast_path=fast, fast_path_after=after), output=out.append)
     if batches is None:
         engine.run(frames)
     else:
@@ -70,7 +80,7 @@ def test_a_capture_read_in_frame_batches_gives_the_same_events(fixture: Fixture)
     frames = fixture.frames()
     _, reference = _events(fixture, frames, fast=False)
     out: list = []
-    engine = Engine(fixture.store(), EngineSettings(), output=out.append)
+    engine = Engine(fixture.store(), EngineSettings(fast_path_after=EAGER), output=out.append)
     batches = list(read_capture(fixture.pcap, chunk_size=4096).batches())
     assert batches and all(isinstance(batch, FrameBatch) for batch in batches)
     engine.run(batches)
@@ -86,6 +96,33 @@ def test_most_frames_of_a_bulk_connection_are_taken_by_the_compiled_path() -> No
     decryptor = engine.decryptor
     assert isinstance(decryptor, LaneDecryptor)
     assert decryptor.lane_frames > len(frames) // 2, (decryptor.lane_frames, len(frames))
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda f: f.name)
+def test_short_connections_stay_on_the_python_path_by_default(fixture: Fixture) -> None:
+    """A lane costs its opening, arming and closing: a connection gets its lanes once a
+    direction is known to carry fast_path_after bytes (16 KiB by default).  The
+    committed captures' connections are short (a request, a response of a few hundred
+    bytes): no lane, every frame but the front's decoded in C for the Python path."""
+    frames = fixture.frames()
+    _, reference = _events(fixture, frames, fast=False)
+    engine, fast = _events(fixture, frames, fast=True, after=EngineSettings().fast_path_after)
+    assert fast == reference
+    assert engine.decryptor.lanes_opened == 0
+
+
+@pytest.mark.parametrize("fixture", FIXTURES[:2], ids=lambda f: f.name)
+def test_a_connection_gets_its_lanes_once_it_carries_fast_path_after_bytes(fixture: Fixture) -> None:
+    """fast_path_after within a connection's stream: its lanes open mid-stream, after
+    the Python path took the bytes before; the same events as the Python path, and
+    fewer frames on lanes than with lanes at once."""
+    frames = fixture.frames()
+    _, reference = _events(fixture, frames, fast=False)
+    eager, _ = _events(fixture, frames, fast=True)
+    engine, fast = _events(fixture, frames, fast=True, after=4096)
+    assert fast == reference
+    assert engine.decryptor.lanes_opened > 0
+    assert 0 < engine.decryptor.lane_frames < eager.decryptor.lane_frames
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -104,8 +141,9 @@ def test_same_events_whatever_the_batching_and_damage(fixture: Fixture, rng: ran
     for _ in range(data.draw(st.integers(0, 2), label="drops")):
         del damaged[rng.randrange(len(damaged))]
     cuts = data.draw(st.lists(st.integers(1, 40), max_size=20), label="batches")
+    after = data.draw(st.sampled_from([EAGER, 512, 2048, EngineSettings().fast_path_after]), label="fast_path_after")
     _, reference = _events(fixture, damaged, fast=False)
-    _, fast = _events(fixture, damaged, fast=True, batches=cuts)
+    _, fast = _events(fixture, damaged, fast=True, batches=cuts, after=after)
     assert_same_events(fast, reference)
 
 
@@ -294,6 +332,81 @@ def test_what_the_common_path_does_not_decode_goes_to_python(packet) -> None:  #
     assert lanes.run([_frame(Ether() / packet)], 0)[:3] == (0, [], 0)
 
 
+def _segment_fields(segment) -> tuple:  # type: ignore[no-untyped-def,type-arg]
+    return tuple(getattr(segment, name) for name in TcpSegment.__slots__)
+
+
+def test_run_hands_python_the_frame_it_must_take_decoded() -> None:
+    """With a segment class: the frame at start is Python's and nothing was done, so
+    run() gives its TcpSegment (as classify makes it), or None for a frame that does
+    not decode on the common path; anything done (a frame taken) gives the tuple."""
+    lanes = Lanes(4, 0, 0, TcpSegment)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    other = _frame(Ether() / _tcp(7, b"hello", flags="PA", src=B, dst=A, sport=443, dport=40000), timestamp_ns=5)
+    segment = lanes.run([other], 0)
+    assert isinstance(segment, TcpSegment)
+    assert _segment_fields(segment) == _segment_fields(classify(1, other.data, 5))
+    assert lanes.run([_frame(Ether() / Dot1Q(vlan=7) / _tcp(7, b"x", src=B, dst=A, sport=443, dport=40000))], 0) is None
+    assert lanes.run([Frame(1, 1, b"\x00" * 10, 10)], 0) is None  # malformed: classify says what it is
+    stop, chunks, handled, closed = lanes.run([_frame(Ether() / _tcp(100, b"abc")), other], 0)
+    assert (stop, handled, closed) == (1, 1, None)
+    assert Lanes(4).run([other], 0) == (0, [], 0, None)  # no segment class: the tuple, as before
+    with pytest.raises(TypeError):
+        Lanes(4).decode(1, other.data, 5)
+    with pytest.raises(TypeError):
+        Lanes(4, 0, 0, "not a class")
+
+
+def _frames_to_decode() -> st.SearchStrategy:  # type: ignore[type-arg]
+    """Frames of every shape classify knows, built right and then damaged: cut short,
+    a byte changed, link types swapped."""
+    six_a, six_b = "fd00::1", "fd00::2"
+    packets = [
+        IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=443, seq=2**32 - 1, ack=77, flags="PA",
+                                                 window=513) / b"payload",
+        IP(src="10.0.0.1", dst="10.0.0.2", options=b"\x01\x01\x01\x00") / TCP(flags="S", options=[("MSS", 1460)]),
+        IP(src="10.0.0.1", dst="10.0.0.2", len=0) / TCP(flags="FA", reserved=1) / b"tso",
+        IP(src="10.0.0.1", dst="10.0.0.2", flags="MF") / TCP() / b"fragment",
+        IP(src="10.0.0.1", dst="10.0.0.2", proto=17) / (b"\x00" * 8),
+        IPv6(src=six_a, dst=six_b) / TCP(sport=1, dport=2, seq=5, flags="RA") / b"six",
+        IPv6(src=six_a, dst=six_b, plen=0) / TCP() / b"jumbo",
+        IPv6(src=six_a, dst=six_b, nh=0) / (b"\x06\x00" + b"\x00" * 6) / TCP(),
+    ]
+    wrapped = []
+    Ether = partial(Ethernet, src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # noqa: N806
+    for packet in packets:
+        raw = bytes(packet)
+        wrapped += [(1, bytes(Ether() / packet)), (1, bytes(Ether() / packet) + b"\x00" * 8),
+                    (1, bytes(Ether() / Dot1Q(vlan=3) / packet)), (101, raw), (228 if raw[0] >> 4 == 4 else 229, raw),
+                    (113, bytes(CookedLinux(proto=0x0800 if raw[0] >> 4 == 4 else 0x86DD) / packet)),
+                    (276, (0x0800 if raw[0] >> 4 == 4 else 0x86DD).to_bytes(2, "big") + b"\x00" * 18 + raw),
+                    (0, (2).to_bytes(4, "little") + raw)]
+
+    @st.composite
+    def damaged(draw):  # type: ignore[no-untyped-def]
+        linktype, data = draw(st.sampled_from(wrapped))
+        data = bytearray(data)
+        for _ in range(draw(st.sampled_from([0, 0, 0, 1, 3]))):
+            if data:
+                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+        data = bytes(data[:draw(st.integers(0, len(data)))]) if draw(st.integers(0, 3)) == 0 else bytes(data)
+        return draw(st.sampled_from([linktype] * 20 + [1, 101, 113, 228, 229, 276, 9999])), data
+    return damaged()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_frames_to_decode(), st.integers(0, 2**62))
+def test_what_c_decodes_is_what_classify_decodes(frame, timestamp_ns: int) -> None:
+    """decode() (and so run()'s segment) against classify, the Python path's one
+    definition: whenever C makes a segment, classify makes the same, field for field."""
+    linktype, data = frame
+    segment = Lanes(1, 0, 0, TcpSegment).decode(linktype, data, timestamp_ns)
+    if segment is None:
+        return
+    assert isinstance(segment, TcpSegment)
+    assert _segment_fields(segment) == _segment_fields(classify(linktype, data, timestamp_ns))
+
+
 def test_chunks_are_bounded() -> None:
     lanes = Lanes(4)
     lanes.open(A, 40000, B, 443, "h", 0, b"", 2**16)  # inside a long record: no boundary for a while
@@ -424,6 +537,40 @@ def test_a_declined_record_and_what_follows_go_to_python_and_end_the_steady_stat
     assert chunks == [("h", 11, [], 0, alert + after, [])]
 
 
+def test_the_run_ends_after_a_declined_record_so_the_lane_is_armed_again_at_once() -> None:
+    """A session ticket or KeyUpdate in the middle of a batch: the run stops after its
+    frame (resume: its stop is not a frame Python must take), Python frames what was
+    handed over and arms the lane, and the next run opens the records in C again,
+    instead of handing the rest of the batch over as bytes."""
+    lanes = Lanes(4)
+    lanes.open(A, 40000, B, 443, "h", 100, b"", 0)
+    assert lanes.arm(A, 40000, B, 443, _opener(), b"")
+    ticket, data = _record(b"!ticket"), _record(b"d" * 500)
+    frames = _stream_frames(ticket, 100, 1000, 3) + _stream_frames(data * 4, 100 + len(ticket), 1000, 5)
+    stop, chunks, handled, closed = lanes.run(frames, 0)
+    assert (stop, handled, closed, lanes.resume) == (1, 1, None, True)
+    assert chunks == [("h", 3, [], 0, ticket, [])]
+    assert lanes.arm(A, 40000, B, 443, _opener(), b"")  # Python framed the ticket: the steady state again
+    stop, chunks, handled, closed = lanes.run(frames, stop)
+    assert (stop, handled, closed, lanes.resume) == (len(frames), len(frames) - 1, None, False)
+    assert [plaintext for chunk in chunks for plaintext in chunk[2]] == [b"P" + b"d" * 500] * 4
+
+
+@pytest.mark.parametrize("name", ["tls13-http1", "tls13-keyupdate"])
+def test_a_decryptor_arms_its_lanes_again_after_each_declined_record(name: str) -> None:
+    """TLS 1.3's session tickets (after the server's Finished) and a KeyUpdate are
+    records the opener declines: with lanes from the start, the records of application
+    data after them are opened in C as well in one batch of all the frames as in runs
+    of one frame each (before, none was in the batch: the lane stayed unarmed to its end)."""
+    fixture = next(f for f in FIXTURES if f.name == name)
+    frames = fixture.frames()
+    _, reference = _events(fixture, frames, fast=False)
+    one_run, fast = _events(fixture, frames, fast=True, batches=[len(frames)])
+    assert fast == reference
+    frame_runs, _ = _events(fixture, frames, fast=True)
+    assert one_run.decryptor.records_opened == frame_runs.decryptor.records_opened > 0
+
+
 @pytest.mark.parametrize("held", [_record(b"x" * 10)[:3].replace(b"\x17", b"\x15"), _record(b"x")])
 def test_arm_refuses_held_bytes_that_are_not_the_start_of_a_record_of_application_data(held: bytes) -> None:
     lanes = Lanes(4)
@@ -539,8 +686,8 @@ def test_evictions_hit_lanes_in_the_steady_state_as_the_python_path(fixture: Fix
     results = []
     for fast in (False, True):
         out: list = []
-        engine = Engine(fixture.store(), EngineSettings(fast_path=fast, max_flows=16, forget_keys=False),
-                        output=out.append)
+        engine = Engine(fixture.store(), EngineSettings(fast_path=fast, max_flows=16, forget_keys=False,
+                                                        fast_path_after=EAGER), output=out.append)
         if fast:
             batches, start = [], 0
             for size in cuts:
