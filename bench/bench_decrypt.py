@@ -46,6 +46,7 @@ import argparse
 import io
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -226,6 +227,41 @@ def pcap_summary(path: Path) -> tuple[int, dict[str, int]]:
             else:
                 hist["no_payload"] += 1
     return n, hist
+
+
+def reordered(pcap: Path, fraction: float, seed: int = 1) -> tuple[Path, int]:
+    """A copy of the capture in which each data segment (a frame of more than 200 bytes)
+    changes places with the frame after it with probability ``fraction``, the timestamps
+    left in order: reordering as a mirror port shows it (two paths, a LAG).  Every byte
+    still arrives; the decrypted plaintext is the same.  (path, swaps); written beside
+    the capture."""
+    out = pcap.with_name(f"{pcap.stem}-reordered-{fraction:g}-{seed}.pcap")
+    rng = random.Random(seed)
+    swaps = 0
+    # streamed, a record at a time: the tools are forked from this process, and a child's
+    # peak RSS counts what its parent held when it was forked
+    with open(pcap, "rb") as src, open(out, "wb") as dst:  # written each time: the capture may be new
+        head = src.read(24)
+        dst.write(head)
+        header = struct.Struct(("<" if head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">") + "IIII")
+
+        def record() -> bytes:
+            fixed = src.read(16)
+            return fixed + src.read(header.unpack(fixed)[2]) if len(fixed) == 16 else b""
+
+        current = record()
+        while current:
+            following = record()
+            if len(current) > 16 + 200 and following and rng.random() < fraction:
+                # each keeps its place's timestamp (the first 8 bytes) and takes the other's frame
+                dst.write(current[:8] + following[8:])
+                dst.write(following[:8] + current[8:])
+                swaps += 1
+                current = record()
+            else:
+                dst.write(current)
+                current = following
+    return out, swaps
 
 
 def get_capture(args) -> tuple[Path, Path, dict]:
@@ -447,6 +483,10 @@ def main() -> int:
                          "minute)")
     ap.add_argument("--profile", choices=("cprofile", "pyinstrument"), help="also profile tls-bridge and list hot spots")
     ap.add_argument("--top", type=int, default=15, help="hot spots to list with --profile")
+    ap.add_argument("--reorder", type=float, default=0.0, metavar="FRACTION",
+                    help="decrypt a copy of the capture in which this fraction of the data segments changed places "
+                         "with the next frame (0.01: one in a hundred; a mirror port's reordering): the compiled path "
+                         "hands each reordered stretch to the Python path's reassembly and takes the stream back after")
     ap.add_argument("--live", action="store_true",
                     help="also run tls-bridge run (bench_sensor.py: tcpreplay onto a veth; one worker live, then one "
                          "and two workers with their rings filled first) on a capture of as many bytes in "
@@ -458,8 +498,13 @@ def main() -> int:
     args = ap.parse_args()
     if args.connections < 1 or args.size_mb <= 0 or args.repeat < 1:
         ap.error("--connections, --size-mb and --repeat must be positive")
+    if not 0 <= args.reorder < 1:
+        ap.error("--reorder must be a fraction within [0, 1)")
 
     pcap, keylog, meta = get_capture(args)
+    if args.reorder:
+        pcap, swaps = reordered(pcap, args.reorder)
+        print(f"reordered: {pcap}, {swaps:,} data segments each changed places with the next frame", file=sys.stderr)
     hist = meta["tcp_payload_hist"]
     print(f"capture: {pcap} {meta['pcap_bytes'] / 1e6:.1f} MB, {meta['packets']} packets, "
           f"{meta['connections']} x {meta['size_bytes'] / 1e6:g} MB {meta['suite']}; TCP payloads: {hist}", file=sys.stderr)
@@ -547,7 +592,8 @@ def main() -> int:
         pk = meta["packets"]
         print()
         print(f"capture: {meta['connections']} TLS 1.3 {meta['suite']} connections, {pk:,} packets, "
-              f"{meta['pcap_bytes'] / 1e6:.1f} MB pcap, {mb:.1f} MB plaintext (c2s+s2c from the flow log)")
+              f"{meta['pcap_bytes'] / 1e6:.1f} MB pcap, {mb:.1f} MB plaintext (c2s+s2c from the flow log)"
+              f"{f'; reordered: {swaps:,} data segments after the next frame' if args.reorder else ''}")
         print(f"pinned to one core: {'yes (taskset -c 0)' if pin and shutil.which('taskset') else 'no'}; "
               f"each tool's fastest of {args.repeat} runs")
         hdr = (f"{'tool':<14} {'wall s':>8} {'user s':>8} {'sys s':>7} {'MB/s':>8} {'packets/s':>10} {'peak RSS MB':>12}"
