@@ -141,3 +141,8 @@ listen = "127.0.0.1:{PORT}"
                  "# HELP tls_bridge_packets_total Packets captured.", "# TYPE tls_bridge_key_lag_seconds histogram"):
         assert line in second
     assert _value(second, 'tls_bridge_flows_logged_total{status="decrypted",worker="0"}') == 2 * count
+    # the compiled path took each connection's SYN at least (held until its server answered), and
+    # no more frames than there were; these short connections' records all went through Python
+    taken = _value(second, 'tls_bridge_fast_path_frames_total{worker="0"}')
+    assert 2 * count <= taken <= _value(second, 'tls_bridge_tcp_segments_total{worker="0"}')
+    assert _value(second, 'tls_bridge_fast_path_records_total{worker="0"}') == 0

@@ -50,6 +50,10 @@ _COUNTERS = (
     ("feed_lost", "counter", "Key feed records given up as lost."),
     ("key_requests", "counter",
      "Key requests sent to the feed's harvesters (new connections without secrets, their ends)."),
+    ("fast_path_frames", "counter",
+     "Frames the compiled path took: established connections' that carry bulk, and those of connections whose "
+     "server has not answered (replayed through the Python path once it does)."),
+    ("fast_path_records", "counter", "Records of application data the compiled path decrypted (the steady state)."),
 )
 #: Histograms the workers report (bridge.engine.decryptor.DecryptorStats), by metric name.
 _HISTOGRAMS = (

@@ -18,6 +18,7 @@ from typing import Any
 from bridge.capture.frames import Frame
 from bridge.engine.runtime import tune_runtime
 from bridge.engine.engine import Engine
+from bridge.engine.lanes import LaneDecryptor
 from bridge.keyfeed.sources import KeySettings, KeySources
 from bridge.outputs import FlowLog, KeyRequester, Outputs
 from bridge.reinject.sink import ReinjectSettings, open_reinject
@@ -56,6 +57,9 @@ class WorkerCounters:
     feed_malformed: int = 0
     feed_lost: int = 0
     key_requests: int = 0
+    #: Frames the compiled path took (lanes and the connection front), records of application data it opened.
+    fast_path_frames: int = 0
+    fast_path_records: int = 0
     #: name → Histogram.as_dict() (see bridge.histogram), cumulative since the worker started.
     histograms: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -202,6 +206,9 @@ def _fill(counters: WorkerCounters, engine: Engine, captures: list[Any], reinjec
         for status, count in quic.statuses.items():
             counters.statuses[status] = counters.statuses.get(status, 0) + count
     counters.histograms = {"key_lag_seconds": stats.key_lag.as_dict(), "record_hold_seconds": stats.record_hold.as_dict()}
+    if isinstance(decryptor, LaneDecryptor):
+        counters.fast_path_frames = decryptor.lane_frames
+        counters.fast_path_records = decryptor.records_opened
     counters.capture_drops = sum(capture.drops for capture in captures)
     if reinject is not None:
         counters.injected_frames = sum(output.stats.frames for output in reinject.outputs)
