@@ -20,6 +20,7 @@ from typing import IO
 from bridge.capture.frames import Frame
 from bridge.engine.decryptor import budget_problem
 from bridge.engine.engine import Engine
+from bridge.engine.lanes import LaneDecryptor
 from bridge.engine.runtime import tune_runtime
 from bridge.engine.settings import EngineSettings
 from bridge.errors import BridgeError
@@ -189,6 +190,9 @@ class Progress:
         decryptor = self.engine.decryptor
         text += (f"; memory: peak {stats.memory_peak / 2**20:,.1f} MiB of "
                  f"{decryptor.config.memory_limit / 2**20:,.0f} MiB")
+        if isinstance(decryptor, LaneDecryptor):
+            text += (f"; compiled path: {decryptor.lane_frames:,} of the {counters.tcp_segments:,} TCP frames, "
+                     f"{decryptor.records_opened:,} records")
         quic = self.engine.quic_stats
         if quic is not None and quic.flows:
             statuses = ", ".join(f"{count} {status}" for status, count in sorted(quic.statuses.items()))

@@ -33,6 +33,16 @@ def _decrypt(*extra: str) -> int:
     return main(["decrypt", "-r", str(capture), "--keylog", str(capture.with_suffix(".keylog")), "-q", *extra])
 
 
+def test_the_summary_says_what_the_compiled_path_took(capsys: pytest.CaptureFixture[str]) -> None:
+    capture = FIXTURES / "tls13-http1.pcap"
+    arguments = ["decrypt", "-r", str(capture), "--keylog", str(capture.with_suffix(".keylog"))]
+    assert main(arguments + ["--fast-path-after", "0"]) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert summary.endswith("; compiled path: 16 of the 24 TCP frames, 4 records"), summary  # test_lanes' counts
+    assert main(arguments + ["--no-fast-path"]) == 0
+    assert "compiled path" not in capsys.readouterr().err
+
+
 def test_the_sha256_is_computed_only_for_a_flow_log(engines: list, tmp_path: Path) -> None:
     """Without --flows nothing would read the SHA-256 of the plaintext: none is computed
     (it costs about what decrypting does); with --flows it is, unless --no-digest."""
