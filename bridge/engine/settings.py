@@ -56,10 +56,10 @@ class EngineSettings:
                              "(bridge.engine.lanes)", negate="--no-fast-path",
                              negate_doc="every packet through the Python path (the reference the compiled "
                              "path is compared with; slower)")
-    fast_path_after: int = option(16 * 1024, "a connection goes to the compiled path once one of its directions "
-                                  "is known to carry this many bytes (delivered, and the rest of the record being "
-                                  "read): a short connection stays on the Python path, which costs it less (0: "
-                                  "every connection, as soon as it can)", low=0, high=1 << 40,
+    fast_path_after: int = option(16 * 1024, "a connection's streams become lanes of the compiled path once one of "
+                                  "its directions is known to carry this many bytes (delivered, and the rest of the "
+                                  "record being read): a short connection's stay on the Python path, which costs "
+                                  "them less (0: every connection's, as soon as they can)", low=0, high=1 << 40,
                                   flag="--fast-path-after", metavar="BYTES")
     http3_as: str = option("http1", "what each HTTP/3 request of a QUIC connection becomes for the IDS: http1, a "
                            "synthetic HTTP/1.1 connection (Suricata and Zeek parse it), or http2, HTTP/2 with prior "
