@@ -713,10 +713,12 @@ def print_targets(runs: list[Run], th: Run | None, mb: float, live_capture: tupl
           f"them to themselves (see bench_sensor.py --prefill); each run row the fastest of {repeat} that lost "
           "nothing; host's own: what this VM's two CPUs gave two busy loops against one in the same turns "
           "(bench_sensor.host_scaling; below x2 when the hypervisor's CPUs share a core or are overcommitted), "
-          "the bound of the row above it on this host")
-    print("\nturn  host 2 CPUs/1  1 worker MB/s  2 workers MB/s  2/1")
+          "the bound of the row above it on this host; below, each turn's CPU s: what the workers (and the "
+          "supervisor) used for the same 400 connections, from just before the replay to 1.5 s after the last")
+    print("\nturn  host 2 CPUs/1  1 worker MB/s  2 workers MB/s  2/1     CPU s: 1 worker  2 workers")
     for turn, (factor, a, b) in enumerate(turns, 1):
         print(f"{turn:>4}  {factor:>12.2f}x  {rate(a):>13.0f}  {rate(b):>14.0f}  {rate(b) / rate(a):.2f}x"
+              f"  {a['cpu_s']:>15.2f}  {b['cpu_s']:>9.2f}"
               f"{'' if whole(a) and whole(b) else '  (lost frames: not counted)'}")
 
 
