@@ -472,6 +472,12 @@ static int fetch_limits(LanesObject *self)
     return 0;
 }
 
+/* What the runs did at the front since the last take_front(): anything to take. */
+static int front_news(const LanesObject *self)
+{
+    return self->promoted != NULL || self->ended != NULL || self->created != 0;
+}
+
 /* A decoded frame no lane took, at the front: FRONT_PASS, _TAKEN or _PROMOTE; -1 on error.
    Room is made as the Python path makes it: the least recently active half-open
    connection goes first, never the one this frame is of; when that is Python's
@@ -525,7 +531,7 @@ static PyObject *Lanes_front_limits(LanesObject *self, PyObject *args)
 
 static PyObject *Lanes_take_front(LanesObject *self, PyObject *unused)
 {
-    if (self->promoted == NULL && self->ended == NULL && self->created == 0)
+    if (!front_news(self))
         Py_RETURN_NONE;
     PyObject *promoted = self->promoted ? self->promoted : Py_None;
     PyObject *ended = self->ended ? self->ended : PyList_New(0);
@@ -1097,7 +1103,7 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
                 handled++;
                 continue;
             }
-            if (verdict >= 0 && handled == 0 && self->promoted == NULL && self->ended == NULL && self->created == 0) {
+            if (verdict >= 0 && handled == 0 && !front_news(self)) {
                 python_first = 1;
                 if (decoded == 0 && !s.tagged && self->segment != NULL)
                     made = make_segment(self->segment, &s, ts); /* the frame's bytes still held */
@@ -1163,8 +1169,7 @@ static PyObject *Lanes_run_frames(LanesObject *self, PyObject *frames, Py_ssize_
     Py_XDECREF(base);
     if (records != NULL)
         PyBuffer_Release(&view);
-    if (python_first && self->segment != NULL && self->promoted == NULL && self->ended == NULL &&
-        self->created == 0) {
+    if (python_first && self->segment != NULL && !front_news(self)) {
         Py_DECREF(chunks);
         Py_DECREF(closed);
         if (made == NULL)

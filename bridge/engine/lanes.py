@@ -138,8 +138,6 @@ _FRONT = object()
 _new_tuple = tuple.__new__  # a FlowInfo from the entry's first seven fields, without its __new__'s call
 #: "No half-open connection on the Python path" to the C module (the largest int64).
 _NEVER = (1 << 63) - 1
-#: Each direction's peer, by direction (without the enum's call).
-_PEER = (Direction.S2C, Direction.C2S)
 
 
 class FrontEntry(NamedTuple):
@@ -496,7 +494,7 @@ class LaneDecryptor(Decryptor):
                     if boundary is None or delivered + boundary[1] < after:
                         return
             self._offer(flow, direction)
-            self._offer(flow, _PEER[direction])  # the peer's ACKs (its lane may have closed with this one)
+            self._offer(flow, direction.peer)  # the peer's ACKs (its lane may have closed with this one)
 
     def _segment(self, flow, direction, segment, events) -> None:  # type: ignore[no-untyped-def]
         # A SYN, FIN or RST (or a connection closing): the Python path reads both

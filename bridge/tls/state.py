@@ -40,7 +40,11 @@ class Direction(enum.IntEnum):
 
     @property
     def peer(self) -> "Direction":
-        return Direction(1 - self)
+        return _PEERS[self]
+
+
+#: Each direction's peer, by direction (a lookup: the enum's call costs ten times more, per packet).
+_PEERS = (Direction.S2C, Direction.C2S)
 
 
 class Phase(enum.Enum):
