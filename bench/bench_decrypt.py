@@ -185,6 +185,17 @@ def generate_capture(outdir: Path, connections: int, size_mb: float) -> dict:
     return meta
 
 
+def _record_header(path: Path, head: bytes) -> struct.Struct:
+    """A classic pcap's record header (ts_sec, ts_frac, incl_len, orig_len) in the byte
+    order its file header's magic says (microsecond or nanosecond time)."""
+    magic = head[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        return struct.Struct("<IIII")
+    if magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        return struct.Struct(">IIII")
+    raise SystemExit(f"{path}: not a classic pcap file")
+
+
 def pcap_summary(path: Path) -> tuple[int, dict[str, int]]:
     """(packet count, histogram of IPv4/TCP payload sizes: 1448 / other data / empty).
 
@@ -194,15 +205,8 @@ def pcap_summary(path: Path) -> tuple[int, dict[str, int]]:
     n = 0
     with open(path, "rb") as f:
         hdr = f.read(24)
-        magic = hdr[:4]
-        if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
-            endian = "<"
-        elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
-            endian = ">"
-        else:
-            raise SystemExit(f"{path}: not a classic pcap file")
-        linktype = struct.unpack(endian + "I", hdr[20:24])[0]
-        rec = struct.Struct(endian + "IIII")
+        rec = _record_header(path, hdr)
+        linktype = struct.unpack(rec.format[0] + "I", hdr[20:24])[0]
         buf = io.BufferedReader(f, 1 << 20)
         while True:
             h = buf.read(16)
@@ -243,7 +247,7 @@ def reordered(pcap: Path, fraction: float, seed: int = 1) -> tuple[Path, int]:
     with open(pcap, "rb") as src, open(out, "wb") as dst:  # written each time: the capture may be new
         head = src.read(24)
         dst.write(head)
-        header = struct.Struct(("<" if head[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">") + "IIII")
+        header = _record_header(pcap, head)
 
         def record() -> bytes:
             fixed = src.read(16)

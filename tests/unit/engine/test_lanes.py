@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
-from scapy.layers.l2 import Ether as Ethernet
 
 from bridge.capture.frames import Frame
 from bridge.capture.pcapfile import FrameBatch, read_capture
@@ -373,11 +372,11 @@ def _frames_to_decode() -> st.SearchStrategy:  # type: ignore[type-arg]
         IPv6(src=six_a, dst=six_b, nh=0) / (b"\x06\x00" + b"\x00" * 6) / TCP(),
     ]
     wrapped = []
-    Ether = partial(Ethernet, src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # noqa: N806
+    ether = partial(Ether, src="02:00:00:00:00:01", dst="02:00:00:00:00:02")  # no MAC lookup
     for packet in packets:
         raw = bytes(packet)
-        wrapped += [(1, bytes(Ether() / packet)), (1, bytes(Ether() / packet) + b"\x00" * 8),
-                    (1, bytes(Ether() / Dot1Q(vlan=3) / packet)), (101, raw), (228 if raw[0] >> 4 == 4 else 229, raw),
+        wrapped += [(1, bytes(ether() / packet)), (1, bytes(ether() / packet) + b"\x00" * 8),
+                    (1, bytes(ether() / Dot1Q(vlan=3) / packet)), (101, raw), (228 if raw[0] >> 4 == 4 else 229, raw),
                     (113, bytes(CookedLinux(proto=0x0800 if raw[0] >> 4 == 4 else 0x86DD) / packet)),
                     (276, (0x0800 if raw[0] >> 4 == 4 else 0x86DD).to_bytes(2, "big") + b"\x00" * 18 + raw),
                     (0, (2).to_bytes(4, "little") + raw)]
